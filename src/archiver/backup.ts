@@ -1,0 +1,194 @@
+import { hostname } from 'node:os';
+import { KuraError } from '../errors.js';
+import { FastCdc } from '../chunker/fastcdc.js';
+import { CHUNK_ID_BYTES, chunkId } from '../crypto/blob.js';
+import { chunkName, snapshotName } from '../store/backend.js';
+import type { Repository } from '../repository/repository.js';
+import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
+import { SealPool } from './seal-pool.js';
+
+export interface BackupOptions {
+  source: string;
+  tenant: string;
+  host?: string;
+  tags?: string[];
+  compressionLevel?: number;
+  private?: SnapshotPrivate;
+  /** Worker threads for compression+encryption (default: one per core). */
+  workers?: number;
+}
+
+export interface BackupResult {
+  id: string;
+  header: SnapshotHeader;
+  seconds: number;
+}
+
+const BATCH_BYTES = 2 << 20; // new chunks per worker message
+const COMMIT_BYTES = 64 << 20; // new data between catalogue commits (each preceded by a store sync)
+
+/** Growable byte list (chunk IDs of the snapshot, 32 bytes per chunk of input). */
+class ByteList {
+  private buf = Buffer.allocUnsafe(64 * CHUNK_ID_BYTES);
+  length = 0;
+  append(b: Uint8Array): void {
+    if (this.length + b.length > this.buf.length) {
+      const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + b.length));
+      this.buf.copy(next, 0, 0, this.length);
+      this.buf = next;
+    }
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+  bytes(): Buffer {
+    return this.buf.subarray(0, this.length);
+  }
+}
+
+interface Batch {
+  data: Buffer;
+  used: number;
+  offsets: number[];
+  ids: Buffer[];
+  keys: string[];
+}
+
+/**
+ * The backup pipeline: input → FastCDC → keyed BLAKE3 → skip known chunks → (workers) zstd +
+ * AES-GCM → store. Write order: blobs (durable) → catalogue rows → snapshot file → catalogue
+ * snapshot row. A crash anywhere leaves only unreferenced blobs; a failed input leaves no snapshot.
+ */
+export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
+  const t0 = process.hrtime.bigint();
+  const startTime = new Date().toISOString();
+  const keys = repo.keys;
+  const level = opts.compressionLevel ?? repo.config.compression.level;
+  const params = repo.config.chunker;
+  const cdc = new FastCdc(params, keys.gearSeed);
+  const pool = new SealPool(keys.dataKey, opts.workers);
+  const store = repo.store;
+  const catalogue = repo.catalogue;
+  const idKey = keys.idKey;
+
+  const ids = new ByteList();
+  const inFlightKeys = new Set<string>(); // new chunks not yet in the catalogue
+  let logicalBytes = 0;
+  let chunkCount = 0;
+  let newChunks = 0;
+  let newBytes = 0;
+
+  let pendingRows: Array<{ id: Buffer; storedSize: number; plainSize: number; key: string }> = [];
+  let pendingRowBytes = 0;
+  const running = new Set<Promise<void>>();
+  const maxRunning = pool.size * 2;
+  let failure: unknown = null;
+
+  const batchCapacity = BATCH_BYTES + params.maxSize;
+  const newBatch = (): Batch => ({ data: Buffer.allocUnsafeSlow(batchCapacity), used: 0, offsets: [0], ids: [], keys: [] });
+  let batch = newBatch();
+  const ready: Batch[] = [];
+
+  const onChunk = (chunk: Buffer) => {
+    const id = chunkId(idKey, chunk);
+    ids.append(id);
+    chunkCount++;
+    logicalBytes += chunk.length;
+    const key = id.toString('base64');
+    if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
+    inFlightKeys.add(key);
+    chunk.copy(batch.data, batch.used);
+    batch.used += chunk.length;
+    batch.offsets.push(batch.used);
+    batch.ids.push(id);
+    batch.keys.push(key);
+    if (batch.used >= BATCH_BYTES) {
+      ready.push(batch);
+      batch = newBatch();
+    }
+  };
+
+  const commitRows = async () => {
+    if (pendingRows.length === 0) return;
+    const rows = pendingRows;
+    pendingRows = [];
+    pendingRowBytes = 0;
+    await store.sync();
+    catalogue.addChunks(rows);
+    for (const r of rows) inFlightKeys.delete(r.key);
+  };
+
+  const sealAndStore = async (b: Batch) => {
+    const idBuf = Buffer.concat(b.ids);
+    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer);
+    const blobs = Buffer.from(res.blobs);
+    await Promise.all(
+      b.ids.map(async (id, i) => {
+        const blob = blobs.subarray(res.offsets[i]!, res.offsets[i + 1]!);
+        const written = await store.putIfAbsent(chunkName(id.toString('hex')), blob);
+        if (written) {
+          newChunks++;
+          newBytes += blob.length;
+        }
+        pendingRows.push({ id, storedSize: blob.length, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
+        pendingRowBytes += blob.length;
+      }),
+    );
+    if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
+  };
+
+  const dispatch = async (b: Batch) => {
+    const p = sealAndStore(b).catch((e) => {
+      failure ??= e;
+    });
+    running.add(p);
+    void p.finally(() => running.delete(p));
+    while (running.size >= maxRunning) await Promise.race(running);
+    if (failure) throw failure;
+  };
+
+  try {
+    for await (const piece of input) {
+      const data = Buffer.isBuffer(piece) ? piece : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+      cdc.push(data, onChunk);
+      while (ready.length > 0) await dispatch(ready.shift()!);
+    }
+    cdc.finish(onChunk);
+    if (batch.ids.length > 0) ready.push(batch);
+    while (ready.length > 0) await dispatch(ready.shift()!);
+    await Promise.all(running);
+    if (failure) throw failure;
+    await commitRows();
+  } catch (e) {
+    // keep what is already durable so a rerun does not redo it; the snapshot is not written
+    await Promise.allSettled(running);
+    await commitRows().catch(() => {});
+    await pool.close();
+    throw e;
+  }
+  await pool.close();
+
+  const parent = catalogue.snapshots({ source: opts.source }).at(-1)?.id ?? null;
+  const header: SnapshotHeader = {
+    tenant: opts.tenant,
+    source: opts.source,
+    host: opts.host ?? hostname(),
+    startTime,
+    endTime: new Date().toISOString(),
+    logicalBytes,
+    chunkCount,
+    newChunks,
+    newBytes,
+    parent,
+    tags: opts.tags ?? [],
+  };
+  const snap = encodeSnapshot(header, ids.bytes(), opts.private ?? {}, keys.dataKey);
+  await store.putIfAbsent(snapshotName(snap.id), snap.bytes);
+  await store.sync();
+  catalogue.addSnapshot(snap.id, header);
+  return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
+/** Fail loudly rather than record a snapshot of an input that ended badly. */
+export function inputFailed(what: string, cause: unknown): KuraError {
+  return new KuraError('E_INPUT_FAILED', `${what}: ${(cause as Error)?.message ?? String(cause)}; no snapshot was written`, undefined, { cause });
+}

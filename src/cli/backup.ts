@@ -1,0 +1,81 @@
+import { createReadStream, statSync } from 'node:fs';
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+import { backup, inputFailed } from '../archiver/backup.js';
+import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+
+interface BackupCliOptions extends RepoOptions {
+  name: string;
+  stdin?: boolean;
+  file?: string;
+  tenant?: string;
+  tag: string[];
+  compression?: string;
+}
+
+/** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
+async function* guarded(input: AsyncIterable<Uint8Array>, what: string): AsyncIterable<Uint8Array> {
+  try {
+    yield* input;
+  } catch (e) {
+    throw inputFailed(`reading ${what} failed`, e);
+  }
+}
+
+export function registerBackup(program: Command): void {
+  withRepoOptions(program.command('backup'))
+    .description('back up one stream or file as a new snapshot; prints the snapshot ID')
+    .requiredOption('--name <source>', 'source name the snapshot is filed under')
+    .option('--stdin', 'read the data from standard input (e.g. pg_dump ... | kura backup --stdin)')
+    .option('--file <path>', 'read the data from a file')
+    .option('--tenant <tenant>', 'tenant owning the data (default: from the config)')
+    .option('--tag <tag>', 'label stored in the snapshot header (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
+    .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
+    .action(async (opts: BackupCliOptions, cmd: Command) => {
+      if (Boolean(opts.stdin) === Boolean(opts.file)) throw new KuraError('E_USAGE', 'give exactly one input: --stdin or --file PATH');
+      if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(opts.name)) throw new KuraError('E_USAGE', `source name "${opts.name}" must be letters, digits, ".", "-" and "_"`);
+      let level: number | undefined;
+      if (opts.compression !== undefined) {
+        level = Number(opts.compression);
+        if (!Number.isInteger(level) || level < 0 || level > 22) throw new KuraError('E_USAGE', `--compression must be 0..22, got "${opts.compression}"`);
+      }
+      let input: AsyncIterable<Uint8Array>;
+      let what: string;
+      if (opts.file) {
+        try {
+          if (!statSync(opts.file).isFile()) throw new Error('not a regular file');
+        } catch (e) {
+          throw new KuraError('E_INPUT', `cannot back up ${opts.file}: ${(e as Error).message}`);
+        }
+        input = createReadStream(opts.file, { highWaterMark: 1 << 20 });
+        what = opts.file;
+      } else {
+        if (process.stdin.isTTY) throw new KuraError('E_USAGE', '--stdin needs data piped in, e.g. pg_dump mydb | kura backup --stdin --name mydb');
+        input = process.stdin;
+        what = 'standard input';
+      }
+      const repo = await openRepo(cmd, opts, 'required');
+      try {
+        const tenant = opts.tenant ?? configOf(cmd).config.tenant;
+        const res = await backup(repo, guarded(input, what), {
+          source: opts.name,
+          tenant,
+          tags: opts.tag,
+          ...(level !== undefined ? { compressionLevel: level } : {}),
+          private: { input: opts.file ? { file: opts.file } : { stdin: true } },
+        });
+        const h = res.header;
+        if (opts.json) {
+          printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)) });
+        } else {
+          process.stdout.write(`${res.id}\n`);
+          process.stderr.write(
+            `snapshot ${res.id.slice(0, 12)} of ${h.source}: ${formatBytes(h.logicalBytes)} in ${h.chunkCount} chunks, ${h.newChunks} new (${formatBytes(h.newBytes)} stored), ${res.seconds.toFixed(2)} s\n`,
+          );
+        }
+      } finally {
+        repo.close();
+      }
+    });
+}

@@ -1,0 +1,83 @@
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+import { loadConfig, type LoadedConfig } from '../config/load.js';
+import { Repository, type KeySource } from '../repository/repository.js';
+import { createLogger } from '../log.js';
+
+export interface RepoOptions {
+  repo?: string;
+  passphraseFile?: string;
+  keyFile?: string;
+  json?: boolean;
+}
+
+/** Options every repository command takes; --repo may come from the config instead. */
+export function withRepoOptions(cmd: Command): Command {
+  return cmd
+    .option('--repo <dir>', 'repository directory (default: repository.path from the config)')
+    .option('--passphrase-file <file>', 'file holding the repository passphrase (or set KURA_PASSPHRASE)')
+    .option('--key-file <file>', 'key file from "kura repo init --key-file" or "kura key export" (or set KURA_KEY_FILE)');
+}
+
+export function globalsOf(cmd: Command): { config?: string; debug?: boolean } {
+  return cmd.optsWithGlobals() as { config?: string; debug?: boolean };
+}
+
+let cachedConfig: LoadedConfig | null = null;
+export function configOf(cmd: Command): LoadedConfig {
+  if (!cachedConfig) {
+    cachedConfig = loadConfig(globalsOf(cmd).config);
+    if (!process.env.KURA_LOG_LEVEL) createLogger(cachedConfig.config.logging.level);
+  }
+  return cachedConfig;
+}
+
+export function repoPathOf(cmd: Command, opts: RepoOptions): string {
+  if (opts.repo) return opts.repo;
+  const { config, path } = configOf(cmd);
+  if (config.repository?.path) return config.repository.path;
+  throw new KuraError('E_USAGE', `no repository given: pass --repo DIR or set repository.path in the config${path ? ` (${path})` : ''}`);
+}
+
+function readSecretFile(file: string, what: string): string {
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (e) {
+    throw new KuraError('E_KEY_MISSING', `cannot read ${what} ${file}: ${(e as Error).message}`);
+  }
+}
+
+export function keySourceOf(cmd: Command, opts: RepoOptions): KeySource {
+  const repoCfg = opts.repo ? undefined : configOf(cmd).config.repository;
+  const keyFile = opts.keyFile ?? process.env.KURA_KEY_FILE ?? repoCfg?.keyFile;
+  const passFile = opts.passphraseFile ?? repoCfg?.passphraseFile;
+  const passphrase = passFile && (opts.passphraseFile || !process.env.KURA_PASSPHRASE) ? readSecretFile(passFile, 'passphrase file') : process.env.KURA_PASSPHRASE;
+  return { keyFile, passphrase };
+}
+
+export function hasKeySource(k: KeySource): boolean {
+  return Boolean(k.keyFile || k.passphrase);
+}
+
+export async function openRepo(cmd: Command, opts: RepoOptions, keys: 'required' | 'if-given' | 'none'): Promise<Repository> {
+  const dir = repoPathOf(cmd, opts);
+  const source = keySourceOf(cmd, opts);
+  if (keys === 'none' || (keys === 'if-given' && !hasKeySource(source))) return Repository.open(dir, null);
+  return Repository.open(dir, source);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value) + '\n');
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
+}

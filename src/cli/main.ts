@@ -1,0 +1,58 @@
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError } from 'commander';
+import { ExitStatus, KuraError } from '../errors.js';
+import { registerBackup } from './backup.js';
+import { registerCheck } from './check.js';
+import { registerConfig } from './config.js';
+import { registerKey } from './key.js';
+import { registerPlanned } from './planned.js';
+import { registerRepo } from './repo.js';
+import { registerRestore } from './restore.js';
+import { registerSnapshots } from './snapshots.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+export function buildProgram(): Command {
+  const program = new Command('kura')
+    .description('kura (蔵): deduplicating, encrypted backups of database exports, shipped to a vault in a peer data centre')
+    .version(pkg.version)
+    .option('--config <file>', 'config file (default: KURA_CONFIG or ./kura.yaml)')
+    .option('--debug', 'print stack traces of errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerPlanned(program);
+  registerBackup(program);
+  registerSnapshots(program);
+  registerRestore(program);
+  registerCheck(program);
+  registerRepo(program);
+  registerKey(program);
+  registerConfig(program);
+  // subcommands inherit exitOverride so usage errors reach our handler
+  const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
+  walk(program);
+  return program;
+}
+
+function wantsJson(argv: string[]): boolean {
+  return argv.includes('--json');
+}
+
+export async function main(argv = process.argv): Promise<number> {
+  const debug = argv.includes('--debug');
+  try {
+    await buildProgram().parseAsync(argv);
+    return ExitStatus.OK;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return ExitStatus.OK;
+      return ExitStatus.USAGE;
+    }
+    const err =
+      e instanceof KuraError ? e : new KuraError('E_INTERNAL', `internal error: ${(e as Error)?.message ?? String(e)} (rerun with --debug and report it)`, undefined, { cause: e });
+    if (wantsJson(argv)) process.stdout.write(JSON.stringify({ ok: false, error: { code: err.code, message: err.message, ...(err.details ?? {}) } }) + '\n');
+    process.stderr.write(`kura: ${err.code}: ${err.message}\n`);
+    if (debug) process.stderr.write(`${(err.cause as Error)?.stack ?? err.stack}\n`);
+    return err.exitStatus;
+  }
+}

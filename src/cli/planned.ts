@@ -1,0 +1,36 @@
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+
+/**
+ * Commands whose contract is fixed but whose implementation is not in this version yet: they
+ * exist with accurate help, and fail with E_NOT_IMPLEMENTED (exit 69), never pretend to work.
+ */
+function planned(cmd: Command, what: string): Command {
+  return cmd.allowUnknownOption().allowExcessArguments().action(() => {
+    throw new KuraError('E_NOT_IMPLEMENTED', `"kura ${cmd.parent && cmd.parent.name() !== 'kura' ? cmd.parent.name() + ' ' : ''}${cmd.name()}" (${what}) is not available in this version of kura`);
+  });
+}
+
+export function registerPlanned(program: Command): void {
+  const agent = program.command('agent').description('agent mode: export sources on a schedule into the local repository and queue them for routes');
+  planned(agent.command('run').description('run sources once (for cron, systemd timers, job schedulers)'), 'one-shot agent run');
+  planned(agent.command('daemon').description('run sources on their cron schedules'), 'agent daemon');
+
+  const relay = program.command('relay').description('relay mode: ship queued snapshots to vaults over SSH, oldest first');
+  planned(relay.command('run').description('run the relay daemon'), 'relay daemon');
+  planned(relay.command('once').description('send what can be sent, then exit with a status saying whether anything is left'), 'one-shot relay');
+
+  const vault = program.command('vault').description('vault mode: the SSH endpoint that keeps tenants\' repositories');
+  planned(vault.command('serve').description('serve the vault protocol over SSH'), 'vault SSH server');
+  planned(vault.command('stdio').description('serve the vault protocol on stdin/stdout (OpenSSH command= mode)'), 'vault stdio endpoint');
+  planned(vault.command('prune').description('apply retention policies on the vault'), 'vault prune');
+  planned(vault.command('gc').description('reclaim space of unreferenced chunks on the vault'), 'vault GC');
+  planned(vault.command('usage').description('per-tenant usage for cost apportioning'), 'vault usage');
+
+  planned(program.command('prune').description('remove snapshots that fall out of the retention policy'), 'prune');
+  planned(program.command('gc').description('reclaim space of chunks no snapshot uses'), 'garbage collection');
+  planned(program.command('protect').description('protect a snapshot from pruning (long-term hold)'), 'protect');
+  planned(program.command('unprotect').description('lift a snapshot\'s protection'), 'unprotect');
+  planned(program.command('status').description('routes, backlog and RPO exposure for scripts'), 'status');
+  planned(program.command('top').description('terminal UI of routes, backlog and RPO exposure'), 'top');
+}

@@ -1,0 +1,61 @@
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+import { Repository } from '../repository/repository.js';
+import { rebuildIndex } from '../checker/check.js';
+import { defaultChunkerParams } from '../chunker/fastcdc.js';
+import { keySourceOf, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
+
+function intOption(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new KuraError('E_USAGE', `${what} must be an integer, got "${v}"`);
+  return n;
+}
+
+function sizeOption(v: string, what: string): number {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(v.trim());
+  if (!m) throw new KuraError('E_USAGE', `${what} must be a size like 65536, 64KiB or 1MiB, got "${v}"`);
+  const mult = { k: 1024, m: 1 << 20, g: 1 << 30 }[(m[2] ?? '').charAt(0).toLowerCase()] ?? 1;
+  return Number(m[1]) * mult;
+}
+
+export function registerRepo(program: Command): void {
+  const repo = program.command('repo').description('create and maintain repositories');
+
+  withRepoOptions(repo.command('init'))
+    .description('create a new repository (needs KURA_PASSPHRASE, --passphrase-file, or --key-file PATH to create a key file)')
+    .option('--compression <level>', 'default zstd level for new chunks (0 = none)', '3')
+    .option('--chunk-min <size>', 'FastCDC minimum chunk size', String(defaultChunkerParams.minSize))
+    .option('--chunk-avg <size>', 'FastCDC average chunk size (power of two)', String(defaultChunkerParams.avgSize))
+    .option('--chunk-max <size>', 'FastCDC maximum chunk size', String(defaultChunkerParams.maxSize))
+    .option('--json', 'print the result as one JSON line')
+    .action(async (opts: RepoOptions & { compression: string; chunkMin: string; chunkAvg: string; chunkMax: string }, cmd: Command) => {
+      const dir = repoPathOf(cmd, opts);
+      const keys = keySourceOf(cmd, opts);
+      const { repo: r, keyFileWritten } = await Repository.init(dir, {
+        keys,
+        compressionLevel: intOption(opts.compression, '--compression'),
+        chunker: { minSize: sizeOption(opts.chunkMin, '--chunk-min'), avgSize: sizeOption(opts.chunkAvg, '--chunk-avg'), maxSize: sizeOption(opts.chunkMax, '--chunk-max') },
+      });
+      const result = { repository: dir, id: r.config.id, chunker: r.config.chunker, compression: r.config.compression, keyFile: keyFileWritten ?? null };
+      r.close();
+      if (opts.json) printJson(result);
+      else {
+        process.stdout.write(`created repository ${r.config.id} at ${dir}\n`);
+        if (keyFileWritten) process.stdout.write(`key file written to ${keyFileWritten}: keep a copy off this server; without it the data cannot be read\n`);
+      }
+    });
+
+  withRepoOptions(repo.command('rebuild-index'))
+    .description('rebuild the SQLite catalogue from the store alone (no key needed)')
+    .option('--json', 'print the result as one JSON line')
+    .action(async (opts: RepoOptions, cmd: Command) => {
+      const r = await openRepo(cmd, opts, 'none');
+      try {
+        const res = await rebuildIndex(r);
+        if (opts.json) printJson(res);
+        else process.stdout.write(`catalogue rebuilt: ${res.chunks} chunks, ${res.snapshots} snapshots\n`);
+      } finally {
+        r.close();
+      }
+    });
+}

@@ -1,0 +1,59 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { KuraError } from '../errors.js';
+import { configSchema, type KuraConfig } from './schema.js';
+
+export interface LoadedConfig {
+  config: KuraConfig;
+  /** null when no file was given and ./kura.yaml does not exist (built-in defaults). */
+  path: string | null;
+}
+
+/** Where the config comes from: --config, then KURA_CONFIG, then ./kura.yaml if present. */
+export function configPath(flag: string | undefined, env = process.env): { path: string; explicit: boolean } {
+  if (flag) return { path: flag, explicit: true };
+  if (env.KURA_CONFIG) return { path: env.KURA_CONFIG, explicit: true };
+  return { path: 'kura.yaml', explicit: false };
+}
+
+export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.map((i) => {
+    const where = i.path.length ? i.path.map(String).join('.') : '(top level)';
+    return `${where}: ${i.message}`;
+  });
+}
+
+export function parseConfig(text: string, file: string): KuraConfig {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const lines = doc.errors.map((e) => `${file}:${e.linePos?.[0]?.line ?? '?'}:${e.linePos?.[0]?.col ?? '?'}: ${e.message.split('\n')[0]}`);
+    throw new KuraError('E_CONFIG', `config ${file} is not valid YAML:\n  ${lines.join('\n  ')}`, { errors: lines });
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = formatIssues(parsed.error.issues);
+    throw new KuraError('E_CONFIG', `config ${file} has ${lines.length} error(s):\n  ${lines.join('\n  ')}`, { errors: lines });
+  }
+  return parsed.data;
+}
+
+export function loadConfig(flag?: string): LoadedConfig {
+  const { path: p, explicit } = configPath(flag);
+  let text: string;
+  try {
+    text = readFileSync(p, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !explicit) return { config: configSchema.parse({}), path: null };
+    throw new KuraError(
+      'E_CONFIG',
+      code === 'ENOENT'
+        ? `config file ${p} does not exist; fix --config / KURA_CONFIG, or print an example with "kura config example"`
+        : `cannot read config file ${p}: ${(e as Error).message}`,
+    );
+  }
+  return { config: parseConfig(text, p), path: path.resolve(p) };
+}

@@ -1,0 +1,74 @@
+/**
+ * Every failure an operator can meet is a KuraError with a stable code. The CLI maps codes to
+ * exit statuses (sysexits-style, so job-management software can tell classes of failure apart).
+ */
+export const ExitStatus = {
+  OK: 0,
+  FAILED: 1, // the job ran and something failed (e.g. some sources failed)
+  USAGE: 64, // bad command line
+  DATA: 65, // corrupt data found (chunk, snapshot, frame)
+  NO_INPUT: 66, // repository, snapshot or file not found
+  UNAVAILABLE: 69, // a capability that is not built yet / service unavailable
+  SOFTWARE: 70, // internal error (a bug): run with --debug and report it
+  IO: 74, // I/O error writing or reading the store
+  TEMP_FAIL: 75, // could not lock; try again later
+  NO_PERM: 77, // wrong key or passphrase, permission denied
+  CONFIG: 78, // configuration error
+} as const;
+
+export const errorCodes = {
+  E_USAGE: ExitStatus.USAGE,
+  E_CONFIG: ExitStatus.CONFIG,
+  E_NOT_IMPLEMENTED: ExitStatus.UNAVAILABLE,
+  E_REPO_NOT_FOUND: ExitStatus.NO_INPUT,
+  E_REPO_EXISTS: ExitStatus.USAGE,
+  E_REPO_FORMAT: ExitStatus.DATA,
+  E_SNAPSHOT_NOT_FOUND: ExitStatus.NO_INPUT,
+  E_SNAPSHOT_AMBIGUOUS: ExitStatus.USAGE,
+  E_SNAPSHOT_CORRUPT: ExitStatus.DATA,
+  E_CHUNK_MISSING: ExitStatus.DATA,
+  E_CHUNK_CORRUPT: ExitStatus.DATA,
+  E_CHECK_FAILED: ExitStatus.DATA,
+  E_INPUT: ExitStatus.NO_INPUT,
+  E_INPUT_FAILED: ExitStatus.FAILED,
+  E_KEY_MISSING: ExitStatus.NO_PERM,
+  E_KEY_WRONG: ExitStatus.NO_PERM,
+  E_KEY_FILE: ExitStatus.NO_PERM,
+  E_IO: ExitStatus.IO,
+  E_LOCKED: ExitStatus.TEMP_FAIL,
+  E_INTERNAL: ExitStatus.SOFTWARE,
+} as const;
+
+export type ErrorCode = keyof typeof errorCodes;
+
+export class KuraError extends Error {
+  readonly code: ErrorCode;
+  /** Extra machine-readable facts for --json output and logs. */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KuraError';
+    this.code = code;
+    this.details = details;
+  }
+
+  get exitStatus(): number {
+    return errorCodes[this.code];
+  }
+}
+
+export function isKuraError(e: unknown): e is KuraError {
+  return e instanceof KuraError;
+}
+
+/** Wrap an unexpected Node error (ENOSPC, EACCES...) into a coded error that says what to do. */
+export function ioError(what: string, err: unknown): KuraError {
+  const e = err as NodeJS.ErrnoException;
+  const hint =
+    e?.code === 'ENOSPC' ? 'free disk space and rerun'
+    : e?.code === 'EACCES' || e?.code === 'EPERM' ? 'check the permissions of the path'
+    : e?.code === 'ENOENT' ? 'check that the path exists'
+    : 'check the path and the disk, then rerun';
+  return new KuraError('E_IO', `${what}: ${e?.message ?? String(err)} (${hint})`, { errno: e?.code }, { cause: err });
+}

@@ -1,0 +1,5 @@
+// Registers every built-in module implementation; import before building the config schema.
+import './sso/none.js';
+import './routing/static.js';
+import './virtualization/none.js';
+export { moduleSchema, registeredModules, registerModule } from './registry.js';

@@ -1,0 +1,230 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { KuraError } from '../errors.js';
+import type { ChunkerParams } from '../chunker/fastcdc.js';
+import { defaultChunkerParams, validateChunkerParams } from '../chunker/fastcdc.js';
+import { deriveKeys, newMasterKey, parseKeyFile, parseKeySlot, unwrapMasterKey, wrapMasterKey, type KeyFile, type KeySlot, type RepoKeys } from '../crypto/keys.js';
+import type { StoreBackend } from '../store/backend.js';
+import { snapshotName } from '../store/backend.js';
+import { FsBackend } from '../store/fs/index.js';
+import { Catalogue } from './catalogue.js';
+import { decodeSnapshot, type DecodedSnapshot } from './snapshot.js';
+
+export const REPO_FORMAT = 1;
+
+export interface RepoConfig {
+  format: number;
+  id: string;
+  created: string;
+  chunker: ChunkerParams & { algorithm: 'fastcdc-gear-v1'; normalization: 2 };
+  compression: { algorithm: 'zstd'; level: number };
+  chunkId: 'blake3-keyed-256';
+  cipher: 'aes-256-gcm';
+}
+
+/** Where the master key comes from: a key file, or a passphrase tried against the key slots. */
+export interface KeySource {
+  passphrase?: string | undefined;
+  keyFile?: string | undefined;
+}
+
+export interface InitOptions {
+  keys: KeySource;
+  chunker?: ChunkerParams;
+  compressionLevel?: number;
+}
+
+const CATALOGUE_FILE = 'catalogue.sqlite';
+
+export class Repository {
+  private constructor(
+    readonly root: string,
+    readonly store: StoreBackend,
+    readonly config: RepoConfig,
+    readonly catalogue: Catalogue,
+    private readonly repoKeys: RepoKeys | null,
+  ) {}
+
+  /** Keys, or a coded error when the repository was opened without them (vault side). */
+  get keys(): RepoKeys {
+    if (!this.repoKeys) throw new KuraError('E_KEY_MISSING', 'this operation needs the repository key; give KURA_PASSPHRASE, --passphrase-file or --key-file');
+    return this.repoKeys;
+  }
+
+  get hasKeys(): boolean {
+    return this.repoKeys !== null;
+  }
+
+  static async init(root: string, opts: InitOptions): Promise<{ repo: Repository; keyFileWritten?: string }> {
+    const chunker = opts.chunker ?? defaultChunkerParams;
+    const problem = validateChunkerParams(chunker);
+    if (problem) throw new KuraError('E_USAGE', `chunker parameters: ${problem}`);
+    const level = opts.compressionLevel ?? 3;
+    if (!Number.isInteger(level) || level < 0 || level > 22) throw new KuraError('E_USAGE', `compression level ${level} is out of range (0 = none, 1..22 zstd)`);
+    if (!opts.keys.passphrase && !opts.keys.keyFile) {
+      throw new KuraError('E_KEY_MISSING', 'a new repository needs a key: set KURA_PASSPHRASE, give --passphrase-file, or --key-file PATH to create a key file');
+    }
+    const store = new FsBackend(root);
+    if (await store.stat('config')) throw new KuraError('E_REPO_EXISTS', `${root} already holds a kura repository; choose another directory`);
+    const entries = await fsp.readdir(root).catch(() => [] as string[]);
+    if (entries.length > 0) throw new KuraError('E_REPO_EXISTS', `${root} is not empty; give an empty or new directory for the repository`);
+    await fsp.mkdir(root, { recursive: true, mode: 0o750 });
+    // fan-out directories up front: no mkdir on the backup's hot path
+    await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
+    await fsp.mkdir(path.join(root, 'keys'), { recursive: true });
+    for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'data', i.toString(16).padStart(2, '0')), { recursive: true });
+
+    const config: RepoConfig = {
+      format: REPO_FORMAT,
+      id: randomBytes(16).toString('hex'),
+      created: new Date().toISOString(),
+      chunker: { algorithm: 'fastcdc-gear-v1', normalization: 2, ...chunker },
+      compression: { algorithm: 'zstd', level },
+      chunkId: 'blake3-keyed-256',
+      cipher: 'aes-256-gcm',
+    };
+    const master = newMasterKey();
+    let keyFileWritten: string | undefined;
+    if (opts.keys.keyFile) {
+      const kf: KeyFile = { version: 1, kind: 'kura-key', repository: config.id, master: master.toString('base64') };
+      try {
+        await fsp.writeFile(opts.keys.keyFile, JSON.stringify(kf, null, 2) + '\n', { mode: 0o600, flag: 'wx' });
+      } catch (e) {
+        throw new KuraError('E_KEY_FILE', `cannot create key file ${opts.keys.keyFile}: ${(e as Error).message} (it must not exist yet)`);
+      }
+      keyFileWritten = opts.keys.keyFile;
+    }
+    if (opts.keys.passphrase) {
+      const slot = wrapMasterKey(master, opts.keys.passphrase, config.id, 'initial');
+      await store.replace(`keys/${slot.id}`, Buffer.from(JSON.stringify(slot, null, 2)));
+    }
+    // config last: a directory without config is not a repository, so a crash here is harmless
+    await store.replace('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+    const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
+    const repo = new Repository(root, store, config, catalogue, deriveKeys(master, config.id));
+    repo.masterKey = master;
+    return keyFileWritten ? { repo, keyFileWritten } : { repo };
+  }
+
+  /** Open a repository; `keys` null opens it without keys (structure only). */
+  static async open(root: string, keys: KeySource | null): Promise<Repository> {
+    const store = new FsBackend(root);
+    const raw = await store.get('config');
+    if (!raw) throw new KuraError('E_REPO_NOT_FOUND', `no kura repository at ${root}; create one with "kura repo init --repo ${root}" or fix --repo`);
+    let config: RepoConfig;
+    try {
+      config = JSON.parse(raw.toString('utf8')) as RepoConfig;
+    } catch {
+      throw new KuraError('E_REPO_FORMAT', `${root}/config is damaged (not JSON)`);
+    }
+    if (config.format !== REPO_FORMAT) throw new KuraError('E_REPO_FORMAT', `${root} has repository format ${config.format}; this kura reads format ${REPO_FORMAT}`);
+    const master = keys ? await unlock(store, config.id, keys) : null;
+    const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
+    const repo = new Repository(root, store, config, catalogue, master ? deriveKeys(master, config.id) : null);
+    repo.masterKey = master;
+    await repo.reconcileSnapshots();
+    return repo;
+  }
+
+  /**
+   * Snapshot files are the truth; a crash between writing one and recording it leaves the
+   * catalogue behind, and a snapshot removed elsewhere leaves it ahead. Listing one directory
+   * is cheap, so every open brings the catalogue in line.
+   */
+  async reconcileSnapshots(): Promise<void> {
+    const inStore = new Set<string>();
+    for await (const name of this.store.list('snapshots/')) inStore.add(name.slice('snapshots/'.length));
+    const known = this.catalogue.snapshotIds();
+    for (const id of inStore) {
+      if (known.has(id)) continue;
+      const s = await this.readSnapshot(id).catch(() => null);
+      if (s) this.catalogue.addSnapshot(id, s.header);
+    }
+    for (const id of known) if (!inStore.has(id)) this.catalogue.removeSnapshot(id);
+  }
+
+  async readSnapshot(id: string): Promise<DecodedSnapshot> {
+    const bytes = await this.store.get(snapshotName(id));
+    if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in ${this.root}; list them with "kura snapshots"`);
+    return decodeSnapshot(bytes, id);
+  }
+
+  /** ID, unique ID prefix, or latest:SOURCE. */
+  resolveSnapshot(ref: string): string {
+    const all = this.catalogue.snapshots();
+    if (ref.startsWith('latest:') || ref === 'latest') {
+      const source = ref === 'latest' ? undefined : ref.slice('latest:'.length);
+      const rows = all.filter((r) => source === undefined || r.header.source === source);
+      const last = rows[rows.length - 1];
+      if (!last) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot of source "${source ?? '*'}" in ${this.root}; list them with "kura snapshots"`);
+      return last.id;
+    }
+    if (!/^[0-9a-f]{4,64}$/.test(ref)) throw new KuraError('E_USAGE', `"${ref}" is not a snapshot reference: give an ID, a unique ID prefix (4+ hex digits) or latest:SOURCE`);
+    const hits = all.filter((r) => r.id.startsWith(ref));
+    if (hits.length === 0) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot ${ref} in ${this.root}; list them with "kura snapshots"`);
+    if (hits.length > 1) throw new KuraError('E_SNAPSHOT_AMBIGUOUS', `"${ref}" matches ${hits.length} snapshots; give more digits`, { matches: hits.map((h) => h.id) });
+    return hits[0]!.id;
+  }
+
+  async keySlots(): Promise<KeySlot[]> {
+    return loadSlots(this.store);
+  }
+
+  async addKeySlot(passphrase: string, label?: string): Promise<KeySlot> {
+    const master = this.masterForExport;
+    const slot = wrapMasterKey(master, passphrase, this.config.id, label);
+    await this.store.replace(`keys/${slot.id}`, Buffer.from(JSON.stringify(slot, null, 2)));
+    return slot;
+  }
+
+  /** The master key is kept only to add slots and export; derived keys do the work. */
+  private masterKey: Buffer | null = null;
+  get masterForExport(): Buffer {
+    if (!this.masterKey) throw new KuraError('E_KEY_MISSING', 'this operation needs the repository key; give KURA_PASSPHRASE, --passphrase-file or --key-file');
+    return this.masterKey;
+  }
+
+  close(): void {
+    this.catalogue.close();
+  }
+}
+
+async function loadSlots(store: StoreBackend): Promise<KeySlot[]> {
+  const slots: KeySlot[] = [];
+  for await (const name of store.list('keys/')) {
+    const raw = await store.get(name);
+    if (raw) slots.push(parseKeySlot(raw.toString('utf8'), name));
+  }
+  return slots.sort((a, b) => a.created.localeCompare(b.created));
+}
+
+async function unlock(store: StoreBackend, repositoryId: string, keys: KeySource): Promise<Buffer> {
+  if (keys.keyFile) {
+    let text: string;
+    try {
+      text = await fsp.readFile(keys.keyFile, 'utf8');
+    } catch (e) {
+      throw new KuraError('E_KEY_FILE', `cannot read key file ${keys.keyFile}: ${(e as Error).message}`);
+    }
+    const kf = parseKeyFile(text, keys.keyFile);
+    if (kf.repository !== repositoryId) {
+      throw new KuraError('E_KEY_WRONG', `key file ${keys.keyFile} belongs to repository ${kf.repository}, not ${repositoryId}; give this repository's key file`);
+    }
+    if (kf.master) return Buffer.from(kf.master, 'base64');
+    if (!keys.passphrase) throw new KuraError('E_KEY_MISSING', `key file ${keys.keyFile} is passphrase-protected; set KURA_PASSPHRASE or give --passphrase-file`);
+    const m = unwrapMasterKey(kf.slot!, keys.passphrase, repositoryId);
+    if (!m) throw new KuraError('E_KEY_WRONG', `the passphrase does not open key file ${keys.keyFile}; check the passphrase`);
+    return m;
+  }
+  if (!keys.passphrase) {
+    throw new KuraError('E_KEY_MISSING', 'the repository key is needed: set KURA_PASSPHRASE, give --passphrase-file, or --key-file');
+  }
+  const slots = await loadSlots(store);
+  if (slots.length === 0) throw new KuraError('E_KEY_WRONG', `repository ${store.location} has no passphrase key slots; open it with --key-file`);
+  for (const slot of slots) {
+    const m = unwrapMasterKey(slot, keys.passphrase, repositoryId);
+    if (m) return m;
+  }
+  throw new KuraError('E_KEY_WRONG', `the passphrase opens none of the ${slots.length} key slot(s) of ${store.location}; check KURA_PASSPHRASE or --passphrase-file`);
+}

@@ -1,0 +1,179 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, constants as fsc } from 'node:fs';
+import path from 'node:path';
+import { ioError } from '../../errors.js';
+import type { StoreBackend, StoreStat } from '../backend.js';
+
+const TMP_PREFIX = '.tmp-';
+
+/**
+ * Local directory backend. Writes are atomic and durable: temp file → write → fdatasync →
+ * link to the final name (link fails if the name exists, which gives a true put-if-absent) →
+ * unlink temp. Directory entries are made durable in sync(), once per touched directory, before
+ * the catalogue records the write; per-blob directory fsyncs would cost more than the backup.
+ */
+export class FsBackend implements StoreBackend {
+  readonly location: string;
+  private readonly touchedDirs = new Set<string>();
+
+  constructor(readonly root: string) {
+    this.location = root;
+  }
+
+  private pathOf(name: string): string {
+    return path.join(this.root, ...name.split('/'));
+  }
+
+  async get(name: string): Promise<Buffer | null> {
+    try {
+      return await fsp.readFile(this.pathOf(name));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    }
+  }
+
+  private async writeTemp(dir: string, data: Uint8Array): Promise<string> {
+    const tmp = path.join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o640);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      await fsp.mkdir(dir, { recursive: true });
+      fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o640);
+    }
+    try {
+      let off = 0;
+      while (off < data.length) {
+        const { bytesWritten } = await fh.write(data, off, data.length - off);
+        off += bytesWritten;
+      }
+      await fh.datasync();
+    } catch (e) {
+      await fh.close().catch(() => {});
+      await fsp.unlink(tmp).catch(() => {});
+      throw e;
+    }
+    await fh.close();
+    return tmp;
+  }
+
+  async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
+    const target = this.pathOf(name);
+    const dir = path.dirname(target);
+    try {
+      const tmp = await this.writeTemp(dir, data);
+      try {
+        await fsp.link(tmp, target);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+        throw e;
+      } finally {
+        await fsp.unlink(tmp).catch(() => {});
+      }
+      this.touchedDirs.add(dir);
+      return true;
+    } catch (e) {
+      throw ioError(`cannot write ${name} in ${this.root}`, e);
+    }
+  }
+
+  async replace(name: string, data: Uint8Array): Promise<void> {
+    const target = this.pathOf(name);
+    const dir = path.dirname(target);
+    try {
+      const tmp = await this.writeTemp(dir, data);
+      await fsp.rename(tmp, target);
+      await fsyncDir(dir);
+    } catch (e) {
+      throw ioError(`cannot write ${name} in ${this.root}`, e);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    const base = this.pathOf(prefix.replace(/\/$/, ''));
+    yield* walk(base, prefix.replace(/\/?$/, '/'));
+  }
+
+  async delete(name: string): Promise<void> {
+    try {
+      await fsp.unlink(this.pathOf(name));
+      this.touchedDirs.add(path.dirname(this.pathOf(name)));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw ioError(`cannot delete ${name} in ${this.root}`, e);
+    }
+  }
+
+  async stat(name: string): Promise<StoreStat | null> {
+    try {
+      const s = await fsp.stat(this.pathOf(name));
+      return { size: s.size, mtimeMs: s.mtimeMs };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(`cannot stat ${name} in ${this.root}`, e);
+    }
+  }
+
+  async sync(): Promise<void> {
+    const dirs = [...this.touchedDirs];
+    this.touchedDirs.clear();
+    try {
+      await Promise.all(dirs.map(fsyncDir));
+    } catch (e) {
+      throw ioError(`cannot make writes in ${this.root} durable`, e);
+    }
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function* walk(dir: string, prefix: string): AsyncIterable<string> {
+  let entries: import('node:fs').Dirent[];
+  try {
+    entries = await fsp.readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ioError(`cannot list ${dir}`, e);
+  }
+  for (const ent of entries) {
+    if (ent.name.startsWith(TMP_PREFIX)) continue;
+    if (ent.isDirectory()) yield* walk(path.join(dir, ent.name), `${prefix}${ent.name}/`);
+    else if (ent.isFile()) yield `${prefix}${ent.name}`;
+  }
+}
+
+/** Remove temp files left by a killed writer; only those older than `olderThanMs`. */
+export async function removeStaleTemps(root: string, olderThanMs: number): Promise<number> {
+  let removed = 0;
+  const now = Date.now();
+  async function visit(dir: string): Promise<void> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const ent of entries) {
+      const p = path.join(dir, ent.name);
+      if (ent.isDirectory()) await visit(p);
+      else if (ent.name.startsWith(TMP_PREFIX)) {
+        const s = await fsp.stat(p).catch(() => null);
+        if (s && now - s.mtimeMs > olderThanMs) {
+          await fsp.unlink(p).catch(() => {});
+          removed++;
+        }
+      }
+    }
+  }
+  await visit(root);
+  return removed;
+}
