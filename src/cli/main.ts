@@ -50,7 +50,8 @@ export async function main(argv = process.argv): Promise<number> {
     }
     const err =
       e instanceof KuraError ? e : new KuraError('E_INTERNAL', `internal error: ${(e as Error)?.message ?? String(e)} (rerun with --debug and report it)`, undefined, { cause: e });
-    if (wantsJson(argv)) process.stdout.write(JSON.stringify({ ok: false, error: { code: err.code, message: err.message, ...(err.details ?? {}) } }) + '\n');
+    // a command that already printed its JSON report (check) does not get a second line
+    if (wantsJson(argv) && !err.details?.reported) process.stdout.write(JSON.stringify({ ok: false, error: { code: err.code, message: err.message, ...(err.details ?? {}) } }) + '\n');
     process.stderr.write(`kura: ${err.code}: ${err.message}\n`);
     if (debug) process.stderr.write(`${(err.cause as Error)?.stack ?? err.stack}\n`);
     return err.exitStatus;

@@ -53,7 +53,7 @@ function emitValue(s: JS, indent: string, out: string[]): void {
   const vs = variants(s);
   if (vs) {
     const types = vs.map((v) => scalar(v.properties?.type?.const ?? v.properties?.type?.enum?.[0])).join(', ');
-    out.push(`${indent}# one of ${vs.length} kinds, chosen by \`type\`: ${types}; the first is shown`);
+    if (vs.length > 1) out.push(`${indent}# one of ${vs.length} kinds, chosen by \`type\`: ${types}; the first is shown`);
     emitObject(vs[0]!, indent, out);
     return;
   }
@@ -66,8 +66,18 @@ function emitProperty(key: string, p: JS, required: boolean, indent: string, out
   if (isObject) {
     const body: string[] = [];
     emitValue(p, indent + '  ', body);
-    out.push(`${indent}${key}:`);
-    out.push(...body);
+    // an optional section without defaults is shown commented out as a whole
+    const optional = !required && p.default === undefined;
+    const lines = [`${indent}${key}:`, ...body];
+    out.push(...(optional ? lines.map((l) => commentOut(l, indent)) : lines));
+    return;
+  }
+  if (p.type === 'array' && p.items && (p.items.properties || variants(p.items))) {
+    const body: string[] = [];
+    emitValue(p.items, indent + '    ', body);
+    const firstField = body.findIndex((l) => !l.trimStart().startsWith('#'));
+    if (firstField >= 0) body[firstField] = `${indent}  - ${body[firstField]!.slice(indent.length + 4)}`;
+    out.push(`${indent}${key}:`, ...body);
     return;
   }
   const value = p.examples?.[0] ?? p.default ?? p.const;
@@ -80,6 +90,11 @@ function emitProperty(key: string, p: JS, required: boolean, indent: string, out
   } else {
     out.push(`${indent}${required ? '' : '# '}${key}: ${required ? '' : '<'}${typeHint(p)}${required ? '' : '>'}`);
   }
+}
+
+function commentOut(line: string, indent: string): string {
+  const rest = line.slice(indent.length);
+  return rest.startsWith('# ') ? line : `${indent}# ${rest}`;
 }
 
 export function configExample(): string {

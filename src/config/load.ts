@@ -21,7 +21,8 @@ export function configPath(flag: string | undefined, env = process.env): { path:
 export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((i) => {
     const where = i.path.length ? i.path.map(String).join('.') : '(top level)';
-    return `${where}: ${i.message}`;
+    const missing = i.code === 'invalid_type' && (i as { input?: unknown }).input === undefined;
+    return `${where}: ${missing ? `required setting is missing (expected ${i.expected})` : i.message}`;
   });
 }
 

@@ -1,0 +1,100 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chunkLengths, defaultChunkerParams, FastCdc, gearTable, validateChunkerParams } from '../src/chunker/fastcdc.js';
+import { chunkId } from '../src/crypto/blob.js';
+import { collect, Prng, sha256, sqlDump } from './support/generate.js';
+
+// Golden vectors: chunk boundaries and IDs are part of repository format v1. If one of these
+// fails, the format changed: that needs a new format version, not a new vector.
+const SEED = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
+const SMALL = { minSize: 256, avgSize: 1024, maxSize: 4096 };
+
+const GOLDEN_TEXT_LENGTHS = [
+  50867, 65683, 87349, 66684, 68767, 69652, 70485, 99229, 81391, 66311, 70723, 52316, 82835, 111497, 70839, 71171, 100258, 68931, 55327, 76972, 70787,
+  75277, 66202, 79426, 103559, 76668, 68872, 69385, 105952, 77017, 77470, 74846, 67063, 84311, 17617, 67222, 39210, 91681, 30555, 71592, 70530, 69050,
+  71425, 71966, 67468, 75068, 88950, 71904, 79519, 18318, 72785, 68435, 45075, 22143, 71514, 38520, 65669, 65775, 70960, 81626, 5605,
+];
+const GOLDEN_RANDOM_SMALL = [
+  1047, 1420, 455, 1310, 1142, 1311, 1070, 1065, 1044, 931, 591, 1049, 1450, 1173, 1126, 334, 1221, 1025, 1110, 711, 1337, 1026, 1221, 1659, 791, 2063,
+  1115, 1313, 433, 1067, 1370, 1518, 802, 454, 1523, 1037, 577, 1390, 1128, 1078, 1680, 1353, 492, 529, 1142, 1220, 1298, 1570, 1076, 1066, 1046, 1131,
+  1132, 1651, 1025, 1134, 323, 1267, 428, 1052, 434,
+];
+
+test('the gear table is derived from the seed exactly as format v1 says', () => {
+  const g = gearTable(SEED);
+  assert.deepEqual([g[0]! >>> 0, g[1]! >>> 0, g[255]! >>> 0], [3406632731, 1876509835, 2738993085]);
+});
+
+test('golden vector: boundaries of a SQL-like dump with the default 16/64/256 KiB parameters', async () => {
+  const text = await collect(sqlDump(7, 4 << 20));
+  assert.equal(sha256(text), 'b8505b8013b29391a3b2c92bdb382f6f375171fb2f2ce8bb32b5d82bc568bbe3', 'the test input generator changed');
+  assert.deepEqual(chunkLengths(text, defaultChunkerParams, SEED), GOLDEN_TEXT_LENGTHS);
+});
+
+test('golden vector: boundaries of random bytes with 256/1024/4096 parameters', () => {
+  assert.deepEqual(chunkLengths(new Prng(42).bytes(64 << 10), SMALL, SEED), GOLDEN_RANDOM_SMALL);
+});
+
+test('golden vector: keyed BLAKE3 chunk IDs', async () => {
+  const text = await collect(sqlDump(7, 4 << 20));
+  const key = Buffer.alloc(32, 7);
+  const ids: string[] = [];
+  let off = 0;
+  for (const len of GOLDEN_TEXT_LENGTHS.slice(0, 3)) {
+    ids.push(chunkId(key, text.subarray(off, off + len)).toString('hex'));
+    off += len;
+  }
+  assert.deepEqual(ids, [
+    '3961ff990ef0ccda43583da3c2a899431f43becb2ee4d5de6fff3dda7ea2ac0f',
+    '4302b2cd9906b15d8e89e92a52dfba1ba5c28d3f77c4f1db409f25042b55ee3c',
+    'f8f9ecdbbb5a8ee82f7fb9a43ecd5b032cfe67a53ca7001a5ac79f09fa274997',
+  ]);
+});
+
+test('boundaries do not depend on how the input is split into reads', () => {
+  const data = new Prng(5).bytes(200 << 10);
+  const whole = chunkLengths(data, SMALL, SEED);
+  for (const readSize of [1, 7, 255, 256, 1023, 4096, 65537]) {
+    assert.deepEqual(chunkLengths(data, SMALL, SEED, readSize), whole, `read size ${readSize}`);
+  }
+  // irregular reads
+  const r = new Prng(9);
+  const cdc = new FastCdc(SMALL, SEED);
+  const got: number[] = [];
+  for (let o = 0; o < data.length; ) {
+    const n = 1 + (r.next() % 5000);
+    cdc.push(data.subarray(o, o + n), (c) => got.push(c.length));
+    o += n;
+  }
+  cdc.finish((c) => got.push(c.length));
+  assert.deepEqual(got, whole);
+});
+
+test('every chunk but the last is within min..max, and they add up to the input', () => {
+  for (const data of [new Prng(3).bytes(300 << 10), Buffer.alloc(300 << 10), Buffer.alloc(300 << 10, 0xff)]) {
+    const lens = chunkLengths(data, SMALL, SEED);
+    assert.equal(lens.reduce((a, b) => a + b, 0), data.length);
+    for (const l of lens.slice(0, -1)) assert.ok(l >= SMALL.minSize && l <= SMALL.maxSize, `chunk of ${l}`);
+  }
+});
+
+test('chunks emitted across pushes carry the right bytes', () => {
+  const data = new Prng(11).bytes(50 << 10);
+  const cdc = new FastCdc(SMALL, SEED);
+  const parts: Buffer[] = [];
+  for (let o = 0; o < data.length; o += 333) cdc.push(data.subarray(o, o + 333), (c) => parts.push(Buffer.from(c)));
+  cdc.finish((c) => parts.push(Buffer.from(c)));
+  assert.ok(Buffer.concat(parts).equals(data));
+});
+
+test('empty input yields no chunk; inputs shorter than min yield one', () => {
+  assert.deepEqual(chunkLengths(Buffer.alloc(0), SMALL, SEED), []);
+  assert.deepEqual(chunkLengths(Buffer.alloc(1), SMALL, SEED), [1]);
+  assert.deepEqual(chunkLengths(Buffer.alloc(255), SMALL, SEED), [255]);
+});
+
+test('chunker parameters are validated', () => {
+  assert.equal(validateChunkerParams(defaultChunkerParams), null);
+  assert.match(validateChunkerParams({ minSize: 512, avgSize: 1000, maxSize: 4096 })!, /power of two/);
+  assert.match(validateChunkerParams({ minSize: 4096, avgSize: 1024, maxSize: 8192 })!, /min < avg < max/);
+});

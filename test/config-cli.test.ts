@@ -1,0 +1,103 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
+
+function configFile(dir: string, text: string): string {
+  const f = path.join(dir, 'kura.yaml');
+  writeFileSync(f, text);
+  return f;
+}
+
+test('config check names the exact path and reason of every error', (t) => {
+  const dir = tempDir(t);
+  const f = configFile(
+    dir,
+    `sources:
+  juki:
+    type: postgres
+    schedule: "61 * * * *"
+    timeout: soon
+  zei:
+    type: oracle
+  kokuho:
+    type: command
+    comand: /opt/export
+modules:
+  routing:
+    type: carrier-pigeon
+`,
+  );
+  const r = kura(['config', 'check', '--config', f]);
+  assert.equal(r.status, 78);
+  assert.match(r.stderr, /E_CONFIG/);
+  assert.match(r.stderr, /sources\.juki\.schedule: invalid cron expression "61 \* \* \* \*"/);
+  assert.match(r.stderr, /sources\.juki\.timeout: invalid duration "soon"/);
+  assert.match(r.stderr, /sources\.zei\.type: unknown source type "oracle"/);
+  assert.match(r.stderr, /sources\.kokuho: Unrecognized key: "comand"/);
+  assert.match(r.stderr, /sources\.kokuho\.command: required setting is missing/);
+  assert.match(r.stderr, /modules\.routing\.type: unknown routing module type "carrier-pigeon"; known: static/);
+});
+
+test('config check reports YAML syntax errors with line and column', (t) => {
+  const dir = tempDir(t);
+  const f = configFile(dir, 'sources:\n  juki:\n    type: [postgres\n');
+  const r = kura(['config', 'check', '--config', f]);
+  assert.equal(r.status, 78);
+  assert.match(r.stderr, /kura\.yaml:\d+:\d+:/);
+});
+
+test('a config path that does not exist is a config error that says what to do', (t) => {
+  const dir = tempDir(t);
+  const r = kura(['snapshots', '--config', path.join(dir, 'missing.yaml')]);
+  assert.equal(r.status, 78);
+  assert.match(r.stderr, /E_CONFIG: config file .*missing\.yaml does not exist/);
+  const viaEnv = kura(['config', 'check'], { env: { KURA_CONFIG: path.join(dir, 'nope.yaml') } });
+  assert.equal(viaEnv.status, 78);
+});
+
+test('the generated example config is itself a valid config', (t) => {
+  const dir = tempDir(t);
+  const example = kuraOk(['config', 'example']).out;
+  assert.match(example, /^# kura configuration/);
+  assert.match(example, /modules:/);
+  assert.match(example, /# one of \d+ kinds, chosen by `type`: postgres/);
+  const f = configFile(dir, example);
+  const checked = kuraJson<{ ok: boolean; config: { sources: Record<string, unknown>; modules: { routing: { type: string } } } }>(['config', 'check', '--config', f]);
+  assert.equal(checked.ok, true);
+  assert.ok(checked.config.sources.juki, 'the example has a source');
+  assert.equal(checked.config.modules.routing.type, 'static');
+});
+
+test('--repo and the key can come from the config', (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  const pass = path.join(dir, 'pass');
+  writeFileSync(pass, 'from the config file\n');
+  const f = configFile(dir, `tenant: city-a\nrepository:\n  path: ${repo}\n  passphraseFile: ${pass}\n`);
+  const env = { KURA_PASSPHRASE: undefined, KURA_CONFIG: f };
+  kuraOk(['repo', 'init'], { env });
+  const id = kuraOk(['backup', '--name', 'x', '--stdin'], { env, input: 'hello' }).out.trim();
+  const rows = kuraJson<Array<{ id: string; tenant: string }>>(['snapshots'], { env });
+  assert.deepEqual(rows.map((r) => [r.id, r.tenant]), [[id, 'city-a']]);
+  assert.equal(kuraOk(['restore', 'latest:x'], { env }).out, 'hello');
+});
+
+test('commands of later versions exist with help and fail with E_NOT_IMPLEMENTED', () => {
+  for (const args of [['agent', 'run'], ['agent', 'daemon'], ['relay', 'run'], ['relay', 'once'], ['vault', 'serve'], ['vault', 'stdio', '--tenant', 'x'], ['prune'], ['gc'], ['status'], ['top']]) {
+    const r = kura(args);
+    assert.equal(r.status, 69, args.join(' '));
+    assert.match(r.stderr, /E_NOT_IMPLEMENTED/);
+    assert.equal(kura([...args, '--help']).status, 0);
+  }
+});
+
+test('usage errors exit 64 and say what is wrong', () => {
+  const r = kura(['backup', '--repo', '/tmp/x', '--name', 'a']);
+  assert.equal(r.status, 64);
+  assert.match(r.stderr, /--stdin or --file/);
+  assert.equal(kura(['no-such-command']).status, 64);
+  assert.equal(kura(['--help']).status, 0);
+  assert.match(kura(['--help']).out, /backup/);
+});

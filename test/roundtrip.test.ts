@@ -1,0 +1,220 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { collect, Prng, sqlDump } from './support/generate.js';
+
+interface BackupJson {
+  id: string;
+  logicalBytes: number;
+  newBytes: number;
+  chunks: number;
+  newChunks: number;
+  seconds: number;
+}
+
+function newRepo(t: Parameters<typeof tempDir>[0]): { dir: string; repo: string } {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  return { dir, repo };
+}
+
+function backupBytes(repo: string, dir: string, data: Buffer, name = 'db'): BackupJson {
+  const f = path.join(dir, `in-${Math.random().toString(36).slice(2)}`);
+  writeFileSync(f, data);
+  return kuraJson<BackupJson>(['backup', '--repo', repo, '--name', name, '--file', f]);
+}
+
+function blobFiles(repo: string): string[] {
+  const out: string[] = [];
+  for (const d of readdirSync(path.join(repo, 'data'))) for (const f of readdirSync(path.join(repo, 'data', d))) out.push(path.join(repo, 'data', d, f));
+  return out;
+}
+
+test('round trips are byte-identical at empty, 1 byte, and exactly min/avg/max chunk sizes', (t) => {
+  const { dir, repo } = newRepo(t);
+  const r = new Prng(1);
+  for (const size of [0, 1, 16 << 10, (16 << 10) + 1, 64 << 10, 256 << 10, (256 << 10) + 1, 3 << 20]) {
+    const data = r.bytes(size);
+    const b = backupBytes(repo, dir, data, `s${size}`);
+    assert.equal(b.logicalBytes, size);
+    assert.equal(b.chunks, size === 0 ? 0 : Math.max(1, b.chunks));
+    const viaStdout = kuraOk(['restore', '--repo', repo, b.id]).stdout;
+    assert.ok(viaStdout.equals(data), `stdout restore of ${size} bytes`);
+    const out = path.join(dir, `out-${size}`);
+    kuraOk(['restore', '--repo', repo, `latest:s${size}`, '--to', out]);
+    assert.ok(readFileSync(out).equals(data), `file restore of ${size} bytes`);
+  }
+});
+
+test('backup reads standard input and prints the snapshot ID', (t) => {
+  const { repo } = newRepo(t);
+  const data = Buffer.from('COPY t FROM stdin;\n1\tx\n\\.\n');
+  const r = kuraOk(['backup', '--repo', repo, '--name', 'piped', '--stdin'], { input: data });
+  const id = r.out.trim();
+  assert.match(id, /^[0-9a-f]{64}$/);
+  assert.ok(kuraOk(['restore', '--repo', repo, id.slice(0, 8)]).stdout.equals(data));
+});
+
+test('identical input stores nothing new; a prefix insert re-uses all but the first chunks', async (t) => {
+  const { dir, repo } = newRepo(t);
+  const dump = await collect(sqlDump(3, 8 << 20));
+  const first = backupBytes(repo, dir, dump);
+  assert.equal(first.newChunks, first.chunks);
+  const files = blobFiles(repo).length;
+
+  const same = backupBytes(repo, dir, dump);
+  assert.equal(same.newChunks, 0);
+  assert.equal(same.newBytes, 0);
+  assert.equal(blobFiles(repo).length, files);
+
+  const inserted = Buffer.concat([Buffer.from('-- inserted comment line at the very top of the dump\n'), dump]);
+  const after = backupBytes(repo, dir, inserted);
+  assert.ok(after.newChunks <= 2, `prefix insert stored ${after.newChunks} new chunks of ${after.chunks}`);
+  assert.ok(after.chunks >= first.chunks - 1);
+  assert.ok(kuraOk(['restore', '--repo', repo, after.id]).stdout.equals(inserted));
+});
+
+test('a flipped byte in any blob is found by check --read-data and by restore, which fails without output', (t) => {
+  const { dir, repo } = newRepo(t);
+  const data = new Prng(77).bytes(2 << 20);
+  const b = backupBytes(repo, dir, data);
+  kuraOk(['check', '--repo', repo, '--read-data']);
+  const blobs = blobFiles(repo).sort();
+  const r = new Prng(123);
+  for (let trial = 0; trial < 6; trial++) {
+    const victim = blobs[r.next() % blobs.length]!;
+    const bytes = readFileSync(victim);
+    // header, nonce, ciphertext and tag regions all get hit over the trials
+    const pos = [0, 1, 3, 10, bytes.length - 1, r.next() % bytes.length][trial]!;
+    const orig = bytes[pos]!;
+    bytes[pos] = orig ^ (1 << (r.next() % 8));
+    writeFileSync(victim, bytes);
+
+    const chk = kura(['check', '--repo', repo, '--read-data', '--json']);
+    assert.equal(chk.status, 65, `check exit status (trial ${trial}): ${chk.stderr}`);
+    const report = JSON.parse(chk.out) as { ok: boolean; problems: Array<{ kind: string; chunk: string; snapshots: string[] }> };
+    assert.equal(report.ok, false);
+    const p = report.problems.find((x) => x.kind === 'chunk-corrupt');
+    assert.ok(p, JSON.stringify(report.problems));
+    assert.equal(p.chunk, path.basename(victim));
+    assert.deepEqual(p.snapshots, [b.id]);
+
+    const out = path.join(dir, 'restored');
+    const rs = kura(['restore', '--repo', repo, b.id, '--to', out]);
+    assert.equal(rs.status, 65, rs.stderr);
+    assert.match(rs.stderr, /E_CHUNK_CORRUPT/);
+    assert.equal(existsSync(out), false, 'no output file after a failed restore');
+    assert.deepEqual(readdirSync(dir).filter((f) => f.includes('kura-partial')), [], 'no partial file left behind');
+    const rs2 = kura(['restore', '--repo', repo, b.id]);
+    assert.notEqual(rs2.status, 0);
+
+    bytes[pos] = orig;
+    writeFileSync(victim, bytes);
+  }
+  kuraOk(['check', '--repo', repo, '--read-data']);
+});
+
+test('check finds a damaged snapshot file and a missing chunk, naming the snapshots', (t) => {
+  const { dir, repo } = newRepo(t);
+  const b1 = backupBytes(repo, dir, new Prng(5).bytes(600 << 10), 'a');
+  const b2 = backupBytes(repo, dir, new Prng(6).bytes(600 << 10), 'b');
+  const snapFile = path.join(repo, 'snapshots', b1.id);
+  const s = readFileSync(snapFile);
+  s[20] ^= 1;
+  writeFileSync(snapFile, s);
+  const victim = blobFiles(repo)[0]!;
+  const chk = kura(['check', '--repo', repo, '--json']);
+  assert.equal(chk.status, 65);
+  const report = JSON.parse(chk.out) as { problems: Array<{ kind: string; snapshot?: string; snapshots?: string[] }> };
+  assert.ok(report.problems.some((p) => p.kind === 'snapshot-corrupt' && p.snapshot === b1.id));
+  s[20] ^= 1;
+  writeFileSync(snapFile, s);
+  kuraOk(['check', '--repo', repo]);
+  // remove one chunk
+  rmSync(victim);
+  const chk2 = JSON.parse(kura(['check', '--repo', repo, '--json']).out) as { problems: Array<{ kind: string; snapshots?: string[] }> };
+  const missing = chk2.problems.find((p) => p.kind === 'chunk-missing');
+  assert.ok(missing);
+  assert.ok(missing.snapshots!.length >= 1 && missing.snapshots!.every((id) => id === b1.id || id === b2.id));
+  assert.ok(chk2.problems.some((p) => p.kind === 'catalogue-stale'));
+});
+
+test('a wrong or missing passphrase is refused with a coded error, never garbage', (t) => {
+  const { dir, repo } = newRepo(t);
+  const data = Buffer.from('secret rows\n');
+  const b = backupBytes(repo, dir, data);
+  const wrong = kura(['restore', '--repo', repo, b.id], { env: { KURA_PASSPHRASE: 'wrong' } });
+  assert.equal(wrong.status, 77);
+  assert.match(wrong.stderr, /E_KEY_WRONG/);
+  assert.equal(wrong.stdout.length, 0);
+  const none = kura(['backup', '--repo', repo, '--name', 'x', '--stdin'], { env: { KURA_PASSPHRASE: undefined }, input: 'x' });
+  assert.equal(none.status, 77);
+  assert.match(none.stderr, /E_KEY_MISSING.*KURA_PASSPHRASE/);
+  // listing needs no key
+  assert.equal(kuraJson<unknown[]>(['snapshots', '--repo', repo], { env: { KURA_PASSPHRASE: undefined } }).length, 1);
+});
+
+test('key slots: add a passphrase, export the key, open with a key file alone', (t) => {
+  const { dir, repo } = newRepo(t);
+  const data = new Prng(8).bytes(100 << 10);
+  const b = backupBytes(repo, dir, data);
+  const pf = path.join(dir, 'second.pass');
+  writeFileSync(pf, 'second passphrase\n');
+  kuraOk(['key', 'add', '--repo', repo, '--new-passphrase-file', pf, '--label', 'off-site copy']);
+  const slots = kuraJson<Array<{ label: string | null }>>(['key', 'list', '--repo', repo]);
+  assert.deepEqual(slots.map((s) => s.label).sort(), ['initial', 'off-site copy']);
+  assert.ok(kuraOk(['restore', '--repo', repo, b.id, '--passphrase-file', pf], { env: { KURA_PASSPHRASE: undefined } }).stdout.equals(data));
+
+  const raw = path.join(dir, 'raw.key');
+  kuraOk(['key', 'export', '--repo', repo, '--to', raw, '--raw']);
+  assert.ok(kuraOk(['restore', '--repo', repo, b.id, '--key-file', raw], { env: { KURA_PASSPHRASE: undefined } }).stdout.equals(data));
+  const prot = path.join(dir, 'protected.key');
+  kuraOk(['key', 'export', '--repo', repo, '--to', prot]);
+  assert.doesNotMatch(readFileSync(prot, 'utf8'), /"master"/);
+  assert.equal(kura(['restore', '--repo', repo, b.id, '--key-file', prot], { env: { KURA_PASSPHRASE: undefined } }).status, 77);
+  assert.ok(kuraOk(['restore', '--repo', repo, b.id, '--key-file', prot]).stdout.equals(data));
+
+  // a repository created with a key file only
+  const repo2 = path.join(dir, 'repo2');
+  const kf = path.join(dir, 'repo2.key');
+  kuraOk(['repo', 'init', '--repo', repo2, '--key-file', kf], { env: { KURA_PASSPHRASE: undefined } });
+  const id = kuraOk(['backup', '--repo', repo2, '--name', 'k', '--stdin', '--key-file', kf], { input: data, env: { KURA_PASSPHRASE: undefined } }).out.trim();
+  assert.ok(kuraOk(['restore', '--repo', repo2, id, '--key-file', kf], { env: { KURA_PASSPHRASE: undefined } }).stdout.equals(data));
+  const other = kura(['restore', '--repo', repo, b.id, '--key-file', kf], { env: { KURA_PASSPHRASE: undefined } });
+  assert.equal(other.status, 77);
+  assert.match(other.stderr, /belongs to repository/);
+});
+
+test('rebuild-index recreates the catalogue from the store alone', (t) => {
+  const { dir, repo } = newRepo(t);
+  const dump = new Prng(4).bytes(1 << 20);
+  const b = backupBytes(repo, dir, dump);
+  for (const f of readdirSync(repo).filter((f) => f.startsWith('catalogue.sqlite'))) rmSync(path.join(repo, f));
+  const res = kuraJson<{ chunks: number; snapshots: number }>(['repo', 'rebuild-index', '--repo', repo], { env: { KURA_PASSPHRASE: undefined } });
+  assert.equal(res.snapshots, 1);
+  assert.equal(res.chunks, b.chunks);
+  const again = backupBytes(repo, dir, dump);
+  assert.equal(again.newChunks, 0, 'dedup works from the rebuilt catalogue');
+  kuraOk(['check', '--repo', repo, '--read-data']);
+});
+
+test('snapshot references: unique prefix, latest:SOURCE, ambiguity and unknown IDs are coded errors', (t) => {
+  const { dir, repo } = newRepo(t);
+  const a = backupBytes(repo, dir, Buffer.from('one'), 'alpha');
+  backupBytes(repo, dir, Buffer.from('two'), 'beta');
+  assert.equal(kuraOk(['restore', '--repo', repo, 'latest:alpha']).out, 'one');
+  assert.equal(kuraOk(['restore', '--repo', repo, a.id.slice(0, 10)]).out, 'one');
+  const unknown = kura(['restore', '--repo', repo, 'ffffffffffff']);
+  assert.equal(unknown.status, 66);
+  assert.match(unknown.stderr, /E_SNAPSHOT_NOT_FOUND/);
+  const bad = kura(['restore', '--repo', repo, 'not-an-id']);
+  assert.equal(bad.status, 64);
+  const noRepo = kura(['snapshots', '--repo', path.join(dir, 'nope')]);
+  assert.equal(noRepo.status, 66);
+  assert.match(noRepo.stderr, /E_REPO_NOT_FOUND.*kura repo init/);
+  const rows = kuraJson<Array<{ source: string }>>(['snapshots', '--repo', repo, '--name', 'beta']);
+  assert.deepEqual(rows.map((r) => r.source), ['beta']);
+});
