@@ -65,7 +65,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   const level = opts.compressionLevel ?? repo.config.compression.level;
   const params = repo.config.chunker;
   const cdc = new FastCdc(params, keys.gearSeed);
-  const pool = new SealPool(keys.dataKey, opts.workers);
+  const pool = new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
   const store = repo.store;
   const catalogue = repo.catalogue;
   const idKey = keys.idKey;
@@ -84,7 +84,8 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   let failure: unknown = null;
 
   const batchCapacity = BATCH_BYTES + params.maxSize;
-  const newBatch = (): Batch => ({ data: Buffer.allocUnsafeSlow(batchCapacity), used: 0, offsets: [0], ids: [], keys: [] });
+  const freeBuffers: ArrayBuffer[] = []; // batch buffers come back from the workers for reuse
+  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new ArrayBuffer(batchCapacity)), used: 0, offsets: [0], ids: [], keys: [] });
   let batch = newBatch();
   const ready: Batch[] = [];
 
@@ -120,19 +121,25 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
     const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer);
-    const blobs = Buffer.from(res.blobs);
-    await Promise.all(
-      b.ids.map(async (id, i) => {
-        const blob = blobs.subarray(res.offsets[i]!, res.offsets[i + 1]!);
-        const written = await store.putIfAbsent(chunkName(id.toString('hex')), blob);
-        if (written) {
-          newChunks++;
-          newBytes += blob.length;
-        }
-        pendingRows.push({ id, storedSize: blob.length, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
-        pendingRowBytes += blob.length;
-      }),
-    );
+    freeBuffers.push(res.data);
+    if (res.blobs) {
+      // the store is not local: upload what the worker sealed
+      const blobs = Buffer.from(res.blobs);
+      let off = 0;
+      await Promise.all(
+        b.ids.map((id, i) => {
+          const blob = blobs.subarray(off, (off += res.sizes[i]!));
+          return store.put(chunkName(id.toString('hex')), blob);
+        }),
+      );
+    }
+    b.ids.forEach((id, i) => {
+      const size = res.sizes[i]!;
+      newChunks++;
+      newBytes += size;
+      pendingRows.push({ id, storedSize: size, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
+      pendingRowBytes += size;
+    });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };
 

@@ -15,9 +15,9 @@ export class SealPool {
   private readonly running = new Map<Worker, { resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
   private seq = 0;
 
-  constructor(dataKey: Buffer, size = Math.max(1, Math.min(availableParallelism(), 8))) {
+  constructor(dataKey: Buffer, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { dataKey: new Uint8Array(dataKey) } });
+      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { dataKey: new Uint8Array(dataKey), directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
       w.on('error', (err) => this.fail(w, err));
       this.workers.push(w);
@@ -51,7 +51,7 @@ export class SealPool {
     this.running.delete(w);
     this.idle.push(w);
     if (job) {
-      if (res.error) job.reject(new KuraError('E_INTERNAL', `compression worker failed: ${res.error}`));
+      if (res.error) job.reject(new KuraError('E_IO', `storing new chunks failed: ${res.error} (check disk space and permissions, then rerun)`));
       else job.resolve(res);
     }
     this.pump();

@@ -1,7 +1,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BlobSealer, CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { chunkName } from '../store/backend.js';
+import { putBlobSync } from '../store/fs/index.js';
 
-/** Compresses and encrypts one batch of new chunks; runs in a worker thread. */
+/**
+ * Compresses and encrypts one batch of new chunks in a worker thread. With a local store it
+ * also writes the blobs itself (durable at the main thread's next store sync); otherwise it
+ * hands them back for the main thread to upload.
+ */
 export interface SealRequest {
   seq: number;
   level: number;
@@ -13,40 +19,45 @@ export interface SealRequest {
 
 export interface SealResponse {
   seq: number;
-  blobs: ArrayBuffer;
-  offsets: Uint32Array;
+  /** the request's data buffer, handed back for reuse */
+  data: ArrayBuffer;
+  /** stored size of each blob */
+  sizes: Uint32Array;
+  /** blobs back to back, when the worker did not write them itself */
+  blobs: ArrayBuffer | null;
   error?: string;
 }
 
 const dataKey = Buffer.from(workerData.dataKey as Uint8Array);
+const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
 
 parentPort!.on('message', (req: SealRequest) => {
+  const n = req.offsets.length - 1;
   try {
     let sealer = sealers.get(req.level);
     if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(dataKey, req.level)));
     const data = Buffer.from(req.data);
     const ids = Buffer.from(req.ids);
-    const n = req.offsets.length - 1;
-    const blobs: Buffer[] = new Array(n);
-    let total = 0;
+    const sizes = new Uint32Array(n);
+    const kept: Buffer[] = [];
     for (let i = 0; i < n; i++) {
-      const b = sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
-      blobs[i] = b;
-      total += b.length;
+      const id = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+      const blob = sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), id);
+      sizes[i] = blob.length;
+      if (directRoot) putBlobSync(directRoot, chunkName(id.toString('hex')), blob);
+      else kept.push(blob);
     }
-    const out = Buffer.allocUnsafeSlow(total);
-    const offsets = new Uint32Array(n + 1);
-    let off = 0;
-    for (let i = 0; i < n; i++) {
-      offsets[i] = off;
-      blobs[i]!.copy(out, off);
-      off += blobs[i]!.length;
+    let blobs: ArrayBuffer | null = null;
+    const transfer: ArrayBuffer[] = [req.data, sizes.buffer as ArrayBuffer];
+    if (!directRoot) {
+      const all = Buffer.concat(kept);
+      blobs = all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer;
+      transfer.push(blobs);
     }
-    offsets[n] = off;
-    const res: SealResponse = { seq: req.seq, blobs: out.buffer as ArrayBuffer, offsets };
-    parentPort!.postMessage(res, [out.buffer as ArrayBuffer, offsets.buffer as ArrayBuffer]);
+    parentPort!.postMessage({ seq: req.seq, data: req.data, sizes, blobs } satisfies SealResponse, transfer);
   } catch (e) {
-    parentPort!.postMessage({ seq: req.seq, blobs: new ArrayBuffer(0), offsets: new Uint32Array(0), error: (e as Error).message } satisfies SealResponse);
+    const err = e as NodeJS.ErrnoException;
+    parentPort!.postMessage({ seq: req.seq, data: req.data, sizes: new Uint32Array(0), blobs: null, error: `${err.code ? err.code + ': ' : ''}${err.message}` } satisfies SealResponse, [req.data]);
   }
 });

@@ -131,19 +131,36 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   };
 }
 
-/** Rebuild the catalogue from the store alone (chunk blobs and snapshot files). */
+/**
+ * Rebuild the catalogue from the store alone (chunk blobs and snapshot files), without keys.
+ * Only chunks some snapshot references are recorded: a snapshot is written after its chunks were
+ * made durable, while an unreferenced blob may be one a power cut damaged. Leaving those out only
+ * means a later backup writes them again.
+ */
 export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; snapshots: number }> {
+  const referenced = new Set<string>();
+  for await (const name of repo.store.list('snapshots/')) {
+    const bytes = await repo.store.get(name);
+    if (!bytes) continue;
+    try {
+      for (const id of chunkIdsOf(decodeSnapshot(bytes, name.slice('snapshots/'.length)))) referenced.add(id.toString('hex'));
+    } catch (e) {
+      if (!(e instanceof KuraError)) throw e; // a damaged snapshot references nothing; check reports it
+    }
+  }
   const rows: Array<{ id: Buffer; storedSize: number; plainSize: number }> = [];
   for await (const name of repo.store.list('data/')) {
     const hex = name.slice(name.lastIndexOf('/') + 1);
-    if (!/^[0-9a-f]{64}$/.test(hex)) continue;
+    if (!referenced.has(hex)) continue;
     const blob = await repo.store.get(name);
     const info = blob ? blobInfo(blob) : null;
-    if (!blob || !info) continue; // damaged blobs stay out: the next backup writes them again
+    if (!blob || !info) continue; // damaged: check reports it, the next backup of that data rewrites it
     rows.push({ id: Buffer.from(hex, 'hex'), storedSize: blob.length, plainSize: info.plainLength });
   }
-  repo.catalogue.clear();
-  repo.catalogue.addChunks(rows);
+  repo.catalogue.db.transaction(() => {
+    repo.catalogue.clear();
+    repo.catalogue.addChunks(rows);
+  })();
   await repo.reconcileSnapshots();
   return { chunks: rows.length, snapshots: repo.catalogue.counts().snapshots };
 }

@@ -56,9 +56,10 @@ export class FastCdc {
   private readonly max: number;
   private readonly maskS: number;
   private readonly maskL: number;
-  /** Pieces of the current chunk that arrived in earlier push() calls. */
-  private pending: Buffer[] = [];
-  /** Length of the current chunk so far (bytes in `pending`). */
+  /** Bytes of the current chunk that arrived in earlier push() calls (copied: callers may reuse buffers). */
+  private readonly carry: Buffer;
+  private carryLen = 0;
+  /** Length of the current chunk so far (== carryLen between calls). */
   private pos = 0;
   private h = 0;
 
@@ -72,9 +73,13 @@ export class FastCdc {
     const bits = Math.round(Math.log2(params.avgSize));
     this.maskS = topBitsMask(bits + 2);
     this.maskL = topBitsMask(bits - 2);
+    this.carry = Buffer.allocUnsafe(params.maxSize);
   }
 
-  /** Feed bytes; `sink` receives every completed chunk in order. Chunks may alias `data`. */
+  /**
+   * Feed bytes; `sink` receives every completed chunk in order. A chunk is only valid during the
+   * sink call (it may alias `data` or an internal buffer): hash it or copy it there.
+   */
   push(data: Buffer, sink: ChunkSink): void {
     const G = this.gear;
     const n = data.length;
@@ -127,29 +132,33 @@ export class FastCdc {
         }
       }
       // emit data[start..cut) plus whatever was pending
-      const piece = data.subarray(start, cut);
-      if (this.pending.length === 0) {
-        sink(piece);
+      if (this.carryLen === 0) {
+        sink(data.subarray(start, cut));
       } else {
-        this.pending.push(piece);
-        sink(Buffer.concat(this.pending));
-        this.pending = [];
+        data.copy(this.carry, this.carryLen, start, cut);
+        const len = this.carryLen + (cut - start);
+        this.carryLen = 0;
+        sink(this.carry.subarray(0, len));
       }
       start = cut;
       pos = 0;
       h = 0;
     }
-    if (start < n) this.pending.push(data.subarray(start));
+    if (start < n) {
+      data.copy(this.carry, this.carryLen, start, n);
+      this.carryLen += n - start;
+    }
     this.pos = pos;
     this.h = h;
   }
 
   /** End of stream: emit the remainder (shorter than min is fine; empty input emits nothing). */
   finish(sink: ChunkSink): void {
-    if (this.pending.length > 0) {
-      sink(this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending));
+    if (this.carryLen > 0) {
+      const len = this.carryLen;
+      this.carryLen = 0;
+      sink(this.carry.subarray(0, len));
     }
-    this.pending = [];
     this.pos = 0;
     this.h = 0;
   }

@@ -1,7 +1,8 @@
-import { createReadStream, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { backup, inputFailed } from '../archiver/backup.js';
+import { readFileBlocks } from '../archiver/input.js';
 import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -48,7 +49,7 @@ export function registerBackup(program: Command): void {
         } catch (e) {
           throw new KuraError('E_INPUT', `cannot back up ${opts.file}: ${(e as Error).message}`);
         }
-        input = createReadStream(opts.file, { highWaterMark: 1 << 20 });
+        input = readFileBlocks(opts.file);
         what = opts.file;
       } else {
         if (process.stdin.isTTY) throw new KuraError('E_USAGE', '--stdin needs data piped in, e.g. pg_dump mydb | kura backup --stdin --name mydb');

@@ -1,16 +1,44 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { promises as fsp, constants as fsc, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
 import type { StoreBackend, StoreStat } from '../backend.js';
 
 const TMP_PREFIX = '.tmp-';
 
+let tempCounter = 0;
+function tempName(dir: string): string {
+  return path.join(dir, `${TMP_PREFIX}${process.pid}-${threadId}-${(tempCounter++).toString(36)}`);
+}
+
 /**
- * Local directory backend. Writes are atomic and durable: temp file → write → fdatasync →
- * link to the final name (link fails if the name exists, which gives a true put-if-absent) →
- * unlink temp. Directory entries are made durable in sync(), once per touched directory, before
- * the catalogue records the write; per-blob directory fsyncs would cost more than the backup.
+ * put() for chunk blobs, synchronous so compression workers can write their own output without
+ * a round trip through the main thread and the libuv pool (which cost a third of the main
+ * thread's time in profiles): temp file, then rename. Durable after FsBackend.sync().
+ */
+export function putBlobSync(root: string, name: string, data: Uint8Array): void {
+  const target = path.join(root, ...name.split('/'));
+  const dir = path.dirname(target);
+  const tmp = tempName(dir);
+  try {
+    writeFileSync(tmp, data, { mode: 0o640 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(tmp, data, { mode: 0o640 });
+  }
+  renameSync(tmp, target);
+}
+
+/**
+ * Local directory backend.
+ * - putIfAbsent (snapshots, keys): temp file → fdatasync → link to the final name (link fails if
+ *   it exists: a true put-if-absent) → unlink temp → directory fsync in sync().
+ * - put (chunk blobs): temp file → rename, no per-file fsync; sync() flushes the whole file
+ *   system once with syncfs(2) (coreutils `sync -f`). Measured here: one fsync per 64 KiB blob
+ *   cost more than compressing it; one syncfs per 64 MiB committed is noise.
  */
 export class FsBackend implements StoreBackend {
   readonly location: string;
@@ -34,7 +62,7 @@ export class FsBackend implements StoreBackend {
   }
 
   private async writeTemp(dir: string, data: Uint8Array): Promise<string> {
-    const tmp = path.join(dir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const tmp = `${tempName(dir)}-${randomBytes(4).toString('hex')}`;
     let fh: fsp.FileHandle | undefined;
     try {
       fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o640);
@@ -79,6 +107,18 @@ export class FsBackend implements StoreBackend {
     }
   }
 
+  async put(name: string, data: Uint8Array): Promise<void> {
+    try {
+      putBlobSync(this.root, name, data);
+    } catch (e) {
+      throw ioError(`cannot write ${name} in ${this.root}`, e);
+    }
+  }
+
+  directWriteRoot(): string | null {
+    return this.root;
+  }
+
   async replace(name: string, data: Uint8Array): Promise<void> {
     const target = this.pathOf(name);
     const dir = path.dirname(target);
@@ -120,11 +160,22 @@ export class FsBackend implements StoreBackend {
     const dirs = [...this.touchedDirs];
     this.touchedDirs.clear();
     try {
+      await syncFileSystem(this.root);
       await Promise.all(dirs.map(fsyncDir));
     } catch (e) {
       throw ioError(`cannot make writes in ${this.root} durable`, e);
     }
   }
+}
+
+/** syncfs(2) on the file system holding `dir`, through coreutils (Node has no binding). */
+function syncFileSystem(dir: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('sync', ['-f', dir], (err, _out, stderr) => {
+      if (err) reject(new Error(`sync -f ${dir} failed: ${stderr.trim() || err.message} (coreutils sync is needed)`));
+      else resolve();
+    });
+  });
 }
 
 async function fsyncDir(dir: string): Promise<void> {
