@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import path from 'node:path';
 import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { collect, Prng, sqlDump } from './support/generate.js';
+import { parsePackIndex } from '../src/repository/pack.js';
 
 interface BackupJson {
   id: string;
@@ -27,10 +28,17 @@ function backupBytes(repo: string, dir: string, data: Buffer, name = 'db'): Back
   return kuraJson<BackupJson>(['backup', '--repo', repo, '--name', name, '--file', f]);
 }
 
-function blobFiles(repo: string): string[] {
+function packFiles(repo: string): string[] {
   const out: string[] = [];
-  for (const d of readdirSync(path.join(repo, 'data'))) for (const f of readdirSync(path.join(repo, 'data', d))) out.push(path.join(repo, 'data', d, f));
+  for (const d of readdirSync(path.join(repo, 'packs'))) for (const f of readdirSync(path.join(repo, 'packs', d))) out.push(path.join(repo, 'packs', d, f));
   return out;
+}
+
+function packEntries(file: string) {
+  const bytes = readFileSync(file);
+  const entries = parsePackIndex(bytes, bytes.length);
+  assert.ok(entries, `${file} is a readable pack`);
+  return entries;
 }
 
 test('round trips are byte-identical at empty, 1 byte, and exactly min/avg/max chunk sizes', (t) => {
@@ -63,12 +71,12 @@ test('identical input stores nothing new; a prefix insert re-uses all but the fi
   const dump = await collect(sqlDump(3, 8 << 20));
   const first = backupBytes(repo, dir, dump);
   assert.equal(first.newChunks, first.chunks);
-  const files = blobFiles(repo).length;
+  const files = packFiles(repo).length;
 
   const same = backupBytes(repo, dir, dump);
   assert.equal(same.newChunks, 0);
   assert.equal(same.newBytes, 0);
-  assert.equal(blobFiles(repo).length, files);
+  assert.equal(packFiles(repo).length, files);
 
   const inserted = Buffer.concat([Buffer.from('-- inserted comment line at the very top of the dump\n'), dump]);
   const after = backupBytes(repo, dir, inserted);
@@ -79,28 +87,33 @@ test('identical input stores nothing new; a prefix insert re-uses all but the fi
 
 test('a flipped byte in any blob is found by check --read-data and by restore, which fails without output', (t) => {
   const { dir, repo } = newRepo(t);
-  const data = new Prng(77).bytes(2 << 20);
+  const data = new Prng(77).bytes(6 << 20);
   const b = backupBytes(repo, dir, data);
   kuraOk(['check', '--repo', repo, '--read-data']);
-  const blobs = blobFiles(repo).sort();
+  const packs = packFiles(repo).sort();
+  assert.ok(packs.length >= 2);
   const r = new Prng(123);
   for (let trial = 0; trial < 6; trial++) {
-    const victim = blobs[r.next() % blobs.length]!;
+    const victim = packs[r.next() % packs.length]!;
+    const entries = packEntries(victim);
+    const entry = entries[r.next() % entries.length]!;
     const bytes = readFileSync(victim);
-    // header, nonce, ciphertext and tag regions all get hit over the trials
-    const pos = [0, 1, 3, 10, bytes.length - 1, r.next() % bytes.length][trial]!;
+    // the blob's header, nonce, ciphertext and tag all get hit over the trials
+    const within = [0, 1, 3, 10, entry.length - 1, r.next() % entry.length][trial]!;
+    const pos = entry.offset + within;
     const orig = bytes[pos]!;
     bytes[pos] = orig ^ (1 << (r.next() % 8));
     writeFileSync(victim, bytes);
 
     const chk = kura(['check', '--repo', repo, '--read-data', '--json']);
     assert.equal(chk.status, 65, `check exit status (trial ${trial}): ${chk.stderr}`);
-    const report = JSON.parse(chk.out) as { ok: boolean; problems: Array<{ kind: string; chunk: string; snapshots: string[] }> };
+    const report = JSON.parse(chk.out) as { ok: boolean; problems: Array<{ kind: string; chunk?: string; pack?: string; snapshots?: string[] }> };
     assert.equal(report.ok, false);
     const p = report.problems.find((x) => x.kind === 'chunk-corrupt');
     assert.ok(p, JSON.stringify(report.problems));
-    assert.equal(p.chunk, path.basename(victim));
+    assert.equal(p.chunk, entry.id.toString('hex'));
     assert.deepEqual(p.snapshots, [b.id]);
+    assert.ok(report.problems.some((x) => x.kind === 'pack-corrupt' && x.pack === path.basename(victim)));
 
     const out = path.join(dir, 'restored');
     const rs = kura(['restore', '--repo', repo, b.id, '--to', out]);
@@ -115,6 +128,20 @@ test('a flipped byte in any blob is found by check --read-data and by restore, w
     writeFileSync(victim, bytes);
   }
   kuraOk(['check', '--repo', repo, '--read-data']);
+
+  // damage in a pack's index is found too, even without --read-data
+  const victim = packs[0]!;
+  const bytes = readFileSync(victim);
+  const entries = packEntries(victim);
+  const last = entries.at(-1)!;
+  const idxPos = last.offset + last.length + 5; // inside the first index entry's chunk ID
+  bytes[idxPos] ^= 0x40;
+  writeFileSync(victim, bytes);
+  const chk = kura(['check', '--repo', repo, '--json']);
+  assert.equal(chk.status, 65);
+  const kinds = (JSON.parse(chk.out) as { problems: Array<{ kind: string }> }).problems.map((p) => p.kind);
+  assert.ok(kinds.includes('chunk-missing') && kinds.includes('catalogue-stale'), kinds.join(','));
+  assert.ok(JSON.parse(kura(['check', '--repo', repo, '--json', '--read-data']).out).problems.some((p: { kind: string }) => p.kind === 'pack-corrupt'));
 });
 
 test('check finds a damaged snapshot file and a missing chunk, naming the snapshots', (t) => {
@@ -125,7 +152,7 @@ test('check finds a damaged snapshot file and a missing chunk, naming the snapsh
   const s = readFileSync(snapFile);
   s[20] ^= 1;
   writeFileSync(snapFile, s);
-  const victim = blobFiles(repo)[0]!;
+  const victim = packFiles(repo)[0]!;
   const chk = kura(['check', '--repo', repo, '--json']);
   assert.equal(chk.status, 65);
   const report = JSON.parse(chk.out) as { problems: Array<{ kind: string; snapshot?: string; snapshots?: string[] }> };
@@ -133,7 +160,7 @@ test('check finds a damaged snapshot file and a missing chunk, naming the snapsh
   s[20] ^= 1;
   writeFileSync(snapFile, s);
   kuraOk(['check', '--repo', repo]);
-  // remove one chunk
+  // remove one pack
   rmSync(victim);
   const chk2 = JSON.parse(kura(['check', '--repo', repo, '--json']).out) as { problems: Array<{ kind: string; snapshots?: string[] }> };
   const missing = chk2.problems.find((p) => p.kind === 'chunk-missing');

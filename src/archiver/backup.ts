@@ -2,7 +2,9 @@ import { hostname } from 'node:os';
 import { KuraError } from '../errors.js';
 import { FastCdc } from '../chunker/fastcdc.js';
 import { CHUNK_ID_BYTES, chunkId } from '../crypto/blob.js';
-import { chunkName, snapshotName } from '../store/backend.js';
+import { packName, snapshotName } from '../store/backend.js';
+import type { ChunkRow } from '../repository/catalogue.js';
+import { PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
@@ -55,8 +57,9 @@ interface Batch {
 
 /**
  * The backup pipeline: input → FastCDC → keyed BLAKE3 → skip known chunks → (workers) zstd +
- * AES-GCM → store. Write order: blobs (durable) → catalogue rows → snapshot file → catalogue
- * snapshot row. A crash anywhere leaves only unreferenced blobs; a failed input leaves no snapshot.
+ * AES-GCM → one pack per batch → store. Write order: packs (made durable by store.sync) →
+ * catalogue rows → snapshot file → catalogue snapshot row. A crash anywhere leaves only
+ * unreferenced packs; a failed input leaves no snapshot.
  */
 export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
   const t0 = process.hrtime.bigint();
@@ -77,7 +80,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   let newChunks = 0;
   let newBytes = 0;
 
-  let pendingRows: Array<{ id: Buffer; storedSize: number; plainSize: number; key: string }> = [];
+  let pendingRows: Array<ChunkRow & { key: string }> = [];
   let pendingRowBytes = 0;
   const running = new Set<Promise<void>>();
   const maxRunning = pool.size * 2;
@@ -122,23 +125,15 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
     const idBuf = Buffer.concat(b.ids);
     const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer);
     freeBuffers.push(res.data);
-    if (res.blobs) {
-      // the store is not local: upload what the worker sealed
-      const blobs = Buffer.from(res.blobs);
-      let off = 0;
-      await Promise.all(
-        b.ids.map((id, i) => {
-          const blob = blobs.subarray(off, (off += res.sizes[i]!));
-          return store.put(chunkName(id.toString('hex')), blob);
-        }),
-      );
-    }
+    // the store is not local: upload the pack the worker built
+    if (res.pack) await store.put(packName(res.packId), Buffer.from(res.pack));
+    const packBytes = res.blobOffsets[b.ids.length]!;
+    newBytes += packBytes + b.ids.length * PACK_ENTRY + PACK_TRAILER;
+    newChunks += b.ids.length;
+    pendingRowBytes += packBytes;
     b.ids.forEach((id, i) => {
-      const size = res.sizes[i]!;
-      newChunks++;
-      newBytes += size;
-      pendingRows.push({ id, storedSize: size, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
-      pendingRowBytes += size;
+      const offset = res.blobOffsets[i]!;
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };

@@ -1,12 +1,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BlobSealer, CHUNK_ID_BYTES } from '../crypto/blob.js';
-import { chunkName } from '../store/backend.js';
-import { putBlobSync } from '../store/fs/index.js';
+import { encodePack } from '../repository/pack.js';
+import { packName } from '../store/backend.js';
+import { putObjectSync } from '../store/fs/index.js';
 
 /**
- * Compresses and encrypts one batch of new chunks in a worker thread. With a local store it
- * also writes the blobs itself (durable at the main thread's next store sync); otherwise it
- * hands them back for the main thread to upload.
+ * Compresses and encrypts one batch of new chunks into one pack, in a worker thread. With a
+ * local store it also writes the pack itself (durable at the main thread's next store sync);
+ * otherwise it hands the pack back for the main thread to upload.
  */
 export interface SealRequest {
   seq: number;
@@ -21,10 +22,11 @@ export interface SealResponse {
   seq: number;
   /** the request's data buffer, handed back for reuse */
   data: ArrayBuffer;
-  /** stored size of each blob */
-  sizes: Uint32Array;
-  /** blobs back to back, when the worker did not write them itself */
-  blobs: ArrayBuffer | null;
+  packId: string;
+  /** blob i lies at blobOffsets[i] .. blobOffsets[i+1] in the pack */
+  blobOffsets: Uint32Array;
+  /** the pack's bytes, when the worker did not write it itself */
+  pack: ArrayBuffer | null;
   error?: string;
 }
 
@@ -39,25 +41,27 @@ parentPort!.on('message', (req: SealRequest) => {
     if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(dataKey, req.level)));
     const data = Buffer.from(req.data);
     const ids = Buffer.from(req.ids);
-    const sizes = new Uint32Array(n);
-    const kept: Buffer[] = [];
+    const blobs: Buffer[] = new Array(n);
+    const idList: Buffer[] = new Array(n);
     for (let i = 0; i < n; i++) {
-      const id = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-      const blob = sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), id);
-      sizes[i] = blob.length;
-      if (directRoot) putBlobSync(directRoot, chunkName(id.toString('hex')), blob);
-      else kept.push(blob);
+      idList[i] = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+      blobs[i] = sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), idList[i]!);
     }
-    let blobs: ArrayBuffer | null = null;
-    const transfer: ArrayBuffer[] = [req.data, sizes.buffer as ArrayBuffer];
-    if (!directRoot) {
-      const all = Buffer.concat(kept);
-      blobs = all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer;
-      transfer.push(blobs);
+    const pack = encodePack(blobs, idList);
+    const blobOffsets = new Uint32Array(n + 1);
+    for (let i = 0; i < n; i++) blobOffsets[i] = pack.entries[i]!.offset;
+    blobOffsets[n] = n > 0 ? pack.entries[n - 1]!.offset + pack.entries[n - 1]!.length : 0;
+    const transfer: ArrayBuffer[] = [req.data, blobOffsets.buffer as ArrayBuffer];
+    let bytes: ArrayBuffer | null = null;
+    if (directRoot) putObjectSync(directRoot, packName(pack.id), pack.bytes);
+    else {
+      bytes = pack.bytes.buffer.slice(pack.bytes.byteOffset, pack.bytes.byteOffset + pack.bytes.length) as ArrayBuffer;
+      transfer.push(bytes);
     }
-    parentPort!.postMessage({ seq: req.seq, data: req.data, sizes, blobs } satisfies SealResponse, transfer);
+    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes } satisfies SealResponse, transfer);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    parentPort!.postMessage({ seq: req.seq, data: req.data, sizes: new Uint32Array(0), blobs: null, error: `${err.code ? err.code + ': ' : ''}${err.message}` } satisfies SealResponse, [req.data]);
+    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, error: `${err.code ? err.code + ': ' : ''}${err.message}` };
+    parentPort!.postMessage(res, [req.data]);
   }
 });

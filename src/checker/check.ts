@@ -1,15 +1,18 @@
 import { KuraError } from '../errors.js';
 import { blobInfo, openBlob } from '../crypto/blob.js';
-import { chunkName } from '../store/backend.js';
+import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
+import type { ChunkRow } from '../repository/catalogue.js';
+import { packId, packIndexLength, parsePackIndex, type PackEntry } from '../repository/pack.js';
 import { chunkIdsOf, decodeSnapshot, openSnapshotPrivate, type DecodedSnapshot } from '../repository/snapshot.js';
 
-export type ProblemKind = 'snapshot-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'catalogue-stale';
+export type ProblemKind = 'snapshot-corrupt' | 'pack-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'catalogue-stale';
 
 export interface CheckProblem {
   kind: ProblemKind;
   message: string;
   chunk?: string;
+  pack?: string;
   snapshot?: string;
   snapshots?: string[];
 }
@@ -17,6 +20,7 @@ export interface CheckProblem {
 export interface CheckReport {
   ok: boolean;
   snapshots: number;
+  packs: number;
   chunksReferenced: number;
   chunksStored: number;
   chunksUnreferenced: number;
@@ -25,19 +29,51 @@ export interface CheckReport {
   problems: CheckProblem[];
 }
 
-const READ_CONCURRENCY = 8;
+interface Located {
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+const PACK_ID_RE = /^[0-9a-f]{64}$/;
+
+/** Every pack's index, read from the tail of each pack (no keys needed). */
+async function readPackIndexes(repo: Repository, onBad: (pack: string, why: string) => void): Promise<Map<string, PackEntry[]>> {
+  const out = new Map<string, PackEntry[]>();
+  for await (const name of repo.store.list('packs/')) {
+    const id = name.slice(name.lastIndexOf('/') + 1);
+    if (!PACK_ID_RE.test(id)) continue;
+    const st = await repo.store.stat(name);
+    if (!st) continue;
+    let tail = await repo.store.getRange(name, -Math.min(st.size, 16384), Math.min(st.size, 16384));
+    const need = tail ? packIndexLength(tail) : null;
+    if (tail && need !== null && need > tail.length && need <= st.size) tail = await repo.store.getRange(name, -need, need);
+    const entries = tail ? parsePackIndex(tail, st.size) : null;
+    if (!entries) onBad(id, `pack ${id} has no readable index (truncated or damaged file)`);
+    else out.set(id, entries);
+  }
+  return out;
+}
 
 /**
  * Structure: every snapshot file verifies against its ID (and, with the key, its private part
- * authenticates), every referenced chunk exists, the catalogue lists nothing the store lacks.
- * --read-data: every referenced blob is read, decrypted, decompressed and re-hashed.
- * Each problem names the snapshots it affects. Unreferenced chunks are reported, not errors:
- * a killed backup leaves them and GC reclaims them.
+ * authenticates); every pack has a readable index; every referenced chunk is in some pack; the
+ * catalogue points only at what the packs hold. --read-data: every pack holding referenced
+ * chunks is read whole and verified against its ID, and every referenced blob is decrypted,
+ * decompressed and re-hashed. Each problem names the snapshots it affects. Unreferenced chunks
+ * are reported, not errors: a killed backup leaves them and GC reclaims them.
  */
 export async function check(repo: Repository, opts: { readData: boolean }): Promise<CheckReport> {
   const problems: CheckProblem[] = [];
-  const stored = new Set<string>();
-  for await (const name of repo.store.list('data/')) stored.add(name.slice(name.lastIndexOf('/') + 1));
+  const indexes = await readPackIndexes(repo, (pack, message) => problems.push({ kind: 'pack-corrupt', message, pack }));
+  const where = new Map<string, Located>();
+  for (const [pack, entries] of indexes) for (const e of entries) if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length });
+  // prefer the copy the catalogue uses, when the packs hold several
+  for (const row of repo.catalogue.chunkRows()) {
+    const hex = row.id.toString('hex');
+    const entry = indexes.get(row.pack)?.find((e) => e.id.equals(row.id));
+    if (entry) where.set(hex, { pack: row.pack, offset: entry.offset, length: entry.length });
+  }
 
   const snaps: DecodedSnapshot[] = [];
   for await (const name of repo.store.list('snapshots/')) {
@@ -60,7 +96,7 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
     for (const id of chunkIdsOf(s)) {
       const hex = id.toString('hex');
       referenced.add(hex);
-      if (!stored.has(hex)) missing.add(hex);
+      if (!where.has(hex)) missing.add(hex);
     }
   }
 
@@ -68,32 +104,28 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   let chunksRead = 0;
   if (opts.readData) {
     const keys = repo.keys;
-    const todo = [...referenced].filter((h) => !missing.has(h));
-    let next = 0;
-    const worker = async () => {
-      while (next < todo.length) {
-        const hex = todo[next++]!;
-        const blob = await repo.store.get(chunkName(hex));
+    const byPack = new Map<string, string[]>();
+    for (const hex of referenced) {
+      const loc = where.get(hex);
+      if (loc) byPack.set(loc.pack, [...(byPack.get(loc.pack) ?? []), hex]);
+    }
+    for (const [pack, hexes] of byPack) {
+      const bytes = await repo.store.get(packName(pack));
+      if (!bytes) {
+        for (const hex of hexes) missing.add(hex);
+        continue;
+      }
+      if (packId(bytes) !== pack) problems.push({ kind: 'pack-corrupt', message: `pack ${pack} does not match its ID (damaged file)`, pack });
+      for (const hex of hexes) {
+        const loc = where.get(hex)!;
         chunksRead++;
-        if (!blob) {
-          missing.add(hex);
-          continue;
-        }
         try {
-          openBlob(blob, Buffer.from(hex, 'hex'), keys);
+          openBlob(bytes.subarray(loc.offset, loc.offset + loc.length), Buffer.from(hex, 'hex'), keys);
         } catch (e) {
           if (!(e instanceof KuraError)) throw e;
-          corrupt.set(hex, e.message);
+          corrupt.set(hex, `${e.message} (in pack ${pack})`);
         }
       }
-    };
-    await Promise.all(Array.from({ length: READ_CONCURRENCY }, worker));
-  } else {
-    // without reading data, still catch blobs whose header is unreadable (cheap: sizes only)
-    for (const hex of referenced) {
-      if (missing.has(hex)) continue;
-      const st = await repo.store.stat(chunkName(hex));
-      if (st && st.size < 34) corrupt.set(hex, `chunk ${hex}: truncated blob (${st.size} bytes)`);
     }
   }
 
@@ -109,21 +141,22 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
         }
       }
     }
-    for (const hex of missing) problems.push({ kind: 'chunk-missing', message: `chunk ${hex} is missing from the store`, chunk: hex, snapshots: affected.get(hex) ?? [] });
+    for (const hex of missing) problems.push({ kind: 'chunk-missing', message: `chunk ${hex} is in no pack of the store`, chunk: hex, snapshots: affected.get(hex) ?? [] });
     for (const [hex, msg] of corrupt) problems.push({ kind: 'chunk-corrupt', message: msg, chunk: hex, snapshots: affected.get(hex) ?? [] });
   }
 
   let stale = 0;
-  for (const row of repo.catalogue.chunkRows()) if (!stored.has(row.id.toString('hex'))) stale++;
-  if (stale > 0) problems.push({ kind: 'catalogue-stale', message: `the catalogue lists ${stale} chunk(s) the store does not hold; run "kura repo rebuild-index"` });
+  for (const row of repo.catalogue.chunkRows()) if (!indexes.get(row.pack)?.some((e) => e.id.equals(row.id))) stale++;
+  if (stale > 0) problems.push({ kind: 'catalogue-stale', message: `the catalogue places ${stale} chunk(s) in packs that do not hold them; run "kura repo rebuild-index"` });
 
   let unreferenced = 0;
-  for (const hex of stored) if (!referenced.has(hex)) unreferenced++;
+  for (const hex of where.keys()) if (!referenced.has(hex)) unreferenced++;
   return {
     ok: problems.length === 0,
     snapshots: snaps.length,
+    packs: indexes.size,
     chunksReferenced: referenced.size,
-    chunksStored: stored.size,
+    chunksStored: where.size,
     chunksUnreferenced: unreferenced,
     chunksRead,
     readData: opts.readData,
@@ -132,10 +165,10 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
 }
 
 /**
- * Rebuild the catalogue from the store alone (chunk blobs and snapshot files), without keys.
- * Only chunks some snapshot references are recorded: a snapshot is written after its chunks were
- * made durable, while an unreferenced blob may be one a power cut damaged. Leaving those out only
- * means a later backup writes them again.
+ * Rebuild the catalogue from the store alone (pack indexes and snapshot files), without keys.
+ * Only chunks some snapshot references are recorded: a snapshot is written after its packs were
+ * made durable, while an unreferenced pack may be one a power cut damaged. Leaving those out
+ * only means a later backup writes them again.
  */
 export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; snapshots: number }> {
   const referenced = new Set<string>();
@@ -148,19 +181,22 @@ export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; 
       if (!(e instanceof KuraError)) throw e; // a damaged snapshot references nothing; check reports it
     }
   }
-  const rows: Array<{ id: Buffer; storedSize: number; plainSize: number }> = [];
-  for await (const name of repo.store.list('data/')) {
-    const hex = name.slice(name.lastIndexOf('/') + 1);
-    if (!referenced.has(hex)) continue;
-    const blob = await repo.store.get(name);
-    const info = blob ? blobInfo(blob) : null;
-    if (!blob || !info) continue; // damaged: check reports it, the next backup of that data rewrites it
-    rows.push({ id: Buffer.from(hex, 'hex'), storedSize: blob.length, plainSize: info.plainLength });
+  const rows = new Map<string, ChunkRow>();
+  const indexes = await readPackIndexes(repo, () => {});
+  for (const [pack, entries] of indexes) {
+    const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')));
+    if (wanted.length === 0) continue;
+    const bytes = await repo.store.get(packName(pack));
+    if (!bytes) continue;
+    for (const e of wanted) {
+      const info = blobInfo(bytes.subarray(e.offset, e.offset + e.length));
+      if (info) rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength });
+    }
   }
   repo.catalogue.db.transaction(() => {
     repo.catalogue.clear();
-    repo.catalogue.addChunks(rows);
+    repo.catalogue.addChunks([...rows.values()]);
   })();
   await repo.reconcileSnapshots();
-  return { chunks: rows.length, snapshots: repo.catalogue.counts().snapshots };
+  return { chunks: rows.size, snapshots: repo.catalogue.counts().snapshots };
 }

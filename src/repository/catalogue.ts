@@ -12,12 +12,27 @@ export interface SnapshotRow {
   header: SnapshotHeader;
 }
 
+export interface ChunkLocation {
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+export interface ChunkRow {
+  id: Buffer;
+  pack: string;
+  offset: number;
+  storedSize: number;
+  plainSize: number;
+}
+
 const SCHEMA_VERSION = 1;
 
 export class Catalogue {
   readonly db: Database.Database;
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
-  private readonly addChunkStmt: Database.Statement<[Buffer, number, number]>;
+  private readonly addChunkStmt: Database.Statement<[Buffer, string, number, number, number]>;
+  private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
 
   constructor(readonly path: string) {
@@ -31,7 +46,10 @@ export class Catalogue {
     }
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, stored_size INTEGER NOT NULL, plain_size INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS chunks (
+        id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
+        plain_size INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
       CREATE TABLE IF NOT EXISTS snapshots (
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, source TEXT NOT NULL, host TEXT NOT NULL,
         end_time TEXT NOT NULL, header TEXT NOT NULL);
@@ -43,7 +61,8 @@ export class Catalogue {
       throw new KuraError('E_REPO_FORMAT', `catalogue ${path} was written by a newer kura (schema ${v.value}); upgrade kura`);
     }
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunks WHERE id = ?');
-    this.addChunkStmt = this.db.prepare('INSERT OR IGNORE INTO chunks (id, stored_size, plain_size) VALUES (?, ?, ?)');
+    this.addChunkStmt = this.db.prepare('INSERT OR IGNORE INTO chunks (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
+    this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -51,11 +70,15 @@ export class Catalogue {
     return this.hasStmt.get(id) !== undefined;
   }
 
-  addChunks(rows: ReadonlyArray<{ id: Buffer; storedSize: number; plainSize: number }>): void {
+  addChunks(rows: ReadonlyArray<ChunkRow>): void {
     const tx = this.db.transaction(() => {
-      for (const r of rows) this.addChunkStmt.run(r.id, r.storedSize, r.plainSize);
+      for (const r of rows) this.addChunkStmt.run(r.id, r.pack, r.offset, r.storedSize, r.plainSize);
     });
     tx();
+  }
+
+  location(id: Buffer): ChunkLocation | undefined {
+    return this.locStmt.get(id);
   }
 
   addSnapshot(id: string, h: SnapshotHeader): void {
@@ -83,8 +106,8 @@ export class Catalogue {
     return { chunks: c.n, storedBytes: c.s ?? 0, snapshots: s.n };
   }
 
-  *chunkRows(): Generator<{ id: Buffer; stored_size: number }> {
-    yield* this.db.prepare<[], { id: Buffer; stored_size: number }>('SELECT id, stored_size FROM chunks').iterate();
+  *chunkRows(): Generator<{ id: Buffer; pack: string; stored_size: number }> {
+    yield* this.db.prepare<[], { id: Buffer; pack: string; stored_size: number }>('SELECT id, pack, stored_size FROM chunks').iterate();
   }
 
   clear(): void {

@@ -73,7 +73,7 @@ export class Repository {
     // fan-out directories up front: no mkdir on the backup's hot path
     await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
     await fsp.mkdir(path.join(root, 'keys'), { recursive: true });
-    for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'data', i.toString(16).padStart(2, '0')), { recursive: true });
+    for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
 
     const config: RepoConfig = {
       format: REPO_FORMAT,

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { KuraError, ioError } from '../errors.js';
 import { openBlob } from '../crypto/blob.js';
-import { chunkName } from '../store/backend.js';
+import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
 import { chunkIdsOf, openSnapshotPrivate } from '../repository/snapshot.js';
 
@@ -31,8 +31,9 @@ export async function restoreTo(repo: Repository, snapshotId: string, out: Writa
   const fetch = async (i: number) => {
     const id = ids[i]!;
     const hex = id.toString('hex');
-    const blob = await repo.store.get(chunkName(hex));
-    if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of snapshot ${snapshotId} is missing from the store; run "kura check" and restore from another copy`, { chunk: hex, snapshot: snapshotId });
+    const loc = repo.catalogue.location(id);
+    const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
+    if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of snapshot ${snapshotId} is missing from the store; run "kura check" and restore from another copy`, { chunk: hex, snapshot: snapshotId });
     return blob;
   };
   const queue: Array<Promise<Buffer>> = [];

@@ -14,11 +14,11 @@ function tempName(dir: string): string {
 }
 
 /**
- * put() for chunk blobs, synchronous so compression workers can write their own output without
- * a round trip through the main thread and the libuv pool (which cost a third of the main
+ * put() of a pack, synchronous so compression workers can write their own output without a
+ * round trip through the main thread and the libuv pool (which cost a third of the main
  * thread's time in profiles): temp file, then rename. Durable after FsBackend.sync().
  */
-export function putBlobSync(root: string, name: string, data: Uint8Array): void {
+export function putObjectSync(root: string, name: string, data: Uint8Array): void {
   const target = path.join(root, ...name.split('/'));
   const dir = path.dirname(target);
   const tmp = tempName(dir);
@@ -36,9 +36,8 @@ export function putBlobSync(root: string, name: string, data: Uint8Array): void 
  * Local directory backend.
  * - putIfAbsent (snapshots, keys): temp file → fdatasync → link to the final name (link fails if
  *   it exists: a true put-if-absent) → unlink temp → directory fsync in sync().
- * - put (chunk blobs): temp file → rename, no per-file fsync; sync() flushes the whole file
- *   system once with syncfs(2) (coreutils `sync -f`). Measured here: one fsync per 64 KiB blob
- *   cost more than compressing it; one syncfs per 64 MiB committed is noise.
+ * - put (packs): temp file → rename, no per-file fsync; sync() flushes the whole file system
+ *   once with syncfs(2) (coreutils `sync -f`) before the catalogue records anything written.
  */
 export class FsBackend implements StoreBackend {
   readonly location: string;
@@ -87,6 +86,31 @@ export class FsBackend implements StoreBackend {
     return tmp;
   }
 
+  async getRange(name: string, offset: number, length: number): Promise<Buffer | null> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(this.pathOf(name), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    }
+    try {
+      const pos = offset < 0 ? Math.max(0, (await fh.stat()).size + offset) : offset;
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    } catch (e) {
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    } finally {
+      await fh.close();
+    }
+  }
+
   async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
     const target = this.pathOf(name);
     const dir = path.dirname(target);
@@ -109,7 +133,7 @@ export class FsBackend implements StoreBackend {
 
   async put(name: string, data: Uint8Array): Promise<void> {
     try {
-      putBlobSync(this.root, name, data);
+      putObjectSync(this.root, name, data);
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
     }

@@ -1,0 +1,85 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import { CHUNK_ID_BYTES } from '../crypto/blob.js';
+
+/**
+ * Pack file, repository format v1 (docs/format.md). New chunk blobs are written in packs, one
+ * per compression batch (~2 MiB of input), so the store holds hundreds of objects per GiB rather
+ * than tens of thousands: file creation, listing, GC and S3 requests all scale with packs.
+ *
+ *   blob_0 | blob_1 | ... | blob_{n-1} | index | u32 n | u32 format | "KURAPACK"
+ *   index entry i: chunk ID (32) | u32 offset | u32 length     (little endian)
+ *
+ * The index is plaintext: chunk IDs are keyed hashes that reveal only equality, and the vault
+ * must read them without keys. Pack ID = BLAKE3-256 of the whole file, so anyone can verify it.
+ */
+export const PACK_MAGIC = Buffer.from('KURAPACK', 'latin1');
+export const PACK_FORMAT = 1;
+export const PACK_TRAILER = 4 + 4 + PACK_MAGIC.length;
+export const PACK_ENTRY = CHUNK_ID_BYTES + 8;
+
+export interface PackEntry {
+  id: Buffer;
+  offset: number;
+  length: number;
+}
+
+export function packId(bytes: Uint8Array): string {
+  return blake3(bytes).toString('hex');
+}
+
+/** Lay out blobs (already sealed) and their index; returns the file bytes and its ID. */
+export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[]): { id: string; bytes: Buffer; entries: PackEntry[] } {
+  let dataLen = 0;
+  for (const b of blobs) dataLen += b.length;
+  const n = blobs.length;
+  const bytes = Buffer.allocUnsafe(dataLen + n * PACK_ENTRY + PACK_TRAILER);
+  const entries: PackEntry[] = new Array(n);
+  let off = 0;
+  let idx = dataLen;
+  for (let i = 0; i < n; i++) {
+    const b = blobs[i]!;
+    bytes.set(b, off);
+    bytes.set(ids[i]!, idx);
+    bytes.writeUInt32LE(off, idx + CHUNK_ID_BYTES);
+    bytes.writeUInt32LE(b.length, idx + CHUNK_ID_BYTES + 4);
+    entries[i] = { id: Buffer.from(ids[i]!), offset: off, length: b.length };
+    off += b.length;
+    idx += PACK_ENTRY;
+  }
+  bytes.writeUInt32LE(n, idx);
+  bytes.writeUInt32LE(PACK_FORMAT, idx + 4);
+  PACK_MAGIC.copy(bytes, idx + 8);
+  return { id: packId(bytes), bytes, entries };
+}
+
+/** How many bytes of the pack's end hold the index, from its last PACK_TRAILER bytes; null if not a pack. */
+export function packIndexLength(trailer: Buffer): number | null {
+  if (trailer.length < PACK_TRAILER) return null;
+  const t = trailer.subarray(trailer.length - PACK_TRAILER);
+  if (!t.subarray(8).equals(PACK_MAGIC) || t.readUInt32LE(4) !== PACK_FORMAT) return null;
+  return t.readUInt32LE(0) * PACK_ENTRY + PACK_TRAILER;
+}
+
+/**
+ * Parse the index from the tail of a pack (at least its index + trailer) given the pack's size.
+ * Null when the tail is not a well-formed version 1 index for a file of that size.
+ */
+export function parsePackIndex(tail: Buffer, packSize: number): PackEntry[] | null {
+  const len = packIndexLength(tail);
+  if (len === null || len > tail.length || len > packSize) return null;
+  const n = (len - PACK_TRAILER) / PACK_ENTRY;
+  const dataLen = packSize - len;
+  const base = tail.length - len;
+  const out: PackEntry[] = new Array(n);
+  let expect = 0;
+  for (let i = 0; i < n; i++) {
+    const o = base + i * PACK_ENTRY;
+    const offset = tail.readUInt32LE(o + CHUNK_ID_BYTES);
+    const length = tail.readUInt32LE(o + CHUNK_ID_BYTES + 4);
+    if (offset !== expect || offset + length > dataLen) return null; // blobs are contiguous, in order
+    expect = offset + length;
+    out[i] = { id: Buffer.from(tail.subarray(o, o + CHUNK_ID_BYTES)), offset, length };
+  }
+  if (expect !== dataLen) return null;
+  return out;
+}
