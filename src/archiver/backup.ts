@@ -1,5 +1,4 @@
 import { hostname } from 'node:os';
-import { KuraError } from '../errors.js';
 import { FastCdc } from '../chunker/fastcdc.js';
 import { CHUNK_ID_BYTES, chunkId } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
@@ -26,7 +25,7 @@ export interface BackupResult {
   seconds: number;
 }
 
-const BATCH_BYTES = 2 << 20; // new chunks per worker message
+const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 and 1 MiB measured slower
 const COMMIT_BYTES = 64 << 20; // new data between catalogue commits (each preceded by a store sync)
 
 /** Growable byte list (chunk IDs of the snapshot, 32 bytes per chunk of input). */
@@ -190,7 +189,3 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
-/** Fail loudly rather than record a snapshot of an input that ended badly. */
-export function inputFailed(what: string, cause: unknown): KuraError {
-  return new KuraError('E_INPUT_FAILED', `${what}: ${(cause as Error)?.message ?? String(cause)}; no snapshot was written`, undefined, { cause });
-}

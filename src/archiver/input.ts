@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { KuraError } from '../errors.js';
 
 const READ_SIZE = 4 << 20;
 
@@ -18,4 +19,9 @@ export async function* readFileBlocks(path: string): AsyncGenerator<Buffer> {
   } finally {
     await fh.close();
   }
+}
+
+/** Fail loudly rather than record a snapshot of an input that ended badly. */
+export function inputFailed(what: string, cause: unknown): KuraError {
+  return new KuraError('E_INPUT_FAILED', `${what}: ${(cause as Error)?.message ?? String(cause)}; no snapshot was written`, undefined, { cause });
 }

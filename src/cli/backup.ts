@@ -1,8 +1,7 @@
 import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
-import { backup, inputFailed } from '../archiver/backup.js';
-import { readFileBlocks } from '../archiver/input.js';
+import { inputFailed, readFileBlocks } from '../archiver/input.js';
 import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -56,6 +55,7 @@ export function registerBackup(program: Command): void {
         input = process.stdin;
         what = 'standard input';
       }
+      const { backup } = await import('../archiver/backup.js');
       const repo = await openRepo(cmd, opts, 'required');
       try {
         const tenant = opts.tenant ?? configOf(cmd).config.tenant;

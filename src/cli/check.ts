@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
-import { check } from '../checker/check.js';
 import { openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 
 export function registerCheck(program: Command): void {
@@ -11,6 +10,7 @@ export function registerCheck(program: Command): void {
     .action(async (opts: RepoOptions & { readData?: boolean }, cmd: Command) => {
       const repo = await openRepo(cmd, opts, opts.readData ? 'required' : 'if-given');
       try {
+        const { check } = await import('../checker/check.js');
         const report = await check(repo, { readData: Boolean(opts.readData) });
         if (opts.json) printJson(report);
         else {

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { configExample } from '../config/example.js';
 import { configOf, globalsOf, printJson } from './context.js';
 import { configPath } from '../config/load.js';
 import { KuraError } from '../errors.js';
@@ -23,7 +22,7 @@ export function registerConfig(program: Command): void {
   config
     .command('example')
     .description('print a commented example config generated from the schema')
-    .action(() => {
-      process.stdout.write(configExample());
+    .action(async () => {
+      process.stdout.write((await import('../config/example.js')).configExample());
     });
 }

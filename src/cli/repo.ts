@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { Repository } from '../repository/repository.js';
-import { rebuildIndex } from '../checker/check.js';
 import { defaultChunkerParams } from '../chunker/fastcdc.js';
 import { keySourceOf, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
 
@@ -51,7 +50,7 @@ export function registerRepo(program: Command): void {
     .action(async (opts: RepoOptions, cmd: Command) => {
       const r = await openRepo(cmd, opts, 'none');
       try {
-        const res = await rebuildIndex(r);
+        const res = await (await import('../checker/check.js')).rebuildIndex(r);
         if (opts.json) printJson(res);
         else process.stdout.write(`catalogue rebuilt: ${res.chunks} chunks, ${res.snapshots} snapshots\n`);
       } finally {

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
-import { restoreTo, restoreToFile } from '../restorer/restore.js';
 import { formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 
 export function registerRestore(program: Command): void {
@@ -13,6 +12,7 @@ export function registerRestore(program: Command): void {
       if (opts.to === '-' && process.stdout.isTTY) throw new KuraError('E_USAGE', 'refusing to write a restore to a terminal; use --to PATH or pipe the output');
       const repo = await openRepo(cmd, opts, 'required');
       try {
+        const { restoreTo, restoreToFile } = await import('../restorer/restore.js');
         const id = repo.resolveSnapshot(ref);
         const res = opts.to === '-' ? await restoreTo(repo, id, process.stdout) : await restoreToFile(repo, id, opts.to);
         const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to };
