@@ -9,7 +9,8 @@ import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
 import { chunkIdsOf, openSnapshotPrivate } from '../repository/snapshot.js';
 
-const READ_AHEAD = 16;
+const READ_AHEAD = 4; // range reads in flight
+const MAX_RUN = 8 << 20; // bytes per range read
 
 export interface RestoreResult {
   id: string;
@@ -18,9 +19,38 @@ export interface RestoreResult {
   seconds: number;
 }
 
+/** Consecutive chunks that sit back to back in one pack: read with one range read. */
+interface Run {
+  pack: string;
+  offset: number;
+  length: number;
+  ids: Buffer[];
+  lengths: number[];
+}
+
+function* planRuns(repo: Repository, snapshotId: string, ids: Buffer[]): Generator<Run> {
+  let run: Run | null = null;
+  for (const id of ids) {
+    const loc = repo.catalogue.location(id);
+    if (!loc) {
+      const hex = id.toString('hex');
+      throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of snapshot ${snapshotId} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex, snapshot: snapshotId });
+    }
+    if (run && run.pack === loc.pack && run.offset + run.length === loc.offset && run.length + loc.length <= MAX_RUN) {
+      run.length += loc.length;
+    } else {
+      if (run) yield run;
+      run = { pack: loc.pack, offset: loc.offset, length: loc.length, ids: [], lengths: [] };
+    }
+    run.ids.push(id);
+    run.lengths.push(loc.length);
+  }
+  if (run) yield run;
+}
+
 /**
  * Streams a snapshot's chunks in order into `out`, verifying every chunk (GCM tag, then the
- * plaintext re-hashed against its ID). Reads run ahead a little; memory stays bounded.
+ * plaintext re-hashed against its ID). A few range reads run ahead; memory stays bounded.
  */
 export async function restoreTo(repo: Repository, snapshotId: string, out: Writable): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
@@ -28,37 +58,43 @@ export async function restoreTo(repo: Repository, snapshotId: string, out: Writa
   const keys = repo.keys;
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
   const ids = [...chunkIdsOf(snap)];
-  const fetch = async (i: number) => {
-    const id = ids[i]!;
-    const hex = id.toString('hex');
-    const loc = repo.catalogue.location(id);
-    const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
-    if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of snapshot ${snapshotId} is missing from the store; run "kura check" and restore from another copy`, { chunk: hex, snapshot: snapshotId });
-    return blob;
+  const runs = planRuns(repo, snapshotId, ids);
+  const fetch = async (run: Run) => {
+    const bytes = await repo.store.getRange(packName(run.pack), run.offset, run.length);
+    if (!bytes || bytes.length !== run.length) {
+      const hex = run.ids[0]!.toString('hex');
+      throw new KuraError('E_CHUNK_MISSING', `pack ${run.pack} holding chunk ${hex} of snapshot ${snapshotId} is missing or truncated; run "kura check" and restore from another copy`, { chunk: hex, pack: run.pack, snapshot: snapshotId });
+    }
+    return { run, bytes };
   };
-  const queue: Array<Promise<Buffer>> = [];
-  let next = 0;
+  const queue: Array<Promise<{ run: Run; bytes: Buffer }>> = [];
   const fill = () => {
-    while (queue.length < READ_AHEAD && next < ids.length) {
-      const p = fetch(next++);
+    while (queue.length < READ_AHEAD) {
+      const next = runs.next();
+      if (next.done) return;
+      const p = fetch(next.value);
       p.catch(() => {}); // observed when awaited below
       queue.push(p);
     }
   };
   let bytes = 0;
   fill();
-  for (let i = 0; i < ids.length; i++) {
-    const blob = await queue.shift()!;
+  while (queue.length > 0) {
+    const { run, bytes: data } = await queue.shift()!;
     fill();
-    let plain: Buffer;
-    try {
-      plain = openBlob(blob, ids[i]!, keys);
-    } catch (e) {
-      if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
-      throw e;
+    let off = 0;
+    for (let i = 0; i < run.ids.length; i++) {
+      const blob = data.subarray(off, (off += run.lengths[i]!));
+      let plain: Buffer;
+      try {
+        plain = openBlob(blob, run.ids[i]!, keys);
+      } catch (e) {
+        if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
+        throw e;
+      }
+      bytes += plain.length;
+      if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
     }
-    bytes += plain.length;
-    if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
   }
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
