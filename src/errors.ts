@@ -36,6 +36,16 @@ export const errorCodes = {
   E_KEY_FILE: ExitStatus.NO_PERM,
   E_IO: ExitStatus.IO,
   E_LOCKED: ExitStatus.TEMP_FAIL,
+  E_PROTOCOL: ExitStatus.DATA,
+  E_FRAME_TOO_LARGE: ExitStatus.DATA,
+  E_FRAME_TRUNCATED: ExitStatus.DATA,
+  E_AUTH_DENIED: ExitStatus.NO_PERM,
+  E_FORBIDDEN: ExitStatus.NO_PERM,
+  E_TENANT_MISMATCH: ExitStatus.NO_PERM,
+  E_LINK_DOWN: ExitStatus.TEMP_FAIL,
+  E_HOST_KEY: ExitStatus.NO_PERM,
+  E_BACKLOG_LEFT: ExitStatus.TEMP_FAIL,
+  E_QUOTA: ExitStatus.TEMP_FAIL,
   E_INTERNAL: ExitStatus.SOFTWARE,
 } as const;
 
@@ -54,7 +64,7 @@ export class KuraError extends Error {
   }
 
   get exitStatus(): number {
-    return errorCodes[this.code];
+    return errorCodes[this.code] ?? ExitStatus.FAILED;
   }
 }
 

@@ -15,6 +15,8 @@ export interface BackupOptions {
   tags?: string[];
   compressionLevel?: number;
   private?: SnapshotPrivate;
+  /** Routes the snapshot is queued for, in the same transaction that records it. */
+  routes?: string[];
   /** Worker threads for compression+encryption (default: one per core). */
   workers?: number;
 }
@@ -185,7 +187,10 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   const snap = encodeSnapshot(header, ids.bytes(), opts.private ?? {}, keys.dataKey);
   await store.putIfAbsent(snapshotName(snap.id), snap.bytes);
   await store.sync();
-  catalogue.addSnapshot(snap.id, header);
+  catalogue.db.transaction(() => {
+    catalogue.addSnapshot(snap.id, header);
+    for (const r of opts.routes ?? []) catalogue.enqueue(snap.id, r, header.source, header.endTime);
+  })();
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 

@@ -11,6 +11,7 @@ interface BackupCliOptions extends RepoOptions {
   tenant?: string;
   tag: string[];
   compression?: string;
+  route: string[];
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -31,6 +32,7 @@ export function registerBackup(program: Command): void {
     .option('--tenant <tenant>', 'tenant owning the data (default: from the config)')
     .option('--tag <tag>', 'label stored in the snapshot header (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
+    .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
     .action(async (opts: BackupCliOptions, cmd: Command) => {
       if (Boolean(opts.stdin) === Boolean(opts.file)) throw new KuraError('E_USAGE', 'give exactly one input: --stdin or --file PATH');
@@ -56,6 +58,11 @@ export function registerBackup(program: Command): void {
         what = 'standard input';
       }
       const { backup } = await import('../archiver/backup.js');
+      if (opts.route.length > 0) {
+        const { routesOf } = await import('../relay/relay.js');
+        const known = routesOf(configOf(cmd).config);
+        for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
+      }
       const repo = await openRepo(cmd, opts, 'required');
       try {
         const tenant = opts.tenant ?? configOf(cmd).config.tenant;
@@ -65,6 +72,7 @@ export function registerBackup(program: Command): void {
           tags: opts.tag,
           ...(level !== undefined ? { compressionLevel: level } : {}),
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
+          routes: opts.route,
         });
         const h = res.header;
         if (opts.json) {

@@ -9,6 +9,8 @@ import { registerPlanned } from './planned.js';
 import { registerRepo } from './repo.js';
 import { registerRestore } from './restore.js';
 import { registerSnapshots } from './snapshots.js';
+import { registerRelay } from './relay.js';
+import { registerVault } from './vault.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -21,6 +23,8 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerPlanned(program);
+  registerRelay(program);
+  registerVault(program);
   registerBackup(program);
   registerSnapshots(program);
   registerRestore(program);

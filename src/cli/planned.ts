@@ -16,17 +16,6 @@ export function registerPlanned(program: Command): void {
   planned(agent.command('run').description('run sources once (for cron, systemd timers, job schedulers)'), 'one-shot agent run');
   planned(agent.command('daemon').description('run sources on their cron schedules'), 'agent daemon');
 
-  const relay = program.command('relay').description('relay mode: ship queued snapshots to vaults over SSH, oldest first');
-  planned(relay.command('run').description('run the relay daemon'), 'relay daemon');
-  planned(relay.command('once').description('send what can be sent, then exit with a status saying whether anything is left'), 'one-shot relay');
-
-  const vault = program.command('vault').description('vault mode: the SSH endpoint that keeps tenants\' repositories');
-  planned(vault.command('serve').description('serve the vault protocol over SSH'), 'vault SSH server');
-  planned(vault.command('stdio').description('serve the vault protocol on stdin/stdout (OpenSSH command= mode)'), 'vault stdio endpoint');
-  planned(vault.command('prune').description('apply retention policies on the vault'), 'vault prune');
-  planned(vault.command('gc').description('reclaim space of unreferenced chunks on the vault'), 'vault GC');
-  planned(vault.command('usage').description('per-tenant usage for cost apportioning'), 'vault usage');
-
   planned(program.command('prune').description('remove snapshots that fall out of the retention policy'), 'prune');
   planned(program.command('gc').description('reclaim space of chunks no snapshot uses'), 'garbage collection');
   planned(program.command('protect').description('protect a snapshot from pruning (long-term hold)'), 'protect');

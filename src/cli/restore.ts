@@ -1,20 +1,25 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
-import { formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, formatBytes, keySourceOf, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import { keysFromKeyFile } from '../repository/repository.js';
 
 export function registerRestore(program: Command): void {
   withRepoOptions(program.command('restore'))
     .description('restore a snapshot (ID, unique ID prefix, or latest:SOURCE) to a file or stdout; every chunk is verified')
     .argument('<snapshot>', 'snapshot ID, unique prefix, or latest:SOURCE')
     .option('--to <path>', 'output file, or - for standard output', '-')
+    .option('--from <route>', 'restore from the vault of this route (over SSH) instead of the local repository')
+    .option('--tenant <tenant>', 'tenant on the vault (default: the config\'s tenant)')
+    .option('--identity <file>', 'SSH private key for the vault (default: the route\'s clientKey); needs the restore role')
     .option('--json', 'print a JSON summary line (on stderr when restoring to stdout)')
-    .action(async (ref: string, opts: RepoOptions & { to: string }, cmd: Command) => {
+    .action(async (ref: string, opts: RepoOptions & { to: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
       if (opts.to === '-' && process.stdout.isTTY) throw new KuraError('E_USAGE', 'refusing to write a restore to a terminal; use --to PATH or pipe the output');
+      if (opts.from) return restoreFromVault(ref, opts as RepoOptions & { to: string; from: string; tenant?: string; identity?: string }, cmd);
       const repo = await openRepo(cmd, opts, 'required');
       try {
         const { restoreTo, restoreToFile } = await import('../restorer/restore.js');
         const id = repo.resolveSnapshot(ref);
-        const res = opts.to === '-' ? await restoreTo(repo, id, process.stdout) : await restoreToFile(repo, id, opts.to);
+        const res = opts.to === '-' ? await restoreTo(repo, id, process.stdout) : await restoreToFile(opts.to, (out) => restoreTo(repo, id, out));
         const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to };
         if (opts.json) {
           if (opts.to === '-') process.stderr.write(JSON.stringify(summary) + '\n');
@@ -26,4 +31,37 @@ export function registerRestore(program: Command): void {
         repo.close();
       }
     });
+}
+
+/** Restore over SSH from a route's vault, decrypting with the local repository's key or a key file. */
+async function restoreFromVault(ref: string, opts: RepoOptions & { to: string; from: string; tenant?: string; identity?: string }, cmd: Command): Promise<void> {
+  const { restoreStream, restoreToFile } = await import('../restorer/restore.js');
+  const { connectRoute, remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote } = await import('../restorer/remote.js');
+  const { decodeSnapshot } = await import('../repository/snapshot.js');
+  const cfg = configOf(cmd).config;
+  const keys = await keysFor(cmd, opts);
+  const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
+  try {
+    const id = resolveRemote(await remoteList(conn), ref);
+    const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
+    const blobs = remoteBlobs(conn);
+    const res = opts.to === '-' ? await restoreStream(snap, keys, blobs, process.stdout) : await restoreToFile(opts.to, (out) => restoreStream(snap, keys, blobs, out));
+    const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to, from: opts.from };
+    if (opts.json && opts.to !== '-') printJson(summary);
+    else process.stderr.write(opts.json ? JSON.stringify(summary) + '\n' : `restored ${res.id.slice(0, 12)} from ${opts.from}: ${formatBytes(res.bytes)} in ${res.chunks} chunks, verified, ${res.seconds.toFixed(2)} s\n`);
+  } finally {
+    conn.close();
+  }
+}
+
+/** The key: from --key-file alone when given (the local repository may be gone), else the local repository's. */
+async function keysFor(cmd: Command, opts: RepoOptions) {
+  const source = keySourceOf(cmd, opts);
+  if (source.keyFile) return (await keysFromKeyFile(source.keyFile, source.passphrase)).keys;
+  const repo = await openRepo(cmd, opts, 'required');
+  try {
+    return repo.keys;
+  } finally {
+    repo.close();
+  }
 }

@@ -1,19 +1,41 @@
 import type { Command } from 'commander';
-import { formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import type { SnapshotHeader } from '../repository/snapshot.js';
 
 export function registerSnapshots(program: Command): void {
   withRepoOptions(program.command('snapshots'))
     .description('list snapshots (generations), oldest first')
     .option('--name <source>', 'only this source')
     .option('--json', 'print a JSON array')
-    .action(async (opts: RepoOptions & { name?: string }, cmd: Command) => {
+    .option('--from <route>', 'list what the vault of this route holds (over SSH)')
+    .option('--tenant <tenant>', 'tenant on the vault (default: the config\'s tenant)')
+    .option('--identity <file>', 'SSH private key for the vault (default: the route\'s clientKey)')
+    .action(async (opts: RepoOptions & { name?: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
+      if (opts.from) {
+        const { connectRoute, remoteList } = await import('../restorer/remote.js');
+        const cfg = configOf(cmd).config;
+        const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
+        try {
+          const rows = await remoteList(conn, opts.name);
+          if (opts.json) printJson(rows);
+          else print(rows.map((r) => ({ id: r.id, header: r })));
+        } finally {
+          conn.close();
+        }
+        return;
+      }
       const repo = await openRepo(cmd, opts, 'none');
       try {
         const rows = repo.catalogue.snapshots(opts.name ? { source: opts.name } : {});
-        if (opts.json) {
-          printJson(rows.map((r) => ({ id: r.id, ...r.header })));
-          return;
-        }
+        if (opts.json) printJson(rows.map((r) => ({ id: r.id, ...r.header })));
+        else print(rows);
+      } finally {
+        repo.close();
+      }
+    });
+}
+
+function print(rows: Array<{ id: string; header: SnapshotHeader }>): void {
         const lines = [['ID', 'TIME', 'SOURCE', 'TENANT', 'SIZE', 'CHUNKS', 'NEW']];
         for (const r of rows) {
           const h = r.header;
@@ -22,8 +44,4 @@ export function registerSnapshots(program: Command): void {
         const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
         for (const l of lines) process.stdout.write(l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
         process.stdout.write(`${rows.length} snapshot(s)\n`);
-      } finally {
-        repo.close();
-      }
-    });
 }

@@ -86,7 +86,8 @@ function emitProperty(key: string, p: JS, required: boolean, indent: string, out
     const multi = text.includes('\n');
     const line = multi ? `${key}:\n${text.split('\n').map((l) => indent + '  ' + l).join('\n')}` : `${key}: ${text}`;
     const commented = !required && p.default === undefined && p.const === undefined;
-    out.push(`${indent}${commented ? '# ' : ''}${line}`);
+    const [head, ...rest] = line.split('\n');
+    out.push(`${indent}${commented ? '# ' : ''}${head}`, ...rest.map((l) => (commented ? commentOut(l, indent) : l)));
   } else {
     out.push(`${indent}${required ? '' : '# '}${key}: ${required ? '' : '<'}${typeHint(p)}${required ? '' : '>'}`);
   }

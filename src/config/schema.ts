@@ -87,6 +87,33 @@ export const sourceSchema = z.discriminatedUnion('type', [postgresSource, mariad
       : undefined,
 });
 
+const sshKeyLine = z.string().regex(/^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$/, 'an OpenSSH public key line ("ssh-ed25519 AAAA... comment")');
+const cidr = z.string().regex(/^[0-9a-fA-F:.]+\/\d{1,3}$/, 'a network like "10.1.0.0/16" or "::1/128"');
+
+const vaultClient = z.strictObject({
+  key: sshKeyLine.describe('public key of a relay or operator').meta({ examples: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7x6Qm2 relay@dc-a'] }),
+  role: z.enum(['backup', 'restore', 'tenant-admin']).default('backup').describe('backup: send and list; restore: read; tenant-admin: both, and later prune/protect'),
+  networks: z.array(cidr).min(1).default(['127.0.0.0/8', '::1/128']).describe('source networks this key may connect from'),
+});
+
+const vaultSchema = z.strictObject({
+  listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(2222) }).default({ host: '127.0.0.1', port: 2222 }).describe('SSH listen address'),
+  root: z.string().describe('directory holding one repository per tenant').meta({ examples: ['/var/lib/kura/vault'] }),
+  hostKey: z.string().optional().describe('SSH host key file (PEM/OpenSSH); created on first start when missing (default: <root>/host_key)'),
+  auditLog: z.string().optional().describe('append-only JSON-lines audit log (default: <root>/audit.jsonl)'),
+  maxFrame: z.number().int().min(1 << 20).max(1 << 30).default(16 << 20).describe('largest protocol frame accepted, in bytes'),
+  leaseTtl: duration.default('1h').describe('how long chunks a session was told are present stay protected from GC without a commit'),
+  tenants: z.record(name('tenant'), z.strictObject({ clients: z.array(vaultClient).default([]) })).default({}).describe('tenants and the keys allowed to act on them').meta({ exampleKey: 'city-a' }),
+});
+
+const relaySchema = z.strictObject({
+  pollInterval: duration.default('30s').describe('how often `kura relay run` looks for new queue entries'),
+  backoff: z.strictObject({ initial: duration.default('5s'), max: duration.default('10m') }).default({ initial: '5s', max: '10m' }).describe('retry delays after a failure double from initial up to max'),
+  keepalive: duration.default('15s').describe('SSH keepalive; a link silent for 3 intervals counts as down'),
+  connectTimeout: duration.default('20s'),
+  batchBytes: z.number().int().min(64 << 10).max(64 << 20).default(4 << 20).describe('chunk data sent between durability acknowledgements'),
+});
+
 export const configSchema = z.strictObject({
   tenant: name('tenant').default('default').describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
@@ -100,6 +127,8 @@ export const configSchema = z.strictObject({
     .optional()
     .describe('the local repository every command uses unless --repo is given'),
   sources: z.record(name('source'), sourceSchema).default({}).describe('what to back up, by source name').meta({ exampleKey: 'juki' }),
+  vault: vaultSchema.optional().describe('vault mode: the SSH endpoint keeping tenants\' repositories'),
+  relay: relaySchema.default({} as never).describe('relay mode: shipping queued snapshots along modules.routing routes'),
   modules: z
     .strictObject({
       sso: moduleSchema('sso', 'none'),
@@ -118,3 +147,5 @@ export const configSchema = z.strictObject({
 
 export type KuraConfig = z.infer<typeof configSchema>;
 export type SourceConfig = z.infer<typeof sourceSchema>;
+export type VaultConfig = z.infer<typeof vaultSchema>;
+export type RelayConfig = z.infer<typeof relaySchema>;

@@ -54,6 +54,17 @@ export class Catalogue {
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, source TEXT NOT NULL, host TEXT NOT NULL,
         end_time TEXT NOT NULL, header TEXT NOT NULL);
       CREATE INDEX IF NOT EXISTS snapshots_by_source ON snapshots (source, end_time);
+      CREATE TABLE IF NOT EXISTS received (snapshot TEXT PRIMARY KEY, at TEXT NOT NULL, seq INTEGER NOT NULL);
+      -- vault: chunks a live session was told are present or uploaded; GC must keep them
+      CREATE TABLE IF NOT EXISTS leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
+      -- relay: one entry per snapshot per route, durable before the backup reports success
+      CREATE TABLE IF NOT EXISTS queue (
+        snapshot TEXT NOT NULL, route TEXT NOT NULL, source TEXT NOT NULL, end_time TEXT NOT NULL,
+        enqueued TEXT NOT NULL, sent TEXT, bytes_sent INTEGER, PRIMARY KEY (snapshot, route));
+      CREATE INDEX IF NOT EXISTS queue_pending ON queue (route, sent, end_time);
+      CREATE TABLE IF NOT EXISTS route_state (
+        route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
     `);
     const v = this.db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema'`).get();
     if (!v) this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
@@ -83,6 +94,64 @@ export class Catalogue {
 
   addSnapshot(id: string, h: SnapshotHeader): void {
     this.addSnapStmt.run(id, h.tenant, h.source, h.host, h.endTime, JSON.stringify(h));
+  }
+
+  /** Vault: remember the order snapshots arrived in. */
+  markReceived(id: string): void {
+    this.db.prepare(`INSERT OR IGNORE INTO received (snapshot, at, seq) VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM received))`).run(id, new Date().toISOString());
+  }
+
+  receivedAt(id: string): { at: string; seq: number } | undefined {
+    return this.db.prepare<[string], { at: string; seq: number }>('SELECT at, seq FROM received WHERE snapshot = ?').get(id);
+  }
+
+  addLeases(session: string, ids: readonly Buffer[], expires: number): void {
+    const st = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
+    this.db.transaction(() => {
+      for (const id of ids) st.run(session, id, expires);
+    })();
+  }
+
+  dropLeases(session: string): void {
+    this.db.prepare('DELETE FROM leases WHERE session = ?').run(session);
+  }
+
+  enqueue(snapshot: string, route: string, source: string, endTime: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO queue (snapshot, route, source, end_time, enqueued) VALUES (?, ?, ?, ?, ?)').run(snapshot, route, source, endTime, new Date().toISOString());
+  }
+
+  /** The oldest snapshot the route still has to send (oldest first keeps each source in order). */
+  nextQueued(route: string): { snapshot: string; source: string } | undefined {
+    return this.db.prepare<[string], { snapshot: string; source: string }>('SELECT snapshot, source FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot LIMIT 1').get(route);
+  }
+
+  queued(route?: string): Array<{ snapshot: string; route: string; source: string; end_time: string }> {
+    return route
+      ? this.db.prepare<[string], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot').all(route)
+      : this.db.prepare<[], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE sent IS NULL ORDER BY route, end_time, snapshot').all();
+  }
+
+  markSent(snapshot: string, route: string, bytes: number): void {
+    this.db.prepare('UPDATE queue SET sent = ?, bytes_sent = ? WHERE snapshot = ? AND route = ?').run(new Date().toISOString(), bytes, snapshot, route);
+  }
+
+  setRouteState(route: string, s: { state: string; lastError?: string | null; attempts?: number; nextAttempt?: number | null; success?: boolean; addBytes?: number }): void {
+    const now = new Date().toISOString();
+    this.db
+      .prepare(
+        `INSERT INTO route_state (route, state, last_error, attempts, next_attempt, last_success, bytes_sent, updated)
+         VALUES (@route, @state, @lastError, coalesce(@attempts, 0), @nextAttempt, CASE WHEN @success THEN @now END, @addBytes, @now)
+         ON CONFLICT (route) DO UPDATE SET state = @state,
+           last_error = CASE WHEN @keepError THEN last_error ELSE @lastError END,
+           attempts = coalesce(@attempts, attempts), next_attempt = @nextAttempt,
+           last_success = CASE WHEN @success THEN @now ELSE last_success END,
+           bytes_sent = bytes_sent + @addBytes, updated = @now`,
+      )
+      .run({ route, state: s.state, lastError: s.lastError ?? null, keepError: s.lastError === undefined ? 1 : 0, attempts: s.attempts ?? null, nextAttempt: s.nextAttempt ?? null, success: s.success ? 1 : 0, addBytes: s.addBytes ?? 0, now });
+  }
+
+  routeStates(): Array<{ route: string; state: string; last_error: string | null; attempts: number; next_attempt: number | null; last_success: string | null; bytes_sent: number; updated: string }> {
+    return this.db.prepare<[], { route: string; state: string; last_error: string | null; attempts: number; next_attempt: number | null; last_success: string | null; bytes_sent: number; updated: string }>('SELECT * FROM route_state ORDER BY route').all();
   }
 
   removeSnapshot(id: string): void {

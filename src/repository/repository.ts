@@ -21,6 +21,8 @@ export interface RepoConfig {
   compression: { algorithm: 'zstd'; level: number };
   chunkId: 'blake3-keyed-256';
   cipher: 'aes-256-gcm';
+  /** a vault tenant's repository: ciphertext of other repositories, no key slots */
+  keyless?: boolean;
 }
 
 /** Where the master key comes from: a key file, or a passphrase tried against the key slots. */
@@ -107,6 +109,31 @@ export class Repository {
     return keyFileWritten ? { repo, keyFileWritten } : { repo };
   }
 
+  /**
+   * A repository that only ever holds other repositories' ciphertext (a vault tenant): same
+   * layout and format, no key slots. Opened with `open(root, null)`.
+   */
+  static async initKeyless(root: string): Promise<Repository> {
+    const store = new FsBackend(root);
+    if (!(await store.stat('config'))) {
+      await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
+      for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
+      const config: RepoConfig = {
+        format: REPO_FORMAT,
+        id: randomBytes(16).toString('hex'),
+        created: new Date().toISOString(),
+        chunker: { algorithm: 'fastcdc-gear-v1', normalization: 2, ...defaultChunkerParams },
+        compression: { algorithm: 'zstd', level: 3 },
+        chunkId: 'blake3-keyed-256',
+        cipher: 'aes-256-gcm',
+        keyless: true,
+      };
+      await store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+      await store.sync();
+    }
+    return Repository.open(root, null);
+  }
+
   /** Open a repository; `keys` null opens it without keys (structure only). */
   static async open(root: string, keys: KeySource | null): Promise<Repository> {
     const store = new FsBackend(root);
@@ -188,6 +215,28 @@ export class Repository {
   close(): void {
     this.catalogue.close();
   }
+}
+
+/**
+ * Keys from a key file alone, without the repository (a vault restore after the business server
+ * was lost): the file names the repository whose keys it derives.
+ */
+export async function keysFromKeyFile(keyFile: string, passphrase?: string): Promise<{ repositoryId: string; keys: RepoKeys }> {
+  let text: string;
+  try {
+    text = await fsp.readFile(keyFile, 'utf8');
+  } catch (e) {
+    throw new KuraError('E_KEY_FILE', `cannot read key file ${keyFile}: ${(e as Error).message}`);
+  }
+  const kf = parseKeyFile(text, keyFile);
+  let master: Buffer | null;
+  if (kf.master) master = Buffer.from(kf.master, 'base64');
+  else {
+    if (!passphrase) throw new KuraError('E_KEY_MISSING', `key file ${keyFile} is passphrase-protected; set KURA_PASSPHRASE or give --passphrase-file`);
+    master = unwrapMasterKey(kf.slot!, passphrase, kf.repository);
+    if (!master) throw new KuraError('E_KEY_WRONG', `the passphrase does not open key file ${keyFile}; check the passphrase`);
+  }
+  return { repositoryId: kf.repository, keys: deriveKeys(master, kf.repository) };
 }
 
 async function loadSlots(store: StoreBackend): Promise<KeySlot[]> {

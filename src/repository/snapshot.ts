@@ -54,16 +54,20 @@ export function encodeSnapshot(header: SnapshotHeader, chunkIds: Buffer, priv: S
   c.setAAD(aad);
   const sealed = Buffer.concat([nonce, c.update(JSON.stringify(priv), 'utf8'), c.final(), c.getAuthTag()]);
   const bytes = Buffer.concat([pub, u32(sealed.length), sealed]);
-  return { id: createHash('sha256').update(bytes).digest('hex'), bytes };
+  return { id: snapshotIdOf(bytes), bytes };
 }
 
 function corrupt(id: string, why: string): KuraError {
   return new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${id}: ${why}; run "kura check" to see what is affected`, { snapshot: id });
 }
 
+export function snapshotIdOf(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 export function decodeSnapshot(bytes: Buffer, expectedId: string): DecodedSnapshot {
   const id = expectedId;
-  if (createHash('sha256').update(bytes).digest('hex') !== expectedId) throw corrupt(id, 'content does not match its ID (damaged file)');
+  if (snapshotIdOf(bytes) !== expectedId) throw corrupt(id, 'content does not match its ID (damaged file)');
   if (bytes.length < MAGIC.length + 1 + 12 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw corrupt(id, 'not a snapshot file');
   if (bytes[MAGIC.length] !== SNAPSHOT_FORMAT) throw corrupt(id, `unsupported snapshot format ${bytes[MAGIC.length]} (upgrade kura)`);
   let off = MAGIC.length + 1;

@@ -5,12 +5,10 @@ import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { KuraError, ioError } from '../errors.js';
 import { openBlob } from '../crypto/blob.js';
-import { packName } from '../store/backend.js';
+import { readBlobs } from '../repository/reader.js';
+import type { RepoKeys } from '../crypto/keys.js';
 import type { Repository } from '../repository/repository.js';
-import { chunkIdsOf, openSnapshotPrivate } from '../repository/snapshot.js';
-
-const READ_AHEAD = 4; // range reads in flight
-const MAX_RUN = 8 << 20; // bytes per range read
+import { chunkIdsOf, openSnapshotPrivate, type DecodedSnapshot } from '../repository/snapshot.js';
 
 export interface RestoreResult {
   id: string;
@@ -19,82 +17,29 @@ export interface RestoreResult {
   seconds: number;
 }
 
-/** Consecutive chunks that sit back to back in one pack: read with one range read. */
-interface Run {
-  pack: string;
-  offset: number;
-  length: number;
-  ids: Buffer[];
-  lengths: number[];
-}
-
-function* planRuns(repo: Repository, snapshotId: string, ids: Buffer[]): Generator<Run> {
-  let run: Run | null = null;
-  for (const id of ids) {
-    const loc = repo.catalogue.location(id);
-    if (!loc) {
-      const hex = id.toString('hex');
-      throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of snapshot ${snapshotId} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex, snapshot: snapshotId });
-    }
-    if (run && run.pack === loc.pack && run.offset + run.length === loc.offset && run.length + loc.length <= MAX_RUN) {
-      run.length += loc.length;
-    } else {
-      if (run) yield run;
-      run = { pack: loc.pack, offset: loc.offset, length: loc.length, ids: [], lengths: [] };
-    }
-    run.ids.push(id);
-    run.lengths.push(loc.length);
-  }
-  if (run) yield run;
-}
+/** Anything that yields a snapshot's blobs in order: the local store, or a vault over SSH. */
+export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
 
 /**
  * Streams a snapshot's chunks in order into `out`, verifying every chunk (GCM tag, then the
- * plaintext re-hashed against its ID). A few range reads run ahead; memory stays bounded.
+ * plaintext re-hashed against its ID). Memory stays bounded whatever the snapshot's size.
  */
-export async function restoreTo(repo: Repository, snapshotId: string, out: Writable): Promise<RestoreResult> {
+export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs: BlobSource, out: Writable): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
-  const snap = await repo.readSnapshot(snapshotId);
-  const keys = repo.keys;
+  const snapshotId = snap.id;
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
   const ids = [...chunkIdsOf(snap)];
-  const runs = planRuns(repo, snapshotId, ids);
-  const fetch = async (run: Run) => {
-    const bytes = await repo.store.getRange(packName(run.pack), run.offset, run.length);
-    if (!bytes || bytes.length !== run.length) {
-      const hex = run.ids[0]!.toString('hex');
-      throw new KuraError('E_CHUNK_MISSING', `pack ${run.pack} holding chunk ${hex} of snapshot ${snapshotId} is missing or truncated; run "kura check" and restore from another copy`, { chunk: hex, pack: run.pack, snapshot: snapshotId });
-    }
-    return { run, bytes };
-  };
-  const queue: Array<Promise<{ run: Run; bytes: Buffer }>> = [];
-  const fill = () => {
-    while (queue.length < READ_AHEAD) {
-      const next = runs.next();
-      if (next.done) return;
-      const p = fetch(next.value);
-      p.catch(() => {}); // observed when awaited below
-      queue.push(p);
-    }
-  };
   let bytes = 0;
-  fill();
-  while (queue.length > 0) {
-    const { run, bytes: data } = await queue.shift()!;
-    fill();
-    let off = 0;
-    for (let i = 0; i < run.ids.length; i++) {
-      const blob = data.subarray(off, (off += run.lengths[i]!));
-      let plain: Buffer;
-      try {
-        plain = openBlob(blob, run.ids[i]!, keys);
-      } catch (e) {
-        if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
-        throw e;
-      }
-      bytes += plain.length;
-      if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
+  for await (const { id, blob } of blobs(ids, `snapshot ${snapshotId}`)) {
+    let plain: Buffer;
+    try {
+      plain = openBlob(blob, id, keys);
+    } catch (e) {
+      if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
+      throw e;
     }
+    bytes += plain.length;
+    if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
   }
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
@@ -102,11 +47,16 @@ export async function restoreTo(repo: Repository, snapshotId: string, out: Writa
   return { id: snapshotId, bytes, chunks: ids.length, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
+export async function restoreTo(repo: Repository, snapshotId: string, out: Writable): Promise<RestoreResult> {
+  const snap = await repo.readSnapshot(snapshotId);
+  return restoreStream(snap, repo.keys, (ids, what) => readBlobs(repo, ids, what), out);
+}
+
 /**
  * Restore into a file: written beside the target under a temporary name and renamed only when
  * every chunk verified, so a failed restore never leaves something that looks complete.
  */
-export async function restoreToFile(repo: Repository, snapshotId: string, target: string): Promise<RestoreResult> {
+export async function restoreToFile(target: string, run: (out: Writable) => Promise<RestoreResult>): Promise<RestoreResult> {
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.kura-partial-${randomBytes(4).toString('hex')}`);
   const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o640 });
   try {
@@ -115,7 +65,7 @@ export async function restoreToFile(repo: Repository, snapshotId: string, target
     throw ioError(`cannot create ${tmp}`, e);
   }
   try {
-    const r = await restoreTo(repo, snapshotId, ws);
+    const r = await run(ws);
     ws.end();
     await once(ws, 'finish');
     const fh = await fsp.open(tmp, 'r');

@@ -8,8 +8,19 @@ const endpoint = z.strictObject({
   hostKeySha256: z.string().optional().describe('pinned host key fingerprint, "SHA256:..." as ssh-keygen -lf prints it'),
 });
 
+const rate = z.string().regex(/^(unlimited|\d+(\.\d+)?\s*([kKmMgG]i?)?B\/s)$/, 'a rate like "2MB/s", "500KiB/s" or "unlimited"');
+
+export const bandwidthWindow = z.strictObject({
+  days: z.array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])).default(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']).describe('days the window applies'),
+  from: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'a time like "08:00"').describe('start, local time of the relay').meta({ examples: ['08:00'] }),
+  to: z.string().regex(/^([01]\d|2[0-4]):[0-5]\d$/, 'a time like "18:00"').describe('end (exclusive); may be earlier than from to span midnight').meta({ examples: ['18:00'] }),
+  rate: rate.describe('bandwidth cap inside the window').meta({ examples: ['2MB/s'] }),
+});
+
 export const staticRoute = z.strictObject({
   endpoints: z.array(endpoint).min(1).describe('tried in order: the first that answers takes the transfer (failover)'),
+  rate: rate.default('unlimited').describe('bandwidth cap outside every window'),
+  bandwidth: z.array(bandwidthWindow).default([]).describe('time windows with their own cap; the first matching window wins'),
   clientKey: z.string().optional().describe('path of the private key this host presents to the vault'),
   tenant: z.string().optional().describe('tenant name on the vault (default: the source tenant)'),
 });

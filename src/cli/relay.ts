@@ -1,0 +1,50 @@
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+import { configOf, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import { log } from '../log.js';
+
+export function registerRelay(program: Command): void {
+  const relay = program.command('relay').description('relay mode: ship queued snapshots to vaults over SSH, oldest first');
+
+  withRepoOptions(relay.command('once'))
+    .description('send what can be sent now, then exit: 0 when every route is drained, 75 when something is left (line down), 77/65 when a vault refused')
+    .option('--route <name>', 'only this route (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--json', 'print one JSON line per route')
+    .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
+      const { Relay } = await import('../relay/relay.js');
+      const repo = await openRepo(cmd, opts, 'none');
+      try {
+        const reports = await new Relay(repo, configOf(cmd).config, opts.route).once();
+        for (const r of reports) {
+          if (opts.json) printJson(r);
+          else process.stdout.write(`${r.route}: ${r.state}, ${r.sent} sent, ${r.left} left${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}\n`);
+        }
+        const refused = reports.find((r) => r.state === 'refused');
+        if (refused) throw new KuraError(refused.error!.code as KuraError['code'], `route ${refused.route}: ${refused.error!.message}`, { reported: opts.json });
+        const left = reports.reduce((n, r) => n + r.left, 0);
+        if (left > 0) throw new KuraError('E_BACKLOG_LEFT', `${left} snapshot(s) still queued; the relay will send them when the line is back`, { reported: opts.json });
+      } finally {
+        repo.close();
+      }
+    });
+
+  withRepoOptions(relay.command('run'))
+    .description('run the relay daemon: drain every route, back off on line faults, catch up oldest first; SIGTERM stops it cleanly')
+    .option('--route <name>', 'only this route (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
+      const { Relay } = await import('../relay/relay.js');
+      const repo = await openRepo(cmd, opts, 'none');
+      const r = new Relay(repo, configOf(cmd).config, opts.route);
+      const stop = (sig: string) => {
+        log().info({ signal: sig }, 'relay stopping');
+        r.stop();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      try {
+        await r.run();
+      } finally {
+        repo.close();
+      }
+    });
+}

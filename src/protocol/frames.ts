@@ -1,0 +1,109 @@
+import { KuraError } from '../errors.js';
+
+/**
+ * The vault protocol, version 1: length-prefixed frames over one SSH channel (ssh2 exec, or
+ * stdin/stdout under OpenSSH's command=).
+ *
+ *   u32 length (of type + payload) | u8 type | payload
+ *
+ * Requests are answered in order. Control payloads are JSON; bulk payloads are binary.
+ */
+export const PROTOCOL_VERSION = 1;
+export const DEFAULT_MAX_FRAME = 16 << 20;
+
+export const Frame = {
+  HELLO: 0x01, // JSON {protocol, tenant, client}
+  HELLO_OK: 0x02, // JSON {protocol, tenant, role, session, maxFrame}
+  HAS: 0x10, // n × 32-byte chunk IDs
+  HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
+  PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
+  FLUSH: 0x13, // JSON {seq}: make every PUT so far durable
+  FLUSHED: 0x14, // JSON {seq, chunks, bytes}
+  COMMIT: 0x20, // snapshot file bytes
+  COMMITTED: 0x21, // JSON {id, existed}
+  LIST: 0x30, // JSON {source?}
+  LIST_REPLY: 0x31, // JSON [{id, ...header, receivedAt}]
+  GET_SNAPSHOT: 0x32, // JSON {id}
+  SNAPSHOT: 0x33, // snapshot file bytes
+  GET_CHUNKS: 0x34, // n × 32-byte chunk IDs
+  CHUNK: 0x35, // chunk ID (32) | blob; one per requested ID, in order
+  STATS: 0x40, // JSON {}
+  STATS_REPLY: 0x41, // JSON
+  ERROR: 0x7f, // JSON {code, message}; the vault closes the channel after an error
+} as const;
+
+export type FrameType = (typeof Frame)[keyof typeof Frame];
+export const frameName = (t: number): string => Object.entries(Frame).find(([, v]) => v === t)?.[0] ?? `0x${t.toString(16)}`;
+
+export interface RawFrame {
+  type: number;
+  payload: Buffer;
+}
+
+export function encodeFrame(type: number, payload: Uint8Array | string | object = Buffer.alloc(0)): Buffer {
+  const body = typeof payload === 'string' ? Buffer.from(payload) : payload instanceof Uint8Array ? payload : Buffer.from(JSON.stringify(payload));
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out.writeUInt32BE(1 + body.length, 0);
+  out[4] = type;
+  out.set(body, 5);
+  return out;
+}
+
+export function jsonOf<T>(f: RawFrame): T {
+  try {
+    return JSON.parse(f.payload.toString('utf8')) as T;
+  } catch {
+    throw new KuraError('E_PROTOCOL', `malformed ${frameName(f.type)} frame (payload is not JSON)`);
+  }
+}
+
+/**
+ * Incremental frame parser. Refuses frames larger than `maxFrame` before buffering them, so a
+ * peer cannot make the other side allocate what it announces.
+ */
+export class FrameParser {
+  private parts: Buffer[] = [];
+  private buffered = 0;
+
+  constructor(private readonly maxFrame: number) {}
+
+  push(data: Buffer): RawFrame[] {
+    this.parts.push(data);
+    this.buffered += data.length;
+    const out: RawFrame[] = [];
+    for (;;) {
+      if (this.buffered < 4) break;
+      const head = this.peek(4);
+      const len = head.readUInt32BE(0);
+      if (len === 0) throw new KuraError('E_PROTOCOL', 'empty frame');
+      if (len > this.maxFrame + 1) throw new KuraError('E_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxFrame}`);
+      if (this.buffered < 4 + len) break;
+      const all = this.take(4 + len);
+      out.push({ type: all[4]!, payload: all.subarray(5) });
+    }
+    return out;
+  }
+
+  /** Bytes of an unfinished frame: non-zero at end of stream means the frame was truncated. */
+  get pending(): number {
+    return this.buffered;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.parts[0]!.length >= n) return this.parts[0]!.subarray(0, n);
+    return Buffer.concat(this.parts).subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    let first = this.parts[0]!;
+    if (first.length < n) {
+      first = Buffer.concat(this.parts);
+      this.parts = [first];
+    }
+    const out = first.subarray(0, n);
+    if (first.length === n) this.parts.shift();
+    else this.parts[0] = first.subarray(n);
+    this.buffered -= n;
+    return out;
+  }
+}

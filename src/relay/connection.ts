@@ -1,0 +1,191 @@
+import { createRequire } from 'node:module';
+import { once } from 'node:events';
+import type { Client, ClientChannel } from 'ssh2';
+import { KuraError } from '../errors.js';
+import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { log } from '../log.js';
+import type { TokenBucket } from './bandwidth.js';
+
+const require = createRequire(import.meta.url);
+const ssh2 = require('ssh2') as typeof import('ssh2');
+
+export interface Endpoint {
+  host: string;
+  port: number;
+  user?: string | undefined;
+  hostKeySha256?: string | undefined;
+}
+
+export interface ConnectOptions {
+  route: string;
+  tenant: string;
+  privateKey: Buffer;
+  keepaliveMs: number;
+  readyTimeoutMs: number;
+  maxFrame?: number;
+  limiter?: TokenBucket;
+}
+
+function pinToHex(pin: string): string | null {
+  const m = /^SHA256:([A-Za-z0-9+/]+)=*$/.exec(pin.trim());
+  return m ? Buffer.from(m[1]!, 'base64').toString('hex') : null;
+}
+
+/**
+ * One protocol session with a vault over SSH. Frames out go through the route's token bucket;
+ * frames in are parsed as they arrive; an ERROR frame becomes a KuraError with the vault's code.
+ * The connection counts what crosses the wire so transfers can be accounted.
+ */
+export class VaultConnection {
+  bytesOut = 0;
+  bytesIn = 0;
+  private frames: RawFrame[] = [];
+  private waiter: { resolve: (f: RawFrame) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+  session = '';
+  role = '';
+
+  private constructor(
+    private readonly client: Client,
+    private readonly channel: ClientChannel,
+    readonly endpoint: Endpoint,
+    private readonly opts: ConnectOptions,
+  ) {
+    const parser = new FrameParser(opts.maxFrame ?? 64 << 20);
+    channel.on('data', (d: Buffer) => {
+      this.bytesIn += d.length;
+      try {
+        for (const f of parser.push(d)) this.deliver(f);
+      } catch (e) {
+        this.fail(e as Error);
+      }
+    });
+    channel.stderr.on('data', (d: Buffer) => log().debug({ route: opts.route, stderr: d.toString().trim() }, 'vault stderr'));
+    const closed = () => this.fail(new KuraError('E_LINK_DOWN', `the connection to ${endpoint.host}:${endpoint.port} closed`));
+    channel.on('close', closed);
+    client.on('close', closed);
+    client.on('error', (e: Error) => this.fail(new KuraError('E_LINK_DOWN', `link to ${endpoint.host}:${endpoint.port} failed: ${e.message}`)));
+  }
+
+  /** Try the route's endpoints in order; the first that completes the handshake is used. */
+  static async open(endpoints: readonly Endpoint[], opts: ConnectOptions): Promise<VaultConnection> {
+    const errors: string[] = [];
+    for (const ep of endpoints) {
+      try {
+        const conn = await VaultConnection.connectOne(ep, opts);
+        const hello = await conn.request(Frame.HELLO, { protocol: PROTOCOL_VERSION, tenant: opts.tenant, client: 'kura' }, Frame.HELLO_OK);
+        const ok = jsonOf<{ session: string; role: string }>(hello);
+        conn.session = ok.session;
+        conn.role = ok.role;
+        return conn;
+      } catch (e) {
+        const err = e as KuraError;
+        // a refusal by the vault itself is not a line fault: failing over would not help
+        if (err.code === 'E_HOST_KEY' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL') throw err;
+        errors.push(`${ep.host}:${ep.port}: ${err.message}`);
+      }
+    }
+    throw new KuraError('E_LINK_DOWN', `no endpoint of route ${opts.route} answered (${errors.join('; ')})`);
+  }
+
+  private static connectOne(ep: Endpoint, opts: ConnectOptions): Promise<VaultConnection> {
+    return new Promise((resolve, reject) => {
+      const client = new ssh2.Client();
+      let hostKeyProblem: KuraError | null = null;
+      const pin = ep.hostKeySha256 ? pinToHex(ep.hostKeySha256) : null;
+      client.on('error', (e: Error & { level?: string }) => {
+        client.end();
+        if (hostKeyProblem) return reject(hostKeyProblem);
+        if (e.level === 'client-authentication') return reject(new KuraError('E_AUTH_DENIED', `the vault at ${ep.host}:${ep.port} refused this host's key for tenant ${opts.tenant}; register the key with the vault operator`));
+        reject(new KuraError('E_LINK_DOWN', e.message));
+      });
+      client.on('ready', () => {
+        client.exec('kura-vault', (err, channel) => {
+          if (err) {
+            client.end();
+            return reject(new KuraError('E_LINK_DOWN', `the vault at ${ep.host}:${ep.port} refused the protocol channel: ${err.message}`));
+          }
+          resolve(new VaultConnection(client, channel, ep, opts));
+        });
+      });
+      client.connect({
+        host: ep.host,
+        port: ep.port,
+        username: ep.user ?? opts.tenant,
+        privateKey: opts.privateKey,
+        keepaliveInterval: opts.keepaliveMs,
+        keepaliveCountMax: 3,
+        readyTimeout: opts.readyTimeoutMs,
+        hostHash: 'sha256',
+        hostVerifier: (hashHex: string) => {
+          if (pin === null) {
+            log().warn({ route: opts.route, endpoint: `${ep.host}:${ep.port}`, hostKey: 'SHA256:' + Buffer.from(hashHex, 'hex').toString('base64').replace(/=+$/, '') }, 'vault host key not pinned (set hostKeySha256)');
+            return true;
+          }
+          if (hashHex === pin) return true;
+          hostKeyProblem = new KuraError('E_HOST_KEY', `the host key of ${ep.host}:${ep.port} is not the pinned ${ep.hostKeySha256}; refusing to send (check the vault or update the pin)`);
+          return false;
+        },
+      } as import('ssh2').ConnectConfig);
+    });
+  }
+
+  private deliver(f: RawFrame): void {
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      if (f.type === Frame.ERROR) w.reject(vaultError(f));
+      else w.resolve(f);
+    } else this.frames.push(f);
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(e);
+    }
+  }
+
+  async send(type: number, payload?: Uint8Array | object): Promise<void> {
+    if (this.failure) throw this.failure;
+    const frame = encodeFrame(type, payload);
+    await this.opts.limiter?.take(frame.length);
+    this.bytesOut += frame.length;
+    if (!this.channel.write(frame)) {
+      await Promise.race([once(this.channel, 'drain'), new Promise((_, rej) => this.channel.once('close', () => rej(this.failure ?? new KuraError('E_LINK_DOWN', 'connection closed'))))]);
+    }
+  }
+
+  next(): Promise<RawFrame> {
+    const f = this.frames.shift();
+    if (f) return f.type === Frame.ERROR ? Promise.reject(vaultError(f)) : Promise.resolve(f);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
+  }
+
+  async expect(type: number): Promise<RawFrame> {
+    const f = await this.next();
+    if (f.type !== type) throw new KuraError('E_PROTOCOL', `expected ${frameName(type)} from the vault, got ${frameName(f.type)}`);
+    return f;
+  }
+
+  async request(type: number, payload: Uint8Array | object, reply: number): Promise<RawFrame> {
+    await this.send(type, payload);
+    return this.expect(reply);
+  }
+
+  close(): void {
+    this.failure ??= new KuraError('E_LINK_DOWN', 'closed');
+    this.channel.end();
+    this.client.end();
+  }
+}
+
+function vaultError(f: RawFrame): KuraError {
+  const e = jsonOf<{ code?: string; message?: string }>(f);
+  const code = (e.code ?? 'E_PROTOCOL') as KuraError['code'];
+  return new KuraError(code, `vault: ${e.message ?? 'error'}`, { fromVault: true });
+}

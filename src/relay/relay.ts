@@ -1,0 +1,156 @@
+import { readFileSync } from 'node:fs';
+import type { z } from 'zod';
+import type { staticRoute } from '../modules/routing/static.js';
+import { KuraError, isKuraError } from '../errors.js';
+import { parseDuration } from '../config/duration.js';
+import type { KuraConfig } from '../config/schema.js';
+import type { Repository } from '../repository/repository.js';
+import { log } from '../log.js';
+import { backoffDelay } from './backoff.js';
+import { TokenBucket, rateAt } from './bandwidth.js';
+import { VaultConnection } from './connection.js';
+import { sendSnapshot } from './transfer.js';
+
+export type StaticRoute = z.infer<typeof staticRoute>;
+
+export interface RouteReport {
+  route: string;
+  state: 'idle' | 'waiting-for-line' | 'refused';
+  sent: number;
+  left: number;
+  bytesOnWire: number;
+  error?: { code: string; message: string };
+}
+
+/** The routes of the config (routing module `static`), by name. */
+export function routesOf(cfg: KuraConfig): Record<string, StaticRoute> {
+  const r = cfg.modules.routing as { type: string; routes?: Record<string, StaticRoute> };
+  if (r.type !== 'static') throw new KuraError('E_CONFIG', `routing module ${r.type} is not supported by this relay`);
+  return r.routes ?? {};
+}
+
+/** Faults of the line (retry later) versus refusals that need an operator. */
+function isLineFault(e: unknown): boolean {
+  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_FRAME_TRUNCATED';
+}
+
+/**
+ * The relay: per route, the oldest queued snapshot first, over one SSH session per tenant; each
+ * commit is recorded in the queue before the next starts, so a killed relay resumes where it was
+ * and never sends what the vault already acknowledged.
+ */
+export class Relay {
+  private readonly relayCfg: KuraConfig['relay'];
+  private stopping = false;
+  private readonly wakers = new Set<() => void>();
+
+  constructor(private readonly repo: Repository, private readonly cfg: KuraConfig, private readonly only?: string[]) {
+    this.relayCfg = cfg.relay;
+  }
+
+  private routes(): Array<[string, StaticRoute]> {
+    const all = Object.entries(routesOf(this.cfg));
+    const chosen = this.only?.length ? all.filter(([n]) => this.only!.includes(n)) : all;
+    for (const n of this.only ?? []) if (!all.some(([m]) => m === n)) throw new KuraError('E_CONFIG', `route "${n}" is not in modules.routing.routes`);
+    return chosen;
+  }
+
+  /** Send everything that can be sent now, once per route; report what is left. */
+  async once(): Promise<RouteReport[]> {
+    return Promise.all(this.routes().map(([name, route]) => this.drain(name, route)));
+  }
+
+  /** Daemon: drain every route, back off on faults, poll for new queue entries, until stop(). */
+  async run(): Promise<void> {
+    const poll = parseDuration(this.relayCfg.pollInterval)!;
+    const initial = parseDuration(this.relayCfg.backoff.initial)!;
+    const max = parseDuration(this.relayCfg.backoff.max)!;
+    await Promise.all(
+      this.routes().map(async ([name, route]) => {
+        let attempts = 0;
+        while (!this.stopping) {
+          const report = await this.drain(name, route, attempts);
+          let wait = poll;
+          if (report.state === 'idle') attempts = 0;
+          else {
+            attempts++;
+            wait = backoffDelay(attempts, initial, max);
+            this.repo.catalogue.setRouteState(name, { state: report.state, attempts, nextAttempt: Date.now() + wait });
+          }
+          await this.sleep(wait);
+        }
+      }),
+    );
+  }
+
+  stop(): void {
+    this.stopping = true;
+    for (const w of this.wakers) w();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wakers.add(done);
+    });
+  }
+
+  private async drain(name: string, route: StaticRoute, attempts = 0): Promise<RouteReport> {
+    const cat = this.repo.catalogue;
+    const lg = log().child({ route: name });
+    const limiter = new TokenBucket(() => rateAt(route.bandwidth, route.rate, new Date()));
+    const conns = new Map<string, VaultConnection>();
+    let sent = 0;
+    let bytesOnWire = 0;
+    try {
+      for (;;) {
+        if (this.stopping) break;
+        const entry = cat.nextQueued(name);
+        if (!entry) break;
+        const snap = cat.snapshots().find((s) => s.id === entry.snapshot);
+        const tenant = route.tenant ?? snap?.header.tenant ?? this.cfg.tenant;
+        let conn = conns.get(tenant);
+        if (!conn) {
+          if (!route.clientKey) throw new KuraError('E_CONFIG', `route ${name} has no clientKey: set modules.routing.routes.${name}.clientKey to this host's SSH private key`);
+          let privateKey: Buffer;
+          try {
+            privateKey = readFileSync(route.clientKey);
+          } catch (e) {
+            throw new KuraError('E_CONFIG', `cannot read clientKey ${route.clientKey} of route ${name}: ${(e as Error).message}`);
+          }
+          conn = await VaultConnection.open(route.endpoints, {
+            route: name,
+            tenant,
+            privateKey,
+            keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
+            readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
+            limiter,
+          });
+          conns.set(tenant, conn);
+          cat.setRouteState(name, { state: 'sending', lastError: null, attempts });
+        }
+        const res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
+        cat.markSent(entry.snapshot, name, res.bytesOnWire);
+        cat.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
+        sent++;
+        bytesOnWire += res.bytesOnWire;
+        lg.info({ snapshot: entry.snapshot, source: entry.source, chunks: res.chunks, missing: res.missing, bytes: res.bytesOnWire }, 'snapshot sent');
+      }
+      cat.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
+      return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire };
+    } catch (e) {
+      const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
+      const state = isLineFault(err) ? 'waiting-for-line' : 'refused';
+      cat.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
+      lg.warn({ code: err.code, sent, left: cat.queued(name).length }, err.message);
+      return { route: name, state, sent, left: cat.queued(name).length, bytesOnWire, error: { code: err.code, message: err.message } };
+    } finally {
+      for (const c of conns.values()) c.close();
+    }
+  }
+}

@@ -1,0 +1,76 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import { Frame, jsonOf } from '../protocol/frames.js';
+import { readBlobs } from '../repository/reader.js';
+import type { Repository } from '../repository/repository.js';
+import { chunkIdsOf, decodeSnapshot } from '../repository/snapshot.js';
+import { snapshotName } from '../store/backend.js';
+import { KuraError } from '../errors.js';
+import type { VaultConnection } from './connection.js';
+
+const HAS_BATCH = 8192; // IDs per HAS frame (256 KiB)
+
+export interface TransferResult {
+  snapshot: string;
+  chunks: number;
+  missing: number;
+  missingBytes: number;
+  bytesOnWire: number;
+  existed: boolean;
+}
+
+/**
+ * Ship one snapshot: ask which chunks the vault has (answers count only for this session),
+ * stream the missing blobs, FLUSH every `batchBytes` so a broken link loses at most the batch
+ * in flight, then COMMIT the snapshot file (the vault refuses it if any chunk is missing).
+ */
+export async function sendSnapshot(repo: Repository, conn: VaultConnection, snapshotId: string, batchBytes: number): Promise<TransferResult> {
+  const startOut = conn.bytesOut;
+  const bytes = await repo.store.get(snapshotName(snapshotId));
+  if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `queued snapshot ${snapshotId} is not in the local repository; remove it from the queue or restore the repository`);
+  const snap = decodeSnapshot(bytes, snapshotId);
+  const seen = new Set<string>();
+  const unique: Buffer[] = [];
+  for (const id of chunkIdsOf(snap)) {
+    const k = id.toString('base64');
+    if (!seen.has(k)) {
+      seen.add(k);
+      unique.push(id);
+    }
+  }
+  const missing: Buffer[] = [];
+  for (let i = 0; i < unique.length; i += HAS_BATCH) {
+    const batch = unique.slice(i, i + HAS_BATCH);
+    const reply = await conn.request(Frame.HAS, Buffer.concat(batch), Frame.HAS_REPLY);
+    batch.forEach((id, j) => {
+      if (!(reply.payload[j >> 3]! & (1 << (j & 7)))) missing.push(id);
+    });
+  }
+
+  let seq = 0;
+  let inBatch = 0;
+  let missingBytes = 0;
+  let outstanding: number | null = null; // the FLUSH whose answer we have not read yet
+  const awaitFlushed = async () => {
+    if (outstanding === null) return;
+    const f = jsonOf<{ seq: number }>(await conn.expect(Frame.FLUSHED));
+    if (f.seq !== outstanding) throw new KuraError('E_PROTOCOL', `vault acknowledged flush ${f.seq}, expected ${outstanding}`);
+    outstanding = null;
+  };
+  const flush = async () => {
+    await conn.send(Frame.FLUSH, { seq: ++seq });
+    await awaitFlushed(); // keep one batch in flight while the vault makes the previous one durable
+    outstanding = seq;
+    inBatch = 0;
+  };
+  for await (const { id, blob } of readBlobs(repo, missing, `snapshot ${snapshotId}`)) {
+    await conn.send(Frame.PUT, Buffer.concat([id, blake3(blob), blob]));
+    inBatch += blob.length;
+    missingBytes += blob.length;
+    if (inBatch >= batchBytes) await flush();
+  }
+  if (inBatch > 0) await flush();
+  await awaitFlushed();
+  const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bytes, Frame.COMMITTED));
+  if (committed.id !== snapshotId) throw new KuraError('E_PROTOCOL', `vault committed ${committed.id}, expected ${snapshotId}`);
+  return { snapshot: snapshotId, chunks: unique.length, missing: missing.length, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };
+}

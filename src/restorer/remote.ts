@@ -1,0 +1,81 @@
+import { readFileSync } from 'node:fs';
+import { KuraError } from '../errors.js';
+import { parseDuration } from '../config/duration.js';
+import type { KuraConfig } from '../config/schema.js';
+import { Frame, jsonOf } from '../protocol/frames.js';
+import { VaultConnection } from '../relay/connection.js';
+import { routesOf } from '../relay/relay.js';
+import type { SnapshotHeader } from '../repository/snapshot.js';
+
+const GET_BATCH = 64; // chunks per GET_CHUNKS request (two requests in flight)
+
+export interface RemoteSnapshot extends SnapshotHeader {
+  id: string;
+  receivedAt: string | null;
+  receivedSeq: number | null;
+}
+
+/** A protocol session with the vault of a route, for reading (restore, snapshots --from). */
+export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string): Promise<VaultConnection> {
+  const route = routesOf(cfg)[routeName];
+  if (!route) throw new KuraError('E_CONFIG', `route "${routeName}" is not in modules.routing.routes`);
+  const keyFile = identity ?? route.clientKey;
+  if (!keyFile) throw new KuraError('E_CONFIG', `no SSH key for route ${routeName}: give --identity FILE or set its clientKey`);
+  let privateKey: Buffer;
+  try {
+    privateKey = readFileSync(keyFile);
+  } catch (e) {
+    throw new KuraError('E_CONFIG', `cannot read SSH key ${keyFile}: ${(e as Error).message}`);
+  }
+  return VaultConnection.open(route.endpoints, {
+    route: routeName,
+    tenant: route.tenant ?? tenant,
+    privateKey,
+    keepaliveMs: parseDuration(cfg.relay.keepalive)!,
+    readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
+  });
+}
+
+export async function remoteList(conn: VaultConnection, source?: string): Promise<RemoteSnapshot[]> {
+  return jsonOf<RemoteSnapshot[]>(await conn.request(Frame.LIST, source ? { source } : {}, Frame.LIST_REPLY));
+}
+
+export function resolveRemote(rows: RemoteSnapshot[], ref: string): string {
+  if (ref.startsWith('latest:')) {
+    const src = ref.slice(7);
+    const hit = rows.filter((r) => r.source === src).sort((a, b) => a.endTime.localeCompare(b.endTime)).at(-1);
+    if (!hit) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `the vault holds no snapshot of source "${src}"`);
+    return hit.id;
+  }
+  const hits = rows.filter((r) => r.id.startsWith(ref));
+  if (!/^[0-9a-f]{4,64}$/.test(ref)) throw new KuraError('E_USAGE', `"${ref}" is not a snapshot reference: give an ID, a unique ID prefix or latest:SOURCE`);
+  if (hits.length === 0) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `the vault holds no snapshot ${ref}; list them with "kura snapshots --from ROUTE"`);
+  if (hits.length > 1) throw new KuraError('E_SNAPSHOT_AMBIGUOUS', `"${ref}" matches ${hits.length} snapshots in the vault; give more digits`);
+  return hits[0]!.id;
+}
+
+export async function remoteSnapshotBytes(conn: VaultConnection, id: string): Promise<Buffer> {
+  return (await conn.request(Frame.GET_SNAPSHOT, { id }, Frame.SNAPSHOT)).payload;
+}
+
+/** Blobs of `ids` from the vault in order, two requests in flight, verified by the caller. */
+export function remoteBlobs(conn: VaultConnection) {
+  return async function* (ids: Buffer[]): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+    const batches: Buffer[][] = [];
+    for (let i = 0; i < ids.length; i += GET_BATCH) batches.push(ids.slice(i, i + GET_BATCH));
+    let requested = 0;
+    const request = async () => {
+      if (requested < batches.length) await conn.send(Frame.GET_CHUNKS, Buffer.concat(batches[requested++]!));
+    };
+    await request();
+    await request();
+    for (let b = 0; b < batches.length; b++) {
+      for (const id of batches[b]!) {
+        const f = await conn.expect(Frame.CHUNK);
+        if (!f.payload.subarray(0, 32).equals(id)) throw new KuraError('E_PROTOCOL', `the vault sent chunk ${f.payload.subarray(0, 32).toString('hex')} instead of ${id.toString('hex')}`);
+        yield { id, blob: f.payload.subarray(32) };
+      }
+      await request();
+    }
+  };
+}

@@ -1,0 +1,39 @@
+import { closeSync, fsyncSync, openSync, writeSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+/**
+ * Append-only audit log (JSON lines): every session, operation and refused attempt. Opened with
+ * O_APPEND so concurrent writers (serve and several stdio sessions) interleave whole lines;
+ * refusals are fsynced, since they are what an investigation needs.
+ */
+export interface AuditEvent {
+  event: string;
+  outcome: 'ok' | 'refused' | 'error';
+  tenant?: string;
+  user?: string;
+  ip?: string;
+  key?: string;
+  session?: string;
+  code?: string;
+  reason?: string;
+  [k: string]: unknown;
+}
+
+export class AuditLog {
+  private fd: number;
+
+  constructor(readonly file: string) {
+    mkdirSync(path.dirname(file), { recursive: true });
+    this.fd = openSync(file, 'a', 0o640);
+  }
+
+  write(e: AuditEvent): void {
+    const line = JSON.stringify({ time: new Date().toISOString(), ...e }) + '\n';
+    writeSync(this.fd, line);
+    if (e.outcome !== 'ok') fsyncSync(this.fd);
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}

@@ -1,0 +1,241 @@
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import type { Readable, Writable } from 'node:stream';
+import { blake3 } from '@napi-rs/blake-hash';
+import { KuraError, isKuraError } from '../errors.js';
+import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { encodePack } from '../repository/pack.js';
+import type { Repository } from '../repository/repository.js';
+import { decodeSnapshot, chunkIdsOf, snapshotIdOf } from '../repository/snapshot.js';
+import { packName, snapshotName } from '../store/backend.js';
+import { roleAllows, type Role } from './access.js';
+import type { AuditLog } from './audit.js';
+
+export interface SessionContext {
+  tenant: string;
+  role: Role;
+  repo: Repository;
+  audit: AuditLog;
+  peer: { ip?: string; user?: string; key?: string };
+  maxFrame: number;
+  leaseTtlMs: number;
+  log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
+}
+
+const MAX_PENDING_BYTES = 64 << 20; // PUT data accepted before the client must FLUSH
+const MAX_CHUNK_BLOB = (256 << 20) + 64;
+
+/**
+ * One authenticated protocol session on a tenant's repository. Whatever a client sends, it only
+ * reaches `ctx.repo` (its own tenant's), only through the operations its role allows, and every
+ * refusal ends the session with an ERROR frame and an audit line.
+ */
+export class VaultSession {
+  readonly id = randomBytes(8).toString('hex');
+  private pending: Array<{ id: Buffer; blob: Buffer }> = [];
+  private pendingBytes = 0;
+  private greeted = false;
+  private closed = false;
+  private ops = { has: 0, present: 0, put: 0, putBytes: 0, commits: 0 };
+
+  constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {}
+
+  /** Serve until the client closes the channel or an error ends the session. */
+  async run(): Promise<void> {
+    const { ctx } = this;
+    const parser = new FrameParser(ctx.maxFrame);
+    ctx.audit.write({ event: 'session-start', outcome: 'ok', tenant: ctx.tenant, session: this.id, role: ctx.role, ...ctx.peer });
+    const queue: RawFrame[] = [];
+    let wake: (() => void) | null = null;
+    let ended = false;
+    let failure: KuraError | null = null;
+    this.input.on('data', (d: Buffer) => {
+      if (failure) return;
+      try {
+        queue.push(...parser.push(d));
+      } catch (e) {
+        failure = e as KuraError;
+      }
+      if (queue.length > 64) this.input.pause();
+      wake?.();
+    });
+    const onEnd = () => {
+      ended = true;
+      if (parser.pending > 0 && !failure) failure = new KuraError('E_FRAME_TRUNCATED', `the channel closed inside a frame (${parser.pending} bytes of it arrived)`);
+      wake?.();
+    };
+    this.input.once('end', onEnd);
+    this.input.once('close', onEnd);
+    this.input.once('error', onEnd);
+    try {
+      for (;;) {
+        if (queue.length === 0 && !failure && !ended) await new Promise<void>((r) => (wake = r));
+        wake = null;
+        if (queue.length > 0) {
+          const f = queue.shift()!;
+          if (queue.length < 16) this.input.resume();
+          await this.handle(f);
+          continue;
+        }
+        if (failure) throw failure;
+        if (ended) break;
+      }
+      ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ...this.ops });
+    } catch (e) {
+      const err = isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message);
+      ctx.audit.write({ event: 'session-refused', outcome: 'refused', tenant: ctx.tenant, session: this.id, code: err.code, reason: err.message, ...ctx.peer, ...this.ops });
+      ctx.log.warn({ tenant: ctx.tenant, session: this.id, code: err.code }, err.message);
+      await this.send(Frame.ERROR, { code: err.code, message: err.message }).catch(() => {});
+    } finally {
+      this.closed = true;
+      this.output.end();
+    }
+  }
+
+  private async send(type: number, payload?: Uint8Array | object): Promise<void> {
+    if (this.closed) return;
+    if (!this.output.write(encodeFrame(type, payload))) await once(this.output, 'drain');
+  }
+
+  private allow(op: string): void {
+    if (!roleAllows[this.ctx.role].has(op)) {
+      throw new KuraError('E_FORBIDDEN', `role ${this.ctx.role} of tenant ${this.ctx.tenant} may not ${op}`);
+    }
+  }
+
+  private async handle(f: RawFrame): Promise<void> {
+    const { repo } = this.ctx;
+    if (!this.greeted) {
+      if (f.type !== Frame.HELLO) throw new KuraError('E_PROTOCOL', `expected HELLO, got ${frameName(f.type)}`);
+      const h = jsonOf<{ protocol?: number; tenant?: string }>(f);
+      if (h.protocol !== PROTOCOL_VERSION) throw new KuraError('E_PROTOCOL', `protocol version ${h.protocol} is not supported (this vault speaks ${PROTOCOL_VERSION}); upgrade the older side`);
+      if (h.tenant !== this.ctx.tenant) throw new KuraError('E_TENANT_MISMATCH', `session of tenant ${this.ctx.tenant} asked for tenant ${JSON.stringify(h.tenant)}`);
+      this.greeted = true;
+      return this.send(Frame.HELLO_OK, { protocol: PROTOCOL_VERSION, tenant: this.ctx.tenant, role: this.ctx.role, session: this.id, maxFrame: this.ctx.maxFrame });
+    }
+    switch (f.type) {
+      case Frame.HAS: {
+        this.allow('HAS');
+        if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'HAS payload is not a list of 32-byte IDs');
+        const n = f.payload.length / CHUNK_ID_BYTES;
+        const bitmap = Buffer.alloc(Math.ceil(n / 8));
+        const present: Buffer[] = [];
+        for (let i = 0; i < n; i++) {
+          const id = f.payload.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+          if (repo.catalogue.hasChunk(id)) {
+            bitmap[i >> 3]! |= 1 << (i & 7);
+            present.push(Buffer.from(id));
+          }
+        }
+        // what this session was told is present stays until it commits or the lease ends
+        repo.catalogue.addLeases(this.id, present, Date.now() + this.ctx.leaseTtlMs);
+        this.ops.has += n;
+        this.ops.present += present.length;
+        return this.send(Frame.HAS_REPLY, bitmap);
+      }
+      case Frame.PUT: {
+        this.allow('PUT');
+        if (f.payload.length < 64) throw new KuraError('E_PROTOCOL', 'PUT frame too short');
+        const id = Buffer.from(f.payload.subarray(0, 32));
+        const sum = f.payload.subarray(32, 64);
+        const blob = Buffer.from(f.payload.subarray(64));
+        if (!blake3(blob).equals(sum)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} arrived damaged (checksum mismatch)`);
+        const info = blobInfo(blob);
+        if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
+        this.pending.push({ id, blob });
+        this.pendingBytes += blob.length;
+        this.ops.put++;
+        this.ops.putBytes += blob.length;
+        if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
+        return;
+      }
+      case Frame.FLUSH: {
+        this.allow('FLUSH');
+        const { seq } = jsonOf<{ seq: number }>(f);
+        const written = await this.flush();
+        return this.send(Frame.FLUSHED, { seq, ...written });
+      }
+      case Frame.COMMIT: {
+        this.allow('COMMIT');
+        await this.flush();
+        const id = snapshotIdOf(f.payload);
+        const snap = decodeSnapshot(f.payload, id);
+        if (snap.header.tenant !== this.ctx.tenant) {
+          throw new KuraError('E_TENANT_MISMATCH', `snapshot ${id} belongs to tenant ${snap.header.tenant}, not ${this.ctx.tenant}`);
+        }
+        const missing: string[] = [];
+        for (const c of chunkIdsOf(snap)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+        if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
+        const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
+        await repo.store.sync();
+        repo.catalogue.addSnapshot(id, snap.header);
+        repo.catalogue.markReceived(id);
+        repo.catalogue.dropLeases(this.id);
+        this.ops.commits++;
+        this.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id, source: snap.header.source, existed });
+        return this.send(Frame.COMMITTED, { id, existed });
+      }
+      case Frame.LIST: {
+        this.allow('LIST');
+        const { source } = jsonOf<{ source?: string }>(f);
+        const rows = repo.catalogue.snapshots(source ? { source } : {}).map((r) => ({ id: r.id, ...r.header, receivedAt: repo.catalogue.receivedAt(r.id)?.at ?? null, receivedSeq: repo.catalogue.receivedAt(r.id)?.seq ?? null }));
+        return this.send(Frame.LIST_REPLY, rows);
+      }
+      case Frame.GET_SNAPSHOT: {
+        this.allow('GET_SNAPSHOT');
+        const { id } = jsonOf<{ id: string }>(f);
+        if (!/^[0-9a-f]{64}$/.test(String(id))) throw new KuraError('E_PROTOCOL', 'GET_SNAPSHOT needs a full snapshot ID');
+        const bytes = await repo.store.get(snapshotName(id));
+        if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in tenant ${this.ctx.tenant}'s vault repository`);
+        this.ctx.audit.write({ event: 'get-snapshot', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id });
+        return this.send(Frame.SNAPSHOT, bytes);
+      }
+      case Frame.GET_CHUNKS: {
+        this.allow('GET_CHUNKS');
+        if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'GET_CHUNKS payload is not a list of 32-byte IDs');
+        for (let o = 0; o < f.payload.length; o += CHUNK_ID_BYTES) {
+          const id = f.payload.subarray(o, o + CHUNK_ID_BYTES);
+          const loc = repo.catalogue.location(id);
+          const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
+          if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${this.ctx.tenant}'s vault repository`);
+          await this.send(Frame.CHUNK, Buffer.concat([id, blob]));
+        }
+        return;
+      }
+      case Frame.STATS: {
+        this.allow('STATS');
+        return this.send(Frame.STATS_REPLY, { tenant: this.ctx.tenant, ...repo.catalogue.counts() });
+      }
+      default:
+        throw new KuraError('E_PROTOCOL', `unexpected ${frameName(f.type)} frame`);
+    }
+  }
+
+  /** Write the PUT data received so far as one pack, durable, then record and lease it. */
+  private async flush(): Promise<{ chunks: number; bytes: number }> {
+    if (this.pending.length === 0) return { chunks: 0, bytes: 0 };
+    const { repo } = this.ctx;
+    const seen = new Set<string>();
+    const fresh = this.pending.filter((p) => {
+      const k = p.id.toString('base64');
+      if (seen.has(k) || repo.catalogue.hasChunk(p.id)) return false;
+      seen.add(k);
+      return true;
+    });
+    const bytes = this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (fresh.length > 0) {
+      const pack = encodePack(
+        fresh.map((p) => p.blob),
+        fresh.map((p) => p.id),
+      );
+      await repo.store.put(packName(pack.id), pack.bytes);
+      await repo.store.sync();
+      repo.catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: blobInfo(fresh[i]!.blob)!.plainLength })));
+      repo.catalogue.addLeases(this.id, pack.entries.map((e) => e.id), Date.now() + this.ctx.leaseTtlMs);
+    }
+    return { chunks: fresh.length, bytes };
+  }
+}

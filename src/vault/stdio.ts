@@ -1,0 +1,26 @@
+import type { VaultConfig } from '../config/schema.js';
+import { log } from '../log.js';
+import type { Role } from './access.js';
+import { VaultSession } from './session.js';
+import { Vault } from './vault.js';
+
+/**
+ * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
+ * forced command of a key in authorized_keys (command="kura vault stdio --tenant X",restrict).
+ * sshd has authenticated the key and applied its from= networks; this process is pinned to
+ * the one tenant the operator wrote into that line.
+ */
+export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role): Promise<void> {
+  const vault = new Vault(cfg);
+  const [ip] = (process.env.SSH_CLIENT ?? '').split(' ');
+  try {
+    const repo = await vault.repoOf(tenant);
+    await new VaultSession(
+      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, log: log().child({ mode: 'vault-stdio' }) },
+      process.stdin,
+      process.stdout,
+    ).run();
+  } finally {
+    await vault.close();
+  }
+}

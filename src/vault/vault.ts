@@ -1,0 +1,46 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { KuraError } from '../errors.js';
+import { parseDuration } from '../config/duration.js';
+import type { VaultConfig } from '../config/schema.js';
+import { Repository } from '../repository/repository.js';
+import { AuditLog } from './audit.js';
+
+/** The vault's directory: one keyless repository per tenant, the audit log and the host key. */
+export class Vault {
+  private readonly repos = new Map<string, Promise<Repository>>();
+  readonly audit: AuditLog;
+  readonly leaseTtlMs: number;
+
+  constructor(readonly cfg: VaultConfig) {
+    mkdirSync(path.join(cfg.root, 'tenants'), { recursive: true, mode: 0o750 });
+    this.audit = new AuditLog(cfg.auditLog ?? path.join(cfg.root, 'audit.jsonl'));
+    this.leaseTtlMs = parseDuration(cfg.leaseTtl)!;
+  }
+
+  /** The tenant's repository; tenant names are validated by the config schema (no path tricks). */
+  repoOf(tenant: string): Promise<Repository> {
+    if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(tenant)) throw new KuraError('E_FORBIDDEN', `"${tenant}" is not a tenant name`);
+    let r = this.repos.get(tenant);
+    if (!r) {
+      r = Repository.initKeyless(path.join(this.cfg.root, 'tenants', tenant));
+      this.repos.set(tenant, r);
+    }
+    return r;
+  }
+
+  async close(): Promise<void> {
+    for (const r of this.repos.values()) (await r.catch(() => null))?.close();
+    this.audit.close();
+  }
+}
+
+/** The host key: kept across restarts (clients pin it); made on first start. */
+export function loadOrCreateHostKey(cfg: VaultConfig, generate: () => string): Buffer {
+  const file = cfg.hostKey ?? path.join(cfg.root, 'host_key');
+  if (!existsSync(file)) {
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, generate(), { mode: 0o600, flag: 'wx' });
+  }
+  return readFileSync(file);
+}
