@@ -81,7 +81,7 @@ export class VaultConnection {
       } catch (e) {
         const err = e as KuraError;
         // a refusal by the vault itself is not a line fault: failing over would not help
-        if (err.code === 'E_HOST_KEY' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL') throw err;
+        if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
       }
     }

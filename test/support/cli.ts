@@ -46,3 +46,16 @@ export function tempDir(t: { after: (fn: () => void) => void }, prefix = 'kura-t
 export function spawnKura(args: string[], env: Record<string, string> = {}) {
   return spawn(process.execPath, [KURA, ...args], { env: { ...process.env, KURA_PASSPHRASE: 'correct horse', KURA_LOG_FORMAT: 'json', ...env }, cwd: ROOT });
 }
+
+/** Like kura(), without blocking this process (needed when the test itself runs a proxy). */
+export async function kuraAsync(args: string[], opts: { input?: Buffer | string; env?: Record<string, string | undefined> } = {}): Promise<RunResult> {
+  const child = spawn(process.execPath, [KURA, ...args], { env: { ...process.env, KURA_PASSPHRASE: 'correct horse', KURA_LOG_FORMAT: 'json', ...opts.env }, cwd: ROOT });
+  const out: Buffer[] = [];
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => out.push(d));
+  child.stderr.on('data', (d) => (err += d));
+  child.stdin.end(opts.input ?? '');
+  const status = await new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? -1)));
+  const stdout = Buffer.concat(out);
+  return { status, stdout, stderr: err, out: stdout.toString() };
+}

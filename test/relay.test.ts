@@ -1,0 +1,231 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
+import { collect, Prng, sqlDump } from './support/generate.js';
+import { exitOf } from './support/proc.js';
+import { LinkProxy, sleep } from './support/proxy.js';
+import { agentConfig, sshKey, startVault } from './support/vault.js';
+import { encodeFrame, Frame, FrameParser } from '../src/protocol/frames.js';
+
+const require = createRequire(import.meta.url);
+const ssh2 = require('ssh2') as typeof import('ssh2');
+const MiB = 1 << 20;
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+function relayState(repo: string) {
+  const db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    const queued = (db.prepare('SELECT count(*) AS n FROM queue WHERE sent IS NULL').get() as { n: number }).n;
+    const route = db.prepare('SELECT * FROM route_state WHERE route = ?').get('peer-dc') as { state: string; last_error: string | null } | undefined;
+    return { queued, state: route?.state, lastError: route?.last_error };
+  } finally {
+    db.close();
+  }
+}
+
+test('after a five-day line outage the relay catches up in order, and every day restores byte-identical from the vault', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const link = await new LinkProxy(vault.port).start();
+  t.after(() => link.close());
+  link.down();
+  const cfg = agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const relay = spawnKura(['relay', 'run'], env);
+  t.after(() => relay.kill('SIGKILL'));
+
+  // five nightly exports while the line is down: a shared base, each day with its own changes
+  const base = await collect(sqlDump(5, 6 * MiB));
+  const days: Buffer[] = [];
+  for (let d = 1; d <= 5; d++) {
+    const day = Buffer.concat([base.subarray(0, d * MiB), Buffer.from(`-- day ${d}\n`), await collect(sqlDump(100 + d, MiB)), base.subarray(d * MiB)]);
+    days.push(day);
+    const f = path.join(dir, `day${d}.sql`);
+    writeFileSync(f, day);
+    kuraOk(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env });
+  }
+  await waitFor('the relay to notice the line is down', () => relayState(path.join(dir, 'repo')).state === 'waiting-for-line');
+  assert.equal(relayState(path.join(dir, 'repo')).queued, 5);
+  assert.match(relayState(path.join(dir, 'repo')).lastError ?? '', /E_LINK_DOWN/);
+
+  link.up();
+  await waitFor('the backlog to drain', () => relayState(path.join(dir, 'repo')).queued === 0);
+  const local = kuraJson<Array<{ id: string }>>(['snapshots'], { env });
+  const listed = await kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env });
+  assert.equal(listed.status, 0, listed.stderr);
+  const remote = JSON.parse(listed.out) as Array<{ id: string; receivedSeq: number }>;
+  assert.deepEqual(
+    [...remote].sort((a, b) => a.receivedSeq - b.receivedSeq).map((r) => r.id),
+    local.map((l) => l.id),
+    'the vault received the days oldest first',
+  );
+  for (let d = 0; d < 5; d++) {
+    const out = (await kuraAsync(['restore', '--from', 'peer-dc', local[d]!.id], { env })).stdout;
+    assert.ok(out.equals(days[d]!), `day ${d + 1} restores byte-identical from the vault`);
+  }
+  relay.kill('SIGTERM');
+  assert.equal((await exitOf(relay)).code, 0, 'SIGTERM stops the relay cleanly');
+  assert.ok(vault.audit().some((e) => e.event === 'commit' && e.tenant === 'city-a'));
+});
+
+async function uploadScenario(t: import('node:test').TestContext, interrupt: 'reset' | 'kill') {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const link = await new LinkProxy(vault.port).start();
+  t.after(() => link.close());
+  const cfg = agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const data = new Prng(interrupt === 'reset' ? 1 : 2).bytes(12 * MiB); // incompressible: 12 MiB must cross
+  const f = path.join(dir, 'dump.bin');
+  writeFileSync(f, data);
+  const b = kuraJson<{ id: string; newBytes: number }>(['backup', '--name', 'db', '--file', f, '--route', 'peer-dc'], { env });
+
+  link.setRate(4 * MiB);
+  const first = spawnKura(interrupt === 'reset' ? ['relay', 'once', '--json'] : ['relay', 'run'], env);
+  await waitFor('part of the upload', () => link.bytesUp > 5 * MiB, 30_000);
+  if (interrupt === 'reset') {
+    link.resetAll();
+    const r = await exitOf(first);
+    assert.equal(r.code, 75, 'relay once says something is left');
+  } else {
+    first.kill('SIGKILL');
+    await exitOf(first);
+  }
+  assert.equal(relayState(path.join(dir, 'repo')).queued, 1);
+  link.setRate(null);
+  const again = await kuraAsync(['relay', 'once', '--json'], { env });
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(relayState(path.join(dir, 'repo')).queued, 0);
+
+  // bytes that crossed the link, measured by the link: the missing data once, plus at most the
+  // batch in flight when the link broke (1 MiB here), plus protocol and SSH overhead
+  const batch = 1 * MiB;
+  const overhead = 0.03 * b.newBytes + 2 * 64 * 1024;
+  t.diagnostic(`link carried ${link.bytesUp} bytes for ${b.newBytes} new bytes (${(link.bytesUp / b.newBytes).toFixed(3)}×)`);
+  assert.ok(link.bytesUp <= b.newBytes + batch + overhead, `${link.bytesUp} bytes crossed for ${b.newBytes} missing`);
+  assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
+}
+
+test('a connection reset mid-upload resumes without sending again what the vault acknowledged', (t) => uploadScenario(t, 'reset'));
+test('kill -9 of the relay mid-upload: the restarted relay finishes, resending at most the batch in flight', (t) => uploadScenario(t, 'kill'));
+
+/** Open the vault protocol channel directly, to misbehave on purpose. */
+function rawChannel(port: number, user: string, keyFile: string): Promise<{ client: import('ssh2').Client; ch: import('ssh2').ClientChannel }> {
+  return new Promise((resolve, reject) => {
+    const client = new ssh2.Client();
+    client.on('error', reject);
+    client.on('ready', () => client.exec('kura-vault', (err, ch) => (err ? reject(err) : resolve({ client, ch }))));
+    client.connect({ host: '127.0.0.1', port, username: user, privateKey: readFileSync(keyFile) });
+  });
+}
+
+async function collectReply(ch: import('ssh2').ClientChannel): Promise<Array<{ type: number; payload: Buffer }>> {
+  const parser = new FrameParser(64 * MiB);
+  const frames: Array<{ type: number; payload: Buffer }> = [];
+  await new Promise<void>((resolve) => {
+    ch.on('data', (d: Buffer) => frames.push(...parser.push(d)));
+    ch.on('close', () => resolve());
+  });
+  return frames;
+}
+
+test('refused attempts get a coded error and an audit line, and the vault keeps serving', async (t) => {
+  const dir = tempDir(t);
+  const a = sshKey(dir, 'city-a');
+  const b = sshKey(dir, 'city-b');
+  const far = sshKey(dir, 'far-away');
+  const stranger = sshKey(dir, 'stranger');
+  const vault = await startVault(
+    dir,
+    `    city-a:\n      clients:\n        - key: ${a.public}\n          role: tenant-admin\n    city-b:\n      clients:\n        - key: ${b.public}\n          role: tenant-admin\n        - key: ${far.public}\n          networks: [10.0.0.0/8]\n`,
+  );
+  t.after(() => vault.stop());
+  const cfgA = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: a.private, name: 'a.yaml' });
+  kuraOk(['repo', 'init'], { env: { KURA_CONFIG: cfgA } });
+  kuraOk(['backup', '--name', 'juki', '--stdin', '--route', 'peer-dc'], { env: { KURA_CONFIG: cfgA }, input: 'city A resident rows\n' });
+  kuraOk(['relay', 'once'], { env: { KURA_CONFIG: cfgA } });
+
+  const refused = (args: string[], cfg: string) => kura(args, { env: { KURA_CONFIG: cfg } });
+  // unknown key
+  const r1 = refused(['snapshots', '--from', 'peer-dc'], agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: stranger.private, name: 's.yaml' }));
+  assert.equal(r1.status, 77);
+  assert.match(r1.stderr, /E_AUTH_DENIED/);
+  // tenant B's key asking for tenant A
+  const r2 = refused(['snapshots', '--from', 'peer-dc'], agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: b.private, tenant: 'city-a', name: 'b-as-a.yaml' }));
+  assert.equal(r2.status, 77);
+  // a key used from outside its networks
+  const r3 = refused(['snapshots', '--from', 'peer-dc'], agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: far.private, tenant: 'city-b', name: 'far.yaml' }));
+  assert.equal(r3.status, 77);
+  // a wrong pinned host key is refused by the client before anything is sent
+  const r4 = refused(['snapshots', '--from', 'peer-dc'], agentConfig(dir, { port: vault.port, hostKeySha256: 'SHA256:' + Buffer.alloc(32, 1).toString('base64').replace(/=+$/, ''), key: a.private, name: 'pin.yaml' }));
+  assert.equal(r4.status, 77);
+  assert.match(r4.stderr, /E_HOST_KEY/);
+
+  // protocol abuse on an authenticated channel
+  const hello = encodeFrame(Frame.HELLO, { protocol: 1, tenant: 'city-b', client: 'test' });
+  const abuse: Array<[string, Buffer[], string]> = [
+    ['oversized frame', [hello, Buffer.from([0x7f, 0xff, 0xff, 0xff, 0x12])], 'E_FRAME_TOO_LARGE'],
+    ['truncated frame', [hello, Buffer.from([0, 0, 3, 0xe8, 0x12, 1, 2, 3])], 'E_FRAME_TRUNCATED'],
+    ['garbage after the handshake', [hello, new Prng(3).bytes(300)], ''],
+    ['wrong tenant in HELLO', [encodeFrame(Frame.HELLO, { protocol: 1, tenant: 'city-a' })], 'E_TENANT_MISMATCH'],
+    ['a request before HELLO', [encodeFrame(Frame.LIST, {})], 'E_PROTOCOL'],
+  ];
+  for (const [what, chunks, code] of abuse) {
+    const { client, ch } = await rawChannel(vault.port, 'city-b', b.private);
+    const replies = collectReply(ch);
+    for (const c of chunks) ch.write(c);
+    ch.end();
+    const frames = await replies;
+    client.end();
+    const err = frames.find((f) => f.type === Frame.ERROR);
+    if (code && what !== 'truncated frame') {
+      assert.ok(err, `${what}: an ERROR frame`);
+      assert.equal(JSON.parse(err.payload.toString()).code, code, what);
+    }
+    await sleep(50);
+    const lines = vault.audit().filter((e) => e.outcome === 'refused' && e.tenant === 'city-b');
+    assert.ok(lines.length > 0 && (!code || lines.some((e) => e.code === code)), `${what}: audited (${JSON.stringify(lines.at(-1))})`);
+  }
+  // an exec of anything but the vault protocol
+  const { client } = await rawChannel(vault.port, 'city-b', b.private).catch(() => ({ client: null }));
+  client?.end();
+
+  const audit = vault.audit();
+  assert.ok(audit.some((e) => e.event === 'auth' && e.reason === 'unknown key'));
+  assert.ok(audit.some((e) => e.event === 'auth' && e.code === 'E_TENANT_MISMATCH'));
+  assert.ok(audit.some((e) => e.event === 'auth' && String(e.reason).includes('outside')));
+
+  // tenant B sees nothing of tenant A, and cannot store a snapshot of tenant A
+  const cfgB = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: b.private, tenant: 'city-b', name: 'bb.yaml' });
+  assert.deepEqual(kuraJson<unknown[]>(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: cfgB } }), []);
+  const sneaky = path.join(dir, 'sneaky');
+  const cfgSneaky = agentConfig(path.join(dir), { port: vault.port, hostKeySha256: vault.hostKeySha256, key: b.private, tenant: 'city-a', name: 'sneaky.yaml' }).replace('', '');
+  writeFileSync(cfgSneaky, readFileSync(cfgSneaky, 'utf8').replace(`path: ${path.join(dir, 'repo')}`, `path: ${sneaky}`).replace('        clientKey', '        tenant: city-b\n        clientKey'));
+  kuraOk(['repo', 'init'], { env: { KURA_CONFIG: cfgSneaky } });
+  kuraOk(['backup', '--name', 'juki', '--stdin', '--route', 'peer-dc'], { env: { KURA_CONFIG: cfgSneaky }, input: 'pretending to be city A\n' });
+  const sent = kura(['relay', 'once'], { env: { KURA_CONFIG: cfgSneaky } });
+  assert.equal(sent.status, 77, sent.stderr);
+  assert.match(sent.stderr, /E_TENANT_MISMATCH/);
+
+  // and after all that, tenant A is served as before
+  const rows = kuraJson<Array<{ source: string }>>(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: cfgA } });
+  assert.deepEqual(rows.map((r) => r.source), ['juki']);
+  assert.equal(kuraOk(['restore', '--from', 'peer-dc', 'latest:juki'], { env: { KURA_CONFIG: cfgA } }).out, 'city A resident rows\n');
+});

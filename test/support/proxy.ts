@@ -1,0 +1,106 @@
+import net from 'node:net';
+
+/**
+ * A userspace TCP proxy the tests control, standing in for a WAN link: rate limit, delay,
+ * pause (traffic stalls, connections stay open), down (connections reset, new ones refused
+ * at once) and reset. It counts the bytes it forwards in each direction.
+ */
+export class LinkProxy {
+  private server: net.Server;
+  private pairs = new Set<{ a: net.Socket; b: net.Socket }>();
+  private paused = false;
+  private isDown = false;
+  private rate: number | null = null; // bytes per second, client → server and back
+  private delayMs = 0;
+  bytesUp = 0; // client → server
+  bytesDown = 0;
+  connections = 0;
+  port = 0;
+
+  constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
+    this.server = net.createServer((client) => this.accept(client));
+  }
+
+  async start(): Promise<this> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this;
+  }
+
+  private accept(client: net.Socket): void {
+    if (this.isDown) {
+      client.resetAndDestroy();
+      return;
+    }
+    this.connections++;
+    const upstream = net.connect(this.targetPort, this.targetHost);
+    const pair = { a: client, b: upstream };
+    this.pairs.add(pair);
+    const pipe = (from: net.Socket, to: net.Socket, count: (n: number) => void) => {
+      let chain = Promise.resolve();
+      from.on('data', (d: Buffer) => {
+        from.pause();
+        chain = chain.then(async () => {
+          for (let off = 0; off < d.length; ) {
+            while (this.paused && !from.destroyed) await sleep(20);
+            const piece = this.rate ? d.subarray(off, off + Math.max(1024, Math.floor(this.rate / 20))) : d.subarray(off);
+            if (this.delayMs) await sleep(this.delayMs);
+            if (to.destroyed) return;
+            to.write(piece);
+            count(piece.length);
+            off += piece.length;
+            if (this.rate) await sleep((piece.length / this.rate) * 1000);
+          }
+          if (!from.destroyed) from.resume();
+        });
+      });
+      from.on('end', () => void chain.then(() => to.end()));
+    };
+    pipe(client, upstream, (n) => (this.bytesUp += n));
+    pipe(upstream, client, (n) => (this.bytesDown += n));
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(pair);
+    };
+    client.on('error', close);
+    upstream.on('error', close);
+    client.on('close', close);
+    upstream.on('close', close);
+  }
+
+  setRate(bytesPerSecond: number | null): void {
+    this.rate = bytesPerSecond;
+  }
+  setDelay(ms: number): void {
+    this.delayMs = ms;
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  /** Line down: live connections are reset and new ones refused until up(). */
+  down(): void {
+    this.isDown = true;
+    this.resetAll();
+  }
+  up(): void {
+    this.isDown = false;
+    this.paused = false;
+  }
+  resetAll(): void {
+    for (const p of this.pairs) {
+      p.a.resetAndDestroy();
+      p.b.resetAndDestroy();
+    }
+    this.pairs.clear();
+  }
+  async close(): Promise<void> {
+    this.resetAll();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
