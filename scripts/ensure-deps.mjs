@@ -1,17 +1,33 @@
-// `npm test` must install what it needs: run `npm ci` when node_modules is missing or older than
-// the lockfile (a fresh clone in CI, or after a dependency change).
+// `npm test` must install what it needs: `npm ci` when node_modules is missing or older than the
+// lockfile, and the Debian packages the integration tests run for real (OpenSSH's sshd for the
+// vault's command= mode). Under CI=true a dependency that cannot be installed is a failure.
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
+
 const marker = 'node_modules/.package-lock.json';
-const stale = !existsSync(marker) || statSync(marker).mtimeMs < statSync('package-lock.json').mtimeMs;
-if (stale) {
+if (!existsSync(marker) || statSync(marker).mtimeMs < statSync('package-lock.json').mtimeMs) {
   console.error('installing dependencies (npm ci)…');
   const r = spawnSync('npm', ['ci', '--no-audit', '--no-fund'], { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
-for (const tool of ['sync']) {
-  if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) {
-    console.error(`missing required tool: ${tool} (Debian package coreutils)`);
+
+const has = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd} || test -x ${cmd}`], { stdio: 'ignore' }).status === 0;
+const needs = [
+  { tool: 'sync', pkg: 'coreutils' },
+  { tool: 'ssh-keygen', pkg: 'openssh-client' },
+  { tool: '/usr/sbin/sshd', pkg: 'openssh-server' },
+];
+const missing = needs.filter((n) => !has(n.tool));
+if (missing.length > 0) {
+  const pkgs = [...new Set(missing.map((m) => m.pkg))];
+  console.error(`installing ${pkgs.join(' ')} (apt-get)…`);
+  const asRoot = process.getuid?.() === 0 ? [] : ['sudo', '-n'];
+  const run = (args) => spawnSync(asRoot[0] ?? args[0], asRoot.length ? [...asRoot.slice(1), ...args] : args.slice(1), { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  run(['apt-get', 'update', '-q']);
+  run(['apt-get', 'install', '-y', '-q', ...pkgs]);
+  const still = needs.filter((n) => !has(n.tool));
+  if (still.length > 0) {
+    console.error(`missing required tools: ${still.map((s) => `${s.tool} (Debian package ${s.pkg})`).join(', ')}`);
     process.exit(1);
   }
 }
