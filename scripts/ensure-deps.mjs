@@ -16,6 +16,7 @@ const needs = [
   { tool: 'sync', pkg: 'coreutils' },
   { tool: 'ssh-keygen', pkg: 'openssh-client' },
   { tool: '/usr/sbin/sshd', pkg: 'openssh-server' },
+  { tool: 'systemd-analyze', pkg: 'systemd' },
 ];
 const missing = needs.filter((n) => !has(n.tool));
 if (missing.length > 0) {

@@ -85,7 +85,7 @@ test('--repo and the key can come from the config', (t) => {
 });
 
 test('commands of later versions exist with help and fail with E_NOT_IMPLEMENTED', () => {
-  for (const args of [['agent', 'run'], ['agent', 'daemon'], ['relay', 'run'], ['relay', 'once'], ['vault', 'serve'], ['vault', 'stdio', '--tenant', 'x'], ['prune'], ['gc'], ['status'], ['top']]) {
+  for (const args of [['agent', 'run'], ['agent', 'daemon'], ['vault', 'prune'], ['vault', 'gc'], ['vault', 'usage'], ['prune'], ['gc'], ['status'], ['top']]) {
     const r = kura(args);
     assert.equal(r.status, 69, args.join(' '));
     assert.match(r.stderr, /E_NOT_IMPLEMENTED/);
@@ -100,4 +100,15 @@ test('usage errors exit 64 and say what is wrong', () => {
   assert.equal(kura(['no-such-command']).status, 64);
   assert.equal(kura(['--help']).status, 0);
   assert.match(kura(['--help']).out, /backup/);
+});
+
+test('relay and vault commands need their config sections and say so', (t) => {
+  const dir = tempDir(t);
+  const f = configFile(dir, 'tenant: city-a\n');
+  const v = kura(['vault', 'serve', '--config', f]);
+  assert.equal(v.status, 78);
+  assert.match(v.stderr, /no vault section/);
+  const b = kura(['backup', '--repo', path.join(dir, 'r'), '--name', 'x', '--stdin', '--route', 'nowhere', '--config', f], { input: 'x' });
+  assert.equal(b.status, 78);
+  assert.match(b.stderr, /route "nowhere" is not in modules.routing.routes/);
 });
