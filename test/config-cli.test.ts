@@ -112,3 +112,11 @@ test('relay and vault commands need their config sections and say so', (t) => {
   assert.equal(b.status, 78);
   assert.match(b.stderr, /route "nowhere" is not in modules.routing.routes/);
 });
+
+test('sections left out of the config get every default of their settings', (t) => {
+  const dir = tempDir(t);
+  const checked = kuraJson<{ config: { relay: { keepalive: string; backoff: { max: string } }; logging: { level: string } } }>(['config', 'check', '--config', configFile(dir, 'tenant: city-a\n')]);
+  assert.equal(checked.config.relay.keepalive, '15s');
+  assert.equal(checked.config.relay.backoff.max, '10m');
+  assert.equal(checked.config.logging.level, 'info');
+});

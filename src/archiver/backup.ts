@@ -117,7 +117,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
     const rows = pendingRows;
     pendingRows = [];
     pendingRowBytes = 0;
-    await store.sync();
+    await store.sync({ external: true });
     catalogue.addChunks(rows);
     for (const r of rows) inFlightKeys.delete(r.key);
   };

@@ -128,7 +128,7 @@ export const configSchema = z.strictObject({
     .describe('the local repository every command uses unless --repo is given'),
   sources: z.record(name('source'), sourceSchema).default({}).describe('what to back up, by source name').meta({ exampleKey: 'juki' }),
   vault: vaultSchema.optional().describe('vault mode: the SSH endpoint keeping tenants\' repositories'),
-  relay: relaySchema.default({} as never).describe('relay mode: shipping queued snapshots along modules.routing routes'),
+  relay: relaySchema.prefault({}).describe('relay mode: shipping queued snapshots along modules.routing routes'),
   modules: z
     .strictObject({
       sso: moduleSchema('sso', 'none'),

@@ -44,6 +44,9 @@ export class VaultConnection {
   private failure: Error | null = null;
   session = '';
   role = '';
+  /** Settles (rejects) once when the link fails: every wait for the channel races it. */
+  private readonly broken: Promise<never>;
+  private breakNow: (e: Error) => void = () => {};
 
   private constructor(
     private readonly client: Client,
@@ -51,6 +54,8 @@ export class VaultConnection {
     readonly endpoint: Endpoint,
     private readonly opts: ConnectOptions,
   ) {
+    this.broken = new Promise<never>((_, reject) => (this.breakNow = reject));
+    this.broken.catch(() => {});
     const parser = new FrameParser(opts.maxFrame ?? 64 << 20);
     channel.on('data', (d: Buffer) => {
       this.bytesIn += d.length;
@@ -142,6 +147,7 @@ export class VaultConnection {
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
+    this.breakNow(e);
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = null;
@@ -154,9 +160,7 @@ export class VaultConnection {
     const frame = encodeFrame(type, payload);
     await this.opts.limiter?.take(frame.length);
     this.bytesOut += frame.length;
-    if (!this.channel.write(frame)) {
-      await Promise.race([once(this.channel, 'drain'), new Promise((_, rej) => this.channel.once('close', () => rej(this.failure ?? new KuraError('E_LINK_DOWN', 'connection closed'))))]);
-    }
+    if (!this.channel.write(frame)) await Promise.race([once(this.channel, 'drain'), this.broken]);
   }
 
   next(): Promise<RawFrame> {

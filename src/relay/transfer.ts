@@ -8,6 +8,7 @@ import { KuraError } from '../errors.js';
 import type { VaultConnection } from './connection.js';
 
 const HAS_BATCH = 8192; // IDs per HAS frame (256 KiB)
+const FLUSH_WINDOW = 4; // batches the vault may be making durable while more are sent
 
 export interface TransferResult {
   snapshot: string;
@@ -49,18 +50,19 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   let seq = 0;
   let inBatch = 0;
   let missingBytes = 0;
-  let outstanding: number | null = null; // the FLUSH whose answer we have not read yet
+  // FLUSHes sent but not yet acknowledged. The vault makes every batch it fully received durable
+  // even when the link then breaks, so a broken link costs at most the batch being sent.
+  const outstanding: number[] = [];
   const awaitFlushed = async () => {
-    if (outstanding === null) return;
+    const want = outstanding.shift()!;
     const f = jsonOf<{ seq: number }>(await conn.expect(Frame.FLUSHED));
-    if (f.seq !== outstanding) throw new KuraError('E_PROTOCOL', `vault acknowledged flush ${f.seq}, expected ${outstanding}`);
-    outstanding = null;
+    if (f.seq !== want) throw new KuraError('E_PROTOCOL', `vault acknowledged flush ${f.seq}, expected ${want}`);
   };
   const flush = async () => {
     await conn.send(Frame.FLUSH, { seq: ++seq });
-    await awaitFlushed(); // keep one batch in flight while the vault makes the previous one durable
-    outstanding = seq;
+    outstanding.push(seq);
     inBatch = 0;
+    while (outstanding.length > FLUSH_WINDOW) await awaitFlushed();
   };
   for await (const { id, blob } of readBlobs(repo, missing, `snapshot ${snapshotId}`)) {
     await conn.send(Frame.PUT, Buffer.concat([id, blake3(blob), blob]));
@@ -69,7 +71,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     if (inBatch >= batchBytes) await flush();
   }
   if (inBatch > 0) await flush();
-  await awaitFlushed();
+  while (outstanding.length > 0) await awaitFlushed();
   const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bytes, Frame.COMMITTED));
   if (committed.id !== snapshotId) throw new KuraError('E_PROTOCOL', `vault committed ${committed.id}, expected ${snapshotId}`);
   return { snapshot: snapshotId, chunks: unique.length, missing: missing.length, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };

@@ -20,7 +20,8 @@ export interface StoreBackend {
   /** Atomic and durable create: true if written, false if the name already existed (never overwrites). */
   putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
   /**
-   * Atomic create-or-replace of a content-addressed object (a pack), durable only after sync().
+   * Atomic and durable create-or-replace of a content-addressed object (a pack); its name is
+   * durable after sync().
    * The catalogue vouches for packs (rows are added only after sync()), so a pack left damaged
    * by a power cut is simply never used, and its chunks are written again by the next backup.
    */
@@ -31,8 +32,11 @@ export interface StoreBackend {
   list(prefix: string): AsyncIterable<string>;
   delete(name: string): Promise<void>;
   stat(name: string): Promise<StoreStat | null>;
-  /** Make every write so far durable, including put()s made by worker threads. */
-  sync(): Promise<void>;
+  /**
+   * Make every write so far durable. `external: true` also covers objects that worker threads
+   * wrote straight into directWriteRoot() (without a per-file flush).
+   */
+  sync(opts?: { external?: boolean }): Promise<void>;
   /** A local directory that worker threads may put() packs into themselves, or null. */
   directWriteRoot(): string | null;
 }

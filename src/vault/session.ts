@@ -38,6 +38,9 @@ export class VaultSession {
   private greeted = false;
   private closed = false;
   private ops = { has: 0, present: 0, put: 0, putBytes: 0, commits: 0 };
+  /** Pack writes run behind the frame loop, so receiving continues during fdatasync. */
+  private flushing: Promise<void> = Promise.resolve();
+  private flushFailure: unknown = null;
 
   constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {}
 
@@ -81,6 +84,7 @@ export class VaultSession {
         if (failure) throw failure;
         if (ended) break;
       }
+      await this.drainFlushes();
       ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ...this.ops });
     } catch (e) {
       const err = isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message);
@@ -88,14 +92,19 @@ export class VaultSession {
       ctx.log.warn({ tenant: ctx.tenant, session: this.id, code: err.code }, err.message);
       await this.send(Frame.ERROR, { code: err.code, message: err.message }).catch(() => {});
     } finally {
+      // batches already received are made durable even when the client is gone
+      await this.flushing;
       this.closed = true;
       this.output.end();
     }
   }
 
   private async send(type: number, payload?: Uint8Array | object): Promise<void> {
-    if (this.closed) return;
-    if (!this.output.write(encodeFrame(type, payload))) await once(this.output, 'drain');
+    const out = this.output;
+    if (this.closed || out.destroyed || out.writableEnded) return; // the client is gone: nobody to answer
+    if (!out.write(encodeFrame(type, payload))) {
+      await Promise.race([once(out, 'drain'), once(out, 'close')]).catch(() => {});
+    }
   }
 
   private allow(op: string): void {
@@ -153,12 +162,26 @@ export class VaultSession {
       case Frame.FLUSH: {
         this.allow('FLUSH');
         const { seq } = jsonOf<{ seq: number }>(f);
-        const written = await this.flush();
-        return this.send(Frame.FLUSHED, { seq, ...written });
+        if (this.flushFailure) throw this.flushFailure;
+        // packs are written concurrently (fdatasync latency dominates); replies go out in order
+        const written = this.writePack(this.takePending());
+        written.catch(() => {});
+        this.flushing = Promise.all([this.flushing, written])
+          .then(([, w]) => this.send(Frame.FLUSHED, { seq, ...w }))
+          .catch((e) => {
+            this.flushFailure ??= e;
+          });
+        // too many batches waiting for the disk: stop reading until they are written
+        if (this.queuedFlushes++ >= 4) {
+          await this.flushing;
+          this.queuedFlushes = 0;
+        }
+        return;
       }
       case Frame.COMMIT: {
         this.allow('COMMIT');
-        await this.flush();
+        await this.drainFlushes();
+        await this.writePack(this.takePending());
         const id = snapshotIdOf(f.payload);
         const snap = decodeSnapshot(f.payload, id);
         if (snap.header.tenant !== this.ctx.tenant) {
@@ -212,20 +235,33 @@ export class VaultSession {
     }
   }
 
-  /** Write the PUT data received so far as one pack, durable, then record and lease it. */
-  private async flush(): Promise<{ chunks: number; bytes: number }> {
-    if (this.pending.length === 0) return { chunks: 0, bytes: 0 };
+  private queuedFlushes = 0;
+
+  private async drainFlushes(): Promise<void> {
+    await this.flushing;
+    this.queuedFlushes = 0;
+    if (this.flushFailure) throw this.flushFailure;
+  }
+
+  private takePending(): Array<{ id: Buffer; blob: Buffer }> {
+    const batch = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    return batch;
+  }
+
+  /** Write one batch of PUT data as a pack, durable, then record and lease its chunks. */
+  private async writePack(batch: Array<{ id: Buffer; blob: Buffer }>): Promise<{ chunks: number; bytes: number }> {
     const { repo } = this.ctx;
+    let bytes = 0;
     const seen = new Set<string>();
-    const fresh = this.pending.filter((p) => {
+    const fresh = batch.filter((p) => {
+      bytes += p.blob.length;
       const k = p.id.toString('base64');
       if (seen.has(k) || repo.catalogue.hasChunk(p.id)) return false;
       seen.add(k);
       return true;
     });
-    const bytes = this.pendingBytes;
-    this.pending = [];
-    this.pendingBytes = 0;
     if (fresh.length > 0) {
       const pack = encodePack(
         fresh.map((p) => p.blob),

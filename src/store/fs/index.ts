@@ -36,8 +36,10 @@ export function putObjectSync(root: string, name: string, data: Uint8Array): voi
  * Local directory backend.
  * - putIfAbsent (snapshots, keys): temp file → fdatasync → link to the final name (link fails if
  *   it exists: a true put-if-absent) → unlink temp → directory fsync in sync().
- * - put (packs): temp file → rename, no per-file fsync; sync() flushes the whole file system
- *   once with syncfs(2) (coreutils `sync -f`) before the catalogue records anything written.
+ * - put (packs, main thread): temp file → fdatasync → rename; sync() fsyncs the directory.
+ * - putObjectSync (packs written by compression workers): temp file → rename, no per-file
+ *   fsync; sync({ external: true }) flushes the whole file system once with syncfs(2)
+ *   (coreutils `sync -f`) before the catalogue records anything the workers wrote.
  */
 export class FsBackend implements StoreBackend {
   readonly location: string;
@@ -132,8 +134,12 @@ export class FsBackend implements StoreBackend {
   }
 
   async put(name: string, data: Uint8Array): Promise<void> {
+    const target = this.pathOf(name);
+    const dir = path.dirname(target);
     try {
-      putObjectSync(this.root, name, data);
+      const tmp = await this.writeTemp(dir, data); // fdatasync'd
+      await fsp.rename(tmp, target);
+      this.touchedDirs.add(dir);
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
     }
@@ -180,11 +186,11 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  async sync(): Promise<void> {
+  async sync(opts: { external?: boolean } = {}): Promise<void> {
     const dirs = [...this.touchedDirs];
     this.touchedDirs.clear();
     try {
-      await syncFileSystem(this.root);
+      if (opts.external) await syncFileSystem(this.root);
       await Promise.all(dirs.map(fsyncDir));
     } catch (e) {
       throw ioError(`cannot make writes in ${this.root} durable`, e);

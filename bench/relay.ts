@@ -1,0 +1,106 @@
+/**
+ * bench/relay: relay → vault figures over loopback SSH, printed as JSON lines.
+ *   npm run bench:relay [-- --mib 256]
+ * - unlimited: wire MB/s of a first full send (incompressible data, so the wire carries it all)
+ * - limited: the same with the route capped at 10 MB/s (share of the cap achieved)
+ * - churned day: bytes that crossed the link (counted by a TCP proxy, SSH included) for a day's
+ *   increment of a SQL-like dump, against the new bytes the backup stored
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { KURA, ROOT } from '../test/support/cli.js';
+import { Prng, collect, sqlDump } from '../test/support/generate.js';
+import { LinkProxy } from '../test/support/proxy.js';
+import { agentConfig, sshKey, startVault } from '../test/support/vault.js';
+
+const MiB = 1 << 20;
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+};
+const sizeMiB = arg('mib', 256);
+const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
+
+async function run(args: string[], env: Record<string, string>): Promise<{ out: string; seconds: number }> {
+  const t = process.hrtime.bigint();
+  const child = spawn(process.execPath, [KURA, ...args], { cwd: ROOT, env: { ...process.env, KURA_PASSPHRASE: 'bench', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const [code] = (await once(child, 'exit')) as [number];
+  if (code !== 0) throw new Error(`kura ${args.join(' ')} exited ${code}: ${err}`);
+  return { out, seconds: Number(process.hrtime.bigint() - t) / 1e9 };
+}
+
+const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-relay-'));
+try {
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  const link = await new LinkProxy(vault.port).start();
+  const setup = async (name: string, rate?: string) => {
+    const d = path.join(dir, name);
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(d);
+    const cfg = agentConfig(d, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private, tenant: `city-a` });
+    writeFileSync(cfg, readFileSync(cfg, 'utf8').replace('batchBytes: 1048576', 'batchBytes: 4194304').replace('        clientKey', `${rate ? `        rate: ${rate}\n` : ''}        clientKey`));
+    const env = { KURA_CONFIG: cfg };
+    await run(['repo', 'init'], env);
+    return env;
+  };
+
+  // 1. unlimited, incompressible data
+  {
+    const env = await setup('unlimited');
+    const f = path.join(dir, 'random.bin');
+    writeFileSync(f, new Prng(1).bytes(sizeMiB * MiB));
+    await run(['backup', '--name', 'rnd', '--file', f, '--route', 'peer-dc'], env);
+    const before = link.bytesUp;
+    const r = await run(['relay', 'once', '--json'], env);
+    const wire = link.bytesUp - before;
+    emit({ case: 'unlimited', bytesOnLink: wire, seconds: Number(r.seconds.toFixed(3)), MBps: Number((wire / r.seconds / 1e6).toFixed(1)), target: 150 });
+    rmSync(f);
+  }
+  // 2. capped at 10 MB/s
+  {
+    const env = await setup('limited', '10MB/s');
+    const f = path.join(dir, 'random2.bin');
+    writeFileSync(f, new Prng(2).bytes(Math.min(sizeMiB, 96) * MiB));
+    await run(['backup', '--name', 'rnd', '--file', f, '--route', 'peer-dc'], env);
+    const before = link.bytesUp;
+    const r = await run(['relay', 'once', '--json'], env);
+    const wire = link.bytesUp - before;
+    const mbps = wire / r.seconds / 1e6;
+    emit({ case: 'limited 10MB/s', bytesOnLink: wire, seconds: Number(r.seconds.toFixed(3)), MBps: Number(mbps.toFixed(2)), shareOfCap: Number((mbps / 10).toFixed(3)), target: 0.9 });
+    rmSync(f);
+  }
+  // 3. a churned day of a SQL-like dump
+  {
+    const env = await setup('churn');
+    const day1 = await collect(sqlDump(9, sizeMiB * MiB));
+    const f = path.join(dir, 'day.sql');
+    writeFileSync(f, day1);
+    await run(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], env);
+    await run(['relay', 'once'], env);
+    // day 2: a thousand scattered in-place row edits and 1% appended rows
+    const day2 = Buffer.from(day1);
+    const r = new Prng(10);
+    for (let i = 0; i < 1000; i++) {
+      const pos = r.next() % (day2.length - 16);
+      day2.write(String(r.next() % 1e6).padStart(6, '0'), pos, 'latin1');
+    }
+    writeFileSync(f, Buffer.concat([day2, await collect(sqlDump(11, Math.round(day1.length / 100)))]));
+    const b = JSON.parse((await run(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc', '--json'], env)).out) as { newBytes: number; chunks: number };
+    const before = link.bytesUp;
+    const sent = JSON.parse((await run(['relay', 'once', '--json'], env)).out) as { bytesOnWire: number };
+    const wire = link.bytesUp - before;
+    emit({ case: 'churned day', newBytesStored: b.newBytes, protocolBytes: sent.bytesOnWire, bytesOnLink: wire, ratio: Number((wire / b.newBytes).toFixed(4)), target: 1.02 });
+  }
+  await link.close();
+  await vault.stop();
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
