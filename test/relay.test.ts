@@ -229,3 +229,27 @@ test('refused attempts get a coded error and an audit line, and the vault keeps 
   assert.deepEqual(rows.map((r) => r.source), ['juki']);
   assert.equal(kuraOk(['restore', '--from', 'peer-dc', 'latest:juki'], { env: { KURA_CONFIG: cfgA } }).out, 'city A resident rows\n');
 });
+
+test('endpoints fail over in order; when none answers the route waits for the line and says which failed', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n`);
+  t.after(() => vault.stop());
+  const dead = await new LinkProxy(1).start(); // a port that takes connections and resets them
+  dead.down();
+  t.after(() => dead.close());
+  const extra = (ports: number[]) =>
+    `      dr:\n        endpoints:\n${ports.map((p) => `          - { host: 127.0.0.1, port: ${p}, hostKeySha256: "${vault.hostKeySha256}" }\n`).join('')}        clientKey: ${key.private}\n`;
+  const cfg = agentConfig(dir, { port: dead.port, key: key.private, extraRoute: extra([dead.port, vault.port]) });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  kuraOk(['backup', '--name', 'juki', '--stdin', '--route', 'dr', '--route', 'peer-dc'], { env, input: 'rows\n' });
+  const r = await kuraAsync(['relay', 'once', '--json'], { env });
+  assert.equal(r.status, 75, r.stderr);
+  const reports = r.out.trim().split('\n').map((l) => JSON.parse(l) as { route: string; state: string; sent: number; error?: { message: string } });
+  const dr = reports.find((x) => x.route === 'dr')!;
+  const peer = reports.find((x) => x.route === 'peer-dc')!;
+  assert.equal(dr.sent, 1, 'the second endpoint took the transfer');
+  assert.equal(peer.state, 'waiting-for-line');
+  assert.match(peer.error!.message, new RegExp(`127\\.0\\.0\\.1:${dead.port}`));
+});

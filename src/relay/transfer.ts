@@ -8,7 +8,7 @@ import { KuraError } from '../errors.js';
 import type { VaultConnection } from './connection.js';
 
 const HAS_BATCH = 8192; // IDs per HAS frame (256 KiB)
-const FLUSH_WINDOW = 4; // batches the vault may be making durable while more are sent
+const FLUSH_WINDOW = 8; // batches the vault may be making durable while more are sent
 
 export interface TransferResult {
   snapshot: string;

@@ -60,7 +60,7 @@ export class VaultSession {
       } catch (e) {
         failure = e as KuraError;
       }
-      if (queue.length > 64) this.input.pause();
+      if (queue.length > 256) this.input.pause();
       wake?.();
     });
     const onEnd = () => {
@@ -77,7 +77,7 @@ export class VaultSession {
         wake = null;
         if (queue.length > 0) {
           const f = queue.shift()!;
-          if (queue.length < 16) this.input.resume();
+          if (queue.length < 64) this.input.resume();
           await this.handle(f);
           continue;
         }
@@ -172,7 +172,7 @@ export class VaultSession {
             this.flushFailure ??= e;
           });
         // too many batches waiting for the disk: stop reading until they are written
-        if (this.queuedFlushes++ >= 4) {
+        if (this.queuedFlushes++ >= 8) {
           await this.flushing;
           this.queuedFlushes = 0;
         }
