@@ -34,13 +34,19 @@ function relayState(repo: string) {
   }
 }
 
-test('after a five-day line outage the relay catches up in order, and every day restores byte-identical from the vault', async (t) => {
+/** A vault process for tenant city-a, reached through a controllable link. */
+async function vaultBehindLink(t: import('node:test').TestContext) {
   const dir = tempDir(t);
   const key = sshKey(dir, 'relay');
   const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
   t.after(() => vault.stop());
   const link = await new LinkProxy(vault.port).start();
   t.after(() => link.close());
+  return { dir, key, vault, link };
+}
+
+test('after a five-day line outage the relay catches up in order, and every day restores byte-identical from the vault', async (t) => {
+  const { dir, key, vault, link } = await vaultBehindLink(t);
   link.down();
   const cfg = agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private });
   const env = { KURA_CONFIG: cfg };
@@ -83,12 +89,7 @@ test('after a five-day line outage the relay catches up in order, and every day 
 });
 
 async function uploadScenario(t: import('node:test').TestContext, interrupt: 'reset' | 'kill') {
-  const dir = tempDir(t);
-  const key = sshKey(dir, 'relay');
-  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
-  t.after(() => vault.stop());
-  const link = await new LinkProxy(vault.port).start();
-  t.after(() => link.close());
+  const { dir, key, vault, link } = await vaultBehindLink(t);
   const cfg = agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private });
   const env = { KURA_CONFIG: cfg };
   kuraOk(['repo', 'init'], { env });

@@ -71,21 +71,9 @@ export class Repository {
     if (await store.stat('config')) throw new KuraError('E_REPO_EXISTS', `${root} already holds a kura repository; choose another directory`);
     const entries = await fsp.readdir(root).catch(() => [] as string[]);
     if (entries.length > 0) throw new KuraError('E_REPO_EXISTS', `${root} is not empty; give an empty or new directory for the repository`);
-    await fsp.mkdir(root, { recursive: true, mode: 0o750 });
-    // fan-out directories up front: no mkdir on the backup's hot path
-    await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
+    await makeLayout(root);
     await fsp.mkdir(path.join(root, 'keys'), { recursive: true });
-    for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
-
-    const config: RepoConfig = {
-      format: REPO_FORMAT,
-      id: randomBytes(16).toString('hex'),
-      created: new Date().toISOString(),
-      chunker: { algorithm: 'fastcdc-gear-v1', normalization: 2, ...chunker },
-      compression: { algorithm: 'zstd', level },
-      chunkId: 'blake3-keyed-256',
-      cipher: 'aes-256-gcm',
-    };
+    const config = newConfig(chunker, level);
     const master = newMasterKey();
     let keyFileWritten: string | undefined;
     if (opts.keys.keyFile) {
@@ -116,18 +104,8 @@ export class Repository {
   static async initKeyless(root: string): Promise<Repository> {
     const store = new FsBackend(root);
     if (!(await store.stat('config'))) {
-      await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
-      for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
-      const config: RepoConfig = {
-        format: REPO_FORMAT,
-        id: randomBytes(16).toString('hex'),
-        created: new Date().toISOString(),
-        chunker: { algorithm: 'fastcdc-gear-v1', normalization: 2, ...defaultChunkerParams },
-        compression: { algorithm: 'zstd', level: 3 },
-        chunkId: 'blake3-keyed-256',
-        cipher: 'aes-256-gcm',
-        keyless: true,
-      };
+      await makeLayout(root);
+      const config: RepoConfig = { ...newConfig(defaultChunkerParams, 3), keyless: true };
       await store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
       await store.sync();
     }
@@ -237,6 +215,25 @@ export async function keysFromKeyFile(keyFile: string, passphrase?: string): Pro
     if (!master) throw new KuraError('E_KEY_WRONG', `the passphrase does not open key file ${keyFile}; check the passphrase`);
   }
   return { repositoryId: kf.repository, keys: deriveKeys(master, kf.repository) };
+}
+
+function newConfig(chunker: ChunkerParams, level: number): RepoConfig {
+  return {
+    format: REPO_FORMAT,
+    id: randomBytes(16).toString('hex'),
+    created: new Date().toISOString(),
+    chunker: { algorithm: 'fastcdc-gear-v1', normalization: 2, ...chunker },
+    compression: { algorithm: 'zstd', level },
+    chunkId: 'blake3-keyed-256',
+    cipher: 'aes-256-gcm',
+  };
+}
+
+/** Directories of a new repository; the fan-out ones up front, so the hot path never mkdirs. */
+async function makeLayout(root: string): Promise<void> {
+  await fsp.mkdir(root, { recursive: true, mode: 0o750 });
+  await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
+  for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
 }
 
 async function loadSlots(store: StoreBackend): Promise<KeySlot[]> {
