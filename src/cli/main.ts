@@ -9,7 +9,8 @@ import { registerPlanned } from './planned.js';
 import { registerRepo } from './repo.js';
 import { registerRestore } from './restore.js';
 import { registerSnapshots } from './snapshots.js';
-import { registerRelay } from './relay.js';
+import { registerRelay, registerRouteControls } from './relay.js';
+import { registerStatus } from './status.js';
 import { registerVault } from './vault.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -24,6 +25,8 @@ export function buildProgram(): Command {
     .exitOverride();
   registerPlanned(program);
   registerRelay(program);
+  registerRouteControls(program);
+  registerStatus(program);
   registerVault(program);
   registerBackup(program);
   registerSnapshots(program);

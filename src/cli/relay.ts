@@ -34,7 +34,15 @@ export function registerRelay(program: Command): void {
     .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
       const { Relay } = await import('../relay/relay.js');
       const repo = await openRepo(cmd, opts, 'none');
-      const r = new Relay(repo, configOf(cmd).config, opts.route);
+      const cfg = configOf(cmd).config;
+      const r = new Relay(repo, cfg, opts.route);
+      let metrics: { close: () => Promise<void> } | null = null;
+      if (cfg.relay.metrics) {
+        const { serveMetrics } = await import('../status/http.js');
+        const { collectStatus } = await import('../status/collect.js');
+        const { relayMetrics } = await import('../status/status.js');
+        metrics = await serveMetrics(cfg.relay.metrics.host, cfg.relay.metrics.port, () => relayMetrics(collectStatus(repo, cfg)));
+      }
       const stop = (sig: string) => {
         log().info({ signal: sig }, 'relay stopping');
         r.stop();
@@ -44,7 +52,34 @@ export function registerRelay(program: Command): void {
       try {
         await r.run();
       } finally {
+        await metrics?.close();
         repo.close();
       }
     });
+}
+
+/** Operator controls for a running relay; also bound to keys in kura top. */
+export function registerRouteControls(program: Command): void {
+  const relay = program.commands.find((c) => c.name() === 'relay')!;
+  const controls: Array<[string, string, { paused?: boolean; retry?: boolean }]> = [
+    ['pause', 'stop sending on a route (the queue keeps growing) until resumed', { paused: true }],
+    ['resume', 'resume a paused route', { paused: false }],
+    ['retry', 'skip the back-off: the running relay tries the route now', { retry: true }],
+  ];
+  for (const [name, what, control] of controls) {
+    withRepoOptions(relay.command(name))
+      .description(what)
+      .argument('<route>', 'route name')
+      .action(async (route: string, opts: RepoOptions, cmd: Command) => {
+        const { routesOf } = await import('../relay/relay.js');
+        if (!routesOf(configOf(cmd).config)[route]) throw new KuraError('E_CONFIG', `route "${route}" is not in modules.routing.routes`);
+        const repo = await openRepo(cmd, opts, 'none');
+        try {
+          repo.catalogue.setRouteControl(route, control);
+          process.stdout.write(`${route}: ${name} requested\n`);
+        } finally {
+          repo.close();
+        }
+      });
+  }
 }

@@ -35,6 +35,7 @@ const sourceCommon = {
   retention: retentionSchema.optional().describe('on-site generations to keep'),
   compression: compressionLevel.optional(),
   timeout: duration.optional().describe('fail the job when the export runs longer').meta({ examples: ['2h'] }),
+  rpo: duration.optional().describe('recovery point objective: how stale the off-site copy may get (default: the top-level rpo)').meta({ examples: ['1d'] }),
   tags: z.array(z.string()).default([]).describe('labels stored in each snapshot header'),
 };
 
@@ -102,6 +103,7 @@ const vaultSchema = z.strictObject({
   hostKey: z.string().optional().describe('SSH host key file (PEM/OpenSSH); created on first start when missing (default: <root>/host_key)'),
   auditLog: z.string().optional().describe('append-only JSON-lines audit log (default: <root>/audit.jsonl)'),
   maxFrame: z.number().int().min(1 << 20).max(1 << 30).default(16 << 20).describe('largest protocol frame accepted, in bytes'),
+  metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura vault serve`'),
   leaseTtl: duration.default('1h').describe('how long chunks a session was told are present stay protected from GC without a commit'),
   tenants: z.record(name('tenant'), z.strictObject({ clients: z.array(vaultClient).default([]) })).default({}).describe('tenants and the keys allowed to act on them').meta({ exampleKey: 'city-a' }),
 });
@@ -112,11 +114,13 @@ const relaySchema = z.strictObject({
   keepalive: duration.default('15s').describe('SSH keepalive; a link silent for 3 intervals counts as down'),
   connectTimeout: duration.default('20s'),
   batchBytes: z.number().int().min(64 << 10).max(64 << 20).default(4 << 20).describe('chunk data sent between durability acknowledgements'),
+  metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura relay run`'),
 });
 
 export const configSchema = z.strictObject({
   tenant: name('tenant').default('default').describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
+  rpo: duration.default('1d').describe('default RPO target: `kura status` fails and `kura top` colours a route whose oldest unsent snapshot is older'),
   repository: z
     .strictObject({
       path: z.string().describe('local (on-site) repository directory').meta({ examples: ['/var/lib/kura/repo'] }),

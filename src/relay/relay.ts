@@ -15,7 +15,7 @@ export type StaticRoute = z.infer<typeof staticRoute>;
 
 export interface RouteReport {
   route: string;
-  state: 'idle' | 'waiting-for-line' | 'refused';
+  state: 'idle' | 'waiting-for-line' | 'refused' | 'paused';
   sent: number;
   left: number;
   bytesOnWire: number;
@@ -71,13 +71,13 @@ export class Relay {
         while (!this.stopping) {
           const report = await this.drain(name, route, attempts);
           let wait = poll;
-          if (report.state === 'idle') attempts = 0;
+          if (report.state === 'idle' || report.state === 'paused') attempts = 0;
           else {
             attempts++;
             wait = backoffDelay(attempts, initial, max);
             this.repo.catalogue.setRouteState(name, { state: report.state, attempts, nextAttempt: Date.now() + wait });
           }
-          await this.sleep(wait);
+          await this.waitForTurn(name, wait);
         }
       }),
     );
@@ -86,6 +86,26 @@ export class Relay {
   stop(): void {
     this.stopping = true;
     for (const w of this.wakers) w();
+  }
+
+  /**
+   * Sleep until the back-off or poll interval ends, an operator asks for a retry (kura top `r`,
+   * kura relay retry) or lifts a pause; the controls live in the catalogue, checked twice a second.
+   */
+  private async waitForTurn(route: string, ms: number): Promise<void> {
+    const cat = this.repo.catalogue;
+    const until = Date.now() + ms;
+    const wasPaused = cat.routeControl(route).paused;
+    while (!this.stopping) {
+      const c = cat.routeControl(route);
+      if (c.retry) {
+        cat.setRouteControl(route, { retry: false });
+        return;
+      }
+      if (wasPaused && !c.paused) return;
+      if (!c.paused && Date.now() >= until) return;
+      await this.sleep(Math.min(500, Math.max(10, until - Date.now())));
+    }
   }
 
   private sleep(ms: number): Promise<void> {
@@ -110,6 +130,10 @@ export class Relay {
     try {
       for (;;) {
         if (this.stopping) break;
+        if (cat.routeControl(name).paused) {
+          cat.setRouteState(name, { state: 'paused' });
+          return { route: name, state: 'paused', sent, left: cat.queued(name).length, bytesOnWire };
+        }
         const entry = cat.nextQueued(name);
         if (!entry) break;
         const snap = cat.snapshots().find((s) => s.id === entry.snapshot);

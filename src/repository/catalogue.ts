@@ -18,6 +18,19 @@ export interface ChunkLocation {
   length: number;
 }
 
+export interface RouteStateRow {
+  route: string;
+  state: string;
+  last_error: string | null;
+  attempts: number;
+  next_attempt: number | null;
+  last_success: string | null;
+  bytes_sent: number;
+  updated: string;
+  paused: number;
+  retry: number;
+}
+
 export interface ChunkRow {
   id: Buffer;
   pack: string;
@@ -66,6 +79,10 @@ export class Catalogue {
         route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
     `);
+    // columns added after the first release of a table
+    const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
+    if (!cols.has('paused')) this.db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
+    if (!cols.has('retry')) this.db.exec('ALTER TABLE route_state ADD COLUMN retry INTEGER NOT NULL DEFAULT 0');
     const v = this.db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema'`).get();
     if (!v) this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
     else if (Number(v.value) > SCHEMA_VERSION) {
@@ -150,8 +167,21 @@ export class Catalogue {
       .run({ route, state: s.state, lastError: s.lastError ?? null, keepError: s.lastError === undefined ? 1 : 0, attempts: s.attempts ?? null, nextAttempt: s.nextAttempt ?? null, success: s.success ? 1 : 0, addBytes: s.addBytes ?? 0, now });
   }
 
-  routeStates(): Array<{ route: string; state: string; last_error: string | null; attempts: number; next_attempt: number | null; last_success: string | null; bytes_sent: number; updated: string }> {
-    return this.db.prepare<[], { route: string; state: string; last_error: string | null; attempts: number; next_attempt: number | null; last_success: string | null; bytes_sent: number; updated: string }>('SELECT * FROM route_state ORDER BY route').all();
+  routeStates(): RouteStateRow[] {
+    return this.db.prepare<[], RouteStateRow>('SELECT * FROM route_state ORDER BY route').all();
+  }
+
+  /** Operator controls, read by a running relay (kura top, kura relay pause|resume|retry). */
+  setRouteControl(route: string, c: { paused?: boolean; retry?: boolean }): void {
+    const now = new Date().toISOString();
+    this.db.prepare(`INSERT INTO route_state (route, state, updated) VALUES (?, 'idle', ?) ON CONFLICT (route) DO NOTHING`).run(route, now);
+    if (c.paused !== undefined) this.db.prepare('UPDATE route_state SET paused = ?, updated = ? WHERE route = ?').run(c.paused ? 1 : 0, now, route);
+    if (c.retry !== undefined) this.db.prepare('UPDATE route_state SET retry = ?, updated = ? WHERE route = ?').run(c.retry ? 1 : 0, now, route);
+  }
+
+  routeControl(route: string): { paused: boolean; retry: boolean } {
+    const r = this.db.prepare<[string], { paused: number; retry: number }>('SELECT paused, retry FROM route_state WHERE route = ?').get(route);
+    return { paused: Boolean(r?.paused), retry: Boolean(r?.retry) };
   }
 
   removeSnapshot(id: string): void {

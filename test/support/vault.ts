@@ -65,12 +65,12 @@ export async function startVault(dir: string, tenantsYaml: string, extra = ''): 
 }
 
 /** An agent/relay config: local repository, one route to `port`, fast back-off for tests. */
-export function agentConfig(dir: string, opts: { port: number; hostKeySha256?: string; key: string; tenant?: string; user?: string; extraRoute?: string; name?: string }): string {
+export function agentConfig(dir: string, opts: { port: number; hostKeySha256?: string; key: string; tenant?: string; user?: string; extraRoute?: string; name?: string; extraTop?: string; extraRelay?: string }): string {
   const file = path.join(dir, opts.name ?? 'agent.yaml');
   writeFileSync(
     file,
     `tenant: ${opts.tenant ?? 'city-a'}
-repository:
+${opts.extraTop ?? ''}repository:
   path: ${path.join(dir, 'repo')}
 relay:
   pollInterval: 1s
@@ -78,7 +78,7 @@ relay:
   keepalive: 1s
   connectTimeout: 3s
   batchBytes: 1048576
-modules:
+${opts.extraRelay ?? ''}modules:
   routing:
     type: static
     routes:
@@ -90,4 +90,13 @@ ${opts.user ? `            user: ${opts.user}\n` : ''}${opts.hostKeySha256 ? `  
 ${opts.extraRoute ?? ''}`,
   );
   return file;
+}
+
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as import('node:net').AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
 }

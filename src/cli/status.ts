@@ -1,0 +1,45 @@
+import type { Command } from 'commander';
+import { KuraError } from '../errors.js';
+import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import type { StatusReport } from '../status/status.js';
+
+export function formatAge(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)}s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
+  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)}h`;
+  return `${(seconds / 86400).toFixed(1)}d`;
+}
+
+export function printStatus(r: StatusReport): void {
+  const w = (s: string) => process.stdout.write(s + '\n');
+  w('ROUTE            STATE             QUEUED  BYTES       EXPOSURE  TARGET  LAST ERROR');
+  for (const x of r.routes) {
+    w(
+      `${x.route.padEnd(16)} ${x.state.padEnd(17)} ${String(x.queued).padStart(6)}  ${formatBytes(x.queuedBytes).padEnd(10)}  ${(formatAge(x.exposureSeconds) + (x.overTarget ? '!' : '')).padEnd(8)}  ${formatAge(x.rpoTargetSeconds).padEnd(6)}  ${x.lastError ?? ''}`,
+    );
+  }
+  w('');
+  w('SOURCE           TENANT       SNAPSHOTS  LAST BACKUP           NEW');
+  for (const s of r.sources) w(`${s.source.padEnd(16)} ${s.tenant.padEnd(12)} ${String(s.snapshots).padStart(9)}  ${(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${formatBytes(s.lastNewBytes)}`);
+}
+
+export function registerStatus(program: Command): void {
+  withRepoOptions(program.command('status'))
+    .description('routes (link state, backlog, RPO exposure against the target) and sources (last backup); exit 1 when a route is over its RPO target')
+    .option('--json', 'print the report as one JSON line')
+    .action(async (opts: RepoOptions & { json?: boolean }, cmd: Command) => {
+      const { collectStatus } = await import('../status/collect.js');
+      const repo = await openRepo(cmd, opts, 'none');
+      try {
+        const report = collectStatus(repo, configOf(cmd).config);
+        if (opts.json) printJson(report);
+        else printStatus(report);
+        const over = report.routes.filter((r) => r.overTarget);
+        if (over.length > 0) {
+          throw new KuraError('E_RPO_EXCEEDED', `RPO exposure over target on ${over.map((r) => `${r.route} (${formatAge(r.exposureSeconds)} > ${formatAge(r.rpoTargetSeconds)})`).join(', ')}`, { reported: true });
+        }
+      } finally {
+        repo.close();
+      }
+    });
+}

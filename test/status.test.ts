@@ -1,0 +1,107 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { kuraAsync, kuraOk, spawnKura, tempDir } from './support/cli.js';
+import { LinkProxy, sleep } from './support/proxy.js';
+import { agentConfig, freePort, sshKey, startVault } from './support/vault.js';
+import { statusReport } from '../src/status/status.js';
+
+async function waitFor(what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(150);
+  }
+}
+
+interface Report {
+  ok: boolean;
+  routes: Array<{ route: string; state: string; queued: number; exposureSeconds: number; overTarget: boolean; lastError: string | null; paused: boolean }>;
+  sources: Array<{ source: string; lastBackup: string | null }>;
+}
+
+test('status and /metrics show the backlog and RPO exposure grow while the line is down, and drain after; pause, retry and resume act on the running relay', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n`);
+  t.after(() => vault.stop());
+  const link = await new LinkProxy(vault.port).start();
+  t.after(() => link.close());
+  link.down();
+  const metricsPort = await freePort();
+  const cfg = agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private, extraTop: 'rpo: 2s\n', extraRelay: `  metrics: { port: ${metricsPort} }\n` });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const relay = spawnKura(['relay', 'run'], env);
+  t.after(() => relay.kill('SIGKILL'));
+  const status = async () => {
+    const r = await kuraAsync(['status', '--json'], { env });
+    return { code: r.status, report: JSON.parse(r.out) as Report };
+  };
+  const metrics = async () => {
+    const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).catch(() => null);
+    return res?.ok ? res.text() : '';
+  };
+
+  kuraOk(['backup', '--name', 'juki', '--stdin', '--route', 'peer-dc'], { env, input: 'day one\n' });
+  kuraOk(['backup', '--name', 'juki', '--stdin', '--route', 'peer-dc'], { env, input: 'day two\n' });
+  await waitFor('the exposure to pass the 2 s target', async () => (await status()).report.routes[0]!.overTarget);
+  const down = await status();
+  assert.equal(down.code, 1, 'status fails while a route is over its RPO target');
+  const r0 = down.report.routes[0]!;
+  assert.equal(r0.queued, 2);
+  assert.equal(r0.state, 'waiting-for-line');
+  assert.match(r0.lastError ?? '', /E_LINK_DOWN/);
+  assert.equal(down.report.sources[0]!.source, 'juki');
+  await waitFor('metrics', async () => /kura_relay_backlog_snapshots\{route="peer-dc"\} 2/.test(await metrics()));
+  const m = await metrics();
+  assert.match(m, /kura_relay_link_up\{route="peer-dc"\} 0/);
+  const exposure = Number(/kura_relay_rpo_exposure_seconds\{route="peer-dc"\} (\d+)/.exec(m)![1]);
+  assert.ok(exposure >= 2);
+
+  // paused: the line comes back, a retry is asked for, and still nothing is sent
+  kuraOk(['relay', 'pause', 'peer-dc'], { env });
+  link.up();
+  kuraOk(['relay', 'retry', 'peer-dc'], { env });
+  await waitFor('the route to show paused', async () => (await status()).report.routes[0]!.state === 'paused');
+  await sleep(1500);
+  assert.equal((await status()).report.routes[0]!.queued, 2, 'a paused route sends nothing');
+
+  kuraOk(['relay', 'resume', 'peer-dc'], { env });
+  await waitFor('the backlog to drain', async () => (await status()).report.routes[0]!.queued === 0);
+  const up = await status();
+  assert.equal(up.code, 0);
+  assert.equal(up.report.ok, true);
+  await waitFor('metrics to show the drained backlog', async () => /kura_relay_backlog_snapshots\{route="peer-dc"\} 0/.test(await metrics()));
+  assert.ok(/kura_relay_bytes_sent_total\{route="peer-dc"\} [1-9]/.test(await metrics()));
+});
+
+test('statusReport: exposure is the age of the oldest unsent snapshot, against the target of its source', () => {
+  const now = new Date('2026-11-23T12:00:00Z');
+  const header = (source: string, endTime: string) => ({ tenant: 't', source, host: 'h', startTime: endTime, endTime, logicalBytes: 10, chunkCount: 1, newChunks: 1, newBytes: 7, parent: null, tags: [] });
+  const r = statusReport(
+    {
+      routes: ['dc2', 'office'],
+      routeStates: [],
+      queued: [
+        { snapshot: 'a', route: 'dc2', source: 'juki', end_time: '2026-11-22T11:00:00Z' },
+        { snapshot: 'b', route: 'dc2', source: 'zei', end_time: '2026-11-23T11:00:00Z' },
+      ],
+      snapshots: [
+        { id: 'a', header: header('juki', '2026-11-22T11:00:00Z') },
+        { id: 'b', header: header('zei', '2026-11-23T11:00:00Z') },
+      ],
+      rpoTarget: (_route, source) => (source === 'juki' ? 86400 : 3600),
+    },
+    now,
+  );
+  const dc2 = r.routes[0]!;
+  assert.equal(dc2.queued, 2);
+  assert.equal(dc2.queuedBytes, 14);
+  assert.equal(dc2.exposureSeconds, 25 * 3600);
+  assert.equal(dc2.rpoTargetSeconds, 86400);
+  assert.equal(dc2.overTarget, true);
+  assert.equal(r.routes[1]!.exposureSeconds, 0);
+  assert.equal(r.routes[1]!.overTarget, false);
+  assert.equal(r.ok, false);
+  assert.deepEqual(r.sources.map((s) => [s.source, s.lastBackup]), [['juki', '2026-11-22T11:00:00Z'], ['zei', '2026-11-23T11:00:00Z']]);
+});
