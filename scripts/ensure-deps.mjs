@@ -17,6 +17,7 @@ const needs = [
   { tool: 'ssh-keygen', pkg: 'openssh-client' },
   { tool: '/usr/sbin/sshd', pkg: 'openssh-server' },
   { tool: 'systemd-analyze', pkg: 'systemd' },
+  { tool: 'tmux', pkg: 'tmux' },
 ];
 const missing = needs.filter((n) => !has(n.tool));
 if (missing.length > 0) {

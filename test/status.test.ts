@@ -22,7 +22,8 @@ interface Report {
 test('status and /metrics show the backlog and RPO exposure grow while the line is down, and drain after; pause, retry and resume act on the running relay', async (t) => {
   const dir = tempDir(t);
   const key = sshKey(dir, 'relay');
-  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n`);
+  const vaultMetricsPort = await freePort();
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n`, `  metrics: { port: ${vaultMetricsPort} }\n`);
   t.after(() => vault.stop());
   const link = await new LinkProxy(vault.port).start();
   t.after(() => link.close());
@@ -73,6 +74,17 @@ test('status and /metrics show the backlog and RPO exposure grow while the line 
   assert.equal(up.report.ok, true);
   await waitFor('metrics to show the drained backlog', async () => /kura_relay_backlog_snapshots\{route="peer-dc"\} 0/.test(await metrics()));
   assert.ok(/kura_relay_bytes_sent_total\{route="peer-dc"\} [1-9]/.test(await metrics()));
+  // a stranger knocks; the vault counts the refusal
+  const stranger = sshKey(dir, 'stranger');
+  const knock = await kuraAsync(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: stranger.private, name: 'stranger.yaml' }) } });
+  assert.equal(knock.status, 77);
+  // the vault counts the same transfer from its side
+  const vm = await (await fetch(`http://127.0.0.1:${vaultMetricsPort}/metrics`)).text();
+  assert.match(vm, /kura_vault_commits_total\{tenant="city-a"\} 2/);
+  assert.match(vm, /kura_vault_snapshots\{tenant="city-a"\} 2/);
+  assert.match(vm, /kura_vault_bytes_received_total\{tenant="city-a"\} [1-9]/);
+  assert.match(vm, /kura_vault_sessions_total\{tenant="city-a"\} [1-9]/);
+  assert.match(vm, /kura_vault_refusals_total\{code="E_AUTH_DENIED",tenant=""\} [1-9]/);
 });
 
 test('statusReport: exposure is the age of the oldest unsent snapshot, against the target of its source', () => {

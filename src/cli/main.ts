@@ -11,6 +11,7 @@ import { registerRestore } from './restore.js';
 import { registerSnapshots } from './snapshots.js';
 import { registerRelay, registerRouteControls } from './relay.js';
 import { registerStatus } from './status.js';
+import { registerTop } from './top.js';
 import { registerVault } from './vault.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerRelay(program);
   registerRouteControls(program);
   registerStatus(program);
+  registerTop(program);
   registerVault(program);
   registerBackup(program);
   registerSnapshots(program);

@@ -20,5 +20,4 @@ export function registerPlanned(program: Command): void {
   planned(program.command('gc').description('reclaim space of chunks no snapshot uses'), 'garbage collection');
   planned(program.command('protect').description('protect a snapshot from pruning (long-term hold)'), 'protect');
   planned(program.command('unprotect').description('lift a snapshot\'s protection'), 'unprotect');
-  planned(program.command('top').description('terminal UI of routes, backlog and RPO exposure'), 'top');
 }

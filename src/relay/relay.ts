@@ -65,6 +65,16 @@ export class Relay {
     const poll = parseDuration(this.relayCfg.pollInterval)!;
     const initial = parseDuration(this.relayCfg.backoff.initial)!;
     const max = parseDuration(this.relayCfg.backoff.max)!;
+    this.repo.catalogue.heartbeat('relay');
+    const beat = setInterval(() => this.repo.catalogue.heartbeat('relay'), 2000);
+    try {
+      await this.runRoutes(poll, initial, max);
+    } finally {
+      clearInterval(beat);
+    }
+  }
+
+  private async runRoutes(poll: number, initial: number, max: number): Promise<void> {
     await Promise.all(
       this.routes().map(async ([name, route]) => {
         let attempts = 0;

@@ -179,6 +179,20 @@ export class Catalogue {
     if (c.retry !== undefined) this.db.prepare('UPDATE route_state SET retry = ?, updated = ? WHERE route = ?').run(c.retry ? 1 : 0, now, route);
   }
 
+  /** A running relay says so every few seconds (kura top shows whether one is running). */
+  heartbeat(role: string): void {
+    this.db.prepare(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(`heartbeat.${role}`, JSON.stringify({ at: Date.now(), pid: process.pid }));
+  }
+
+  lastHeartbeat(role: string): { at: number; pid: number } | null {
+    const r = this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(`heartbeat.${role}`);
+    return r ? (JSON.parse(r.value) as { at: number; pid: number }) : null;
+  }
+
+  recentlySent(limit: number): Array<{ snapshot: string; route: string; source: string; sent: string; bytes_sent: number }> {
+    return this.db.prepare<[number], { snapshot: string; route: string; source: string; sent: string; bytes_sent: number }>('SELECT snapshot, route, source, sent, bytes_sent FROM queue WHERE sent IS NOT NULL ORDER BY sent DESC LIMIT ?').all(limit);
+  }
+
   routeControl(route: string): { paused: boolean; retry: boolean } {
     const r = this.db.prepare<[string], { paused: number; retry: number }>('SELECT paused, retry FROM route_state WHERE route = ?').get(route);
     return { paused: Boolean(r?.paused), retry: Boolean(r?.retry) };

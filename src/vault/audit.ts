@@ -21,6 +21,8 @@ export interface AuditEvent {
 
 export class AuditLog {
   private fd: number;
+  /** Called for every event (the vault's metrics count from here). */
+  observer: ((e: AuditEvent) => void) | null = null;
 
   constructor(readonly file: string) {
     mkdirSync(path.dirname(file), { recursive: true });
@@ -31,6 +33,7 @@ export class AuditLog {
     const line = JSON.stringify({ time: new Date().toISOString(), ...e }) + '\n';
     writeSync(this.fd, line);
     if (e.outcome !== 'ok') fsyncSync(this.fd);
+    this.observer?.(e);
   }
 
   close(): void {

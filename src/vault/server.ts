@@ -7,6 +7,7 @@ import { log } from '../log.js';
 import { authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
 import { loadOrCreateHostKey, Vault } from './vault.js';
+import { VaultMetrics } from './metrics.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -94,10 +95,26 @@ export async function serveVault(cfg: VaultConfig): Promise<RunningVault> {
   });
   const port = (server.address() as AddressInfo).port;
   lg.info({ host: cfg.listen.host, port, hostKey: hostKeySha256 }, 'vault listening');
+  let metricsServer: { close: () => Promise<void> } | null = null;
+  if (cfg.metrics) {
+    const metrics = new VaultMetrics();
+    vault.audit.observer = (e) => metrics.observe(e);
+    const { serveMetrics } = await import('../status/http.js');
+    metricsServer = await serveMetrics(cfg.metrics.host, cfg.metrics.port, async () => {
+      const stored = await Promise.all(
+        Object.keys(cfg.tenants).map(async (tenant) => {
+          const c = (await vault.repoOf(tenant)).catalogue.counts();
+          return { tenant, storedBytes: c.storedBytes, snapshots: c.snapshots, chunks: c.chunks };
+        }),
+      );
+      return metrics.render(stored);
+    });
+  }
   return {
     port,
     hostKeySha256,
     close: async () => {
+      await metricsServer?.close();
       await new Promise<void>((r) => server.close(() => r()));
       await vault.close();
     },
