@@ -47,6 +47,7 @@ export const errorCodes = {
   E_BACKLOG_LEFT: ExitStatus.TEMP_FAIL,
   E_QUOTA: ExitStatus.TEMP_FAIL,
   E_RPO_EXCEEDED: ExitStatus.FAILED,
+  E_BACKUP_FAILED: ExitStatus.FAILED,
   E_INTERNAL: ExitStatus.SOFTWARE,
 } as const;
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { kuraAsync, kuraOk, spawnKura, tempDir } from './support/cli.js';
+import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { agentConfig, freePort, sshKey, startVault } from './support/vault.js';
 import { statusReport } from '../src/status/status.js';
@@ -116,4 +116,26 @@ test('statusReport: exposure is the age of the oldest unsent snapshot, against t
   assert.equal(r.routes[1]!.overTarget, false);
   assert.equal(r.ok, false);
   assert.deepEqual(r.sources.map((s) => [s.source, s.lastBackup]), [['juki', '2026-11-22T11:00:00Z'], ['zei', '2026-11-23T11:00:00Z']]);
+});
+
+test('status fails when the last backup of a source failed, and recovers with the next good one', (t) => {
+  const dir = tempDir(t);
+  const cfg = agentConfig(dir, { port: 1, key: '/dev/null' });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  kuraOk(['backup', '--name', 'juki', '--stdin'], { env, input: 'good rows\n' });
+  // /proc/self/mem is a regular file whose read fails at once: an export that breaks
+  const bad = kura(['backup', '--name', 'juki', '--file', '/proc/self/mem'], { env });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /E_INPUT_FAILED.*no snapshot was written/);
+  assert.equal(kuraJson<unknown[]>(['snapshots'], { env }).length, 1);
+  const st = kura(['status', '--json'], { env });
+  assert.equal(st.status, 1);
+  const report = JSON.parse(st.out) as { ok: boolean; sources: Array<{ source: string; lastJobFailed: boolean; lastJob: { errorCode: string } }> };
+  assert.equal(report.ok, false);
+  assert.equal(report.sources[0]!.lastJobFailed, true);
+  assert.equal(report.sources[0]!.lastJob.errorCode, 'E_INPUT_FAILED');
+  assert.match(kura(['status'], { env }).stderr, /E_BACKUP_FAILED: last backup of juki failed \(E_INPUT_FAILED\)/);
+  kuraOk(['backup', '--name', 'juki', '--stdin'], { env, input: 'good rows again\n' });
+  assert.equal(kura(['status', '--json'], { env }).status, 0);
 });

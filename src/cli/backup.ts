@@ -64,6 +64,7 @@ export function registerBackup(program: Command): void {
         for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
       }
       const repo = await openRepo(cmd, opts, 'required');
+      const job = repo.catalogue.startJob(opts.name);
       try {
         const tenant = opts.tenant ?? configOf(cmd).config.tenant;
         const res = await backup(repo, guarded(input, what), {
@@ -75,6 +76,7 @@ export function registerBackup(program: Command): void {
           routes: opts.route,
         });
         const h = res.header;
+        repo.catalogue.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
         if (opts.json) {
           printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)) });
         } else {
@@ -83,6 +85,11 @@ export function registerBackup(program: Command): void {
             `snapshot ${res.id.slice(0, 12)} of ${h.source}: ${formatBytes(h.logicalBytes)} in ${h.chunkCount} chunks, ${h.newChunks} new (${formatBytes(h.newBytes)} stored), ${res.seconds.toFixed(2)} s\n`,
           );
         }
+      } catch (e) {
+        // the failure is recorded for kura status / top; no snapshot was written
+        const err = e as { code?: string; message?: string };
+        repo.catalogue.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
+        throw e;
       } finally {
         repo.close();
       }

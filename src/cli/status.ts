@@ -19,8 +19,11 @@ export function printStatus(r: StatusReport): void {
     );
   }
   w('');
-  w('SOURCE           TENANT       SNAPSHOTS  LAST BACKUP           NEW');
-  for (const s of r.sources) w(`${s.source.padEnd(16)} ${s.tenant.padEnd(12)} ${String(s.snapshots).padStart(9)}  ${(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${formatBytes(s.lastNewBytes)}`);
+  w('SOURCE           TENANT       SNAPSHOTS  LAST BACKUP           NEW         LAST JOB');
+  for (const s of r.sources) {
+    const job = s.lastJob ? (s.lastJobFailed ? `FAILED ${s.lastJob.errorCode}: ${s.lastJob.error ?? ''}` : 'ok') : '-';
+    w(`${s.source.padEnd(16)} ${s.tenant.padEnd(12)} ${String(s.snapshots).padStart(9)}  ${(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${formatBytes(s.lastNewBytes).padEnd(10)}  ${job}`);
+  }
 }
 
 export function registerStatus(program: Command): void {
@@ -35,8 +38,13 @@ export function registerStatus(program: Command): void {
         if (opts.json) printJson(report);
         else printStatus(report);
         const over = report.routes.filter((r) => r.overTarget);
-        if (over.length > 0) {
-          throw new KuraError('E_RPO_EXCEEDED', `RPO exposure over target on ${over.map((r) => `${r.route} (${formatAge(r.exposureSeconds)} > ${formatAge(r.rpoTargetSeconds)})`).join(', ')}`, { reported: true });
+        const failed = report.sources.filter((s) => s.lastJobFailed);
+        if (over.length > 0 || failed.length > 0) {
+          const what = [
+            ...over.map((r) => `RPO exposure over target on ${r.route} (${formatAge(r.exposureSeconds)} > ${formatAge(r.rpoTargetSeconds)})`),
+            ...failed.map((s) => `last backup of ${s.source} failed (${s.lastJob?.errorCode})`),
+          ];
+          throw new KuraError(over.length > 0 ? 'E_RPO_EXCEEDED' : 'E_BACKUP_FAILED', what.join('; '), { reported: true });
         }
       } finally {
         repo.close();

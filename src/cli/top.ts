@@ -11,7 +11,7 @@ export function registerTop(program: Command): void {
       try {
         const load = () => {
           const hb = repo.catalogue.lastHeartbeat('relay');
-          return { report: collectStatus(repo, cfg), relayRunning: hb !== null && Date.now() - hb.at < 10_000, recent: repo.catalogue.recentlySent(4) };
+          return { report: collectStatus(repo, cfg), relayRunning: hb !== null && Date.now() - hb.at < 10_000, recent: repo.catalogue.recentlySent(3), jobs: repo.catalogue.recentJobs(3) };
         };
         if (!process.stdout.isTTY || !process.stdin.isTTY) {
           const { printStatus } = await import('./status.js');

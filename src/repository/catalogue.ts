@@ -31,6 +31,18 @@ export interface RouteStateRow {
   retry: number;
 }
 
+export interface JobRow {
+  id: number;
+  source: string;
+  started: string;
+  finished: string | null;
+  result: 'running' | 'ok' | 'failed';
+  snapshot: string | null;
+  new_bytes: number | null;
+  error_code: string | null;
+  error: string | null;
+}
+
 export interface ChunkRow {
   id: Buffer;
   pack: string;
@@ -75,6 +87,11 @@ export class Catalogue {
         snapshot TEXT NOT NULL, route TEXT NOT NULL, source TEXT NOT NULL, end_time TEXT NOT NULL,
         enqueued TEXT NOT NULL, sent TEXT, bytes_sent INTEGER, PRIMARY KEY (snapshot, route));
       CREATE INDEX IF NOT EXISTS queue_pending ON queue (route, sent, end_time);
+      -- backup jobs, successful or not: the input of kura status / kura top
+      CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY, source TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
+        result TEXT NOT NULL, snapshot TEXT, new_bytes INTEGER, error_code TEXT, error TEXT);
+      CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
       CREATE TABLE IF NOT EXISTS route_state (
         route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
@@ -177,6 +194,25 @@ export class Catalogue {
     this.db.prepare(`INSERT INTO route_state (route, state, updated) VALUES (?, 'idle', ?) ON CONFLICT (route) DO NOTHING`).run(route, now);
     if (c.paused !== undefined) this.db.prepare('UPDATE route_state SET paused = ?, updated = ? WHERE route = ?').run(c.paused ? 1 : 0, now, route);
     if (c.retry !== undefined) this.db.prepare('UPDATE route_state SET retry = ?, updated = ? WHERE route = ?').run(c.retry ? 1 : 0, now, route);
+  }
+
+  startJob(source: string): number {
+    return Number(this.db.prepare(`INSERT INTO jobs (source, started, result) VALUES (?, ?, 'running')`).run(source, new Date().toISOString()).lastInsertRowid);
+  }
+
+  finishJob(id: number, r: { result: 'ok' | 'failed'; snapshot?: string; newBytes?: number; errorCode?: string; error?: string }): void {
+    this.db
+      .prepare('UPDATE jobs SET finished = ?, result = ?, snapshot = ?, new_bytes = ?, error_code = ?, error = ? WHERE id = ?')
+      .run(new Date().toISOString(), r.result, r.snapshot ?? null, r.newBytes ?? null, r.errorCode ?? null, r.error ?? null, id);
+  }
+
+  recentJobs(limit: number): JobRow[] {
+    return this.db.prepare<[number], JobRow>('SELECT * FROM jobs ORDER BY id DESC LIMIT ?').all(limit);
+  }
+
+  /** The last finished job of each source. */
+  lastJobs(): JobRow[] {
+    return this.db.prepare<[], JobRow>(`SELECT * FROM jobs WHERE id IN (SELECT max(id) FROM jobs WHERE result != 'running' GROUP BY source)`).all();
   }
 
   /** A running relay says so every few seconds (kura top shows whether one is running). */

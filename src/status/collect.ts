@@ -16,6 +16,7 @@ export function collectStatus(repo: Repository, cfg: KuraConfig, now = new Date(
       routeStates: cat.routeStates(),
       queued: cat.queued(),
       snapshots: cat.snapshots(),
+      lastJobs: cat.lastJobs(),
       rpoTarget: (_route, source) => {
         const s = cfg.sources[source];
         return s?.rpo ? parseDuration(s.rpo)! / 1000 : defaultRpo;

@@ -1,4 +1,4 @@
-import type { RouteStateRow } from '../repository/catalogue.js';
+import type { JobRow, RouteStateRow } from '../repository/catalogue.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
 
 /**
@@ -30,6 +30,9 @@ export interface SourceStatus {
   lastSnapshot: string | null;
   lastLogicalBytes: number;
   lastNewBytes: number;
+  /** the last finished backup job, successful or not */
+  lastJob: { result: string; finished: string | null; errorCode: string | null; error: string | null } | null;
+  lastJobFailed: boolean;
 }
 
 export interface StatusReport {
@@ -44,6 +47,7 @@ export interface StatusInput {
   routeStates: RouteStateRow[];
   queued: Array<{ snapshot: string; route: string; source: string; end_time: string }>;
   snapshots: Array<{ id: string; header: SnapshotHeader }>;
+  lastJobs?: JobRow[];
   /** RPO target in seconds for a source on a route */
   rpoTarget: (route: string, source: string) => number;
 }
@@ -77,12 +81,23 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
   const sources = new Map<string, SourceStatus>();
   for (const s of input.snapshots) {
     const h = s.header;
-    const cur = sources.get(h.source) ?? { source: h.source, tenant: h.tenant, snapshots: 0, lastBackup: null, lastSnapshot: null, lastLogicalBytes: 0, lastNewBytes: 0 };
+    const cur = sources.get(h.source) ?? emptySource(h.source, h.tenant);
     cur.snapshots++;
     if (!cur.lastBackup || h.endTime > cur.lastBackup) Object.assign(cur, { lastBackup: h.endTime, lastSnapshot: s.id, lastLogicalBytes: h.logicalBytes, lastNewBytes: h.newBytes, tenant: h.tenant });
     sources.set(h.source, cur);
   }
-  return { time: now.toISOString(), ok: routes.every((r) => !r.overTarget), routes, sources: [...sources.values()].sort((a, b) => a.source.localeCompare(b.source)) };
+  for (const j of input.lastJobs ?? []) {
+    const cur = sources.get(j.source) ?? emptySource(j.source, '');
+    cur.lastJob = { result: j.result, finished: j.finished, errorCode: j.error_code, error: j.error };
+    cur.lastJobFailed = j.result === 'failed';
+    sources.set(j.source, cur);
+  }
+  const list = [...sources.values()].sort((a, b) => a.source.localeCompare(b.source));
+  return { time: now.toISOString(), ok: routes.every((r) => !r.overTarget) && list.every((s) => !s.lastJobFailed), routes, sources: list };
+}
+
+function emptySource(source: string, tenant: string): SourceStatus {
+  return { source, tenant, snapshots: 0, lastBackup: null, lastSnapshot: null, lastLogicalBytes: 0, lastNewBytes: 0, lastJob: null, lastJobFailed: false };
 }
 
 /** Prometheus text exposition of a relay's status. */
@@ -99,6 +114,7 @@ export function relayMetrics(r: StatusReport): string {
   metric('kura_relay_bytes_sent_total', 'Bytes sent to the vault', 'counter', r.routes.map((x) => [{ route: x.route }, x.bytesSent]));
   metric('kura_relay_link_up', '1 unless the route is waiting for the line or refused', 'gauge', r.routes.map((x) => [{ route: x.route }, x.state === 'waiting-for-line' || x.state === 'refused' ? 0 : 1]));
   metric('kura_relay_last_success_timestamp_seconds', 'Time of the last snapshot committed on the far side', 'gauge', r.routes.map((x) => [{ route: x.route }, x.lastSuccess ? Math.floor(Date.parse(x.lastSuccess) / 1000) : 0]));
+  metric('kura_source_last_job_failed', '1 when the last backup job of the source failed', 'gauge', r.sources.map((s) => [{ source: s.source }, s.lastJobFailed ? 1 : 0]));
   metric('kura_source_last_backup_timestamp_seconds', 'Time of the last snapshot of the source', 'gauge', r.sources.map((s) => [{ source: s.source, tenant: s.tenant }, s.lastBackup ? Math.floor(Date.parse(s.lastBackup) / 1000) : 0]));
   return lines.join('\n') + '\n';
 }

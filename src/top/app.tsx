@@ -6,6 +6,7 @@ export interface TopData {
   report: StatusReport;
   relayRunning: boolean;
   recent: Array<{ snapshot: string; route: string; source: string; sent: string; bytes_sent: number }>;
+  jobs: Array<{ source: string; finished: string | null; result: string; new_bytes: number | null; error_code: string | null }>;
 }
 
 export interface TopProps {
@@ -123,11 +124,18 @@ export function TopApp({ load, control, refreshMs = 500 }: TopProps) {
       {data.report.sources.slice(0, 6).map((s) => (
         <Text key={s.source}>
           {'  '}
-          {s.source.slice(0, 12).padEnd(12)} {s.tenant.slice(0, 12).padEnd(12)} {(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)} {bytes(s.lastNewBytes)}
+          {s.source.slice(0, 12).padEnd(12)} {s.tenant.slice(0, 12).padEnd(12)} {(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)} {bytes(s.lastNewBytes).padEnd(10)}
+          <Text color="red">{s.lastJobFailed ? ` FAILED ${s.lastJob?.errorCode ?? ''}` : ''}</Text>
         </Text>
       ))}
       <Text bold>{'  RECENT'}</Text>
-      {data.recent.slice(0, 4).map((j) => (
+      {data.jobs.slice(0, 3).map((j, i) => (
+        <Text key={`job${i}`} color={j.result === 'failed' ? 'red' : undefined}>
+          {'  '}
+          {(j.finished ?? '').replace('T', ' ').slice(11, 19).padEnd(8)} backup {j.source} {j.result === 'ok' ? `ok, ${bytes(j.new_bytes ?? 0)} new` : j.result === 'failed' ? `FAILED ${j.error_code ?? ''}` : 'running'}
+        </Text>
+      ))}
+      {data.recent.slice(0, 3).map((j) => (
         <Text key={j.snapshot + j.route}>
           {'  '}
           {j.sent.replace('T', ' ').slice(11, 19)} sent {j.snapshot.slice(0, 12)} ({j.source}) to {j.route}, {bytes(j.bytes_sent)}
