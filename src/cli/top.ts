@@ -20,6 +20,10 @@ export function registerTop(program: Command): void {
           printStatus(d.report);
           return;
         }
+        // ink renders only a final frame when it believes it runs under CI; on a terminal top is
+        // interactive whatever the environment says (is-in-ci reads these at import time)
+        delete process.env.CI;
+        delete process.env.CONTINUOUS_INTEGRATION;
         const { render } = await import('ink');
         const { createElement } = await import('react');
         const { TopApp } = await import('../top/app.js');
