@@ -36,12 +36,12 @@ export function registerSnapshots(program: Command): void {
 }
 
 function print(rows: Array<{ id: string; header: SnapshotHeader }>): void {
-        const lines = [['ID', 'TIME', 'SOURCE', 'TENANT', 'SIZE', 'CHUNKS', 'NEW']];
-        for (const r of rows) {
-          const h = r.header;
-          lines.push([r.id.slice(0, 12), h.endTime.replace('T', ' ').slice(0, 19), h.source, h.tenant, formatBytes(h.logicalBytes), String(h.chunkCount), formatBytes(h.newBytes)]);
-        }
-        const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-        for (const l of lines) process.stdout.write(l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
-        process.stdout.write(`${rows.length} snapshot(s)\n`);
+  const lines = [['ID', 'TIME', 'SOURCE', 'TENANT', 'SIZE', 'CHUNKS', 'NEW']];
+  for (const r of rows) {
+    const h = r.header;
+    lines.push([r.id.slice(0, 12), h.endTime.replace('T', ' ').slice(0, 19), h.source, h.tenant, formatBytes(h.logicalBytes), String(h.chunkCount), formatBytes(h.newBytes)]);
+  }
+  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
+  for (const l of lines) process.stdout.write(l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+  process.stdout.write(`${rows.length} snapshot(s)\n`);
 }

@@ -156,8 +156,12 @@ export class VaultConnection {
   }
 
   async send(type: number, payload?: Uint8Array | object): Promise<void> {
+    return this.sendFrame(encodeFrame(type, payload));
+  }
+
+  /** An already encoded frame (bulk senders build it in one allocation). */
+  async sendFrame(frame: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
-    const frame = encodeFrame(type, payload);
     await this.opts.limiter?.take(frame.length);
     this.bytesOut += frame.length;
     if (!this.channel.write(frame)) await Promise.race([once(this.channel, 'drain'), this.broken]);

@@ -65,7 +65,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     while (outstanding.length > FLUSH_WINDOW) await awaitFlushed();
   };
   for await (const { id, blob } of readBlobs(repo, missing, `snapshot ${snapshotId}`)) {
-    await conn.send(Frame.PUT, Buffer.concat([id, blake3(blob), blob]));
+    await conn.sendFrame(putFrame(id, blob));
     inBatch += blob.length;
     missingBytes += blob.length;
     if (inBatch >= batchBytes) await flush();
@@ -75,4 +75,15 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bytes, Frame.COMMITTED));
   if (committed.id !== snapshotId) throw new KuraError('E_PROTOCOL', `vault committed ${committed.id}, expected ${snapshotId}`);
   return { snapshot: snapshotId, chunks: unique.length, missing: missing.length, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };
+}
+
+/** PUT frame built in one allocation: length | type | chunk ID | BLAKE3(blob) | blob. */
+function putFrame(id: Buffer, blob: Buffer): Buffer {
+  const f = Buffer.allocUnsafe(5 + 64 + blob.length);
+  f.writeUInt32BE(1 + 64 + blob.length, 0);
+  f[4] = Frame.PUT;
+  id.copy(f, 5);
+  blake3(blob).copy(f, 37);
+  blob.copy(f, 69);
+  return f;
 }

@@ -146,6 +146,7 @@ export class VaultSession {
       case Frame.PUT: {
         this.allow('PUT');
         if (f.payload.length < 64) throw new KuraError('E_PROTOCOL', 'PUT frame too short');
+        // copied: the payload may share memory with the transport's buffers, and is kept until the flush
         const id = Buffer.from(f.payload.subarray(0, 32));
         const sum = f.payload.subarray(32, 64);
         const blob = Buffer.from(f.payload.subarray(64));
