@@ -1,12 +1,15 @@
 import { hostname } from 'node:os';
 import { FastCdc } from '../chunker/fastcdc.js';
-import { CHUNK_ID_BYTES, chunkId } from '../crypto/blob.js';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
+
+export { SealPool };
 
 export interface BackupOptions {
   source: string;
@@ -19,6 +22,8 @@ export interface BackupOptions {
   routes?: string[];
   /** Worker threads for compression+encryption (default: one per core). */
   workers?: number;
+  /** A pool started earlier (its start-up overlapping the key derivation); closed here. */
+  pool?: SealPool;
 }
 
 export interface BackupResult {
@@ -69,10 +74,12 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   const level = opts.compressionLevel ?? repo.config.compression.level;
   const params = repo.config.chunker;
   const cdc = new FastCdc(params, keys.gearSeed);
-  const pool = new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
+  const pool = opts.pool ?? new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
+  if (opts.pool) pool.setKey(keys.dataKey);
   const store = repo.store;
   const catalogue = repo.catalogue;
-  const idKey = keys.idKey;
+  // one keyed hasher, reset per chunk (reset keeps the key)
+  const hasher = Blake3Hasher.newKeyed(keys.idKey);
 
   const ids = new ByteList();
   const inFlightKeys = new Set<string>(); // new chunks not yet in the catalogue
@@ -94,7 +101,8 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>,
   const ready: Batch[] = [];
 
   const onChunk = (chunk: Buffer) => {
-    const id = chunkId(idKey, chunk);
+    const id = hasher.update(chunk).digestBuffer();
+    hasher.reset();
     ids.append(id);
     chunkCount++;
     logicalBytes += chunk.length;

@@ -15,14 +15,27 @@ export class SealPool {
   private readonly running = new Map<Worker, { resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
   private seq = 0;
 
-  constructor(dataKey: Buffer, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
+  private keyed = false;
+
+  /**
+   * Workers start at once; with `dataKey` null they wait for setKey(), so their start-up
+   * overlaps the key derivation (scrypt) of the repository.
+   */
+  constructor(dataKey: Buffer | null, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { dataKey: new Uint8Array(dataKey), directRoot } });
+      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
       w.on('error', (err) => this.fail(w, err));
       this.workers.push(w);
       this.idle.push(w);
     }
+    if (dataKey) this.setKey(dataKey);
+  }
+
+  setKey(dataKey: Buffer): void {
+    for (const w of this.workers) w.postMessage({ key: new Uint8Array(dataKey) });
+    this.keyed = true;
+    this.pump();
   }
 
   get size(): number {
@@ -38,7 +51,7 @@ export class SealPool {
   }
 
   private pump(): void {
-    while (this.idle.length > 0 && this.waiting.length > 0) {
+    while (this.keyed && this.idle.length > 0 && this.waiting.length > 0) {
       const w = this.idle.pop()!;
       const job = this.waiting.shift()!;
       this.running.set(w, job);

@@ -30,15 +30,21 @@ export interface SealResponse {
   error?: string;
 }
 
-const dataKey = Buffer.from(workerData.dataKey as Uint8Array);
+let dataKey: Buffer | null = null; // sent by SealPool.setKey before any request
 const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
 
-parentPort!.on('message', (req: SealRequest) => {
+parentPort!.on('message', (msg: SealRequest | { key: Uint8Array }) => {
+  if ('key' in msg) {
+    dataKey = Buffer.from(msg.key);
+    sealers.clear();
+    return;
+  }
+  const req = msg;
   const n = req.offsets.length - 1;
   try {
     let sealer = sealers.get(req.level);
-    if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(dataKey, req.level)));
+    if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(dataKey!, req.level)));
     const data = Buffer.from(req.data);
     const ids = Buffer.from(req.ids);
     const blobs: Buffer[] = new Array(n);

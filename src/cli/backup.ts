@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { inputFailed, readFileBlocks } from '../archiver/input.js';
-import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, formatBytes, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
   name: string;
@@ -57,16 +57,27 @@ export function registerBackup(program: Command): void {
         input = process.stdin;
         what = 'standard input';
       }
-      const { backup } = await import('../archiver/backup.js');
+      const { backup, SealPool } = await import('../archiver/backup.js');
       if (opts.route.length > 0) {
         const { routesOf } = await import('../relay/relay.js');
         const known = routesOf(configOf(cmd).config);
         for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
       }
-      const repo = await openRepo(cmd, opts, 'required');
+      // compression workers start while the key is derived (scrypt runs off the main thread)
+      const pool = new SealPool(null, repoPathOf(cmd, opts));
+      let repo: Awaited<ReturnType<typeof openRepo>>;
+      let tenant: string;
+      try {
+        const opening = openRepo(cmd, opts, 'required');
+        opening.catch(() => {}); // awaited below
+        tenant = opts.tenant ?? configOf(cmd).config.tenant; // parsed while scrypt runs in the thread pool
+        repo = await opening;
+      } catch (e) {
+        await pool.close();
+        throw e;
+      }
       const job = repo.catalogue.startJob(opts.name);
       try {
-        const tenant = opts.tenant ?? configOf(cmd).config.tenant;
         const res = await backup(repo, guarded(input, what), {
           source: opts.name,
           tenant,
@@ -74,6 +85,7 @@ export function registerBackup(program: Command): void {
           ...(level !== undefined ? { compressionLevel: level } : {}),
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
           routes: opts.route,
+          pool,
         });
         const h = res.header;
         repo.catalogue.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
@@ -91,6 +103,7 @@ export function registerBackup(program: Command): void {
         repo.catalogue.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
         throw e;
       } finally {
+        await pool.close(); // normally closed by backup(); this covers a failure before it started
         repo.close();
       }
     });

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scryptSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scrypt, scryptSync, type ScryptOptions } from 'node:crypto';
 import { KuraError } from '../errors.js';
 
 /**
@@ -58,13 +58,19 @@ function slotAad(repositoryId: string, slotId: string): Buffer {
   return Buffer.from(`kura key slot v1:${repositoryId}:${slotId}`, 'utf8');
 }
 
+function scryptOptions(kdf: ScryptParams): ScryptOptions {
+  return { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r + (1 << 20) };
+}
+
 function kek(passphrase: string, kdf: ScryptParams): Buffer {
-  return scryptSync(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, {
-    N: kdf.N,
-    r: kdf.r,
-    p: kdf.p,
-    maxmem: 256 * kdf.N * kdf.r + (1 << 20),
-  });
+  return scryptSync(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, scryptOptions(kdf));
+}
+
+/** scrypt off the main thread: a backup's workers start while the key is being derived. */
+function kekAsync(passphrase: string, kdf: ScryptParams): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scrypt(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, scryptOptions(kdf), (err, key) => (err ? reject(err) : resolve(key))),
+  );
 }
 
 export function newMasterKey(): Buffer {
@@ -84,10 +90,10 @@ export function wrapMasterKey(master: Buffer, passphrase: string, repositoryId: 
 }
 
 /** Returns the master key, or null when the passphrase does not open this slot. */
-export function unwrapMasterKey(slot: KeySlot, passphrase: string, repositoryId: string): Buffer | null {
+export async function unwrapMasterKey(slot: KeySlot, passphrase: string, repositoryId: string): Promise<Buffer | null> {
   const wrapped = Buffer.from(slot.wrapped, 'base64');
   if (wrapped.length !== MASTER_KEY_BYTES + 16) return null;
-  const d = createDecipheriv('aes-256-gcm', kek(passphrase, slot.kdf), Buffer.from(slot.nonce, 'base64'));
+  const d = createDecipheriv('aes-256-gcm', await kekAsync(passphrase, slot.kdf), Buffer.from(slot.nonce, 'base64'));
   d.setAAD(slotAad(repositoryId, slot.id));
   d.setAuthTag(wrapped.subarray(MASTER_KEY_BYTES));
   try {

@@ -211,7 +211,7 @@ export async function keysFromKeyFile(keyFile: string, passphrase?: string): Pro
   if (kf.master) master = Buffer.from(kf.master, 'base64');
   else {
     if (!passphrase) throw new KuraError('E_KEY_MISSING', `key file ${keyFile} is passphrase-protected; set KURA_PASSPHRASE or give --passphrase-file`);
-    master = unwrapMasterKey(kf.slot!, passphrase, kf.repository);
+    master = await unwrapMasterKey(kf.slot!, passphrase, kf.repository);
     if (!master) throw new KuraError('E_KEY_WRONG', `the passphrase does not open key file ${keyFile}; check the passphrase`);
   }
   return { repositoryId: kf.repository, keys: deriveKeys(master, kf.repository) };
@@ -259,7 +259,7 @@ async function unlock(store: StoreBackend, repositoryId: string, keys: KeySource
     }
     if (kf.master) return Buffer.from(kf.master, 'base64');
     if (!keys.passphrase) throw new KuraError('E_KEY_MISSING', `key file ${keys.keyFile} is passphrase-protected; set KURA_PASSPHRASE or give --passphrase-file`);
-    const m = unwrapMasterKey(kf.slot!, keys.passphrase, repositoryId);
+    const m = await unwrapMasterKey(kf.slot!, keys.passphrase, repositoryId);
     if (!m) throw new KuraError('E_KEY_WRONG', `the passphrase does not open key file ${keys.keyFile}; check the passphrase`);
     return m;
   }
@@ -269,7 +269,7 @@ async function unlock(store: StoreBackend, repositoryId: string, keys: KeySource
   const slots = await loadSlots(store);
   if (slots.length === 0) throw new KuraError('E_KEY_WRONG', `repository ${store.location} has no passphrase key slots; open it with --key-file`);
   for (const slot of slots) {
-    const m = unwrapMasterKey(slot, keys.passphrase, repositoryId);
+    const m = await unwrapMasterKey(slot, keys.passphrase, repositoryId);
     if (m) return m;
   }
   throw new KuraError('E_KEY_WRONG', `the passphrase opens none of the ${slots.length} key slot(s) of ${store.location}; check KURA_PASSPHRASE or --passphrase-file`);
