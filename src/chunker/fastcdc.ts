@@ -103,7 +103,8 @@ export class FastCdc {
       if (pos < avg) {
         const end = Math.min(n, i + (avg - pos));
         let j = i;
-        // unrolled by four (chunking ~1.1 → ~1.6 GB/s here); same bytes, same cuts
+        // unrolled by four (chunking ~1.1 → ~1.6 GB/s here); same bytes, same cuts. The maskL
+        // loop below is the same, written out: a shared helper measured 5-10% slower.
         for (; j + 3 < end; j += 4) {
           h = (h << 1) + G[data[j]!]! | 0;
           if ((h & maskS) === 0) { cut = j + 1; break; }

@@ -2,13 +2,7 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 import type { StatusReport } from '../status/status.js';
-
-export function formatAge(seconds: number): string {
-  if (seconds < 120) return `${Math.round(seconds)}s`;
-  if (seconds < 7200) return `${Math.round(seconds / 60)}m`;
-  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)}h`;
-  return `${(seconds / 86400).toFixed(1)}d`;
-}
+import { formatAge } from '../format.js';
 
 export function printStatus(r: StatusReport): void {
   const w = (s: string) => process.stdout.write(s + '\n');

@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'react';
 import { Box, Text, useApp, useInput } from 'ink';
 import type { StatusReport } from '../status/status.js';
+import { formatAge as age, formatBytes as bytes } from '../format.js';
 
 export interface TopData {
   report: StatusReport;
@@ -16,24 +17,6 @@ export interface TopProps {
 }
 
 const SPARK = '▁▂▃▄▅▆▇█';
-
-function bytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${u[i]}`;
-}
-
-function age(s: number): string {
-  if (s < 120) return `${Math.round(s)}s`;
-  if (s < 7200) return `${Math.round(s / 60)}m`;
-  if (s < 172800) return `${(s / 3600).toFixed(1)}h`;
-  return `${(s / 86400).toFixed(1)}d`;
-}
 
 function spark(history: number[]): string {
   const max = Math.max(1, ...history);
