@@ -1,13 +1,15 @@
-// `npm test` must install what it needs: `npm ci` when node_modules is missing or older than the
-// lockfile, and the Debian packages the integration tests run for real (OpenSSH's sshd for the
+// `npm test` must install what it needs: `npm install` (locked versions) when node_modules is
+// missing or older than the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform
+// packages that were never published at its version, so npm leaves them out of the lockfile
+// and `npm ci` refuses it, and the Debian packages the integration tests run for real (OpenSSH's sshd for the
 // vault's command= mode). Under CI=true a dependency that cannot be installed is a failure.
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
 const marker = 'node_modules/.package-lock.json';
 if (!existsSync(marker) || statSync(marker).mtimeMs < statSync('package-lock.json').mtimeMs) {
-  console.error('installing dependencies (npm ci)…');
-  const r = spawnSync('npm', ['ci', '--no-audit', '--no-fund'], { stdio: 'inherit' });
+  console.error('installing dependencies (npm install, locked versions)…');
+  const r = spawnSync('npm', ['install', '--no-audit', '--no-fund'], { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
