@@ -1,8 +1,10 @@
-// `npm test` must install what it needs: `npm install` (locked versions) when node_modules is
-// missing or older than the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform
-// packages that were never published at its version, so npm leaves them out of the lockfile
-// and `npm ci` refuses it, and the Debian packages the integration tests run for real (OpenSSH's sshd for the
-// vault's command= mode). Under CI=true a dependency that cannot be installed is a failure.
+// `npm test` must install what it needs:
+// - node packages: `npm install` (locked versions) when node_modules is missing or older than
+//   the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform packages that were
+//   never published at its version, so npm leaves them out of the lockfile and `npm ci` refuses it;
+// - the Debian packages the integration tests run for real (OpenSSH's sshd for the vault's
+//   command= mode, systemd-analyze, tmux). Under CI=true a dependency that cannot be installed
+//   is a failure, never a skip.
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
