@@ -40,7 +40,7 @@ async function generate(): Promise<void> {
   await once(ws, 'finish');
 }
 
-async function stage(name: string, perChunk: ((c: Buffer) => void) | null): Promise<void> {
+async function stage(name: string, perChunk: ((c: Buffer) => void) | null, quiet = false): Promise<number> {
   const seed = Buffer.alloc(32, 1);
   const key = Buffer.alloc(32, 2);
   const cdc = new FastCdc(defaultChunkerParams, seed);
@@ -56,8 +56,9 @@ async function stage(name: string, perChunk: ((c: Buffer) => void) | null): Prom
     seconds += Number(process.hrtime.bigint() - t) / 1e9;
   }
   cdc.finish(() => {});
-  emit({ stage: name, bytes, seconds: Number(seconds.toFixed(3)), MBps: mbps(bytes, seconds) });
+  if (!quiet) emit({ stage: name, bytes, seconds: Number(seconds.toFixed(3)), MBps: mbps(bytes, seconds) });
   void key;
+  return seconds;
 }
 
 /** Runs kura as an operator would and samples its peak RSS (VmHWM) from /proc. */
@@ -86,12 +87,16 @@ try {
   let t = process.hrtime.bigint();
   await generate();
   emit({ stage: 'generate', bytes, seconds: Number((Number(process.hrtime.bigint() - t) / 1e9).toFixed(3)) });
-  await stage('chunk', null);
+  await stage('warm-up', null, true); // JIT and page cache, so the differences below are fair
+  const tChunk = await stage('chunk', null);
   const key = Buffer.alloc(32, 2);
-  await stage('chunk+hash', (c) => chunkId(key, c));
+  const tHash = await stage('chunk+hash', (c) => chunkId(key, c));
   const cx = new zstd.Compressor();
   cx.setParameters({ compressionLevel: level });
-  await stage(`chunk+compress(zstd ${level}, 1 thread)`, (c) => cx.compress(c));
+  const tZstd = await stage(`chunk+compress(zstd ${level}, 1 thread)`, (c) => cx.compress(c));
+  // the stages alone, by difference (same input, same chunks)
+  emit({ stage: 'hash (keyed BLAKE3) alone', bytes, seconds: Number((tHash - tChunk).toFixed(3)), MBps: mbps(bytes, tHash - tChunk) });
+  emit({ stage: `compress (zstd ${level}, 1 thread) alone`, bytes, seconds: Number((tZstd - tChunk).toFixed(3)), MBps: mbps(bytes, tZstd - tChunk) });
 
   const repo = path.join(work, 'repo');
   await timedKura(['repo', 'init', '--repo', repo, '--compression', String(level), '--json']);
