@@ -83,6 +83,12 @@ test('after a five-day line outage the relay catches up in order, and every day 
     const out = (await kuraAsync(['restore', '--from', 'peer-dc', local[d]!.id], { env })).stdout;
     assert.ok(out.equals(days[d]!), `day ${d + 1} restores byte-identical from the vault`);
   }
+  // the business server is gone: an exported key file alone decrypts what the vault holds
+  const keyFile = path.join(dir, 'juki.key');
+  kuraOk(['key', 'export', '--to', keyFile, '--raw'], { env });
+  const lost = await kuraAsync(['restore', '--from', 'peer-dc', local[4]!.id, '--key-file', keyFile], { env: { ...env, KURA_PASSPHRASE: undefined } });
+  assert.equal(lost.status, 0, lost.stderr);
+  assert.ok(lost.stdout.equals(days[4]!), 'restored with the key file alone');
   relay.kill('SIGTERM');
   assert.equal((await exitOf(relay)).code, 0, 'SIGTERM stops the relay cleanly');
   assert.ok(vault.audit().some((e) => e.event === 'commit' && e.tenant === 'city-a'));

@@ -146,8 +146,7 @@ export class Relay {
         }
         const entry = cat.nextQueued(name);
         if (!entry) break;
-        const snap = cat.snapshots().find((s) => s.id === entry.snapshot);
-        const tenant = route.tenant ?? snap?.header.tenant ?? this.cfg.tenant;
+        const tenant = route.tenant ?? cat.snapshotHeader(entry.snapshot)?.tenant ?? this.cfg.tenant;
         let conn = conns.get(tenant);
         if (!conn) {
           if (!route.clientKey) throw new KuraError('E_CONFIG', `route ${name} has no clientKey: set modules.routing.routes.${name}.clientKey to this host's SSH private key`);

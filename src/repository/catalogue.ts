@@ -245,6 +245,11 @@ export class Catalogue {
     return rows.map((r) => ({ id: r.id, header: JSON.parse(r.header) as SnapshotHeader }));
   }
 
+  snapshotHeader(id: string): SnapshotHeader | undefined {
+    const r = this.db.prepare<[string], { header: string }>('SELECT header FROM snapshots WHERE id = ?').get(id);
+    return r ? (JSON.parse(r.header) as SnapshotHeader) : undefined;
+  }
+
   snapshotIds(): Set<string> {
     return new Set(this.db.prepare<[], { id: string }>('SELECT id FROM snapshots').all().map((r) => r.id));
   }

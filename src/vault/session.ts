@@ -109,7 +109,7 @@ export class VaultSession {
 
   private allow(op: string): void {
     if (!roleAllows[this.ctx.role].has(op)) {
-      throw new KuraError('E_FORBIDDEN', `role ${this.ctx.role} of tenant ${this.ctx.tenant} may not ${op}`);
+      throw new KuraError('E_FORBIDDEN', `role ${this.ctx.role} of tenant ${this.ctx.tenant} may not ${op}; use a key registered with a role that may (restore or tenant-admin to read, backup or tenant-admin to send)`);
     }
   }
 
@@ -203,7 +203,10 @@ export class VaultSession {
       case Frame.LIST: {
         this.allow('LIST');
         const { source } = jsonOf<{ source?: string }>(f);
-        const rows = repo.catalogue.snapshots(source ? { source } : {}).map((r) => ({ id: r.id, ...r.header, receivedAt: repo.catalogue.receivedAt(r.id)?.at ?? null, receivedSeq: repo.catalogue.receivedAt(r.id)?.seq ?? null }));
+        const rows = repo.catalogue.snapshots(source ? { source } : {}).map((r) => {
+          const received = repo.catalogue.receivedAt(r.id);
+          return { id: r.id, ...r.header, receivedAt: received?.at ?? null, receivedSeq: received?.seq ?? null };
+        });
         return this.send(Frame.LIST_REPLY, rows);
       }
       case Frame.GET_SNAPSHOT: {
