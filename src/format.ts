@@ -16,3 +16,10 @@ export function formatAge(seconds: number): string {
   if (seconds < 172800) return `${(seconds / 3600).toFixed(1)}h`;
   return `${(seconds / 86400).toFixed(1)}d`;
 }
+
+/** Left-aligned columns, two spaces apart; the first row is the heading. */
+export function formatTable(rows: ReadonlyArray<ReadonlyArray<string>>): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((l) => (l[i] ?? '').length)));
+  return rows.map((l) => l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n').join('');
+}

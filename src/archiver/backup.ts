@@ -68,6 +68,22 @@ interface Batch {
  * unreferenced packs; a failed input leaves no snapshot.
  */
 export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
+  // a GC of this repository must not remove chunks this backup counts as already stored
+  let lock: { release: () => void };
+  try {
+    lock = repo.catalogue.acquireLock('backup', ['gc']);
+  } catch (e) {
+    await opts.pool?.close();
+    throw e;
+  }
+  try {
+    return await runBackup(repo, input, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
   const keys = repo.keys;

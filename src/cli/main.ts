@@ -6,6 +6,7 @@ import { registerCheck } from './check.js';
 import { registerConfig } from './config.js';
 import { registerKey } from './key.js';
 import { registerPlanned } from './planned.js';
+import { registerPrune } from './prune.js';
 import { registerRepo } from './repo.js';
 import { registerRestore } from './restore.js';
 import { registerSnapshots } from './snapshots.js';
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerBackup(program);
   registerSnapshots(program);
   registerRestore(program);
+  registerPrune(program);
   registerCheck(program);
   registerRepo(program);
   registerKey(program);

@@ -16,8 +16,4 @@ export function registerPlanned(program: Command): void {
   planned(agent.command('run').description('run sources once (for cron, systemd timers, job schedulers)'), 'one-shot agent run');
   planned(agent.command('daemon').description('run sources on their cron schedules'), 'agent daemon');
 
-  planned(program.command('prune').description('remove snapshots that fall out of the retention policy'), 'prune');
-  planned(program.command('gc').description('reclaim space of chunks no snapshot uses'), 'garbage collection');
-  planned(program.command('protect').description('protect a snapshot from pruning (long-term hold)'), 'protect');
-  planned(program.command('unprotect').description('lift a snapshot\'s protection'), 'unprotect');
 }

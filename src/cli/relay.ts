@@ -7,7 +7,7 @@ export function registerRelay(program: Command): void {
   const relay = program.command('relay').description('relay mode: ship queued snapshots to vaults over SSH, oldest first');
 
   withRepoOptions(relay.command('once'))
-    .description('send what can be sent now, then exit: 0 when every route is drained, 75 when something is left (line down), 77/65 when a vault refused')
+    .description('send what can be sent now, then exit: 0 when every route is drained, 75 when something is left (line down, or the tenant is over its vault quota: E_QUOTA), 77/65 when a vault refused')
     .option('--route <name>', 'only this route (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line per route')
     .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
@@ -21,6 +21,8 @@ export function registerRelay(program: Command): void {
         }
         const refused = reports.find((r) => r.state === 'refused');
         if (refused) throw new KuraError(refused.error!.code as KuraError['code'], `route ${refused.route}: ${refused.error!.message}`, { reported: opts.json });
+        const over = reports.find((r) => r.state === 'quota-exceeded');
+        if (over) throw new KuraError('E_QUOTA', `route ${over.route}: ${over.error!.message}; ${over.left} snapshot(s) stay queued`, { reported: opts.json });
         const left = reports.reduce((n, r) => n + r.left, 0);
         if (left > 0) throw new KuraError('E_BACKLOG_LEFT', `${left} snapshot(s) still queued; the relay will send them when the line is back`, { reported: opts.json });
       } finally {

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { configOf, formatBytes, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
+import { formatTable } from '../format.js';
 
 export function registerSnapshots(program: Command): void {
   withRepoOptions(program.command('snapshots'))
@@ -41,7 +42,6 @@ function print(rows: Array<{ id: string; header: SnapshotHeader }>): void {
     const h = r.header;
     lines.push([r.id.slice(0, 12), h.endTime.replace('T', ' ').slice(0, 19), h.source, h.tenant, formatBytes(h.logicalBytes), String(h.chunkCount), formatBytes(h.newBytes)]);
   }
-  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  for (const l of lines) process.stdout.write(l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+  process.stdout.write(formatTable(lines));
   process.stdout.write(`${rows.length} snapshot(s)\n`);
 }

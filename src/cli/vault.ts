@@ -19,7 +19,7 @@ export function registerVault(program: Command): void {
     .action(async (_opts: object, cmd: Command) => {
       const cfg = vaultConfig(cmd);
       const { serveVault } = await import('../vault/server.js');
-      const running = await serveVault(cfg);
+      const running = await serveVault(cfg, { timeZone: configOf(cmd).config.timezone });
       process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256 }) + '\n');
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
@@ -45,18 +45,93 @@ export function registerVault(program: Command): void {
       await serveStdio(cfg, opts.tenant, opts.role as 'backup');
     });
 
+  const tenantsOpt = (c: Command) => c.option('--tenant <tenant...>', 'only these tenants (default: all)');
+  const selectTenants = async (cfg: VaultConfig, only?: string[]) => {
+    const { vaultTenants } = await import('../vault/maintenance.js');
+    const all = vaultTenants(cfg);
+    for (const t of only ?? []) if (!all.includes(t)) throw new KuraError('E_USAGE', `tenant "${t}" is not registered under vault.tenants and has no repository under ${cfg.root}/tenants`);
+    return only?.length ? only : all;
+  };
+
   for (const [name, what] of [
-    ['prune', 'apply retention policies on the vault'],
-    ['gc', 'reclaim space of unreferenced chunks on the vault'],
-    ['usage', 'per-tenant usage for cost apportioning'],
+    ['prune', "apply retention (vault.tenants.<t>.retention, per-source overrides) to tenants' repositories; protected snapshots are kept"],
+    ['gc', "reclaim the space of chunks no snapshot and no live session uses, in tenants' repositories (safe while relays upload)"],
   ] as const) {
-    vault
-      .command(name)
+    tenantsOpt(vault.command(name))
       .description(what)
-      .allowUnknownOption()
-      .allowExcessArguments()
-      .action(() => {
-        throw new KuraError('E_NOT_IMPLEMENTED', `"kura vault ${name}" (${what}) is not available in this version of kura`);
+      .option('--dry-run', 'show what would be removed without removing anything')
+      .option('--json', 'one JSON line per tenant')
+      .action(async (opts: { tenant?: string[]; dryRun?: boolean; json?: boolean }, cmd: Command) => {
+        const cfg = vaultConfig(cmd);
+        const { openTenantRepo, maintainTenant } = await import('../vault/maintenance.js');
+        const { printPrune, printGc, timeZoneOf } = await import('./prune.js');
+        let problems = 0;
+        for (const tenant of await selectTenants(cfg, opts.tenant)) {
+          const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+            if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+            throw e;
+          });
+          if (!repo) continue;
+          try {
+            const r = await maintainTenant(repo, cfg, tenant, { prune: name === 'prune', gc: name === 'gc', dryRun: Boolean(opts.dryRun), timeZone: timeZoneOf(configOf(cmd).config) });
+            problems += r.gc?.problems.length ?? 0;
+            if (opts.json) process.stdout.write(JSON.stringify({ ok: true, ...r }) + '\n');
+            else if (r.prune) printPrune(r.prune, `tenant ${tenant}:\n`);
+            else if (r.gc) printGc(r.gc, `tenant ${tenant}: `);
+          } finally {
+            repo.close();
+          }
+        }
+        if (problems > 0) throw new KuraError('E_CHECK_FAILED', `gc met ${problems} damaged pack(s); their chunks were kept. Run "kura check --repo" on the tenant's repository`, { reported: true });
+      });
+  }
+
+  vault
+    .command('usage')
+    .description('per-tenant usage for apportioning shared costs: stored, logical and received bytes, snapshots, chunks, quota, share')
+    .option('--period <yyyy-mm>', 'month of "received" (UTC), default: the current one')
+    .option('--json', 'print one JSON object')
+    .action(async (opts: { period?: string; json?: boolean }, cmd: Command) => {
+      const cfg = vaultConfig(cmd);
+      const period = opts.period ?? new Date().toISOString().slice(0, 7);
+      if (!/^\d{4}(-\d{2}(-\d{2})?)?$/.test(period)) throw new KuraError('E_USAGE', `--period must look like 2026-11 (or 2026, or 2026-11-23), not "${period}"`);
+      const { vaultUsage } = await import('../vault/maintenance.js');
+      const u = await vaultUsage(cfg, period);
+      if (opts.json) {
+        process.stdout.write(JSON.stringify(u) + '\n');
+        return;
+      }
+      const { formatBytes, formatTable } = await import('../format.js');
+      const rows = [['TENANT', 'STORED', 'LOGICAL', 'SNAPSHOTS', 'CHUNKS', `RECEIVED ${period}`, 'QUOTA', 'SHARE']];
+      for (const t of u.tenants) {
+        rows.push([t.tenant, formatBytes(t.storedBytes), formatBytes(t.logicalBytes), String(t.snapshots), String(t.chunks), formatBytes(t.receivedBytes), t.quota === null ? '-' : `${formatBytes(t.quota)} (${((100 * t.storedBytes) / t.quota).toFixed(0)}%)`, `${t.sharePercent.toFixed(1)}%`]);
+      }
+      process.stdout.write(formatTable(rows));
+      process.stdout.write(`total stored ${formatBytes(u.totalStoredBytes)} (${u.totalStoredBytes} bytes); shares by largest remainder, exact bytes in --json\n`);
+    });
+
+  for (const on of [true, false]) {
+    vault
+      .command(on ? 'protect' : 'unprotect')
+      .description(on ? "protect a tenant's snapshot from pruning (long-term hold)" : "lift a tenant's snapshot's hold")
+      .requiredOption('--tenant <tenant>', 'tenant owning the snapshot')
+      .argument('<snapshot>', 'snapshot ID or unique prefix')
+      .action(async (ref: string, opts: { tenant: string }, cmd: Command) => {
+        const cfg = vaultConfig(cmd);
+        const { openTenantRepo } = await import('../vault/maintenance.js');
+        const { setProtected } = await import('../retention/protect.js');
+        const repo = await openTenantRepo(cfg, opts.tenant);
+        try {
+          const id = repo.resolveSnapshot(ref);
+          const changed = await setProtected(repo, id, on);
+          const { Vault } = await import('../vault/vault.js');
+          const v = new Vault(cfg);
+          v.audit.write({ event: on ? 'protect' : 'unprotect', outcome: 'ok', tenant: opts.tenant, snapshot: id, changed, user: process.env.USER ?? 'cli' });
+          await v.close();
+          process.stdout.write(`snapshot ${id} of tenant ${opts.tenant} ${changed ? (on ? 'is now protected' : 'is no longer protected') : on ? 'was already protected' : 'was not protected'}\n`);
+        } finally {
+          repo.close();
+        }
       });
   }
 }

@@ -2,6 +2,8 @@ import { z } from 'zod';
 import { validate as validCron } from 'node-cron';
 import { moduleSchema } from '../modules/index.js';
 import { parseDuration } from './duration.js';
+import { parseSize } from './size.js';
+import { checkTimeZone } from '../retention/plan.js';
 
 /**
  * The one config file's schema. It is the reference: `kura config check` validates against it
@@ -19,14 +21,30 @@ const duration = z.string().superRefine((v, ctx) => {
 
 const compressionLevel = z.number().int().min(0).max(22).describe('zstd level 1..22, 0 = store uncompressed');
 
-export const retentionSchema = z.strictObject({
-  keepLast: z.number().int().min(0).optional().describe('keep the newest N snapshots'),
-  keepDaily: z.number().int().min(0).optional().describe('keep the newest snapshot of each of the last N days'),
-  keepWeekly: z.number().int().min(0).optional(),
-  keepMonthly: z.number().int().min(0).optional(),
-  keepYearly: z.number().int().min(0).optional(),
-  keepWithin: duration.optional().describe('keep everything newer than this'),
+const size = z.union([z.number().int().min(0), z.string()]).superRefine((v, ctx) => {
+  if (parseSize(v) === null) ctx.addIssue({ code: 'custom', message: `invalid size ${JSON.stringify(v)} (use e.g. "500GiB", "2TB" or a number of bytes)` });
 });
+
+const timeZone = z.string().superRefine((v, ctx) => {
+  try {
+    checkTimeZone(v);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `unknown time zone ${JSON.stringify(v)} (use an IANA name like "Asia/Tokyo")` });
+  }
+});
+
+export const retentionSchema = z
+  .strictObject({
+    keepLast: z.number().int().min(0).optional().describe('keep the newest N snapshots'),
+    keepHourly: z.number().int().min(0).optional().describe('keep the newest snapshot of each of the last N hours that have one'),
+    keepDaily: z.number().int().min(0).optional().describe('keep the newest snapshot of each of the last N days that have one'),
+    keepWeekly: z.number().int().min(0).optional().describe('... of each of the last N ISO weeks (Monday to Sunday)'),
+    keepMonthly: z.number().int().min(0).optional().describe('... of each of the last N calendar months'),
+    keepYearly: z.number().int().min(0).optional().describe('... of each of the last N calendar years'),
+    keepWithin: duration.optional().describe('keep everything newer than this').meta({ examples: ['14d'] }),
+    keepTags: z.array(z.string()).optional().describe('keep every snapshot carrying one of these tags').meta({ examples: [['year-end']] }),
+  })
+  .describe('generations to keep (restic vocabulary); protected snapshots are always kept, and no rule at all keeps everything');
 
 const sourceCommon = {
   tenant: name('tenant').optional().describe('tenant (municipality) owning this data; default: the top-level tenant'),
@@ -105,7 +123,26 @@ const vaultSchema = z.strictObject({
   maxFrame: z.number().int().min(1 << 20).max(1 << 30).default(16 << 20).describe('largest protocol frame accepted, in bytes'),
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura vault serve`'),
   leaseTtl: duration.default('1h').describe('how long chunks a session was told are present stay protected from GC without a commit'),
-  tenants: z.record(name('tenant'), z.strictObject({ clients: z.array(vaultClient).default([]) })).default({}).describe('tenants and the keys allowed to act on them').meta({ exampleKey: 'city-a' }),
+  tenants: z
+    .record(
+      name('tenant'),
+      z.strictObject({
+        clients: z.array(vaultClient).default([]),
+        quota: size.optional().describe('stored bytes this tenant may hold; uploads beyond it are refused (E_QUOTA)').meta({ examples: ['500GiB'] }),
+        retention: retentionSchema.optional().describe('generations the vault keeps of each of this tenant\'s sources (kura vault prune)'),
+        sources: z.record(name('source'), z.strictObject({ retention: retentionSchema })).default({}).describe('per-source retention overriding the tenant\'s'),
+      }),
+    )
+    .default({})
+    .describe('tenants and the keys allowed to act on them')
+    .meta({ exampleKey: 'city-a' }),
+  maintenance: z
+    .strictObject({
+      schedule: cronExpr.describe('when `kura vault serve` runs prune and then gc for every tenant').meta({ examples: ['0 12 * * *'] }),
+      gc: z.boolean().default(true).describe('run gc after prune'),
+    })
+    .optional()
+    .describe('scheduled prune and gc inside `kura vault serve`'),
 });
 
 const relaySchema = z.strictObject({
@@ -120,6 +157,7 @@ const relaySchema = z.strictObject({
 export const configSchema = z.strictObject({
   tenant: name('tenant').default('default').describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
+  timezone: timeZone.optional().describe('time zone of daily/weekly/monthly retention periods (default: the system\'s)').meta({ examples: ['Asia/Tokyo'] }),
   rpo: duration.default('1d').describe('default RPO target: `kura status` fails and `kura top` colours a route whose oldest unsent snapshot is older'),
   repository: z
     .strictObject({

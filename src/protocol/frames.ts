@@ -27,6 +27,8 @@ export const Frame = {
   SNAPSHOT: 0x33, // snapshot file bytes
   GET_CHUNKS: 0x34, // n × 32-byte chunk IDs
   CHUNK: 0x35, // chunk ID (32) | blob; one per requested ID, in order
+  PROTECT: 0x36, // JSON {id, protect}: set or lift a snapshot's long-term hold (tenant-admin)
+  PROTECTED: 0x37, // JSON {id, protected, changed}
   STATS: 0x40, // JSON {}
   STATS_REPLY: 0x41, // JSON
   ERROR: 0x7f, // JSON {code, message}; the vault closes the channel after an error

@@ -15,7 +15,7 @@ export type StaticRoute = z.infer<typeof staticRoute>;
 
 export interface RouteReport {
   route: string;
-  state: 'idle' | 'waiting-for-line' | 'refused' | 'paused';
+  state: 'idle' | 'waiting-for-line' | 'refused' | 'paused' | 'quota-exceeded';
   sent: number;
   left: number;
   bytesOnWire: number;
@@ -178,7 +178,8 @@ export class Relay {
       return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire };
     } catch (e) {
       const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
-      const state = isLineFault(err) ? 'waiting-for-line' : 'refused';
+      // over quota: keep the queue and retry with back-off until the vault operator makes room
+      const state = err.code === 'E_QUOTA' ? 'quota-exceeded' : isLineFault(err) ? 'waiting-for-line' : 'refused';
       cat.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
       lg.warn({ code: err.code, sent, left: cat.queued(name).length }, err.message);
       return { route: name, state, sent, left: cat.queued(name).length, bytesOnWire, error: { code: err.code, message: err.message } };

@@ -1,6 +1,17 @@
 import Database from 'better-sqlite3';
 import type { SnapshotHeader } from './snapshot.js';
+import { hostname } from 'node:os';
+import path from 'node:path';
 import { KuraError } from '../errors.js';
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 /**
  * The SQLite catalogue (WAL): which chunks and snapshots the store holds. It is a cache of the
@@ -82,6 +93,7 @@ export class Catalogue {
       CREATE TABLE IF NOT EXISTS received (snapshot TEXT PRIMARY KEY, at TEXT NOT NULL, seq INTEGER NOT NULL);
       -- vault: chunks a live session was told are present or uploaded; GC must keep them
       CREATE TABLE IF NOT EXISTS leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
+      CREATE INDEX IF NOT EXISTS leases_by_chunk ON leases (chunk, expires);
       -- relay: one entry per snapshot per route, durable before the backup reports success
       CREATE TABLE IF NOT EXISTS queue (
         snapshot TEXT NOT NULL, route TEXT NOT NULL, source TEXT NOT NULL, end_time TEXT NOT NULL,
@@ -92,6 +104,15 @@ export class Catalogue {
         id INTEGER PRIMARY KEY, source TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
         result TEXT NOT NULL, snapshot TEXT, new_bytes INTEGER, error_code TEXT, error TEXT);
       CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
+      -- vault: packs a session is writing (created before the file, dropped with its chunk rows)
+      CREATE TABLE IF NOT EXISTS pack_leases (pack TEXT PRIMARY KEY, session TEXT NOT NULL, expires INTEGER NOT NULL);
+      -- GC: packs that lost chunks and still have to be rewritten or deleted (survives a crash)
+      CREATE TABLE IF NOT EXISTS gc_pending (pack TEXT PRIMARY KEY);
+      -- who works on the repository: backups (shared) and GC (exclusive) on a local repository
+      CREATE TABLE IF NOT EXISTS locks (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL);
+      -- vault: new chunk bytes stored per UTC day (kura vault usage)
+      CREATE TABLE IF NOT EXISTS intake (day TEXT PRIMARY KEY, bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS route_state (
         route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
@@ -137,6 +158,103 @@ export class Catalogue {
 
   receivedAt(id: string): { at: string; seq: number } | undefined {
     return this.db.prepare<[string], { at: string; seq: number }>('SELECT at, seq FROM received WHERE snapshot = ?').get(id);
+  }
+
+  /**
+   * Vault HAS: which of `ids` are present, and lease those, in one write transaction, so a GC
+   * sweep (also one transaction) either removed a chunk before (answer: missing) or sees the lease.
+   */
+  hasAndLease(session: string, ids: Buffer, idBytes: number, expires: number): Buffer {
+    const n = ids.length / idBytes;
+    const bitmap = Buffer.alloc(Math.ceil(n / 8));
+    const st = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
+    this.db
+      .transaction(() => {
+        for (let i = 0; i < n; i++) {
+          const id = ids.subarray(i * idBytes, (i + 1) * idBytes);
+          if (this.hasStmt.get(id) !== undefined) {
+            bitmap[i >> 3]! |= 1 << (i & 7);
+            st.run(session, id, expires);
+          }
+        }
+      })
+      .immediate();
+    return bitmap;
+  }
+
+  /** Vault: a committed snapshot is recorded and its session's leases end, atomically. */
+  commitSnapshot(session: string, id: string, h: SnapshotHeader): void {
+    this.db
+      .transaction(() => {
+        this.addSnapshot(id, h);
+        this.markReceived(id);
+        this.dropLeases(session);
+      })
+      .immediate();
+  }
+
+  /** Vault: a session is about to write this pack; GC leaves the file alone while the lease lives. */
+  leasePack(pack: string, session: string, expires: number): void {
+    this.db.prepare('INSERT OR REPLACE INTO pack_leases (pack, session, expires) VALUES (?, ?, ?)').run(pack, session, expires);
+  }
+
+  /** Vault: record a written pack's chunks, lease them to the session, end the pack's lease; one transaction. */
+  addSessionPack(session: string, pack: string, rows: ReadonlyArray<ChunkRow>, expires: number, bytes: number): void {
+    const lease = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
+    const day = new Date().toISOString().slice(0, 10);
+    this.db
+      .transaction(() => {
+        for (const r of rows) {
+          this.addChunkStmt.run(r.id, r.pack, r.offset, r.storedSize, r.plainSize);
+          lease.run(session, r.id, expires);
+        }
+        this.db.prepare('DELETE FROM pack_leases WHERE pack = ?').run(pack);
+        this.db
+          .prepare('INSERT INTO intake (day, bytes, chunks) VALUES (?, ?, ?) ON CONFLICT (day) DO UPDATE SET bytes = bytes + excluded.bytes, chunks = chunks + excluded.chunks')
+          .run(day, bytes, rows.length);
+      })
+      .immediate();
+  }
+
+  dropPackLeases(session: string): void {
+    this.db.prepare('DELETE FROM pack_leases WHERE session = ?').run(session);
+  }
+
+  /** New chunk bytes the vault stored on days starting with `prefix` ("2026-11"). */
+  intake(prefix: string): { bytes: number; chunks: number } {
+    const r = this.db.prepare<[string], { b: number | null; c: number | null }>('SELECT sum(bytes) AS b, sum(chunks) AS c FROM intake WHERE day LIKE ?').get(`${prefix}%`)!;
+    return { bytes: r.b ?? 0, chunks: r.c ?? 0 };
+  }
+
+  /**
+   * Take a lock row; `conflicts` are the kinds that must not be held at the same time. Rows of
+   * processes on this host that no longer exist (killed) are removed first.
+   */
+  acquireLock(kind: string, conflicts: readonly string[]): { release: () => void } {
+    const host = hostname();
+    const id = `${kind}-${host}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
+    this.db
+      .transaction(() => {
+        for (const r of this.db.prepare<[], { id: string; pid: number; host: string }>('SELECT id, pid, host FROM locks').all()) {
+          if (r.host === host && !processAlive(r.pid)) this.db.prepare('DELETE FROM locks WHERE id = ?').run(r.id);
+        }
+        const holders = this.db.prepare<[], { kind: string; pid: number; host: string; started: string }>('SELECT kind, pid, host, started FROM locks').all();
+        const clash = holders.find((h) => conflicts.includes(h.kind));
+        if (clash) {
+          throw new KuraError('E_LOCKED', `the repository ${path.dirname(this.path)} is busy: ${clash.kind} (pid ${clash.pid} on ${clash.host}, since ${clash.started}) is running; try again when it has finished`, { holder: clash });
+        }
+        this.db.prepare('INSERT INTO locks (id, kind, pid, host, started) VALUES (?, ?, ?, ?, ?)').run(id, kind, process.pid, host, new Date().toISOString());
+      })
+      .immediate();
+    return {
+      release: () => {
+        try {
+          this.db.prepare('DELETE FROM locks WHERE id = ?').run(id);
+        } catch {
+          // the process is ending anyway; a stale row is removed by the next taker
+        }
+      },
+    };
   }
 
   addLeases(session: string, ids: readonly Buffer[], expires: number): void {

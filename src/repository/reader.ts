@@ -41,7 +41,20 @@ function* planRuns(repo: Repository, ids: Iterable<Buffer>, what: string): Gener
 export async function* readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
   const runs = planRuns(repo, ids, what);
   const fetch = async (run: Run) => {
-    const bytes = await repo.store.getRange(packName(run.pack), run.offset, run.length);
+    let bytes = await repo.store.getRange(packName(run.pack), run.offset, run.length);
+    if (!bytes || bytes.length !== run.length) {
+      // a GC may have moved these chunks to a new pack since the run was planned: look again
+      const moved = repo.catalogue.location(run.ids[0]!);
+      if (moved && moved.pack !== run.pack) {
+        const parts: Buffer[] = [];
+        for (const id of run.ids) {
+          const b = await readChunk(repo, id);
+          if (!b) break;
+          parts.push(b);
+        }
+        if (parts.length === run.ids.length) bytes = Buffer.concat(parts);
+      }
+    }
     if (!bytes || bytes.length !== run.length) {
       const hex = run.ids[0]!.toString('hex');
       throw new KuraError('E_CHUNK_MISSING', `pack ${run.pack} holding chunk ${hex} of ${what} is missing or truncated; run "kura check"`, { chunk: hex, pack: run.pack });
@@ -65,4 +78,20 @@ export async function* readBlobs(repo: Repository, ids: Iterable<Buffer>, what: 
     let off = 0;
     for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: bytes.subarray(off, (off += run.lengths[i]!)) };
   }
+}
+
+/**
+ * One stored blob by chunk ID, or null when the repository does not hold it. A GC that moves the
+ * chunk between the catalogue lookup and the read is seen as a missing pack: look it up again.
+ */
+export async function readChunk(repo: Repository, id: Buffer): Promise<Buffer | null> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const loc = repo.catalogue.location(id);
+    if (!loc) return null;
+    const blob = await repo.store.getRange(packName(loc.pack), loc.offset, loc.length);
+    if (blob && blob.length === loc.length) return blob;
+    const again = repo.catalogue.location(id);
+    if (!again || again.pack === loc.pack) return null;
+  }
+  return null;
 }

@@ -31,6 +31,11 @@ export interface StoreBackend {
   /** Names under a prefix ("data/", "snapshots/"), in no particular order. */
   list(prefix: string): AsyncIterable<string>;
   delete(name: string): Promise<void>;
+  /**
+   * Delete, synchronously: GC removes a pack inside the catalogue transaction that proved it
+   * unused, so no session can start using it between the proof and the removal.
+   */
+  deleteSync(name: string): void;
   stat(name: string): Promise<StoreStat | null>;
   /**
    * Make every write so far durable. `external: true` also covers objects that worker threads

@@ -101,5 +101,5 @@ export function authorize(a: AuthAttempt, tenants: TenantRules): AuthDecision {
 export const roleAllows: Record<Role, ReadonlySet<string>> = {
   backup: new Set(['HAS', 'PUT', 'FLUSH', 'COMMIT', 'LIST', 'STATS']),
   restore: new Set(['LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS']),
-  'tenant-admin': new Set(['HAS', 'PUT', 'FLUSH', 'COMMIT', 'LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS']),
+  'tenant-admin': new Set(['HAS', 'PUT', 'FLUSH', 'COMMIT', 'LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS', 'PROTECT']),
 };

@@ -8,6 +8,7 @@ import { authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
 import { loadOrCreateHostKey, Vault } from './vault.js';
 import { VaultMetrics } from './metrics.js';
+import { quotaOf } from './maintenance.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -25,7 +26,7 @@ export interface RunningVault {
  * (tenant, role, networks); the SSH user name is the tenant asked for. Every refused attempt is
  * audited, and a refused or broken session never disturbs the others.
  */
-export async function serveVault(cfg: VaultConfig): Promise<RunningVault> {
+export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined } = {}): Promise<RunningVault> {
   const vault = new Vault(cfg);
   const hostKey = loadOrCreateHostKey(cfg, () => ssh2.utils.generateKeyPairSync('ed25519').private);
   const parsedHost = ssh2.utils.parseKey(hostKey);
@@ -68,7 +69,7 @@ export async function serveVault(cfg: VaultConfig): Promise<RunningVault> {
           try {
             const repo = await vault.repoOf(g.tenant);
             await new VaultSession(
-              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, log: lg },
+              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), log: lg },
               channel,
               channel,
             ).run();
@@ -110,13 +111,55 @@ export async function serveVault(cfg: VaultConfig): Promise<RunningVault> {
       return metrics.render(stored);
     });
   }
+  const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;
   return {
     port,
     hostKeySha256,
     close: async () => {
+      await maintenance?.stop();
       await metricsServer?.close();
       await new Promise<void>((r) => server.close(() => r()));
       await vault.close();
+    },
+  };
+}
+
+/**
+ * vault.maintenance: prune and then gc every tenant on a cron schedule, inside the serving
+ * process (on the same catalogue connections as the sessions: every GC transaction is
+ * synchronous, so sessions only ever see before or after). A run still going at the next tick
+ * is logged, not doubled.
+ */
+async function scheduleMaintenance(vault: Vault, cfg: VaultConfig, lg: ReturnType<typeof log>, tz: string | undefined): Promise<{ stop: () => Promise<void> }> {
+  const cron = (await import('node-cron')).default;
+  const { maintainTenant, vaultTenants } = await import('./maintenance.js');
+  const timeZone = tz ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC';
+  let running: Promise<void> | null = null;
+  const runAll = async () => {
+    for (const tenant of vaultTenants(cfg)) {
+      try {
+        const repo = await vault.repoOf(tenant);
+        const r = await maintainTenant(repo, cfg, tenant, { prune: true, gc: cfg.maintenance!.gc, dryRun: false, timeZone });
+        vault.audit.write({ event: 'maintenance', outcome: 'ok', tenant, removedSnapshots: r.prune?.removed ?? 0, chunksRemoved: r.gc?.chunksRemoved ?? 0, bytesFreed: r.gc?.bytesFreed ?? 0 });
+        lg.info({ tenant, removedSnapshots: r.prune?.removed, chunksRemoved: r.gc?.chunksRemoved, bytesFreed: r.gc?.bytesFreed }, 'scheduled prune and gc done');
+      } catch (e) {
+        const code = (e as { code?: string }).code ?? 'E_INTERNAL';
+        vault.audit.write({ event: 'maintenance', outcome: 'error', tenant, code, reason: (e as Error).message });
+        lg.error({ tenant, code }, `scheduled prune and gc failed: ${(e as Error).message}`);
+      }
+    }
+  };
+  const task = cron.schedule(cfg.maintenance!.schedule, () => {
+    if (running) {
+      lg.warn({}, 'scheduled prune and gc: the previous run is still going; this tick is skipped');
+      return;
+    }
+    running = runAll().finally(() => (running = null));
+  });
+  return {
+    stop: async () => {
+      await task.stop();
+      await running;
     },
   };
 }

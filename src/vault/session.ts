@@ -9,6 +9,8 @@ import { encodePack } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, chunkIdsOf, snapshotIdOf } from '../repository/snapshot.js';
 import { packName, snapshotName } from '../store/backend.js';
+import { readChunk } from '../repository/reader.js';
+import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
 
@@ -20,6 +22,8 @@ export interface SessionContext {
   peer: { ip?: string; user?: string; key?: string };
   maxFrame: number;
   leaseTtlMs: number;
+  /** stored bytes the tenant may hold (vault.tenants.<t>.quota) */
+  quota?: number | undefined;
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
 }
 
@@ -94,6 +98,7 @@ export class VaultSession {
     } finally {
       // batches already received are made durable even when the client is gone
       await this.flushing;
+      dropPackLeasesQuietly(ctx.repo, this.id);
       this.closed = true;
       this.output.end();
     }
@@ -128,19 +133,12 @@ export class VaultSession {
         this.allow('HAS');
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'HAS payload is not a list of 32-byte IDs');
         const n = f.payload.length / CHUNK_ID_BYTES;
-        const bitmap = Buffer.alloc(Math.ceil(n / 8));
-        const present: Buffer[] = [];
-        for (let i = 0; i < n; i++) {
-          const id = f.payload.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-          if (repo.catalogue.hasChunk(id)) {
-            bitmap[i >> 3]! |= 1 << (i & 7);
-            present.push(Buffer.from(id));
-          }
-        }
-        // what this session was told is present stays until it commits or the lease ends
-        repo.catalogue.addLeases(this.id, present, Date.now() + this.ctx.leaseTtlMs);
+        // what this session is told is present stays until it commits or the lease ends
+        const bitmap = repo.catalogue.hasAndLease(this.id, f.payload, CHUNK_ID_BYTES, Date.now() + this.ctx.leaseTtlMs);
+        let present = 0;
+        for (let i = 0; i < n; i++) if (bitmap[i >> 3]! & (1 << (i & 7))) present++;
         this.ops.has += n;
-        this.ops.present += present.length;
+        this.ops.present += present;
         return this.send(Frame.HAS_REPLY, bitmap);
       }
       case Frame.PUT: {
@@ -155,6 +153,7 @@ export class VaultSession {
         if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
         this.pending.push({ id, blob });
         this.pendingBytes += blob.length;
+        this.checkQuota();
         this.ops.put++;
         this.ops.putBytes += blob.length;
         if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
@@ -193,9 +192,7 @@ export class VaultSession {
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
         await repo.store.sync();
-        repo.catalogue.addSnapshot(id, snap.header);
-        repo.catalogue.markReceived(id);
-        repo.catalogue.dropLeases(this.id);
+        repo.catalogue.commitSnapshot(this.id, id, snap.header);
         this.ops.commits++;
         this.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id, source: snap.header.source, existed });
         return this.send(Frame.COMMITTED, { id, existed });
@@ -223,12 +220,19 @@ export class VaultSession {
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'GET_CHUNKS payload is not a list of 32-byte IDs');
         for (let o = 0; o < f.payload.length; o += CHUNK_ID_BYTES) {
           const id = f.payload.subarray(o, o + CHUNK_ID_BYTES);
-          const loc = repo.catalogue.location(id);
-          const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
-          if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${this.ctx.tenant}'s vault repository`);
+          const blob = await readChunk(repo, id);
+          if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${this.ctx.tenant}'s vault repository`);
           await this.send(Frame.CHUNK, Buffer.concat([id, blob]));
         }
         return;
+      }
+      case Frame.PROTECT: {
+        this.allow('PROTECT');
+        const { id, protect } = jsonOf<{ id: string; protect: boolean }>(f);
+        if (!/^[0-9a-f]{64}$/.test(String(id))) throw new KuraError('E_PROTOCOL', 'PROTECT needs a full snapshot ID');
+        const changed = await setProtected(repo, id, Boolean(protect));
+        this.ctx.audit.write({ event: protect ? 'protect' : 'unprotect', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id, changed });
+        return this.send(Frame.PROTECTED, { id, protected: Boolean(protect), changed });
       }
       case Frame.STATS: {
         this.allow('STATS');
@@ -240,6 +244,23 @@ export class VaultSession {
   }
 
   private queuedFlushes = 0;
+  /** Stored bytes of the tenant when this session first sent data, plus what it stored since. */
+  private storedBase: number | null = null;
+  private storedAdded = 0;
+
+  private checkQuota(): void {
+    const quota = this.ctx.quota;
+    if (quota === undefined) return;
+    this.storedBase ??= this.ctx.repo.catalogue.counts().storedBytes;
+    const total = this.storedBase + this.storedAdded + this.pendingBytes;
+    if (total > quota) {
+      throw new KuraError(
+        'E_QUOTA',
+        `tenant ${this.ctx.tenant} would exceed its quota of ${quota} bytes (${this.storedBase + this.storedAdded} stored, ${this.pendingBytes} more sent); the vault operator can raise vault.tenants.${this.ctx.tenant}.quota, or prune and gc`,
+        { quota, stored: this.storedBase + this.storedAdded },
+      );
+    }
+  }
 
   private async drainFlushes(): Promise<void> {
     await this.flushing;
@@ -271,11 +292,23 @@ export class VaultSession {
         fresh.map((p) => p.blob),
         fresh.map((p) => p.id),
       );
+      const expires = Date.now() + this.ctx.leaseTtlMs;
+      // the pack lease keeps a concurrent GC off the file until its chunks are recorded
+      repo.catalogue.leasePack(pack.id, this.id, expires);
       await repo.store.put(packName(pack.id), pack.bytes);
       await repo.store.sync();
-      repo.catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: blobInfo(fresh[i]!.blob)!.plainLength })));
-      repo.catalogue.addLeases(this.id, pack.entries.map((e) => e.id), Date.now() + this.ctx.leaseTtlMs);
+      const rows = pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: blobInfo(fresh[i]!.blob)!.plainLength }));
+      repo.catalogue.addSessionPack(this.id, pack.id, rows, expires, pack.bytes.length);
+      this.storedAdded += pack.bytes.length;
     }
     return { chunks: fresh.length, bytes };
+  }
+}
+
+function dropPackLeasesQuietly(repo: Repository, session: string): void {
+  try {
+    repo.catalogue.dropPackLeases(session);
+  } catch {
+    // the catalogue is closing; the leases expire on their own
   }
 }

@@ -3,6 +3,7 @@ import { log } from '../log.js';
 import type { Role } from './access.js';
 import { VaultSession } from './session.js';
 import { Vault } from './vault.js';
+import { quotaOf } from './maintenance.js';
 
 /**
  * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
@@ -16,7 +17,7 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role): 
   try {
     const repo = await vault.repoOf(tenant);
     await new VaultSession(
-      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, log: log().child({ mode: 'vault-stdio' }) },
+      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, tenant), log: log().child({ mode: 'vault-stdio' }) },
       process.stdin,
       process.stdout,
     ).run();

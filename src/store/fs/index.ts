@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { promises as fsp, constants as fsc, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
@@ -169,6 +169,16 @@ export class FsBackend implements StoreBackend {
   async delete(name: string): Promise<void> {
     try {
       await fsp.unlink(this.pathOf(name));
+      this.touchedDirs.add(path.dirname(this.pathOf(name)));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw ioError(`cannot delete ${name} in ${this.root}`, e);
+    }
+  }
+
+  deleteSync(name: string): void {
+    try {
+      unlinkSync(this.pathOf(name));
       this.touchedDirs.add(path.dirname(this.pathOf(name)));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;

@@ -1,0 +1,292 @@
+import { KuraError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import { encodePack, packId } from '../repository/pack.js';
+import { chunkIdsOf } from '../repository/snapshot.js';
+import { packName } from '../store/backend.js';
+import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
+
+/**
+ * Garbage collection, without keys (the vault runs it on tenants' ciphertext).
+ *
+ * 1. Mark: every chunk of every snapshot in the store goes into a temporary table (SQLite, so
+ *    memory stays bounded whatever the chunk count). Refuse to go on if a snapshot is unreadable
+ *    or references a chunk the catalogue does not know: GC never guesses.
+ * 2. Candidates: chunks unreferenced and unleased *now*; nothing else can ever be swept.
+ * 3. Sweep, in one write transaction: drop candidates that a snapshot committed since (marked
+ *    first) or a live session lease now protects, delete the rest from the catalogue, and record
+ *    the packs that lost chunks in `gc_pending`. A vault session's HAS checks and leases in one
+ *    transaction too, so it either saw the chunk gone (and uploads it) or its lease wins.
+ * 4. Packs: a pending pack with no live chunk is deleted; one with some is rewritten (its live
+ *    blobs copied into new packs, made durable, rows moved, old pack deleted in the transaction
+ *    that proved it unused). Pack files nothing refers to (left by a killed writer) are deleted
+ *    unless a session holds a pack lease on them.
+ *
+ * A kill at any moment leaves a consistent repository: rows are only removed for chunks no
+ * snapshot references, packs only deleted once no row points at them; a rerun finishes the
+ * pending packs.
+ */
+export interface GcOptions {
+  /** local: excludes backups of this repository; vault: concurrent sessions are protected by leases */
+  mode: 'local' | 'vault';
+  dryRun?: boolean;
+  /** size of rewritten packs */
+  packBytes?: number;
+}
+
+export interface GcReport {
+  dryRun: boolean;
+  snapshots: number;
+  chunksReferenced: number;
+  chunksStored: number;
+  chunksRemoved: number;
+  /** stored (compressed, encrypted) bytes of the removed chunks */
+  bytesRemoved: number;
+  packsDeleted: number;
+  packsRewritten: number;
+  packsWritten: number;
+  bytesRewritten: number;
+  orphanPacks: number;
+  /** file bytes deleted minus file bytes written */
+  bytesFreed: number;
+  tempFilesRemoved: number;
+  problems: string[];
+  seconds: number;
+}
+
+const SNAP_RE = /^[0-9a-f]{64}$/;
+const DEFAULT_PACK_BYTES = 4 << 20;
+
+export async function collectGarbage(repo: Repository, opts: GcOptions): Promise<GcReport> {
+  const lock = repo.catalogue.acquireLock('gc', opts.mode === 'local' ? ['gc', 'backup'] : ['gc']);
+  try {
+    return await runGc(repo, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
+  const t0 = performance.now();
+  const cat = repo.catalogue;
+  const db = cat.db;
+  const store = repo.store;
+  const report: GcReport = {
+    dryRun: Boolean(opts.dryRun),
+    snapshots: 0,
+    chunksReferenced: 0,
+    chunksStored: 0,
+    chunksRemoved: 0,
+    bytesRemoved: 0,
+    packsDeleted: 0,
+    packsRewritten: 0,
+    packsWritten: 0,
+    bytesRewritten: 0,
+    orphanPacks: 0,
+    bytesFreed: 0,
+    tempFilesRemoved: 0,
+    problems: [],
+    seconds: 0,
+  };
+  db.exec(`
+    CREATE TEMP TABLE IF NOT EXISTS gc_mark (id BLOB PRIMARY KEY) WITHOUT ROWID;
+    CREATE TEMP TABLE IF NOT EXISTS gc_dead (id BLOB PRIMARY KEY) WITHOUT ROWID;
+    DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;
+  `);
+  const insertMark = db.prepare('INSERT OR IGNORE INTO temp.gc_mark (id) VALUES (?)');
+  const marked = new Set<string>();
+  const mark = async (ids: Iterable<string>) => {
+    for (const id of ids) {
+      if (marked.has(id)) continue;
+      const snap = await repo.readSnapshot(id).catch((e: unknown) => {
+        throw new KuraError('E_CHECK_FAILED', `gc stopped: snapshot ${id} cannot be read (${(e as Error).message}); its chunks cannot be known, so nothing is deleted. Run "kura check"`);
+      });
+      db.transaction(() => {
+        for (const c of chunkIdsOf(snap)) insertMark.run(c);
+      })();
+      marked.add(id);
+    }
+  };
+  const storeSnapshots = async () => {
+    const out: string[] = [];
+    for await (const name of store.list('snapshots/')) {
+      const id = name.slice('snapshots/'.length);
+      if (SNAP_RE.test(id)) out.push(id);
+    }
+    return out;
+  };
+
+  // 1. mark
+  await mark(await storeSnapshots());
+  await mark(cat.snapshotIds());
+  const unknown = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark m WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = m.id)').get()!.n;
+  if (unknown > 0) {
+    throw new KuraError(
+      'E_CHECK_FAILED',
+      `gc stopped: snapshots reference ${unknown} chunk(s) the catalogue does not list, so it cannot tell what is garbage; nothing was deleted. Run "kura check", and "kura repo rebuild-index" if the catalogue was lost`,
+      { unknownChunks: unknown },
+    );
+  }
+
+  // 2. candidates
+  const now = Date.now();
+  db.prepare('DELETE FROM leases WHERE expires <= ?').run(now);
+  db.prepare('DELETE FROM pack_leases WHERE expires <= ?').run(now);
+  db.prepare(
+    `INSERT INTO temp.gc_dead (id) SELECT c.id FROM chunks c
+     WHERE NOT EXISTS (SELECT 1 FROM temp.gc_mark m WHERE m.id = c.id)
+       AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.chunk = c.id AND l.expires > ?)`,
+  ).run(now);
+  report.chunksStored = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM chunks').get()!.n;
+
+  if (opts.dryRun) {
+    const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
+    report.chunksRemoved = d.n;
+    report.bytesRemoved = d.b ?? 0;
+    report.snapshots = marked.size;
+    report.chunksReferenced = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark').get()!.n;
+    report.seconds = (performance.now() - t0) / 1000;
+    return report;
+  }
+
+  // 3. sweep
+  for (let round = 0; ; round++) {
+    if (round > 100) throw new KuraError('E_LOCKED', 'gc could not finish its sweep: snapshots keep arriving faster than it can mark them; run it again later');
+    await mark([...(await storeSnapshots()), ...cat.snapshotIds()]);
+    let raced = false;
+    db.transaction(() => {
+      for (const id of cat.snapshotIds()) {
+        if (!marked.has(id)) {
+          raced = true; // committed between the mark and this transaction: mark it too, then retry
+          return;
+        }
+      }
+      const t = Date.now();
+      db.prepare('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT chunk FROM leases WHERE expires > ?)').run(t);
+      db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
+      const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
+      report.chunksRemoved = d.n;
+      report.bytesRemoved = d.b ?? 0;
+      db.exec('DELETE FROM chunks WHERE id IN (SELECT id FROM temp.gc_dead)');
+    }).immediate();
+    if (!raced) break;
+  }
+  report.snapshots = marked.size;
+  report.chunksReferenced = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark').get()!.n;
+  db.exec('DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;');
+
+  // 4. packs
+  await rewritePending(repo, report, opts.packBytes ?? DEFAULT_PACK_BYTES);
+  await deleteOrphans(repo, report);
+  if (store instanceof FsBackend) report.tempFilesRemoved = await removeStaleTemps(repo.root, 3_600_000);
+  await store.sync();
+  report.seconds = (performance.now() - t0) / 1000;
+  return report;
+}
+
+interface Moving {
+  id: Buffer;
+  from: string;
+  blob: Buffer;
+}
+
+async function rewritePending(repo: Repository, report: GcReport, packBytes: number): Promise<void> {
+  const cat = repo.catalogue;
+  const db = cat.db;
+  const store = repo.store;
+  const rowsOf = db.prepare<[string], { id: Buffer; offset: number; stored_size: number }>('SELECT id, offset, stored_size FROM chunks WHERE pack = ? ORDER BY offset');
+  const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
+  const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
+  const done = db.prepare('DELETE FROM gc_pending WHERE pack = ?');
+  const move = db.prepare('UPDATE chunks SET pack = ?, offset = ? WHERE id = ? AND pack = ?');
+
+  /**
+   * Delete `pack` if nothing refers to it, inside the (write) transaction that checks it, so no
+   * session can lease it in between. The transaction must change nothing a rollback would undo.
+   */
+  const deleteIfUnused = (pack: string): boolean => {
+    if (anyRow.get(pack) || leased.get(pack, Date.now())) return false;
+    store.deleteSync(packName(pack));
+    return true;
+  };
+
+  let out: Moving[] = [];
+  let outBytes = 0;
+  let sources: Array<{ pack: string; size: number }> = [];
+  const flush = async () => {
+    if (out.length > 0) {
+      const pack = encodePack(
+        out.map((m) => m.blob),
+        out.map((m) => m.id),
+      );
+      await store.put(packName(pack.id), pack.bytes);
+      await store.sync();
+      report.packsWritten++;
+      report.bytesRewritten += pack.bytes.length;
+      report.bytesFreed -= pack.bytes.length;
+      db.transaction(() => {
+        pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.id, out[i]!.from));
+      }).immediate();
+      // a second transaction: were the file deleted inside the one that moves the rows, a kill
+      // before its commit would roll the rows back onto a deleted pack
+      db.transaction(() => {
+        for (const s of sources) {
+          if (deleteIfUnused(s.pack)) {
+            report.bytesFreed += s.size;
+            report.packsRewritten++;
+          }
+          done.run(s.pack);
+        }
+      }).immediate();
+    }
+    out = [];
+    outBytes = 0;
+    sources = [];
+  };
+
+  const pending = db.prepare<[], { pack: string }>('SELECT pack FROM gc_pending ORDER BY pack').all();
+  for (const { pack } of pending) {
+    const rows = rowsOf.all(pack);
+    const st = await store.stat(packName(pack));
+    if (rows.length === 0) {
+      db.transaction(() => {
+        if (deleteIfUnused(pack)) {
+          report.packsDeleted++;
+          report.bytesFreed += st?.size ?? 0;
+        }
+        done.run(pack);
+      }).immediate();
+      continue;
+    }
+    const bytes = await store.get(packName(pack));
+    if (!bytes || packId(bytes) !== pack) {
+      report.problems.push(`pack ${pack} is ${bytes ? 'damaged' : 'missing'}; its live chunks were left where they are. Run "kura check"`);
+      done.run(pack);
+      continue;
+    }
+    for (const r of rows) {
+      out.push({ id: r.id, from: pack, blob: bytes.subarray(r.offset, r.offset + r.stored_size) });
+      outBytes += r.stored_size;
+    }
+    sources.push({ pack, size: bytes.length });
+    if (outBytes >= packBytes) await flush();
+  }
+  await flush();
+}
+
+async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> {
+  const db = repo.catalogue.db;
+  const referenced = new Set(db.prepare<[], { pack: string }>('SELECT DISTINCT pack FROM chunks').all().map((r) => r.pack));
+  const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
+  const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
+  for await (const name of repo.store.list('packs/')) {
+    const id = name.slice(name.lastIndexOf('/') + 1);
+    if (!SNAP_RE.test(id) || referenced.has(id)) continue;
+    const st = await repo.store.stat(name);
+    db.transaction(() => {
+      if (anyRow.get(id) || leased.get(id, Date.now())) return;
+      repo.store.deleteSync(name);
+      report.orphanPacks++;
+      report.bytesFreed += st?.size ?? 0;
+    }).immediate();
+  }
+}

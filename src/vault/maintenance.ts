@@ -1,0 +1,115 @@
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { KuraError } from '../errors.js';
+import type { VaultConfig } from '../config/schema.js';
+import { parseSize } from '../config/size.js';
+import { collectGarbage, type GcReport } from '../gc/gc.js';
+import { Repository } from '../repository/repository.js';
+import type { RetentionPolicy } from '../retention/plan.js';
+import { prune, type PruneReport } from '../retention/prune.js';
+
+/** Tenants of the vault: configured ones and any with a repository under <root>/tenants. */
+export function vaultTenants(cfg: VaultConfig): string[] {
+  const dir = path.join(cfg.root, 'tenants');
+  const onDisk = existsSync(dir) ? readdirSync(dir).filter((t) => existsSync(path.join(dir, t, 'config'))) : [];
+  return [...new Set([...Object.keys(cfg.tenants), ...onDisk])].sort();
+}
+
+export async function openTenantRepo(cfg: VaultConfig, tenant: string): Promise<Repository> {
+  if (!vaultTenants(cfg).includes(tenant)) throw new KuraError('E_USAGE', `tenant "${tenant}" is not registered under vault.tenants and has no repository under ${cfg.root}/tenants`);
+  const dir = path.join(cfg.root, 'tenants', tenant);
+  if (!existsSync(path.join(dir, 'config'))) throw new KuraError('E_REPO_NOT_FOUND', `tenant "${tenant}" has no repository yet (nothing was ever sent to it)`);
+  return Repository.open(dir, null);
+}
+
+export function vaultPolicy(cfg: VaultConfig): (tenant: string, source: string) => RetentionPolicy | undefined {
+  return (tenant, source) => cfg.tenants[tenant]?.sources[source]?.retention ?? cfg.tenants[tenant]?.retention;
+}
+
+export function quotaOf(cfg: VaultConfig, tenant: string): number | undefined {
+  const q = cfg.tenants[tenant]?.quota;
+  return q === undefined ? undefined : (parseSize(q) ?? undefined);
+}
+
+export interface TenantMaintenance {
+  tenant: string;
+  prune?: PruneReport;
+  gc?: GcReport;
+}
+
+/** Vault prune (then gc) of one tenant's repository, without keys. */
+export async function maintainTenant(repo: Repository, cfg: VaultConfig, tenant: string, o: { prune: boolean; gc: boolean; dryRun: boolean; timeZone: string; now?: Date }): Promise<TenantMaintenance> {
+  const out: TenantMaintenance = { tenant };
+  if (o.prune) out.prune = await prune(repo, { policyFor: vaultPolicy(cfg), now: o.now ?? new Date(), timeZone: o.timeZone, dryRun: o.dryRun, keepUnsent: false });
+  if (o.gc) out.gc = await collectGarbage(repo, { mode: 'vault', dryRun: o.dryRun });
+  return out;
+}
+
+export interface TenantUsage {
+  tenant: string;
+  /** bytes of files in the tenant's repository: packs and snapshot files */
+  storedBytes: number;
+  /** stored bytes of the chunks the catalogue lists (storedBytes less pack indexes and garbage not yet collected) */
+  chunkBytes: number;
+  /** sum of the snapshots' export sizes (what a copy without dedup would take) */
+  logicalBytes: number;
+  snapshots: number;
+  chunks: number;
+  /** new chunk bytes stored during the period (UTC days) */
+  receivedBytes: number;
+  quota: number | null;
+  /** share of the vault's stored bytes, in percent with one decimal; the shares add up to 100.0 */
+  sharePercent: number;
+}
+
+/**
+ * Per-tenant usage, the input for apportioning shared costs. Bytes are exact integers. Shares
+ * are tenths of a percent of the total stored bytes, rounded by the largest-remainder method so
+ * they always add up to exactly 100.0 (no tenant pays for rounding).
+ */
+export async function vaultUsage(cfg: VaultConfig, period: string): Promise<{ period: string; tenants: TenantUsage[]; totalStoredBytes: number }> {
+  const rows: TenantUsage[] = [];
+  for (const tenant of vaultTenants(cfg)) {
+    const dir = path.join(cfg.root, 'tenants', tenant);
+    const base = { tenant, storedBytes: 0, chunkBytes: 0, logicalBytes: 0, snapshots: 0, chunks: 0, receivedBytes: 0, quota: quotaOf(cfg, tenant) ?? null, sharePercent: 0 };
+    if (!existsSync(path.join(dir, 'config'))) {
+      rows.push(base);
+      continue;
+    }
+    const repo = await Repository.open(dir, null);
+    try {
+      let stored = 0;
+      for (const prefix of ['packs/', 'snapshots/']) {
+        for await (const name of repo.store.list(prefix)) stored += (await repo.store.stat(name))?.size ?? 0;
+      }
+      const c = repo.catalogue.counts();
+      let logical = 0;
+      for (const s of repo.catalogue.snapshots()) logical += s.header.logicalBytes;
+      rows.push({ ...base, storedBytes: stored, chunkBytes: c.storedBytes, logicalBytes: logical, snapshots: c.snapshots, chunks: c.chunks, receivedBytes: repo.catalogue.intake(period).bytes });
+    } finally {
+      repo.close();
+    }
+  }
+  const total = rows.reduce((a, r) => a + r.storedBytes, 0);
+  const shares = largestRemainder(
+    rows.map((r) => r.storedBytes),
+    1000,
+  );
+  rows.forEach((r, i) => (r.sharePercent = shares[i]! / 10));
+  return { period, tenants: rows, totalStoredBytes: total };
+}
+
+/** Split `units` in proportion to `weights`, integers summing to `units` (all zero when the weights are). */
+export function largestRemainder(weights: readonly number[], units: number): number[] {
+  const total = weights.reduce((a, b) => a + b, 0);
+  if (total === 0) return weights.map(() => 0);
+  const exact = weights.map((w) => (w * units) / total);
+  const out = exact.map(Math.floor);
+  let left = units - out.reduce((a, b) => a + b, 0);
+  const order = exact.map((e, i) => ({ i, r: e - Math.floor(e) })).sort((a, b) => b.r - a.r || a.i - b.i);
+  for (const { i } of order) {
+    if (left-- <= 0) break;
+    out[i]!++;
+  }
+  return out;
+}
