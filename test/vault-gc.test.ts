@@ -1,0 +1,207 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { kuraAsync, kuraJson, kuraOk, tempDir, type RunResult } from './support/cli.js';
+import { collect, Prng, sha256, sqlDump } from './support/generate.js';
+import { sleep } from './support/proxy.js';
+import { agentConfig, sshKey, startVault } from './support/vault.js';
+import { Frame, jsonOf } from '../src/protocol/frames.js';
+import { VaultConnection } from '../src/relay/connection.js';
+import { chunkIdsOf, decodeSnapshot } from '../src/repository/snapshot.js';
+
+const MiB = 1 << 20;
+
+async function ok(p: Promise<RunResult>, what: string): Promise<RunResult> {
+  const r = await p;
+  assert.equal(r.status, 0, `${what}: ${r.stderr}`);
+  return r;
+}
+
+function tenantCounts(root: string, tenant: string): { chunks: number; snapshots: number } {
+  const db = new Database(path.join(root, 'tenants', tenant, 'catalogue.sqlite'), { readonly: true });
+  try {
+    return {
+      chunks: (db.prepare('SELECT count(*) AS n FROM chunks').get() as { n: number }).n,
+      snapshots: (db.prepare('SELECT count(*) AS n FROM snapshots').get() as { n: number }).n,
+    };
+  } finally {
+    db.close();
+  }
+}
+
+test('a session told chunks are present commits after a prune removed their last snapshot and a gc ran; unleased garbage is collected', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n      retention: { keepLast: 0 }\n`);
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const data = await collect(sqlDump(21, 3 * MiB));
+  const f = path.join(dir, 'juki.sql');
+  writeFileSync(f, data);
+  const a = kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env });
+  await ok(kuraAsync(['relay', 'once'], { env }), 'relay once');
+  // the next night's export is the same: every chunk of B is in the vault, used only by A
+  const b = kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f], { env });
+  const bBytes = readFileSync(path.join(dir, 'repo', 'snapshots', b.id));
+  const ids = Buffer.concat([...chunkIdsOf(decodeSnapshot(bBytes, b.id))]);
+
+  const conn = await VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
+    route: 'test',
+    tenant: 'city-a',
+    privateKey: readFileSync(key.private),
+    keepaliveMs: 5000,
+    readyTimeoutMs: 5000,
+  });
+  t.after(() => conn.close());
+  const reply = (await conn.request(Frame.HAS, ids, Frame.HAS_REPLY)).payload;
+  const n = ids.length / 32;
+  for (let i = 0; i < n; i++) assert.ok(reply[i >> 3]! & (1 << (i & 7)), `chunk ${i} reported present`);
+
+  // meanwhile on the vault: A falls out of retention and a gc runs
+  const pruned = JSON.parse((await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--json']), 'vault prune')).out) as { prune: { removed: number } };
+  assert.equal(pruned.prune.removed, 1);
+  assert.equal(tenantCounts(vault.root, 'city-a').snapshots, 0);
+  const gc = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number; snapshots: number } };
+  assert.equal(gc.gc.snapshots, 0);
+  assert.equal(gc.gc.chunksRemoved, 0, 'leased chunks are not garbage');
+
+  const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bBytes, Frame.COMMITTED));
+  assert.equal(committed.id, b.id);
+  conn.close();
+  const restored = await ok(kuraAsync(['restore', '--from', 'peer-dc', b.id, '--to', '-'], { env }), 'restore B from the vault');
+  assert.equal(sha256(restored.stdout), sha256(data));
+  assert.equal(kuraJson<{ ok: boolean }>(['check', '--repo', path.join(vault.root, 'tenants', 'city-a')], { env: { KURA_PASSPHRASE: undefined } }).ok, true);
+
+  // control: once B is pruned too and no session holds them, the same chunks are collected
+  await ok(kuraAsync(['vault', 'prune', '--config', vault.config]), 'vault prune');
+  const gc2 = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number } };
+  assert.equal(gc2.gc.chunksRemoved, n > 0 ? new Set(Array.from({ length: n }, (_, i) => ids.subarray(i * 32, i * 32 + 32).toString('hex'))).size : 0);
+  assert.equal(tenantCounts(vault.root, 'city-a').chunks, 0);
+  const packs = readdirSync(path.join(vault.root, 'tenants', 'city-a', 'packs'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+  assert.equal(packs.length, 0, 'every pack file is gone');
+});
+
+test('quota: an upload over it is refused (E_QUOTA), the route shows quota-exceeded and keeps its queue; usage reports per tenant', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const other = sshKey(dir, 'other');
+  const tenants = (quota: string) =>
+    `    city-a:\n      quota: ${quota}\n      clients:\n        - key: ${key.public}\n          role: backup\n    town-b:\n      clients:\n        - key: ${other.public}\n          role: backup\n`;
+  let vault = await startVault(dir, tenants('1MiB'));
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const r = new Prng(5);
+  const small = path.join(dir, 'small');
+  writeFileSync(small, r.bytes(300_000));
+  const big = path.join(dir, 'big');
+  writeFileSync(big, r.bytes(3 * MiB));
+  kuraOk(['backup', '--name', 'small', '--file', small, '--route', 'peer-dc'], { env });
+  const bigSnap = kuraJson<{ id: string }>(['backup', '--name', 'big', '--file', big, '--route', 'peer-dc'], { env });
+
+  const once = await kuraAsync(['relay', 'once', '--json'], { env });
+  assert.equal(once.status, 75, once.stderr);
+  const report = JSON.parse(once.out.split('\n')[0]!) as { state: string; sent: number; left: number; error: { code: string } };
+  assert.equal(report.state, 'quota-exceeded');
+  assert.equal(report.sent, 1, 'what fits was sent');
+  assert.equal(report.left, 1);
+  assert.equal(report.error.code, 'E_QUOTA');
+  assert.match(once.stderr, /E_QUOTA: route peer-dc: vault: tenant city-a would exceed its quota of 1048576 bytes/);
+  const status = kuraJson<{ routes: Array<{ route: string; state: string; queued: number }> }>(['status'], { env });
+  assert.equal(status.routes.find((x) => x.route === 'peer-dc')?.state, 'quota-exceeded');
+  assert.ok(vault.audit().some((e) => e.code === 'E_QUOTA' && e.tenant === 'city-a'), 'the refusal is audited');
+
+  const usage = JSON.parse((await ok(kuraAsync(['vault', 'usage', '--config', vault.config, '--json']), 'usage')).out) as {
+    period: string;
+    totalStoredBytes: number;
+    tenants: Array<{ tenant: string; storedBytes: number; logicalBytes: number; snapshots: number; chunks: number; receivedBytes: number; quota: number | null; sharePercent: number }>;
+  };
+  const a = usage.tenants.find((x) => x.tenant === 'city-a')!;
+  const tb = usage.tenants.find((x) => x.tenant === 'town-b')!;
+  assert.equal(usage.period, new Date().toISOString().slice(0, 7));
+  assert.equal(a.snapshots, 1);
+  assert.equal(a.logicalBytes, 300_000);
+  assert.equal(a.quota, 1 << 20);
+  let onDisk = 0;
+  for (const sub of ['packs', 'snapshots']) {
+    for (const e of readdirSync(path.join(vault.root, 'tenants', 'city-a', sub), { recursive: true, withFileTypes: true })) if (e.isFile()) onDisk += statSync(path.join(e.parentPath, e.name)).size;
+  }
+  assert.equal(a.storedBytes, onDisk);
+  assert.ok(a.receivedBytes > 0 && a.receivedBytes <= a.storedBytes);
+  assert.equal(tb.storedBytes, 0);
+  assert.equal(a.sharePercent, 100);
+  assert.equal(usage.totalStoredBytes, onDisk);
+  const table = (await ok(kuraAsync(['vault', 'usage', '--config', vault.config]), 'usage table')).out;
+  assert.match(table, /^city-a +\S+ \S+ +\S+ \S+ +1 +\d+ +\S+ \S+ +1\.0 MiB \(\d+%\) +100\.0%$/m);
+
+  // the operator raises the quota: the queue drains in order
+  await vault.stop();
+  vault = await startVault(dir, tenants('1GiB'));
+  writeFileSync(cfg, readFileSync(cfg, 'utf8').replace(/port: \d+/, `port: ${vault.port}`).replace(/hostKeySha256: ".*"/, `hostKeySha256: "${vault.hostKeySha256}"`));
+  await ok(kuraAsync(['relay', 'once'], { env }), 'relay once after the quota was raised');
+  const remote = JSON.parse((await ok(kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env }), 'list')).out) as Array<{ id: string }>;
+  assert.ok(remote.some((s) => s.id === bigSnap.id));
+});
+
+test('vault prune follows per-tenant and per-source retention, honours holds set over SSH by a tenant-admin, and runs on its schedule', async (t) => {
+  const dir = tempDir(t);
+  const admin = sshKey(dir, 'admin');
+  const relayKey = sshKey(dir, 'relay');
+  const tenants = `    city-a:\n      retention: { keepLast: 1 }\n      sources:\n        gyosei: { retention: { keepLast: 2 } }\n      clients:\n        - key: ${relayKey.public}\n          role: backup\n        - key: ${admin.public}\n          role: tenant-admin\n`;
+  let vault = await startVault(dir, tenants);
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: relayKey.private });
+  const adminCfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: admin.private, name: 'admin.yaml' });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  const r = new Prng(8);
+  const juki: Array<{ id: string; sha: string }> = [];
+  for (let i = 0; i < 3; i++) {
+    const f = path.join(dir, `j${i}`);
+    const data = r.bytes(150_000);
+    writeFileSync(f, data);
+    juki.push({ id: kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env }).id, sha: sha256(data) });
+  }
+  const gyosei: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const f = path.join(dir, `g${i}`);
+    writeFileSync(f, r.bytes(50_000));
+    gyosei.push(kuraJson<{ id: string }>(['backup', '--name', 'gyosei', '--file', f, '--route', 'peer-dc'], { env }).id);
+  }
+  await ok(kuraAsync(['relay', 'once'], { env }), 'relay once');
+  // the relay's backup-role key may not set holds; the tenant-admin's may
+  const denied = await kuraAsync(['protect', '--from', 'peer-dc', juki[0]!.id], { env });
+  assert.equal(denied.status, 77, denied.stderr);
+  assert.match(denied.stderr, /E_FORBIDDEN/);
+  const held = await ok(kuraAsync(['protect', '--from', 'peer-dc', juki[0]!.id.slice(0, 12)], { env: { KURA_CONFIG: adminCfg } }), 'protect as tenant-admin');
+  assert.match(held.out, /is now protected \(vault of route peer-dc\)/);
+
+  const dry = (await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--dry-run']), 'dry run')).out;
+  assert.match(dry, new RegExp(`^keep +\\S+ \\S+ +${juki[0]!.id.slice(0, 12)} +city-a +juki +protected$`, 'm'));
+  assert.match(dry, new RegExp(`^would remove +\\S+ \\S+ +${juki[1]!.id.slice(0, 12)} +city-a +juki +no rule keeps it$`, 'm'));
+  assert.match(dry, new RegExp(`^keep +\\S+ \\S+ +${gyosei[1]!.slice(0, 12)} +city-a +gyosei +last 2$`, 'm'));
+
+  // with a schedule (every 2 s here) the vault prunes and collects without anyone running a command
+  await vault.stop();
+  vault = await startVault(dir, tenants, `  maintenance:\n    schedule: "*/2 * * * * *"\n`);
+  writeFileSync(cfg, readFileSync(cfg, 'utf8').replace(/port: \d+/, `port: ${vault.port}`));
+  const want = new Set([juki[0]!.id, juki[2]!.id, gyosei[1]!, gyosei[2]!]);
+  const listed = async () => JSON.parse((await ok(kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env }), 'list')).out) as Array<{ id: string }>;
+  let ids: string[] = [];
+  for (let i = 0; i < 40; i++) {
+    ids = (await listed()).map((s) => s.id);
+    if (ids.length === want.size && vault.audit().some((e) => e.event === 'maintenance' && e.outcome === 'ok' && Number(e.chunksRemoved) > 0)) break;
+    await sleep(500);
+  }
+  assert.deepEqual(new Set(ids), want);
+  const m = vault.audit().filter((e) => e.event === 'maintenance');
+  assert.ok(m.some((e) => Number(e.removedSnapshots) === 2), JSON.stringify(m));
+  assert.equal(kuraJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--repo', path.join(vault.root, 'tenants', 'city-a')], { env: { KURA_PASSPHRASE: undefined } }).chunksUnreferenced, 0);
+  for (const j of [juki[0]!, juki[2]!])
+    assert.equal(sha256((await ok(kuraAsync(['restore', '--from', 'peer-dc', j.id, '--to', '-', '--identity', admin.private], { env }), 'restore')).stdout), j.sha);
+});
