@@ -13,6 +13,7 @@ export const ExitStatus = {
   IO: 74, // I/O error writing or reading the store
   TEMP_FAIL: 75, // could not lock; try again later
   NO_PERM: 77, // wrong key or passphrase, permission denied
+  CANT_CREATE: 73, // a restore target that is not empty (without --force)
   CONFIG: 78, // configuration error
 } as const;
 
@@ -48,6 +49,10 @@ export const errorCodes = {
   E_QUOTA: ExitStatus.TEMP_FAIL,
   E_RPO_EXCEEDED: ExitStatus.FAILED,
   E_BACKUP_FAILED: ExitStatus.FAILED,
+  E_EXPORT_FAILED: ExitStatus.FAILED,
+  E_EXPORT_TIMEOUT: ExitStatus.FAILED,
+  E_RESTORE_FAILED: ExitStatus.FAILED,
+  E_TARGET_NOT_EMPTY: ExitStatus.CANT_CREATE,
   E_INTERNAL: ExitStatus.SOFTWARE,
 } as const;
 

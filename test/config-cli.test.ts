@@ -84,13 +84,19 @@ test('--repo and the key can come from the config', (t) => {
   assert.equal(kuraOk(['restore', 'latest:x'], { env }).out, 'hello');
 });
 
-test('commands of later versions exist with help and fail with E_NOT_IMPLEMENTED', () => {
-  for (const args of [['agent', 'run'], ['agent', 'daemon'], ['vault', 'prune'], ['vault', 'gc'], ['vault', 'usage'], ['prune'], ['gc']]) {
-    const r = kura(args);
-    assert.equal(r.status, 69, args.join(' '));
-    assert.match(r.stderr, /E_NOT_IMPLEMENTED/);
-    assert.equal(kura([...args, '--help']).status, 0);
+test('every command has help; commands that need config sections say which is missing', (t) => {
+  for (const args of [['agent', 'run'], ['agent', 'daemon'], ['vault', 'prune'], ['vault', 'gc'], ['vault', 'usage'], ['prune'], ['gc'], ['protect'], ['unprotect']]) {
+    assert.equal(kura([...args, '--help']).status, 0, args.join(' '));
   }
+  const dir = tempDir(t);
+  const cfg = path.join(dir, 'kura.yaml');
+  writeFileSync(cfg, `repository:\n  path: ${path.join(dir, 'repo')}\n`);
+  const noSources = kura(['agent', 'run'], { env: { KURA_CONFIG: cfg } });
+  assert.equal(noSources.status, 78);
+  assert.match(noSources.stderr, /E_CONFIG: the config has no sources/);
+  const noVault = kura(['vault', 'usage'], { env: { KURA_CONFIG: cfg } });
+  assert.equal(noVault.status, 78);
+  assert.match(noVault.stderr, /E_CONFIG: no vault section/);
 });
 
 test('usage errors exit 64 and say what is wrong', () => {

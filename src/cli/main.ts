@@ -5,7 +5,7 @@ import { registerBackup } from './backup.js';
 import { registerCheck } from './check.js';
 import { registerConfig } from './config.js';
 import { registerKey } from './key.js';
-import { registerPlanned } from './planned.js';
+import { registerAgent } from './agent.js';
 import { registerPrune } from './prune.js';
 import { registerRepo } from './repo.js';
 import { registerRestore } from './restore.js';
@@ -25,7 +25,7 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces of errors')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  registerPlanned(program);
+  registerAgent(program);
   registerRelay(program);
   registerRouteControls(program);
   registerStatus(program);

@@ -11,8 +11,12 @@ export function registerRestore(program: Command): void {
     .option('--from <route>', 'restore from the vault of this route (over SSH) instead of the local repository')
     .option('--tenant <tenant>', 'tenant on the vault (default: the config\'s tenant)')
     .option('--identity <file>', 'SSH private key for the vault (default: the route\'s clientKey); needs the restore role')
+    .option('--into <target>', 'rebuild a database instead: postgresql://user@host:port/db, mariadb://user@host:port/db or sqlite:PATH (password: in the URI or --password-file; never shown)')
+    .option('--force', 'with --into: replace the contents of a target that is not empty')
+    .option('--password-file <file>', 'with --into: the database password')
     .option('--json', 'print a JSON summary line (on stderr when restoring to stdout)')
-    .action(async (ref: string, opts: RepoOptions & { to: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
+    .action(async (ref: string, opts: RepoOptions & IntoFlags & { to: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
+      if (opts.into) return restoreIntoDb(ref, opts as RepoOptions & IntoFlags & { into: string; from?: string; tenant?: string; identity?: string }, cmd);
       if (opts.to === '-' && process.stdout.isTTY) throw new KuraError('E_USAGE', 'refusing to write a restore to a terminal; use --to PATH or pipe the output');
       if (opts.from) return restoreFromVault(ref, opts as RepoOptions & { to: string; from: string; tenant?: string; identity?: string }, cmd);
       const repo = await openRepo(cmd, opts, 'required');
@@ -31,6 +35,49 @@ export function registerRestore(program: Command): void {
         repo.close();
       }
     });
+}
+
+interface IntoFlags {
+  into?: string;
+  force?: boolean;
+  passwordFile?: string;
+  json?: boolean;
+}
+
+/** --into: the snapshot, local or from a vault, streamed into a database client. */
+async function restoreIntoDb(ref: string, opts: RepoOptions & IntoFlags & { into: string; from?: string; tenant?: string; identity?: string }, cmd: Command): Promise<void> {
+  const { restoreInto } = await import('../restorer/into.js');
+  const { restoreStream, restoreTo } = await import('../restorer/restore.js');
+  const into = { force: Boolean(opts.force), passwordFile: opts.passwordFile };
+  let out: Awaited<ReturnType<typeof restoreInto>>;
+  if (opts.from) {
+    const { connectRoute, remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote } = await import('../restorer/remote.js');
+    const { decodeSnapshot } = await import('../repository/snapshot.js');
+    const cfg = configOf(cmd).config;
+    const keys = await keysFor(cmd, opts);
+    const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
+    try {
+      const id = resolveRemote(await remoteList(conn), ref);
+      const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
+      out = await restoreInto(opts.into, into, (w) => restoreStream(snap, keys, remoteBlobs(conn), w));
+    } finally {
+      conn.close();
+    }
+  } else {
+    const repo = await openRepo(cmd, opts, 'required');
+    try {
+      const id = repo.resolveSnapshot(ref);
+      out = await restoreInto(opts.into, into, (w) => restoreTo(repo, id, w));
+    } finally {
+      repo.close();
+    }
+  }
+  const r = out.result;
+  if (opts.json) printJson({ ok: true, id: r.id, bytes: r.bytes, chunks: r.chunks, seconds: Number(r.seconds.toFixed(3)), into: out.target, commands: out.commands });
+  else {
+    for (const c of out.commands) process.stdout.write(`ran: ${c}\n`);
+    process.stdout.write(`restored ${r.id.slice(0, 12)} into ${out.target}: ${formatBytes(r.bytes)} in ${r.chunks} chunks, verified, ${r.seconds.toFixed(2)} s\n`);
+  }
 }
 
 /** Restore over SSH from a route's vault, decrypting with the local repository's key or a key file. */

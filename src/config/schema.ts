@@ -179,6 +179,27 @@ export const configSchema = z.strictObject({
     })
     .default({ sso: { type: 'none' }, routing: { type: 'static', routes: {} }, virtualization: { type: 'none' } } as never)
     .describe('pluggable modules, each selected by `type`'),
+  notifications: z
+    .strictObject({
+      webhooks: z
+        .array(
+          z.strictObject({
+            url: z.url().describe('endpoint receiving a POST per job event').meta({ examples: ['https://hooks.example.jp/services/T000/B000/XXXX'] }),
+            format: z.enum(['generic', 'slack', 'teams']).default('generic').describe('generic: the job event as JSON; slack: {text}; teams: a MessageCard'),
+            on: z.array(z.enum(['failure', 'success'])).default(['failure']).describe('which results are sent'),
+            timeout: duration.default('10s'),
+          }),
+        )
+        .default([]),
+    })
+    .prefault({})
+    .describe('agent job notifications; a delivery failure is logged, never fatal to the backup'),
+  agent: z
+    .strictObject({
+      shutdownGrace: duration.default('30s').describe('on SIGTERM, how long `kura agent daemon` waits for the running export to stop cleanly'),
+    })
+    .prefault({})
+    .describe('agent mode: `kura agent run` and `kura agent daemon`'),
   logging: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),

@@ -1,0 +1,135 @@
+import { hostname } from 'node:os';
+import { KuraError, isKuraError } from '../errors.js';
+import type { KuraConfig, SourceConfig } from '../config/schema.js';
+import { backup } from '../archiver/backup.js';
+import { inputFailed } from '../archiver/input.js';
+import type { Repository } from '../repository/repository.js';
+import { routesOf } from '../relay/relay.js';
+import { collectGarbage, type GcReport } from '../gc/gc.js';
+import { prune } from '../retention/prune.js';
+import { log } from '../log.js';
+import { notify } from './notify.js';
+import { openSource } from './sources.js';
+
+export interface SourceResult {
+  source: string;
+  tenant: string;
+  result: 'ok' | 'failed' | 'locked';
+  job: number | null;
+  snapshot?: string;
+  logicalBytes?: number;
+  newBytes?: number;
+  chunks?: number;
+  newChunks?: number;
+  seconds: number;
+  routes: string[];
+  /** snapshots of this source removed by its on-site retention after the backup */
+  pruned?: number;
+  error?: { code: string; message: string };
+  /** the export's stderr (last part), when it failed */
+  stderr?: string;
+}
+
+/** The sources to run, checked against the config before anything starts. */
+export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array<[string, SourceConfig]> {
+  const all = Object.entries(cfg.sources);
+  if (all.length === 0) throw new KuraError('E_CONFIG', 'the config has no sources; add one under sources: ("kura config example" shows each type)');
+  for (const n of names ?? []) if (!cfg.sources[n]) throw new KuraError('E_USAGE', `no source "${n}" in the config; known: ${all.map(([k]) => k).join(', ')}`);
+  const chosen = names?.length ? all.filter(([n]) => names.includes(n)) : all;
+  const routes = routesOf(cfg);
+  for (const [n, s] of chosen) {
+    for (const r of s.routes) if (!routes[r]) throw new KuraError('E_CONFIG', `sources.${n}.routes names route "${r}", which is not in modules.routing.routes; known: ${Object.keys(routes).join(', ') || 'none'}`);
+  }
+  return chosen;
+}
+
+/**
+ * One source, once: export → backup (queued for its routes in the same transaction) → job
+ * record → on-site retention → notification. Never throws for the source's own failure: the
+ * result says what happened. A source already running elsewhere (another `agent run`, the
+ * daemon) is reported as locked, not run twice.
+ */
+export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined } = {}): Promise<SourceResult> {
+  const t0 = performance.now();
+  const tenant = src.tenant ?? cfg.tenant;
+  const base = { source: name, tenant, routes: src.routes };
+  const cat = repo.catalogue;
+  let lock: { release: () => void };
+  try {
+    lock = cat.acquireLock(`source:${name}`, [`source:${name}`]);
+  } catch (e) {
+    if (!isKuraError(e) || e.code !== 'E_LOCKED') throw e;
+    return { ...base, result: 'locked', job: null, seconds: 0, error: { code: e.code, message: e.message } };
+  }
+  const job = cat.startJob(name);
+  let result: SourceResult;
+  let opened: Awaited<ReturnType<typeof openSource>> | null = null;
+  try {
+    opened = await openSource(name, src, { signal: opts.signal });
+    const res = await backup(repo, guard(opened.stream, name), {
+      source: name,
+      tenant,
+      host: cfg.host ?? hostname(),
+      tags: src.tags,
+      ...(src.compression !== undefined ? { compressionLevel: src.compression } : {}),
+      private: { export: opened.facts },
+      routes: src.routes,
+    });
+    const h = res.header;
+    cat.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
+    result = { ...base, result: 'ok', job, snapshot: res.id, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: res.seconds, routes: src.routes };
+  } catch (e) {
+    const err = isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message);
+    const stderr = opened?.stderr() ?? '';
+    cat.finishJob(job, { result: 'failed', errorCode: err.code, error: err.message + (stderr && !err.message.includes(stderr.slice(-200)) ? `\n--- export stderr ---\n${stderr.slice(-4000)}` : '') });
+    result = { ...base, result: 'failed', job, seconds: (performance.now() - t0) / 1000, error: { code: err.code, message: err.message }, ...(stderr ? { stderr: stderr.slice(-4000) } : {}) };
+  } finally {
+    opened?.cleanup();
+    lock.release();
+  }
+  if (result.result === 'ok' && src.retention) {
+    try {
+      const p = await prune(repo, { policyFor: () => src.retention, now: new Date(), timeZone: cfg.timezone ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC', dryRun: false, keepUnsent: true, sources: [name] });
+      result.pruned = p.removed;
+    } catch (e) {
+      log().warn({ source: name, err: (e as Error).message }, 'on-site retention failed; the backup itself succeeded');
+    }
+  }
+  log()[result.result === 'ok' ? 'info' : 'error']({ source: name, job, result: result.result, snapshot: result.snapshot, code: result.error?.code }, result.error?.message ?? 'backup done');
+  await notify(cfg, {
+    event: result.result === 'ok' ? 'backup.ok' : 'backup.failed',
+    host: cfg.host ?? hostname(),
+    tenant,
+    source: name,
+    job,
+    snapshot: result.snapshot,
+    logicalBytes: result.logicalBytes,
+    newBytes: result.newBytes,
+    seconds: result.seconds,
+    error: result.error,
+    time: new Date().toISOString(),
+  });
+  return result;
+}
+
+/** After pruning: reclaim on-site space, unless a backup is running (then the next run does it). */
+export async function localGc(repo: Repository): Promise<GcReport | null> {
+  try {
+    return await collectGarbage(repo, { mode: 'local' });
+  } catch (e) {
+    if (isKuraError(e) && e.code === 'E_LOCKED') {
+      log().info({}, 'on-site gc skipped: a backup is running; the next run collects');
+      return null;
+    }
+    throw e;
+  }
+}
+
+async function* guard(input: AsyncIterable<Buffer>, name: string): AsyncIterable<Buffer> {
+  try {
+    yield* input;
+  } catch (e) {
+    if (isKuraError(e)) throw e;
+    throw inputFailed(`reading the export of source ${name} failed`, e);
+  }
+}
