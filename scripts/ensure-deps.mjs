@@ -3,7 +3,7 @@
 //   the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform packages that were
 //   never published at its version, so npm leaves them out of the lockfile and `npm ci` refuses it;
 // - the Debian packages the integration tests run for real (OpenSSH's sshd for the vault's
-//   command= mode, systemd-analyze, tmux). Under CI=true a dependency that cannot be installed
+//   command= mode, systemd-analyze, tmux, PostgreSQL 15 and MariaDB servers and clients). Under CI=true a dependency that cannot be installed
 //   is a failure, never a skip.
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -22,6 +22,13 @@ const needs = [
   { tool: '/usr/sbin/sshd', pkg: 'openssh-server' },
   { tool: 'systemd-analyze', pkg: 'systemd' },
   { tool: 'tmux', pkg: 'tmux' },
+  // the agent's integration tests run real database servers and their dump/restore clients
+  { tool: '/usr/lib/postgresql/15/bin/initdb', pkg: 'postgresql-15' },
+  { tool: 'pg_dump', pkg: 'postgresql-client-15' },
+  { tool: 'mariadbd', pkg: 'mariadb-server' },
+  { tool: 'mariadb-dump', pkg: 'mariadb-client' },
+  { tool: 'tar', pkg: 'tar' },
+  { tool: 'bash', pkg: 'bash' },
 ];
 const missing = needs.filter((n) => !has(n.tool));
 if (missing.length > 0) {

@@ -38,9 +38,16 @@ export function registerAgent(program: Command): void {
       const chosen = selectSources(cfg, opts.source);
       const repo = await openRepo(cmd, opts, 'required');
       const results: SourceResult[] = [];
+      // SIGTERM (systemd stop, a job scheduler's cancel): stop the running export, record its job
+      // as failed (no snapshot), run nothing more
+      const abort = new AbortController();
+      const stop = () => abort.abort();
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
       try {
         for (const [name, src] of chosen) {
-          const r = await runSource(repo, cfg, name, src);
+          if (abort.signal.aborted) break;
+          const r = await runSource(repo, cfg, name, src, { signal: abort.signal });
           results.push(r);
           printResult(r, opts.json);
         }
@@ -49,6 +56,8 @@ export function registerAgent(program: Command): void {
           if (gc) log().info({ chunksRemoved: gc.chunksRemoved, bytesFreed: gc.bytesFreed }, 'on-site gc after retention');
         }
       } finally {
+        process.off('SIGTERM', stop);
+        process.off('SIGINT', stop);
         repo.close();
       }
       const failed = results.filter((r) => r.result === 'failed');
