@@ -82,7 +82,7 @@ function emitProperty(key: string, p: JS, required: boolean, indent: string, out
   }
   const value = p.examples?.[0] ?? p.default ?? p.const;
   if (value !== undefined) {
-    const text = Array.isArray(value) && value.length === 0 ? '[]' : typeof value === 'object' && value && Object.keys(value).length === 0 ? '{}' : scalar(value);
+    const text = Array.isArray(value) ? `[${value.map((v) => scalar(v)).join(', ')}]` : typeof value === 'object' && value && Object.keys(value).length === 0 ? '{}' : scalar(value);
     const multi = text.includes('\n');
     const line = multi ? `${key}:\n${text.split('\n').map((l) => indent + '  ' + l).join('\n')}` : `${key}: ${text}`;
     const commented = !required && p.default === undefined && p.const === undefined;

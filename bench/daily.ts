@@ -1,0 +1,171 @@
+/**
+ * bench/daily: a municipal database through N days of realistic churn, backed up every day by
+ * kura and, side by side on the same dump files, by restic and Borg (Debian packages, their
+ * defaults). Prints JSON lines per day and tool: seconds, new bytes stored (growth of the
+ * repository directory, so snapshot metadata and indexes are included) and repository size;
+ * then a summary over the churned days.
+ *
+ *   npm run bench:daily [-- --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536]
+ *
+ * The database (PostgreSQL 15, started here): residents, households, tax assessments (3 years),
+ * national health insurance, payments (mostly appended) and an audit log (appended). Each day
+ * ≈0.2 % of residents change (moves, status), 0.1 % of insurance premiums, new payments and
+ * audit lines are appended, some old audit lines are deleted; day `--heavy` is the annual tax
+ * recalculation (every assessment of the current year is updated).
+ *
+ * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4).
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { KURA } from '../test/support/cli.js';
+import { startPostgres } from '../test/support/db.js';
+
+const argv = process.argv;
+const arg = (name: string, def: string) => {
+  const i = argv.indexOf(`--${name}`);
+  return i > 0 ? argv[i + 1]! : def;
+};
+const SCALE = Number(arg('scale', '1'));
+const DAYS = Number(arg('days', '7'));
+const HEAVY = Number(arg('heavy', '5'));
+const KURA_AVGS = arg('kura-avg', '8192,65536').split(',').map(Number);
+const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
+
+function need(cmd: string, pkg: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
+    process.stderr.write(`bench/daily needs ${cmd} (Debian package ${pkg}): apt-get install ${pkg}\n`);
+    process.exit(69);
+  }
+}
+need('restic', 'restic');
+need('borg', 'borgbackup');
+need('pg_dump', 'postgresql-client-15');
+
+function dirBytes(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) n += statSync(path.join(e.parentPath, e.name)).size;
+  }
+  return n;
+}
+
+function timed(cmd: string, args: string[], env: Record<string, string> = {}, input?: string): number {
+  const t = performance.now();
+  const r = spawnSync(cmd, args, { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 28, input });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
+  return (performance.now() - t) / 1000;
+}
+
+const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-daily-'));
+const pg = await startPostgres(dir);
+try {
+  const sql = (q: string) => pg.psql('juki', q);
+  pg.psql('postgres', 'CREATE DATABASE juki');
+  const R = Math.round(200_000 * SCALE);
+  const t0 = performance.now();
+  sql(`
+    CREATE TABLE households (id int PRIMARY KEY, district text NOT NULL, address text NOT NULL, created date NOT NULL);
+    CREATE TABLE residents (id int PRIMARY KEY, household_id int NOT NULL REFERENCES households(id), family_name text NOT NULL, given_name text NOT NULL,
+      kana text NOT NULL, birth date NOT NULL, gender char(1) NOT NULL, status text NOT NULL, moved_in date, updated timestamptz NOT NULL);
+    CREATE TABLE tax_assessments (resident_id int NOT NULL, fiscal_year int NOT NULL, income bigint NOT NULL, deductions bigint NOT NULL, tax bigint NOT NULL,
+      PRIMARY KEY (resident_id, fiscal_year));
+    CREATE TABLE insurance (id int PRIMARY KEY, resident_id int NOT NULL, plan text NOT NULL, premium int NOT NULL, since date NOT NULL);
+    CREATE TABLE payments (id bigserial PRIMARY KEY, resident_id int NOT NULL, kind text NOT NULL, amount bigint NOT NULL, paid_on date NOT NULL, channel text NOT NULL);
+    CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL, actor text NOT NULL, action text NOT NULL, target text NOT NULL);
+    INSERT INTO households SELECT i, '第' || (1 + i % 40) || '地区', '緑町' || (i % 97) || '丁目' || (i % 31) || '番' || (i % 17) || '号', date '1990-01-01' + (i % 12000)
+      FROM generate_series(1, ${Math.round(R * 0.4)}) i;
+    INSERT INTO residents SELECT i, 1 + (i * 7) % ${Math.round(R * 0.4)}, (ARRAY['佐藤','鈴木','高橋','田中','伊藤','渡辺','山本','中村','小林','加藤'])[1 + i % 10],
+      (ARRAY['太郎','花子','一郎','美咲','健太','陽子','翔','結衣'])[1 + (i / 10) % 8], 'ｶﾅ' || md5(i::text)::varchar(12), date '1930-01-01' + (i * 13) % 33000,
+      (ARRAY['M','F'])[1 + i % 2], 'resident', date '1990-01-01' + (i * 3) % 12000, timestamptz '2026-01-01' + (i % 1000) * interval '1 hour'
+      FROM generate_series(1, ${R}) i;
+    INSERT INTO tax_assessments SELECT r, y, 2000000 + (r * 7919) % 8000000, 380000 + (r % 7) * 10000, ((2000000 + (r * 7919) % 8000000) / 10)::bigint
+      FROM generate_series(1, ${R}) r, generate_series(2024, 2026) y;
+    INSERT INTO insurance SELECT i, i, (ARRAY['一般','退職','後期高齢'])[1 + i % 3], 3000 + (i * 31) % 20000, date '2000-04-01' + (i % 9000)
+      FROM generate_series(1, ${Math.round(R * 0.75)}) i;
+    INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13) % ${R}, (ARRAY['住民税','国保','固定資産税','軽自動車税'])[1 + i % 4],
+      1000 + (i * 37) % 90000, date '2024-04-01' + (i / 3000), (ARRAY['窓口','口座振替','コンビニ','スマホ決済'])[1 + (i / 7) % 4]
+      FROM generate_series(1, ${R * 5}) i;
+    INSERT INTO audit_log (at, actor, action, target) SELECT timestamptz '2025-01-01' + i * interval '20 seconds', 'clerk' || (i % 150),
+      (ARRAY['view','update','print','export'])[1 + i % 4], 'resident/' || (1 + (i * 17) % ${R}) FROM generate_series(1, ${R * 5}) i;
+    VACUUM ANALYZE;
+  `);
+  emit({ bench: 'daily-setup', residents: R, seconds: +((performance.now() - t0) / 1000).toFixed(1) });
+
+  // the tools' repositories
+  const dumpDir = path.join(dir, 'dump');
+  mkdirSync(dumpDir);
+  const dumpFile = path.join(dumpDir, 'juki.sql');
+  const kuraRepos = KURA_AVGS.map((avg) => ({ avg, repo: path.join(dir, `kura-${avg}`) }));
+  const kuraEnv = { KURA_PASSPHRASE: 'bench', KURA_LOG_LEVEL: 'warn' };
+  for (const k of kuraRepos) {
+    timed(process.execPath, [KURA, 'repo', 'init', '--repo', k.repo, '--chunk-min', String(k.avg / 4), '--chunk-avg', String(k.avg), '--chunk-max', String(k.avg * 4)], kuraEnv);
+  }
+  const resticRepo = path.join(dir, 'restic');
+  const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
+  timed('restic', ['-r', resticRepo, 'init'], resticEnv);
+  const borgRepo = path.join(dir, 'borg');
+  const borgEnv = { BORG_PASSPHRASE: 'bench', BORG_BASE_DIR: path.join(dir, 'borg-base') };
+  timed('borg', ['init', '--encryption=repokey', borgRepo], borgEnv);
+
+  const totals = new Map<string, { bytes: number; seconds: number; days: number }>();
+  const record = (day: number, tool: string, seconds: number, before: number, repo: string) => {
+    const after = dirBytes(repo);
+    emit({ bench: 'daily', day, tool, seconds: +seconds.toFixed(2), newBytes: after - before, repoBytes: after });
+    if (day > 1) {
+      const t = totals.get(tool) ?? { bytes: 0, seconds: 0, days: 0 };
+      t.bytes += after - before;
+      t.seconds += seconds;
+      t.days++;
+      totals.set(tool, t);
+    }
+  };
+
+  for (let day = 1; day <= DAYS; day++) {
+    if (day > 1) {
+      const tc = performance.now();
+      sql(`
+        UPDATE residents SET status = (ARRAY['moved','resident','deceased','abroad'])[1 + (id + ${day}) % 4], updated = now()
+          WHERE (id * 2654435761::bigint + ${day * 7919}) % 1000 < 2;
+        UPDATE insurance SET premium = premium + 100 WHERE (id * 40503::bigint + ${day * 31}) % 1000 < 1;
+        INSERT INTO households SELECT (SELECT max(id) FROM households) + i, '第1地区', '新町' || i || '番', current_date FROM generate_series(1, ${Math.round(20 * SCALE)}) i;
+        INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13 + ${day}) % ${R}, '住民税', 1000 + i % 9000, current_date, '口座振替'
+          FROM generate_series(1, ${Math.round(R * 0.02)}) i;
+        INSERT INTO audit_log (at, actor, action, target) SELECT now() + i * interval '1 second', 'clerk' || (i % 150), 'view', 'resident/' || (1 + (i * 31 + ${day}) % ${R})
+          FROM generate_series(1, ${Math.round(R * 0.03)}) i;
+        DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log ORDER BY id LIMIT ${Math.round(R * 0.01)});
+        ${day === HEAVY ? 'UPDATE tax_assessments SET tax = tax + tax / 100, deductions = deductions + 1000 WHERE fiscal_year = 2026;' : ''}
+      `);
+      emit({ bench: 'daily-churn', day, heavy: day === HEAVY, seconds: +((performance.now() - tc) / 1000).toFixed(1) });
+    }
+    const dumpSeconds = timed('pg_dump', ['--no-password', '--format=plain', `--dbname=${pg.uri('juki')}`, `--file=${dumpFile}`], { PGPASSWORD: pg.password });
+    emit({ bench: 'daily-dump', day, seconds: +dumpSeconds.toFixed(2), bytes: statSync(dumpFile).size });
+    for (const k of kuraRepos) {
+      const before = dirBytes(k.repo);
+      record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile], kuraEnv), before, k.repo);
+    }
+    {
+      const before = dirBytes(resticRepo);
+      record(day, 'restic', timed('restic', ['-r', resticRepo, 'backup', '--host', 'bench', dumpFile], resticEnv), before, resticRepo);
+    }
+    {
+      const before = dirBytes(borgRepo);
+      record(day, 'borg', timed('borg', ['create', `${borgRepo}::day${day}`, dumpFile], borgEnv), before, borgRepo);
+    }
+  }
+  const summary: Record<string, unknown> = { bench: 'daily-summary', churnedDays: DAYS - 1 };
+  for (const [tool, t] of totals) summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2) };
+  const restic = totals.get('restic')!;
+  const peers = ['restic', 'borg'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days);
+  for (const k of kuraRepos) {
+    const t = totals.get(`kura-avg${k.avg}`)!;
+    summary[`kura-avg${k.avg}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
+    summary[`kura-avg${k.avg}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
+  }
+  emit(summary);
+} finally {
+  await pg.stop();
+  if (!argv.includes('--keep')) rmSync(dir, { recursive: true, force: true });
+  else process.stderr.write(`kept ${dir}\n`);
+}
