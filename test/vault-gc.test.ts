@@ -9,7 +9,7 @@ import { sleep } from './support/proxy.js';
 import { agentConfig, sshKey, startVault } from './support/vault.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
 import { VaultConnection } from '../src/relay/connection.js';
-import { chunkIdsOf, decodeSnapshot } from '../src/repository/snapshot.js';
+import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
 
@@ -47,7 +47,7 @@ test('a session told chunks are present commits after a prune removed their last
   // the next night's export is the same: every chunk of B is in the vault, used only by A
   const b = kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f], { env });
   const bBytes = readFileSync(path.join(dir, 'repo', 'snapshots', b.id));
-  const ids = Buffer.concat([...chunkIdsOf(decodeSnapshot(bBytes, b.id))]);
+  const ids = Buffer.concat(await referencedChunks(path.join(dir, 'repo'), b.id));
 
   const conn = await VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
     route: 'test',

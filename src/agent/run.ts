@@ -10,6 +10,7 @@ import { prune } from '../retention/prune.js';
 import { log } from '../log.js';
 import { notify } from './notify.js';
 import { openSource } from './sources.js';
+import { chunkerParamsForAverage, databaseChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 
 export interface SourceResult {
   source: string;
@@ -74,6 +75,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
       ...(src.compression !== undefined ? { compressionLevel: src.compression } : {}),
       private: { export: opened.facts },
       routes: src.routes,
+      chunker: chunkerFor(src),
     });
     const h = res.header;
     cat.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
@@ -123,6 +125,12 @@ export async function localGc(repo: Repository): Promise<GcReport | null> {
     }
     throw e;
   }
+}
+
+/** Chunk sizes of a source: its chunkAvg, else small chunks for database exports, else the repository's. */
+export function chunkerFor(src: SourceConfig): ChunkerParams | undefined {
+  if (src.chunkAvg) return chunkerParamsForAverage(src.chunkAvg);
+  return src.type === 'postgres' || src.type === 'mariadb' || src.type === 'mysql' || src.type === 'sqlite' ? databaseChunkerParams : undefined;
 }
 
 async function* guard(input: AsyncIterable<Buffer>, name: string): AsyncIterable<Buffer> {

@@ -1,10 +1,11 @@
 import { hostname } from 'node:os';
-import { FastCdc } from '../chunker/fastcdc.js';
+import { FastCdc, type ChunkerParams } from '../chunker/fastcdc.js';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkRow } from '../repository/catalogue.js';
-import { PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
+import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
+import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
@@ -18,6 +19,8 @@ export interface BackupOptions {
   tags?: string[];
   compressionLevel?: number;
   private?: SnapshotPrivate;
+  /** Chunk sizes for this snapshot (default: the repository's); boundaries use the repository's gear table either way. */
+  chunker?: ChunkerParams | undefined;
   /** Routes the snapshot is queued for, in the same transaction that records it. */
   routes?: string[];
   /** Worker threads for compression+encryption (default: one per core). */
@@ -88,7 +91,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
   const startTime = new Date().toISOString();
   const keys = repo.keys;
   const level = opts.compressionLevel ?? repo.config.compression.level;
-  const params = repo.config.chunker;
+  const params = opts.chunker ?? repo.config.chunker;
   const cdc = new FastCdc(params, keys.gearSeed);
   const pool = opts.pool ?? new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
   if (opts.pool) pool.setKey(keys.dataKey);
@@ -194,6 +197,26 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
   }
   await pool.close();
 
+  // the chunk list, cut into blocks stored like chunks: unchanged blocks are last night's
+  const newBlocks: Array<{ id: Buffer; blob: Buffer }> = [];
+  const seenBlocks = new Set<string>();
+  const tree = buildListTree(ids.bytes(), (id, blob) => {
+    const k = id.toString('base64');
+    if (seenBlocks.has(k) || catalogue.hasChunk(id)) return;
+    seenBlocks.add(k);
+    newBlocks.push({ id, blob });
+  });
+  if (newBlocks.length > 0) {
+    const pack = encodePack(
+      newBlocks.map((b) => b.blob),
+      newBlocks.map((b) => b.id),
+    );
+    await store.put(packName(pack.id), pack.bytes);
+    await store.sync();
+    catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER })));
+    newBytes += pack.bytes.length;
+  }
+
   const parent = catalogue.snapshots({ source: opts.source }).at(-1)?.id ?? null;
   const header: SnapshotHeader = {
     tenant: opts.tenant,
@@ -207,8 +230,10 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
     newBytes,
     parent,
     tags: opts.tags ?? [],
+    listDepth: tree.depth,
+    chunker: { minSize: params.minSize, avgSize: params.avgSize, maxSize: params.maxSize },
   };
-  const snap = encodeSnapshot(header, ids.bytes(), opts.private ?? {}, keys.dataKey);
+  const snap = encodeSnapshot(header, tree.top, opts.private ?? {}, keys.dataKey);
   await store.putIfAbsent(snapshotName(snap.id), snap.bytes);
   await store.sync();
   catalogue.db.transaction(() => {

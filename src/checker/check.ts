@@ -4,7 +4,8 @@ import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { packId, packIndexLength, parsePackIndex, type PackEntry } from '../repository/pack.js';
-import { chunkIdsOf, decodeSnapshot, openSnapshotPrivate, type DecodedSnapshot } from '../repository/snapshot.js';
+import { decodeSnapshot, openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
+import { idsOf, type BlobFetcher } from '../repository/chunklist.js';
 
 export type ProblemKind = 'snapshot-corrupt' | 'pack-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'catalogue-stale';
 
@@ -36,6 +37,25 @@ interface Located {
 }
 
 const PACK_ID_RE = /^[0-9a-f]{64}$/;
+
+/** Blobs by ID straight from the packs (pack indexes, not the catalogue). */
+function packFetcher(repo: Repository, where: Map<string, Located>): BlobFetcher {
+  return async function* (ids, what) {
+    for (const id of ids) {
+      const loc = where.get(id.toString('hex'));
+      const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
+      if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} of ${what} is in no pack of the store`, { chunk: id.toString('hex') });
+      yield { id, blob };
+    }
+  };
+}
+
+/** Every snapshot's referenced chunks: its chunk list blocks and its data chunks. */
+async function referencedBy(repo: Repository, s: DecodedSnapshot, where: Map<string, Located>): Promise<Buffer[]> {
+  const blocks: Buffer[] = [];
+  const data = await snapshotChunkIds(s, packFetcher(repo, where), (b) => blocks.push(b));
+  return [...blocks, ...idsOf(data)];
+}
 
 /** Every pack's index, read from the tail of each pack (no keys needed). */
 async function readPackIndexes(repo: Repository, onBad: (pack: string, why: string) => void): Promise<Map<string, PackEntry[]>> {
@@ -92,8 +112,21 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
 
   const referenced = new Set<string>();
   const missing = new Set<string>();
+  const refs = new Map<string, Buffer[]>();
   for (const s of snaps) {
-    for (const id of chunkIdsOf(s)) {
+    let ids: Buffer[];
+    try {
+      ids = await referencedBy(repo, s, where);
+    } catch (e) {
+      if (!(e instanceof KuraError)) throw e;
+      // the list tree itself is damaged or incomplete: what is known of it still counts
+      const hex = (e.details?.chunk as string | undefined) ?? '';
+      if (hex) missing.add(hex);
+      else problems.push({ kind: 'snapshot-corrupt', message: e.message, snapshot: s.id });
+      ids = [...idsOf(s.listIds), ...(hex ? [Buffer.from(hex, 'hex')] : [])];
+    }
+    refs.set(s.id, ids);
+    for (const id of ids) {
       const hex = id.toString('hex');
       referenced.add(hex);
       if (!where.has(hex)) missing.add(hex);
@@ -132,7 +165,7 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   if (missing.size > 0 || corrupt.size > 0) {
     const affected = new Map<string, string[]>();
     for (const s of snaps) {
-      for (const id of chunkIdsOf(s)) {
+      for (const id of refs.get(s.id) ?? []) {
         const hex = id.toString('hex');
         if (missing.has(hex) || corrupt.has(hex)) {
           const list = affected.get(hex) ?? [];
@@ -171,18 +204,20 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
  * only means a later backup writes them again.
  */
 export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; snapshots: number }> {
+  const indexes = await readPackIndexes(repo, () => {});
+  const where = new Map<string, Located>();
+  for (const [pack, entries] of indexes) for (const e of entries) if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length });
   const referenced = new Set<string>();
   for await (const name of repo.store.list('snapshots/')) {
     const bytes = await repo.store.get(name);
     if (!bytes) continue;
     try {
-      for (const id of chunkIdsOf(decodeSnapshot(bytes, name.slice('snapshots/'.length)))) referenced.add(id.toString('hex'));
+      for (const id of await referencedBy(repo, decodeSnapshot(bytes, name.slice('snapshots/'.length)), where)) referenced.add(id.toString('hex'));
     } catch (e) {
       if (!(e instanceof KuraError)) throw e; // a damaged snapshot references nothing; check reports it
     }
   }
   const rows = new Map<string, ChunkRow>();
-  const indexes = await readPackIndexes(repo, () => {});
   for (const [pack, entries] of indexes) {
     const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')));
     if (wanted.length === 0) continue;

@@ -2,6 +2,7 @@ import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { inputFailed, readFileBlocks } from '../archiver/input.js';
+import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { configOf, formatBytes, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -12,6 +13,7 @@ interface BackupCliOptions extends RepoOptions {
   tag: string[];
   compression?: string;
   route: string[];
+  chunkAvg?: string;
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -32,6 +34,7 @@ export function registerBackup(program: Command): void {
     .option('--tenant <tenant>', 'tenant owning the data (default: from the config)')
     .option('--tag <tag>', 'label stored in the snapshot header (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
+    .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s). 4096 suits database dumps')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
     .action(async (opts: BackupCliOptions, cmd: Command) => {
@@ -41,6 +44,13 @@ export function registerBackup(program: Command): void {
       if (opts.compression !== undefined) {
         level = Number(opts.compression);
         if (!Number.isInteger(level) || level < 0 || level > 22) throw new KuraError('E_USAGE', `--compression must be 0..22, got "${opts.compression}"`);
+      }
+      let chunker: ChunkerParams | undefined;
+      if (opts.chunkAvg !== undefined) {
+        const avg = Number(opts.chunkAvg);
+        chunker = chunkerParamsForAverage(avg);
+        const problem = Number.isInteger(avg) ? validateChunkerParams(chunker) : 'not a whole number';
+        if (problem) throw new KuraError('E_USAGE', `--chunk-avg ${opts.chunkAvg}: ${problem}`);
       }
       let input: AsyncIterable<Uint8Array>;
       let what: string;
@@ -85,6 +95,7 @@ export function registerBackup(program: Command): void {
           ...(level !== undefined ? { compressionLevel: level } : {}),
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
           routes: opts.route,
+          chunker,
           pool,
         });
         const h = res.header;

@@ -55,6 +55,15 @@ const sourceCommon = {
   timeout: duration.optional().describe('fail the job when the export runs longer').meta({ examples: ['2h'] }),
   rpo: duration.optional().describe('recovery point objective: how stale the off-site copy may get (default: the top-level rpo)').meta({ examples: ['1d'] }),
   tags: z.array(z.string()).default([]).describe('labels stored in each snapshot header'),
+  chunkAvg: z
+    .number()
+    .int()
+    .min(256)
+    .max(1 << 26)
+    .refine((n) => (n & (n - 1)) === 0, 'chunkAvg must be a power of two')
+    .optional()
+    .describe('average chunk size in bytes (min = avg/4, max = avg×4); default 4096 for postgres, mariadb and sqlite sources (measured by bench/daily), the repository\'s for others')
+    .meta({ examples: [4096] }),
 };
 
 const postgresSource = z.strictObject({

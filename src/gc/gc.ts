@@ -1,7 +1,9 @@
 import { KuraError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { encodePack, packId } from '../repository/pack.js';
-import { chunkIdsOf } from '../repository/snapshot.js';
+import { snapshotChunkIds } from '../repository/snapshot.js';
+import { idsOf } from '../repository/chunklist.js';
+import { readBlobs } from '../repository/reader.js';
 import { packName } from '../store/backend.js';
 import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
 
@@ -100,8 +102,13 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       const snap = await repo.readSnapshot(id).catch((e: unknown) => {
         throw new KuraError('E_CHECK_FAILED', `gc stopped: snapshot ${id} cannot be read (${(e as Error).message}); its chunks cannot be known, so nothing is deleted. Run "kura check"`);
       });
+      const blocks: Buffer[] = [];
+      const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b)).catch((e: unknown) => {
+        throw new KuraError('E_CHECK_FAILED', `gc stopped: the chunk list of snapshot ${id} cannot be read (${(e as Error).message}); nothing is deleted. Run "kura check"`);
+      });
       db.transaction(() => {
-        for (const c of chunkIdsOf(snap)) insertMark.run(c);
+        for (const c of blocks) insertMark.run(c);
+        for (const c of idsOf(data)) insertMark.run(c);
       })();
       marked.add(id);
     }

@@ -2,7 +2,8 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { Frame, jsonOf } from '../protocol/frames.js';
 import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
-import { chunkIdsOf, decodeSnapshot } from '../repository/snapshot.js';
+import { decodeSnapshot, snapshotChunkIds } from '../repository/snapshot.js';
+import { idsOf } from '../repository/chunklist.js';
 import { snapshotName } from '../store/backend.js';
 import { KuraError } from '../errors.js';
 import type { VaultConnection } from './connection.js';
@@ -31,7 +32,10 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   const snap = decodeSnapshot(bytes, snapshotId);
   const seen = new Set<string>();
   const unique: Buffer[] = [];
-  for (const id of chunkIdsOf(snap)) {
+  // the chunk list blocks first (the vault reads them to check the commit), then the data
+  const blocks: Buffer[] = [];
+  const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b));
+  for (const id of [...blocks, ...idsOf(data)]) {
     const k = id.toString('base64');
     if (!seen.has(k)) {
       seen.add(k);

@@ -1,17 +1,21 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { KuraError } from '../errors.js';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { expandListTree, type BlobFetcher } from './chunklist.js';
 
 /**
- * Snapshot file, repository format v1 (docs/format.md). One file per generation, immutable,
- * named by the SHA-256 of its bytes, so anyone (the vault too, without keys) can verify it:
- *   "KURASNAP" | u8 version | u32 len, header JSON | u32 n, n × 32-byte chunk IDs |
+ * Snapshot file (docs/format.md). One file per generation, immutable, named by the SHA-256 of
+ * its bytes, so anyone (the vault too, without keys) can verify it:
+ *   "KURASNAP" | u8 version | u32 len, header JSON | u32 n, n × 32-byte IDs |
  *   u32 len, private part = nonce(12) || AES-256-GCM ciphertext || tag(16)
+ * Version 1: the IDs are the chunk list. Version 2 (written now): the IDs are the top level of
+ * the chunk list tree (chunklist.ts), `header.listDepth` levels above the data chunks.
  * The private part's AAD is the SHA-256 of everything before it, so a key holder also knows the
  * readable header and chunk list were written by a key holder.
  */
 const MAGIC = Buffer.from('KURASNAP', 'latin1');
-export const SNAPSHOT_FORMAT = 1;
+export const SNAPSHOT_FORMAT = 2;
+const READABLE_FORMATS = new Set([1, 2]);
 
 export interface SnapshotHeader {
   tenant: string;
@@ -25,6 +29,10 @@ export interface SnapshotHeader {
   newBytes: number;
   parent: string | null;
   tags: string[];
+  /** format 2: levels of list blocks between the IDs in the file and the data chunks (0: they are the data chunks) */
+  listDepth?: number;
+  /** chunk sizes this snapshot was cut with (informational: restore does not need them) */
+  chunker?: { minSize: number; avgSize: number; maxSize: number };
 }
 
 /** Facts only key holders should read: the export command, DB name, tool versions, exit status. */
@@ -33,21 +41,24 @@ export type SnapshotPrivate = Record<string, unknown>;
 export interface DecodedSnapshot {
   id: string;
   header: SnapshotHeader;
-  chunkIds: Buffer; // n × 32 bytes
+  /** the IDs stored in the file (n × 32 bytes): the chunk list, or the top of its tree */
+  listIds: Buffer;
+  listDepth: number;
   sealed: Buffer;
   aad: Buffer;
   size: number;
 }
 
-export function encodeSnapshot(header: SnapshotHeader, chunkIds: Buffer, priv: SnapshotPrivate, dataKey: Buffer): { id: string; bytes: Buffer } {
-  if (chunkIds.length !== header.chunkCount * CHUNK_ID_BYTES) throw new Error('chunk list length does not match chunkCount');
+export function encodeSnapshot(header: SnapshotHeader, listIds: Buffer, priv: SnapshotPrivate, dataKey: Buffer): { id: string; bytes: Buffer } {
+  const depth = header.listDepth ?? 0;
+  if (depth === 0 && listIds.length !== header.chunkCount * CHUNK_ID_BYTES) throw new Error('chunk list length does not match chunkCount');
   const headerJson = Buffer.from(JSON.stringify(header), 'utf8');
   const u32 = (n: number) => {
     const b = Buffer.allocUnsafe(4);
     b.writeUInt32LE(n, 0);
     return b;
   };
-  const pub = Buffer.concat([MAGIC, Buffer.of(SNAPSHOT_FORMAT), u32(headerJson.length), headerJson, u32(header.chunkCount), chunkIds]);
+  const pub = Buffer.concat([MAGIC, Buffer.of(SNAPSHOT_FORMAT), u32(headerJson.length), headerJson, u32(listIds.length / CHUNK_ID_BYTES), listIds]);
   const aad = createHash('sha256').update(pub).digest();
   const nonce = randomBytes(12);
   const c = createCipheriv('aes-256-gcm', dataKey, nonce);
@@ -69,7 +80,8 @@ export function decodeSnapshot(bytes: Buffer, expectedId: string): DecodedSnapsh
   const id = expectedId;
   if (snapshotIdOf(bytes) !== expectedId) throw corrupt(id, 'content does not match its ID (damaged file)');
   if (bytes.length < MAGIC.length + 1 + 12 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw corrupt(id, 'not a snapshot file');
-  if (bytes[MAGIC.length] !== SNAPSHOT_FORMAT) throw corrupt(id, `unsupported snapshot format ${bytes[MAGIC.length]} (upgrade kura)`);
+  const version = bytes[MAGIC.length]!;
+  if (!READABLE_FORMATS.has(version)) throw corrupt(id, `unsupported snapshot format ${version} (upgrade kura)`);
   let off = MAGIC.length + 1;
   const need = (n: number) => {
     if (off + n > bytes.length) throw corrupt(id, 'truncated');
@@ -89,16 +101,18 @@ export function decodeSnapshot(bytes: Buffer, expectedId: string): DecodedSnapsh
   const n = bytes.readUInt32LE(off);
   off += 4;
   need(n * CHUNK_ID_BYTES);
-  const chunkIds = bytes.subarray(off, off + n * CHUNK_ID_BYTES);
+  const listIds = bytes.subarray(off, off + n * CHUNK_ID_BYTES);
   off += n * CHUNK_ID_BYTES;
-  if (n !== header.chunkCount) throw corrupt(id, 'chunk count does not match its header');
+  const listDepth = version === 1 ? 0 : (header.listDepth ?? 0);
+  if (!Number.isInteger(listDepth) || listDepth < 0 || listDepth > 8) throw corrupt(id, 'bad chunk list depth');
+  if (listDepth === 0 && n !== header.chunkCount) throw corrupt(id, 'chunk count does not match its header');
   const aad = createHash('sha256').update(bytes.subarray(0, off)).digest();
   need(4);
   const slen = bytes.readUInt32LE(off);
   off += 4;
   need(slen);
   if (off + slen !== bytes.length || slen < 28) throw corrupt(id, 'bad private part');
-  return { id, header, chunkIds, sealed: bytes.subarray(off, off + slen), aad, size: bytes.length };
+  return { id, header, listIds, listDepth, sealed: bytes.subarray(off, off + slen), aad, size: bytes.length };
 }
 
 export function openSnapshotPrivate(s: DecodedSnapshot, dataKey: Buffer): SnapshotPrivate {
@@ -115,6 +129,12 @@ export function openSnapshotPrivate(s: DecodedSnapshot, dataKey: Buffer): Snapsh
   }
 }
 
-export function* chunkIdsOf(s: { chunkIds: Buffer }): Generator<Buffer> {
-  for (let o = 0; o < s.chunkIds.length; o += CHUNK_ID_BYTES) yield s.chunkIds.subarray(o, o + CHUNK_ID_BYTES);
+/**
+ * The snapshot's data chunk IDs (n × 32 bytes), reading list blocks through `fetch` when the
+ * list is a tree; `onBlock` sees each list block ID.
+ */
+export async function snapshotChunkIds(s: DecodedSnapshot, fetch: BlobFetcher, onBlock?: (id: Buffer) => void): Promise<Buffer> {
+  const ids = s.listDepth === 0 ? s.listIds : await expandListTree(s.listIds, s.listDepth, fetch, `snapshot ${s.id}`, onBlock);
+  if (ids.length !== s.header.chunkCount * CHUNK_ID_BYTES) throw corrupt(s.id, `its chunk list holds ${ids.length / CHUNK_ID_BYTES} chunks, its header ${s.header.chunkCount}`);
+  return ids;
 }

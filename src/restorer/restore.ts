@@ -8,7 +8,8 @@ import { openBlob } from '../crypto/blob.js';
 import { readBlobs } from '../repository/reader.js';
 import type { RepoKeys } from '../crypto/keys.js';
 import type { Repository } from '../repository/repository.js';
-import { chunkIdsOf, openSnapshotPrivate, type DecodedSnapshot } from '../repository/snapshot.js';
+import { openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
+import { idsOf } from '../repository/chunklist.js';
 
 export interface RestoreResult {
   id: string;
@@ -28,7 +29,7 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
   const t0 = process.hrtime.bigint();
   const snapshotId = snap.id;
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
-  const ids = [...chunkIdsOf(snap)];
+  const ids = [...idsOf(await snapshotChunkIds(snap, blobs))];
   let bytes = 0;
   for await (const { id, blob } of blobs(ids, `snapshot ${snapshotId}`)) {
     let plain: Buffer;

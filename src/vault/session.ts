@@ -7,9 +7,10 @@ import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { encodePack } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
-import { decodeSnapshot, chunkIdsOf, snapshotIdOf } from '../repository/snapshot.js';
+import { decodeSnapshot, snapshotChunkIds, snapshotIdOf } from '../repository/snapshot.js';
+import { idsOf } from '../repository/chunklist.js';
 import { packName, snapshotName } from '../store/backend.js';
-import { readChunk } from '../repository/reader.js';
+import { readBlobs, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
@@ -188,7 +189,9 @@ export class VaultSession {
           throw new KuraError('E_TENANT_MISMATCH', `snapshot ${id} belongs to tenant ${snap.header.tenant}, not ${this.ctx.tenant}`);
         }
         const missing: string[] = [];
-        for (const c of chunkIdsOf(snap)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+        // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
+        const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what));
+        for (const c of idsOf(data)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
         await repo.store.sync();
