@@ -14,6 +14,8 @@
  * recalculation (every assessment of the current year is updated).
  *
  * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4).
+ * The kura-ordered line is kura (first --kura-avg) on a dump in primary-key order, as the
+ * postgres source writes it with `order: primary-key`, made from the same database state.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -21,6 +23,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA } from '../test/support/cli.js';
 import { startPostgres } from '../test/support/db.js';
+import { orderedDump } from '../src/agent/pg-ordered.js';
+import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
 
 const argv = process.argv;
 const arg = (name: string, def: string) => {
@@ -80,7 +85,7 @@ try {
       (ARRAY['太郎','花子','一郎','美咲','健太','陽子','翔','結衣'])[1 + (i / 10) % 8], 'ｶﾅ' || md5(i::text)::varchar(12), date '1930-01-01' + (i * 13) % 33000,
       (ARRAY['M','F'])[1 + i % 2], 'resident', date '1990-01-01' + (i * 3) % 12000, timestamptz '2026-01-01' + (i % 1000) * interval '1 hour'
       FROM generate_series(1, ${R}) i;
-    INSERT INTO tax_assessments SELECT r, y, 2000000 + (r * 7919) % 8000000, 380000 + (r % 7) * 10000, ((2000000 + (r * 7919) % 8000000) / 10)::bigint
+    INSERT INTO tax_assessments SELECT r, y, 2000000 + (r::bigint * 7919) % 8000000, 380000 + (r % 7) * 10000, (2000000 + (r::bigint * 7919) % 8000000) / 10
       FROM generate_series(1, ${R}) r, generate_series(2024, 2026) y;
     INSERT INTO insurance SELECT i, i, (ARRAY['一般','退職','後期高齢'])[1 + i % 3], 3000 + (i * 31) % 20000, date '2000-04-01' + (i % 9000)
       FROM generate_series(1, ${Math.round(R * 0.75)}) i;
@@ -102,6 +107,21 @@ try {
   for (const k of kuraRepos) {
     timed(process.execPath, [KURA, 'repo', 'init', '--repo', k.repo, '--chunk-min', String(k.avg / 4), '--chunk-avg', String(k.avg), '--chunk-max', String(k.avg * 4)], kuraEnv);
   }
+  const orderedFile = path.join(dumpDir, 'juki-ordered.sql');
+  const orderedRepo = path.join(dir, 'kura-ordered');
+  timed(process.execPath, [KURA, 'repo', 'init', '--repo', orderedRepo], kuraEnv);
+  const pgpass = path.join(dir, 'pgpass');
+  (await import('node:fs')).writeFileSync(pgpass, `*:*:*:*:${pg.password.replace(/([\\:])/g, '\\$1')}\n`, { mode: 0o600 });
+  const writeOrdered = async () => {
+    const t = performance.now();
+    const out = createWriteStream(orderedFile);
+    for await (const b of orderedDump({ pgDump: 'pg_dump', psql: 'psql', target: pg.uri('juki'), env: { PGPASSFILE: pgpass }, what: 'ordered dump' }).stream) {
+      if (!out.write(b)) await once(out, 'drain');
+    }
+    out.end();
+    await once(out, 'finish');
+    return (performance.now() - t) / 1000;
+  };
   const resticRepo = path.join(dir, 'restic');
   const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
   timed('restic', ['-r', resticRepo, 'init'], resticEnv);
@@ -146,6 +166,12 @@ try {
       record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile], kuraEnv), before, k.repo);
     }
     {
+      const orderedSeconds = await writeOrdered();
+      emit({ bench: 'daily-dump-ordered', day, seconds: +orderedSeconds.toFixed(2), bytes: statSync(orderedFile).size });
+      const before = dirBytes(orderedRepo);
+      record(day, 'kura-ordered', timed(process.execPath, [KURA, 'backup', '--repo', orderedRepo, '--name', 'juki', '--file', orderedFile, '--chunk-avg', String(KURA_AVGS[0]!)], kuraEnv), before, orderedRepo);
+    }
+    {
       const before = dirBytes(resticRepo);
       record(day, 'restic', timed('restic', ['-r', resticRepo, 'backup', '--host', 'bench', dumpFile], resticEnv), before, resticRepo);
     }
@@ -158,10 +184,10 @@ try {
   for (const [tool, t] of totals) summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2) };
   const restic = totals.get('restic')!;
   const peers = ['restic', 'borg'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days);
-  for (const k of kuraRepos) {
-    const t = totals.get(`kura-avg${k.avg}`)!;
-    summary[`kura-avg${k.avg}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
-    summary[`kura-avg${k.avg}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
+  for (const k of [...kuraRepos.map((r) => `kura-avg${r.avg}`), 'kura-ordered']) {
+    const t = totals.get(k)!;
+    summary[`${k}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
+    summary[`${k}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
   }
   emit(summary);
 } finally {

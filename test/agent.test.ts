@@ -76,15 +76,17 @@ test('postgres: back up, change rows, back up again; the first snapshot restores
   const { env, repo } = agentYaml(
     dir,
     `  juki:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pwFile}\n    routes: [peer-dc]\n` +
-      `  juki-custom:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pwFile}\n    format: custom\n`,
+      `  juki-custom:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pwFile}\n    format: custom\n` +
+      `  juki-ordered:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pwFile}\n    order: primary-key\n`,
   );
   kuraOk(['repo', 'init'], { env });
 
   const run1 = await kuraAsync(['agent', 'run', '--json'], { env });
   assert.equal(run1.status, 0, run1.stderr);
-  const [plain1, custom1] = lines(run1);
+  const [plain1, custom1, ordered1] = lines(run1);
   assert.equal(plain1!.result, 'ok');
   assert.equal(custom1!.result, 'ok');
+  assert.equal(ordered1!.result, 'ok', ordered1!.error?.message);
   assert.ok(plain1!.logicalBytes! > 1_000_000);
   assert.doesNotMatch(run1.out + run1.stderr, /pg-secret/, 'the password is never printed');
   const state1 = pgState(pg, 'juki');
@@ -126,6 +128,18 @@ test('postgres: back up, change rows, back up again; the first snapshot restores
   assert.match(cj.commands.join('\n'), /^pg_restore .*--single-transaction/m);
   assert.doesNotMatch(custom.out + custom.stderr, /pg-secret/);
   assert.deepEqual(pgState(pg, 'fresh2'), state1);
+
+  // the primary-key ordered dump restores the same tables, sequences and constraints
+  pg.psql('postgres', 'CREATE DATABASE fresh3');
+  const ordered = await kuraAsync(['restore', ordered1!.snapshot!, '--into', pg.uri('fresh3'), '--password-file', pwFile], { env });
+  assert.equal(ordered.status, 0, ordered.stderr);
+  assert.deepEqual(pgState(pg, 'fresh3'), state1);
+  assert.equal(pg.psql('fresh3', `SELECT last_value FROM payments_id_seq`), pg.psql('fresh', `SELECT 30000`));
+  assert.match(pg.psql('fresh3', `SELECT conname FROM pg_constraint WHERE conrelid = 'payments'::regclass AND contype = 'f'`), /payments_resident_id_fkey/);
+  const orderedDump = kuraOk(['restore', ordered1!.snapshot!], { env }).out;
+  const ids = [...orderedDump.matchAll(/^(\d+)\t住民/gm)].map((m) => Number(m[1]));
+  assert.equal(ids.length, 20000);
+  assert.ok(ids.every((v, i) => i === 0 || v > ids[i - 1]!), 'residents in key order');
 
   // failed exports: wrong password, a pg_dump killed mid-way, an export exiting 3, a timeout
   const before = kuraJson<Array<{ id: string }>>(['snapshots'], { env }).length;

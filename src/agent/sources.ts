@@ -7,6 +7,7 @@ import { parseDuration } from '../config/duration.js';
 import type { SourceConfig } from '../config/schema.js';
 import { readFileBlocks } from '../archiver/input.js';
 import { exportStream } from './spawn.js';
+import { orderedDump } from './pg-ordered.js';
 import { collectEntries, tarStream } from './tar.js';
 
 /**
@@ -106,6 +107,11 @@ export async function openSource(name: string, src: SourceConfig, ctx: SourceCon
         if (src.passwordFile) password = readSecret(src.passwordFile, `sources.${name}.passwordFile`);
         if (password !== null) env.PGPASSFILE = pgpassFile(priv.dir, password);
         if (target) args.push(`--dbname=${target}`);
+        if (src.order === 'primary-key') {
+          if (src.format !== 'plain') throw new KuraError('E_CONFIG', `sources.${name}: order: primary-key needs format: plain`);
+          const dump = orderedDump({ pgDump: src.pgDump, psql: src.psql, target, env, signal: ctx.signal, timeoutMs, what: `primary-key ordered dump of source ${name}` });
+          return { stream: dump.stream, stderr: dump.stderr, facts: { type: 'postgres', format: 'plain', order: 'primary-key', target: redactUri(target) }, cleanup: priv.remove };
+        }
         const exp = exportStream({
           command: src.pgDump,
           args,

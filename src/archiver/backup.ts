@@ -5,9 +5,10 @@ import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
-import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
+import { buildListTree, idsOf, LIST_BLOB_HEADER } from '../repository/chunklist.js';
+import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
-import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
+import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
 
 export { SealPool };
@@ -65,6 +66,23 @@ interface Batch {
 }
 
 /**
+ * The chunk IDs (base64) of the source's latest snapshot, or an empty set. Its chunks stay
+ * stored while this backup runs (a GC waits for the backup's lock).
+ */
+async function previousChunks(repo: Repository, source: string): Promise<Set<string>> {
+  const last = repo.catalogue.snapshots({ source }).at(-1);
+  const out = new Set<string>();
+  if (!last) return out;
+  try {
+    const snap = await repo.readSnapshot(last.id);
+    for (const id of idsOf(await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what)))) out.add(id.toString('base64'));
+  } catch {
+    out.clear(); // unreadable: every lookup goes to the catalogue, as without it
+  }
+  return out;
+}
+
+/**
  * The backup pipeline: input → FastCDC → keyed BLAKE3 → skip known chunks → (workers) zstd +
  * AES-GCM → one pack per batch → store. Write order: packs (made durable by store.sync) →
  * catalogue rows → snapshot file → catalogue snapshot row. A crash anywhere leaves only
@@ -101,6 +119,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
   const hasher = Blake3Hasher.newKeyed(keys.idKey);
 
   const ids = new ByteList();
+  // the previous generation's chunks answer most dedup lookups without a catalogue query
+  const known = await previousChunks(repo, opts.source);
   const inFlightKeys = new Set<string>(); // new chunks not yet in the catalogue
   let logicalBytes = 0;
   let chunkCount = 0;
@@ -126,7 +146,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
     chunkCount++;
     logicalBytes += chunk.length;
     const key = id.toString('base64');
-    if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
+    if (known.has(key) || inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
     inFlightKeys.add(key);
     chunk.copy(batch.data, batch.used);
     batch.used += chunk.length;

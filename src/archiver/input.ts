@@ -4,19 +4,29 @@ import { KuraError } from '../errors.js';
 const READ_SIZE = 4 << 20;
 
 /**
- * Reads a file in large blocks into one reused buffer: each block is valid until the consumer
- * asks for the next (the chunker copies what it keeps), so reading allocates nothing per block.
+ * Reads a file in large blocks into two reused buffers: the next block is read while the
+ * consumer works on the current one (the main thread would otherwise idle during every read).
+ * Each block is valid until the consumer asks for the next one (the chunker copies what it
+ * keeps), so reading allocates nothing per block.
  */
 export async function* readFileBlocks(path: string): AsyncGenerator<Buffer> {
   const fh = await fsp.open(path, 'r');
+  const bufs = [Buffer.allocUnsafeSlow(READ_SIZE), Buffer.allocUnsafeSlow(READ_SIZE)];
+  let cur = 0;
+  let pending: Promise<{ bytesRead: number }> | null = fh.read(bufs[0]!, 0, READ_SIZE, null);
   try {
-    const buf = Buffer.allocUnsafeSlow(READ_SIZE);
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, READ_SIZE, null);
+      const { bytesRead } = await pending!;
+      pending = null;
       if (bytesRead === 0) return;
-      yield buf.subarray(0, bytesRead);
+      const block = bufs[cur]!.subarray(0, bytesRead);
+      cur ^= 1;
+      // the other buffer is free: the consumer asked for this block, so it is done with that one
+      pending = fh.read(bufs[cur]!, 0, READ_SIZE, null);
+      yield block;
     }
   } finally {
+    await pending?.catch(() => {});
     await fh.close();
   }
 }

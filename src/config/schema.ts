@@ -74,6 +74,11 @@ const postgresSource = z.strictObject({
   passwordFile: z.string().optional().describe('file holding the password; never put it in the URI'),
   format: z.enum(['plain', 'custom']).default('plain').describe('pg_dump format; output is always uncompressed so chunks deduplicate'),
   pgDump: z.string().default('pg_dump').describe('pg_dump executable'),
+  order: z
+    .enum(['heap', 'primary-key'])
+    .default('heap')
+    .describe('row order of a plain dump: heap (pg_dump as is) or primary-key (each table copied in key order from the same snapshot, so updated rows stay in place and a day changes fewer chunks; see bench/daily)'),
+  psql: z.string().default('psql').describe('psql executable (order: primary-key)'),
 });
 
 const mariadbSource = z.strictObject({
