@@ -13,7 +13,8 @@
  * audit lines are appended, some old audit lines are deleted; day `--heavy` is the annual tax
  * recalculation (every assessment of the current year is updated).
  *
- * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4).
+ * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4);
+ * --kura-compression sets kura's zstd level (default: the repository's, 3).
  * The kura-ordered line is kura (first --kura-avg) on a dump in primary-key order, as the
  * postgres source writes it with `order: primary-key`, made from the same database state.
  */
@@ -35,7 +36,8 @@ const arg = (name: string, def: string) => {
 const SCALE = Number(arg('scale', '1'));
 const DAYS = Number(arg('days', '7'));
 const HEAVY = Number(arg('heavy', '5'));
-const KURA_AVGS = arg('kura-avg', '8192,65536').split(',').map(Number);
+const KURA_AVGS = arg('kura-avg', '4096,65536').split(',').map(Number);
+const KURA_LEVEL = arg('kura-compression', '');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
 function need(cmd: string, pkg: string): void {
@@ -163,13 +165,13 @@ try {
     emit({ bench: 'daily-dump', day, seconds: +dumpSeconds.toFixed(2), bytes: statSync(dumpFile).size });
     for (const k of kuraRepos) {
       const before = dirBytes(k.repo);
-      record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile], kuraEnv), before, k.repo);
+      record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile, ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, k.repo);
     }
     {
       const orderedSeconds = await writeOrdered();
       emit({ bench: 'daily-dump-ordered', day, seconds: +orderedSeconds.toFixed(2), bytes: statSync(orderedFile).size });
       const before = dirBytes(orderedRepo);
-      record(day, 'kura-ordered', timed(process.execPath, [KURA, 'backup', '--repo', orderedRepo, '--name', 'juki', '--file', orderedFile, '--chunk-avg', String(KURA_AVGS[0]!)], kuraEnv), before, orderedRepo);
+      record(day, 'kura-ordered', timed(process.execPath, [KURA, 'backup', '--repo', orderedRepo, '--name', 'juki', '--file', orderedFile, '--chunk-avg', String(KURA_AVGS[0]!), ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, orderedRepo);
     }
     {
       const before = dirBytes(resticRepo);
