@@ -205,3 +205,46 @@ test('vault prune follows per-tenant and per-source retention, honours holds set
   for (const j of [juki[0]!, juki[2]!])
     assert.equal(sha256((await ok(kuraAsync(['restore', '--from', 'peer-dc', j.id, '--to', '-', '--identity', admin.private], { env }), 'restore')).stdout), j.sha);
 });
+
+test('a local gc that rewrites the packs a running relay is reading from does not disturb the transfer', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private, extraRoute: '        rate: 12MB/s\n' });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  // a night whose chunks share packs with chunks that will become garbage
+  const r = new Prng(31);
+  const keep: Buffer[] = [];
+  const mixed: Buffer[] = [];
+  for (let i = 0; i < 64; i++) {
+    const a = r.bytes(768 << 10);
+    keep.push(a);
+    mixed.push(a, r.bytes(256 << 10));
+  }
+  const mixedFile = path.join(dir, 'mixed');
+  writeFileSync(mixedFile, Buffer.concat(mixed));
+  kuraOk(['backup', '--name', 'scratch', '--file', mixedFile, '--chunk-avg', '4096'], { env });
+  const data = Buffer.concat(keep);
+  const f = path.join(dir, 'juki');
+  writeFileSync(f, data);
+  const snap = kuraJson<{ id: string; newBytes: number }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc', '--chunk-avg', '4096'], { env });
+  assert.ok(snap.newBytes < data.length / 4, 'most of the night is in the scratch snapshot\'s packs');
+
+  // the relay ships 48 MiB at 12 MB/s, reading packs as it goes (a few runs ahead); meanwhile the
+  // scratch snapshot is pruned and gc rewrites every pack, moving the night's chunks
+  let relayDone = false;
+  const relay = kuraAsync(['relay', 'once'], { env }).finally(() => (relayDone = true));
+  await sleep(1200);
+  const pruned = await kuraAsync(['prune', '--source', 'scratch', '--keep-last', '0', '--gc', '--json'], { env });
+  assert.equal(pruned.status, 0, pruned.stderr);
+  const gc = (JSON.parse(pruned.out) as { gc: { packsRewritten: number; chunksRemoved: number } }).gc;
+  assert.ok(gc.packsRewritten > 0 && gc.chunksRemoved > 0, JSON.stringify(gc));
+  assert.equal(relayDone, false, 'the gc ran while the relay was still sending');
+  const done = await relay;
+  assert.equal(done.status, 0, done.stderr);
+  const restored = await ok(kuraAsync(['restore', '--from', 'peer-dc', snap.id, '--to', '-'], { env }), 'restore from the vault');
+  assert.equal(sha256(restored.stdout), sha256(data));
+  assert.equal(kuraJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--read-data'], { env }).chunksUnreferenced, 0);
+});
