@@ -97,15 +97,25 @@ export class FrameParser {
   }
 
   private take(n: number): Buffer {
-    let first = this.parts[0]!;
-    if (first.length < n) {
-      first = Buffer.concat(this.parts);
-      this.parts = [first];
-    }
-    const out = first.subarray(0, n);
-    if (first.length === n) this.parts.shift();
-    else this.parts[0] = first.subarray(n);
+    const first = this.parts[0]!;
     this.buffered -= n;
+    if (first.length >= n) {
+      if (first.length === n) this.parts.shift();
+      else this.parts[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    // the frame spans several transport packets: gather exactly its bytes (copying the whole
+    // backlog each time showed up as a fifth of the vault's time in garbage collection)
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const p = this.parts[0]!;
+      const k = Math.min(p.length, n - off);
+      p.copy(out, off, 0, k);
+      off += k;
+      if (k === p.length) this.parts.shift();
+      else this.parts[0] = p.subarray(k);
+    }
     return out;
   }
 }
