@@ -15,6 +15,9 @@
  *
  * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4);
  * --kura-compression sets kura's zstd level (default: the repository's, 3).
+ * --stream also times the whole nightly job as it runs in production, export included:
+ * `kura agent run` (kura runs pg_dump itself and reads its output as it comes) against
+ * `pg_dump | borg create … -` and `pg_dump | restic backup --stdin` (tools "-stream").
  * The kura-ordered line is kura (first --kura-avg) on a dump in primary-key order, as the
  * postgres source writes it with `order: primary-key`, made from the same database state.
  */
@@ -38,6 +41,7 @@ const DAYS = Number(arg('days', '7'));
 const HEAVY = Number(arg('heavy', '5'));
 const KURA_AVGS = arg('kura-avg', '4096,65536').split(',').map(Number);
 const KURA_LEVEL = arg('kura-compression', '');
+const STREAM = argv.includes('--stream');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
 function need(cmd: string, pkg: string): void {
@@ -131,6 +135,24 @@ try {
   const borgEnv = { BORG_PASSPHRASE: 'bench', BORG_BASE_DIR: path.join(dir, 'borg-base') };
   timed('borg', ['init', '--encryption=repokey', borgRepo], borgEnv);
 
+  // production-style: the export streamed into each tool
+  const streamDir = path.join(dir, 'stream');
+  mkdirSync(streamDir);
+  const agentRepo = path.join(streamDir, 'kura');
+  const agentCfg = path.join(streamDir, 'kura.yaml');
+  const pgPwFile = path.join(streamDir, 'pgpw');
+  const resticStream = path.join(streamDir, 'restic');
+  const borgStream = path.join(streamDir, 'borg');
+  if (STREAM) {
+    const fs = await import('node:fs');
+    fs.writeFileSync(pgPwFile, pg.password + '\n', { mode: 0o600 });
+    fs.writeFileSync(agentCfg, `repository:\n  path: ${agentRepo}\nsources:\n  juki:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pgPwFile}\n`);
+    timed(process.execPath, [KURA, 'repo', 'init', '--config', agentCfg], kuraEnv);
+    timed('restic', ['-r', resticStream, 'init'], resticEnv);
+    timed('borg', ['init', '--encryption=repokey', borgStream], borgEnv);
+  }
+  const pgDumpCmd = `pg_dump --no-password --format=plain --dbname='${pg.uri('juki')}'`;
+
   const totals = new Map<string, { bytes: number; seconds: number; days: number }>();
   const record = (day: number, tool: string, seconds: number, before: number, repo: string) => {
     const after = dirBytes(repo);
@@ -181,6 +203,14 @@ try {
       const before = dirBytes(borgRepo);
       record(day, 'borg', timed('borg', ['create', `${borgRepo}::day${day}`, dumpFile], borgEnv), before, borgRepo);
     }
+    if (STREAM) {
+      let before = dirBytes(agentRepo);
+      record(day, 'kura-agent-stream', timed(process.execPath, [KURA, 'agent', 'run', '--config', agentCfg], kuraEnv), before, agentRepo);
+      before = dirBytes(resticStream);
+      record(day, 'restic-stream', timed('bash', ['-o', 'pipefail', '-c', `${pgDumpCmd} | restic -r ${resticStream} backup --host bench --stdin --stdin-filename juki.sql`], { ...resticEnv, PGPASSWORD: pg.password }), before, resticStream);
+      before = dirBytes(borgStream);
+      record(day, 'borg-stream', timed('bash', ['-o', 'pipefail', '-c', `${pgDumpCmd} | borg create --stdin-name juki.sql ${borgStream}::day${day} -`], { ...borgEnv, PGPASSWORD: pg.password }), before, borgStream);
+    }
   }
   const summary: Record<string, unknown> = { bench: 'daily-summary', churnedDays: DAYS - 1 };
   for (const [tool, t] of totals) summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2) };
@@ -190,6 +220,12 @@ try {
     const t = totals.get(k)!;
     summary[`${k}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
     summary[`${k}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
+  }
+  if (STREAM) {
+    const k = totals.get('kura-agent-stream')!;
+    const fastest = Math.min(...['restic-stream', 'borg-stream'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days));
+    summary['kura-agent-stream-vs-fastest-peer-stream-seconds'] = +(k.seconds / k.days / fastest).toFixed(3);
+    summary['kura-agent-stream-vs-restic-stream-bytes'] = +(k.bytes / totals.get('restic-stream')!.bytes).toFixed(3);
   }
   emit(summary);
 } finally {
