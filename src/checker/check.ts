@@ -5,7 +5,7 @@ import type { Repository } from '../repository/repository.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { packId, packIndexLength, parsePackIndex, type PackEntry } from '../repository/pack.js';
 import { decodeSnapshot, openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
-import { idsOf, type BlobFetcher } from '../repository/chunklist.js';
+import { idsOf, isListBlob, openListBlob, type BlobFetcher } from '../repository/chunklist.js';
 
 export type ProblemKind = 'snapshot-corrupt' | 'pack-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'catalogue-stale';
 
@@ -153,7 +153,9 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
         const loc = where.get(hex)!;
         chunksRead++;
         try {
-          openBlob(bytes.subarray(loc.offset, loc.offset + loc.length), Buffer.from(hex, 'hex'), keys);
+          const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
+          if (isListBlob(blob)) openListBlob(blob, Buffer.from(hex, 'hex'));
+          else openBlob(blob, Buffer.from(hex, 'hex'), keys);
         } catch (e) {
           if (!(e instanceof KuraError)) throw e;
           corrupt.set(hex, `${e.message} (in pack ${pack})`);

@@ -2,7 +2,6 @@ import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { createRequire } from 'node:module';
 import { KuraError } from '../errors.js';
-import { isListBlob, openListBlob } from '../repository/chunklist.js';
 
 const require = createRequire(import.meta.url);
 // zstd-napi is CommonJS; a native binding without zstd-codec's fixed 16 MiB heap.
@@ -79,7 +78,7 @@ export interface BlobInfo {
 }
 
 export function blobInfo(blob: Uint8Array): BlobInfo | null {
-  // a chunk list block (format 2, chunklist.ts): plaintext IDs
+  // a chunk list block (format 2, repository/chunklist.ts): plaintext IDs, opened there
   if (blob.length >= 6 && blob[0] === 2) {
     const len = Buffer.from(blob.buffer, blob.byteOffset, blob.length).readUInt32LE(2);
     return blob[1] === 0 && len === blob.length - 6 && len % CHUNK_ID_BYTES === 0 ? { compression: 0, plainLength: len } : null;
@@ -92,7 +91,6 @@ const decompressor = new zstd.Decompressor();
 
 /** Decrypt, decompress and re-hash; any mismatch is E_CHUNK_CORRUPT naming the chunk. */
 export function openBlob(blob: Buffer, id: Buffer, keys: { dataKey: Buffer; idKey: Buffer }): Buffer {
-  if (isListBlob(blob)) return openListBlob(blob, id);
   const hex = id.toString('hex');
   const info = blobInfo(blob);
   if (!info) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: unknown blob format or truncated blob`, { chunk: hex });
