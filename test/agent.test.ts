@@ -70,7 +70,8 @@ test('postgres: back up, change rows, back up again; the first snapshot restores
   const badPw = path.join(dir, 'bad-password');
   writeFileSync(badPw, 'not-the-password\n');
   const killer = path.join(dir, 'pg_dump_killed');
-  // a real pg_dump, killed with SIGKILL after 200 kB of its output
+  // a real pg_dump, killed with SIGKILL after 200 kB of its output (bash may or may not pass on
+  // its status: either the status or the missing end-of-dump line fails the job)
   writeFileSync(killer, `#!/bin/bash\ncoproc PG { exec pg_dump "$@"; }\nhead -c 200000 <&"\${PG[0]}"\nkill -9 $PG_PID\nwait $PG_PID\n`);
   chmodSync(killer, 0o755);
   const { env, repo } = agentYaml(
@@ -159,7 +160,7 @@ test('postgres: back up, change rows, back up again; the first snapshot restores
   const byName = new Map(lines(bad).map((l) => [l.source, l]));
   assert.equal(byName.get('wrong-password')!.error!.code, 'E_EXPORT_FAILED');
   assert.match(byName.get('wrong-password')!.error!.message, /password authentication failed/);
-  assert.match(byName.get('killed')!.error!.message, /exited with status 137|killed by SIGKILL/);
+  assert.match(byName.get('killed')!.error!.message, /exited with status 137|killed by SIGKILL|the dump ends early/);
   assert.match(byName.get('vendor')!.error!.message, /exited with status 3/);
   assert.match(byName.get('vendor')!.stderr!, /EXPORT-ERR: table lock timeout/);
   assert.equal(byName.get('slow')!.error!.code, 'E_EXPORT_TIMEOUT');
