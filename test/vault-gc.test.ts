@@ -211,7 +211,7 @@ test('a local gc that rewrites the packs a running relay is reading from does no
   const key = sshKey(dir, 'relay');
   const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
   t.after(() => vault.stop());
-  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private, extraRoute: '        rate: 12MB/s\n' });
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private, extraRoute: '        rate: 8MB/s\n' });
   const env = { KURA_CONFIG: cfg };
   kuraOk(['repo', 'init'], { env });
   // a night whose chunks share packs with chunks that will become garbage
@@ -232,7 +232,7 @@ test('a local gc that rewrites the packs a running relay is reading from does no
   const snap = kuraJson<{ id: string; newBytes: number }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc', '--chunk-avg', '4096'], { env });
   assert.ok(snap.newBytes < data.length / 4, 'most of the night is in the scratch snapshot\'s packs');
 
-  // the relay ships 48 MiB at 12 MB/s, reading packs as it goes (a few runs ahead); meanwhile the
+  // the relay ships 48 MiB at 8 MB/s, reading packs as it goes (a few runs ahead); meanwhile the
   // scratch snapshot is pruned and gc rewrites every pack, moving the night's chunks
   let relayDone = false;
   const relay = kuraAsync(['relay', 'once'], { env }).finally(() => (relayDone = true));
