@@ -164,6 +164,8 @@ test('postgres: back up, change rows, back up again; the first snapshot restores
   assert.match(byName.get('vendor')!.error!.message, /exited with status 3/);
   assert.match(byName.get('vendor')!.stderr!, /EXPORT-ERR: table lock timeout/);
   assert.equal(byName.get('slow')!.error!.code, 'E_EXPORT_TIMEOUT');
+  assert.match(byName.get('slow')!.error!.message, /no snapshot was written; raise sources\.slow\.timeout/);
+  assert.match(byName.get('vendor')!.error!.message, /then rerun "kura agent run --source vendor"/);
   assert.equal(kuraJson<Array<{ id: string }>>(['snapshots'], { env }).length, before, 'no snapshot for a failed export');
   const db = catalogue(repo);
   assert.equal((db.prepare('SELECT count(*) AS n FROM queue').get() as { n: number }).n, queuedBefore, 'no queue entry for a failed export');

@@ -62,8 +62,9 @@ test('a session told chunks are present commits after a prune removed their last
   for (let i = 0; i < n; i++) assert.ok(reply[i >> 3]! & (1 << (i & 7)), `chunk ${i} reported present`);
 
   // meanwhile on the vault: A falls out of retention and a gc runs
-  const pruned = JSON.parse((await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--json']), 'vault prune')).out) as { prune: { removed: number } };
+  const pruned = JSON.parse((await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--json']), 'vault prune')).out) as { prune: { removed: number; decisions: Array<{ id: string; keep: boolean }> } };
   assert.equal(pruned.prune.removed, 1);
+  assert.deepEqual(pruned.prune.decisions.filter((d) => !d.keep).map((d) => d.id), [a.id]);
   assert.equal(tenantCounts(vault.root, 'city-a').snapshots, 0);
   const gc = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number; snapshots: number } };
   assert.equal(gc.gc.snapshots, 0);
@@ -180,6 +181,11 @@ test('vault prune follows per-tenant and per-source retention, honours holds set
   assert.match(denied.stderr, /E_FORBIDDEN/);
   const held = await ok(kuraAsync(['protect', '--from', 'peer-dc', juki[0]!.id.slice(0, 12)], { env: { KURA_CONFIG: adminCfg } }), 'protect as tenant-admin');
   assert.match(held.out, /is now protected \(vault of route peer-dc\)/);
+  // the vault's own operators can lift and set holds too
+  assert.match((await ok(kuraAsync(['vault', 'unprotect', '--config', vault.config, '--tenant', 'city-a', juki[0]!.id.slice(0, 12)]), 'vault unprotect')).out, /is no longer protected/);
+  assert.match((await kuraAsync(['vault', 'prune', '--config', vault.config, '--dry-run'])).out, new RegExp(`^would remove +\\S+ \\S+ +${juki[0]!.id.slice(0, 12)} `, 'm'));
+  assert.match((await ok(kuraAsync(['vault', 'protect', '--config', vault.config, '--tenant', 'city-a', juki[0]!.id]), 'vault protect')).out, /is now protected/);
+  assert.ok(vault.audit().some((e) => e.event === 'unprotect' && e.snapshot === juki[0]!.id), 'holds are audited');
 
   const dry = (await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--dry-run']), 'dry run')).out;
   assert.match(dry, new RegExp(`^keep +\\S+ \\S+ +${juki[0]!.id.slice(0, 12)} +city-a +juki +protected$`, 'm'));

@@ -79,9 +79,9 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     });
     const h = res.header;
     cat.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
-    result = { ...base, result: 'ok', job, snapshot: res.id, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: res.seconds, routes: src.routes };
+    result = { ...base, result: 'ok', job, snapshot: res.id, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: res.seconds };
   } catch (e) {
-    const err = isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message);
+    const err = withNextStep(isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message), name);
     const stderr = opened?.stderr() ?? '';
     cat.finishJob(job, { result: 'failed', errorCode: err.code, error: err.message + (stderr && !err.message.includes(stderr.slice(-200)) ? `\n--- export stderr ---\n${stderr.slice(-4000)}` : '') });
     result = { ...base, result: 'failed', job, seconds: (performance.now() - t0) / 1000, error: { code: err.code, message: err.message }, ...(stderr ? { stderr: stderr.slice(-4000) } : {}) };
@@ -112,6 +112,17 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     time: new Date().toISOString(),
   });
   return result;
+}
+
+/** What the operator does about a failed export, said once for every kind of export. */
+function withNextStep(err: KuraError, name: string): KuraError {
+  const next =
+    err.code === 'E_EXPORT_TIMEOUT'
+      ? `no snapshot was written; raise sources.${name}.timeout if the export needs longer, then rerun "kura agent run --source ${name}"`
+      : err.code === 'E_EXPORT_FAILED'
+        ? `no snapshot was written; fix the cause shown by the export's stderr (also in the job record: kura status), then rerun "kura agent run --source ${name}"`
+        : null;
+  return next ? new KuraError(err.code, `${err.message}. ${next}`, err.details, { cause: err }) : err;
 }
 
 /** After pruning: reclaim on-site space, unless a backup is running (then the next run does it). */

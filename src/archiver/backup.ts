@@ -4,7 +4,7 @@ import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkRow } from '../repository/catalogue.js';
-import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
+import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { buildListTree, idsOf, LIST_BLOB_HEADER } from '../repository/chunklist.js';
 import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
@@ -227,14 +227,9 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
     newBlocks.push({ id, blob });
   });
   if (newBlocks.length > 0) {
-    const pack = encodePack(
-      newBlocks.map((b) => b.blob),
-      newBlocks.map((b) => b.id),
-    );
-    await store.put(packName(pack.id), pack.bytes);
-    await store.sync();
+    const pack = await storePack(store, newBlocks);
     catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER })));
-    newBytes += pack.bytes.length;
+    newBytes += pack.size;
   }
 
   const parent = catalogue.snapshots({ source: opts.source }).at(-1)?.id ?? null;

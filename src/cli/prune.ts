@@ -140,17 +140,13 @@ export function registerPrune(program: Command): void {
       .action(async (ref: string, opts: RepoOptions & { from?: string; tenant?: string; identity?: string }, cmd: Command) => {
         let result: { id: string; protected: boolean; changed: boolean; where: string };
         if (opts.from) {
-          const { connectRoute, remoteList, resolveRemote } = await import('../restorer/remote.js');
+          const { remoteList, resolveRemote, withRoute } = await import('../restorer/remote.js');
           const { Frame, jsonOf } = await import('../protocol/frames.js');
-          const cfg = configOf(cmd).config;
-          const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
-          try {
+          const r = await withRoute(configOf(cmd).config, { ...opts, from: opts.from }, async (conn) => {
             const id = resolveRemote(await remoteList(conn), ref);
-            const r = jsonOf<{ id: string; protected: boolean; changed: boolean }>(await conn.request(Frame.PROTECT, { id, protect: on }, Frame.PROTECTED));
-            result = { ...r, where: `vault of route ${opts.from}` };
-          } finally {
-            conn.close();
-          }
+            return jsonOf<{ id: string; protected: boolean; changed: boolean }>(await conn.request(Frame.PROTECT, { id, protect: on }, Frame.PROTECTED));
+          });
+          result = { ...r, where: `vault of route ${opts.from}` };
         } else {
           const repo = await openRepo(cmd, opts, 'none');
           try {

@@ -1,4 +1,6 @@
+import type { Writable } from 'node:stream';
 import type { Command } from 'commander';
+import type { RestoreResult } from '../restorer/restore.js';
 import { KuraError } from '../errors.js';
 import { configOf, formatBytes, keySourceOf, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 import { keysFromKeyFile } from '../repository/repository.js';
@@ -44,30 +46,37 @@ interface IntoFlags {
   json?: boolean;
 }
 
+type RunRestore = (out: Writable) => Promise<RestoreResult>;
+type RouteOptions = RepoOptions & { from: string; tenant?: string; identity?: string };
+
+/**
+ * Over SSH from a route's vault, decrypting with the local repository's key or a key file:
+ * `use` gets the snapshot's ID and a function that streams it, verified, into a writable.
+ */
+async function fromVault<T>(ref: string, opts: RouteOptions, cmd: Command, use: (run: RunRestore) => Promise<T>): Promise<T> {
+  const { restoreStream } = await import('../restorer/restore.js');
+  const { remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote, withRoute } = await import('../restorer/remote.js');
+  const { decodeSnapshot } = await import('../repository/snapshot.js');
+  const keys = await keysFor(cmd, opts);
+  return withRoute(configOf(cmd).config, opts, async (conn) => {
+    const id = resolveRemote(await remoteList(conn), ref);
+    const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
+    return use((out) => restoreStream(snap, keys, remoteBlobs(conn), out));
+  });
+}
+
 /** --into: the snapshot, local or from a vault, streamed into a database client. */
 async function restoreIntoDb(ref: string, opts: RepoOptions & IntoFlags & { into: string; from?: string; tenant?: string; identity?: string }, cmd: Command): Promise<void> {
   const { restoreInto } = await import('../restorer/into.js');
-  const { restoreStream, restoreTo } = await import('../restorer/restore.js');
-  const into = { force: Boolean(opts.force), passwordFile: opts.passwordFile };
+  const into = (run: RunRestore) => restoreInto(opts.into, { force: Boolean(opts.force), passwordFile: opts.passwordFile }, run);
   let out: Awaited<ReturnType<typeof restoreInto>>;
-  if (opts.from) {
-    const { connectRoute, remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote } = await import('../restorer/remote.js');
-    const { decodeSnapshot } = await import('../repository/snapshot.js');
-    const cfg = configOf(cmd).config;
-    const keys = await keysFor(cmd, opts);
-    const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
-    try {
-      const id = resolveRemote(await remoteList(conn), ref);
-      const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
-      out = await restoreInto(opts.into, into, (w) => restoreStream(snap, keys, remoteBlobs(conn), w));
-    } finally {
-      conn.close();
-    }
-  } else {
+  if (opts.from) out = await fromVault(ref, opts as RouteOptions, cmd, into);
+  else {
+    const { restoreTo } = await import('../restorer/restore.js');
     const repo = await openRepo(cmd, opts, 'required');
     try {
       const id = repo.resolveSnapshot(ref);
-      out = await restoreInto(opts.into, into, (w) => restoreTo(repo, id, w));
+      out = await into((w) => restoreTo(repo, id, w));
     } finally {
       repo.close();
     }
@@ -80,25 +89,13 @@ async function restoreIntoDb(ref: string, opts: RepoOptions & IntoFlags & { into
   }
 }
 
-/** Restore over SSH from a route's vault, decrypting with the local repository's key or a key file. */
-async function restoreFromVault(ref: string, opts: RepoOptions & { to: string; from: string; tenant?: string; identity?: string }, cmd: Command): Promise<void> {
-  const { restoreStream, restoreToFile } = await import('../restorer/restore.js');
-  const { connectRoute, remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote } = await import('../restorer/remote.js');
-  const { decodeSnapshot } = await import('../repository/snapshot.js');
-  const cfg = configOf(cmd).config;
-  const keys = await keysFor(cmd, opts);
-  const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
-  try {
-    const id = resolveRemote(await remoteList(conn), ref);
-    const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
-    const blobs = remoteBlobs(conn);
-    const res = opts.to === '-' ? await restoreStream(snap, keys, blobs, process.stdout) : await restoreToFile(opts.to, (out) => restoreStream(snap, keys, blobs, out));
-    const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to, from: opts.from };
-    if (opts.json && opts.to !== '-') printJson(summary);
-    else process.stderr.write(opts.json ? JSON.stringify(summary) + '\n' : `restored ${res.id.slice(0, 12)} from ${opts.from}: ${formatBytes(res.bytes)} in ${res.chunks} chunks, verified, ${res.seconds.toFixed(2)} s\n`);
-  } finally {
-    conn.close();
-  }
+/** Restore from a route's vault to a file or standard output. */
+async function restoreFromVault(ref: string, opts: RouteOptions & { to: string; json?: boolean }, cmd: Command): Promise<void> {
+  const { restoreToFile } = await import('../restorer/restore.js');
+  const res = await fromVault(ref, opts, cmd, (run) => (opts.to === '-' ? run(process.stdout) : restoreToFile(opts.to, run)));
+  const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to, from: opts.from };
+  if (opts.json && opts.to !== '-') printJson(summary);
+  else process.stderr.write(opts.json ? JSON.stringify(summary) + '\n' : `restored ${res.id.slice(0, 12)} from ${opts.from}: ${formatBytes(res.bytes)} in ${res.chunks} chunks, verified, ${res.seconds.toFixed(2)} s\n`);
 }
 
 /** The key: from --key-file alone when given (the local repository may be gone), else the local repository's. */

@@ -13,16 +13,10 @@ export function registerSnapshots(program: Command): void {
     .option('--identity <file>', 'SSH private key for the vault (default: the route\'s clientKey)')
     .action(async (opts: RepoOptions & { name?: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
       if (opts.from) {
-        const { connectRoute, remoteList } = await import('../restorer/remote.js');
-        const cfg = configOf(cmd).config;
-        const conn = await connectRoute(cfg, opts.from, opts.tenant ?? cfg.tenant, opts.identity);
-        try {
-          const rows = await remoteList(conn, opts.name);
-          if (opts.json) printJson(rows);
-          else print(rows.map((r) => ({ id: r.id, header: r })));
-        } finally {
-          conn.close();
-        }
+        const { remoteList, withRoute } = await import('../restorer/remote.js');
+        const rows = await withRoute(configOf(cmd).config, { ...opts, from: opts.from }, (conn) => remoteList(conn, opts.name));
+        if (opts.json) printJson(rows);
+        else print(rows.map((r) => ({ id: r.id, header: r })));
         return;
       }
       const repo = await openRepo(cmd, opts, 'none');

@@ -1,6 +1,6 @@
 import { KuraError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
-import { encodePack, packId } from '../repository/pack.js';
+import { packId, storePack } from '../repository/pack.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
 import { readBlobs } from '../repository/reader.js';
@@ -221,15 +221,10 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
   let sources: Array<{ pack: string; size: number }> = [];
   const flush = async () => {
     if (out.length > 0) {
-      const pack = encodePack(
-        out.map((m) => m.blob),
-        out.map((m) => m.id),
-      );
-      await store.put(packName(pack.id), pack.bytes);
-      await store.sync();
+      const pack = await storePack(store, out);
       report.packsWritten++;
-      report.bytesRewritten += pack.bytes.length;
-      report.bytesFreed -= pack.bytes.length;
+      report.bytesRewritten += pack.size;
+      report.bytesFreed -= pack.size;
       db.transaction(() => {
         pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.id, out[i]!.from));
       }).immediate();

@@ -257,13 +257,6 @@ export class Catalogue {
     };
   }
 
-  addLeases(session: string, ids: readonly Buffer[], expires: number): void {
-    const st = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
-    this.db.transaction(() => {
-      for (const id of ids) st.run(session, id, expires);
-    })();
-  }
-
   dropLeases(session: string): void {
     this.db.prepare('DELETE FROM leases WHERE session = ?').run(session);
   }

@@ -1,5 +1,6 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { packName, type StoreBackend } from '../store/backend.js';
 
 /**
  * Pack file, repository format v1 (docs/format.md). New chunk blobs are written in packs, one
@@ -82,4 +83,20 @@ export function parsePackIndex(tail: Buffer, packSize: number): PackEntry[] | nu
   }
   if (expect !== dataLen) return null;
   return out;
+}
+
+/**
+ * Lay out `items` as a pack and store it durably (written, then the store synced) before the
+ * caller records its chunks. `beforeWrite` runs once the pack's ID is known (a vault session
+ * leases the pack there, so a concurrent GC leaves the file alone).
+ */
+export async function storePack(store: StoreBackend, items: ReadonlyArray<{ id: Uint8Array; blob: Uint8Array }>, beforeWrite?: (packId: string) => void): Promise<{ id: string; size: number; entries: PackEntry[] }> {
+  const pack = encodePack(
+    items.map((i) => i.blob),
+    items.map((i) => i.id),
+  );
+  beforeWrite?.(pack.id);
+  await store.put(packName(pack.id), pack.bytes);
+  await store.sync();
+  return { id: pack.id, size: pack.bytes.length, entries: pack.entries };
 }

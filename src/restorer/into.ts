@@ -102,9 +102,9 @@ class ClientSink extends Writable {
   }
 
   /** Wait for the client; a failure carries its stderr. */
-  async finished(what: string): Promise<void> {
+  async finished(what: string, next: string): Promise<void> {
     const code = await (this.exit ?? Promise.resolve(0));
-    if (code !== 0) throw new KuraError('E_RESTORE_FAILED', `${what}: ${this.command} exited with status ${code}: ${this.stderr.text().slice(-3000)}`);
+    if (code !== 0) throw new KuraError('E_RESTORE_FAILED', `${what}: ${this.command} exited with status ${code}: ${this.stderr.text().slice(-3000)}\n${next}`);
   }
 
   kill(): void {
@@ -161,7 +161,7 @@ export async function restoreInto(targetText: string, opts: IntoOptions, run: (o
         const args = [...base, '--single-transaction', ...dropAll, '-f', '-'];
         return { cmd: psql, args, env, shown: show(psql, args).replace(/DO \$\$.*END\$\$;/, '"(drop every schema, recreate public)"') };
       });
-      const result = await runInto(sink, run, target.shown);
+      const result = await runInto(sink, run, target.shown, 'It ran in one transaction, so the database is as it was: fix the cause above and run the restore again.');
       commands.push(sink.command);
       return { result, target: target.shown, commands };
     }
@@ -178,7 +178,7 @@ export async function restoreInto(targetText: string, opts: IntoOptions, run: (o
     const n = Number((await runClient(client, [d, ...count], {}, `checking ${target.shown}`)).trim().split('\n').pop());
     if (n > 0 && !opts.force) throw new KuraError('E_TARGET_NOT_EMPTY', `${target.shown} already holds ${n} table(s); restore into an empty database, or give --force (the dump drops and recreates its own tables)`);
     const sink = new ClientSink(() => ({ cmd: client, args: [d, target.database], env: {}, shown: [client, shownD, target.database].join(' ') }));
-    const result = await runInto(sink, run, target.shown);
+    const result = await runInto(sink, run, target.shown, 'The mariadb client does not roll back: the database may be partly restored. Fix the cause above, then run the restore again with --force (the dump recreates its tables).');
     commands.push(sink.command);
     return { result, target: target.shown, commands };
   } finally {
@@ -186,7 +186,7 @@ export async function restoreInto(targetText: string, opts: IntoOptions, run: (o
   }
 }
 
-async function runInto(sink: ClientSink, run: (out: Writable) => Promise<RestoreResult>, shown: string): Promise<RestoreResult> {
+async function runInto(sink: ClientSink, run: (out: Writable) => Promise<RestoreResult>, shown: string, next: string): Promise<RestoreResult> {
   let result: RestoreResult;
   try {
     result = await run(sink);
@@ -196,6 +196,6 @@ async function runInto(sink: ClientSink, run: (out: Writable) => Promise<Restore
     throw e;
   }
   await new Promise<void>((resolve, reject) => sink.end((e?: Error | null) => (e ? reject(e) : resolve())));
-  await sink.finished(`restoring into ${shown}`);
+  await sink.finished(`restoring into ${shown}`, next);
   return result;
 }

@@ -36,6 +36,16 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
   });
 }
 
+/** Run `use` on a session with the vault of route `from`, closed afterwards whatever happens. */
+export async function withRoute<T>(cfg: KuraConfig, o: { from: string; tenant?: string | undefined; identity?: string | undefined }, use: (conn: VaultConnection) => Promise<T>): Promise<T> {
+  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity);
+  try {
+    return await use(conn);
+  } finally {
+    conn.close();
+  }
+}
+
 export async function remoteList(conn: VaultConnection, source?: string): Promise<RemoteSnapshot[]> {
   return jsonOf<RemoteSnapshot[]>(await conn.request(Frame.LIST, source ? { source } : {}, Frame.LIST_REPLY));
 }

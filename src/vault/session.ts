@@ -5,11 +5,11 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { KuraError, isKuraError } from '../errors.js';
 import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
-import { encodePack } from '../repository/pack.js';
+import { storePack } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds, snapshotIdOf } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
-import { packName, snapshotName } from '../store/backend.js';
+import { snapshotName } from '../store/backend.js';
 import { readBlobs, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
@@ -291,18 +291,12 @@ export class VaultSession {
       return true;
     });
     if (fresh.length > 0) {
-      const pack = encodePack(
-        fresh.map((p) => p.blob),
-        fresh.map((p) => p.id),
-      );
       const expires = Date.now() + this.ctx.leaseTtlMs;
       // the pack lease keeps a concurrent GC off the file until its chunks are recorded
-      repo.catalogue.leasePack(pack.id, this.id, expires);
-      await repo.store.put(packName(pack.id), pack.bytes);
-      await repo.store.sync();
+      const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.id, expires));
       const rows = pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: blobInfo(fresh[i]!.blob)!.plainLength }));
-      repo.catalogue.addSessionPack(this.id, pack.id, rows, expires, pack.bytes.length);
-      this.storedAdded += pack.bytes.length;
+      repo.catalogue.addSessionPack(this.id, pack.id, rows, expires, pack.size);
+      this.storedAdded += pack.size;
     }
     return { chunks: fresh.length, bytes };
   }
