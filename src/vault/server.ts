@@ -1,12 +1,14 @@
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import type { Connection, Server as SshServer, ServerChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
 import type { VaultConfig } from '../config/schema.js';
 import { log } from '../log.js';
 import { authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
-import { loadOrCreateHostKey, Vault } from './vault.js';
+import { Vault } from './vault.js';
+import { loadOrCreateHostKey } from './hostkey.js';
 import { VaultMetrics } from './metrics.js';
 import { quotaOf } from './maintenance.js';
 
@@ -28,9 +30,11 @@ export interface RunningVault {
  */
 export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined } = {}): Promise<RunningVault> {
   const vault = new Vault(cfg);
-  const hostKey = loadOrCreateHostKey(cfg, () => ssh2.utils.generateKeyPairSync('ed25519').private);
+  const hostKeyFile = cfg.hostKey ?? path.join(cfg.root, 'host_key');
+  const hostKey = loadOrCreateHostKey(hostKeyFile);
   const parsedHost = ssh2.utils.parseKey(hostKey);
-  if (parsedHost instanceof Error) throw new KuraError('E_CONFIG', `vault host key ${cfg.hostKey ?? 'host_key'} is unreadable: ${parsedHost.message}`);
+  if (parsedHost instanceof Error)
+    throw new KuraError('E_CONFIG', `vault host key ${hostKeyFile} is unreadable: ${parsedHost.message} (give vault.hostKey an OpenSSH or PEM private key without passphrase, or move the file away to have a new one made; clients pinning the old fingerprint must then be updated)`);
   const hostKeySha256 = fingerprint((Array.isArray(parsedHost) ? parsedHost[0] : parsedHost).getPublicSSH());
   const lg = log().child({ mode: 'vault' });
 

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { parseDuration } from '../config/duration.js';
@@ -33,14 +33,4 @@ export class Vault {
     for (const r of this.repos.values()) (await r.catch(() => null))?.close();
     this.audit.close();
   }
-}
-
-/** The host key: kept across restarts (clients pin it); made on first start. */
-export function loadOrCreateHostKey(cfg: VaultConfig, generate: () => string): Buffer {
-  const file = cfg.hostKey ?? path.join(cfg.root, 'host_key');
-  if (!existsSync(file)) {
-    mkdirSync(path.dirname(file), { recursive: true });
-    writeFileSync(file, generate(), { mode: 0o600, flag: 'wx' });
-  }
-  return readFileSync(file);
 }
