@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { ed25519Pair, encodeEd25519OpenSsh } from '../src/vault/hostkey.js';
+import { ed25519FromSeed, encodeEd25519OpenSsh } from '../src/vault/hostkey.js';
 import { fingerprint } from '../src/vault/access.js';
 import { tempDir } from './support/cli.js';
 import { startVault } from './support/vault.js';
@@ -18,10 +18,13 @@ function opensshPublic(file: string): string {
 
 test('host keys are written so that ssh2 and OpenSSH read them, also when the public key starts with a zero byte', (t) => {
   const dir = tempDir(t);
-  // ssh2's own generator drops a leading zero byte (one key in 256): find such keys on purpose
-  const pairs: Array<ReturnType<typeof ed25519Pair>> = [];
+  // ssh2's own generator drops a leading zero byte (one key in 256): find such keys on purpose,
+  // from fixed seeds so the test is the same every time
+  const pairs: Array<ReturnType<typeof ed25519FromSeed>> = [];
   for (let i = 0; i < 20_000 && pairs.filter((p) => p.pub[0] === 0).length < 2; i++) {
-    const p = ed25519Pair();
+    const seed = Buffer.alloc(32);
+    seed.writeUInt32BE(i, 28);
+    const p = ed25519FromSeed(seed);
     if (p.pub[0] === 0 || pairs.length < 3) pairs.push(p);
   }
   assert.ok(pairs.filter((p) => p.pub[0] === 0).length >= 2, 'found keys whose public key starts with 0x00');

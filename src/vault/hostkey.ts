@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
@@ -31,15 +31,21 @@ export function encodeEd25519OpenSsh(seed: Buffer, pub: Buffer, comment = 'kura-
   return `-----BEGIN OPENSSH PRIVATE KEY-----\n${lines.join('\n')}\n-----END OPENSSH PRIVATE KEY-----\n`;
 }
 
-/** A fresh ed25519 key pair: 32-byte seed and 32-byte public key. */
-export function ed25519Pair(): { seed: Buffer; pub: Buffer } {
-  const { privateKey } = generateKeyPairSync('ed25519');
-  const jwk = privateKey.export({ format: 'jwk' });
-  return { seed: Buffer.from(jwk.d!, 'base64url'), pub: Buffer.from(jwk.x!, 'base64url') };
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
+
+/**
+ * The ed25519 key pair of a 32-byte seed. (Made from random bytes rather than with
+ * generateKeyPairSync, whose job object has been seen to deadlock Node 20 in a garbage
+ * collection when many keys are made in a row.)
+ */
+export function ed25519FromSeed(seed: Buffer): { seed: Buffer; pub: Buffer } {
+  const priv = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, seed]), format: 'der', type: 'pkcs8' });
+  const jwk = createPublicKey(priv).export({ format: 'jwk' });
+  return { seed, pub: Buffer.from(jwk.x!, 'base64url') };
 }
 
 export function generateHostKey(): string {
-  const { seed, pub } = ed25519Pair();
+  const { seed, pub } = ed25519FromSeed(randomBytes(32));
   return encodeEd25519OpenSsh(seed, pub);
 }
 

@@ -50,7 +50,7 @@ export async function startVault(dir: string, tenantsYaml: string, extra = ''): 
     root,
     config,
     stop: async () => {
-      if (child.exitCode === null) {
+      if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         await once(child, 'exit');
       }
