@@ -245,3 +245,45 @@ test('snapshot references: unique prefix, latest:SOURCE, ambiguity and unknown I
   const rows = kuraJson<Array<{ source: string }>>(['snapshots', '--repo', repo, '--name', 'beta']);
   assert.deepEqual(rows.map((r) => r.source), ['beta']);
 });
+
+test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open: the same rows, restores and dedup work, a newer schema is refused', async (t) => {
+  const { dir, repo } = newRepo(t);
+  const data = await collect(sqlDump(21, 2 << 20));
+  const first = backupBytes(repo, dir, data);
+  const { default: Database } = await import('better-sqlite3');
+  const file = path.join(repo, 'catalogue.sqlite');
+  const want = (db: InstanceType<typeof Database>) => db.prepare('SELECT hex(id) AS id, pack, offset, stored_size, plain_size FROM chunks ORDER BY id').all();
+  let before: unknown[];
+  {
+    // turn it back into what kura 0.1 wrote
+    const db = new Database(file);
+    before = want(db);
+    assert.ok(before.length > 10);
+    db.exec(`
+      CREATE TABLE chunks_old (id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL, plain_size INTEGER NOT NULL) WITHOUT ROWID;
+      INSERT INTO chunks_old SELECT id, pack, offset, stored_size, plain_size FROM chunks;
+      DROP VIEW chunks; DROP TABLE chunk_rows; DROP TABLE packs;
+      ALTER TABLE chunks_old RENAME TO chunks;
+      CREATE INDEX chunks_by_pack ON chunks (pack);
+      UPDATE meta SET value = '1' WHERE key = 'schema';
+    `);
+    db.close();
+  }
+  // any command opens and migrates it; the data reads back and a new backup deduplicates
+  assert.equal(kuraOk(['restore', '--repo', repo, first.id]).stdout.equals(data), true);
+  const db = new Database(file, { readonly: true });
+  t.after(() => db.close());
+  assert.deepEqual(want(db), before);
+  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '2');
+  assert.equal(db.prepare(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).pluck().get(), 'view');
+  const again = backupBytes(repo, dir, data);
+  assert.equal(again.newChunks, 0, 'every chunk found in the migrated catalogue');
+  kuraOk(['check', '--repo', repo, '--read-data']);
+  // a catalogue from a newer kura is refused, not misread
+  const rw = new Database(file);
+  rw.prepare(`UPDATE meta SET value = '99' WHERE key = 'schema'`).run();
+  rw.close();
+  const r = kura(['snapshots', '--repo', repo]);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /E_REPO_FORMAT.*newer kura/);
+});

@@ -173,7 +173,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
       report.bytesRemoved = d.b ?? 0;
-      db.exec('DELETE FROM chunks WHERE id IN (SELECT id FROM temp.gc_dead)');
+      db.exec('DELETE FROM chunk_rows WHERE id IN (SELECT id FROM temp.gc_dead)');
     }).immediate();
     if (!raced) break;
   }
@@ -184,6 +184,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   // 4. packs
   await rewritePending(repo, report, opts.packBytes ?? DEFAULT_PACK_BYTES);
   await deleteOrphans(repo, report);
+  cat.forgetEmptyPacks();
   if (store instanceof FsBackend) report.tempFilesRemoved = await removeStaleTemps(repo.root, 3_600_000);
   await store.sync();
   report.seconds = (performance.now() - t0) / 1000;

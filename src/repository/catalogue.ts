@@ -62,7 +62,37 @@ export interface ChunkRow {
   plainSize: number;
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
+
+/**
+ * Chunk locations, one row per stored blob. Pack names (64 hex digits) are numbered once in
+ * `packs` so that a row is ~50 bytes, not ~110: the catalogue of a 4 KiB-chunk database source
+ * grows by that much per new chunk every night. `chunks` is the view everything reads and
+ * writes by pack name; the triggers number new packs.
+ */
+const CHUNKS_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+  CREATE TABLE IF NOT EXISTS chunk_rows (
+    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
+    plain_size INTEGER NOT NULL) WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS chunk_rows_by_pack ON chunk_rows (pack);
+  CREATE VIEW IF NOT EXISTS chunks AS
+    SELECT c.id AS id, p.name AS pack, c.offset AS offset, c.stored_size AS stored_size, c.plain_size AS plain_size
+    FROM chunk_rows c JOIN packs p ON p.n = c.pack;
+  CREATE TRIGGER IF NOT EXISTS chunks_insert INSTEAD OF INSERT ON chunks BEGIN
+    INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
+    INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size)
+      VALUES (NEW.id, (SELECT n FROM packs WHERE name = NEW.pack), NEW.offset, NEW.stored_size, NEW.plain_size);
+  END;
+  CREATE TRIGGER IF NOT EXISTS chunks_update INSTEAD OF UPDATE ON chunks BEGIN
+    INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
+    UPDATE chunk_rows SET id = NEW.id, pack = (SELECT n FROM packs WHERE name = NEW.pack), offset = NEW.offset,
+      stored_size = NEW.stored_size, plain_size = NEW.plain_size WHERE id = OLD.id;
+  END;
+  CREATE TRIGGER IF NOT EXISTS chunks_delete INSTEAD OF DELETE ON chunks BEGIN
+    DELETE FROM chunk_rows WHERE id = OLD.id;
+  END;
+`;
 
 export class Catalogue {
   readonly db: Database.Database;
@@ -82,10 +112,6 @@ export class Catalogue {
     }
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS chunks (
-        id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
-        plain_size INTEGER NOT NULL) WITHOUT ROWID;
-      CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
       CREATE TABLE IF NOT EXISTS snapshots (
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, source TEXT NOT NULL, host TEXT NOT NULL,
         end_time TEXT NOT NULL, header TEXT NOT NULL);
@@ -117,19 +143,48 @@ export class Catalogue {
         route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
     `);
+    const v = this.db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema'`).get();
+    if (v && Number(v.value) > SCHEMA_VERSION) {
+      throw new KuraError('E_REPO_FORMAT', `catalogue ${path} was written by a newer kura (schema ${v.value}); upgrade kura`);
+    }
+    this.migrateChunks();
+    this.db.prepare(`INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
     // columns added after the first release of a table
     const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
     if (!cols.has('paused')) this.db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
     if (!cols.has('retry')) this.db.exec('ALTER TABLE route_state ADD COLUMN retry INTEGER NOT NULL DEFAULT 0');
-    const v = this.db.prepare<[], { value: string }>(`SELECT value FROM meta WHERE key = 'schema'`).get();
-    if (!v) this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
-    else if (Number(v.value) > SCHEMA_VERSION) {
-      throw new KuraError('E_REPO_FORMAT', `catalogue ${path} was written by a newer kura (schema ${v.value}); upgrade kura`);
-    }
-    this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunks WHERE id = ?');
+    this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.addChunkStmt = this.db.prepare('INSERT OR IGNORE INTO chunks (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
+  }
+
+  /**
+   * Schema 1 kept the pack name in every chunk row: move the rows to `chunk_rows` once, in one
+   * transaction (a crash leaves the old table as it was; the next open migrates again).
+   */
+  private migrateChunks(): void {
+    this.db
+      .transaction(() => {
+        const old = this.db.prepare<[], { type: string }>(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).get();
+        if (old?.type === 'table') {
+          this.db.exec(`ALTER TABLE chunks RENAME TO chunks_v1; DROP INDEX IF EXISTS chunks_by_pack;`);
+          this.db.exec(CHUNKS_SCHEMA);
+          this.db.exec(`
+            INSERT OR IGNORE INTO packs (name) SELECT DISTINCT pack FROM chunks_v1 ORDER BY pack;
+            INSERT INTO chunk_rows (id, pack, offset, stored_size, plain_size)
+              SELECT c.id, p.n, c.offset, c.stored_size, c.plain_size FROM chunks_v1 c JOIN packs p ON p.name = c.pack;
+            DROP TABLE chunks_v1;
+            UPDATE meta SET value = '${SCHEMA_VERSION}' WHERE key = 'schema' AND CAST(value AS INTEGER) < ${SCHEMA_VERSION};
+          `);
+        } else if (!old) this.db.exec(CHUNKS_SCHEMA);
+      })
+      .immediate();
+  }
+
+  /** Pack numbers no chunk row refers to any more (GC deleted or rewrote the pack). */
+  forgetEmptyPacks(): void {
+    this.db.exec('DELETE FROM packs WHERE NOT EXISTS (SELECT 1 FROM chunk_rows c WHERE c.pack = packs.n)');
   }
 
   hasChunk(id: Buffer): boolean {
@@ -376,7 +431,7 @@ export class Catalogue {
   }
 
   clear(): void {
-    this.db.exec('DELETE FROM chunks; DELETE FROM snapshots;');
+    this.db.exec('DELETE FROM chunk_rows; DELETE FROM packs; DELETE FROM snapshots;');
   }
 
   close(): void {
