@@ -5,7 +5,7 @@
  * repository directory, so snapshot metadata and indexes are included) and repository size;
  * then a summary over the churned days.
  *
- *   npm run bench:daily [-- --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536]
+ *   npm run bench:daily [-- --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536 --save-dumps DIR]
  *
  * The database (PostgreSQL 15, started here): residents, households, tax assessments (3 years),
  * national health insurance, payments (mostly appended) and an audit log (appended). Each day
@@ -22,7 +22,7 @@
  * postgres source writes it with `order: primary-key`, made from the same database state.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA } from '../test/support/cli.js';
@@ -42,6 +42,7 @@ const HEAVY = Number(arg('heavy', '5'));
 const KURA_AVGS = arg('kura-avg', '4096,65536').split(',').map(Number);
 const KURA_LEVEL = arg('kura-compression', '');
 const STREAM = argv.includes('--stream');
+const SAVE_DUMPS = arg('save-dumps', ''); // keep each day's dump as DIR/day<N>.sql, to replay the days by hand
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
 function need(cmd: string, pkg: string): void {
@@ -185,6 +186,10 @@ try {
     }
     const dumpSeconds = timed('pg_dump', ['--no-password', '--format=plain', `--dbname=${pg.uri('juki')}`, `--file=${dumpFile}`], { PGPASSWORD: pg.password });
     emit({ bench: 'daily-dump', day, seconds: +dumpSeconds.toFixed(2), bytes: statSync(dumpFile).size });
+    if (SAVE_DUMPS) {
+      mkdirSync(SAVE_DUMPS, { recursive: true });
+      copyFileSync(dumpFile, path.join(SAVE_DUMPS, `day${day}.sql`));
+    }
     for (const k of kuraRepos) {
       const before = dirBytes(k.repo);
       record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile, ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, k.repo);

@@ -17,7 +17,6 @@ if (!existsSync(marker) || statSync(marker).mtimeMs < statSync('package-lock.jso
 
 const has = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd} || test -x ${cmd}`], { stdio: 'ignore' }).status === 0;
 const needs = [
-  { tool: 'sync', pkg: 'coreutils' },
   { tool: 'ssh-keygen', pkg: 'openssh-client' },
   { tool: '/usr/sbin/sshd', pkg: 'openssh-server' },
   { tool: 'systemd-analyze', pkg: 'systemd' },

@@ -2,6 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chunkLengths, defaultChunkerParams, FastCdc, gearTable, validateChunkerParams } from '../src/chunker/fastcdc.js';
 import { chunkId } from '../src/crypto/blob.js';
+import { ChunkPipeline } from '../src/chunker/pipeline.js';
+import { IdSet } from '../src/repository/idset.js';
+import { FileInput } from '../src/archiver/input.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 
 // Golden vectors: chunk boundaries and IDs are part of repository format v1. If one of these
@@ -97,4 +103,112 @@ test('chunker parameters are validated', () => {
   assert.equal(validateChunkerParams(defaultChunkerParams), null);
   assert.match(validateChunkerParams({ minSize: 512, avgSize: 1000, maxSize: 4096 })!, /power of two/);
   assert.match(validateChunkerParams({ minSize: 4096, avgSize: 1024, maxSize: 8192 })!, /min < avg < max/);
+});
+
+/** Chunks and IDs as one thread makes them: FastCdc, then keyed BLAKE3 per chunk. */
+function reference(data: Buffer, params: typeof SMALL, key: Buffer): Array<[number, string]> {
+  let off = 0;
+  return chunkLengths(data, params, SEED, 1 << 20).map((len) => {
+    const id = chunkId(key, data.subarray(off, off + len)).toString('hex');
+    off += len;
+    return [len, id];
+  });
+}
+
+async function* pieces(data: Buffer, sizes: number[]): AsyncGenerator<Buffer> {
+  let off = 0;
+  for (let i = 0; off < data.length; i++) {
+    const n = sizes[i % sizes.length]!;
+    yield Buffer.from(data.subarray(off, off + n)); // a fresh buffer, as a stream gives
+    off += n;
+  }
+}
+
+async function viaPipeline(input: AsyncIterable<Uint8Array> | FileInput, params: typeof SMALL, key: Buffer): Promise<{ chunks: Array<[number, string]>; segments: number }> {
+  const p = new ChunkPipeline();
+  try {
+    p.start(params, SEED, key);
+    const chunks: Array<[number, string]> = [];
+    let segments = 0;
+    await p.run(
+      input,
+      (c, id) => chunks.push([c.length, id.toString('hex')]),
+      async () => {
+        segments++;
+      },
+    );
+    return { chunks, segments };
+  } finally {
+    await p.close();
+  }
+}
+
+test('the two-thread pipeline gives the same chunks and IDs as one thread, however the input arrives', async (t) => {
+  const key = Buffer.alloc(32, 9);
+  const dir = mkdtempSync(path.join(tmpdir(), 'kura-pipeline-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const MiB = 1 << 20;
+  const db = { minSize: 1024, avgSize: 4096, maxSize: 16384 };
+  const text = await collect(sqlDump(3, 9 * MiB + 12345));
+  const cases: Array<[string, Buffer, typeof SMALL]> = [
+    ['empty', Buffer.alloc(0), db],
+    ['one byte', Buffer.from('x'), db],
+    ['exactly one segment (4 MiB)', new Prng(1).bytes(4 * MiB), db],
+    ['exactly two segments', new Prng(2).bytes(8 * MiB), db],
+    ['a 9 MiB dump, 4 KiB chunks', text, db],
+    ['the smallest chunks the format allows (64 B)', new Prng(3).bytes(5 * MiB), { minSize: 64, avgSize: 256, maxSize: 1024 }],
+    ['default 64 KiB chunks', text, defaultChunkerParams],
+  ];
+  for (const [what, data, params] of cases) {
+    const want = reference(data, params, key);
+    const file = path.join(dir, 'in');
+    writeFileSync(file, data);
+    const fromFile = await viaPipeline(new FileInput(file), params, key);
+    assert.deepEqual(fromFile.chunks, want, `${what}: read straight into the segments`);
+    assert.equal(fromFile.segments, Math.floor(data.length / (4 * MiB)) + 1, `${what}: segments`);
+    for (const sizes of [[65536], [1, 4095, 70000, 4 * MiB + 1]]) {
+      const streamed = await viaPipeline(pieces(data, sizes), params, key);
+      assert.deepEqual(streamed.chunks, want, `${what}: streamed in pieces of ${sizes.join('/')}`);
+    }
+  }
+});
+
+test('a failing input fails the pipeline run with its own error and stops the stream', async () => {
+  const p = new ChunkPipeline();
+  p.start({ minSize: 1024, avgSize: 4096, maxSize: 16384 }, SEED, Buffer.alloc(32, 1));
+  let closed = false;
+  async function* broken(): AsyncGenerator<Buffer> {
+    try {
+      yield new Prng(4).bytes(6 << 20);
+      throw new Error('pg_dump died');
+    } finally {
+      closed = true;
+    }
+  }
+  await assert.rejects(
+    p.run(broken(), () => {}, async () => {}),
+    /pg_dump died/,
+  );
+  await p.close();
+  assert.ok(closed, 'the input was closed');
+});
+
+test('IdSet: every listed chunk ID is found, others are not, duplicates are counted once', () => {
+  const r = new Prng(11);
+  const ids = r.bytes(32 * 5000);
+  const withDup = Buffer.concat([ids, ids.subarray(32 * 10, 32 * 20)]);
+  const set = new IdSet(withDup);
+  assert.equal(set.size, 5000);
+  for (let i = 0; i < 5000; i++) assert.ok(set.has(ids.subarray(i * 32, i * 32 + 32)), `member ${i}`);
+  const others = r.bytes(32 * 5000);
+  for (let i = 0; i < 5000; i++) assert.ok(!set.has(others.subarray(i * 32, i * 32 + 32)), `non-member ${i}`);
+  // same first word, different rest: a probe must compare all 32 bytes
+  const twin = Buffer.from(ids.subarray(0, 32));
+  twin[31] ^= 1;
+  assert.ok(!set.has(twin));
+  // unaligned IDs (a slice of a bigger buffer) are found too
+  const shifted = Buffer.concat([Buffer.alloc(3), ids.subarray(64, 96)]).subarray(3);
+  assert.ok(set.has(shifted));
+  assert.equal(new IdSet(Buffer.alloc(0)).has(twin), false);
+  assert.throws(() => new IdSet(Buffer.alloc(33)), RangeError);
 });

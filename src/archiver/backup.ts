@@ -1,17 +1,18 @@
 import { hostname } from 'node:os';
-import { FastCdc, type ChunkerParams } from '../chunker/fastcdc.js';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
+import type { ChunkerParams } from '../chunker/fastcdc.js';
+import { ChunkPipeline, type Fillable } from '../chunker/pipeline.js';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
-import { buildListTree, idsOf, LIST_BLOB_HEADER } from '../repository/chunklist.js';
+import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
+import { IdSet } from '../repository/idset.js';
 import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
 
-export { SealPool };
+export { SealPool, ChunkPipeline };
 
 export interface BackupOptions {
   source: string;
@@ -28,6 +29,8 @@ export interface BackupOptions {
   workers?: number;
   /** A pool started earlier (its start-up overlapping the key derivation); closed here. */
   pool?: SealPool;
+  /** The chunking and hashing thread, likewise started early; closed here. */
+  pipeline?: ChunkPipeline;
 }
 
 export interface BackupResult {
@@ -66,57 +69,56 @@ interface Batch {
 }
 
 /**
- * The chunk IDs (base64) of the source's latest snapshot, or an empty set. Its chunks stay
+ * The chunk IDs of the source's latest snapshot (empty if none or unreadable). Its chunks stay
  * stored while this backup runs (a GC waits for the backup's lock).
  */
-async function previousChunks(repo: Repository, source: string): Promise<Set<string>> {
+async function previousChunks(repo: Repository, source: string): Promise<IdSet> {
   const last = repo.catalogue.snapshots({ source }).at(-1);
-  const out = new Set<string>();
-  if (!last) return out;
+  if (!last) return new IdSet(Buffer.alloc(0));
   try {
     const snap = await repo.readSnapshot(last.id);
-    for (const id of idsOf(await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what)))) out.add(id.toString('base64'));
+    return new IdSet(await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what)));
   } catch {
-    out.clear(); // unreadable: every lookup goes to the catalogue, as without it
+    return new IdSet(Buffer.alloc(0)); // unreadable: every lookup goes to the catalogue, as without it
   }
-  return out;
 }
 
 /**
- * The backup pipeline: input → FastCDC → keyed BLAKE3 → skip known chunks → (workers) zstd +
+ * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 (both threads) → skip known chunks → (workers) zstd +
  * AES-GCM → one pack per batch → store. Write order: packs (made durable by store.sync) →
  * catalogue rows → snapshot file → catalogue snapshot row. A crash anywhere leaves only
  * unreferenced packs; a failed input leaves no snapshot.
  */
-export async function backup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
+export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions): Promise<BackupResult> {
   // a GC of this repository must not remove chunks this backup counts as already stored
   let lock: { release: () => void };
   try {
     lock = repo.catalogue.acquireLock('backup', ['gc']);
   } catch (e) {
     await opts.pool?.close();
+    await opts.pipeline?.close();
     throw e;
   }
+  const pipeline = opts.pipeline ?? new ChunkPipeline();
   try {
-    return await runBackup(repo, input, opts);
+    return await runBackup(repo, input, opts, pipeline);
   } finally {
+    await pipeline.close();
     lock.release();
   }
 }
 
-async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opts: BackupOptions): Promise<BackupResult> {
+async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline): Promise<BackupResult> {
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
   const keys = repo.keys;
   const level = opts.compressionLevel ?? repo.config.compression.level;
   const params = opts.chunker ?? repo.config.chunker;
-  const cdc = new FastCdc(params, keys.gearSeed);
+  pipeline.start(params, keys.gearSeed, keys.idKey);
   const pool = opts.pool ?? new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
   if (opts.pool) pool.setKey(keys.dataKey);
   const store = repo.store;
   const catalogue = repo.catalogue;
-  // one keyed hasher, reset per chunk (reset keeps the key)
-  const hasher = Blake3Hasher.newKeyed(keys.idKey);
 
   const ids = new ByteList();
   // the previous generation's chunks answer most dedup lookups without a catalogue query
@@ -139,14 +141,13 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
   let batch = newBatch();
   const ready: Batch[] = [];
 
-  const onChunk = (chunk: Buffer) => {
-    const id = hasher.update(chunk).digestBuffer();
-    hasher.reset();
+  const onChunk = (chunk: Buffer, id: Buffer) => {
     ids.append(id);
     chunkCount++;
     logicalBytes += chunk.length;
+    if (known.has(id)) return;
     const key = id.toString('base64');
-    if (known.has(key) || inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
+    if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
     inFlightKeys.add(key);
     chunk.copy(batch.data, batch.used);
     batch.used += chunk.length;
@@ -164,7 +165,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
     const rows = pendingRows;
     pendingRows = [];
     pendingRowBytes = 0;
-    await store.sync({ external: true });
+    await store.sync();
     catalogue.addChunks(rows);
     for (const r of rows) inFlightKeys.delete(r.key);
   };
@@ -175,6 +176,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built
     if (res.pack) await store.put(packName(res.packId), Buffer.from(res.pack));
+    else store.adopt(packName(res.packId));
     const packBytes = res.blobOffsets[b.ids.length]!;
     newBytes += packBytes + b.ids.length * PACK_ENTRY + PACK_TRAILER;
     newChunks += b.ids.length;
@@ -197,12 +199,10 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array>, opt
   };
 
   try {
-    for await (const piece of input) {
-      const data = Buffer.isBuffer(piece) ? piece : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-      cdc.push(data, onChunk);
+    // boundaries are found on the chunking thread while this one hashes the segment before
+    await pipeline.run(input, onChunk, async () => {
       while (ready.length > 0) await dispatch(ready.shift()!);
-    }
-    cdc.finish(onChunk);
+    });
     if (batch.ids.length > 0) ready.push(batch);
     while (ready.length > 0) await dispatch(ready.shift()!);
     await Promise.all(running);

@@ -31,6 +31,43 @@ export async function* readFileBlocks(path: string): AsyncGenerator<Buffer> {
   }
 }
 
+/**
+ * A file as the backup's input. Iterated, it yields blocks like readFileBlocks; the backup
+ * instead asks it to `fill` its shared segments directly, which saves a copy of every byte.
+ */
+export class FileInput implements AsyncIterable<Buffer> {
+  private fh: fsp.FileHandle | null = null;
+  constructor(readonly path: string) {}
+
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    return readFileBlocks(this.path);
+  }
+
+  /** Fill `buf` from where the last call stopped; fewer bytes than its length means the end. */
+  async fill(buf: Buffer): Promise<number> {
+    try {
+      this.fh ??= await fsp.open(this.path, 'r');
+      let n = 0;
+      while (n < buf.length) {
+        const { bytesRead } = await this.fh.read(buf, n, buf.length - n, null);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+      }
+      if (n < buf.length) await this.close();
+      return n;
+    } catch (e) {
+      await this.close().catch(() => {});
+      throw inputFailed(`reading ${this.path} failed`, e);
+    }
+  }
+
+  async close(): Promise<void> {
+    const fh = this.fh;
+    this.fh = null;
+    await fh?.close();
+  }
+}
+
 /** Fail loudly rather than record a snapshot of an input that ended badly. */
 export function inputFailed(what: string, cause: unknown): KuraError {
   return new KuraError('E_INPUT_FAILED', `${what}: ${(cause as Error)?.message ?? String(cause)}; no snapshot was written`, undefined, { cause });

@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
-import { inputFailed, readFileBlocks } from '../archiver/input.js';
+import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { configOf, formatBytes, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
 
@@ -52,7 +52,7 @@ export function registerBackup(program: Command): void {
         const problem = Number.isInteger(avg) ? validateChunkerParams(chunker) : 'not a whole number';
         if (problem) throw new KuraError('E_USAGE', `--chunk-avg ${opts.chunkAvg}: ${problem}`);
       }
-      let input: AsyncIterable<Uint8Array>;
+      let input: AsyncIterable<Uint8Array> | FileInput;
       let what: string;
       if (opts.file) {
         try {
@@ -60,14 +60,14 @@ export function registerBackup(program: Command): void {
         } catch (e) {
           throw new KuraError('E_INPUT', `cannot back up ${opts.file}: ${(e as Error).message}`);
         }
-        input = readFileBlocks(opts.file);
+        input = new FileInput(opts.file);
         what = opts.file;
       } else {
         if (process.stdin.isTTY) throw new KuraError('E_USAGE', '--stdin needs data piped in, e.g. pg_dump mydb | kura backup --stdin --name mydb');
         input = process.stdin;
         what = 'standard input';
       }
-      const { backup, SealPool } = await import('../archiver/backup.js');
+      const { backup, SealPool, ChunkPipeline } = await import('../archiver/backup.js');
       if (opts.route.length > 0) {
         const { routesOf } = await import('../relay/relay.js');
         const known = routesOf(configOf(cmd).config);
@@ -75,6 +75,7 @@ export function registerBackup(program: Command): void {
       }
       // compression workers start while the key is derived (scrypt runs off the main thread)
       const pool = new SealPool(null, repoPathOf(cmd, opts));
+      const pipeline = new ChunkPipeline();
       let repo: Awaited<ReturnType<typeof openRepo>>;
       let tenant: string;
       try {
@@ -84,11 +85,12 @@ export function registerBackup(program: Command): void {
         repo = await opening;
       } catch (e) {
         await pool.close();
+        await pipeline.close();
         throw e;
       }
       const job = repo.catalogue.startJob(opts.name);
       try {
-        const res = await backup(repo, guarded(input, what), {
+        const res = await backup(repo, input instanceof FileInput ? input : guarded(input, what), {
           source: opts.name,
           tenant,
           tags: opts.tag,
@@ -97,6 +99,7 @@ export function registerBackup(program: Command): void {
           routes: opts.route,
           chunker,
           pool,
+          pipeline,
         });
         const h = res.header;
         repo.catalogue.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
@@ -115,6 +118,7 @@ export function registerBackup(program: Command): void {
         throw e;
       } finally {
         await pool.close(); // normally closed by backup(); this covers a failure before it started
+        await pipeline.close();
         repo.close();
       }
     });

@@ -37,11 +37,13 @@ export interface StoreBackend {
    */
   deleteSync(name: string): void;
   stat(name: string): Promise<StoreStat | null>;
+  /** Make every write so far durable, and the objects adopt()ed since the last sync. */
+  sync(): Promise<void>;
   /**
-   * Make every write so far durable. `external: true` also covers objects that worker threads
-   * wrote straight into directWriteRoot() (without a per-file flush).
+   * An object a worker thread wrote straight into directWriteRoot() (its bytes flushed there):
+   * the next sync() makes its name durable too.
    */
-  sync(opts?: { external?: boolean }): Promise<void>;
+  adopt(name: string): void;
   /** A local directory that worker threads may put() packs into themselves, or null. */
   directWriteRoot(): string | null;
 }

@@ -1,6 +1,5 @@
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
@@ -16,18 +15,27 @@ function tempName(dir: string): string {
 /**
  * put() of a pack, synchronous so compression workers can write their own output without a
  * round trip through the main thread and the libuv pool (which cost a third of the main
- * thread's time in profiles): temp file, then rename. Durable after FsBackend.sync().
+ * thread's time in profiles): temp file, fdatasync, rename. Its name is durable after the main
+ * thread's FsBackend.adopt() and sync(). Only this file is flushed: syncfs(2) of the whole file
+ * system would also flush whatever else the server is writing (its database, say).
  */
 export function putObjectSync(root: string, name: string, data: Uint8Array): void {
   const target = path.join(root, ...name.split('/'));
   const dir = path.dirname(target);
   const tmp = tempName(dir);
+  let fd: number;
   try {
-    writeFileSync(tmp, data, { mode: 0o640 });
+    fd = openSync(tmp, 'wx', 0o640);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     mkdirSync(dir, { recursive: true });
-    writeFileSync(tmp, data, { mode: 0o640 });
+    fd = openSync(tmp, 'wx', 0o640);
+  }
+  try {
+    for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off);
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
   renameSync(tmp, target);
 }
@@ -37,9 +45,9 @@ export function putObjectSync(root: string, name: string, data: Uint8Array): voi
  * - putIfAbsent (snapshots, keys): temp file → fdatasync → link to the final name (link fails if
  *   it exists: a true put-if-absent) → unlink temp → directory fsync in sync().
  * - put (packs, main thread): temp file → fdatasync → rename; sync() fsyncs the directory.
- * - putObjectSync (packs written by compression workers): temp file → rename, no per-file
- *   fsync; sync({ external: true }) flushes the whole file system once with syncfs(2)
- *   (coreutils `sync -f`) before the catalogue records anything the workers wrote.
+ * - putObjectSync (packs written by compression workers): temp file → fdatasync → rename in
+ *   the worker; the main thread adopt()s the name and sync() fsyncs its directory before the
+ *   catalogue records anything the workers wrote.
  */
 export class FsBackend implements StoreBackend {
   readonly location: string;
@@ -196,26 +204,19 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  async sync(opts: { external?: boolean } = {}): Promise<void> {
+  adopt(name: string): void {
+    this.touchedDirs.add(path.dirname(this.pathOf(name)));
+  }
+
+  async sync(): Promise<void> {
     const dirs = [...this.touchedDirs];
     this.touchedDirs.clear();
     try {
-      if (opts.external) await syncFileSystem(this.root);
       await Promise.all(dirs.map(fsyncDir));
     } catch (e) {
       throw ioError(`cannot make writes in ${this.root} durable`, e);
     }
   }
-}
-
-/** syncfs(2) on the file system holding `dir`, through coreutils (Node has no binding). */
-function syncFileSystem(dir: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile('sync', ['-f', dir], (err, _out, stderr) => {
-      if (err) reject(new Error(`sync -f ${dir} failed: ${stderr.trim() || err.message} (coreutils sync is needed)`));
-      else resolve();
-    });
-  });
 }
 
 async function fsyncDir(dir: string): Promise<void> {

@@ -1,0 +1,205 @@
+import { Worker } from 'node:worker_threads';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { KuraError } from '../errors.js';
+import type { ChunkerParams } from './fastcdc.js';
+
+export interface PipelineInit {
+  params: ChunkerParams;
+  seed: Uint8Array;
+  idKey: Uint8Array;
+  data: SharedArrayBuffer[];
+  ids: SharedArrayBuffer[];
+  states: SharedArrayBuffer[];
+  control: SharedArrayBuffer;
+  spillAt: number;
+}
+
+export type PipelineMessage = { init: PipelineInit } | { seg: number; len: number; finish: boolean; gen: number };
+
+export interface PipelineReply {
+  seg: number;
+  /** (offset, length) pairs of the chunks completed in this segment, in order */
+  cuts: Uint32Array;
+  error?: string;
+}
+
+/** state word of a chunk: generation × 4 + one of these */
+export const UNCLAIMED = 0;
+export const CLAIMED = 1;
+export const HASHED = 2;
+
+const SEGMENT = 4 << 20; // input bytes per segment
+const SEGMENTS = 3; // one being read, one being cut, one being hashed
+const GENERATIONS = 1 << 28; // state words hold generation × 4 + state in an Int32
+
+/**
+ * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
+ * segments; a worker finds the boundaries of one segment (FastCdc, exactly as on one thread)
+ * while this thread hashes and hands on the chunks of the one before, and the worker helps
+ * hashing from the back of that segment when it has nothing to cut. Chunks come out in order.
+ *
+ * Construct it before the keys are known (the thread starts while the key is derived), then
+ * `start()` with the parameters, the gear seed and the ID key.
+ */
+export class ChunkPipeline {
+  private readonly worker: Worker;
+  private readonly views: Buffer[] = [];
+  private readonly idViews: Buffer[] = [];
+  private readonly states: Int32Array[] = [];
+  private readonly control = new Int32Array(new SharedArrayBuffer(4));
+  private readonly gens: number[] = [];
+  private gen = 0;
+  private hasher: Blake3Hasher | null = null;
+  private maxChunks = 0;
+  private replies: Array<{ resolve: (r: PipelineReply) => void; reject: (e: Error) => void }> = [];
+  private failure: Error | null = null;
+
+  constructor() {
+    this.worker = new Worker(new URL('./pipeline-worker.js', import.meta.url));
+    this.worker.on('message', (r: PipelineReply) => {
+      const w = this.replies.shift();
+      if (!w) return;
+      if (r.error) w.reject(new KuraError('E_INTERNAL', `chunking failed: ${r.error}`));
+      else w.resolve(r);
+    });
+    this.worker.on('error', (e) => this.fail(new KuraError('E_INTERNAL', `chunking thread crashed: ${e.message}`)));
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    for (const w of this.replies.splice(0)) w.reject(e);
+  }
+
+  start(params: ChunkerParams, seed: Uint8Array, idKey: Buffer): void {
+    this.hasher = Blake3Hasher.newKeyed(idKey);
+    this.maxChunks = Math.ceil(SEGMENT / params.minSize) + 2;
+    const data: SharedArrayBuffer[] = [];
+    const ids: SharedArrayBuffer[] = [];
+    const states: SharedArrayBuffer[] = [];
+    for (let i = 0; i < SEGMENTS; i++) {
+      data.push(new SharedArrayBuffer(SEGMENT + 2 * params.maxSize));
+      ids.push(new SharedArrayBuffer(this.maxChunks * 32));
+      states.push(new SharedArrayBuffer(this.maxChunks * 4));
+      this.views.push(Buffer.from(data[i]!));
+      this.idViews.push(Buffer.from(ids[i]!));
+      this.states.push(new Int32Array(states[i]!));
+      this.gens.push(0);
+    }
+    const init = { params, seed: new Uint8Array(seed), idKey: new Uint8Array(idKey), data, ids, states, control: this.control.buffer as SharedArrayBuffer, spillAt: SEGMENT };
+    this.worker.postMessage({ init } satisfies PipelineMessage);
+  }
+
+  private post(seg: number, len: number, finish: boolean): Promise<PipelineReply> {
+    if (this.failure) return Promise.reject(this.failure);
+    this.gen = (this.gen + 1) % GENERATIONS;
+    this.gens[seg] = this.gen;
+    this.states[seg]!.fill(this.gen * 4 + UNCLAIMED);
+    const p = new Promise<PipelineReply>((resolve, reject) => this.replies.push({ resolve, reject }));
+    p.catch(() => {}); // awaited in order by run(); a failed run leaves some never awaited
+    Atomics.add(this.control, 0, 1); // tells a helping worker to stop and come for this one
+    this.worker.postMessage({ seg, len, finish, gen: this.gen } satisfies PipelineMessage);
+    return p;
+  }
+
+  /**
+   * Cut and hash `input`; `onChunk` gets each chunk (valid during the call only) and its ID, in
+   * order. `afterSegment` runs between segments (the place for awaiting other work). An input
+   * with a `fill` method (a file) is read straight into the segments; others are copied in.
+   */
+  async run(input: AsyncIterable<Uint8Array> | Fillable, onChunk: (chunk: Buffer, id: Buffer) => void, afterSegment: () => Promise<void>): Promise<void> {
+    if (!this.hasher) throw new Error('ChunkPipeline.start() first');
+    const h = this.hasher;
+    const src = 'fill' in input ? input : copier(input);
+    const free = this.views.map((_, i) => i);
+    const pending: Array<Promise<PipelineReply>> = [];
+    const consumeOldest = async () => {
+      const r = await pending.shift()!;
+      const view = this.views[r.seg]!;
+      const st = this.states[r.seg]!;
+      const idv = this.idViews[r.seg]!;
+      const base = this.gens[r.seg]! * 4;
+      const cuts = r.cuts;
+      for (let i = 0; i < cuts.length / 2; i++) {
+        const chunk = view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!);
+        let id: Buffer;
+        if (Atomics.compareExchange(st, i, base + UNCLAIMED, base + CLAIMED) === base + UNCLAIMED) {
+          id = h.update(chunk).digestBuffer();
+          h.reset();
+        } else {
+          // the worker took it: wait until it is hashed (it is being hashed right now)
+          while (Atomics.load(st, i) !== base + HASHED) Atomics.wait(st, i, base + CLAIMED, 1000);
+          id = Buffer.allocUnsafe(32);
+          idv.copy(id, 0, i * 32, i * 32 + 32);
+        }
+        onChunk(chunk, id);
+      }
+      free.push(r.seg);
+      await afterSegment();
+    };
+    // one segment is read while the worker cuts the one before and this thread hashes the oldest
+    let cur = free.shift()!;
+    let reading = src.fill(this.views[cur]!.subarray(0, SEGMENT));
+    try {
+      for (;;) {
+        reading.catch(() => {}); // awaited below, after the hashing it overlaps
+        if (pending.length >= 2) await consumeOldest();
+        const len = await reading;
+        const end = len < SEGMENT;
+        pending.push(this.post(cur, len, end));
+        if (end) break;
+        if (free.length === 0) await consumeOldest();
+        cur = free.shift()!;
+        reading = src.fill(this.views[cur]!.subarray(0, SEGMENT));
+      }
+      while (pending.length > 0) await consumeOldest();
+    } finally {
+      await reading.catch(() => 0);
+      await src.close?.();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.fail(new KuraError('E_INTERNAL', 'chunking stopped'));
+    await this.worker.terminate();
+  }
+}
+
+/** An input that reads into a buffer it is given: fewer bytes than asked for means the end. */
+export interface Fillable {
+  fill(buf: Buffer): Promise<number>;
+  /** stop reading (also after an error elsewhere) */
+  close?(): Promise<void>;
+}
+
+/** `fill` over a stream of pieces: copies them in, keeping what did not fit for the next call. */
+function copier(input: AsyncIterable<Uint8Array>): Required<Fillable> {
+  const it = input[Symbol.asyncIterator]();
+  let rest: Uint8Array | null = null;
+  let done = false;
+  const fill = async (buf: Buffer) => {
+    let n = 0;
+    while (n < buf.length) {
+      if (!rest || rest.length === 0) {
+        if (done) break;
+        const r = await it.next();
+        if (r.done) {
+          done = true;
+          break;
+        }
+        rest = r.value;
+      }
+      const k = Math.min(rest.length, buf.length - n);
+      buf.set(rest.subarray(0, k), n);
+      rest = rest.subarray(k);
+      n += k;
+    }
+    return n;
+  };
+  const close = async () => {
+    if (!done) {
+      done = true;
+      await it.return?.();
+    }
+  };
+  return { fill, close };
+}
