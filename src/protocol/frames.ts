@@ -40,6 +40,8 @@ export const frameName = (t: number): string => Object.entries(Frame).find(([, v
 export interface RawFrame {
   type: number;
   payload: Buffer;
+  /** the payload lies in memory of its own (gathered), not in a transport buffer: keep it without copying */
+  owned?: boolean;
 }
 
 export function encodeFrame(type: number, payload: Uint8Array | string | object = Buffer.alloc(0)): Buffer {
@@ -80,8 +82,9 @@ export class FrameParser {
       if (len === 0) throw new KuraError('E_PROTOCOL', 'empty frame');
       if (len > this.maxFrame + 1) throw new KuraError('E_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxFrame}`);
       if (this.buffered < 4 + len) break;
+      const owned = this.parts[0]!.length < 4 + len;
       const all = this.take(4 + len);
-      out.push({ type: all[4]!, payload: all.subarray(5) });
+      out.push({ type: all[4]!, payload: all.subarray(5), owned });
     }
     return out;
   }

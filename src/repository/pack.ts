@@ -1,4 +1,4 @@
-import { blake3 } from '@napi-rs/blake-hash';
+import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, type StoreBackend } from '../store/backend.js';
 
@@ -91,12 +91,39 @@ export function parsePackIndex(tail: Buffer, packSize: number): PackEntry[] | nu
  * leases the pack there, so a concurrent GC leaves the file alone).
  */
 export async function storePack(store: StoreBackend, items: ReadonlyArray<{ id: Uint8Array; blob: Uint8Array }>, beforeWrite?: (packId: string) => void): Promise<{ id: string; size: number; entries: PackEntry[] }> {
-  const pack = encodePack(
+  const pack = packParts(
     items.map((i) => i.blob),
     items.map((i) => i.id),
   );
   beforeWrite?.(pack.id);
-  await store.put(packName(pack.id), pack.bytes);
+  await store.put(packName(pack.id), pack.parts);
   await store.sync();
-  return { id: pack.id, size: pack.bytes.length, entries: pack.entries };
+  return { id: pack.id, size: pack.size, entries: pack.entries };
+}
+
+/**
+ * The same file as encodePack, as the blobs themselves plus one buffer for index and trailer
+ * (written with one writev): no copy of the blobs, and the ID hashed piece by piece.
+ */
+export function packParts(blobs: readonly Uint8Array[], ids: readonly Uint8Array[]): { id: string; parts: Uint8Array[]; size: number; entries: PackEntry[] } {
+  const n = blobs.length;
+  const tail = Buffer.allocUnsafe(n * PACK_ENTRY + PACK_TRAILER);
+  const entries: PackEntry[] = new Array(n);
+  const h = new Blake3Hasher();
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    const b = blobs[i]!;
+    const e = i * PACK_ENTRY;
+    tail.set(ids[i]!, e);
+    tail.writeUInt32LE(off, e + CHUNK_ID_BYTES);
+    tail.writeUInt32LE(b.length, e + CHUNK_ID_BYTES + 4);
+    entries[i] = { id: Buffer.from(ids[i]!), offset: off, length: b.length };
+    h.update(Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    off += b.length;
+  }
+  tail.writeUInt32LE(n, n * PACK_ENTRY);
+  tail.writeUInt32LE(PACK_FORMAT, n * PACK_ENTRY + 4);
+  PACK_MAGIC.copy(tail, n * PACK_ENTRY + 8);
+  h.update(tail);
+  return { id: h.digestBuffer().toString('hex'), parts: [...blobs, tail], size: off + tail.length, entries };
 }

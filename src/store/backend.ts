@@ -25,7 +25,7 @@ export interface StoreBackend {
    * The catalogue vouches for packs (rows are added only after sync()), so a pack left damaged
    * by a power cut is simply never used, and its chunks are written again by the next backup.
    */
-  put(name: string, data: Uint8Array): Promise<void>;
+  put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void>;
   /** Atomic replace of a small mutable object (config, key slots). */
   replace(name: string, data: Uint8Array): Promise<void>;
   /** Names under a prefix ("data/", "snapshots/"), in no particular order. */

@@ -145,10 +145,10 @@ export class VaultSession {
       case Frame.PUT: {
         this.allow('PUT');
         if (f.payload.length < 64) throw new KuraError('E_PROTOCOL', 'PUT frame too short');
-        // copied: the payload may share memory with the transport's buffers, and is kept until the flush
+        // kept until the flush: copied unless the frame was gathered into memory of its own
         const id = Buffer.from(f.payload.subarray(0, 32));
         const sum = f.payload.subarray(32, 64);
-        const blob = Buffer.from(f.payload.subarray(64));
+        const blob = f.owned ? f.payload.subarray(64) : Buffer.from(f.payload.subarray(64));
         if (!blake3(blob).equals(sum)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} arrived damaged (checksum mismatch)`);
         const info = blobInfo(blob);
         if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);

@@ -70,7 +70,7 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  private async writeTemp(dir: string, data: Uint8Array): Promise<string> {
+  private async writeTemp(dir: string, data: Uint8Array | readonly Uint8Array[]): Promise<string> {
     const tmp = `${tempName(dir)}-${randomBytes(4).toString('hex')}`;
     let fh: fsp.FileHandle | undefined;
     try {
@@ -81,10 +81,14 @@ export class FsBackend implements StoreBackend {
       fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o640);
     }
     try {
-      let off = 0;
-      while (off < data.length) {
-        const { bytesWritten } = await fh.write(data, off, data.length - off);
-        off += bytesWritten;
+      if (Array.isArray(data)) await writeAllv(fh, data as readonly Uint8Array[]);
+      else {
+        const one = data as Uint8Array;
+        let off = 0;
+        while (off < one.length) {
+          const { bytesWritten } = await fh.write(one, off, one.length - off);
+          off += bytesWritten;
+        }
       }
       await fh.datasync();
     } catch (e) {
@@ -141,7 +145,7 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  async put(name: string, data: Uint8Array): Promise<void> {
+  async put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
     const target = this.pathOf(name);
     const dir = path.dirname(target);
     try {
@@ -216,6 +220,19 @@ export class FsBackend implements StoreBackend {
     } catch (e) {
       throw ioError(`cannot make writes in ${this.root} durable`, e);
     }
+  }
+}
+
+/** writev of all `parts`, continuing after short writes (IOV_MAX: at most 1024 buffers a call). */
+async function writeAllv(fh: fsp.FileHandle, parts: readonly Uint8Array[]): Promise<void> {
+  let queue = parts.filter((p) => p.length > 0);
+  while (queue.length > 0) {
+    const batch = queue.slice(0, 1024);
+    let { bytesWritten } = await fh.writev(batch as Uint8Array[]);
+    let i = 0;
+    while (i < batch.length && bytesWritten >= batch[i]!.length) bytesWritten -= batch[i++]!.length;
+    const rest = i < batch.length ? [batch[i]!.subarray(bytesWritten), ...batch.slice(i + 1)] : [];
+    queue = [...rest, ...queue.slice(1024)];
   }
 }
 
