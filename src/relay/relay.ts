@@ -19,6 +19,8 @@ export interface RouteReport {
   sent: number;
   left: number;
   bytesOnWire: number;
+  /** time spent sending snapshots (HAS to COMMITTED), without connecting */
+  sendingSeconds: number;
   error?: { code: string; message: string };
 }
 
@@ -137,12 +139,14 @@ export class Relay {
     const conns = new Map<string, VaultConnection>();
     let sent = 0;
     let bytesOnWire = 0;
+    let sendingMs = 0;
+    const secs = () => Number((sendingMs / 1000).toFixed(3));
     try {
       for (;;) {
         if (this.stopping) break;
         if (cat.routeControl(name).paused) {
           cat.setRouteState(name, { state: 'paused' });
-          return { route: name, state: 'paused', sent, left: cat.queued(name).length, bytesOnWire };
+          return { route: name, state: 'paused', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
         }
         const entry = cat.nextQueued(name);
         if (!entry) break;
@@ -167,7 +171,9 @@ export class Relay {
           conns.set(tenant, conn);
           cat.setRouteState(name, { state: 'sending', lastError: null, attempts });
         }
+        const t0 = performance.now();
         const res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
+        sendingMs += performance.now() - t0;
         cat.markSent(entry.snapshot, name, res.bytesOnWire);
         cat.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
         sent++;
@@ -175,14 +181,14 @@ export class Relay {
         lg.info({ snapshot: entry.snapshot, source: entry.source, chunks: res.chunks, missing: res.missing, bytes: res.bytesOnWire }, 'snapshot sent');
       }
       cat.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
-      return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire };
+      return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
     } catch (e) {
       const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
       // over quota: keep the queue and retry with back-off until the vault operator makes room
       const state = err.code === 'E_QUOTA' ? 'quota-exceeded' : isLineFault(err) ? 'waiting-for-line' : 'refused';
       cat.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
       lg.warn({ code: err.code, sent, left: cat.queued(name).length }, err.message);
-      return { route: name, state, sent, left: cat.queued(name).length, bytesOnWire, error: { code: err.code, message: err.message } };
+      return { route: name, state, sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs(), error: { code: err.code, message: err.message } };
     } finally {
       for (const c of conns.values()) c.close();
     }
