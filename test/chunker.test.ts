@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { chunkLengths, defaultChunkerParams, FastCdc, gearTable, validateChunkerParams } from '../src/chunker/fastcdc.js';
 import { chunkId } from '../src/crypto/blob.js';
 import { ChunkPipeline } from '../src/chunker/pipeline.js';
+import { nativeAddon } from '../src/native.js';
 import { IdSet } from '../src/repository/idset.js';
 import { FileInput } from '../src/archiver/input.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -124,10 +125,11 @@ async function* pieces(data: Buffer, sizes: number[]): AsyncGenerator<Buffer> {
   }
 }
 
-async function viaPipeline(input: AsyncIterable<Uint8Array> | FileInput, params: typeof SMALL, key: Buffer): Promise<{ chunks: Array<[number, string]>; segments: number }> {
+async function viaPipeline(input: AsyncIterable<Uint8Array> | FileInput, params: typeof SMALL, key: Buffer, native: boolean): Promise<{ chunks: Array<[number, string]>; segments: number }> {
   const p = new ChunkPipeline();
   try {
-    p.start(params, SEED, key);
+    p.start(params, SEED, key, { native });
+    assert.equal(p.native, native, native ? 'the native addon is used' : 'TypeScript is used');
     const chunks: Array<[number, string]> = [];
     let segments = 0;
     await p.run(
@@ -159,18 +161,34 @@ test('the two-thread pipeline gives the same chunks and IDs as one thread, howev
     ['the smallest chunks the format allows (64 B)', new Prng(3).bytes(5 * MiB), { minSize: 64, avgSize: 256, maxSize: 1024 }],
     ['default 64 KiB chunks', text, defaultChunkerParams],
   ];
+  const paths = nativeAddon() ? [true, false] : [false];
   for (const [what, data, params] of cases) {
     const want = reference(data, params, key);
     const file = path.join(dir, 'in');
     writeFileSync(file, data);
-    const fromFile = await viaPipeline(new FileInput(file), params, key);
-    assert.deepEqual(fromFile.chunks, want, `${what}: read straight into the segments`);
-    assert.equal(fromFile.segments, Math.floor(data.length / (4 * MiB)) + 1, `${what}: segments`);
-    for (const sizes of [[65536], [1, 4095, 70000, 4 * MiB + 1]]) {
-      const streamed = await viaPipeline(pieces(data, sizes), params, key);
-      assert.deepEqual(streamed.chunks, want, `${what}: streamed in pieces of ${sizes.join('/')}`);
+    for (const native of paths) {
+      const how = native ? 'native' : 'TypeScript';
+      const fromFile = await viaPipeline(new FileInput(file), params, key, native);
+      assert.deepEqual(fromFile.chunks, want, `${what} (${how}): read straight into the segments`);
+      assert.equal(fromFile.segments, Math.floor(data.length / (4 * MiB)) + 1, `${what}: segments`);
+      for (const sizes of [[65536], [1, 4095, 70000, 4 * MiB + 1]]) {
+        const streamed = await viaPipeline(pieces(data, sizes), params, key, native);
+        assert.deepEqual(streamed.chunks, want, `${what} (${how}): streamed in pieces of ${sizes.join('/')}`);
+      }
     }
   }
+});
+
+test('the native addon is built and loads (required under CI=true; elsewhere kura falls back to TypeScript)', (t) => {
+  if (process.env.CI !== 'true' && !nativeAddon()) {
+    t.diagnostic('native addon not built here: the TypeScript path was tested alone');
+    return;
+  }
+  assert.ok(nativeAddon(), 'build/Release/kura_native.node loads (npm run build makes it)');
+  // and it refuses nonsense instead of reading out of bounds
+  const n = nativeAddon()!;
+  assert.throws(() => n.cutAndHash(Buffer.alloc(10), 0, 20, true, 1024, 4096, 16384, 0, 0, new Int32Array(256), Buffer.alloc(32), new Uint32Array(8), Buffer.alloc(128)), /out of range/);
+  assert.throws(() => n.cutAndHash(Buffer.alloc(10), 0, 10, true, 1024, 4096, 16384, 0, 0, new Int32Array(255), Buffer.alloc(32), new Uint32Array(8), Buffer.alloc(128)), /out of range/);
 });
 
 test('a failing input fails the pipeline run with its own error and stops the stream', async () => {

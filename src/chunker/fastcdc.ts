@@ -60,6 +60,12 @@ function topBitsMask(bits: number): number {
   return bits >= 32 ? -1 : (0xffffffff << (32 - bits)) | 0;
 }
 
+/** The two gear-hash masks of the parameters (before / after the average size), as unsigned 32-bit. */
+export function fastCdcMasks(params: ChunkerParams): { maskS: number; maskL: number } {
+  const bits = Math.round(Math.log2(params.avgSize));
+  return { maskS: topBitsMask(bits + 2) >>> 0, maskL: topBitsMask(bits - 2) >>> 0 };
+}
+
 export type ChunkSink = (chunk: Buffer) => void;
 
 export class FastCdc {

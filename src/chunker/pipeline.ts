@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { KuraError } from '../errors.js';
 import type { ChunkerParams } from './fastcdc.js';
+import { nativeAddon } from '../native.js';
 
 export interface PipelineInit {
   params: ChunkerParams;
@@ -11,7 +12,13 @@ export interface PipelineInit {
   ids: SharedArrayBuffer[];
   states: SharedArrayBuffer[];
   control: SharedArrayBuffer;
+  /** where a segment's data starts (the carry area of maxSize bytes lies in front of it) */
+  dataAt: number;
+  /** where the TypeScript path's spill area starts (behind the data) */
   spillAt: number;
+  maxChunks: number;
+  /** cut and hash with the native addon */
+  native: boolean;
 }
 
 export type PipelineMessage = { init: PipelineInit } | { seg: number; len: number; finish: boolean; gen: number };
@@ -20,6 +27,8 @@ export interface PipelineReply {
   seg: number;
   /** (offset, length) pairs of the chunks completed in this segment, in order */
   cuts: Uint32Array;
+  /** every ID is in the segment's ID area already (native path) */
+  hashed: boolean;
   error?: string;
 }
 
@@ -34,9 +43,10 @@ const GENERATIONS = 1 << 28; // state words hold generation × 4 + state in an I
 
 /**
  * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
- * segments; a worker finds the boundaries of one segment (FastCdc, exactly as on one thread)
- * while this thread hashes and hands on the chunks of the one before, and the worker helps
- * hashing from the back of that segment when it has nothing to cut. Chunks come out in order.
+ * segments; a worker cuts (and, with the native addon, hashes) one segment while this thread
+ * hands on the chunks of the one before (in TypeScript: hashes them, the worker helping from the
+ * back when it has nothing to cut). Same chunks and IDs as FastCdc and keyed BLAKE3 on one
+ * thread, in order.
  *
  * Construct it before the keys are known (the thread starts while the key is derived), then
  * `start()` with the parameters, the gear seed and the ID key.
@@ -51,6 +61,9 @@ export class ChunkPipeline {
   private gen = 0;
   private hasher: Blake3Hasher | null = null;
   private maxChunks = 0;
+  private dataAt = 0;
+  /** whether the native addon cuts and hashes (else TypeScript, on both threads) */
+  native = false;
   private replies: Array<{ resolve: (r: PipelineReply) => void; reject: (e: Error) => void }> = [];
   private failure: Error | null = null;
 
@@ -70,14 +83,18 @@ export class ChunkPipeline {
     for (const w of this.replies.splice(0)) w.reject(e);
   }
 
-  start(params: ChunkerParams, seed: Uint8Array, idKey: Buffer): void {
+  /** `native: false` makes it use TypeScript even where the addon is built (tests compare the two). */
+  start(params: ChunkerParams, seed: Uint8Array, idKey: Buffer, opts: { native?: boolean } = {}): void {
     this.hasher = Blake3Hasher.newKeyed(idKey);
-    this.maxChunks = Math.ceil(SEGMENT / params.minSize) + 2;
+    this.native = (opts.native ?? true) && nativeAddon() !== null;
+    // carry area | data | spill area (two chunks)
+    this.dataAt = params.maxSize;
+    this.maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2;
     const data: SharedArrayBuffer[] = [];
     const ids: SharedArrayBuffer[] = [];
     const states: SharedArrayBuffer[] = [];
     for (let i = 0; i < SEGMENTS; i++) {
-      data.push(new SharedArrayBuffer(SEGMENT + 2 * params.maxSize));
+      data.push(new SharedArrayBuffer(this.dataAt + SEGMENT + 2 * params.maxSize));
       ids.push(new SharedArrayBuffer(this.maxChunks * 32));
       states.push(new SharedArrayBuffer(this.maxChunks * 4));
       this.views.push(Buffer.from(data[i]!));
@@ -85,7 +102,19 @@ export class ChunkPipeline {
       this.states.push(new Int32Array(states[i]!));
       this.gens.push(0);
     }
-    const init = { params, seed: new Uint8Array(seed), idKey: new Uint8Array(idKey), data, ids, states, control: this.control.buffer as SharedArrayBuffer, spillAt: SEGMENT };
+    const init: PipelineInit = {
+      params,
+      seed: new Uint8Array(seed),
+      idKey: new Uint8Array(idKey),
+      data,
+      ids,
+      states,
+      control: this.control.buffer as SharedArrayBuffer,
+      dataAt: this.dataAt,
+      spillAt: this.dataAt + SEGMENT,
+      maxChunks: this.maxChunks,
+      native: this.native,
+    };
     this.worker.postMessage({ init } satisfies PipelineMessage);
   }
 
@@ -122,7 +151,10 @@ export class ChunkPipeline {
       for (let i = 0; i < cuts.length / 2; i++) {
         const chunk = view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!);
         let id: Buffer;
-        if (Atomics.compareExchange(st, i, base + UNCLAIMED, base + CLAIMED) === base + UNCLAIMED) {
+        if (r.hashed) {
+          id = Buffer.allocUnsafe(32);
+          idv.copy(id, 0, i * 32, i * 32 + 32);
+        } else if (Atomics.compareExchange(st, i, base + UNCLAIMED, base + CLAIMED) === base + UNCLAIMED) {
           id = h.update(chunk).digestBuffer();
           h.reset();
         } else {
@@ -138,7 +170,8 @@ export class ChunkPipeline {
     };
     // one segment is read while the worker cuts the one before and this thread hashes the oldest
     let cur = free.shift()!;
-    let reading = src.fill(this.views[cur]!.subarray(0, SEGMENT));
+    const at = this.dataAt;
+    let reading = src.fill(this.views[cur]!.subarray(at, at + SEGMENT));
     try {
       for (;;) {
         reading.catch(() => {}); // awaited below, after the hashing it overlaps
@@ -149,7 +182,7 @@ export class ChunkPipeline {
         if (end) break;
         if (free.length === 0) await consumeOldest();
         cur = free.shift()!;
-        reading = src.fill(this.views[cur]!.subarray(0, SEGMENT));
+        reading = src.fill(this.views[cur]!.subarray(at, at + SEGMENT));
       }
       while (pending.length > 0) await consumeOldest();
     } finally {
