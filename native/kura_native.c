@@ -11,7 +11,12 @@
  *   cuts   Uint32Array receiving (offset, length) pairs (offsets into data)
  *   ids    Uint8Array receiving 32 bytes per chunk
  * Returns the number of chunks. Without `final`, an unfinished chunk at the end is left
- * (it is shorter than max); the caller carries it into the next call.
+ * (it is shorter than max); the caller carries it into the next call. An empty `key` only cuts
+ * (`ids` is then not written).
+ *
+ * hashChunks(data, cuts, count, key, ids): the keyed BLAKE3 IDs of `count` chunks given as
+ * (offset, length) pairs, into ids[32*i..]. The chunking thread cuts while the main thread
+ * hashes what was cut before, so the two cores share the work.
  */
 #include <node_api.h>
 #include <stdbool.h>
@@ -83,22 +88,25 @@ static napi_value cut_and_hash(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_uint32(env, argv[6], &max));
   CHECK(napi_get_value_uint32(env, argv[7], &maskS));
   CHECK(napi_get_value_uint32(env, argv[8], &maskL));
-  if (gearLen != 256 || keyLen != BLAKE3_KEY_LEN || start > end || end > dataLen || !(min < avg && avg < max)) {
+  bool hash = keyLen != 0;
+  if (gearLen != 256 || (hash && keyLen != BLAKE3_KEY_LEN) || start > end || end > dataLen || !(min < avg && avg < max)) {
     napi_throw_range_error(env, "E_NATIVE", "kura_native.cutAndHash: argument out of range");
     return NULL;
   }
   const uint32_t *G = (const uint32_t *)gear;
   size_t cap = cutsLen / 2;
-  if (idsLen / 32 < cap) cap = idsLen / 32;
+  if (hash && idsLen / 32 < cap) cap = idsLen / 32;
   size_t n = 0;
   size_t s = start;
   while (s < end && n < cap) {
     size_t len = cut(data + s, end - s, final, min, avg, max, maskS, maskL, G);
     if (len == 0) break;
-    blake3_hasher h;
-    blake3_hasher_init_keyed(&h, key);
-    blake3_hasher_update(&h, data + s, len);
-    blake3_hasher_finalize(&h, ids + 32 * n, 32);
+    if (hash) {
+      blake3_hasher h;
+      blake3_hasher_init_keyed(&h, key);
+      blake3_hasher_update(&h, data + s, len);
+      blake3_hasher_finalize(&h, ids + 32 * n, 32);
+    }
     cuts[2 * n] = (uint32_t)s;
     cuts[2 * n + 1] = (uint32_t)len;
     n++;
@@ -113,10 +121,48 @@ static napi_value cut_and_hash(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value hash_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 5) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.hashChunks takes 5 arguments");
+    return NULL;
+  }
+  uint8_t *data, *key, *ids;
+  uint32_t *cuts;
+  size_t dataLen, keyLen, idsLen, cutsLen;
+  uint32_t count;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&data, &dataLen) || !typed(env, argv[1], napi_uint32_array, (void **)&cuts, &cutsLen) ||
+      !typed(env, argv[3], napi_uint8_array, (void **)&key, &keyLen) || !typed(env, argv[4], napi_uint8_array, (void **)&ids, &idsLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.hashChunks: wrong typed array");
+    return NULL;
+  }
+  CHECK(napi_get_value_uint32(env, argv[2], &count));
+  if (keyLen != BLAKE3_KEY_LEN || (size_t)count * 2 > cutsLen || (size_t)count * 32 > idsLen) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.hashChunks: argument out of range");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    uint64_t off = cuts[2 * i], len = cuts[2 * i + 1];
+    if (off + len > dataLen) {
+      napi_throw_range_error(env, "E_NATIVE", "kura_native.hashChunks: chunk out of range");
+      return NULL;
+    }
+    blake3_hasher h;
+    blake3_hasher_init_keyed(&h, key);
+    blake3_hasher_update(&h, data + off, (size_t)len);
+    blake3_hasher_finalize(&h, ids + 32 * (size_t)i, 32);
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "cutAndHash", NAPI_AUTO_LENGTH, cut_and_hash, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "cutAndHash", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hashChunks", NAPI_AUTO_LENGTH, hash_chunks, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "hashChunks", fn) != napi_ok) return NULL;
   return exports;
 }
 

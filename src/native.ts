@@ -2,7 +2,8 @@ import { createRequire } from 'node:module';
 
 /**
  * kura's native addon (native/kura_native.c, built by `npm run build` with node-gyp): FastCDC
- * boundaries and keyed BLAKE3 IDs of a whole buffer in one call. Optional: without it (no C
+ * boundaries and keyed BLAKE3 IDs of a whole buffer in one call (or boundaries only, and the IDs
+ * of given chunks). Optional: without it (no C
  * compiler where kura was installed, or KURA_NATIVE=0) the same chunks and IDs are made in
  * TypeScript, more slowly. The test suite compares the two.
  */
@@ -22,6 +23,7 @@ export interface NativeAddon {
     cuts: Uint32Array,
     ids: Uint8Array,
   ): number;
+  hashChunks(data: Uint8Array, cuts: Uint32Array, count: number, key: Uint8Array, ids: Uint8Array): void;
 }
 
 let cached: NativeAddon | null | undefined;

@@ -7,9 +7,10 @@ import { CLAIMED, HASHED, UNCLAIMED, type PipelineInit, type PipelineMessage, ty
 /**
  * The chunking thread of ChunkPipeline (pipeline.ts).
  *
- * With the native addon it cuts and hashes each segment in one call: the unfinished chunk of
- * the segment before is copied into the carry area just in front of this segment's data, so
- * every chunk lies whole inside one segment, and the IDs go straight into the segment's ID area.
+ * With the native addon it cuts each segment in one call (the main thread hashes the chunks
+ * with the addon while this thread cuts the next): the unfinished chunk of the segment before
+ * is copied into the carry area just in front of this segment's data, so every chunk lies
+ * whole inside one segment.
  *
  * Without it, FastCdc finds the boundaries and the reply goes out at once; then, until the main
  * thread hands it the next segment, the worker helps hashing that segment's chunks from the back
@@ -33,6 +34,8 @@ let ids: Buffer[] = [];
 let states: Int32Array[] = [];
 let control: Int32Array = new Int32Array(1);
 let handled = 0;
+const NO_KEY = new Uint8Array(0);
+const NO_IDS = new Uint8Array(0);
 
 parentPort!.on('message', (m: PipelineMessage) => {
   if ('init' in m) {
@@ -60,7 +63,7 @@ parentPort!.on('message', (m: PipelineMessage) => {
     if (native) cutAndHashNative(m);
     else cutThenHelp(m);
   } catch (e) {
-    parentPort!.postMessage({ seg: m.seg, cuts: new Uint32Array(0), hashed: false, error: (e as Error).message } satisfies PipelineReply);
+    parentPort!.postMessage({ seg: m.seg, cuts: new Uint32Array(0), error: (e as Error).message } satisfies PipelineReply);
   }
 });
 
@@ -71,12 +74,13 @@ function cutAndHashNative(m: { seg: number; len: number; finish: boolean }): voi
   carry.copy(seg, at - carryLen, 0, carryLen);
   const start = at - carryLen;
   const end = at + m.len;
-  const n = native!.cutAndHash(seg, start, end, m.finish, i.params.minSize, i.params.avgSize, i.params.maxSize, masks.maskS, masks.maskL, gear, key, cuts, ids[m.seg]!);
+  // cut only: the main thread hashes this segment's chunks while this thread cuts the next
+  const n = native!.cutAndHash(seg, start, end, m.finish, i.params.minSize, i.params.avgSize, i.params.maxSize, masks.maskS, masks.maskL, gear, NO_KEY, cuts, NO_IDS);
   const done = n > 0 ? cuts[2 * n - 2]! + cuts[2 * n - 1]! : start;
   carryLen = end - done; // shorter than maxSize: the addon cuts whenever it has that much
   if (carryLen > carry.length || (m.finish && carryLen > 0)) throw new Error(`chunking left ${carryLen} bytes uncut`);
   seg.copy(carry, 0, done, end);
-  parentPort!.postMessage({ seg: m.seg, cuts: cuts.slice(0, 2 * n), hashed: true } satisfies PipelineReply);
+  parentPort!.postMessage({ seg: m.seg, cuts: cuts.slice(0, 2 * n), native: true } satisfies PipelineReply);
 }
 
 function cutThenHelp(m: { seg: number; len: number; finish: boolean; gen: number }): void {
@@ -95,7 +99,7 @@ function cutThenHelp(m: { seg: number; len: number; finish: boolean; gen: number
   cdc!.push(seg.subarray(i.dataAt, i.dataAt + m.len), sink);
   if (m.finish) cdc!.finish(sink);
   const cutList = Uint32Array.from(list);
-  parentPort!.postMessage({ seg: m.seg, cuts: cutList.slice(), hashed: false } satisfies PipelineReply);
+  parentPort!.postMessage({ seg: m.seg, cuts: cutList.slice() } satisfies PipelineReply);
   // help: hash from the back until the main thread meets us or has a new segment for us
   const st = states[m.seg]!;
   const out = ids[m.seg]!;

@@ -27,8 +27,8 @@ export interface PipelineReply {
   seg: number;
   /** (offset, length) pairs of the chunks completed in this segment, in order */
   cuts: Uint32Array;
-  /** every ID is in the segment's ID area already (native path) */
-  hashed: boolean;
+  /** cut by the native addon: hash the chunks with it */
+  native?: boolean;
   error?: string;
 }
 
@@ -43,9 +43,9 @@ const GENERATIONS = 1 << 28; // state words hold generation × 4 + state in an I
 
 /**
  * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
- * segments; a worker cuts (and, with the native addon, hashes) one segment while this thread
- * hands on the chunks of the one before (in TypeScript: hashes them, the worker helping from the
- * back when it has nothing to cut). Same chunks and IDs as FastCdc and keyed BLAKE3 on one
+ * segments; a worker cuts one segment while this thread hashes and hands on the chunks of the
+ * one before (with the native addon, one call each per segment; in TypeScript the worker helps
+ * hashing from the back when it has nothing to cut). Same chunks and IDs as FastCdc and keyed BLAKE3 on one
  * thread, in order.
  *
  * Construct it before the keys are known (the thread starts while the key is derived), then
@@ -60,6 +60,7 @@ export class ChunkPipeline {
   private readonly gens: number[] = [];
   private gen = 0;
   private hasher: Blake3Hasher | null = null;
+  private idKey: Buffer | null = null;
   private maxChunks = 0;
   private dataAt = 0;
   /** whether the native addon cuts and hashes (else TypeScript, on both threads) */
@@ -86,6 +87,7 @@ export class ChunkPipeline {
   /** `native: false` makes it use TypeScript even where the addon is built (tests compare the two). */
   start(params: ChunkerParams, seed: Uint8Array, idKey: Buffer, opts: { native?: boolean } = {}): void {
     this.hasher = Blake3Hasher.newKeyed(idKey);
+    this.idKey = Buffer.from(idKey);
     this.native = (opts.native ?? true) && nativeAddon() !== null;
     // carry area | data | spill area (two chunks)
     this.dataAt = params.maxSize;
@@ -148,10 +150,12 @@ export class ChunkPipeline {
       const idv = this.idViews[r.seg]!;
       const base = this.gens[r.seg]! * 4;
       const cuts = r.cuts;
+      const native = r.native ? nativeAddon() : null;
+      if (native) native.hashChunks(view, cuts, cuts.length / 2, this.idKey!, idv);
       for (let i = 0; i < cuts.length / 2; i++) {
         const chunk = view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!);
         let id: Buffer;
-        if (r.hashed) {
+        if (native) {
           id = Buffer.allocUnsafe(32);
           idv.copy(id, 0, i * 32, i * 32 + 32);
         } else if (Atomics.compareExchange(st, i, base + UNCLAIMED, base + CLAIMED) === base + UNCLAIMED) {

@@ -67,21 +67,27 @@ export function registerBackup(program: Command): void {
         input = process.stdin;
         what = 'standard input';
       }
+      // the key derivation (scrypt, off the main thread) starts first: everything below overlaps it
+      const opening = openRepo(cmd, opts, 'required');
+      opening.catch(() => {}); // awaited below
       const { backup, SealPool, ChunkPipeline } = await import('../archiver/backup.js');
       if (opts.route.length > 0) {
         const { routesOf } = await import('../relay/relay.js');
         const known = routesOf(configOf(cmd).config);
-        for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
+        for (const r of opts.route) {
+          if (!known[r]) {
+            void opening.then((repo) => repo.close()).catch(() => {});
+            throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
+          }
+        }
       }
-      // compression workers start while the key is derived (scrypt runs off the main thread)
+      // compression and chunking workers start while the key is derived
       const pool = new SealPool(null, repoPathOf(cmd, opts));
       const pipeline = new ChunkPipeline();
       let repo: Awaited<ReturnType<typeof openRepo>>;
       let tenant: string;
       try {
-        const opening = openRepo(cmd, opts, 'required');
-        opening.catch(() => {}); // awaited below
-        tenant = opts.tenant ?? configOf(cmd).config.tenant; // parsed while scrypt runs in the thread pool
+        tenant = opts.tenant ?? configOf(cmd).config.tenant;
         repo = await opening;
       } catch (e) {
         await pool.close();

@@ -124,11 +124,20 @@ export class Repository {
       throw new KuraError('E_REPO_FORMAT', `${root}/config is damaged (not JSON)`);
     }
     if (config.format !== REPO_FORMAT) throw new KuraError('E_REPO_FORMAT', `${root} has repository format ${config.format}; this kura reads format ${REPO_FORMAT}`);
-    const master = keys ? await unlock(store, config.id, keys) : null;
+    // the key is derived (scrypt, in the thread pool) while the catalogue is opened and reconciled
+    const unlocking = keys ? unlock(store, config.id, keys) : Promise.resolve(null);
+    unlocking.catch(() => {}); // awaited below
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
+    let master: Buffer | null;
+    try {
+      await new Repository(root, store, config, catalogue, null).reconcileSnapshots();
+      master = await unlocking;
+    } catch (e) {
+      catalogue.close();
+      throw e;
+    }
     const repo = new Repository(root, store, config, catalogue, master ? deriveKeys(master, config.id) : null);
     repo.masterKey = master;
-    await repo.reconcileSnapshots();
     return repo;
   }
 
