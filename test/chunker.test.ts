@@ -5,7 +5,7 @@ import { chunkId } from '../src/crypto/blob.js';
 import { ChunkPipeline } from '../src/chunker/pipeline.js';
 import { nativeAddon } from '../src/native.js';
 import { IdSet } from '../src/repository/idset.js';
-import { FileInput } from '../src/archiver/input.js';
+import { FileInput, ReadAhead } from '../src/archiver/input.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -229,4 +229,52 @@ test('IdSet: every listed chunk ID is found, others are not, duplicates are coun
   assert.ok(set.has(shifted));
   assert.equal(new IdSet(Buffer.alloc(0)).has(twin), false);
   assert.throws(() => new IdSet(Buffer.alloc(33)), RangeError);
+});
+
+test('ReadAhead: reads an export ahead, bounded, in order; errors arrive in place; close() stops the export', async () => {
+  const tick = () => new Promise((r) => setImmediate(r));
+  // in order, everything
+  let produced = 0;
+  async function* numbered(n: number, fail = false): AsyncGenerator<Buffer> {
+    for (let i = 0; i < n; i++) {
+      produced++;
+      yield Buffer.alloc(1000, i);
+    }
+    if (fail) throw new Error('export died');
+  }
+  const got: number[] = [];
+  for await (const b of new ReadAhead(numbered(50), 10_000)) got.push(b[0]!);
+  assert.deepEqual(got, Array.from({ length: 50 }, (_, i) => i));
+  // it reads before anyone asks, but not more than its bound
+  produced = 0;
+  const ahead = new ReadAhead(numbered(1000), 10_000);
+  for (let i = 0; i < 20; i++) await tick();
+  assert.ok(produced >= 10 && produced <= 12, `read ahead ${produced} pieces of 1000 bytes with a bound of 10 000`);
+  await ahead.close();
+  // an error reaches the consumer after the pieces before it
+  const seen: number[] = [];
+  await assert.rejects(async () => {
+    for await (const b of new ReadAhead(numbered(5, true), 1 << 20)) seen.push(b[0]!);
+  }, /export died/);
+  assert.deepEqual(seen, [0, 1, 2, 3, 4]);
+  // close() without ever consuming stops the source (its finally runs: the export is killed)
+  let stopped = false;
+  async function* endless(): AsyncGenerator<Buffer> {
+    try {
+      for (;;) {
+        await tick();
+        yield Buffer.alloc(10);
+      }
+    } finally {
+      stopped = true;
+    }
+  }
+  const idle = new ReadAhead(endless(), 1 << 20);
+  await tick();
+  await idle.close();
+  assert.ok(stopped, 'the source was stopped');
+  // a consumer that stops early stops the source too
+  stopped = false;
+  for await (const b of new ReadAhead(endless(), 1 << 20)) if (b.length) break;
+  assert.ok(stopped);
 });

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { KuraError, isKuraError } from '../errors.js';
 import type { KuraConfig, SourceConfig } from '../config/schema.js';
 import { backup } from '../archiver/backup.js';
-import { inputFailed } from '../archiver/input.js';
+import { inputFailed, ReadAhead } from '../archiver/input.js';
 import type { Repository } from '../repository/repository.js';
 import { routesOf } from '../relay/relay.js';
 import { collectGarbage, type GcReport } from '../gc/gc.js';
@@ -11,6 +11,9 @@ import { log } from '../log.js';
 import { notify } from './notify.js';
 import { openSource } from './sources.js';
 import { chunkerParamsForAverage, databaseChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
+
+/** How much of an export is read ahead while the backup gets ready (it is held in memory). */
+const READ_AHEAD_BYTES = 32 << 20;
 
 export interface SourceResult {
   source: string;
@@ -65,9 +68,13 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
   const job = cat.startJob(name);
   let result: SourceResult;
   let opened: Awaited<ReturnType<typeof openSource>> | null = null;
+  let ahead: ReadAhead | null = null;
   try {
     opened = await openSource(name, src, { signal: opts.signal });
-    const res = await backup(repo, guard(opened.stream, name), {
+    // an export process starts now and runs while the backup gets ready (bounded read-ahead)
+    const stream = guard(opened.stream, name);
+    if (opened.process) ahead = new ReadAhead(stream, READ_AHEAD_BYTES);
+    const res = await backup(repo, ahead ?? stream, {
       source: name,
       tenant,
       host: cfg.host ?? hostname(),
@@ -86,6 +93,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     cat.finishJob(job, { result: 'failed', errorCode: err.code, error: err.message + (stderr && !err.message.includes(stderr.slice(-200)) ? `\n--- export stderr ---\n${stderr.slice(-4000)}` : '') });
     result = { ...base, result: 'failed', job, seconds: (performance.now() - t0) / 1000, error: { code: err.code, message: err.message }, ...(stderr ? { stderr: stderr.slice(-4000) } : {}) };
   } finally {
+    await ahead?.close();
     opened?.cleanup();
     lock.release();
   }

@@ -20,6 +20,8 @@ export interface OpenedSource {
   facts: Record<string, unknown>;
   stderr: () => string;
   cleanup: () => void;
+  /** the output of an export process, a fresh buffer per piece: worth reading ahead */
+  process?: boolean;
 }
 
 export interface SourceContext {
@@ -110,7 +112,7 @@ export async function openSource(name: string, src: SourceConfig, ctx: SourceCon
         if (src.order === 'primary-key') {
           if (src.format !== 'plain') throw new KuraError('E_CONFIG', `sources.${name}: order: primary-key needs format: plain`);
           const dump = orderedDump({ pgDump: src.pgDump, psql: src.psql, target, env, signal: ctx.signal, timeoutMs, what: `primary-key ordered dump of source ${name}` });
-          return { stream: dump.stream, stderr: dump.stderr, facts: { type: 'postgres', format: 'plain', order: 'primary-key', target: redactUri(target) }, cleanup: priv.remove };
+          return { stream: dump.stream, stderr: dump.stderr, facts: { type: 'postgres', format: 'plain', order: 'primary-key', target: redactUri(target) }, cleanup: priv.remove, process: true };
         }
         const exp = exportStream({
           command: src.pgDump,
@@ -121,7 +123,7 @@ export async function openSource(name: string, src: SourceConfig, ctx: SourceCon
           what: `pg_dump of source ${name}`,
           checkEnd: src.format === 'plain' ? (tail) => (tail.toString('utf8').includes('PostgreSQL database dump complete') ? null : 'the dump ends early (no "PostgreSQL database dump complete" line)') : undefined,
         });
-        return { stream: exp.stream, stderr: exp.stderr, facts: { type: 'postgres', format: src.format, command: [src.pgDump, ...args].map(redactUri).join(' ') }, cleanup: priv.remove };
+        return { stream: exp.stream, stderr: exp.stderr, facts: { type: 'postgres', format: src.format, command: [src.pgDump, ...args].map(redactUri).join(' ') }, cleanup: priv.remove, process: true };
       } catch (e) {
         priv.remove();
         throw e;
@@ -142,7 +144,7 @@ export async function openSource(name: string, src: SourceConfig, ctx: SourceCon
         checkEnd: (tail) => (tail.toString('utf8').includes('-- Dump completed') ? null : 'the dump ends early (no "-- Dump completed" line)'),
       });
       const shown = [src.dumpCommand, '--defaults-extra-file=(host, port, user, password)', ...args.slice(1)].join(' ');
-      return { stream: exp.stream, stderr: exp.stderr, facts: { type: src.type, command: shown, host: src.host, port: src.port, database: src.database }, cleanup: priv.remove };
+      return { stream: exp.stream, stderr: exp.stderr, facts: { type: src.type, command: shown, host: src.host, port: src.port, database: src.database }, cleanup: priv.remove, process: true };
     }
     case 'sqlite': {
       // the online backup API copies a consistent state while writers go on
@@ -176,7 +178,7 @@ export async function openSource(name: string, src: SourceConfig, ctx: SourceCon
     }
     case 'command': {
       const exp = exportStream({ command: src.command, args: src.args, env: src.env, cwd: src.cwd, timeoutMs, signal: ctx.signal, what: `export command of source ${name}` });
-      return { stream: exp.stream, stderr: exp.stderr, facts: { type: 'command', command: [src.command, ...src.args].join(' ') }, cleanup: () => {} };
+      return { stream: exp.stream, stderr: exp.stderr, facts: { type: 'command', command: [src.command, ...src.args].join(' ') }, cleanup: () => {}, process: true };
     }
     case 'file': {
       const entries = await collectEntries(src.paths);

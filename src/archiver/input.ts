@@ -72,3 +72,79 @@ export class FileInput implements AsyncIterable<Buffer> {
 export function inputFailed(what: string, cause: unknown): KuraError {
   return new KuraError('E_INPUT_FAILED', `${what}: ${(cause as Error)?.message ?? String(cause)}; no snapshot was written`, undefined, { cause });
 }
+
+/**
+ * Reads `src` ahead of its consumer, up to `maxBytes` held in memory, from the moment it is
+ * made: an export (pg_dump) starts and runs while the backup is still getting ready instead of
+ * waiting on a full pipe. Errors reach the consumer where they happened. `close()` stops the
+ * reading (and so the export) whether or not the consumer ever started.
+ */
+export class ReadAhead implements AsyncIterable<Uint8Array> {
+  private readonly it: AsyncIterator<Uint8Array>;
+  private readonly queue: Uint8Array[] = [];
+  private held = 0;
+  private done = false;
+  private failure: { error: unknown } | null = null;
+  private closed = false;
+  private wakeConsumer: (() => void) | null = null;
+  private wakePump: (() => void) | null = null;
+  private readonly pumping: Promise<void>;
+
+  constructor(
+    src: AsyncIterable<Uint8Array>,
+    private readonly maxBytes: number,
+  ) {
+    this.it = src[Symbol.asyncIterator]();
+    this.pumping = this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      while (!this.closed) {
+        if (this.held >= this.maxBytes) {
+          await new Promise<void>((r) => (this.wakePump = r));
+          continue;
+        }
+        const r = await this.it.next();
+        if (r.done) break;
+        this.queue.push(r.value);
+        this.held += r.value.length;
+        this.wakeConsumer?.();
+      }
+    } catch (e) {
+      this.failure = { error: e };
+    }
+    this.done = true;
+    this.wakeConsumer?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    try {
+      for (;;) {
+        const next = this.queue.shift();
+        if (next) {
+          this.held -= next.length;
+          this.wakePump?.();
+          yield next;
+          continue;
+        }
+        if (this.failure) throw this.failure.error;
+        if (this.done) return;
+        await new Promise<void>((r) => (this.wakeConsumer = r));
+        this.wakeConsumer = null;
+      }
+    } finally {
+      await this.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.wakePump?.();
+    await this.pumping; // ends after the read in progress, if any
+    await this.it.return?.()?.catch(() => {}); // a source still running (an export) is stopped
+    this.queue.length = 0;
+    this.held = 0;
+  }
+}
