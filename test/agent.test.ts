@@ -7,7 +7,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir, type RunResult } from './support/cli.js';
 import { startMariaDb, startPostgres } from './support/db.js';
-import { exitOf } from './support/proc.js';
+import { exitOf, waitFor } from './support/proc.js';
 import { sleep } from './support/proxy.js';
 
 interface Line {
@@ -390,4 +390,39 @@ test('agent daemon: runs sources on their schedules, never twice at once, and st
   assert.equal(kuraJson<Array<{ id: string }>>(['snapshots'], { env }).length, oks, 'a snapshot for each successful job, none for the stopped one');
   assert.equal(kuraJson<{ ok: boolean }>(['check', '--read-data'], { env }).ok, true);
   assert.equal(kura(['agent', 'daemon'], { env: { KURA_CONFIG: agentYaml(tempDir(t), `  x:\n    type: command\n    command: "true"\n`).cfg } }).status, 78, 'no schedule: a config error');
+});
+
+test('agent run with a wrong passphrase: the export (already started while the key was derived) is stopped, no snapshot, exit 77', async (t) => {
+  const dir = tempDir(t);
+  const pidFile = path.join(dir, 'export.pid');
+  const { env, repo } = agentYaml(dir, `  endless:\n    type: command\n    command: sh\n    args: ["-c", "echo $$ > ${pidFile}; exec yes kura-row"]\n  second:\n    type: command\n    command: sh\n    args: ["-c", "echo never"]\n`);
+  kuraOk(['repo', 'init'], { env });
+  const r = await kuraAsync(['agent', 'run', '--json'], { env: { ...env, KURA_PASSPHRASE: 'not the passphrase' } });
+  assert.equal(r.status, 77, r.stderr);
+  assert.match(r.stderr, /E_KEY_WRONG/);
+  const out = lines(r);
+  assert.deepEqual(
+    out.filter((l) => l.source).map((l) => [l.source, l.result, l.error?.code]),
+    [['endless', 'failed', 'E_KEY_WRONG']],
+    'one source line, then it stops: the key fails every source alike',
+  );
+  assert.equal(out.at(-1)!.error?.code, 'E_KEY_WRONG', 'and the run ends with the key error');
+  assert.equal((catalogue(repo).prepare('SELECT count(*) AS n FROM snapshots').get() as { n: number }).n, 0);
+  // the export had started (that is the point of deferring the key) and was stopped with it
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  await waitFor('the export to be gone', () => {
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  }, 10_000);
+  // and with the right passphrase the same run works
+  const ok = await kuraAsync(['agent', 'run', '--json', '--source', 'second'], { env });
+  assert.equal(ok.status, 0, ok.stderr);
+  // a missing passphrase is said before anything starts
+  const none = await kuraAsync(['agent', 'run', '--json'], { env: { ...env, KURA_PASSPHRASE: '' } });
+  assert.equal(none.status, 77);
+  assert.match(none.stderr, /E_KEY_MISSING/);
 });

@@ -6,7 +6,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
 import { collect, Prng, sqlDump } from './support/generate.js';
-import { exitOf } from './support/proc.js';
+import { exitOf, waitFor as waitUntil } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { agentConfig, sshKey, startVault } from './support/vault.js';
 import { encodeFrame, Frame, FrameParser } from '../src/protocol/frames.js';
@@ -15,13 +15,7 @@ const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
 const MiB = 1 << 20;
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 60_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
+const waitFor = (what: string, cond: () => boolean, timeoutMs = 60_000) => waitUntil(what, cond, timeoutMs);
 
 function relayState(repo: string) {
   const db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });

@@ -4,14 +4,9 @@ import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support
 import { LinkProxy, sleep } from './support/proxy.js';
 import { agentConfig, freePort, sshKey, startVault } from './support/vault.js';
 import { statusReport } from '../src/status/status.js';
+import { waitFor as waitUntil } from './support/proc.js';
 
-async function waitFor(what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(150);
-  }
-}
+const waitFor = (what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 30_000) => waitUntil(what, cond, timeoutMs, 150);
 
 interface Report {
   ok: boolean;

@@ -93,6 +93,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
   // a GC of this repository must not remove chunks this backup counts as already stored
   let lock: { release: () => void };
   try {
+    await repo.keysReady; // a repository opened with deferred keys: the derivation ends here
     lock = repo.catalogue.acquireLock('backup', ['gc']);
   } catch (e) {
     await opts.pool?.close();

@@ -36,7 +36,8 @@ export function registerAgent(program: Command): void {
       const cfg = configOf(cmd).config;
       const { selectSources, runSource, localGc } = await import('../agent/run.js');
       const chosen = selectSources(cfg, opts.source);
-      const repo = await openRepo(cmd, opts, 'required');
+      // the first export starts while the key is still being derived
+      const repo = await openRepo(cmd, opts, 'deferred');
       const results: SourceResult[] = [];
       // SIGTERM (systemd stop, a job scheduler's cancel): stop the running export, record its job
       // as failed (no snapshot), run nothing more
@@ -50,6 +51,8 @@ export function registerAgent(program: Command): void {
           const r = await runSource(repo, cfg, name, src, { signal: abort.signal });
           results.push(r);
           printResult(r, opts.json);
+          // a key that does not open the repository fails every source alike: say that, once
+          await repo.keysReady;
         }
         if (results.some((r) => r.pruned)) {
           const gc = await localGc(repo);

@@ -60,10 +60,15 @@ export function hasKeySource(k: KeySource): boolean {
   return Boolean(k.keyFile || k.passphrase);
 }
 
-export async function openRepo(cmd: Command, opts: RepoOptions, keys: 'required' | 'if-given' | 'none'): Promise<Repository> {
+export async function openRepo(cmd: Command, opts: RepoOptions, keys: 'required' | 'if-given' | 'none' | 'deferred'): Promise<Repository> {
   const dir = repoPathOf(cmd, opts);
   const source = keySourceOf(cmd, opts);
   if (keys === 'none' || (keys === 'if-given' && !hasKeySource(source))) return Repository.open(dir, null);
+  if (keys === 'deferred') {
+    // a missing key source is said at once; a wrong one when the derivation ends (repo.keysReady)
+    if (!hasKeySource(source)) throw new KuraError('E_KEY_MISSING', 'the repository key is needed: set KURA_PASSPHRASE, give --passphrase-file, or --key-file');
+    return Repository.open(dir, source, { deferKeys: true });
+  }
   return Repository.open(dir, source);
 }
 

@@ -45,7 +45,7 @@ export class Repository {
     readonly store: StoreBackend,
     readonly config: RepoConfig,
     readonly catalogue: Catalogue,
-    private readonly repoKeys: RepoKeys | null,
+    private repoKeys: RepoKeys | null,
   ) {}
 
   /** Keys, or a coded error when the repository was opened without them (vault side). */
@@ -112,8 +112,15 @@ export class Repository {
     return Repository.open(root, null);
   }
 
-  /** Open a repository; `keys` null opens it without keys (structure only). */
-  static async open(root: string, keys: KeySource | null): Promise<Repository> {
+  /** Resolves once the keys are there (at once unless opened with `deferKeys`); rejects as the unlock failed. */
+  keysReady: Promise<void> = Promise.resolve();
+
+  /**
+   * Open a repository; `keys` null opens it without keys (structure only). With `deferKeys`
+   * it returns as soon as the catalogue is open and the key derivation continues: `keys` is
+   * usable after `keysReady` (a nightly agent starts its export meanwhile).
+   */
+  static async open(root: string, keys: KeySource | null, opts: { deferKeys?: boolean } = {}): Promise<Repository> {
     const store = new FsBackend(root);
     const raw = await store.get('config');
     if (!raw) throw new KuraError('E_REPO_NOT_FOUND', `no kura repository at ${root}; create one with "kura repo init --repo ${root}" or fix --repo`);
@@ -130,7 +137,16 @@ export class Repository {
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
     let master: Buffer | null;
     try {
-      await new Repository(root, store, config, catalogue, null).reconcileSnapshots();
+      const repo = new Repository(root, store, config, catalogue, null);
+      await repo.reconcileSnapshots();
+      if (opts.deferKeys) {
+        repo.keysReady = unlocking.then((m) => {
+          repo.masterKey = m;
+          repo.repoKeys = m ? deriveKeys(m, config.id) : null;
+        });
+        repo.keysReady.catch(() => {}); // awaited by whoever needs the keys
+        return repo;
+      }
       master = await unlocking;
     } catch (e) {
       catalogue.close();
