@@ -2,27 +2,14 @@ import { createRequire } from 'node:module';
 
 /**
  * kura's native addon (native/kura_native.c, built by `npm run build` with node-gyp): FastCDC
- * boundaries and keyed BLAKE3 IDs of a whole buffer in one call (or boundaries only, and the IDs
- * of given chunks). Optional: without it (no C
- * compiler where kura was installed, or KURA_NATIVE=0) the same chunks and IDs are made in
- * TypeScript, more slowly. The test suite compares the two.
+ * boundaries of a whole segment in one call, and the keyed BLAKE3 IDs of its chunks in another.
+ * Optional: without it (no C compiler where kura was installed, or KURA_NATIVE=0) the same
+ * chunks and IDs are made in TypeScript, more slowly. The test suite compares the two.
  */
 export interface NativeAddon {
-  cutAndHash(
-    data: Uint8Array,
-    start: number,
-    end: number,
-    final: boolean,
-    min: number,
-    avg: number,
-    max: number,
-    maskS: number,
-    maskL: number,
-    gear: Int32Array,
-    key: Uint8Array,
-    cuts: Uint32Array,
-    ids: Uint8Array,
-  ): number;
+  /** Chunk boundaries of data[start..end) into `cuts` as (offset, length) pairs; returns how many. */
+  cut(data: Uint8Array, start: number, end: number, final: boolean, min: number, avg: number, max: number, maskS: number, maskL: number, gear: Int32Array, cuts: Uint32Array): number;
+  /** Keyed BLAKE3 IDs of `count` chunks given as (offset, length) pairs, 32 bytes each into `ids`. */
   hashChunks(data: Uint8Array, cuts: Uint32Array, count: number, key: Uint8Array, ids: Uint8Array): void;
 }
 

@@ -197,6 +197,13 @@ export class FastCdc {
     this.h = h;
   }
 
+  /** Forget the unfinished chunk (a caller that carries it itself starts the next push at a boundary). */
+  reset(): void {
+    this.carryLen = 0;
+    this.pos = 0;
+    this.h = 0;
+  }
+
   /** End of stream: emit the remainder (shorter than min is fine; empty input emits nothing). */
   finish(sink: ChunkSink): void {
     if (this.carryLen > 0) {

@@ -7,46 +7,32 @@ import { nativeAddon } from '../native.js';
 export interface PipelineInit {
   params: ChunkerParams;
   seed: Uint8Array;
-  idKey: Uint8Array;
+  /** the segments: carry area (maxSize bytes) | data (SEGMENT bytes) */
   data: SharedArrayBuffer[];
-  ids: SharedArrayBuffer[];
-  states: SharedArrayBuffer[];
-  control: SharedArrayBuffer;
-  /** where a segment's data starts (the carry area of maxSize bytes lies in front of it) */
+  /** where a segment's data starts */
   dataAt: number;
-  /** where the TypeScript path's spill area starts (behind the data) */
-  spillAt: number;
   maxChunks: number;
-  /** cut and hash with the native addon */
+  /** cut with the native addon */
   native: boolean;
 }
 
-export type PipelineMessage = { init: PipelineInit } | { seg: number; len: number; finish: boolean; gen: number };
+export type PipelineMessage = { init: PipelineInit } | { seg: number; len: number; finish: boolean };
 
 export interface PipelineReply {
   seg: number;
   /** (offset, length) pairs of the chunks completed in this segment, in order */
   cuts: Uint32Array;
-  /** cut by the native addon: hash the chunks with it */
-  native?: boolean;
   error?: string;
 }
 
-/** state word of a chunk: generation × 4 + one of these */
-export const UNCLAIMED = 0;
-export const CLAIMED = 1;
-export const HASHED = 2;
-
 const SEGMENT = 4 << 20; // input bytes per segment
 const SEGMENTS = 3; // one being read, one being cut, one being hashed
-const GENERATIONS = 1 << 28; // state words hold generation × 4 + state in an Int32
 
 /**
  * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
  * segments; a worker cuts one segment while this thread hashes and hands on the chunks of the
- * one before (with the native addon, one call each per segment; in TypeScript the worker helps
- * hashing from the back when it has nothing to cut). Same chunks and IDs as FastCdc and keyed BLAKE3 on one
- * thread, in order.
+ * one before (with the native addon, one call each per segment). Same chunks and IDs as FastCdc
+ * and keyed BLAKE3 on one thread, in order.
  *
  * Construct it before the keys are known (the thread starts while the key is derived), then
  * `start()` with the parameters, the gear seed and the ID key.
@@ -54,16 +40,11 @@ const GENERATIONS = 1 << 28; // state words hold generation × 4 + state in an I
 export class ChunkPipeline {
   private readonly worker: Worker;
   private readonly views: Buffer[] = [];
-  private readonly idViews: Buffer[] = [];
-  private readonly states: Int32Array[] = [];
-  private readonly control = new Int32Array(new SharedArrayBuffer(4));
-  private readonly gens: number[] = [];
-  private gen = 0;
   private hasher: Blake3Hasher | null = null;
   private idKey: Buffer | null = null;
-  private maxChunks = 0;
+  private ids = Buffer.alloc(0); // the native addon's output, one segment's IDs
   private dataAt = 0;
-  /** whether the native addon cuts and hashes (else TypeScript, on both threads) */
+  /** whether the native addon cuts and hashes (else TypeScript) */
   native = false;
   private replies: Array<{ resolve: (r: PipelineReply) => void; reject: (e: Error) => void }> = [];
   private failure: Error | null = null;
@@ -89,47 +70,39 @@ export class ChunkPipeline {
     this.hasher = Blake3Hasher.newKeyed(idKey);
     this.idKey = Buffer.from(idKey);
     this.native = (opts.native ?? true) && nativeAddon() !== null;
-    // carry area | data | spill area (two chunks)
     this.dataAt = params.maxSize;
-    this.maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2;
+    const maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2;
+    if (this.native) this.ids = Buffer.allocUnsafe(maxChunks * 32);
     const data: SharedArrayBuffer[] = [];
-    const ids: SharedArrayBuffer[] = [];
-    const states: SharedArrayBuffer[] = [];
     for (let i = 0; i < SEGMENTS; i++) {
-      data.push(new SharedArrayBuffer(this.dataAt + SEGMENT + 2 * params.maxSize));
-      ids.push(new SharedArrayBuffer(this.maxChunks * 32));
-      states.push(new SharedArrayBuffer(this.maxChunks * 4));
+      data.push(new SharedArrayBuffer(this.dataAt + SEGMENT));
       this.views.push(Buffer.from(data[i]!));
-      this.idViews.push(Buffer.from(ids[i]!));
-      this.states.push(new Int32Array(states[i]!));
-      this.gens.push(0);
     }
-    const init: PipelineInit = {
-      params,
-      seed: new Uint8Array(seed),
-      idKey: new Uint8Array(idKey),
-      data,
-      ids,
-      states,
-      control: this.control.buffer as SharedArrayBuffer,
-      dataAt: this.dataAt,
-      spillAt: this.dataAt + SEGMENT,
-      maxChunks: this.maxChunks,
-      native: this.native,
-    };
+    const init: PipelineInit = { params, seed: new Uint8Array(seed), data, dataAt: this.dataAt, maxChunks, native: this.native };
     this.worker.postMessage({ init } satisfies PipelineMessage);
   }
 
   private post(seg: number, len: number, finish: boolean): Promise<PipelineReply> {
     if (this.failure) return Promise.reject(this.failure);
-    this.gen = (this.gen + 1) % GENERATIONS;
-    this.gens[seg] = this.gen;
-    this.states[seg]!.fill(this.gen * 4 + UNCLAIMED);
     const p = new Promise<PipelineReply>((resolve, reject) => this.replies.push({ resolve, reject }));
     p.catch(() => {}); // awaited in order by run(); a failed run leaves some never awaited
-    Atomics.add(this.control, 0, 1); // tells a helping worker to stop and come for this one
-    this.worker.postMessage({ seg, len, finish, gen: this.gen } satisfies PipelineMessage);
+    this.worker.postMessage({ seg, len, finish } satisfies PipelineMessage);
     return p;
+  }
+
+  /** The IDs of a segment's chunks, in order. */
+  private *hashed(view: Buffer, cuts: Uint32Array): Generator<Buffer> {
+    const n = cuts.length / 2;
+    if (this.native) {
+      nativeAddon()!.hashChunks(view, cuts, n, this.idKey!, this.ids);
+      for (let i = 0; i < n; i++) yield Buffer.from(this.ids.subarray(i * 32, i * 32 + 32));
+    } else {
+      const h = this.hasher!;
+      for (let i = 0; i < n; i++) {
+        yield h.update(view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!)).digestBuffer();
+        h.reset();
+      }
+    }
   }
 
   /**
@@ -139,35 +112,16 @@ export class ChunkPipeline {
    */
   async run(input: AsyncIterable<Uint8Array> | Fillable, onChunk: (chunk: Buffer, id: Buffer) => void, afterSegment: () => Promise<void>): Promise<void> {
     if (!this.hasher) throw new Error('ChunkPipeline.start() first');
-    const h = this.hasher;
     const src = 'fill' in input ? input : copier(input);
     const free = this.views.map((_, i) => i);
     const pending: Array<Promise<PipelineReply>> = [];
     const consumeOldest = async () => {
       const r = await pending.shift()!;
       const view = this.views[r.seg]!;
-      const st = this.states[r.seg]!;
-      const idv = this.idViews[r.seg]!;
-      const base = this.gens[r.seg]! * 4;
-      const cuts = r.cuts;
-      const native = r.native ? nativeAddon() : null;
-      if (native) native.hashChunks(view, cuts, cuts.length / 2, this.idKey!, idv);
-      for (let i = 0; i < cuts.length / 2; i++) {
-        const chunk = view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!);
-        let id: Buffer;
-        if (native) {
-          id = Buffer.allocUnsafe(32);
-          idv.copy(id, 0, i * 32, i * 32 + 32);
-        } else if (Atomics.compareExchange(st, i, base + UNCLAIMED, base + CLAIMED) === base + UNCLAIMED) {
-          id = h.update(chunk).digestBuffer();
-          h.reset();
-        } else {
-          // the worker took it: wait until it is hashed (it is being hashed right now)
-          while (Atomics.load(st, i) !== base + HASHED) Atomics.wait(st, i, base + CLAIMED, 1000);
-          id = Buffer.allocUnsafe(32);
-          idv.copy(id, 0, i * 32, i * 32 + 32);
-        }
-        onChunk(chunk, id);
+      let i = 0;
+      for (const id of this.hashed(view, r.cuts)) {
+        onChunk(view.subarray(r.cuts[2 * i]!, r.cuts[2 * i]! + r.cuts[2 * i + 1]!), id);
+        i++;
       }
       free.push(r.seg);
       await afterSegment();
