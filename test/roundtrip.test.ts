@@ -289,7 +289,7 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
 });
 
 test('a pack written from its parts (writev, hashed piece by piece) is byte for byte the encoded pack', async (t) => {
-  const { encodePack, packParts, storePack } = await import('../src/repository/pack.js');
+  const { encodePack, packId, packParts, storePack } = await import('../src/repository/pack.js');
   const { FsBackend } = await import('../src/store/fs/index.js');
   const { packName } = await import('../src/store/backend.js');
   const dir = tempDir(t);
@@ -300,6 +300,9 @@ test('a pack written from its parts (writev, hashed piece by piece) is byte for 
   const whole = encodePack(blobs, ids);
   const parts = packParts(blobs, ids);
   assert.equal(parts.id, whole.id);
+  // the ID hashed piece by piece is the one-shot hash of the file, and its index reads back
+  assert.equal(packId(whole.bytes), whole.id);
+  assert.deepEqual(parsePackIndex(whole.bytes, whole.bytes.length), whole.entries);
   assert.equal(parts.size, whole.bytes.length);
   assert.deepEqual(parts.entries, whole.entries);
   const store = new FsBackend(dir);

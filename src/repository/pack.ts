@@ -30,27 +30,8 @@ export function packId(bytes: Uint8Array): string {
 
 /** Lay out blobs (already sealed) and their index; returns the file bytes and its ID. */
 export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[]): { id: string; bytes: Buffer; entries: PackEntry[] } {
-  let dataLen = 0;
-  for (const b of blobs) dataLen += b.length;
-  const n = blobs.length;
-  const bytes = Buffer.allocUnsafe(dataLen + n * PACK_ENTRY + PACK_TRAILER);
-  const entries: PackEntry[] = new Array(n);
-  let off = 0;
-  let idx = dataLen;
-  for (let i = 0; i < n; i++) {
-    const b = blobs[i]!;
-    bytes.set(b, off);
-    bytes.set(ids[i]!, idx);
-    bytes.writeUInt32LE(off, idx + CHUNK_ID_BYTES);
-    bytes.writeUInt32LE(b.length, idx + CHUNK_ID_BYTES + 4);
-    entries[i] = { id: Buffer.from(ids[i]!), offset: off, length: b.length };
-    off += b.length;
-    idx += PACK_ENTRY;
-  }
-  bytes.writeUInt32LE(n, idx);
-  bytes.writeUInt32LE(PACK_FORMAT, idx + 4);
-  PACK_MAGIC.copy(bytes, idx + 8);
-  return { id: packId(bytes), bytes, entries };
+  const p = packParts(blobs, ids);
+  return { id: p.id, bytes: Buffer.concat(p.parts, p.size), entries: p.entries };
 }
 
 /** How many bytes of the pack's end hold the index, from its last PACK_TRAILER bytes; null if not a pack. */
