@@ -103,6 +103,12 @@ test('prune + gc on 10 nightly generations keeping 3 frees exactly the chunks no
   assert.equal(check.ok, true);
   assert.equal(check.chunksUnreferenced, 0);
   assert.equal(check.chunksRead, want.size);
+  // the catalogue numbers exactly the pack files that remain
+  const numbered = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  const packRows = numbered.prepare('SELECT name FROM packs ORDER BY name').pluck().all() as string[];
+  numbered.close();
+  const packFilesLeft = readdirSync(path.join(repo, 'packs'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort();
+  assert.deepEqual(packRows, packFilesLeft);
   const bytesAfter = dirBytes(path.join(repo, 'packs'));
   assert.ok(bytesAfter < bytesBefore * 0.6, `space is reused: ${bytesBefore} → ${bytesAfter} bytes`);
   assert.equal(gc.bytesFreed, bytesBefore - bytesAfter);

@@ -113,6 +113,9 @@ async function uploadScenario(t: import('node:test').TestContext, interrupt: 're
   link.setRate(null);
   const again = await kuraAsync(['relay', 'once', '--json'], { env });
   assert.equal(again.status, 0, again.stderr);
+  const report = JSON.parse(again.out.trim().split('\n').pop()!) as { sent: number; sendingSeconds: number };
+  assert.equal(report.sent, 1);
+  assert.ok(report.sendingSeconds > 0, 'the report says how long the sending took');
   assert.equal(relayState(path.join(dir, 'repo')).queued, 0);
 
   // bytes that crossed the link, measured by the link: the missing data once, plus at most the

@@ -84,8 +84,8 @@ async function previousChunks(repo: Repository, source: string): Promise<IdSet> 
 }
 
 /**
- * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 (both threads) → skip known chunks → (workers) zstd +
- * AES-GCM → one pack per batch → store. Write order: packs (made durable by store.sync) →
+ * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 → skip known chunks →
+ * (workers) zstd + AES-GCM → one pack per batch → store. Write order: packs (made durable by store.sync) →
  * catalogue rows → snapshot file → catalogue snapshot row. A crash anywhere leaves only
  * unreferenced packs; a failed input leaves no snapshot.
  */

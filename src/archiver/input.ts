@@ -31,17 +31,10 @@ export async function* readFileBlocks(path: string): AsyncGenerator<Buffer> {
   }
 }
 
-/**
- * A file as the backup's input. Iterated, it yields blocks like readFileBlocks; the backup
- * instead asks it to `fill` its shared segments directly, which saves a copy of every byte.
- */
-export class FileInput implements AsyncIterable<Buffer> {
+/** A file as the backup's input: read straight into the chunking pipeline's segments (no copy). */
+export class FileInput {
   private fh: fsp.FileHandle | null = null;
   constructor(readonly path: string) {}
-
-  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
-    return readFileBlocks(this.path);
-  }
 
   /** Fill `buf` from where the last call stopped; fewer bytes than its length means the end. */
   async fill(buf: Buffer): Promise<number> {

@@ -28,7 +28,7 @@ export function registerAgent(program: Command): void {
   withRepoOptions(agent.command('run'))
     .description(
       'run sources once, one after another (for cron, systemd timers, job schedulers). One line per source (--json: snapshot ID, sizes, new bytes, duration, result). ' +
-        'Exit 0 when all succeeded, 1 when some failed (E_BACKUP_FAILED), 75 when a source was already running elsewhere (E_LOCKED), 78 for config errors',
+        'Exit 0 when all succeeded, 1 when some failed (E_BACKUP_FAILED), 75 when a source was already running elsewhere (E_LOCKED), 77 when the key does not open the repository (E_KEY_WRONG), 78 for config errors',
     )
     .option('--source <name...>', 'only these sources (default: all)')
     .option('--json', 'one JSON line per source')

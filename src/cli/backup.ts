@@ -71,27 +71,25 @@ export function registerBackup(program: Command): void {
       const opening = openRepo(cmd, opts, 'required');
       opening.catch(() => {}); // awaited below
       const { backup, SealPool, ChunkPipeline } = await import('../archiver/backup.js');
-      if (opts.route.length > 0) {
-        const { routesOf } = await import('../relay/relay.js');
-        const known = routesOf(configOf(cmd).config);
-        for (const r of opts.route) {
-          if (!known[r]) {
-            void opening.then((repo) => repo.close()).catch(() => {});
-            throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
-          }
-        }
-      }
-      // compression and chunking workers start while the key is derived
-      const pool = new SealPool(null, repoPathOf(cmd, opts));
-      const pipeline = new ChunkPipeline();
+      let pool: InstanceType<typeof SealPool> | null = null;
+      let pipeline: InstanceType<typeof ChunkPipeline> | null = null;
       let repo: Awaited<ReturnType<typeof openRepo>>;
       let tenant: string;
       try {
+        if (opts.route.length > 0) {
+          const { routesOf } = await import('../relay/relay.js');
+          const known = routesOf(configOf(cmd).config);
+          for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
+        }
+        // compression and chunking workers start while the key is derived
+        pool = new SealPool(null, repoPathOf(cmd, opts));
+        pipeline = new ChunkPipeline();
         tenant = opts.tenant ?? configOf(cmd).config.tenant;
         repo = await opening;
       } catch (e) {
-        await pool.close();
-        await pipeline.close();
+        await pool?.close();
+        await pipeline?.close();
+        await opening.then((r) => r.close()).catch(() => {});
         throw e;
       }
       const job = repo.catalogue.startJob(opts.name);

@@ -164,10 +164,12 @@ export class Catalogue {
    * transaction (a crash leaves the old table as it was; the next open migrates again).
    */
   private migrateChunks(): void {
+    const chunksType = () => this.db.prepare<[], { type: string }>(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).get()?.type;
+    if (chunksType() === 'view') return; // current: no write transaction for a mere open
     this.db
       .transaction(() => {
-        const old = this.db.prepare<[], { type: string }>(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).get();
-        if (old?.type === 'table') {
+        const type = chunksType(); // again, inside the transaction: another process may have migrated
+        if (type === 'table') {
           this.db.exec(`ALTER TABLE chunks RENAME TO chunks_v1; DROP INDEX IF EXISTS chunks_by_pack;`);
           this.db.exec(CHUNKS_SCHEMA);
           this.db.exec(`
@@ -177,7 +179,7 @@ export class Catalogue {
             DROP TABLE chunks_v1;
             UPDATE meta SET value = '${SCHEMA_VERSION}' WHERE key = 'schema' AND CAST(value AS INTEGER) < ${SCHEMA_VERSION};
           `);
-        } else if (!old) this.db.exec(CHUNKS_SCHEMA);
+        } else if (!type) this.db.exec(CHUNKS_SCHEMA);
       })
       .immediate();
   }

@@ -135,25 +135,19 @@ export class Repository {
     const unlocking = keys ? unlock(store, config.id, keys) : Promise.resolve(null);
     unlocking.catch(() => {}); // awaited below
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
-    let master: Buffer | null;
+    const repo = new Repository(root, store, config, catalogue, null);
     try {
-      const repo = new Repository(root, store, config, catalogue, null);
       await repo.reconcileSnapshots();
-      if (opts.deferKeys) {
-        repo.keysReady = unlocking.then((m) => {
-          repo.masterKey = m;
-          repo.repoKeys = m ? deriveKeys(m, config.id) : null;
-        });
-        repo.keysReady.catch(() => {}); // awaited by whoever needs the keys
-        return repo;
-      }
-      master = await unlocking;
+      repo.keysReady = unlocking.then((master) => {
+        repo.masterKey = master;
+        repo.repoKeys = master ? deriveKeys(master, config.id) : null;
+      });
+      repo.keysReady.catch(() => {}); // awaited here, or by whoever needs the keys
+      if (!opts.deferKeys) await repo.keysReady;
     } catch (e) {
       catalogue.close();
       throw e;
     }
-    const repo = new Repository(root, store, config, catalogue, master ? deriveKeys(master, config.id) : null);
-    repo.masterKey = master;
     return repo;
   }
 

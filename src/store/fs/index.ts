@@ -81,15 +81,7 @@ export class FsBackend implements StoreBackend {
       fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o640);
     }
     try {
-      if (Array.isArray(data)) await writeAllv(fh, data as readonly Uint8Array[]);
-      else {
-        const one = data as Uint8Array;
-        let off = 0;
-        while (off < one.length) {
-          const { bytesWritten } = await fh.write(one, off, one.length - off);
-          off += bytesWritten;
-        }
-      }
+      await writeAllv(fh, data instanceof Uint8Array ? [data] : data);
       await fh.datasync();
     } catch (e) {
       await fh.close().catch(() => {});
