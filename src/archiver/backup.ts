@@ -1,16 +1,17 @@
 import { hostname } from 'node:os';
 import type { ChunkerParams } from '../chunker/fastcdc.js';
 import { ChunkPipeline, type Fillable } from '../chunker/pipeline.js';
-import { CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { blobInfo, CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
-import type { ChunkRow } from '../repository/catalogue.js';
+import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
-import { readBlobs } from '../repository/reader.js';
+import { readBlobs, readBlobsAt } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
+import type { SealBases } from './seal-worker.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -31,6 +32,8 @@ export interface BackupOptions {
   pool?: SealPool;
   /** The chunking and hashing thread, likewise started early; closed here. */
   pipeline?: ChunkPipeline;
+  /** Store changed chunks as deltas of the previous generation's where that is smaller (default true). */
+  delta?: boolean;
 }
 
 export interface BackupResult {
@@ -66,6 +69,124 @@ interface Batch {
   offsets: number[];
   ids: Buffer[];
   keys: string[];
+  /** per chunk, the chunks of the previous generation it may be stored as a delta of (candidates) */
+  bases: Buffer[][];
+}
+
+/** Neighbours either side of the chunk's estimated place in the previous generation, as bases. */
+const BASE_SPAN = 1;
+
+/**
+ * Choose delta bases for new chunks. A new chunk's place in the previous generation is estimated
+ * by bytes from the last chunk both generations share (each unchanged chunk re-anchors it); the
+ * chunk found there and its neighbours are the candidates (batchBases replaces a candidate that
+ * is itself a delta by its own bases, so a delta never needs more than one level to be opened).
+ */
+class BaseChooser {
+  private readonly sizes: Int32Array;
+  // the walk from the anchor through the previous generation: chunk `walkAt` starts `walkBytes` after it
+  private walkAnchor = -1;
+  private walkAt = 0;
+  private walkBytes = 0;
+
+  constructor(
+    private readonly previous: IdSet,
+    private readonly catalogue: Repository['catalogue'],
+  ) {
+    this.sizes = new Int32Array(previous.length).fill(-1);
+  }
+
+  private sizeAt(k: number): number {
+    let s = this.sizes[k]!;
+    if (s < 0) this.sizes[k] = s = Math.max(1, this.catalogue.plainSize(this.previous.idAt(k)));
+    return s;
+  }
+
+  /** Candidates for a new chunk starting `bytesAfter` bytes after the anchor (old chunk `anchorOld` starts there). */
+  choose(anchorOld: number, bytesAfter: number): Buffer[] {
+    if (this.walkAnchor !== anchorOld || this.walkBytes > bytesAfter) {
+      this.walkAnchor = anchorOld;
+      this.walkAt = anchorOld;
+      this.walkBytes = 0;
+    }
+    const n = this.previous.length;
+    while (this.walkAt < n - 1 && this.walkBytes + this.sizeAt(this.walkAt) <= bytesAfter) this.walkBytes += this.sizeAt(this.walkAt++);
+    const place = Math.min(this.walkAt, n - 1);
+    const out: Buffer[] = [];
+    for (let k = Math.max(0, place - BASE_SPAN); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(this.previous.idAt(k));
+    return out;
+  }
+}
+
+/** Stored blobs by ID (base64), read in one pass; a chunk that cannot be read is left out. */
+async function blobsById(repo: Repository, ids: Buffer[], into: Map<string, Buffer>): Promise<void> {
+  const want = new Map<string, { id: Buffer; loc: ChunkLocation }>();
+  for (const id of ids) {
+    const k = id.toString('base64');
+    if (into.has(k) || want.has(k)) continue;
+    const loc = repo.catalogue.location(id);
+    if (loc) want.set(k, { id, loc });
+  }
+  // in pack order: neighbouring chunks of the previous generation are read in one go
+  const sorted = [...want.values()].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset));
+  try {
+    for await (const { id, blob } of readBlobsAt(repo, sorted, 'the previous generation')) into.set(id.toString('base64'), blob);
+  } catch {
+    // moved or lost meanwhile: those chunks are stored whole; kura check reports damage
+  }
+}
+
+/**
+ * The stored blobs of a batch's bases, in the layout the seal workers take (null if none). A
+ * candidate that is itself a delta is replaced by its own bases, read from its header.
+ */
+async function batchBases(repo: Repository, candidates: Buffer[][]): Promise<{ bases: SealBases; chosen: Buffer[][] } | null> {
+  const blobs = new Map<string, Buffer>();
+  await blobsById(repo, candidates.flat(), blobs);
+  const resolved = new Map<string, Buffer[]>(); // candidate → bases
+  const second: Buffer[] = [];
+  for (const [k, blob] of blobs) {
+    const own = blobInfo(blob)?.bases ?? [];
+    if (own.length > 0) {
+      resolved.set(k, own.map((b) => Buffer.from(b)));
+      second.push(...resolved.get(k)!);
+    }
+  }
+  if (second.length > 0) await blobsById(repo, second, blobs);
+  const index = new Map<string, number>();
+  const list: Buffer[] = [];
+  const start = new Uint32Array(candidates.length + 1);
+  const refs: number[] = [];
+  const chosen: Buffer[][] = candidates.map((cands, i) => {
+    const mine = new Map<string, Buffer>();
+    for (const c of cands) {
+      for (const b of resolved.get(c.toString('base64')) ?? [c]) {
+        const k = b.toString('base64');
+        const blob = blobs.get(k);
+        if (mine.size >= MAX_BASES || !blob || (blobInfo(blob)?.bases.length ?? 1) > 0) continue; // unreadable, or a delta
+        mine.set(k, b);
+      }
+    }
+    for (const [k, b] of mine) {
+      let at = index.get(k);
+      if (at === undefined) {
+        index.set(k, (at = list.length));
+        list.push(b);
+      }
+      refs.push(at);
+    }
+    start[i + 1] = refs.length;
+    return [...mine.values()];
+  });
+  if (list.length === 0) return null;
+  const parts = list.map((b) => blobs.get(b.toString('base64'))!);
+  const offsets = new Uint32Array(parts.length + 1);
+  parts.forEach((b, i) => (offsets[i + 1] = offsets[i]! + b.length));
+  const all = Buffer.concat(parts);
+  return {
+    bases: { blobs: all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer, blobOffsets: offsets, ids: Buffer.concat(list), start, refs: Uint32Array.from(refs) },
+    chosen,
+  };
 }
 
 /**
@@ -116,14 +237,18 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const level = opts.compressionLevel ?? repo.config.compression.level;
   const params = opts.chunker ?? repo.config.chunker;
   pipeline.start(params, keys.gearSeed, keys.idKey);
-  const pool = opts.pool ?? new SealPool(keys.dataKey, repo.store.directWriteRoot(), opts.workers);
-  if (opts.pool) pool.setKey(keys.dataKey);
+  const pool = opts.pool ?? new SealPool(keys, repo.store.directWriteRoot(), opts.workers);
+  if (opts.pool) pool.setKey(keys);
   const store = repo.store;
   const catalogue = repo.catalogue;
 
   const ids = new ByteList();
   // the previous generation's chunks answer most dedup lookups without a catalogue query
   const known = await previousChunks(repo, opts.source);
+  const chooser = opts.delta === false || level <= 0 || known.length === 0 ? null : new BaseChooser(known, catalogue);
+  // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
+  let anchorBytes = 0;
+  let anchorOld = 0;
   const inFlightKeys = new Set<string>(); // new chunks not yet in the catalogue
   let logicalBytes = 0;
   let chunkCount = 0;
@@ -138,15 +263,21 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const batchCapacity = BATCH_BYTES + params.maxSize;
   const freeBuffers: ArrayBuffer[] = []; // batch buffers come back from the workers for reuse
-  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new ArrayBuffer(batchCapacity)), used: 0, offsets: [0], ids: [], keys: [] });
+  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new ArrayBuffer(batchCapacity)), used: 0, offsets: [0], ids: [], keys: [], bases: [] });
   let batch = newBatch();
   const ready: Batch[] = [];
 
   const onChunk = (chunk: Buffer, id: Buffer) => {
     ids.append(id);
     chunkCount++;
+    const at = logicalBytes;
     logicalBytes += chunk.length;
-    if (known.has(id)) return;
+    const old = known.indexOf(id);
+    if (old >= 0) {
+      anchorBytes = logicalBytes;
+      anchorOld = old + 1;
+      return;
+    }
     const key = id.toString('base64');
     if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
     inFlightKeys.add(key);
@@ -155,6 +286,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     batch.offsets.push(batch.used);
     batch.ids.push(id);
     batch.keys.push(key);
+    batch.bases.push(chooser ? chooser.choose(anchorOld, at - anchorBytes) : []);
     if (batch.used >= BATCH_BYTES) {
       ready.push(batch);
       batch = newBatch();
@@ -173,7 +305,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
-    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer);
+    const bases = chooser ? await batchBases(repo, b.bases) : null;
+    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases?.bases ?? null);
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built
     if (res.pack) await store.put(packName(res.packId), Buffer.from(res.pack));
@@ -184,7 +317,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     pendingRowBytes += packBytes;
     b.ids.forEach((id, i) => {
       const offset = res.blobOffsets[i]!;
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]! });
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: res.delta[i] ? bases?.chosen[i] : undefined });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };

@@ -1,7 +1,12 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { KuraError } from '../errors.js';
-import type { SealRequest, SealResponse } from './seal-worker.js';
+import type { SealBases, SealRequest, SealResponse } from './seal-worker.js';
+
+export interface SealKeys {
+  dataKey: Buffer;
+  idKey: Buffer;
+}
 
 /**
  * Worker threads that compress and encrypt batches of new chunks while the main thread chunks,
@@ -21,7 +26,7 @@ export class SealPool {
    * Workers start at once; with `dataKey` null they wait for setKey(), so their start-up
    * overlaps the key derivation (scrypt) of the repository.
    */
-  constructor(dataKey: Buffer | null, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
+  constructor(keys: SealKeys | null, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
@@ -29,11 +34,12 @@ export class SealPool {
       this.workers.push(w);
       this.idle.push(w);
     }
-    if (dataKey) this.setKey(dataKey);
+    if (keys) this.setKey(keys);
   }
 
-  setKey(dataKey: Buffer): void {
-    for (const w of this.workers) w.postMessage({ key: new Uint8Array(dataKey) });
+  /** The data key seals; the ID key verifies the base chunks of deltas as they are opened. */
+  setKey(keys: SealKeys): void {
+    for (const w of this.workers) w.postMessage({ key: new Uint8Array(keys.dataKey), idKey: new Uint8Array(keys.idKey) });
     this.keyed = true;
     this.pump();
   }
@@ -42,8 +48,8 @@ export class SealPool {
     return this.workers.length;
   }
 
-  seal(level: number, data: ArrayBuffer, offsets: Uint32Array, ids: ArrayBuffer): Promise<SealResponse> {
-    const req: SealRequest = { seq: this.seq++, level, data, offsets, ids };
+  seal(level: number, data: ArrayBuffer, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null): Promise<SealResponse> {
+    const req: SealRequest = { seq: this.seq++, level, data, offsets, ids, bases };
     return new Promise((resolve, reject) => {
       this.waiting.push({ req, resolve, reject });
       this.pump();
@@ -55,7 +61,7 @@ export class SealPool {
       const w = this.idle.pop()!;
       const job = this.waiting.shift()!;
       this.running.set(w, job);
-      w.postMessage(job.req, [job.req.data, job.req.ids]);
+      w.postMessage(job.req, job.req.bases ? [job.req.data, job.req.ids, job.req.bases.blobs] : [job.req.data, job.req.ids]);
     }
   }
 

@@ -1,5 +1,6 @@
 import { KuraError } from '../errors.js';
-import { blobInfo, openBlob } from '../crypto/blob.js';
+import { blobInfo } from '../crypto/blob.js';
+import { DeltaOpener } from '../restorer/bases.js';
 import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
 import type { ChunkRow } from '../repository/catalogue.js';
@@ -50,11 +51,14 @@ function packFetcher(repo: Repository, where: Map<string, Located>): BlobFetcher
   };
 }
 
-/** Every snapshot's referenced chunks: its chunk list blocks and its data chunks. */
-async function referencedBy(repo: Repository, s: DecodedSnapshot, where: Map<string, Located>): Promise<Buffer[]> {
+/**
+ * Every snapshot's referenced chunks: its chunk list blocks, its data chunks and the base chunks
+ * of its deltas (`bases`: from the catalogue, or from the blobs' headers when rebuilding it).
+ */
+async function referencedBy(repo: Repository, s: DecodedSnapshot, where: Map<string, Located>, bases: (ids: Buffer[]) => Buffer[]): Promise<Buffer[]> {
   const blocks: Buffer[] = [];
-  const data = await snapshotChunkIds(s, packFetcher(repo, where), (b) => blocks.push(b));
-  return [...blocks, ...idsOf(data)];
+  const data = [...idsOf(await snapshotChunkIds(s, packFetcher(repo, where), (b) => blocks.push(b)))];
+  return [...blocks, ...data, ...bases(data)];
 }
 
 /** Every pack's index, read from the tail of each pack (no keys needed). */
@@ -116,7 +120,7 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   for (const s of snaps) {
     let ids: Buffer[];
     try {
-      ids = await referencedBy(repo, s, where);
+      ids = await referencedBy(repo, s, where, (data) => repo.catalogue.basesNeeded(data));
     } catch (e) {
       if (!(e instanceof KuraError)) throw e;
       // the list tree itself is damaged or incomplete: what is known of it still counts
@@ -137,6 +141,7 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   let chunksRead = 0;
   if (opts.readData) {
     const keys = repo.keys;
+    const opener = new DeltaOpener(keys, packFetcher(repo, where));
     const byPack = new Map<string, string[]>();
     for (const hex of referenced) {
       const loc = where.get(hex);
@@ -154,8 +159,12 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
         chunksRead++;
         try {
           const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
-          if (isListBlob(blob)) openListBlob(blob, Buffer.from(hex, 'hex'));
-          else openBlob(blob, Buffer.from(hex, 'hex'), keys);
+          const id = Buffer.from(hex, 'hex');
+          if (isListBlob(blob)) openListBlob(blob, id);
+          else {
+            await opener.prepare([{ id, blob }], `chunk ${hex}`);
+            opener.open(blob, id);
+          }
         } catch (e) {
           if (!(e instanceof KuraError)) throw e;
           corrupt.set(hex, `${e.message} (in pack ${pack})`);
@@ -214,20 +223,26 @@ export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; 
     const bytes = await repo.store.get(name);
     if (!bytes) continue;
     try {
-      for (const id of await referencedBy(repo, decodeSnapshot(bytes, name.slice('snapshots/'.length)), where)) referenced.add(id.toString('hex'));
+      for (const id of await referencedBy(repo, decodeSnapshot(bytes, name.slice('snapshots/'.length)), where, () => [])) referenced.add(id.toString('hex'));
     } catch (e) {
       if (!(e instanceof KuraError)) throw e; // a damaged snapshot references nothing; check reports it
     }
   }
   const rows = new Map<string, ChunkRow>();
-  for (const [pack, entries] of indexes) {
-    const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')));
-    if (wanted.length === 0) continue;
-    const bytes = await repo.store.get(packName(pack));
-    if (!bytes) continue;
-    for (const e of wanted) {
-      const info = blobInfo(bytes.subarray(e.offset, e.offset + e.length));
-      if (info) rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength });
+  // the base chunks of deltas are referenced too: a second pass records those the first found
+  for (let pass = 0; pass < 2; pass++) {
+    for (const [pack, entries] of indexes) {
+      const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')));
+      if (wanted.length === 0) continue;
+      const bytes = await repo.store.get(packName(pack));
+      if (!bytes) continue;
+      for (const e of wanted) {
+        const info = blobInfo(bytes.subarray(e.offset, e.offset + e.length));
+        if (!info) continue;
+        const bases = info.bases.map((b) => Buffer.from(b));
+        rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases });
+        for (const b of bases) referenced.add(b.toString('hex'));
+      }
     }
   }
   repo.catalogue.db.transaction(() => {

@@ -14,6 +14,7 @@ interface BackupCliOptions extends RepoOptions {
   compression?: string;
   route: string[];
   chunkAvg?: string;
+  delta: boolean;
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -34,6 +35,7 @@ export function registerBackup(program: Command): void {
     .option('--tenant <tenant>', 'tenant owning the data (default: from the config)')
     .option('--tag <tag>', 'label stored in the snapshot header (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
+    .option('--no-delta', 'store every changed chunk whole, not as a delta of the previous generation\'s (restores read fewer chunks; more bytes stored)')
     .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s). 4096 suits database dumps')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
@@ -99,6 +101,7 @@ export function registerBackup(program: Command): void {
           tenant,
           tags: opts.tag,
           ...(level !== undefined ? { compressionLevel: level } : {}),
+          delta: opts.delta !== false,
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
           routes: opts.route,
           chunker,

@@ -1,4 +1,6 @@
 import { KuraError } from '../errors.js';
+import { blobInfo } from '../crypto/blob.js';
+import { splitIds } from '../repository/catalogue.js';
 import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
@@ -95,6 +97,14 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;
   `);
   const insertMark = db.prepare('INSERT OR IGNORE INTO temp.gc_mark (id) VALUES (?)');
+  // the bases recorded for every pack holding a marked chunk (or, in the sweep, a leased one)
+  const basesOfMarked = db.prepare<[], { bases: Buffer }>(
+    'SELECT pb.bases FROM pack_bases pb WHERE EXISTS (SELECT 1 FROM chunk_rows c JOIN temp.gc_mark m ON m.id = c.id WHERE c.pack = pb.pack)',
+  );
+  const basesOfLeased = db.prepare<[number], { bases: Buffer }>(
+    'SELECT pb.bases FROM pack_bases pb WHERE EXISTS (SELECT 1 FROM chunk_rows c JOIN leases l ON l.chunk = c.id WHERE c.pack = pb.pack AND l.expires > ?)',
+  );
+  const undead = db.prepare('DELETE FROM temp.gc_dead WHERE id = ?');
   const marked = new Set<string>();
   const mark = async (ids: Iterable<string>) => {
     for (const id of ids) {
@@ -111,6 +121,15 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
         for (const c of idsOf(data)) insertMark.run(c);
       })();
       marked.add(id);
+    }
+    // a delta's base chunks live as long as it does (kura never makes a delta of a delta; were
+    // one sent to a vault anyway, its chain is followed to the end)
+    for (let more = true; more; ) {
+      more = false;
+      const rows = basesOfMarked.all();
+      db.transaction(() => {
+        for (const r of rows) for (const b of splitIds(r.bases)) if (insertMark.run(b).changes > 0) more = true;
+      })();
     }
   };
   const storeSnapshots = async () => {
@@ -169,6 +188,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       }
       const t = Date.now();
       db.prepare('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT chunk FROM leases WHERE expires > ?)').run(t);
+      for (const r of basesOfLeased.all(t)) for (const b of splitIds(r.bases)) undead.run(b);
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
@@ -228,6 +248,8 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
       report.bytesFreed -= pack.size;
       db.transaction(() => {
         pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.id, out[i]!.from));
+        // the new pack needs the bases of exactly the deltas it holds
+        cat.addPackBases(pack.id, out.flatMap((m) => blobInfo(m.blob)?.bases.map((b) => Buffer.from(b)) ?? []));
       }).immediate();
       // a second transaction: were the file deleted inside the one that moves the rows, a kill
       // before its commit would roll the rows back onto a deleted pack

@@ -35,7 +35,9 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   // the chunk list blocks first (the vault reads them to check the commit), then the data
   const blocks: Buffer[] = [];
   const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b));
-  for (const id of [...blocks, ...idsOf(data)]) {
+  const dataIds = [...idsOf(data)];
+  // then the base chunks of deltas, which the vault needs as much as the chunks themselves
+  for (const id of [...blocks, ...dataIds, ...repo.catalogue.basesNeeded(dataIds)]) {
     const k = id.toString('base64');
     if (!seen.has(k)) {
       seen.add(k);

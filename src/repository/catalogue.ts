@@ -60,9 +60,28 @@ export interface ChunkRow {
   offset: number;
   storedSize: number;
   plainSize: number;
+  /** the base chunks of a delta blob */
+  bases?: readonly Buffer[] | undefined;
 }
 
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
+
+/**
+ * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
+ * plaintext headers when the pack is stored; one row per pack, the IDs concatenated, so a night
+ * of deltas costs the catalogue 32 bytes per distinct base). GC, transfer and commit checks keep
+ * and send the bases of every pack with a live chunk: a base lives at least as long as its delta.
+ */
+const BASES_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS pack_bases (pack INTEGER PRIMARY KEY, bases BLOB NOT NULL);
+`;
+
+/** Split concatenated 32-byte IDs. */
+export function splitIds(flat: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let o = 0; o + 32 <= flat.length; o += 32) out.push(flat.subarray(o, o + 32));
+  return out;
+}
 
 /**
  * Chunk locations, one row per stored blob. Pack names (64 hex digits) are numbered once in
@@ -100,6 +119,7 @@ export class Catalogue {
   private readonly addChunkStmt: Database.Statement<[Buffer, string, number, number, number]>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
+  private readonly plainStmt: Database.Statement<[Buffer], { plain_size: number }>;
 
   constructor(readonly path: string) {
     try {
@@ -148,6 +168,12 @@ export class Catalogue {
       throw new KuraError('E_REPO_FORMAT', `catalogue ${path} was written by a newer kura (schema ${v.value}); upgrade kura`);
     }
     this.migrateChunks();
+    if (!this.db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'pack_bases'`).get()) {
+      this.db.transaction(() => {
+        this.db.exec(BASES_SCHEMA);
+        this.db.prepare(`UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?`).run(String(SCHEMA_VERSION), SCHEMA_VERSION);
+      }).immediate();
+    }
     this.db.prepare(`INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
     // columns added after the first release of a table
     const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
@@ -156,6 +182,7 @@ export class Catalogue {
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.addChunkStmt = this.db.prepare('INSERT OR IGNORE INTO chunks (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
+    this.plainStmt = this.db.prepare<[Buffer], { plain_size: number }>('SELECT plain_size FROM chunk_rows WHERE id = ?');
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -186,7 +213,9 @@ export class Catalogue {
 
   /** Pack numbers no chunk row refers to any more (GC deleted or rewrote the pack). */
   forgetEmptyPacks(): void {
-    this.db.exec('DELETE FROM packs WHERE NOT EXISTS (SELECT 1 FROM chunk_rows c WHERE c.pack = packs.n)');
+    this.db.exec(`
+      DELETE FROM packs WHERE NOT EXISTS (SELECT 1 FROM chunk_rows c WHERE c.pack = packs.n);
+      DELETE FROM pack_bases WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.n = pack_bases.pack);`);
   }
 
   hasChunk(id: Buffer): boolean {
@@ -195,9 +224,70 @@ export class Catalogue {
 
   addChunks(rows: ReadonlyArray<ChunkRow>): void {
     const tx = this.db.transaction(() => {
-      for (const r of rows) this.addChunkStmt.run(r.id, r.pack, r.offset, r.storedSize, r.plainSize);
+      for (const r of rows) this.addChunkRow(r);
+      this.addBases(rows);
     });
     tx();
+  }
+
+  private addChunkRow(r: ChunkRow): void {
+    this.addChunkStmt.run(r.id, r.pack, r.offset, r.storedSize, r.plainSize);
+  }
+
+  /** Record the bases the deltas among `rows` need, per pack (call inside the rows' transaction). */
+  private addBases(rows: ReadonlyArray<ChunkRow>): void {
+    const byPack = new Map<string, Buffer[]>();
+    for (const r of rows) if (r.bases?.length) byPack.set(r.pack, [...(byPack.get(r.pack) ?? []), ...r.bases]);
+    for (const [pack, bases] of byPack) this.addPackBases(pack, bases);
+  }
+
+  /** Add to the bases recorded for `pack` (a pack already in the catalogue). */
+  addPackBases(pack: string, bases: readonly Buffer[]): void {
+    if (bases.length === 0) return;
+    const n = this.db.prepare<[string], { n: number }>('SELECT n FROM packs WHERE name = ?').get(pack)?.n;
+    if (n === undefined) return;
+    const old = this.db.prepare<[number], { bases: Buffer }>('SELECT bases FROM pack_bases WHERE pack = ?').get(n)?.bases;
+    const seen = new Set<string>();
+    const all: Buffer[] = [];
+    for (const b of [...(old ? splitIds(old) : []), ...bases]) {
+      const k = b.toString('base64');
+      if (seen.has(k)) continue;
+      seen.add(k);
+      all.push(b);
+    }
+    this.db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases) VALUES (?, ?)').run(n, Buffer.concat(all));
+  }
+
+  /** Plaintext length of a stored chunk, or -1. */
+  plainSize(id: Buffer): number {
+    return this.plainStmt.get(id)?.plain_size ?? -1;
+  }
+
+  /**
+   * The base chunks of the packs holding `ids` that are not in `ids` themselves: what a snapshot
+   * needs beyond its chunk list (a superset of its deltas' bases: they are recorded per pack).
+   */
+  basesNeeded(ids: Iterable<Buffer>): Buffer[] {
+    if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return [];
+    const packOf = this.db.prepare<[Buffer], { pack: number }>('SELECT pack FROM chunk_rows WHERE id = ?');
+    const basesOf = this.db.prepare<[number], { bases: Buffer }>('SELECT bases FROM pack_bases WHERE pack = ?');
+    const inList = new Set<string>();
+    const packs = new Set<number>();
+    for (const id of ids) {
+      inList.add(id.toString('base64'));
+      const p = packOf.get(id)?.pack;
+      if (p !== undefined) packs.add(p);
+    }
+    const out = new Map<string, Buffer>();
+    for (const p of packs) {
+      const row = basesOf.get(p);
+      if (!row) continue;
+      for (const b of splitIds(row.bases)) {
+        const k = b.toString('base64');
+        if (!inList.has(k)) out.set(k, b);
+      }
+    }
+    return [...out.values()];
   }
 
   location(id: Buffer): ChunkLocation | undefined {
@@ -262,9 +352,10 @@ export class Catalogue {
     this.db
       .transaction(() => {
         for (const r of rows) {
-          this.addChunkStmt.run(r.id, r.pack, r.offset, r.storedSize, r.plainSize);
+          this.addChunkRow(r);
           lease.run(session, r.id, expires);
         }
+        this.addBases(rows);
         this.db.prepare('DELETE FROM pack_leases WHERE pack = ?').run(pack);
         this.db
           .prepare('INSERT INTO intake (day, bytes, chunks) VALUES (?, ?, ?) ON CONFLICT (day) DO UPDATE SET bytes = bytes + excluded.bytes, chunks = chunks + excluded.chunks')
@@ -433,7 +524,7 @@ export class Catalogue {
   }
 
   clear(): void {
-    this.db.exec('DELETE FROM chunk_rows; DELETE FROM packs; DELETE FROM snapshots;');
+    this.db.exec('DELETE FROM chunk_rows; DELETE FROM pack_bases; DELETE FROM packs; DELETE FROM snapshots;');
   }
 
   close(): void {

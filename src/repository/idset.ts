@@ -50,8 +50,24 @@ export class IdSet {
   private readonly probeBytes = Buffer.from(this.probe.buffer);
 
   has(id: Buffer): boolean {
-    if (this.size === 0) return false;
+    return this.indexOf(id) >= 0;
+  }
+
+  /** Position of the first occurrence of `id` in the list, or -1. */
+  indexOf(id: Buffer): number {
+    if (this.size === 0) return -1;
     id.copy(this.probeBytes, 0, 0, CHUNK_ID_BYTES);
-    return this.find(this.probe, 0) >= 0;
+    const s = this.find(this.probe, 0);
+    return s < 0 ? -1 : this.slots[s]! - 1;
+  }
+
+  /** Entries in the list, duplicates included. */
+  get length(): number {
+    return this.words.length / 8;
+  }
+
+  /** The ID at position `i` of the list (a copy). */
+  idAt(i: number): Buffer {
+    return Buffer.from(Buffer.from(this.words.buffer, i * CHUNK_ID_BYTES, CHUNK_ID_BYTES));
   }
 }

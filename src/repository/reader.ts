@@ -1,6 +1,7 @@
 import { KuraError } from '../errors.js';
 import { packName } from '../store/backend.js';
 import type { Repository } from './repository.js';
+import type { ChunkLocation } from './catalogue.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
@@ -14,14 +15,20 @@ interface Run {
   lengths: number[];
 }
 
-function* planRuns(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<Run> {
-  let run: Run | null = null;
+function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
   for (const id of ids) {
     const loc = repo.catalogue.location(id);
     if (!loc) {
       const hex = id.toString('hex');
       throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex });
     }
+    yield { id, loc };
+  }
+}
+
+function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Generator<Run> {
+  let run: Run | null = null;
+  for (const { id, loc } of chunks) {
     if (run && run.pack === loc.pack && run.offset + run.length === loc.offset && run.length + loc.length <= MAX_RUN) {
       run.length += loc.length;
     } else {
@@ -38,12 +45,16 @@ function* planRuns(repo: Repository, ids: Iterable<Buffer>, what: string): Gener
  * The stored blobs of `ids`, in order, read from their packs with coalesced range reads and a
  * small read-ahead (bounded memory whatever the number of chunks).
  */
-export async function* readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
-  const runs = planRuns(repo, ids, what);
-  const fetch = async (run: Run) => {
-    let bytes = await repo.store.getRange(packName(run.pack), run.offset, run.length);
+export function readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  return readBlobsAt(repo, located(repo, ids, what), what);
+}
+
+/** Like readBlobs, for chunks already located (sorted by pack and offset, they read in long runs). */
+export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  const groups = groupRuns(planRuns(chunks));
+  // one run, read again chunk by chunk: a GC may have moved them since the run was planned
+  const refetch = async (run: Run, bytes: Buffer | null): Promise<Buffer> => {
     if (!bytes || bytes.length !== run.length) {
-      // a GC may have moved these chunks to a new pack since the run was planned: look again
       const moved = repo.catalogue.location(run.ids[0]!);
       if (moved && moved.pack !== run.pack) {
         const parts: Buffer[] = [];
@@ -59,12 +70,16 @@ export async function* readBlobs(repo: Repository, ids: Iterable<Buffer>, what: 
       const hex = run.ids[0]!.toString('hex');
       throw new KuraError('E_CHUNK_MISSING', `pack ${run.pack} holding chunk ${hex} of ${what} is missing or truncated; run "kura check"`, { chunk: hex, pack: run.pack });
     }
-    return { run, bytes };
+    return bytes;
   };
-  const queue: Array<Promise<{ run: Run; bytes: Buffer }>> = [];
+  const fetch = async (group: Run[]) => {
+    const got = group.length === 1 ? [await repo.store.getRange(packName(group[0]!.pack), group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(packName(group[0]!.pack), group);
+    return Promise.all(group.map(async (run, i) => ({ run, bytes: await refetch(run, got?.[i] ?? null) })));
+  };
+  const queue: Array<Promise<Array<{ run: Run; bytes: Buffer }>>> = [];
   const fill = () => {
     while (queue.length < READ_AHEAD) {
-      const next = runs.next();
+      const next = groups.next();
       if (next.done) return;
       const p = fetch(next.value);
       p.catch(() => {}); // observed when awaited below
@@ -73,11 +88,29 @@ export async function* readBlobs(repo: Repository, ids: Iterable<Buffer>, what: 
   };
   fill();
   while (queue.length > 0) {
-    const { run, bytes } = await queue.shift()!;
+    const done = await queue.shift()!;
     fill();
-    let off = 0;
-    for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: bytes.subarray(off, (off += run.lengths[i]!)) };
+    for (const { run, bytes } of done) {
+      let off = 0;
+      for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: bytes.subarray(off, (off += run.lengths[i]!)) };
+    }
   }
+}
+
+/** Consecutive runs in one pack, read with the pack opened once (at most MAX_RUN bytes per group). */
+function* groupRuns(runs: Iterable<Run>): Generator<Run[]> {
+  let group: Run[] = [];
+  let bytes = 0;
+  for (const run of runs) {
+    if (group.length > 0 && (group[0]!.pack !== run.pack || bytes + run.length > MAX_RUN)) {
+      yield group;
+      group = [];
+      bytes = 0;
+    }
+    group.push(run);
+    bytes += run.length;
+  }
+  if (group.length > 0) yield group;
 }
 
 /**

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { KuraError, ioError } from '../errors.js';
-import { openBlob } from '../crypto/blob.js';
+import { DeltaOpener, type BlobSource } from './bases.js';
 import { readBlobs } from '../repository/reader.js';
 import type { RepoKeys } from '../crypto/keys.js';
 import type { Repository } from '../repository/repository.js';
@@ -18,12 +18,15 @@ export interface RestoreResult {
   seconds: number;
 }
 
-/** Anything that yields a snapshot's blobs in order: the local store, or a vault over SSH. */
-export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
+export type { BlobSource };
+
+const SEGMENT_BYTES = 32 << 20; // chunks fetched before their deltas' bases are
 
 /**
  * Streams a snapshot's chunks in order into `out`, verifying every chunk (GCM tag, then the
- * plaintext re-hashed against its ID). Memory stays bounded whatever the snapshot's size.
+ * plaintext re-hashed against its ID). The chunks are read in segments of at most 32 MiB; the
+ * base chunks the segment's deltas need are read after it. Memory stays bounded whatever the
+ * snapshot's size.
  */
 export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs: BlobSource, out: Writable): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
@@ -31,16 +34,24 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
   const ids = [...idsOf(await snapshotChunkIds(snap, blobs))];
   let bytes = 0;
-  for await (const { id, blob } of blobs(ids, `snapshot ${snapshotId}`)) {
-    let plain: Buffer;
-    try {
-      plain = openBlob(blob, id, keys);
-    } catch (e) {
-      if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
-      throw e;
+  const what = `snapshot ${snapshotId}`;
+  const opener = new DeltaOpener(keys, blobs);
+  const perSegment = Math.max(16, Math.min(4096, Math.floor(SEGMENT_BYTES / (snap.header.chunker?.maxSize ?? 1 << 20))));
+  for (let at = 0; at < ids.length; at += perSegment) {
+    const segment: Array<{ id: Buffer; blob: Buffer }> = [];
+    for await (const b of blobs(ids.slice(at, at + perSegment), what)) segment.push(b);
+    await opener.prepare(segment, what);
+    for (const { id, blob } of segment) {
+      let plain: Buffer;
+      try {
+        plain = opener.open(blob, id);
+      } catch (e) {
+        if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
+        throw e;
+      }
+      bytes += plain.length;
+      if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
     }
-    bytes += plain.length;
-    if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
   }
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);

@@ -191,7 +191,10 @@ export class VaultSession {
         const missing: string[] = [];
         // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
         const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what));
-        for (const c of idsOf(data)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+        const ids = [...idsOf(data)];
+        for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+        // and the base chunks of its deltas
+        for (const c of repo.catalogue.basesNeeded(ids)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
         await repo.store.sync();
@@ -294,7 +297,10 @@ export class VaultSession {
       const expires = Date.now() + this.ctx.leaseTtlMs;
       // the pack lease keeps a concurrent GC off the file until its chunks are recorded
       const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.id, expires));
-      const rows = pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: blobInfo(fresh[i]!.blob)!.plainLength }));
+      const rows = pack.entries.map((e, i) => {
+        const info = blobInfo(fresh[i]!.blob)!;
+        return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)) };
+      });
       repo.catalogue.addSessionPack(this.id, pack.id, rows, expires, pack.size);
       this.storedAdded += pack.size;
     }

@@ -92,6 +92,34 @@ export class FsBackend implements StoreBackend {
     return tmp;
   }
 
+  async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(this.pathOf(name), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    }
+    try {
+      return await Promise.all(
+        ranges.map(async ({ offset, length }) => {
+          const buf = Buffer.allocUnsafe(length);
+          let got = 0;
+          while (got < length) {
+            const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+            if (bytesRead === 0) break;
+            got += bytesRead;
+          }
+          return got === length ? buf : buf.subarray(0, got);
+        }),
+      );
+    } catch (e) {
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    } finally {
+      await fh.close();
+    }
+  }
+
   async getRange(name: string, offset: number, length: number): Promise<Buffer | null> {
     let fh: fsp.FileHandle;
     try {

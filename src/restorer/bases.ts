@@ -1,0 +1,67 @@
+import { blobInfo, openBlob } from '../crypto/blob.js';
+import { KuraError } from '../errors.js';
+
+/** Anything that yields blobs of `ids` in order: the local store, or a vault over SSH. */
+export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
+
+const CACHE_BYTES = 32 << 20;
+
+/**
+ * Opens blobs, deltas included: `prepare` fetches (through the same source, between two of its
+ * streams) the base chunks a group of blobs needs and keeps their plaintexts, oldest dropped first
+ * beyond 32 MiB, so neighbouring deltas of one base read it once.
+ */
+export class DeltaOpener {
+  private readonly cache = new Map<string, Buffer>();
+  private cached = 0;
+
+  constructor(
+    private readonly keys: { dataKey: Buffer; idKey: Buffer },
+    private readonly source: BlobSource,
+  ) {}
+
+  async prepare(blobs: ReadonlyArray<{ id: Buffer; blob: Buffer }>, what: string): Promise<void> {
+    const needed = new Set<string>();
+    const fetch: Buffer[] = [];
+    for (const { blob } of blobs) {
+      for (const b of blobInfo(blob)?.bases ?? []) {
+        const k = b.toString('base64');
+        if (needed.has(k)) continue;
+        needed.add(k);
+        if (!this.cache.has(k)) fetch.push(Buffer.from(b));
+      }
+    }
+    if (fetch.length === 0) return;
+    for (const [k, v] of this.cache) {
+      if (this.cached <= CACHE_BYTES) break;
+      if (needed.has(k)) continue;
+      this.cache.delete(k);
+      this.cached -= v.length;
+    }
+    for await (const { id, blob } of this.source(fetch, `base chunks of ${what}`)) {
+      if (blobInfo(blob)?.bases.length) {
+        const hex = id.toString('hex');
+        throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex} is a base of a delta but is itself a delta (kura never writes that); run "kura check"`, { chunk: hex });
+      }
+      const plain = openBlob(blob, id, this.keys);
+      this.cache.set(id.toString('base64'), plain);
+      this.cached += plain.length;
+    }
+  }
+
+  /** Open a blob whose bases (if any) were prepared. */
+  open(blob: Buffer, id: Buffer): Buffer {
+    const bases = blobInfo(blob)?.bases ?? [];
+    if (bases.length === 0) return openBlob(blob, id, this.keys);
+    return openBlob(
+      blob,
+      id,
+      this.keys,
+      bases.map((b) => {
+        const p = this.cache.get(b.toString('base64'));
+        if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
+        return p;
+      }),
+    );
+  }
+}
