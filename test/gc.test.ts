@@ -110,7 +110,8 @@ test('prune + gc on 10 nightly generations keeping 3 frees exactly the chunks no
   const packFilesLeft = readdirSync(path.join(repo, 'packs'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort();
   assert.deepEqual(packRows, packFilesLeft);
   const bytesAfter = dirBytes(path.join(repo, 'packs'));
-  assert.ok(bytesAfter < bytesBefore * 0.6, `space is reused: ${bytesBefore} → ${bytesAfter} bytes`);
+  // (not all of the pruned nights: the kept nights' deltas keep their bases, chunks of earlier nights)
+  assert.ok(bytesAfter < bytesBefore * 0.8, `space is reused: ${bytesBefore} → ${bytesAfter} bytes`);
   assert.equal(gc.bytesFreed, bytesBefore - bytesAfter);
   for (const n of kept) assert.equal(sha256(kuraOk(['restore', '--repo', repo, n.id, '--to', '-']).stdout), n.sha);
   for (const n of nights.slice(0, 7)) assert.equal(kura(['restore', '--repo', repo, n.id, '--to', '-']).status, 66);

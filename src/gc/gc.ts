@@ -1,6 +1,6 @@
 import { KuraError } from '../errors.js';
 import { blobInfo } from '../crypto/blob.js';
-import { splitIds } from '../repository/catalogue.js';
+import { packDeltas } from '../repository/catalogue.js';
 import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
@@ -97,13 +97,18 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;
   `);
   const insertMark = db.prepare('INSERT OR IGNORE INTO temp.gc_mark (id) VALUES (?)');
-  // the bases recorded for every pack holding a marked chunk (or, in the sweep, a leased one)
-  const basesOfMarked = db.prepare<[], { bases: Buffer }>(
-    'SELECT pb.bases FROM pack_bases pb WHERE EXISTS (SELECT 1 FROM chunk_rows c JOIN temp.gc_mark m ON m.id = c.id WHERE c.pack = pb.pack)',
-  );
-  const basesOfLeased = db.prepare<[number], { bases: Buffer }>(
-    'SELECT pb.bases FROM pack_bases pb WHERE EXISTS (SELECT 1 FROM chunk_rows c JOIN leases l ON l.chunk = c.id WHERE c.pack = pb.pack AND l.expires > ?)',
-  );
+  // the bases of the deltas that are marked (or, in the sweep, leased), pack by pack
+  const deltaPacks = db.prepare<[], { pack: number; bases: Buffer; deltas: Buffer }>('SELECT pack, bases, deltas FROM pack_bases');
+  const markedOffsets = db.prepare<[number], number>('SELECT c.offset FROM chunk_rows c JOIN temp.gc_mark m ON m.id = c.id WHERE c.pack = ?').pluck();
+  const leasedOffsets = db.prepare<[number, number], number>('SELECT c.offset FROM chunk_rows c JOIN leases l ON l.chunk = c.id WHERE c.pack = ? AND l.expires > ?').pluck();
+  const basesOf = (offsetsIn: (pack: number) => number[]): Buffer[] => {
+    const out: Buffer[] = [];
+    for (const row of deltaPacks.all()) {
+      const deltas = packDeltas(row);
+      for (const o of offsetsIn(row.pack)) out.push(...(deltas.get(o) ?? []));
+    }
+    return out;
+  };
   const undead = db.prepare('DELETE FROM temp.gc_dead WHERE id = ?');
   const marked = new Set<string>();
   const mark = async (ids: Iterable<string>) => {
@@ -126,9 +131,9 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     // one sent to a vault anyway, its chain is followed to the end)
     for (let more = true; more; ) {
       more = false;
-      const rows = basesOfMarked.all();
+      const bases = basesOf((pack) => markedOffsets.all(pack));
       db.transaction(() => {
-        for (const r of rows) for (const b of splitIds(r.bases)) if (insertMark.run(b).changes > 0) more = true;
+        for (const b of bases) if (insertMark.run(b).changes > 0) more = true;
       })();
     }
   };
@@ -188,7 +193,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       }
       const t = Date.now();
       db.prepare('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT chunk FROM leases WHERE expires > ?)').run(t);
-      for (const r of basesOfLeased.all(t)) for (const b of splitIds(r.bases)) undead.run(b);
+      for (const b of basesOf((pack) => leasedOffsets.all(pack, t))) undead.run(b);
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
@@ -249,7 +254,10 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
       db.transaction(() => {
         pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.id, out[i]!.from));
         // the new pack needs the bases of exactly the deltas it holds
-        cat.addPackBases(pack.id, out.flatMap((m) => blobInfo(m.blob)?.bases.map((b) => Buffer.from(b)) ?? []));
+        cat.addPackBases(
+          pack.id,
+          pack.entries.map((e, i) => ({ offset: e.offset, bases: blobInfo(out[i]!.blob)?.bases.map((b) => Buffer.from(b)) ?? [] })).filter((d) => d.bases.length > 0),
+        );
       }).immediate();
       // a second transaction: were the file deleted inside the one that moves the rows, a kill
       // before its commit would roll the rows back onto a deleted pack

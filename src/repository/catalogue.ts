@@ -68,18 +68,29 @@ const SCHEMA_VERSION = 3;
 
 /**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
- * plaintext headers when the pack is stored; one row per pack, the IDs concatenated, so a night
- * of deltas costs the catalogue 32 bytes per distinct base). GC, transfer and commit checks keep
- * and send the bases of every pack with a live chunk: a base lives at least as long as its delta.
+ * plaintext headers when the pack is stored). One row per pack: `bases` the distinct base IDs
+ * concatenated, `deltas` one record per delta (u32 offset of the delta in the pack, u8 k, k × u16
+ * index into `bases`), so a night of deltas costs the catalogue 32 bytes per distinct base and
+ * ~11 per delta. GC, transfer and commit checks follow the bases of exactly the deltas they keep.
  */
 const BASES_SCHEMA = `
-  CREATE TABLE IF NOT EXISTS pack_bases (pack INTEGER PRIMARY KEY, bases BLOB NOT NULL);
+  CREATE TABLE IF NOT EXISTS pack_bases (pack INTEGER PRIMARY KEY, bases BLOB NOT NULL, deltas BLOB NOT NULL);
 `;
 
-/** Split concatenated 32-byte IDs. */
-export function splitIds(flat: Buffer): Buffer[] {
-  const out: Buffer[] = [];
-  for (let o = 0; o + 32 <= flat.length; o += 32) out.push(flat.subarray(o, o + 32));
+/** The deltas of one pack and their bases, from a pack_bases row. */
+export function packDeltas(row: { bases: Buffer; deltas: Buffer }): Map<number, Buffer[]> {
+  const ids: Buffer[] = [];
+  for (let o = 0; o + 32 <= row.bases.length; o += 32) ids.push(row.bases.subarray(o, o + 32));
+  const out = new Map<number, Buffer[]>();
+  const d = row.deltas;
+  for (let o = 0; o + 5 <= d.length; ) {
+    const offset = d.readUInt32LE(o);
+    const k = d[o + 4]!;
+    const bases: Buffer[] = [];
+    for (let i = 0; i < k; i++) bases.push(ids[d.readUInt16LE(o + 5 + 2 * i)]!);
+    out.set(offset, bases);
+    o += 5 + 2 * k;
+  }
   return out;
 }
 
@@ -236,26 +247,43 @@ export class Catalogue {
 
   /** Record the bases the deltas among `rows` need, per pack (call inside the rows' transaction). */
   private addBases(rows: ReadonlyArray<ChunkRow>): void {
-    const byPack = new Map<string, Buffer[]>();
-    for (const r of rows) if (r.bases?.length) byPack.set(r.pack, [...(byPack.get(r.pack) ?? []), ...r.bases]);
-    for (const [pack, bases] of byPack) this.addPackBases(pack, bases);
+    const byPack = new Map<string, Array<{ offset: number; bases: readonly Buffer[] }>>();
+    for (const r of rows) {
+      if (!r.bases?.length) continue;
+      let list = byPack.get(r.pack);
+      if (!list) byPack.set(r.pack, (list = []));
+      list.push({ offset: r.offset, bases: r.bases });
+    }
+    for (const [pack, deltas] of byPack) this.addPackBases(pack, deltas);
   }
 
-  /** Add to the bases recorded for `pack` (a pack already in the catalogue). */
-  addPackBases(pack: string, bases: readonly Buffer[]): void {
-    if (bases.length === 0) return;
+  /** Record deltas of `pack` (a pack already in the catalogue) with their bases. */
+  addPackBases(pack: string, deltas: ReadonlyArray<{ offset: number; bases: readonly Buffer[] }>): void {
+    if (deltas.length === 0) return;
     const n = this.db.prepare<[string], { n: number }>('SELECT n FROM packs WHERE name = ?').get(pack)?.n;
     if (n === undefined) return;
-    const old = this.db.prepare<[number], { bases: Buffer }>('SELECT bases FROM pack_bases WHERE pack = ?').get(n)?.bases;
-    const seen = new Set<string>();
-    const all: Buffer[] = [];
-    for (const b of [...(old ? splitIds(old) : []), ...bases]) {
-      const k = b.toString('base64');
-      if (seen.has(k)) continue;
-      seen.add(k);
-      all.push(b);
+    const old = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(n);
+    const all = old ? packDeltas(old) : new Map<number, Buffer[]>();
+    for (const d of deltas) all.set(d.offset, [...d.bases]);
+    const index = new Map<string, number>();
+    const ids: Buffer[] = [];
+    const records: Buffer[] = [];
+    for (const [offset, bases] of all) {
+      const rec = Buffer.allocUnsafe(5 + 2 * bases.length);
+      rec.writeUInt32LE(offset, 0);
+      rec[4] = bases.length;
+      bases.forEach((b, i) => {
+        const k = b.toString('base64');
+        let at = index.get(k);
+        if (at === undefined) {
+          index.set(k, (at = ids.length));
+          ids.push(b);
+        }
+        rec.writeUInt16LE(at, 5 + 2 * i);
+      });
+      records.push(rec);
     }
-    this.db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases) VALUES (?, ?)').run(n, Buffer.concat(all));
+    this.db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(n, Buffer.concat(ids), Buffer.concat(records));
   }
 
   /** Plaintext length of a stored chunk, or -1. */
@@ -263,28 +291,31 @@ export class Catalogue {
     return this.plainStmt.get(id)?.plain_size ?? -1;
   }
 
-  /**
-   * The base chunks of the packs holding `ids` that are not in `ids` themselves: what a snapshot
-   * needs beyond its chunk list (a superset of its deltas' bases: they are recorded per pack).
-   */
+  /** The base chunks the deltas among `ids` need that are not in `ids` themselves. */
   basesNeeded(ids: Iterable<Buffer>): Buffer[] {
     if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return [];
-    const packOf = this.db.prepare<[Buffer], { pack: number }>('SELECT pack FROM chunk_rows WHERE id = ?');
-    const basesOf = this.db.prepare<[number], { bases: Buffer }>('SELECT bases FROM pack_bases WHERE pack = ?');
+    const rowOf = this.db.prepare<[Buffer], { pack: number; offset: number }>('SELECT pack, offset FROM chunk_rows WHERE id = ?');
+    const deltasOf = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?');
     const inList = new Set<string>();
-    const packs = new Set<number>();
+    const offsets = new Map<number, number[]>();
     for (const id of ids) {
       inList.add(id.toString('base64'));
-      const p = packOf.get(id)?.pack;
-      if (p !== undefined) packs.add(p);
+      const r = rowOf.get(id);
+      if (!r) continue;
+      let list = offsets.get(r.pack);
+      if (!list) offsets.set(r.pack, (list = []));
+      list.push(r.offset);
     }
     const out = new Map<string, Buffer>();
-    for (const p of packs) {
-      const row = basesOf.get(p);
+    for (const [pack, offs] of offsets) {
+      const row = deltasOf.get(pack);
       if (!row) continue;
-      for (const b of splitIds(row.bases)) {
-        const k = b.toString('base64');
-        if (!inList.has(k)) out.set(k, b);
+      const deltas = packDeltas(row);
+      for (const o of offs) {
+        for (const b of deltas.get(o) ?? []) {
+          const k = b.toString('base64');
+          if (!inList.has(k)) out.set(k, b);
+        }
       }
     }
     return [...out.values()];
