@@ -3,7 +3,12 @@ import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { blake3 } from '@napi-rs/blake-hash';
+import { kura, kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { agentConfig, sshKey, startVault } from './support/vault.js';
+import { VaultConnection } from '../src/relay/connection.js';
+import { Frame } from '../src/protocol/frames.js';
+import { KuraError } from '../src/errors.js';
 import { collect, sha256, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
 import { readBlobs } from '../src/repository/reader.js';
@@ -102,4 +107,62 @@ test('changed chunks are stored as deltas of the previous generation; they resto
   const bad = kura(['restore', '--repo', repo, snaps[2]!.id, '--to', '-']);
   assert.equal(bad.status, 65, bad.stderr);
   assert.match(bad.stderr, /E_CHUNK_CORRUPT/);
+});
+
+test('deltas cross the tunnel with their bases: the vault refuses a commit without them, keeps them through prune + gc, and restores', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n      retention: { keepLast: 1 }\n`);
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init', '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'], { env });
+  const repo = path.join(dir, 'repo');
+  const night1 = await collect(sqlDump(8, 2 * MiB));
+  const nights = [night1, churn(night1, 40, 0), churn(churn(night1, 40, 0), 55, 7)];
+  const snaps: Array<{ id: string; sha: string }> = [];
+  for (const [i, data] of nights.entries()) {
+    const f = path.join(dir, `night${i}.sql`);
+    writeFileSync(f, data);
+    snaps.push({ id: kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env }).id, sha: sha256(data) });
+  }
+  const k3 = await blobKinds(repo, snaps[2]!.id);
+  assert.ok(k3.deltas > 50, `night 3 holds ${k3.deltas} deltas`);
+
+  // a client that sends night 3 without one of its bases: the commit is refused, naming a missing chunk
+  const conn = await VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
+    route: 'test',
+    tenant: 'city-a',
+    privateKey: readFileSync(key.private),
+    keepaliveMs: 5000,
+    readyTimeoutMs: 5000,
+  });
+  t.after(() => conn.close());
+  const local = await Repository.open(repo, null);
+  const withheld = [...k3.bases][0]!;
+  const send = (await referencedChunks(repo, snaps[2]!.id)).filter((c) => c.toString('hex') !== withheld);
+  for await (const { id, blob } of readBlobs(local, send, 'test')) {
+    const frame = Buffer.concat([id, blake3(blob), blob]);
+    await conn.send(Frame.PUT, frame);
+  }
+  local.close();
+  await conn.send(Frame.FLUSH, { seq: 1 });
+  await conn.expect(Frame.FLUSHED);
+  const refused = await conn.request(Frame.COMMIT, readFileSync(path.join(repo, 'snapshots', snaps[2]!.id)), Frame.COMMITTED).catch((e: Error) => e);
+  assert.ok(refused instanceof KuraError && refused.code === 'E_CHUNK_MISSING', `commit without a base refused: ${String(refused)}`);
+  conn.close();
+
+  // the relay sends what is missing, bases included, in order
+  const sent = await kuraAsync(['relay', 'once', '--json'], { env });
+  assert.equal(sent.status, 0, sent.stderr);
+  for (const s of snaps) assert.equal(sha256((await kuraAsync(['restore', '--from', 'peer-dc', s.id, '--to', '-'], { env })).stdout), s.sha);
+
+  // the vault keeps only night 3; its gc keeps the bases night 3's deltas need, from nights 1 and 2
+  await kuraAsync(['vault', 'prune', '--config', vault.config]);
+  const gc = JSON.parse((await kuraAsync(['vault', 'gc', '--config', vault.config, '--json'])).out) as { gc: { chunksRemoved: number } };
+  assert.ok(gc.gc.chunksRemoved > 0, 'nights 1 and 2 had chunks of their own');
+  assert.equal(sha256((await kuraAsync(['restore', '--from', 'peer-dc', snaps[2]!.id, '--to', '-'], { env })).stdout), snaps[2]!.sha);
+  const tenantRepo = path.join(vault.root, 'tenants', 'city-a');
+  assert.equal(kuraJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--repo', tenantRepo], { env: { KURA_PASSPHRASE: undefined } }).chunksUnreferenced, 0);
+  assert.equal(kuraJson<{ ok: boolean }>(['check', '--repo', tenantRepo], { env: { KURA_PASSPHRASE: undefined } }).ok, true);
 });

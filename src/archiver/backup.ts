@@ -1,13 +1,13 @@
 import { hostname } from 'node:os';
 import type { ChunkerParams } from '../chunker/fastcdc.js';
 import { ChunkPipeline, type Fillable } from '../chunker/pipeline.js';
-import { blobInfo, CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
+import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
-import { readBlobs, readBlobsAt } from '../repository/reader.js';
+import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
@@ -112,81 +112,133 @@ class BaseChooser {
     const n = this.previous.length;
     while (this.walkAt < n - 1 && this.walkBytes + this.sizeAt(this.walkAt) <= bytesAfter) this.walkBytes += this.sizeAt(this.walkAt++);
     const place = Math.min(this.walkAt, n - 1);
+    // a chunk right after an unchanged one starts where its place does: the chunk before that
+    // place is the unchanged one, no base
+    const from = bytesAfter === 0 ? place : place - BASE_SPAN;
     const out: Buffer[] = [];
-    for (let k = Math.max(0, place - BASE_SPAN); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(this.previous.idAt(k));
+    for (let k = Math.max(0, from); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(this.previous.idAt(k));
     return out;
   }
 }
 
-/** Stored blobs by ID (base64), read in one pass; a chunk that cannot be read is left out. */
-async function blobsById(repo: Repository, ids: Buffer[], into: Map<string, Buffer>): Promise<void> {
-  const want = new Map<string, { id: Buffer; loc: ChunkLocation }>();
-  for (const id of ids) {
-    const k = id.toString('base64');
-    if (into.has(k) || want.has(k)) continue;
-    const loc = repo.catalogue.location(id);
-    if (loc) want.set(k, { id, loc });
-  }
-  // in pack order: neighbouring chunks of the previous generation are read in one go
-  const sorted = [...want.values()].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset));
-  try {
-    for await (const { id, blob } of readBlobsAt(repo, sorted, 'the previous generation')) into.set(id.toString('base64'), blob);
-  } catch {
-    // moved or lost meanwhile: those chunks are stored whole; kura check reports damage
-  }
+const SPAN_READ = 16 << 20; // the chunks wanted from one pack are read in one range up to this long
+
+/** Stored blobs of located chunks (a store the workers cannot read), one range read per pack. */
+async function readLocated(repo: Repository, located: ReadonlyArray<ChunkLocation>): Promise<Array<Buffer | undefined>> {
+  const out: Array<Buffer | undefined> = new Array(located.length);
+  const byPack = new Map<string, number[]>();
+  located.forEach((loc, i) => {
+    let list = byPack.get(loc.pack);
+    if (!list) byPack.set(loc.pack, (list = []));
+    list.push(i);
+  });
+  const packs = [...byPack];
+  const next = async (): Promise<void> => {
+    for (let e = packs.shift(); e; e = packs.shift()) {
+      const [pack, members] = e;
+      let from = Infinity;
+      let to = 0;
+      for (const i of members) {
+        from = Math.min(from, located[i]!.offset);
+        to = Math.max(to, located[i]!.offset + located[i]!.length);
+      }
+      try {
+        if (to - from <= SPAN_READ) {
+          const span = await repo.store.getRange(packName(pack), from, to - from);
+          for (const i of members) {
+            const { offset, length } = located[i]!;
+            if (span && offset + length - from <= span.length) out[i] = span.subarray(offset - from, offset - from + length);
+          }
+        } else {
+          const got = await repo.store.getRanges(packName(pack), members.map((i) => located[i]!));
+          members.forEach((i, k) => got?.[k]?.length === located[i]!.length && (out[i] = got[k]));
+        }
+      } catch {
+        // unreadable: those chunks are stored whole; kura check reports damage
+      }
+    }
+  };
+  await Promise.all([next(), next(), next(), next()]);
+  return out;
 }
 
 /**
- * The stored blobs of a batch's bases, in the layout the seal workers take (null if none). A
- * candidate that is itself a delta is replaced by its own bases, read from its header.
+ * Where a batch's bases are stored, in the layout the seal workers take (null if none). A
+ * candidate that is itself a delta is replaced by its own bases (the catalogue records them per
+ * pack), so a delta never needs more than one level to be opened. The workers read the bases
+ * themselves from a local store; from any other store they are read here.
  */
-async function batchBases(repo: Repository, candidates: Buffer[][]): Promise<{ bases: SealBases; chosen: Buffer[][] } | null> {
-  const blobs = new Map<string, Buffer>();
-  await blobsById(repo, candidates.flat(), blobs);
-  const resolved = new Map<string, Buffer[]>(); // candidate → bases
-  const second: Buffer[] = [];
-  for (const [k, blob] of blobs) {
-    const own = blobInfo(blob)?.bases ?? [];
-    if (own.length > 0) {
-      resolved.set(k, own.map((b) => Buffer.from(b)));
-      second.push(...resolved.get(k)!);
-    }
+class BaseLocator {
+  private readonly deltasOf = new Map<string, Map<number, Buffer[]> | null>();
+
+  constructor(private readonly repo: Repository) {}
+
+  private basesOf(loc: ChunkLocation): Buffer[] | undefined {
+    let d = this.deltasOf.get(loc.pack);
+    if (d === undefined) this.deltasOf.set(loc.pack, (d = this.repo.catalogue.packDeltas(loc.pack)));
+    return d?.get(loc.offset);
   }
-  if (second.length > 0) await blobsById(repo, second, blobs);
-  const index = new Map<string, number>();
-  const list: Buffer[] = [];
-  const start = new Uint32Array(candidates.length + 1);
-  const refs: number[] = [];
-  const chosen: Buffer[][] = candidates.map((cands, i) => {
-    const mine = new Map<string, Buffer>();
-    for (const c of cands) {
-      for (const b of resolved.get(c.toString('base64')) ?? [c]) {
-        const k = b.toString('base64');
-        const blob = blobs.get(k);
-        if (mine.size >= MAX_BASES || !blob || (blobInfo(blob)?.bases.length ?? 1) > 0) continue; // unreadable, or a delta
-        mine.set(k, b);
-      }
-    }
-    for (const [k, b] of mine) {
+
+  async locate(candidates: Buffer[][]): Promise<SealBases | null> {
+    const catalogue = this.repo.catalogue;
+    const index = new Map<string, number>();
+    const ids: Buffer[] = [];
+    const located: ChunkLocation[] = [];
+    const start = new Uint32Array(candidates.length + 1);
+    const refs: number[] = [];
+    const intern = (id: Buffer, loc: ChunkLocation | undefined): number => {
+      const k = id.toString('base64');
       let at = index.get(k);
       if (at === undefined) {
-        index.set(k, (at = list.length));
-        list.push(b);
+        if (!loc) return -1;
+        index.set(k, (at = ids.length));
+        ids.push(id);
+        located.push(loc);
       }
-      refs.push(at);
+      return at;
+    };
+    candidates.forEach((cands, i) => {
+      const mine: number[] = [];
+      for (const c of cands) {
+        const loc = catalogue.location(c);
+        if (!loc) continue;
+        const own = this.basesOf(loc);
+        for (const b of own ?? [c]) {
+          if (mine.length >= MAX_BASES) break;
+          const at = intern(b, own ? catalogue.location(b) : loc);
+          if (at >= 0 && !mine.includes(at)) mine.push(at);
+        }
+      }
+      refs.push(...mine);
+      start[i + 1] = refs.length;
+    });
+    if (ids.length === 0) return null;
+    const packs: string[] = [];
+    const packIndex = new Map<string, number>();
+    const packOf = new Uint32Array(ids.length);
+    const offset = new Float64Array(ids.length);
+    const length = new Uint32Array(ids.length);
+    located.forEach((loc, i) => {
+      let p = packIndex.get(loc.pack);
+      if (p === undefined) {
+        packIndex.set(loc.pack, (p = packs.length));
+        packs.push(loc.pack);
+      }
+      packOf[i] = p;
+      offset[i] = loc.offset;
+      length[i] = loc.length;
+    });
+    let blobs: ArrayBuffer | null = null;
+    let blobOffsets: Uint32Array | null = null;
+    if (!this.repo.store.directWriteRoot()) {
+      const got = await readLocated(this.repo, located);
+      blobOffsets = new Uint32Array(ids.length + 1);
+      got.forEach((b, i) => (blobOffsets![i + 1] = blobOffsets![i]! + (b?.length ?? 0)));
+      const all = Buffer.concat(got.map((b) => b ?? Buffer.alloc(0)));
+      blobs = all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer;
     }
-    start[i + 1] = refs.length;
-    return [...mine.values()];
-  });
-  if (list.length === 0) return null;
-  const parts = list.map((b) => blobs.get(b.toString('base64'))!);
-  const offsets = new Uint32Array(parts.length + 1);
-  parts.forEach((b, i) => (offsets[i + 1] = offsets[i]! + b.length));
-  const all = Buffer.concat(parts);
-  return {
-    bases: { blobs: all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer, blobOffsets: offsets, ids: Buffer.concat(list), start, refs: Uint32Array.from(refs) },
-    chosen,
-  };
+    return { ids: Buffer.concat(ids), packs, packOf, offset, length, blobs, blobOffsets, start, refs: Uint32Array.from(refs) };
+  }
 }
 
 /**
@@ -246,6 +298,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   // the previous generation's chunks answer most dedup lookups without a catalogue query
   const known = await previousChunks(repo, opts.source);
   const chooser = opts.delta === false || level <= 0 || known.length === 0 ? null : new BaseChooser(known, catalogue);
+  const locator = new BaseLocator(repo);
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
   let anchorBytes = 0;
   let anchorOld = 0;
@@ -305,8 +358,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
-    const bases = chooser ? await batchBases(repo, b.bases) : null;
-    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases?.bases ?? null);
+    const bases = chooser ? await locator.locate(b.bases) : null;
+    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built
     if (res.pack) await store.put(packName(res.packId), Buffer.from(res.pack));
@@ -315,9 +368,15 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     newBytes += packBytes + b.ids.length * PACK_ENTRY + PACK_TRAILER;
     newChunks += b.ids.length;
     pendingRowBytes += packBytes;
+    let used = 0;
     b.ids.forEach((id, i) => {
       const offset = res.blobOffsets[i]!;
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: res.delta[i] ? bases?.chosen[i] : undefined });
+      const rowBases: Buffer[] = [];
+      for (let k = 0; k < res.baseCount[i]!; k++) {
+        const r = res.usedBases[used++]!;
+        rowBases.push(Buffer.from(bases!.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)));
+      }
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };

@@ -1,8 +1,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { BlobSealer, CHUNK_ID_BYTES, Compression, openBlob } from '../crypto/blob.js';
+import { blobInfo, BlobSealer, CHUNK_ID_BYTES, Compression, openBlob } from '../crypto/blob.js';
 import { encodePack } from '../repository/pack.js';
 import { packName } from '../store/backend.js';
-import { putObjectSync } from '../store/fs/index.js';
+import { getRangesSync, putObjectSync } from '../store/fs/index.js';
 
 /**
  * Compresses and encrypts one batch of new chunks into one pack, in a worker thread. With a
@@ -21,14 +21,19 @@ export interface SealRequest {
 }
 
 /**
- * The stored blobs of the base chunks a batch may be compressed against: base b is
- * blobs[blobOffsets[b] .. blobOffsets[b+1]) with ID ids[b]; chunk i may use the bases
- * refs[start[i] .. start[i+1]).
+ * The base chunks a batch may be compressed against: base b has ID ids[b] and is stored in pack
+ * packs[packOf[b]] at offset/length (the worker reads it from a local store), or, when `blobs`
+ * is given (a store the worker cannot read), is blobs[blobOffsets[b] .. blobOffsets[b+1]).
+ * Chunk i may use the bases refs[start[i] .. start[i+1]).
  */
 export interface SealBases {
-  blobs: ArrayBuffer;
-  blobOffsets: Uint32Array;
   ids: Uint8Array;
+  packs: string[];
+  packOf: Uint32Array;
+  offset: Float64Array;
+  length: Uint32Array;
+  blobs: ArrayBuffer | null;
+  blobOffsets: Uint32Array | null;
   start: Uint32Array;
   refs: Uint32Array;
 }
@@ -42,8 +47,11 @@ export interface SealResponse {
   blobOffsets: Uint32Array;
   /** the pack's bytes, when the worker did not write it itself */
   pack: ArrayBuffer | null;
-  /** delta[i] = 1: chunk i was stored as a delta of all its offered bases */
+  /** delta[i] = 1: chunk i was stored as a delta */
   delta: Uint8Array;
+  /** the bases of the deltas, in chunk order: baseCount[i] indexes into SealBases.ids each */
+  baseCount: Uint8Array;
+  usedBases: Uint32Array;
   error?: string;
 }
 
@@ -51,19 +59,72 @@ let keys: { dataKey: Buffer; idKey: Buffer } | null = null; // sent by SealPool.
 const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
 
-/** Plaintexts of the batch's base chunks, opened (and verified) on first use. */
-function baseOpener(b: SealBases): (i: number) => Buffer {
-  const blobs = Buffer.from(b.blobs);
-  const opened: Array<Buffer | undefined> = [];
+/** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack. */
+function baseBlobs(b: SealBases): Array<Buffer | undefined> {
+  if (b.blobs && b.blobOffsets) {
+    const all = Buffer.from(b.blobs);
+    return [...b.length].map((_, i) => all.subarray(b.blobOffsets![i]!, b.blobOffsets![i + 1]!));
+  }
+  const out: Array<Buffer | undefined> = new Array(b.length.length);
+  const byPack = new Map<number, number[]>();
+  b.packOf.forEach((p, i) => {
+    let list = byPack.get(p);
+    if (!list) byPack.set(p, (list = []));
+    list.push(i);
+  });
+  for (const [p, members] of byPack) {
+    // neighbours (gaps under GAP_READ) are read in one range, scattered ones each on their own
+    members.sort((x, y) => b.offset[x]! - b.offset[y]!);
+    const ranges: Array<{ offset: number; length: number; members: number[] }> = [];
+    for (const i of members) {
+      const last = ranges.at(-1);
+      const end = b.offset[i]! + b.length[i]!;
+      if (last && b.offset[i]! - (last.offset + last.length) <= GAP_READ) {
+        last.length = Math.max(last.length, end - last.offset);
+        last.members.push(i);
+      } else ranges.push({ offset: b.offset[i]!, length: b.length[i]!, members: [i] });
+    }
+    let got: Buffer[] | null = null;
+    try {
+      got = getRangesSync(directRoot!, packName(b.packs[p]!), ranges);
+    } catch {
+      // unreadable: those chunks are stored whole
+    }
+    if (!got) continue;
+    ranges.forEach((r, k) => {
+      for (const i of r.members) {
+        const at = b.offset[i]! - r.offset;
+        if (at + b.length[i]! <= got![k]!.length) out[i] = got![k]!.subarray(at, at + b.length[i]!);
+      }
+    });
+  }
+  return out;
+}
+
+const GAP_READ = 16 << 10;
+
+/** Plaintexts of the batch's base chunks, opened on first use (undefined: unreadable or damaged). */
+function baseOpener(b: SealBases): (i: number) => Buffer | undefined {
+  const blobs = baseBlobs(b);
+  const opened: Array<Buffer | null | undefined> = [];
   return (i) => {
     let p = opened[i];
-    if (!p) {
+    if (p === undefined) {
+      p = null;
+      const blob = blobs[i];
       const id = Buffer.from(b.ids.buffer, b.ids.byteOffset + i * CHUNK_ID_BYTES, CHUNK_ID_BYTES);
       // authenticated by its tag; not re-hashed: a base only shapes the delta, whose own
       // restore re-hashes what it produces
-      opened[i] = p = openBlob(blobs.subarray(b.blobOffsets[i]!, b.blobOffsets[i + 1]!), id, keys!, undefined, { rehash: false });
+      if (blob && (blobInfo(blob)?.bases.length ?? 1) === 0) {
+        try {
+          p = openBlob(blob, id, keys!, undefined, { rehash: false });
+        } catch {
+          p = null; // damaged: kura check reports it
+        }
+      }
+      opened[i] = p;
     }
-    return p;
+    return p ?? undefined;
   };
 }
 
@@ -83,22 +144,24 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
     const blobs: Buffer[] = new Array(n);
     const idList: Buffer[] = new Array(n);
     const delta = new Uint8Array(n);
+    const baseCount = new Uint8Array(n);
+    const usedBases: number[] = [];
     const b = req.bases;
     const base = b ? baseOpener(b) : null;
     for (let i = 0; i < n; i++) {
       idList[i] = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
       const plain = data.subarray(req.offsets[i]!, req.offsets[i + 1]!);
       if (b && base && b.start[i + 1]! > b.start[i]!) {
-        const refs = b.refs.subarray(b.start[i]!, b.start[i + 1]!);
-        const baseIds = [...refs].map((r) => b.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES));
-        let dict: Buffer | null = null;
-        try {
-          dict = refs.length === 1 ? base(refs[0]!) : Buffer.concat([...refs].map(base));
-        } catch {
-          // a damaged base: the chunk is stored whole (kura check reports the damage)
-        }
+        // the bases that could be opened, in order; the chunk's row records exactly these
+        const refs = [...b.refs.subarray(b.start[i]!, b.start[i + 1]!)].filter((r) => base(r) !== undefined);
+        const baseIds = refs.map((r) => b.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES));
+        const dict = refs.length === 0 ? null : refs.length === 1 ? base(refs[0]!)! : Buffer.concat(refs.map((r) => base(r)!));
         blobs[i] = sealer.seal(plain, idList[i]!, dict ? { ids: baseIds, plain: dict } : undefined);
-        delta[i] = blobs[i]![1] === Compression.DELTA ? 1 : 0;
+        if (blobs[i]![1] === Compression.DELTA) {
+          delta[i] = 1;
+          usedBases.push(...refs);
+        }
+        baseCount[i] = delta[i] ? refs.length : 0;
       } else {
         blobs[i] = sealer.seal(plain, idList[i]!);
       }
@@ -114,10 +177,10 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
       bytes = pack.bytes.buffer.slice(pack.bytes.byteOffset, pack.bytes.byteOffset + pack.bytes.length) as ArrayBuffer;
       transfer.push(bytes);
     }
-    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes, delta } satisfies SealResponse, transfer);
+    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes, delta, baseCount, usedBases: Uint32Array.from(usedBases) } satisfies SealResponse, transfer);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, delta: new Uint8Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
+    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
     parentPort!.postMessage(res, [req.data]);
   }
 });

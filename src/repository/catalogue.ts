@@ -286,6 +286,14 @@ export class Catalogue {
     this.db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(n, Buffer.concat(ids), Buffer.concat(records));
   }
 
+  /** The deltas of a pack: offset → bases; null if it holds none. */
+  packDeltas(pack: string): Map<number, Buffer[]> | null {
+    const row = this.db
+      .prepare<[string], { bases: Buffer; deltas: Buffer }>('SELECT b.bases, b.deltas FROM pack_bases b JOIN packs p ON p.n = b.pack WHERE p.name = ?')
+      .get(pack);
+    return row ? packDeltas(row) : null;
+  }
+
   /** Plaintext length of a stored chunk, or -1. */
   plainSize(id: Buffer): number {
     return this.plainStmt.get(id)?.plain_size ?? -1;

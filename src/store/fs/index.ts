@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
@@ -19,6 +19,34 @@ function tempName(dir: string): string {
  * thread's FsBackend.adopt() and sync(). Only this file is flushed: syncfs(2) of the whole file
  * system would also flush whatever else the server is writing (its database, say).
  */
+/**
+ * Ranges of one object, read synchronously (compression workers reading delta bases); null
+ * when the object is absent.
+ */
+export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Buffer[] | null {
+  let fd: number;
+  try {
+    fd = openSync(path.join(root, ...name.split('/')), 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  try {
+    return ranges.map(({ offset, length }) => {
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const n = readSync(fd, buf, got, length - got, offset + got);
+        if (n === 0) break;
+        got += n;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    });
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function putObjectSync(root: string, name: string, data: Uint8Array): void {
   const target = path.join(root, ...name.split('/'));
   const dir = path.dirname(target);
