@@ -11,6 +11,7 @@ import { Frame } from '../src/protocol/frames.js';
 import { KuraError } from '../src/errors.js';
 import { collect, sha256, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
+import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
 import { blobInfo, Compression } from '../src/crypto/blob.js';
 import { referencedChunks } from './support/snapshots.js';
@@ -165,4 +166,25 @@ test('deltas cross the tunnel with their bases: the vault refuses a commit witho
   const tenantRepo = path.join(vault.root, 'tenants', 'city-a');
   assert.equal(kuraJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--repo', tenantRepo], { env: { KURA_PASSPHRASE: undefined } }).chunksUnreferenced, 0);
   assert.equal(kuraJson<{ ok: boolean }>(['check', '--repo', tenantRepo], { env: { KURA_PASSPHRASE: undefined } }).ok, true);
+});
+
+test('the catalogue records a delta\'s bases by 8-byte ID prefix: all chunks of a prefix count, a prefix no chunk has is missing', (t) => {
+  const dir = tempDir(t);
+  const cat = new Catalogue(path.join(dir, 'catalogue.sqlite'));
+  t.after(() => cat.close());
+  const id = (first: number, last: number) => Buffer.concat([Buffer.alloc(8, first), Buffer.alloc(24, last)]);
+  const [base, twin, other, gone, delta] = [id(1, 1), id(1, 2), id(2, 1), id(3, 1), id(9, 9)];
+  const pack = 'a'.repeat(64);
+  cat.addChunks([
+    { id: base, pack, offset: 0, storedSize: 10, plainSize: 40 },
+    { id: twin, pack, offset: 10, storedSize: 10, plainSize: 40 },
+    { id: other, pack, offset: 20, storedSize: 10, plainSize: 40 },
+    { id: delta, pack: 'b'.repeat(64), offset: 0, storedSize: 5, plainSize: 40, bases: [base, gone] },
+  ]);
+  assert.deepEqual(cat.chunksWithPrefix(base.subarray(0, 8)).map((b) => b.toString('hex')).sort(), [base, twin].map((b) => b.toString('hex')).sort());
+  const needed = cat.basesNeeded([delta]);
+  assert.deepEqual(needed.found.map((b) => b.toString('hex')).sort(), [base, twin].map((b) => b.toString('hex')).sort(), 'a shared prefix keeps both chunks (the safe side)');
+  assert.deepEqual(needed.missing.map((b) => b.toString('hex')), [gone.subarray(0, 8).toString('hex')]);
+  assert.deepEqual(cat.basesNeeded([other]), { found: [], missing: [] }, 'a whole chunk needs no bases');
+  assert.deepEqual(cat.basesNeeded([delta, base, twin]).found, [], 'bases in the list itself are not added again');
 });

@@ -202,7 +202,7 @@ class BaseLocator {
       for (const c of cands) {
         const loc = catalogue.location(c);
         if (!loc) continue;
-        const own = this.basesOf(loc);
+        const own = this.basesOf(loc)?.flatMap((prefix) => catalogue.chunksWithPrefix(prefix));
         for (const b of own ?? [c]) {
           if (mine.length >= MAX_BASES) break;
           const at = intern(b, own ? catalogue.location(b) : loc);

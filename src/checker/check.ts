@@ -120,7 +120,13 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   for (const s of snaps) {
     let ids: Buffer[];
     try {
-      ids = await referencedBy(repo, s, where, (data) => repo.catalogue.basesNeeded(data));
+      ids = await referencedBy(repo, s, where, (data) => {
+        const bases = repo.catalogue.basesNeeded(data);
+        for (const prefix of bases.missing) {
+          problems.push({ kind: 'chunk-missing', message: `a base chunk (ID ${prefix.toString('hex')}…) of a delta of snapshot ${s.id} is in no pack of the store`, chunk: prefix.toString('hex'), snapshots: [s.id] });
+        }
+        return bases.found;
+      });
     } catch (e) {
       if (!(e instanceof KuraError)) throw e;
       // the list tree itself is damaged or incomplete: what is known of it still counts

@@ -105,7 +105,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     const out: Buffer[] = [];
     for (const row of deltaPacks.all()) {
       const deltas = packDeltas(row);
-      for (const o of offsetsIn(row.pack)) out.push(...(deltas.get(o) ?? []));
+      for (const o of offsetsIn(row.pack)) for (const prefix of deltas.get(o) ?? []) out.push(...cat.chunksWithPrefix(prefix));
     }
     return out;
   };

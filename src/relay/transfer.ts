@@ -37,7 +37,8 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b));
   const dataIds = [...idsOf(data)];
   // then the base chunks of deltas, which the vault needs as much as the chunks themselves
-  for (const id of [...blocks, ...dataIds, ...repo.catalogue.basesNeeded(dataIds)]) {
+  // (a base missing here is missing at the vault too, which then refuses the commit: kura check says more)
+  for (const id of [...blocks, ...dataIds, ...repo.catalogue.basesNeeded(dataIds).found]) {
     const k = id.toString('base64');
     if (!seen.has(k)) {
       seen.add(k);

@@ -68,26 +68,29 @@ const SCHEMA_VERSION = 3;
 
 /**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
- * plaintext headers when the pack is stored). One row per pack: `bases` the distinct base IDs
- * concatenated, `deltas` one record per delta (u32 offset of the delta in the pack, u8 k, k × u16
- * index into `bases`), so a night of deltas costs the catalogue 32 bytes per distinct base and
- * ~11 per delta. GC, transfer and commit checks follow the bases of exactly the deltas they keep.
+ * plaintext headers when the pack is stored). One row per pack: `bases` the distinct bases'
+ * 8-byte ID prefixes, `deltas` one record per delta (u32 offset of the delta in the pack, u8 k,
+ * k × u16 index into `bases`): a night of deltas costs the catalogue ~10 bytes per delta and 8 per
+ * base. A prefix stands for every chunk whose ID starts with it (a superset only if two IDs share
+ * 64 bits): GC keeps them all, the relay offers them all. The blobs name their bases in full.
  */
 const BASES_SCHEMA = `
   CREATE TABLE IF NOT EXISTS pack_bases (pack INTEGER PRIMARY KEY, bases BLOB NOT NULL, deltas BLOB NOT NULL);
 `;
 
-/** The deltas of one pack and their bases, from a pack_bases row. */
+export const BASE_PREFIX = 8;
+
+/** The deltas of one pack: offset → the ID prefixes of its bases, from a pack_bases row. */
 export function packDeltas(row: { bases: Buffer; deltas: Buffer }): Map<number, Buffer[]> {
-  const ids: Buffer[] = [];
-  for (let o = 0; o + 32 <= row.bases.length; o += 32) ids.push(row.bases.subarray(o, o + 32));
+  const prefixes: Buffer[] = [];
+  for (let o = 0; o + BASE_PREFIX <= row.bases.length; o += BASE_PREFIX) prefixes.push(row.bases.subarray(o, o + BASE_PREFIX));
   const out = new Map<number, Buffer[]>();
   const d = row.deltas;
   for (let o = 0; o + 5 <= d.length; ) {
     const offset = d.readUInt32LE(o);
     const k = d[o + 4]!;
     const bases: Buffer[] = [];
-    for (let i = 0; i < k; i++) bases.push(ids[d.readUInt16LE(o + 5 + 2 * i)]!);
+    for (let i = 0; i < k; i++) bases.push(prefixes[d.readUInt16LE(o + 5 + 2 * i)]!);
     out.set(offset, bases);
     o += 5 + 2 * k;
   }
@@ -131,6 +134,7 @@ export class Catalogue {
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
   private readonly plainStmt: Database.Statement<[Buffer], { plain_size: number }>;
+  private readonly prefixStmt: Database.Statement<[Buffer, Buffer], Buffer>;
 
   constructor(readonly path: string) {
     try {
@@ -193,6 +197,7 @@ export class Catalogue {
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.addChunkStmt = this.db.prepare('INSERT OR IGNORE INTO chunks (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
+    this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();
     this.plainStmt = this.db.prepare<[Buffer], { plain_size: number }>('SELECT plain_size FROM chunk_rows WHERE id = ?');
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
@@ -257,7 +262,7 @@ export class Catalogue {
     for (const [pack, deltas] of byPack) this.addPackBases(pack, deltas);
   }
 
-  /** Record deltas of `pack` (a pack already in the catalogue) with their bases. */
+  /** Record deltas of `pack` (a pack already in the catalogue) with their bases (IDs or prefixes). */
   addPackBases(pack: string, deltas: ReadonlyArray<{ offset: number; bases: readonly Buffer[] }>): void {
     if (deltas.length === 0) return;
     const n = this.db.prepare<[string], { n: number }>('SELECT n FROM packs WHERE name = ?').get(pack)?.n;
@@ -273,11 +278,12 @@ export class Catalogue {
       rec.writeUInt32LE(offset, 0);
       rec[4] = bases.length;
       bases.forEach((b, i) => {
-        const k = b.toString('base64');
+        const prefix = b.subarray(0, BASE_PREFIX);
+        const k = prefix.toString('base64');
         let at = index.get(k);
         if (at === undefined) {
           index.set(k, (at = ids.length));
-          ids.push(b);
+          ids.push(prefix);
         }
         rec.writeUInt16LE(at, 5 + 2 * i);
       });
@@ -299,34 +305,52 @@ export class Catalogue {
     return this.plainStmt.get(id)?.plain_size ?? -1;
   }
 
-  /** The base chunks the deltas among `ids` need that are not in `ids` themselves. */
-  basesNeeded(ids: Iterable<Buffer>): Buffer[] {
-    if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return [];
+  /** Every stored chunk whose ID starts with `prefix` (one, but for a 64-bit collision). */
+  chunksWithPrefix(prefix: Buffer): Buffer[] {
+    const lo = Buffer.alloc(32, 0);
+    const hi = Buffer.alloc(32, 0xff);
+    prefix.copy(lo);
+    prefix.copy(hi);
+    return this.prefixStmt.all(lo, hi);
+  }
+
+  /**
+   * The base chunks the deltas among `ids` need, beyond `ids` themselves: `found` stored here,
+   * `missing` the prefixes no stored chunk has.
+   */
+  basesNeeded(ids: Iterable<Buffer>): { found: Buffer[]; missing: Buffer[] } {
+    const found = new Map<string, Buffer>();
+    const missing = new Map<string, Buffer>();
+    if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return { found: [], missing: [] };
     const rowOf = this.db.prepare<[Buffer], { pack: number; offset: number }>('SELECT pack, offset FROM chunk_rows WHERE id = ?');
     const deltasOf = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?');
     const inList = new Set<string>();
     const offsets = new Map<number, number[]>();
     for (const id of ids) {
-      inList.add(id.toString('base64'));
+      inList.add(id.subarray(0, BASE_PREFIX).toString('base64'));
       const r = rowOf.get(id);
       if (!r) continue;
       let list = offsets.get(r.pack);
       if (!list) offsets.set(r.pack, (list = []));
       list.push(r.offset);
     }
-    const out = new Map<string, Buffer>();
+    const seen = new Set<string>();
     for (const [pack, offs] of offsets) {
       const row = deltasOf.get(pack);
       if (!row) continue;
       const deltas = packDeltas(row);
       for (const o of offs) {
-        for (const b of deltas.get(o) ?? []) {
-          const k = b.toString('base64');
-          if (!inList.has(k)) out.set(k, b);
+        for (const prefix of deltas.get(o) ?? []) {
+          const k = prefix.toString('base64');
+          if (inList.has(k) || seen.has(k)) continue;
+          seen.add(k);
+          const ids = this.chunksWithPrefix(prefix);
+          if (ids.length === 0) missing.set(k, Buffer.from(prefix));
+          for (const id of ids) found.set(id.toString('base64'), id);
         }
       }
     }
-    return [...out.values()];
+    return { found: [...found.values()], missing: [...missing.values()] };
   }
 
   location(id: Buffer): ChunkLocation | undefined {

@@ -194,7 +194,7 @@ export class VaultSession {
         const ids = [...idsOf(data)];
         for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
         // and the base chunks of its deltas
-        for (const c of repo.catalogue.basesNeeded(ids)) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+        for (const prefix of repo.catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
         await repo.store.sync();
