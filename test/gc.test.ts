@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import path from 'node:path';
 import { kura, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
-import { exitOf } from './support/proc.js';
+import { exitOf, waitFor } from './support/proc.js';
 import { sleep } from './support/proxy.js';
 import { parsePackIndex } from '../src/repository/pack.js';
 import { referencedChunks } from './support/snapshots.js';
@@ -174,12 +174,10 @@ test('gc refuses to run beside a backup of the same repository (E_LOCKED, exit 7
   backup.stdin.write(new Prng(1).bytes(MiB));
   let out = '';
   backup.stdout.on('data', (d) => (out += d));
-  // the backup holds its lock while it waits for more input
-  let gc = kura(['gc', '--repo', repo]);
-  for (let i = 0; i < 50 && gc.status === 0; i++) {
-    await sleep(100);
-    gc = kura(['gc', '--repo', repo]);
-  }
+  // the backup holds its lock while it waits for more input (a gc started before it took the
+  // lock would run, and the backup would be the one refused)
+  await waitFor('the backup to take its lock', () => lockHeld(repo, 'backup'));
+  const gc = kura(['gc', '--repo', repo]);
   assert.equal(gc.status, 75, gc.stderr);
   assert.match(gc.stderr, /E_LOCKED: .*backup \(pid \d+/);
   backup.stdin.end(new Prng(2).bytes(MiB));
@@ -199,9 +197,19 @@ test('gc refuses to run beside a backup of the same repository (E_LOCKED, exit 7
 
 /** Whether a gc of `repo` holds its lock (it has opened the repository and started work). */
 function gcRunning(repo: string): boolean {
-  const db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  return lockHeld(repo, 'gc');
+}
+
+/** Whether a process of `kind` holds a lock on `repo`. */
+function lockHeld(repo: string, kind: string): boolean {
+  let db: Database.Database;
   try {
-    return db.prepare(`SELECT 1 FROM locks WHERE kind = 'gc'`).get() !== undefined;
+    db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  } catch {
+    return false;
+  }
+  try {
+    return db.prepare(`SELECT 1 FROM locks WHERE kind = ?`).get(kind) !== undefined;
   } catch {
     return false; // the table may not exist yet
   } finally {

@@ -7,7 +7,7 @@ import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
-import { readBlobs } from '../repository/reader.js';
+import { listFetcher, readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
@@ -242,17 +242,20 @@ class BaseLocator {
 }
 
 /**
- * The chunk IDs of the source's latest snapshot (empty if none or unreadable). Its chunks stay
- * stored while this backup runs (a GC waits for the backup's lock).
+ * The chunk IDs of the source's latest snapshot (empty if none or unreadable), and which snapshot
+ * that is. Its chunk list is plaintext: it is read while the key is still being derived, before
+ * the backup's lock; runBackup keeps it only if the snapshot is still there once the lock is
+ * held (then no GC can have removed its chunks, and none can until the backup ends).
  */
-async function previousChunks(repo: Repository, source: string): Promise<IdSet> {
+async function previousChunks(repo: Repository, source: string): Promise<{ id: string | null; set: IdSet }> {
+  const empty = { id: null, set: new IdSet(Buffer.alloc(0)) };
   const last = repo.catalogue.snapshots({ source }).at(-1);
-  if (!last) return new IdSet(Buffer.alloc(0));
+  if (!last) return empty;
   try {
     const snap = await repo.readSnapshot(last.id);
-    return new IdSet(await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what)));
+    return { id: last.id, set: new IdSet(await snapshotChunkIds(snap, listFetcher(repo))) };
   } catch {
-    return new IdSet(Buffer.alloc(0)); // unreadable: every lookup goes to the catalogue, as without it
+    return empty; // unreadable: every lookup goes to the catalogue, as without it
   }
 }
 
@@ -263,26 +266,30 @@ async function previousChunks(repo: Repository, source: string): Promise<IdSet> 
  * unreferenced packs; a failed input leaves no snapshot.
  */
 export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions): Promise<BackupResult> {
+  const previous = previousChunks(repo, opts.source);
   // a GC of this repository must not remove chunks this backup counts as already stored
   let lock: { release: () => void };
   try {
     await repo.keysReady; // a repository opened with deferred keys: the derivation ends here
     lock = repo.catalogue.acquireLock('backup', ['gc']);
   } catch (e) {
+    await previous;
     await opts.pool?.close();
     await opts.pipeline?.close();
     throw e;
   }
   const pipeline = opts.pipeline ?? new ChunkPipeline();
   try {
-    return await runBackup(repo, input, opts, pipeline);
+    const prev = await previous;
+    const known = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev.set : new IdSet(Buffer.alloc(0));
+    return await runBackup(repo, input, opts, pipeline, known);
   } finally {
     await pipeline.close();
     lock.release();
   }
 }
 
-async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline): Promise<BackupResult> {
+async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline, known: IdSet): Promise<BackupResult> {
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
   const keys = repo.keys;
@@ -295,8 +302,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const catalogue = repo.catalogue;
 
   const ids = new ByteList();
-  // the previous generation's chunks answer most dedup lookups without a catalogue query
-  const known = await previousChunks(repo, opts.source);
+  // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
   const chooser = opts.delta === false || level <= 0 || known.length === 0 ? null : new BaseChooser(known, catalogue);
   const locator = new BaseLocator(repo);
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation

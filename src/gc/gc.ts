@@ -5,7 +5,7 @@ import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
-import { readBlobs } from '../repository/reader.js';
+import { listFetcher, readBlobs } from '../repository/reader.js';
 import { packName } from '../store/backend.js';
 import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
 
@@ -118,7 +118,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
         throw new KuraError('E_CHECK_FAILED', `gc stopped: snapshot ${id} cannot be read (${(e as Error).message}); its chunks cannot be known, so nothing is deleted. Run "kura check"`);
       });
       const blocks: Buffer[] = [];
-      const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b)).catch((e: unknown) => {
+      const data = await snapshotChunkIds(snap, listFetcher(repo), (b) => blocks.push(b)).catch((e: unknown) => {
         throw new KuraError('E_CHECK_FAILED', `gc stopped: the chunk list of snapshot ${id} cannot be read (${(e as Error).message}); nothing is deleted. Run "kura check"`);
       });
       db.transaction(() => {

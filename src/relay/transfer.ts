@@ -1,6 +1,6 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import { Frame, jsonOf } from '../protocol/frames.js';
-import { readBlobs } from '../repository/reader.js';
+import { listFetcher, readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
@@ -34,7 +34,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   const unique: Buffer[] = [];
   // the chunk list blocks first (the vault reads them to check the commit), then the data
   const blocks: Buffer[] = [];
-  const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what), (b) => blocks.push(b));
+  const data = await snapshotChunkIds(snap, listFetcher(repo), (b) => blocks.push(b));
   const dataIds = [...idsOf(data)];
   // then the base chunks of deltas, which the vault needs as much as the chunks themselves
   // (a base missing here is missing at the vault too, which then refuses the commit: kura check says more)

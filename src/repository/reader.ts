@@ -49,6 +49,20 @@ export function readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string)
   return readBlobsAt(repo, located(repo, ids, what), what);
 }
 
+/**
+ * A fetcher for chunk list blocks: read in pack order (a list's blocks come from many nights'
+ * packs, interleaved; in order each block would open its pack again), yielded in the order asked.
+ * Holds all the blocks asked for at once: lists are small (32 bytes per chunk).
+ */
+export function listFetcher(repo: Repository): (ids: Buffer[], what: string) => AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  return async function* (ids, what) {
+    const sorted = [...located(repo, ids, what)].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset));
+    const got = new Map<string, Buffer>();
+    for await (const { id, blob } of readBlobsAt(repo, sorted, what)) got.set(id.toString('base64'), blob);
+    for (const id of ids) yield { id, blob: got.get(id.toString('base64'))! };
+  };
+}
+
 /** Like readBlobs, for chunks already located (sorted by pack and offset, they read in long runs). */
 export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
   const groups = groupRuns(planRuns(chunks));

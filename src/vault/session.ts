@@ -10,7 +10,7 @@ import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds, snapshotIdOf } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
 import { snapshotName } from '../store/backend.js';
-import { readBlobs, readChunk } from '../repository/reader.js';
+import { listFetcher, readBlobs, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
@@ -190,7 +190,7 @@ export class VaultSession {
         }
         const missing: string[] = [];
         // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
-        const data = await snapshotChunkIds(snap, (ids, what) => readBlobs(repo, ids, what));
+        const data = await snapshotChunkIds(snap, listFetcher(repo));
         const ids = [...idsOf(data)];
         for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
         // and the base chunks of its deltas
