@@ -9,7 +9,8 @@ import { KuraError } from '../errors.js';
 import type { VaultConnection } from './connection.js';
 
 const HAS_BATCH = 8192; // IDs per HAS frame (256 KiB)
-const FLUSH_WINDOW = 8; // batches the vault may be making durable while more are sent
+const FLUSH_WINDOW = 8;
+const COALESCE_BYTES = 32 << 10; // one SSH packet's worth of small PUT frames per write // batches the vault may be making durable while more are sent
 
 export interface TransferResult {
   snapshot: string;
@@ -71,12 +72,35 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     inBatch = 0;
     while (outstanding.length > FLUSH_WINDOW) await awaitFlushed();
   };
+  // small PUT frames (deltas are often a few hundred bytes) go out together, so they share SSH
+  // packets: one packet per frame cost ~40 bytes of SSH framing each
+  let small: Buffer[] = [];
+  let smallBytes = 0;
+  const sendSmall = async () => {
+    if (small.length === 0) return;
+    const b = small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes);
+    small = [];
+    smallBytes = 0;
+    await conn.sendFrame(b);
+  };
   for await (const { id, blob } of readBlobs(repo, missing, `snapshot ${snapshotId}`)) {
-    await conn.sendFrame(putFrame(id, blob));
+    const frame = putFrame(id, blob);
+    if (frame.length >= COALESCE_BYTES) {
+      await sendSmall();
+      await conn.sendFrame(frame);
+    } else {
+      small.push(frame);
+      smallBytes += frame.length;
+      if (smallBytes >= COALESCE_BYTES) await sendSmall();
+    }
     inBatch += blob.length;
     missingBytes += blob.length;
-    if (inBatch >= batchBytes) await flush();
+    if (inBatch >= batchBytes) {
+      await sendSmall();
+      await flush();
+    }
   }
+  await sendSmall();
   if (inBatch > 0) await flush();
   while (outstanding.length > 0) await awaitFlushed();
   const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bytes, Frame.COMMITTED));
