@@ -36,6 +36,10 @@ const MAX_CHUNK_BLOB = (256 << 20) + 64;
  * reaches `ctx.repo` (its own tenant's), only through the operations its role allows, and every
  * refusal ends the session with an ERROR frame and an audit line.
  */
+/** Per repository: sessions whose client is gone while they still make received batches durable. */
+const draining = new WeakMap<object, Set<Promise<void>>>();
+const DRAIN_WAIT_MS = 30_000;
+
 export class VaultSession {
   readonly id = randomBytes(8).toString('hex');
   private pending: Array<{ id: Buffer; blob: Buffer }> = [];
@@ -68,7 +72,16 @@ export class VaultSession {
       if (queue.length > 256) this.input.pause();
       wake?.();
     });
+    let drained: (() => void) | null = null;
     const onEnd = () => {
+      if (!ended) {
+        // until its last batches are durable, a new session must not be told they are missing
+        const done = new Promise<void>((r) => (drained = r));
+        let set = draining.get(ctx.repo);
+        if (!set) draining.set(ctx.repo, (set = new Set()));
+        set.add(done);
+        void done.then(() => set!.delete(done));
+      }
       ended = true;
       if (parser.pending > 0 && !failure) failure = new KuraError('E_FRAME_TRUNCATED', `the channel closed inside a frame (${parser.pending} bytes of it arrived)`);
       wake?.();
@@ -102,6 +115,7 @@ export class VaultSession {
       dropPackLeasesQuietly(ctx.repo, this.id);
       this.closed = true;
       this.output.end();
+      (drained as (() => void) | null)?.();
     }
   }
 
@@ -132,6 +146,9 @@ export class VaultSession {
     switch (f.type) {
       case Frame.HAS: {
         this.allow('HAS');
+        // a session of this tenant that lost its client may still be writing what it received
+        const others = draining.get(repo);
+        if (others?.size) await Promise.race([Promise.all(others), new Promise((r) => setTimeout(r, DRAIN_WAIT_MS).unref())]);
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'HAS payload is not a list of 32-byte IDs');
         const n = f.payload.length / CHUNK_ID_BYTES;
         // what this session is told is present stays until it commits or the lease ends
