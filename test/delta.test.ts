@@ -188,3 +188,36 @@ test('the catalogue records a delta\'s bases by 8-byte ID prefix: all chunks of 
   assert.deepEqual(cat.basesNeeded([other]), { found: [], missing: [] }, 'a whole chunk needs no bases');
   assert.deepEqual(cat.basesNeeded([delta, base, twin]).found, [], 'bases in the list itself are not added again');
 });
+
+test('agent sources store deltas by default; `delta: false` in a source stores its changed chunks whole', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  const cfg = path.join(dir, 'kura.yaml');
+  const a = path.join(dir, 'a.sql');
+  const b = path.join(dir, 'b.sql');
+  writeFileSync(
+    cfg,
+    `tenant: city-a\nrepository:\n  path: ${repo}\nsources:\n  deltas:\n    type: file\n    paths: [${a}]\n    chunkAvg: 4096\n  whole:\n    type: file\n    paths: [${b}]\n    chunkAvg: 4096\n    delta: false\n`,
+  );
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  // different data per source: equal chunks would be shared, deltas and all
+  const nightsA = [await collect(sqlDump(12, 2 * MiB))];
+  const nightsB = [await collect(sqlDump(13, 2 * MiB))];
+  nightsA.push(churn(nightsA[0]!, 40, 0));
+  nightsB.push(churn(nightsB[0]!, 40, 0));
+  const runs: Array<Array<{ source: string; snapshot: string; result: string }>> = [];
+  for (let n = 0; n < 2; n++) {
+    writeFileSync(a, nightsA[n]!);
+    writeFileSync(b, nightsB[n]!);
+    const r = await kuraAsync(['agent', 'run', '--json'], { env });
+    assert.equal(r.status, 0, r.stderr);
+    runs.push(r.out.trim().split('\n').map((l) => JSON.parse(l) as { source: string; snapshot: string; result: string }));
+  }
+  const second = new Map(runs[1]!.map((l) => [l.source, l.snapshot]));
+  assert.ok((await blobKinds(repo, second.get('deltas')!)).deltas > 20, 'the default source stored deltas');
+  assert.equal((await blobKinds(repo, second.get('whole')!)).deltas, 0, 'delta: false stored none');
+  for (const [source, data] of [['deltas', nightsA[1]!], ['whole', nightsB[1]!]] as const) {
+    assert.equal(sha256(kuraOk(['restore', second.get(source)!, '--to', '-'], { env }).stdout), sha256(data));
+  }
+});

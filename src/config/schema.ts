@@ -52,6 +52,7 @@ const sourceCommon = {
   routes: z.array(name('route')).default([]).describe('destinations (modules.routing) each snapshot is queued for'),
   retention: retentionSchema.optional().describe('on-site generations to keep'),
   compression: compressionLevel.optional(),
+  delta: z.boolean().default(true).describe('store a changed chunk as a delta of the previous generation\'s chunks at its place when that is smaller; false stores changed chunks whole (restores read fewer chunks)'),
   timeout: duration.optional().describe('fail the job when the export runs longer').meta({ examples: ['2h'] }),
   rpo: duration.optional().describe('recovery point objective: how stale the off-site copy may get (default: the top-level rpo)').meta({ examples: ['1d'] }),
   tags: z.array(z.string()).default([]).describe('labels stored in each snapshot header'),
