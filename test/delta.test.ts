@@ -5,8 +5,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { blake3 } from '@napi-rs/blake-hash';
 import { kura, kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
-import { agentConfig, sshKey, startVault } from './support/vault.js';
-import { VaultConnection } from '../src/relay/connection.js';
+import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame } from '../src/protocol/frames.js';
 import { KuraError } from '../src/errors.js';
 import { collect, sha256, sqlDump } from './support/generate.js';
@@ -131,13 +130,7 @@ test('deltas cross the tunnel with their bases: the vault refuses a commit witho
   assert.ok(k3.deltas > 50, `night 3 holds ${k3.deltas} deltas`);
 
   // a client that sends night 3 without one of its bases: the commit is refused, naming a missing chunk
-  const conn = await VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
-    route: 'test',
-    tenant: 'city-a',
-    privateKey: readFileSync(key.private),
-    keepaliveMs: 5000,
-    readyTimeoutMs: 5000,
-  });
+  const conn = await vaultSession(vault, key.private);
   t.after(() => conn.close());
   const local = await Repository.open(repo, null);
   const withheld = [...k3.bases][0]!;

@@ -6,9 +6,8 @@ import Database from 'better-sqlite3';
 import { kuraAsync, kuraJson, kuraOk, tempDir, type RunResult } from './support/cli.js';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { sleep } from './support/proxy.js';
-import { agentConfig, sshKey, startVault } from './support/vault.js';
+import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
-import { VaultConnection } from '../src/relay/connection.js';
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
@@ -49,13 +48,7 @@ test('a session told chunks are present commits after a prune removed their last
   const bBytes = readFileSync(path.join(dir, 'repo', 'snapshots', b.id));
   const ids = Buffer.concat(await referencedChunks(path.join(dir, 'repo'), b.id));
 
-  const conn = await VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
-    route: 'test',
-    tenant: 'city-a',
-    privateKey: readFileSync(key.private),
-    keepaliveMs: 5000,
-    readyTimeoutMs: 5000,
-  });
+  const conn = await vaultSession(vault, key.private);
   t.after(() => conn.close());
   const reply = (await conn.request(Frame.HAS, ids, Frame.HAS_REPLY)).payload;
   const n = ids.length / 32;

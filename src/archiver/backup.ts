@@ -121,52 +121,11 @@ class BaseChooser {
   }
 }
 
-const SPAN_READ = 16 << 20; // the chunks wanted from one pack are read in one range up to this long
-
-/** Stored blobs of located chunks (a store the workers cannot read), one range read per pack. */
-async function readLocated(repo: Repository, located: ReadonlyArray<ChunkLocation>): Promise<Array<Buffer | undefined>> {
-  const out: Array<Buffer | undefined> = new Array(located.length);
-  const byPack = new Map<string, number[]>();
-  located.forEach((loc, i) => {
-    let list = byPack.get(loc.pack);
-    if (!list) byPack.set(loc.pack, (list = []));
-    list.push(i);
-  });
-  const packs = [...byPack];
-  const next = async (): Promise<void> => {
-    for (let e = packs.shift(); e; e = packs.shift()) {
-      const [pack, members] = e;
-      let from = Infinity;
-      let to = 0;
-      for (const i of members) {
-        from = Math.min(from, located[i]!.offset);
-        to = Math.max(to, located[i]!.offset + located[i]!.length);
-      }
-      try {
-        if (to - from <= SPAN_READ) {
-          const span = await repo.store.getRange(packName(pack), from, to - from);
-          for (const i of members) {
-            const { offset, length } = located[i]!;
-            if (span && offset + length - from <= span.length) out[i] = span.subarray(offset - from, offset - from + length);
-          }
-        } else {
-          const got = await repo.store.getRanges(packName(pack), members.map((i) => located[i]!));
-          members.forEach((i, k) => got?.[k]?.length === located[i]!.length && (out[i] = got[k]));
-        }
-      } catch {
-        // unreadable: those chunks are stored whole; kura check reports damage
-      }
-    }
-  };
-  await Promise.all([next(), next(), next(), next()]);
-  return out;
-}
-
 /**
  * Where a batch's bases are stored, in the layout the seal workers take (null if none). A
  * candidate that is itself a delta is replaced by its own bases (the catalogue records them per
  * pack), so a delta never needs more than one level to be opened. The workers read the bases
- * themselves from a local store; from any other store they are read here.
+ * from the local store themselves.
  */
 class BaseLocator {
   private readonly deltasOf = new Map<string, Map<number, Buffer[]> | null>();
@@ -179,7 +138,7 @@ class BaseLocator {
     return d?.get(loc.offset);
   }
 
-  async locate(candidates: Buffer[][]): Promise<SealBases | null> {
+  locate(candidates: Buffer[][]): SealBases | null {
     const catalogue = this.repo.catalogue;
     const index = new Map<string, number>();
     const ids: Buffer[] = [];
@@ -228,16 +187,7 @@ class BaseLocator {
       offset[i] = loc.offset;
       length[i] = loc.length;
     });
-    let blobs: ArrayBuffer | null = null;
-    let blobOffsets: Uint32Array | null = null;
-    if (!this.repo.store.directWriteRoot()) {
-      const got = await readLocated(this.repo, located);
-      blobOffsets = new Uint32Array(ids.length + 1);
-      got.forEach((b, i) => (blobOffsets![i + 1] = blobOffsets![i]! + (b?.length ?? 0)));
-      const all = Buffer.concat(got.map((b) => b ?? Buffer.alloc(0)));
-      blobs = all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer;
-    }
-    return { ids: Buffer.concat(ids), packs, packOf, offset, length, blobs, blobOffsets, start, refs: Uint32Array.from(refs) };
+    return { ids: Buffer.concat(ids), packs, packOf, offset, length, start, refs: Uint32Array.from(refs) };
   }
 }
 
@@ -303,7 +253,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const ids = new ByteList();
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
-  const chooser = opts.delta === false || level <= 0 || known.length === 0 ? null : new BaseChooser(known, catalogue);
+  // deltas need a store the compression workers can read bases from (the local file system)
+  const chooser = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new BaseChooser(known, catalogue);
   const locator = new BaseLocator(repo);
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
   let anchorBytes = 0;
@@ -364,7 +315,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
-    const bases = chooser ? await locator.locate(b.bases) : null;
+    const bases = chooser ? locator.locate(b.bases) : null;
     const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built

@@ -61,7 +61,7 @@ export class SealPool {
       const w = this.idle.pop()!;
       const job = this.waiting.shift()!;
       this.running.set(w, job);
-      w.postMessage(job.req, job.req.bases?.blobs ? [job.req.data, job.req.ids, job.req.bases.blobs] : [job.req.data, job.req.ids]);
+      w.postMessage(job.req, [job.req.data, job.req.ids]);
     }
   }
 

@@ -22,9 +22,8 @@ export interface SealRequest {
 
 /**
  * The base chunks a batch may be compressed against: base b has ID ids[b] and is stored in pack
- * packs[packOf[b]] at offset/length (the worker reads it from a local store), or, when `blobs`
- * is given (a store the worker cannot read), is blobs[blobOffsets[b] .. blobOffsets[b+1]).
- * Chunk i may use the bases refs[start[i] .. start[i+1]).
+ * packs[packOf[b]] at offset/length of the local store, where the worker reads it. Chunk i may
+ * use the bases refs[start[i] .. start[i+1]).
  */
 export interface SealBases {
   ids: Uint8Array;
@@ -32,8 +31,6 @@ export interface SealBases {
   packOf: Uint32Array;
   offset: Float64Array;
   length: Uint32Array;
-  blobs: ArrayBuffer | null;
-  blobOffsets: Uint32Array | null;
   start: Uint32Array;
   refs: Uint32Array;
 }
@@ -61,10 +58,6 @@ const sealers = new Map<number, BlobSealer>();
 
 /** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack. */
 function baseBlobs(b: SealBases): Array<Buffer | undefined> {
-  if (b.blobs && b.blobOffsets) {
-    const all = Buffer.from(b.blobs);
-    return [...b.length].map((_, i) => all.subarray(b.blobOffsets![i]!, b.blobOffsets![i + 1]!));
-  }
   const out: Array<Buffer | undefined> = new Array(b.length.length);
   const byPack = new Map<number, number[]>();
   b.packOf.forEach((p, i) => {

@@ -17,7 +17,7 @@ export interface StoreBackend {
   get(name: string): Promise<Buffer | null>;
   /** `length` bytes at `offset` (a negative offset counts from the end); null when absent. */
   getRange(name: string, offset: number, length: number): Promise<Buffer | null>;
-  /** Several ranges of one object (opened once); null when absent, a short buffer past its end. */
+  /** Several ranges of one object (opened once; offsets as for getRange); null when absent, a short buffer past its end. */
   getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null>;
   /** Atomic and durable create: true if written, false if the name already existed (never overwrites). */
   putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;

@@ -212,7 +212,7 @@ export class VaultSession {
         for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
         // and the base chunks of its deltas
         for (const prefix of repo.catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
-        if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]})`, { missing: missing.length });
+        if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]}); send them and commit again (a kura relay does so on its next attempt; if it keeps failing, run "kura check" on the sending repository)`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
         await repo.store.sync();
         repo.catalogue.commitSnapshot(this.id, id, snap.header);

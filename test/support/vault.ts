@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
 import { KURA, ROOT } from './cli.js';
+import { VaultConnection } from '../../src/relay/connection.js';
 
 export interface SshKey {
   private: string; // path
@@ -99,4 +100,15 @@ export async function freePort(): Promise<number> {
   const port = (s.address() as import('node:net').AddressInfo).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
+}
+
+/** A protocol session with `vault` as tenant city-a, straight to its port (no relay). */
+export function vaultSession(vault: VaultProcess, privateKeyFile: string, tenant = 'city-a'): Promise<VaultConnection> {
+  return VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
+    route: 'test',
+    tenant,
+    privateKey: readFileSync(privateKeyFile),
+    keepaliveMs: 5000,
+    readyTimeoutMs: 5000,
+  });
 }

@@ -129,12 +129,14 @@ export class FsBackend implements StoreBackend {
       throw ioError(`cannot read ${name} in ${this.root}`, e);
     }
     try {
+      const size = ranges.some((r) => r.offset < 0) ? (await fh.stat()).size : 0;
       return await Promise.all(
         ranges.map(async ({ offset, length }) => {
+          const pos = offset < 0 ? Math.max(0, size + offset) : offset;
           const buf = Buffer.allocUnsafe(length);
           let got = 0;
           while (got < length) {
-            const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+            const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
             if (bytesRead === 0) break;
             got += bytesRead;
           }
@@ -149,28 +151,7 @@ export class FsBackend implements StoreBackend {
   }
 
   async getRange(name: string, offset: number, length: number): Promise<Buffer | null> {
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(this.pathOf(name), 'r');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw ioError(`cannot read ${name} in ${this.root}`, e);
-    }
-    try {
-      const pos = offset < 0 ? Math.max(0, (await fh.stat()).size + offset) : offset;
-      const buf = Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return got === length ? buf : buf.subarray(0, got);
-    } catch (e) {
-      throw ioError(`cannot read ${name} in ${this.root}`, e);
-    } finally {
-      await fh.close();
-    }
+    return (await this.getRanges(name, [{ offset, length }]))?.[0] ?? null;
   }
 
   async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
