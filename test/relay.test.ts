@@ -8,8 +8,16 @@ import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support
 import { collect, Prng, sqlDump } from './support/generate.js';
 import { exitOf, waitFor as waitUntil } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
-import { agentConfig, sshKey, startVault } from './support/vault.js';
+import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { encodeFrame, Frame, FrameParser } from '../src/protocol/frames.js';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { KuraError } from '../src/errors.js';
+import { idsOf } from '../src/repository/chunklist.js';
+import { listFetcher, readBlobs } from '../src/repository/reader.js';
+import { Repository } from '../src/repository/repository.js';
+import { decodeSnapshot, snapshotChunkIds } from '../src/repository/snapshot.js';
+import { parseWant } from '../src/relay/transfer.js';
+import type { VaultConnection } from '../src/relay/connection.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -256,4 +264,106 @@ test('endpoints fail over in order; when none answers the route waits for the li
   assert.equal(dr.sent, 1, 'the second endpoint took the transfer');
   assert.equal(peer.state, 'waiting-for-line');
   assert.match(peer.error!.message, new RegExp(`127\\.0\\.0\\.1:${dead.port}`));
+});
+
+test('a churned day crosses the link as little more than its new bytes: the vault works out what it lacks from the chunk list', async (t) => {
+  const { dir, key, vault, link } = await vaultBehindLink(t);
+  const env = { KURA_CONFIG: agentConfig(dir, { port: link.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
+  kuraOk(['repo', 'init'], { env });
+  const day1 = await collect(sqlDump(21, 32 * MiB));
+  const f = path.join(dir, 'day.sql');
+  writeFileSync(f, day1);
+  kuraOk(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env });
+  assert.equal((await kuraAsync(['relay', 'once'], { env })).status, 0);
+  // day 2: 300 scattered row edits and 1 % appended rows
+  const day2 = Buffer.from(day1);
+  const r = new Prng(22);
+  for (let i = 0; i < 300; i++) day2.write(String(r.next() % 1e6).padStart(6, '0'), r.next() % (day2.length - 16), 'latin1');
+  const data = Buffer.concat([day2, await collect(sqlDump(23, Math.round(day1.length / 100)))]);
+  writeFileSync(f, data);
+  const b = kuraJson<{ id: string; newBytes: number; chunks: number }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc', '--json'], { env });
+  const before = link.bytesUp;
+  const sent = await kuraAsync(['relay', 'once'], { env });
+  assert.equal(sent.status, 0, sent.stderr);
+  const wire = link.bytesUp - before;
+  t.diagnostic(`${wire} bytes crossed for ${b.newBytes} new bytes stored (${(wire / b.newBytes).toFixed(3)}×), ${b.chunks} chunks`);
+  // asking about every chunk (32 bytes each) and naming every sent blob (64 bytes) took ~1.15× here;
+  // what remains is the SSH handshake (~4 KiB) and a few bytes of framing per blob
+  assert.ok(wire <= 1.03 * b.newBytes + 8192, `${wire} bytes crossed for ${b.newBytes} new bytes`);
+  assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
+});
+
+test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills it in order, and a damaged batch is refused with nothing of it stored', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
+  kuraOk(['repo', 'init', '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'], { env });
+  const data = new Prng(5).bytes(2 * MiB);
+  const f = path.join(dir, 'data.bin');
+  writeFileSync(f, data);
+  const { id } = kuraJson<{ id: string }>(['backup', '--name', 'db', '--file', f], { env });
+  const repoDir = path.join(dir, 'repo');
+  const bytes = readFileSync(path.join(repoDir, 'snapshots', id));
+  const snap = decodeSnapshot(bytes, id);
+  assert.ok(snap.listDepth >= 1, 'the chunk list is a tree of blocks');
+  const local = await Repository.open(repoDir, null);
+  t.after(() => local.close());
+  const dataIds = [...idsOf(await snapshotChunkIds(snap, listFetcher(local)))];
+  const hex = (ids: Buffer[]) => ids.map((i) => i.toString('hex')).sort();
+  const want = async (conn: VaultConnection, payload: Buffer) => parseWant((await conn.request(Frame.WANT, payload, Frame.WANT_REPLY)).payload);
+  const putAll = async (conn: VaultConnection, ids: Buffer[], seq: number, damage = false) => {
+    const sum = new Blake3Hasher();
+    for await (const { blob } of readBlobs(local, ids, 'test')) {
+      sum.update(blob);
+      await conn.send(Frame.PUT_NEXT, blob);
+    }
+    await conn.send(Frame.FLUSH, { seq, sum: damage ? '00'.repeat(32) : sum.digest('hex') });
+    return conn.expect(Frame.FLUSHED);
+  };
+
+  const conn = await vaultSession(vault, key.private);
+  t.after(() => conn.close());
+  const blocks = await want(conn, bytes);
+  assert.deepEqual(hex(blocks.ids), hex([...idsOf(snap.listIds)]), 'first the list blocks: the vault cannot read further without them');
+  await putAll(conn, blocks.ids, 1);
+  const lacking = await want(conn, Buffer.from(id, 'hex'));
+  assert.deepEqual(hex(lacking.ids), [...new Set(hex(dataIds))], 'then every data chunk, once');
+  const half = lacking.ids.slice(0, lacking.ids.length >> 1);
+  const damaged = await putAll(conn, half, 2, true).catch((e: Error) => e);
+  assert.ok(damaged instanceof KuraError && damaged.code === 'E_CHUNK_CORRUPT', `a batch whose checksum does not match is refused: ${String(damaged)}`);
+
+  const again = await vaultSession(vault, key.private);
+  t.after(() => again.close());
+  assert.equal((await want(again, bytes)).ids.length, lacking.ids.length, 'nothing of the damaged batch was stored');
+  await putAll(again, lacking.ids, 1);
+  assert.deepEqual(await want(again, Buffer.from(id, 'hex')), { ids: [], prefixes: [] });
+  const committed = JSON.parse((await again.request(Frame.COMMIT, Buffer.from(id, 'hex'), Frame.COMMITTED)).payload.toString()) as { id: string };
+  assert.equal(committed.id, id);
+
+  // PUT_NEXT with nothing asked for, and a WANT naming a snapshot this session was never sent
+  let oneBlob: Buffer = Buffer.alloc(0);
+  for await (const { blob } of readBlobs(local, [dataIds[0]!], 'test')) oneBlob = blob;
+  for (const [what, frame] of [
+    ['PUT_NEXT without WANT', [Frame.PUT_NEXT, oneBlob]],
+    ['WANT by ID only', [Frame.WANT, Buffer.alloc(32, 7)]],
+  ] as Array<[string, [number, Buffer]]>) {
+    const c = await vaultSession(vault, key.private);
+    await c.send(frame[0], frame[1]);
+    const e = await c.request(Frame.STATS, {}, Frame.STATS_REPLY).catch((err: Error) => err);
+    c.close();
+    assert.ok(e instanceof KuraError && e.code === 'E_PROTOCOL', `${what}: ${String(e)}`);
+  }
+  await waitFor('the refusals to be audited', () => vault.audit().filter((e) => e.outcome === 'refused' && e.code === 'E_PROTOCOL').length >= 2, 10_000);
+  assert.ok(vault.audit().some((e) => e.outcome === 'refused' && e.code === 'E_CHUNK_CORRUPT'));
+  local.close();
+  assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', id], { env })).stdout.equals(data));
+
+  // a vault told to stop while clients sit idle in sessions ends them and exits, in bounded time
+  const t0 = Date.now();
+  await vault.stop();
+  assert.ok(Date.now() - t0 < 5000, `the vault stopped in ${Date.now() - t0} ms with two idle sessions open`);
+  assert.equal(vault.child.exitCode, 0);
+  assert.ok(vault.audit().filter((e) => e.event === 'session-end').length >= 1, 'the ended sessions are audited');
 });

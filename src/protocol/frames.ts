@@ -1,14 +1,16 @@
 import { KuraError } from '../errors.js';
 
 /**
- * The vault protocol, version 1: length-prefixed frames over one SSH channel (ssh2 exec, or
- * stdin/stdout under OpenSSH's command=).
+ * The vault protocol, version 2: length-prefixed frames over one SSH channel (ssh2 exec, or
+ * stdin/stdout under OpenSSH's command=). Version 2 adds WANT and PUT_NEXT (the vault works out
+ * what a snapshot lacks from its chunk list); a vault still serves version 1 clients (HAS + PUT).
  *
  *   u32 length (of type + payload) | u8 type | payload
  *
  * Requests are answered in order. Control payloads are JSON; bulk payloads are binary.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+export const OLDEST_PROTOCOL = 1;
 export const DEFAULT_MAX_FRAME = 16 << 20;
 
 export const Frame = {
@@ -17,9 +19,12 @@ export const Frame = {
   HAS: 0x10, // n × 32-byte chunk IDs
   HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
   PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
-  FLUSH: 0x13, // JSON {seq}: make every PUT so far durable
+  FLUSH: 0x13, // JSON {seq, sum?}: make every PUT so far durable; sum = BLAKE3 of the batch's PUT_NEXT blobs
+  WANT: 0x15, // the snapshot file, or the 32-byte ID of one this session already sent: what does it lack?
+  WANT_REPLY: 0x16, // u8 more | u32 n | n × 32-byte IDs | u32 m | m × 8-byte base prefixes
+  PUT_NEXT: 0x17, // blob of the next ID of the last WANT_REPLY, in its order; no reply
   FLUSHED: 0x14, // JSON {seq, chunks, bytes}
-  COMMIT: 0x20, // snapshot file bytes
+  COMMIT: 0x20, // snapshot file bytes, or the 32-byte ID of one this session sent in WANT
   COMMITTED: 0x21, // JSON {id, existed}
   LIST: 0x30, // JSON {source?}
   LIST_REPLY: 0x31, // JSON [{id, ...header, receivedAt}]

@@ -1,16 +1,14 @@
-import { blake3 } from '@napi-rs/blake-hash';
+import { Blake3Hasher, blake3 } from '@napi-rs/blake-hash';
 import { Frame, jsonOf } from '../protocol/frames.js';
-import { listFetcher, readBlobs } from '../repository/reader.js';
+import { readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
-import { decodeSnapshot, snapshotChunkIds } from '../repository/snapshot.js';
-import { idsOf } from '../repository/chunklist.js';
+import { decodeSnapshot } from '../repository/snapshot.js';
 import { snapshotName } from '../store/backend.js';
 import { KuraError } from '../errors.js';
 import type { VaultConnection } from './connection.js';
 
-const HAS_BATCH = 8192; // IDs per HAS frame (256 KiB)
-const FLUSH_WINDOW = 8;
-const COALESCE_BYTES = 32 << 10; // one SSH packet's worth of small PUT frames per write // batches the vault may be making durable while more are sent
+const FLUSH_WINDOW = 8; // batches the vault may be making durable while more are sent
+const COALESCE_BYTES = 32 << 10; // one SSH packet's worth of small frames per write
 
 export interface TransferResult {
   snapshot: string;
@@ -22,41 +20,23 @@ export interface TransferResult {
 }
 
 /**
- * Ship one snapshot: ask which chunks the vault has (answers count only for this session),
- * stream the missing blobs, FLUSH every `batchBytes` so a broken link loses at most the batch
- * in flight, then COMMIT the snapshot file (the vault refuses it if any chunk is missing).
+ * Ship one snapshot: send the snapshot file in WANT and let the vault work out what it lacks
+ * from the chunk list it can read (answers count only for this session: it leases what is
+ * present); stream those blobs in the order asked, FLUSH every `batchBytes` so a broken link
+ * loses at most the batch in flight, and ask again until nothing is lacking (chunk list blocks,
+ * then data, then the bases of deltas); then COMMIT.
  */
 export async function sendSnapshot(repo: Repository, conn: VaultConnection, snapshotId: string, batchBytes: number): Promise<TransferResult> {
   const startOut = conn.bytesOut;
   const bytes = await repo.store.get(snapshotName(snapshotId));
   if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `queued snapshot ${snapshotId} is not in the local repository; remove it from the queue or restore the repository`);
   const snap = decodeSnapshot(bytes, snapshotId);
-  const seen = new Set<string>();
-  const unique: Buffer[] = [];
-  // the chunk list blocks first (the vault reads them to check the commit), then the data
-  const blocks: Buffer[] = [];
-  const data = await snapshotChunkIds(snap, listFetcher(repo), (b) => blocks.push(b));
-  const dataIds = [...idsOf(data)];
-  // then the base chunks of deltas, which the vault needs as much as the chunks themselves
-  // (a base missing here is missing at the vault too, which then refuses the commit: kura check says more)
-  for (const id of [...blocks, ...dataIds, ...repo.catalogue.basesNeeded(dataIds).found]) {
-    const k = id.toString('base64');
-    if (!seen.has(k)) {
-      seen.add(k);
-      unique.push(id);
-    }
-  }
-  const missing: Buffer[] = [];
-  for (let i = 0; i < unique.length; i += HAS_BATCH) {
-    const batch = unique.slice(i, i + HAS_BATCH);
-    const reply = await conn.request(Frame.HAS, Buffer.concat(batch), Frame.HAS_REPLY);
-    batch.forEach((id, j) => {
-      if (!(reply.payload[j >> 3]! & (1 << (j & 7)))) missing.push(id);
-    });
-  }
+  const idBytes = Buffer.from(snapshotId, 'hex');
 
   let seq = 0;
   let inBatch = 0;
+  let sum = new Blake3Hasher();
+  let missing = 0;
   let missingBytes = 0;
   // FLUSHes sent but not yet acknowledged. The vault makes every batch it fully received durable
   // even when the link then breaks, so a broken link costs at most the batch being sent.
@@ -67,12 +47,14 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     if (f.seq !== want) throw new KuraError('E_PROTOCOL', `vault acknowledged flush ${f.seq}, expected ${want}`);
   };
   const flush = async () => {
-    await conn.send(Frame.FLUSH, { seq: ++seq });
+    await sendSmall();
+    await conn.send(Frame.FLUSH, { seq: ++seq, sum: sum.digest('hex') });
+    sum = new Blake3Hasher();
     outstanding.push(seq);
     inBatch = 0;
     while (outstanding.length > FLUSH_WINDOW) await awaitFlushed();
   };
-  // small PUT frames (deltas are often a few hundred bytes) go out together, so they share SSH
+  // small frames (deltas are often a few hundred bytes) go out together, so they share SSH
   // packets: one packet per frame cost ~40 bytes of SSH framing each
   let small: Buffer[] = [];
   let smallBytes = 0;
@@ -83,8 +65,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     smallBytes = 0;
     await conn.sendFrame(b);
   };
-  for await (const { id, blob } of readBlobs(repo, missing, `snapshot ${snapshotId}`)) {
-    const frame = putFrame(id, blob);
+  const sendFrame = async (frame: Buffer, blobBytes: number) => {
     if (frame.length >= COALESCE_BYTES) {
       await sendSmall();
       await conn.sendFrame(frame);
@@ -93,19 +74,65 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
       smallBytes += frame.length;
       if (smallBytes >= COALESCE_BYTES) await sendSmall();
     }
-    inBatch += blob.length;
-    missingBytes += blob.length;
-    if (inBatch >= batchBytes) {
-      await sendSmall();
-      await flush();
+    missing++;
+    inBatch += blobBytes;
+    missingBytes += blobBytes;
+    if (inBatch >= batchBytes) await flush();
+  };
+
+  let lastAsked = '';
+  for (let round = 0; ; round++) {
+    const reply = await conn.request(Frame.WANT, round === 0 ? bytes : idBytes, Frame.WANT_REPLY);
+    const { ids, prefixes } = parseWant(reply.payload);
+    if (ids.length === 0 && prefixes.length === 0) break;
+    // the vault lacks again what it was just sent: it did not take it (bounded, never a loop)
+    const asked = `${ids.length}:${ids[0]?.toString('hex') ?? ''}:${prefixes.length}:${prefixes[0]?.toString('hex') ?? ''}`;
+    if (asked === lastAsked) throw new KuraError('E_PROTOCOL', `the vault still lacks ${ids.length + prefixes.length} chunk(s) of snapshot ${snapshotId} it was sent (first ${asked.split(':')[1] || asked.split(':')[3]})`);
+    lastAsked = asked;
+    for await (const { blob } of readBlobs(repo, ids, `snapshot ${snapshotId}`)) {
+      sum.update(blob);
+      await sendFrame(nextFrame(blob), blob.length);
     }
+    // bases of deltas, named by their 8-byte prefix: every local chunk with that prefix is sent
+    // (one, but for a 64-bit collision), with its ID; a base missing here is missing at the vault
+    // too, which then refuses the commit: kura check says more
+    const bases: Buffer[] = [];
+    for (const p of prefixes) bases.push(...repo.catalogue.chunksWithPrefix(p));
+    if (prefixes.length > 0 && bases.length === 0) {
+      throw new KuraError('E_CHUNK_MISSING', `snapshot ${snapshotId} needs ${prefixes.length} delta base chunk(s) that are not in the local repository either (first ${prefixes[0]!.toString('hex')}…); run "kura check"`);
+    }
+    for await (const { id, blob } of readBlobs(repo, bases, `snapshot ${snapshotId}`)) await sendFrame(putFrame(id, blob), blob.length);
+    if (inBatch > 0) await flush();
+    while (outstanding.length > 0) await awaitFlushed();
   }
-  await sendSmall();
-  if (inBatch > 0) await flush();
-  while (outstanding.length > 0) await awaitFlushed();
-  const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bytes, Frame.COMMITTED));
+  const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, idBytes, Frame.COMMITTED));
   if (committed.id !== snapshotId) throw new KuraError('E_PROTOCOL', `vault committed ${committed.id}, expected ${snapshotId}`);
-  return { snapshot: snapshotId, chunks: unique.length, missing: missing.length, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };
+  return { snapshot: snapshotId, chunks: snap.header.chunkCount, missing, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };
+}
+
+/** WANT_REPLY: u32 n | n × 32-byte IDs | u32 m | m × 8-byte prefixes. */
+export function parseWant(p: Buffer): { ids: Buffer[]; prefixes: Buffer[] } {
+  const bad = () => new KuraError('E_PROTOCOL', 'malformed WANT_REPLY from the vault');
+  if (p.length < 8) throw bad();
+  const n = p.readUInt32BE(0);
+  const at = 4 + 32 * n;
+  if (p.length < at + 4) throw bad();
+  const m = p.readUInt32BE(at);
+  if (p.length !== at + 4 + 8 * m) throw bad();
+  const ids: Buffer[] = [];
+  for (let i = 0; i < n; i++) ids.push(p.subarray(4 + 32 * i, 36 + 32 * i));
+  const prefixes: Buffer[] = [];
+  for (let i = 0; i < m; i++) prefixes.push(p.subarray(at + 4 + 8 * i, at + 12 + 8 * i));
+  return { ids, prefixes };
+}
+
+/** PUT_NEXT frame: length | type | blob (the vault knows the ID from its WANT_REPLY). */
+function nextFrame(blob: Buffer): Buffer {
+  const f = Buffer.allocUnsafe(5 + blob.length);
+  f.writeUInt32BE(1 + blob.length, 0);
+  f[4] = Frame.PUT_NEXT;
+  blob.copy(f, 5);
+  return f;
 }
 
 /** PUT frame built in one allocation: length | type | chunk ID | BLAKE3(blob) | blob. */

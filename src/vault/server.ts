@@ -14,6 +14,7 @@ import { quotaOf } from './maintenance.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
+const STOP_GRACE_MS = 10_000; // how long a stopping vault lets sessions finish the frame they are on
 
 export const VAULT_COMMAND = 'kura-vault';
 
@@ -38,7 +39,12 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   const hostKeySha256 = fingerprint((Array.isArray(parsedHost) ? parsedHost[0] : parsedHost).getPublicSSH());
   const lg = log().child({ mode: 'vault' });
 
+  let stopping = false;
+  const clients = new Set<Connection>();
+  const sessions = new Set<VaultSession>();
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
+    clients.add(client);
+    client.once('close', () => clients.delete(client));
     const ip = info.ip;
     let granted: { tenant: string; role: Role; key: string; user: string } | null = null;
     client.on('authentication', (ctx) => {
@@ -72,11 +78,14 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           const channel: ServerChannel = acceptExec();
           try {
             const repo = await vault.repoOf(g.tenant);
-            await new VaultSession(
+            const s = new VaultSession(
               { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), log: lg },
               channel,
               channel,
-            ).run();
+            );
+            sessions.add(s);
+            if (stopping) s.stop();
+            await s.run().finally(() => sessions.delete(s));
             channel.exit(0);
           } catch (e) {
             lg.error({ tenant: g.tenant, err: (e as Error).message }, 'session failed');
@@ -120,9 +129,17 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     port,
     hostKeySha256,
     close: async () => {
+      stopping = true;
       await maintenance?.stop();
       await metricsServer?.close();
-      await new Promise<void>((r) => server.close(() => r()));
+      // no new connections; open sessions end after the frame they are handling (their flushed
+      // batches are durable, a relay resends the rest), then the connections are closed
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      for (const s of sessions) s.stop();
+      const deadline = Date.now() + STOP_GRACE_MS;
+      while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      for (const c of clients) c.end();
+      await Promise.race([closed, new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref())]);
       await vault.close();
     },
   };

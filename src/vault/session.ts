@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
-import { blake3 } from '@napi-rs/blake-hash';
+import { Blake3Hasher, blake3 } from '@napi-rs/blake-hash';
 import { KuraError, isKuraError } from '../errors.js';
 import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
-import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { Frame, FrameParser, OLDEST_PROTOCOL, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { storePack } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
-import { decodeSnapshot, snapshotChunkIds, snapshotIdOf } from '../repository/snapshot.js';
-import { idsOf } from '../repository/chunklist.js';
+import { decodeSnapshot, snapshotChunkIds, snapshotIdOf, type DecodedSnapshot } from '../repository/snapshot.js';
+import { expandListTree, idsOf } from '../repository/chunklist.js';
 import { snapshotName } from '../store/backend.js';
 import { listFetcher, readBlobs, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
@@ -30,6 +30,7 @@ export interface SessionContext {
 
 const MAX_PENDING_BYTES = 64 << 20; // PUT data accepted before the client must FLUSH
 const MAX_CHUNK_BLOB = (256 << 20) + 64;
+const WANT_MAX = 65536; // IDs per WANT_REPLY (2 MiB); the client asks again after sending them
 
 /**
  * One authenticated protocol session on a tenant's repository. Whatever a client sends, it only
@@ -51,7 +52,16 @@ export class VaultSession {
   private flushing: Promise<void> = Promise.resolve();
   private flushFailure: unknown = null;
 
+  private stopping = false;
+  private wakeLoop: () => void = () => {};
+
   constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {}
+
+  /** End the session after the frame being handled (the vault is stopping). */
+  stop(): void {
+    this.stopping = true;
+    this.wakeLoop();
+  }
 
   /** Serve until the client closes the channel or an error ends the session. */
   async run(): Promise<void> {
@@ -74,7 +84,7 @@ export class VaultSession {
     });
     let drained: (() => void) | null = null;
     const onEnd = () => {
-      if (!ended) {
+      if (!ended && !this.closed) {
         // until its last batches are durable, a new session must not be told they are missing
         const done = new Promise<void>((r) => (drained = r));
         let set = draining.get(ctx.repo);
@@ -89,10 +99,13 @@ export class VaultSession {
     this.input.once('end', onEnd);
     this.input.once('close', onEnd);
     this.input.once('error', onEnd);
+    this.wakeLoop = () => wake?.();
     try {
       for (;;) {
-        if (queue.length === 0 && !failure && !ended) await new Promise<void>((r) => (wake = r));
+        if (queue.length === 0 && !failure && !ended && !this.stopping) await new Promise<void>((r) => (wake = r));
         wake = null;
+        // the vault is stopping: what was fully received and flushed is durable; the client resends the rest
+        if (this.stopping) break;
         if (queue.length > 0) {
           const f = queue.shift()!;
           if (queue.length < 64) this.input.resume();
@@ -138,17 +151,18 @@ export class VaultSession {
     if (!this.greeted) {
       if (f.type !== Frame.HELLO) throw new KuraError('E_PROTOCOL', `expected HELLO, got ${frameName(f.type)}`);
       const h = jsonOf<{ protocol?: number; tenant?: string }>(f);
-      if (h.protocol !== PROTOCOL_VERSION) throw new KuraError('E_PROTOCOL', `protocol version ${h.protocol} is not supported (this vault speaks ${PROTOCOL_VERSION}); upgrade the older side`);
+      if (typeof h.protocol !== 'number' || h.protocol < OLDEST_PROTOCOL || h.protocol > PROTOCOL_VERSION) {
+        throw new KuraError('E_PROTOCOL', `protocol version ${h.protocol} is not supported (this vault speaks ${OLDEST_PROTOCOL} to ${PROTOCOL_VERSION}); upgrade the older side`);
+      }
+      this.protocol = h.protocol;
       if (h.tenant !== this.ctx.tenant) throw new KuraError('E_TENANT_MISMATCH', `session of tenant ${this.ctx.tenant} asked for tenant ${JSON.stringify(h.tenant)}`);
       this.greeted = true;
-      return this.send(Frame.HELLO_OK, { protocol: PROTOCOL_VERSION, tenant: this.ctx.tenant, role: this.ctx.role, session: this.id, maxFrame: this.ctx.maxFrame });
+      return this.send(Frame.HELLO_OK, { protocol: this.protocol, tenant: this.ctx.tenant, role: this.ctx.role, session: this.id, maxFrame: this.ctx.maxFrame });
     }
     switch (f.type) {
       case Frame.HAS: {
         this.allow('HAS');
-        // a session of this tenant that lost its client may still be writing what it received
-        const others = draining.get(repo);
-        if (others?.size) await Promise.race([Promise.all(others), new Promise((r) => setTimeout(r, DRAIN_WAIT_MS).unref())]);
+        await waitForEndedSessions(repo);
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'HAS payload is not a list of 32-byte IDs');
         const n = f.payload.length / CHUNK_ID_BYTES;
         // what this session is told is present stays until it commits or the lease ends
@@ -167,20 +181,46 @@ export class VaultSession {
         const sum = f.payload.subarray(32, 64);
         const blob = f.owned ? f.payload.subarray(64) : Buffer.from(f.payload.subarray(64));
         if (!blake3(blob).equals(sum)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} arrived damaged (checksum mismatch)`);
-        const info = blobInfo(blob);
-        if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
-        this.pending.push({ id, blob });
-        this.pendingBytes += blob.length;
-        this.checkQuota();
-        this.ops.put++;
-        this.ops.putBytes += blob.length;
-        if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
-        return;
+        return this.accept(id, blob);
+      }
+      case Frame.WANT: {
+        this.allow('WANT');
+        if (this.protocol < 2) throw new KuraError('E_PROTOCOL', 'WANT needs protocol version 2');
+        await waitForEndedSessions(repo);
+        await this.settle('WANT');
+        const s = this.announced(f.payload);
+        const want = await this.lacking(s);
+        this.expected = want.ids;
+        this.expectedAt = 0;
+        const out = Buffer.allocUnsafe(8 + 32 * want.ids.length + 8 * want.prefixes.length);
+        out.writeUInt32BE(want.ids.length, 0);
+        want.ids.forEach((id, i) => id.copy(out, 4 + 32 * i));
+        const at = 4 + 32 * want.ids.length;
+        out.writeUInt32BE(want.prefixes.length, at);
+        want.prefixes.forEach((p, i) => p.copy(out, at + 4 + 8 * i));
+        return this.send(Frame.WANT_REPLY, out);
+      }
+      case Frame.PUT_NEXT: {
+        this.allow('PUT_NEXT');
+        const id = this.expected[this.expectedAt++];
+        if (!id) throw new KuraError('E_PROTOCOL', `PUT_NEXT beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
+        const blob = f.owned ? f.payload : Buffer.from(f.payload);
+        (this.batchSum ??= new Blake3Hasher()).update(blob);
+        return this.accept(id, blob);
       }
       case Frame.FLUSH: {
         this.allow('FLUSH');
-        const { seq } = jsonOf<{ seq: number }>(f);
+        const { seq, sum } = jsonOf<{ seq: number; sum?: string }>(f);
         if (this.flushFailure) throw this.flushFailure;
+        if (this.batchSum) {
+          // PUT_NEXT blobs carry no checksum each: the batch's is checked before it is written
+          const got = this.batchSum.digest('hex');
+          this.batchSum = null;
+          if (sum !== got) {
+            this.pending = [];
+            throw new KuraError('E_CHUNK_CORRUPT', `the batch flushed as ${seq} arrived damaged (checksum ${String(sum)} expected, ${got} received); nothing of it was stored, send it again`);
+          }
+        }
         // packs are written concurrently (fdatasync latency dominates); replies go out in order
         const written = this.writePack(this.takePending());
         written.catch(() => {});
@@ -198,13 +238,8 @@ export class VaultSession {
       }
       case Frame.COMMIT: {
         this.allow('COMMIT');
-        await this.drainFlushes();
-        await this.writePack(this.takePending());
-        const id = snapshotIdOf(f.payload);
-        const snap = decodeSnapshot(f.payload, id);
-        if (snap.header.tenant !== this.ctx.tenant) {
-          throw new KuraError('E_TENANT_MISMATCH', `snapshot ${id} belongs to tenant ${snap.header.tenant}, not ${this.ctx.tenant}`);
-        }
+        await this.settle('COMMIT');
+        const { id, snap, bytes } = this.announced(f.payload);
         const missing: string[] = [];
         // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
         const data = await snapshotChunkIds(snap, listFetcher(repo));
@@ -213,7 +248,7 @@ export class VaultSession {
         // and the base chunks of its deltas
         for (const prefix of repo.catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]}); send them and commit again (a kura relay does so on its next attempt; if it keeps failing, run "kura check" on the sending repository)`, { missing: missing.length });
-        const existed = !(await repo.store.putIfAbsent(snapshotName(id), f.payload));
+        const existed = !(await repo.store.putIfAbsent(snapshotName(id), bytes));
         await repo.store.sync();
         repo.catalogue.commitSnapshot(this.id, id, snap.header);
         this.ops.commits++;
@@ -264,6 +299,90 @@ export class VaultSession {
       default:
         throw new KuraError('E_PROTOCOL', `unexpected ${frameName(f.type)} frame`);
     }
+  }
+
+  private protocol = PROTOCOL_VERSION;
+  /** Snapshot files this session was sent (WANT), by ID: later WANTs and the COMMIT name them. */
+  private snapshotFiles = new Map<string, Announced>();
+  /** The IDs of the last WANT_REPLY, which PUT_NEXT frames fill in order. */
+  private expected: Buffer[] = [];
+  private expectedAt = 0;
+  private batchSum: Blake3Hasher | null = null;
+
+  private accept(id: Buffer, blob: Buffer): void {
+    const info = blobInfo(blob);
+    if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
+    this.pending.push({ id, blob });
+    this.pendingBytes += blob.length;
+    this.checkQuota();
+    this.ops.put++;
+    this.ops.putBytes += blob.length;
+    if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
+  }
+
+  /** Before WANT and COMMIT: every batch received so far is durable and recorded. */
+  private async settle(op: string): Promise<void> {
+    if (this.batchSum) throw new KuraError('E_PROTOCOL', `PUT_NEXT data must be FLUSHed (with its checksum) before ${op}`);
+    await this.drainFlushes();
+    await this.writePack(this.takePending());
+  }
+
+  /** The snapshot file of a WANT or COMMIT payload: the file itself, or the ID of one sent before. */
+  private announced(payload: Buffer): Announced {
+    if (payload.length === CHUNK_ID_BYTES) {
+      const known = this.snapshotFiles.get(payload.toString('hex'));
+      if (!known) throw new KuraError('E_PROTOCOL', `snapshot ${payload.toString('hex')} was not sent in this session; send the snapshot file itself`);
+      return known;
+    }
+    const id = snapshotIdOf(payload);
+    const snap = decodeSnapshot(payload, id);
+    if (snap.header.tenant !== this.ctx.tenant) {
+      throw new KuraError('E_TENANT_MISMATCH', `snapshot ${id} belongs to tenant ${snap.header.tenant}, not ${this.ctx.tenant}`);
+    }
+    const known = this.snapshotFiles.get(id);
+    if (known) return known;
+    const a: Announced = { id, snap, bytes: Buffer.from(payload) };
+    if (this.snapshotFiles.size >= 16) this.snapshotFiles.delete(this.snapshotFiles.keys().next().value!);
+    this.snapshotFiles.set(id, a);
+    return a;
+  }
+
+  /**
+   * What the vault lacks to commit a snapshot, as far as it can see now: its missing chunk list
+   * blocks (the data they list comes next round), else its missing data chunks (at most
+   * WANT_MAX), and the bases missing for the deltas it holds (prefixes). Whatever is present is
+   * leased to this session, as a HAS answer is.
+   */
+  private async lacking(s: Announced): Promise<{ ids: Buffer[]; prefixes: Buffer[] }> {
+    const { repo } = this.ctx;
+    const expires = Date.now() + this.ctx.leaseTtlMs;
+    const absent = (ids: Buffer[]): Buffer[] => {
+      const bitmap = repo.catalogue.hasAndLease(this.id, Buffer.concat(ids), CHUNK_ID_BYTES, expires);
+      this.ops.has += ids.length;
+      const out = ids.filter((_, i) => !(bitmap[i >> 3]! & (1 << (i & 7))));
+      this.ops.present += ids.length - out.length;
+      return out;
+    };
+    if (s.data) {
+      // asked before in this session: what was present then is leased; check what was not
+      s.open = absent(s.open!);
+      if (s.open.length > 0) return { ids: s.open.slice(0, WANT_MAX), prefixes: [] };
+      return { ids: [], prefixes: repo.catalogue.basesNeeded(s.data).missing };
+    }
+    let level = s.snap.listIds;
+    for (let d = s.snap.listDepth; d > 0; d--) {
+      const blocks = distinct(level);
+      const missing = absent(blocks);
+      if (missing.length > 0) return { ids: missing.slice(0, WANT_MAX), prefixes: [] };
+      level = await expandListTree(level, 1, listFetcher(repo), `snapshot ${s.id}`);
+    }
+    if (level.length !== s.snap.header.chunkCount * CHUNK_ID_BYTES) {
+      throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${s.id}: its chunk list holds ${level.length / CHUNK_ID_BYTES} chunks, its header ${s.snap.header.chunkCount}`, { snapshot: s.id });
+    }
+    s.data = distinct(level);
+    s.open = absent(s.data);
+    if (s.open.length > 0) return { ids: s.open.slice(0, WANT_MAX), prefixes: [] };
+    return { ids: [], prefixes: repo.catalogue.basesNeeded(s.data).missing };
   }
 
   private queuedFlushes = 0;
@@ -323,6 +442,34 @@ export class VaultSession {
     }
     return { chunks: fresh.length, bytes };
   }
+}
+
+/** A snapshot file a client sent in WANT or COMMIT, and what WANT found of its data chunks. */
+interface Announced {
+  id: string;
+  snap: DecodedSnapshot;
+  bytes: Buffer;
+  data?: Buffer[];
+  open?: Buffer[];
+}
+
+/** A session of this tenant that lost its client may still be writing what it received. */
+async function waitForEndedSessions(repo: Repository): Promise<void> {
+  const others = draining.get(repo);
+  if (others?.size) await Promise.race([Promise.all(others), new Promise((r) => setTimeout(r, DRAIN_WAIT_MS).unref())]);
+}
+
+function distinct(list: Buffer): Buffer[] {
+  const seen = new Set<string>();
+  const out: Buffer[] = [];
+  for (const id of idsOf(list)) {
+    const k = id.toString('base64');
+    if (!seen.has(k)) {
+      seen.add(k);
+      out.push(id);
+    }
+  }
+  return out;
 }
 
 function dropPackLeasesQuietly(repo: Repository, session: string): void {
