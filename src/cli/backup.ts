@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
-import { configOf, formatBytes, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, formatBytes, openRepo, printJson, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
   name: string;
@@ -86,7 +86,7 @@ export function registerBackup(program: Command): void {
         // compression and chunking workers start while the key is derived
         pool = new SealPool(null, repoPathOf(cmd, opts));
         pipeline = new ChunkPipeline();
-        tenant = opts.tenant ?? configOf(cmd).config.tenant;
+        tenant = opts.tenant ?? tenantOf(cmd);
         repo = await opening;
       } catch (e) {
         await pool?.close();

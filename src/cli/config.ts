@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { configOf, globalsOf, printJson } from './context.js';
-import { configPath } from '../config/load.js';
+import { configLoader, configOf, globalsOf, printJson } from './context.js';
 import { KuraError } from '../errors.js';
 import { existsSync } from 'node:fs';
 
@@ -12,7 +11,7 @@ export function registerConfig(program: Command): void {
     .description('validate the config (--config, KURA_CONFIG or ./kura.yaml); every error names its exact path')
     .option('--json', 'print the validated config as one JSON line')
     .action((opts: { json?: boolean }, cmd: Command) => {
-      const where = configPath(globalsOf(cmd).config);
+      const where = configLoader().configPath(globalsOf(cmd).config);
       if (!where.explicit && !existsSync(where.path)) throw new KuraError('E_CONFIG', `no config file: give --config FILE, set KURA_CONFIG, or create ./kura.yaml ("kura config example" prints one)`);
       const { config: c, path } = configOf(cmd);
       if (opts.json) printJson({ ok: true, path, config: c });

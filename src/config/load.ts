@@ -4,6 +4,9 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { KuraError } from '../errors.js';
 import { configSchema, type KuraConfig } from './schema.js';
+import { configPath } from './path.js';
+
+export { configPath };
 
 export interface LoadedConfig {
   config: KuraConfig;
@@ -12,12 +15,6 @@ export interface LoadedConfig {
 }
 
 /** Where the config comes from: --config, then KURA_CONFIG, then ./kura.yaml if present. */
-export function configPath(flag: string | undefined, env = process.env): { path: string; explicit: boolean } {
-  if (flag) return { path: flag, explicit: true };
-  if (env.KURA_CONFIG) return { path: env.KURA_CONFIG, explicit: true };
-  return { path: 'kura.yaml', explicit: false };
-}
-
 export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((i) => {
     const where = i.path.length ? i.path.map(String).join('.') : '(top level)';

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DEFAULT_TENANT } from './path.js';
 import { validate as validCron } from 'node-cron';
 import { moduleSchema } from '../modules/index.js';
 import { parseDuration } from './duration.js';
@@ -170,7 +171,7 @@ const relaySchema = z.strictObject({
 });
 
 export const configSchema = z.strictObject({
-  tenant: name('tenant').default('default').describe('default tenant of this host\'s sources'),
+  tenant: name('tenant').default(DEFAULT_TENANT).describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
   timezone: timeZone.optional().describe('time zone of daily/weekly/monthly retention periods (default: the system\'s)').meta({ examples: ['Asia/Tokyo'] }),
   rpo: duration.default('1d').describe('default RPO target: `kura status` fails and `kura top` colours a route whose oldest unsent snapshot is older'),
