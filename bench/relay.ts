@@ -2,7 +2,7 @@
  * bench/relay: relay → vault figures over loopback SSH, printed as JSON lines.
  *   npm run bench:relay [-- --mib 256]
  * - unlimited: wire MB/s of a first full send (incompressible data, so the wire carries it all),
- *   over the whole `relay once` process and over the transfer alone (HAS to COMMITTED)
+ *   over the whole `relay once` process and over the transfer alone (first WANT to COMMITTED)
  * - limited: the same with the route capped at 10 MB/s (share of the cap achieved)
  * - churned day: bytes that crossed the link (counted by a TCP proxy, SSH included) for a day's
  *   increment of a SQL-like dump, against the new bytes the backup stored
@@ -64,7 +64,7 @@ try {
     const wire = rep.bytesOnWire;
     emit({ case: 'unlimited (protocol bytes, whole relay process)', bytesOnLink: wire, seconds: Number(r.seconds.toFixed(3)), MBps: Number((wire / r.seconds / 1e6).toFixed(1)), target: 150 });
     // the same run without process start, key, SSH handshake and exit: the transfer itself
-    emit({ case: 'unlimited (protocol bytes, HAS to COMMITTED)', bytesOnLink: wire, seconds: rep.sendingSeconds, MBps: Number((wire / rep.sendingSeconds / 1e6).toFixed(1)), target: 150 });
+    emit({ case: 'unlimited (protocol bytes, first WANT to COMMITTED)', bytesOnLink: wire, seconds: rep.sendingSeconds, MBps: Number((wire / rep.sendingSeconds / 1e6).toFixed(1)), target: 150 });
     rmSync(f);
   }
   // 2. capped at 10 MB/s

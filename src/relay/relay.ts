@@ -19,7 +19,7 @@ export interface RouteReport {
   sent: number;
   left: number;
   bytesOnWire: number;
-  /** time spent sending snapshots (HAS to COMMITTED), without connecting */
+  /** time spent sending snapshots (first WANT to COMMITTED), without connecting */
   sendingSeconds: number;
   error?: { code: string; message: string };
 }
