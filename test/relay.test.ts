@@ -367,3 +367,29 @@ test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills 
   assert.equal(vault.child.exitCode, 0);
   assert.ok(vault.audit().filter((e) => e.event === 'session-end').length >= 1, 'the ended sessions are audited');
 });
+
+test('a first send of more chunks than one WANT_REPLY names (65,536) goes in rounds, commits and restores', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
+  kuraOk(['repo', 'init', '--chunk-min', '256', '--chunk-avg', '1024', '--chunk-max', '4096'], { env });
+  const data = new Prng(9).bytes(96 * MiB);
+  const f = path.join(dir, 'data.bin');
+  writeFileSync(f, data);
+  const b = kuraJson<{ id: string; chunks: number }>(['backup', '--name', 'db', '--file', f, '--route', 'peer-dc', '--json'], { env });
+  assert.ok(b.chunks > 70_000, `${b.chunks} chunks`);
+  const sent = await kuraAsync(['relay', 'once', '--json'], { env });
+  assert.equal(sent.status, 0, sent.stderr);
+  // exactly the distinct chunks and list blocks of the snapshot, each once
+  const local = await Repository.open(path.join(dir, 'repo'), null);
+  const blocks = new Set<string>();
+  const ids = await snapshotChunkIds(decodeSnapshot(readFileSync(path.join(dir, 'repo', 'snapshots', b.id)), b.id), listFetcher(local), (id) => blocks.add(id.toString('hex')));
+  local.close();
+  const distinct = new Set([...idsOf(ids)].map((i) => i.toString('hex'))).size;
+  const put = vault.audit().filter((e) => e.event === 'session-end').reduce((n, e) => n + Number(e.put ?? 0), 0);
+  t.diagnostic(`${put} blobs put for ${distinct} distinct data chunks and ${blocks.size} chunk list blocks`);
+  assert.equal(put, distinct + blocks.size);
+  assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
+});
