@@ -47,6 +47,20 @@ async function vaultBehindLink(t: import('node:test').TestContext) {
   return { dir, key, vault, link };
 }
 
+/** A vault for city-a on its own port, a local repository of chunks min/4 min/16 min, and a file of random bytes. */
+async function vaultAndFile(t: import('node:test').TestContext, bytes: number, chunkMin: number) {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
+  kuraOk(['repo', 'init', '--chunk-min', String(chunkMin), '--chunk-avg', String(chunkMin * 4), '--chunk-max', String(chunkMin * 16)], { env });
+  const data = new Prng(bytes).bytes(bytes);
+  const f = path.join(dir, 'data.bin');
+  writeFileSync(f, data);
+  return { dir, key, vault, env, data, f };
+}
+
 test('after a five-day line outage the relay catches up in order, and every day restores byte-identical from the vault', async (t) => {
   const { dir, key, vault, link } = await vaultBehindLink(t);
   link.down();
@@ -294,15 +308,7 @@ test('a churned day crosses the link as little more than its new bytes: the vaul
 });
 
 test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills it in order, and a damaged batch is refused with nothing of it stored', async (t) => {
-  const dir = tempDir(t);
-  const key = sshKey(dir, 'relay');
-  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
-  t.after(() => vault.stop());
-  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
-  kuraOk(['repo', 'init', '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'], { env });
-  const data = new Prng(5).bytes(2 * MiB);
-  const f = path.join(dir, 'data.bin');
-  writeFileSync(f, data);
+  const { dir, key, vault, env, data, f } = await vaultAndFile(t, 2 * MiB, 1024);
   const { id } = kuraJson<{ id: string }>(['backup', '--name', 'db', '--file', f], { env });
   const repoDir = path.join(dir, 'repo');
   const bytes = readFileSync(path.join(repoDir, 'snapshots', id));
@@ -322,6 +328,13 @@ test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills 
     await conn.send(Frame.FLUSH, { seq, sum: damage ? '00'.repeat(32) : sum.digest('hex') });
     return conn.expect(Frame.FLUSHED);
   };
+
+  // a COMMIT after a WANT that still lacked something is checked in full, and refused
+  const early = await vaultSession(vault, key.private);
+  assert.ok((await want(early, bytes)).ids.length > 0);
+  const refused = await early.request(Frame.COMMIT, Buffer.from(id, 'hex'), Frame.COMMITTED).catch((e: Error) => e);
+  early.close();
+  assert.ok(refused instanceof KuraError && refused.code === 'E_CHUNK_MISSING', `commit of an incomplete snapshot: ${String(refused)}`);
 
   const conn = await vaultSession(vault, key.private);
   t.after(() => conn.close());
@@ -369,15 +382,7 @@ test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills 
 });
 
 test('a first send of more chunks than one WANT_REPLY names (65,536) goes in rounds, commits and restores', async (t) => {
-  const dir = tempDir(t);
-  const key = sshKey(dir, 'relay');
-  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
-  t.after(() => vault.stop());
-  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private }) };
-  kuraOk(['repo', 'init', '--chunk-min', '256', '--chunk-avg', '1024', '--chunk-max', '4096'], { env });
-  const data = new Prng(9).bytes(96 * MiB);
-  const f = path.join(dir, 'data.bin');
-  writeFileSync(f, data);
+  const { dir, vault, env, data, f } = await vaultAndFile(t, 96 * MiB, 256);
   const b = kuraJson<{ id: string; chunks: number }>(['backup', '--name', 'db', '--file', f, '--route', 'peer-dc', '--json'], { env });
   assert.ok(b.chunks > 70_000, `${b.chunks} chunks`);
   const sent = await kuraAsync(['relay', 'once', '--json'], { env });

@@ -29,7 +29,8 @@ export function globalsOf(cmd: Command): { config?: string; debug?: boolean } {
 const require = createRequire(import.meta.url);
 /**
  * The config loader, loaded when a command first needs the config: its YAML parser and schema
- * take ~0.1 s to load, a tenth of a nightly backup given --repo.
+ * take ~0.1 s to load, a tenth of a nightly backup given --repo. (require() of an ES module:
+ * Node 20.19 or later, as package.json's engines say.)
  */
 export const configLoader = (): typeof import('../config/load.js') => require('../config/load.js') as typeof import('../config/load.js');
 

@@ -20,10 +20,10 @@ export const Frame = {
   HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
   PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
   FLUSH: 0x13, // JSON {seq, sum?}: make every PUT so far durable; sum = BLAKE3 of the batch's PUT_NEXT blobs
-  WANT: 0x15, // the snapshot file, or the 32-byte ID of one this session already sent: what does it lack?
-  WANT_REPLY: 0x16, // u8 more | u32 n | n × 32-byte IDs | u32 m | m × 8-byte base prefixes
-  PUT_NEXT: 0x17, // blob of the next ID of the last WANT_REPLY, in its order; no reply
   FLUSHED: 0x14, // JSON {seq, chunks, bytes}
+  WANT: 0x15, // the snapshot file, or the 32-byte ID of one this session already sent: what does it lack?
+  WANT_REPLY: 0x16, // u32 n | n × 32-byte IDs | u32 m | m × 8-byte base prefixes
+  PUT_NEXT: 0x17, // blob of the next ID of the last WANT_REPLY, in its order; no reply
   COMMIT: 0x20, // snapshot file bytes, or the 32-byte ID of one this session sent in WANT
   COMMITTED: 0x21, // JSON {id, existed}
   LIST: 0x30, // JSON {source?}

@@ -86,8 +86,11 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     const { ids, prefixes } = parseWant(reply.payload);
     if (ids.length === 0 && prefixes.length === 0) break;
     // the vault lacks again what it was just sent: it did not take it (bounded, never a loop)
-    const asked = `${ids.length}:${ids[0]?.toString('hex') ?? ''}:${prefixes.length}:${prefixes[0]?.toString('hex') ?? ''}`;
-    if (asked === lastAsked) throw new KuraError('E_PROTOCOL', `the vault still lacks ${ids.length + prefixes.length} chunk(s) of snapshot ${snapshotId} it was sent (first ${asked.split(':')[1] || asked.split(':')[3]})`);
+    const first = (ids[0] ?? prefixes[0])!.toString('hex');
+    const asked = `${ids.length}:${prefixes.length}:${first}`;
+    if (asked === lastAsked) {
+      throw new KuraError('E_PROTOCOL', `the vault still lacks ${ids.length + prefixes.length} chunk(s) of snapshot ${snapshotId} it was just sent (first ${first}); see the vault's log and audit for why it did not keep them`);
+    }
     lastAsked = asked;
     for await (const { blob } of readBlobs(repo, ids, `snapshot ${snapshotId}`)) {
       sum.update(blob);

@@ -41,7 +41,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
 
   let stopping = false;
   const clients = new Set<Connection>();
-  const sessions = new Set<VaultSession>();
+  const sessions = new Map<VaultSession, Promise<void>>();
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
     clients.add(client);
     client.once('close', () => clients.delete(client));
@@ -83,9 +83,10 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
               channel,
               channel,
             );
-            sessions.add(s);
             if (stopping) s.stop();
-            await s.run().finally(() => sessions.delete(s));
+            const running = s.run().finally(() => sessions.delete(s));
+            sessions.set(s, running);
+            await running;
             channel.exit(0);
           } catch (e) {
             lg.error({ tenant: g.tenant, err: (e as Error).message }, 'session failed');
@@ -135,11 +136,11 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       // no new connections; open sessions end after the frame they are handling (their flushed
       // batches are durable, a relay resends the rest), then the connections are closed
       const closed = new Promise<void>((r) => server.close(() => r()));
-      for (const s of sessions) s.stop();
-      const deadline = Date.now() + STOP_GRACE_MS;
-      while (sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const grace = () => new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref());
+      for (const s of sessions.keys()) s.stop();
+      await Promise.race([Promise.allSettled(sessions.values()), grace()]);
       for (const c of clients) c.end();
-      await Promise.race([closed, new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref())]);
+      await Promise.race([closed, grace()]);
       await vault.close();
     },
   };

@@ -185,7 +185,7 @@ export class VaultSession {
       }
       case Frame.WANT: {
         this.allow('WANT');
-        if (this.protocol < 2) throw new KuraError('E_PROTOCOL', 'WANT needs protocol version 2');
+        if (this.protocol < 2) throw new KuraError('E_PROTOCOL', 'WANT needs protocol version 2: say so in HELLO (a kura relay of this version does), or use HAS and PUT');
         await waitForEndedSessions(repo);
         await this.settle('WANT');
         const s = this.announced(f.payload);
@@ -239,14 +239,10 @@ export class VaultSession {
       case Frame.COMMIT: {
         this.allow('COMMIT');
         await this.settle('COMMIT');
-        const { id, snap, bytes } = this.announced(f.payload);
-        const missing: string[] = [];
-        // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
-        const data = await snapshotChunkIds(snap, listFetcher(repo));
-        const ids = [...idsOf(data)];
-        for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
-        // and the base chunks of its deltas
-        for (const prefix of repo.catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
+        const { id, snap, bytes, complete } = this.announced(f.payload);
+        // after a WANT that found nothing lacking, everything is leased to this session: no need
+        // to read the chunk list again
+        const missing = complete ? [] : await this.missingFor(snap);
         if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]}); send them and commit again (a kura relay does so on its next attempt; if it keeps failing, run "kura check" on the sending repository)`, { missing: missing.length });
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), bytes));
         await repo.store.sync();
@@ -320,6 +316,17 @@ export class VaultSession {
     if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
   }
 
+  /** What a snapshot refers to that this vault does not hold: chunks by ID, delta bases by prefix. */
+  private async missingFor(snap: DecodedSnapshot): Promise<string[]> {
+    const { catalogue } = this.ctx.repo;
+    const missing: string[] = [];
+    // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
+    const ids = [...idsOf(await snapshotChunkIds(snap, listFetcher(this.ctx.repo)))];
+    for (const c of ids) if (!catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+    for (const prefix of catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
+    return missing;
+  }
+
   /** Before WANT and COMMIT: every batch received so far is durable and recorded. */
   private async settle(op: string): Promise<void> {
     if (this.batchSum) throw new KuraError('E_PROTOCOL', `PUT_NEXT data must be FLUSHed (with its checksum) before ${op}`);
@@ -341,7 +348,7 @@ export class VaultSession {
     }
     const known = this.snapshotFiles.get(id);
     if (known) return known;
-    const a: Announced = { id, snap, bytes: Buffer.from(payload) };
+    const a: Announced = { id, snap, bytes: Buffer.from(payload), open: [], complete: false };
     if (this.snapshotFiles.size >= 16) this.snapshotFiles.delete(this.snapshotFiles.keys().next().value!);
     this.snapshotFiles.set(id, a);
     return a;
@@ -363,26 +370,24 @@ export class VaultSession {
       this.ops.present += ids.length - out.length;
       return out;
     };
-    if (s.data) {
-      // asked before in this session: what was present then is leased; check what was not
-      s.open = absent(s.open!);
-      if (s.open.length > 0) return { ids: s.open.slice(0, WANT_MAX), prefixes: [] };
-      return { ids: [], prefixes: repo.catalogue.basesNeeded(s.data).missing };
+    if (!s.data) {
+      let level = s.snap.listIds;
+      for (let d = s.snap.listDepth; d > 0; d--) {
+        const missing = absent(distinct(level));
+        if (missing.length > 0) return { ids: missing.slice(0, WANT_MAX), prefixes: [] };
+        level = await expandListTree(level, 1, listFetcher(repo), `snapshot ${s.id}`);
+      }
+      if (level.length !== s.snap.header.chunkCount * CHUNK_ID_BYTES) {
+        throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${s.id}: its chunk list holds ${level.length / CHUNK_ID_BYTES} chunks, its header ${s.snap.header.chunkCount}`, { snapshot: s.id });
+      }
+      s.open = s.data = distinct(level);
     }
-    let level = s.snap.listIds;
-    for (let d = s.snap.listDepth; d > 0; d--) {
-      const blocks = distinct(level);
-      const missing = absent(blocks);
-      if (missing.length > 0) return { ids: missing.slice(0, WANT_MAX), prefixes: [] };
-      level = await expandListTree(level, 1, listFetcher(repo), `snapshot ${s.id}`);
-    }
-    if (level.length !== s.snap.header.chunkCount * CHUNK_ID_BYTES) {
-      throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${s.id}: its chunk list holds ${level.length / CHUNK_ID_BYTES} chunks, its header ${s.snap.header.chunkCount}`, { snapshot: s.id });
-    }
-    s.data = distinct(level);
-    s.open = absent(s.data);
+    // what was present when asked before in this session is leased: only the rest is asked again
+    s.open = absent(s.open);
     if (s.open.length > 0) return { ids: s.open.slice(0, WANT_MAX), prefixes: [] };
-    return { ids: [], prefixes: repo.catalogue.basesNeeded(s.data).missing };
+    const prefixes = repo.catalogue.basesNeeded(s.data).missing;
+    s.complete = prefixes.length === 0;
+    return { ids: [], prefixes };
   }
 
   private queuedFlushes = 0;
@@ -449,8 +454,12 @@ interface Announced {
   id: string;
   snap: DecodedSnapshot;
   bytes: Buffer;
+  /** its distinct data chunks, once its chunk list could be read */
   data?: Buffer[];
-  open?: Buffer[];
+  /** those not present when last asked */
+  open: Buffer[];
+  /** the last WANT found nothing lacking (all it found present is leased to this session) */
+  complete: boolean;
 }
 
 /** A session of this tenant that lost its client may still be writing what it received. */
