@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -13,6 +13,7 @@ import { encodeFrame, Frame, FrameParser } from '../src/protocol/frames.js';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { KuraError } from '../src/errors.js';
 import { idsOf } from '../src/repository/chunklist.js';
+import { packId } from '../src/repository/pack.js';
 import { listFetcher, readBlobs } from '../src/repository/reader.js';
 import { Repository } from '../src/repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds } from '../src/repository/snapshot.js';
@@ -396,5 +397,10 @@ test('a first send of more chunks than one WANT_REPLY names (65,536) goes in rou
   const put = vault.audit().filter((e) => e.event === 'session-end').reduce((n, e) => n + Number(e.put ?? 0), 0);
   t.diagnostic(`${put} blobs put for ${distinct} distinct data chunks and ${blocks.size} chunk list blocks`);
   assert.equal(put, distinct + blocks.size);
+  // every pack the vault wrote is named by the hash of its bytes (a batch's ID continues the hash
+  // of its checksum)
+  const packs = readdirSync(path.join(vault.root, 'tenants', 'city-a', 'packs'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile() && !e.name.startsWith('.'));
+  assert.ok(packs.length > 20, `${packs.length} packs`);
+  for (const p of packs) assert.equal(packId(readFileSync(path.join(p.parentPath, p.name))), p.name);
   assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
 });

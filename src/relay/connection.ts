@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import type { Client, ClientChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
 import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { keepChannelWindow } from '../protocol/window.js';
 import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
 
@@ -57,7 +58,9 @@ export class VaultConnection {
     this.broken = new Promise<never>((_, reject) => (this.breakNow = reject));
     this.broken.catch(() => {});
     const parser = new FrameParser(opts.maxFrame ?? 64 << 20);
+    const consumed = keepChannelWindow(channel);
     channel.on('data', (d: Buffer) => {
+      consumed();
       this.bytesIn += d.length;
       try {
         for (const f of parser.push(d)) this.deliver(f);
@@ -132,6 +135,8 @@ export class VaultConnection {
           return false;
         },
       } as import('ssh2').ConnectConfig);
+      // small frames (WANT, FLUSH, COMMIT) must not wait for Nagle's delayed ACK: ~40 ms each
+      client.setNoDelay(true);
     });
   }
 

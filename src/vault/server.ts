@@ -45,6 +45,8 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
     clients.add(client);
     client.once('close', () => clients.delete(client));
+    // small frames (WANT, FLUSHED, COMMITTED) must not wait for Nagle's delayed ACK: ~40 ms each
+    (client as Connection & { setNoDelay(on: boolean): void }).setNoDelay(true); // (missing from the typings)
     const ip = info.ip;
     let granted: { tenant: string; role: Role; key: string; user: string } | null = null;
     client.on('authentication', (ctx) => {

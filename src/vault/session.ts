@@ -5,6 +5,7 @@ import { Blake3Hasher, blake3 } from '@napi-rs/blake-hash';
 import { KuraError, isKuraError } from '../errors.js';
 import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { Frame, FrameParser, OLDEST_PROTOCOL, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { keepChannelWindow } from '../protocol/window.js';
 import { storePack } from '../repository/pack.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds, snapshotIdOf, type DecodedSnapshot } from '../repository/snapshot.js';
@@ -45,6 +46,8 @@ export class VaultSession {
   readonly id = randomBytes(8).toString('hex');
   private pending: Array<{ id: Buffer; blob: Buffer }> = [];
   private pendingBytes = 0;
+  /** how many of `pending` came as PUT_NEXT (hashed by batchSum, in order) */
+  private pendingNext = 0;
   private greeted = false;
   private closed = false;
   private ops = { has: 0, present: 0, put: 0, putBytes: 0, commits: 0 };
@@ -72,7 +75,9 @@ export class VaultSession {
     let wake: (() => void) | null = null;
     let ended = false;
     let failure: KuraError | null = null;
+    const consumed = keepChannelWindow(this.input);
     this.input.on('data', (d: Buffer) => {
+      consumed();
       if (failure) return;
       try {
         queue.push(...parser.push(d));
@@ -206,23 +211,29 @@ export class VaultSession {
         if (!id) throw new KuraError('E_PROTOCOL', `PUT_NEXT beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
         const blob = f.owned ? f.payload : Buffer.from(f.payload);
         (this.batchSum ??= new Blake3Hasher()).update(blob);
+        this.pendingNext++;
         return this.accept(id, blob);
       }
       case Frame.FLUSH: {
         this.allow('FLUSH');
         const { seq, sum } = jsonOf<{ seq: number; sum?: string }>(f);
         if (this.flushFailure) throw this.flushFailure;
+        let hashed: Blake3Hasher | undefined;
         if (this.batchSum) {
           // PUT_NEXT blobs carry no checksum each: the batch's is checked before it is written
-          const got = this.batchSum.digest('hex');
+          hashed = this.batchSum;
+          const got = hashed.digest('hex');
           this.batchSum = null;
           if (sum !== got) {
             this.pending = [];
+            this.pendingNext = 0;
             throw new KuraError('E_CHUNK_CORRUPT', `the batch flushed as ${seq} arrived damaged (checksum ${String(sum)} expected, ${got} received); nothing of it was stored, send it again`);
           }
         }
+        // a batch of PUT_NEXT blobs only: the pack's ID continues the checksum's hash
+        const allNext = this.pendingNext === this.pending.length ? hashed : undefined;
         // packs are written concurrently (fdatasync latency dominates); replies go out in order
-        const written = this.writePack(this.takePending());
+        const written = this.writePack(this.takePending(), allNext);
         written.catch(() => {});
         this.flushing = Promise.all([this.flushing, written])
           .then(([, w]) => this.send(Frame.FLUSHED, { seq, ...w }))
@@ -419,11 +430,12 @@ export class VaultSession {
     const batch = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
+    this.pendingNext = 0;
     return batch;
   }
 
   /** Write one batch of PUT data as a pack, durable, then record and lease its chunks. */
-  private async writePack(batch: Array<{ id: Buffer; blob: Buffer }>): Promise<{ chunks: number; bytes: number }> {
+  private async writePack(batch: Array<{ id: Buffer; blob: Buffer }>, blobsHashed?: Blake3Hasher): Promise<{ chunks: number; bytes: number }> {
     const { repo } = this.ctx;
     let bytes = 0;
     const seen = new Set<string>();
@@ -437,7 +449,7 @@ export class VaultSession {
     if (fresh.length > 0) {
       const expires = Date.now() + this.ctx.leaseTtlMs;
       // the pack lease keeps a concurrent GC off the file until its chunks are recorded
-      const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.id, expires));
+      const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.id, expires), fresh.length === batch.length ? blobsHashed : undefined);
       const rows = pack.entries.map((e, i) => {
         const info = blobInfo(fresh[i]!.blob)!;
         return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)) };
