@@ -404,3 +404,55 @@ test('a first send of more chunks than one WANT_REPLY names (65,536) goes in rou
   for (const p of packs) assert.equal(packId(readFileSync(path.join(p.parentPath, p.name))), p.name);
   assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
 });
+
+test('a session asking what a snapshot lacks waits while another session is still receiving its data, and is not asked for what that one delivered', async (t) => {
+  const { dir, key, vault, env, f } = await vaultAndFile(t, 2 * MiB, 1024);
+  const { id } = kuraJson<{ id: string }>(['backup', '--name', 'db', '--file', f], { env });
+  const bytes = readFileSync(path.join(dir, 'repo', 'snapshots', id));
+  const local = await Repository.open(path.join(dir, 'repo'), null);
+  t.after(() => local.close());
+  const want = async (conn: VaultConnection, payload: Buffer) => parseWant((await conn.request(Frame.WANT, payload, Frame.WANT_REPLY)).payload);
+  let seq = 0;
+  const putBatch = async (conn: VaultConnection, ids: Buffer[]) => {
+    const sum = new Blake3Hasher();
+    for await (const { blob } of readBlobs(local, ids, 'test')) {
+      sum.update(blob);
+      await conn.send(Frame.PUT_NEXT, blob);
+    }
+    await conn.send(Frame.FLUSH, { seq: ++seq, sum: sum.digest('hex') });
+    await conn.expect(Frame.FLUSHED);
+  };
+  // the first sender: list blocks, then its data in paced batches (a dying relay's tail
+  // arriving over a slow link), then its connection ends without a commit
+  const first = await vaultSession(vault, key.private);
+  let asked = await want(first, bytes);
+  while (asked.ids.length > 0 && asked.ids.length < 100) {
+    await putBatch(first, asked.ids);
+    asked = await want(first, Buffer.from(id, 'hex'));
+  }
+  const data = asked.ids;
+  assert.ok(data.length >= 200, `${data.length} data chunks asked for`);
+  const sentByFirst = data.slice(0, 160);
+  let firstEnded = 0;
+  const tail = (async () => {
+    for (let i = 0; i < sentByFirst.length; i += 16) {
+      await putBatch(first, sentByFirst.slice(i, i + 16));
+      await sleep(100);
+    }
+    first.close();
+    firstEnded = Date.now();
+  })();
+  await sleep(250);
+  // a restarted relay asks while the tail is still arriving
+  const second = await vaultSession(vault, key.private);
+  t.after(() => second.close());
+  const lacking = await want(second, bytes);
+  const answered = Date.now();
+  await tail;
+  assert.ok(firstEnded > 0 && answered >= firstEnded, 'the answer waited for the other session to end');
+  assert.deepEqual(
+    lacking.ids.map((i) => i.toString('hex')).sort(),
+    data.slice(sentByFirst.length).map((i) => i.toString('hex')).sort(),
+    'what the other session delivered is not asked for again',
+  );
+});

@@ -33,15 +33,16 @@ const MAX_PENDING_BYTES = 64 << 20; // PUT data accepted before the client must 
 const MAX_CHUNK_BLOB = (256 << 20) + 64;
 const WANT_MAX = 65536; // IDs per WANT_REPLY (2 MiB); the client asks again after sending them
 
+/** Per repository: its sessions that have not finished (their received batches may not be durable yet). */
+const liveSessions = new WeakMap<object, Set<VaultSession>>();
+const OTHERS_WAIT_MS = 30_000; // longest a WANT or HAS waits for other sessions' data to land
+const SENDER_IDLE_MS = 1000; // a session receiving nothing this long has nothing more on the way
+
 /**
  * One authenticated protocol session on a tenant's repository. Whatever a client sends, it only
  * reaches `ctx.repo` (its own tenant's), only through the operations its role allows, and every
  * refusal ends the session with an ERROR frame and an audit line.
  */
-/** Per repository: sessions whose client is gone while they still make received batches durable. */
-const draining = new WeakMap<object, Set<Promise<void>>>();
-const DRAIN_WAIT_MS = 30_000;
-
 export class VaultSession {
   readonly id = randomBytes(8).toString('hex');
   private pending: Array<{ id: Buffer; blob: Buffer }> = [];
@@ -57,8 +58,16 @@ export class VaultSession {
 
   private stopping = false;
   private wakeLoop: () => void = () => {};
+  /** when data last arrived, and whether the client's side of the channel has ended */
+  private lastInputAt = Date.now();
+  private inputEnded = false;
+  /** settles when the session is over and every batch it received is durable */
+  private readonly finished: Promise<void>;
+  private finish: () => void = () => {};
 
-  constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {}
+  constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {
+    this.finished = new Promise<void>((r) => (this.finish = r));
+  }
 
   /** End the session after the frame being handled (the vault is stopping). */
   stop(): void {
@@ -76,8 +85,12 @@ export class VaultSession {
     let ended = false;
     let failure: KuraError | null = null;
     const consumed = keepChannelWindow(this.input);
+    let others = liveSessions.get(ctx.repo);
+    if (!others) liveSessions.set(ctx.repo, (others = new Set()));
+    others.add(this);
     this.input.on('data', (d: Buffer) => {
       consumed();
+      this.lastInputAt = Date.now();
       if (failure) return;
       try {
         queue.push(...parser.push(d));
@@ -87,16 +100,9 @@ export class VaultSession {
       if (queue.length > 256) this.input.pause();
       wake?.();
     });
-    let drained: (() => void) | null = null;
     const onEnd = () => {
-      if (!ended && !this.closed) {
-        // until its last batches are durable, a new session must not be told they are missing
-        const done = new Promise<void>((r) => (drained = r));
-        let set = draining.get(ctx.repo);
-        if (!set) draining.set(ctx.repo, (set = new Set()));
-        set.add(done);
-        void done.then(() => set!.delete(done));
-      }
+      // until its last batches are durable, a new session must not be told they are missing
+      this.inputEnded = true;
       ended = true;
       if (parser.pending > 0 && !failure) failure = new KuraError('E_FRAME_TRUNCATED', `the channel closed inside a frame (${parser.pending} bytes of it arrived)`);
       wake?.();
@@ -133,7 +139,8 @@ export class VaultSession {
       dropPackLeasesQuietly(ctx.repo, this.id);
       this.closed = true;
       this.output.end();
-      (drained as (() => void) | null)?.();
+      others.delete(this);
+      this.finish();
     }
   }
 
@@ -167,7 +174,7 @@ export class VaultSession {
     switch (f.type) {
       case Frame.HAS: {
         this.allow('HAS');
-        await waitForEndedSessions(repo);
+        await this.othersLanded();
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'HAS payload is not a list of 32-byte IDs');
         const n = f.payload.length / CHUNK_ID_BYTES;
         // what this session is told is present stays until it commits or the lease ends
@@ -191,9 +198,9 @@ export class VaultSession {
       case Frame.WANT: {
         this.allow('WANT');
         if (this.protocol < 2) throw new KuraError('E_PROTOCOL', 'WANT needs protocol version 2: say so in HELLO (a kura relay of this version does), or use HAS and PUT');
-        await waitForEndedSessions(repo);
         await this.settle('WANT');
         const s = this.announced(f.payload);
+        if (!s.data) await this.othersLanded(s.id);
         const want = await this.lacking(s);
         this.expected = want.ids;
         this.expectedAt = 0;
@@ -258,6 +265,7 @@ export class VaultSession {
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), bytes));
         await repo.store.sync();
         repo.catalogue.commitSnapshot(this.id, id, snap.header);
+        this.snapshotFiles.get(id)!.committed = true;
         this.ops.commits++;
         this.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id, source: snap.header.source, existed });
         return this.send(Frame.COMMITTED, { id, existed });
@@ -359,7 +367,7 @@ export class VaultSession {
     }
     const known = this.snapshotFiles.get(id);
     if (known) return known;
-    const a: Announced = { id, snap, bytes: Buffer.from(payload), open: [], complete: false };
+    const a: Announced = { id, snap, bytes: Buffer.from(payload), open: [], complete: false, committed: false };
     if (this.snapshotFiles.size >= 16) this.snapshotFiles.delete(this.snapshotFiles.keys().next().value!);
     this.snapshotFiles.set(id, a);
     return a;
@@ -399,6 +407,33 @@ export class VaultSession {
     const prefixes = repo.catalogue.basesNeeded(s.data).missing;
     s.complete = prefixes.length === 0;
     return { ids: [], prefixes };
+  }
+
+  /**
+   * Before telling a client what is missing, let data already on its way to this repository land
+   * (at most OTHERS_WAIT_MS): sessions whose client is gone but which still make received
+   * batches durable, and, for a snapshot (`id`), sessions still receiving data for it. The
+   * latter is a killed or cut-off relay's connection: what it had written before it died (socket
+   * buffers on the way hold megabytes) still arrives, and a restarted relay must not be told to
+   * send it again.
+   */
+  private async othersLanded(id?: string): Promise<void> {
+    const deadline = Date.now() + OTHERS_WAIT_MS;
+    for (;;) {
+      const waitFor = [...(liveSessions.get(this.ctx.repo) ?? [])].filter((o) => o !== this && o.mayStillLand(id));
+      const left = deadline - Date.now();
+      if (waitFor.length === 0 || left <= 0 || this.stopping) return;
+      // a sender that goes quiet is re-examined: it may have nothing more on the way
+      await Promise.race([Promise.all(waitFor.map((o) => o.finished)), new Promise((r) => setTimeout(r, Math.min(left, SENDER_IDLE_MS / 4)).unref())]);
+    }
+  }
+
+  /** Whether data this session received, or is still receiving for snapshot `id`, may yet become durable. */
+  private mayStillLand(id: string | undefined): boolean {
+    if (this.closed) return false;
+    if (this.inputEnded) return true;
+    const s = id === undefined ? undefined : this.snapshotFiles.get(id);
+    return s !== undefined && !s.committed && Date.now() - this.lastInputAt < SENDER_IDLE_MS;
   }
 
   private queuedFlushes = 0;
@@ -472,13 +507,9 @@ interface Announced {
   open: Buffer[];
   /** the last WANT found nothing lacking (all it found present is leased to this session) */
   complete: boolean;
+  committed: boolean;
 }
 
-/** A session of this tenant that lost its client may still be writing what it received. */
-async function waitForEndedSessions(repo: Repository): Promise<void> {
-  const others = draining.get(repo);
-  if (others?.size) await Promise.race([Promise.all(others), new Promise((r) => setTimeout(r, DRAIN_WAIT_MS).unref())]);
-}
 
 function distinct(list: Buffer): Buffer[] {
   const seen = new Set<string>();

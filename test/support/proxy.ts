@@ -36,37 +36,53 @@ export class LinkProxy {
     const upstream = net.connect(this.targetPort, this.targetHost);
     const pair = { a: client, b: upstream };
     this.pairs.add(pair);
+    // Like a network path: bytes one end wrote are still delivered after it closes (or dies),
+    // then the other end sees the close; only reset() or down() drop bytes in flight. A byte is
+    // counted once the far socket's kernel buffer has taken it.
     const pipe = (from: net.Socket, to: net.Socket, count: (n: number) => void) => {
       let chain = Promise.resolve();
       from.on('data', (d: Buffer) => {
         from.pause();
         chain = chain.then(async () => {
           for (let off = 0; off < d.length; ) {
-            while (this.paused && !from.destroyed) await sleep(20);
+            while (this.paused && !to.destroyed) await sleep(20);
             const piece = this.rate ? d.subarray(off, off + Math.max(1024, Math.floor(this.rate / 20))) : d.subarray(off);
             if (this.delayMs) await sleep(this.delayMs);
             if (to.destroyed) return;
-            to.write(piece);
-            count(piece.length);
+            const written = new Promise<void>((r) => to.write(piece, (err) => (err ? r() : (count(piece.length), r()))));
+            if (to.writableNeedDrain) await drainedOrClosed(to);
+            if (this.rate) await Promise.all([written, sleep((piece.length / this.rate) * 1000)]);
             off += piece.length;
-            if (this.rate) await sleep((piece.length / this.rate) * 1000);
           }
           if (!from.destroyed) from.resume();
         });
       });
-      from.on('end', () => void chain.then(() => to.end()));
+      // the end, a close or an error of `from`: what it had sent still goes, then `to` is ended
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        void chain.then(() => {
+          if (!to.destroyed) to.end();
+        });
+      };
+      from.on('end', end);
+      from.on('close', end);
+      from.on('error', end);
     };
+    client.allowHalfOpen = true;
+    upstream.allowHalfOpen = true;
     pipe(client, upstream, (n) => (this.bytesUp += n));
     pipe(upstream, client, (n) => (this.bytesDown += n));
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-      this.pairs.delete(pair);
+    const forget = () => {
+      if (client.destroyed && upstream.destroyed) this.pairs.delete(pair);
     };
-    client.on('error', close);
-    upstream.on('error', close);
-    client.on('close', close);
-    upstream.on('close', close);
+    // a side whose both directions are done is closed; the pair is forgotten once both are
+    for (const s of [client, upstream]) {
+      s.on('finish', () => s.readableEnded && s.destroy());
+      s.on('end', () => s.writableFinished && s.destroy());
+      s.on('close', forget);
+    }
   }
 
   setRate(bytesPerSecond: number | null): void {
@@ -101,6 +117,19 @@ export class LinkProxy {
     this.resetAll();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
+}
+
+/** Resolves once `s` can take writes again, or is closed (listeners removed either way). */
+function drainedOrClosed(s: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      s.off('drain', done);
+      s.off('close', done);
+      resolve();
+    };
+    s.on('drain', done);
+    s.on('close', done);
+  });
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
