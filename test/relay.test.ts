@@ -9,7 +9,7 @@ import { collect, Prng, sqlDump } from './support/generate.js';
 import { exitOf, waitFor as waitUntil } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
-import { encodeFrame, Frame, FrameParser } from '../src/protocol/frames.js';
+import { encodeFrame, Frame, FrameParser, jsonOf, PROTOCOL_VERSION } from '../src/protocol/frames.js';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { KuraError } from '../src/errors.js';
 import { idsOf } from '../src/repository/chunklist.js';
@@ -17,7 +17,7 @@ import { packId } from '../src/repository/pack.js';
 import { listFetcher, readBlobs } from '../src/repository/reader.js';
 import { Repository } from '../src/repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds } from '../src/repository/snapshot.js';
-import { parseWant } from '../src/relay/transfer.js';
+import { parseWant, sendSnapshot } from '../src/relay/transfer.js';
 import type { VaultConnection } from '../src/relay/connection.js';
 
 const require = createRequire(import.meta.url);
@@ -320,12 +320,23 @@ test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills 
   const dataIds = [...idsOf(await snapshotChunkIds(snap, listFetcher(local)))];
   const hex = (ids: Buffer[]) => ids.map((i) => i.toString('hex')).sort();
   const want = async (conn: VaultConnection, payload: Buffer) => parseWant((await conn.request(Frame.WANT, payload, Frame.WANT_REPLY)).payload);
-  const putAll = async (conn: VaultConnection, ids: Buffer[], seq: number, damage = false) => {
+  // PUT_NEXT each blob, or (runs) PUT_RUN frames of up to 7 blobs
+  const putAll = async (conn: VaultConnection, ids: Buffer[], seq: number, damage = false, runs = false) => {
     const sum = new Blake3Hasher();
+    let run: Buffer[] = [];
+    const sendRun = async () => {
+      const head = Buffer.alloc(4 + 4 * run.length);
+      head.writeUInt32BE(run.length, 0);
+      run.forEach((b, i) => head.writeUInt32BE(b.length, 4 + 4 * i));
+      await conn.send(Frame.PUT_RUN, Buffer.concat([head, ...run]));
+      run = [];
+    };
     for await (const { blob } of readBlobs(local, ids, 'test')) {
       sum.update(blob);
-      await conn.send(Frame.PUT_NEXT, blob);
+      if (!runs) await conn.send(Frame.PUT_NEXT, blob);
+      else if (run.push(blob) === 7) await sendRun();
     }
+    if (run.length > 0) await sendRun();
     await conn.send(Frame.FLUSH, { seq, sum: damage ? '00'.repeat(32) : sum.digest('hex') });
     return conn.expect(Frame.FLUSHED);
   };
@@ -350,26 +361,47 @@ test('WANT names what a snapshot lacks (list blocks, then data), PUT_NEXT fills 
 
   const again = await vaultSession(vault, key.private);
   t.after(() => again.close());
+  assert.equal(again.protocol, PROTOCOL_VERSION);
   assert.equal((await want(again, bytes)).ids.length, lacking.ids.length, 'nothing of the damaged batch was stored');
-  await putAll(again, lacking.ids, 1);
+  // this time as PUT_RUN frames (protocol 3): several blobs in order under one header
+  const flushed = jsonOf<{ chunks: number }>(await putAll(again, lacking.ids, 1, false, true));
+  assert.equal(flushed.chunks, lacking.ids.length);
   assert.deepEqual(await want(again, Buffer.from(id, 'hex')), { ids: [], prefixes: [] });
   const committed = JSON.parse((await again.request(Frame.COMMIT, Buffer.from(id, 'hex'), Frame.COMMITTED)).payload.toString()) as { id: string };
   assert.equal(committed.id, id);
 
-  // PUT_NEXT with nothing asked for, and a WANT naming a snapshot this session was never sent
+  // PUT_NEXT or PUT_RUN with nothing asked for, a WANT naming a snapshot this session was never
+  // sent, a PUT_RUN whose lengths do not add up, and PUT_RUN in a protocol 2 session
   let oneBlob: Buffer = Buffer.alloc(0);
   for await (const { blob } of readBlobs(local, [dataIds[0]!], 'test')) oneBlob = blob;
-  for (const [what, frame] of [
+  const runOf = (lengths: number[], blobs: Buffer) => {
+    const head = Buffer.alloc(4 + 4 * lengths.length);
+    head.writeUInt32BE(lengths.length, 0);
+    lengths.forEach((l, i) => head.writeUInt32BE(l, 4 + 4 * i));
+    return Buffer.concat([head, blobs]);
+  };
+  const cases: Array<[string, [number, Buffer], boolean?, number?]> = [
     ['PUT_NEXT without WANT', [Frame.PUT_NEXT, oneBlob]],
+    ['PUT_RUN without WANT', [Frame.PUT_RUN, runOf([oneBlob.length], oneBlob)]],
     ['WANT by ID only', [Frame.WANT, Buffer.alloc(32, 7)]],
-  ] as Array<[string, [number, Buffer]]>) {
-    const c = await vaultSession(vault, key.private);
+    ['PUT_RUN whose lengths do not add up', [Frame.PUT_RUN, runOf([oneBlob.length, 5], oneBlob)], true],
+    ['PUT_RUN of a huge count', [Frame.PUT_RUN, runOf([oneBlob.length], oneBlob).fill(0xff, 0, 4)], true],
+    ['PUT_RUN in a protocol 2 session', [Frame.PUT_RUN, runOf([oneBlob.length], oneBlob)], true, 2],
+  ];
+  for (const [what, frame, afterWant, protocol] of cases) {
+    const c = await vaultSession(vault, key.private, 'city-a', protocol);
+    if (protocol) assert.equal(c.protocol, protocol, 'the vault speaks the version offered');
+    if (afterWant) await want(c, bytes);
     await c.send(frame[0], frame[1]);
     const e = await c.request(Frame.STATS, {}, Frame.STATS_REPLY).catch((err: Error) => err);
     c.close();
     assert.ok(e instanceof KuraError && e.code === 'E_PROTOCOL', `${what}: ${String(e)}`);
   }
-  await waitFor('the refusals to be audited', () => vault.audit().filter((e) => e.outcome === 'refused' && e.code === 'E_PROTOCOL').length >= 2, 10_000);
+  await waitFor('the refusals to be audited', () => vault.audit().filter((e) => e.outcome === 'refused' && e.code === 'E_PROTOCOL').length >= cases.length, 10_000);
+  // a newer client is answered with the vault's version
+  const newer = await vaultSession(vault, key.private, 'city-a', PROTOCOL_VERSION + 5);
+  assert.equal(newer.protocol, PROTOCOL_VERSION);
+  newer.close();
   assert.ok(vault.audit().some((e) => e.outcome === 'refused' && e.code === 'E_CHUNK_CORRUPT'));
   local.close();
   assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', id], { env })).stdout.equals(data));
@@ -403,6 +435,39 @@ test('a first send of more chunks than one WANT_REPLY names (65,536) goes in rou
   assert.ok(packs.length > 20, `${packs.length} packs`);
   for (const p of packs) assert.equal(packId(readFileSync(path.join(p.parentPath, p.name))), p.name);
   assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', b.id], { env })).stdout.equals(data));
+});
+
+test('a relay sends runs of blobs as PUT_RUN, and one blob per PUT_NEXT to a vault that speaks protocol 2; both commit and restore', async (t) => {
+  const { dir, key, vault, env, f } = await vaultAndFile(t, 3 * MiB, 1024);
+  const repoDir = path.join(dir, 'repo');
+  const sends: Array<{ protocol: number; id: string; data: Buffer }> = [];
+  for (const protocol of [2, PROTOCOL_VERSION]) {
+    const data = new Prng(protocol).bytes(3 * MiB);
+    writeFileSync(f, data);
+    const { id } = kuraJson<{ id: string }>(['backup', '--name', 'db', '--file', f], { env });
+    sends.push({ protocol, id, data });
+  }
+  const local = await Repository.open(repoDir, null);
+  t.after(() => local.close());
+  for (const s of sends) {
+    const conn = await vaultSession(vault, key.private, 'city-a', s.protocol);
+    assert.equal(conn.protocol, s.protocol);
+    const r = await sendSnapshot(local, conn, s.id, 256 << 10);
+    conn.close();
+    assert.equal(r.existed, false);
+    t.diagnostic(`protocol ${s.protocol}: ${r.missing} blobs, ${r.bytesOnWire} bytes on the wire for ${r.missingBytes} bytes of blobs`);
+    // PUT_NEXT costs 5 bytes a blob; PUT_RUN 4 bytes a blob plus 9 a run
+    const overhead = r.bytesOnWire - r.missingBytes;
+    assert.ok(overhead < r.missing * (s.protocol === 2 ? 6 : 5) + 64 * 1024, `${overhead} bytes of framing for ${r.missing} blobs`);
+  }
+  local.close();
+  await waitFor('both sessions to end', () => vault.audit().filter((e) => e.event === 'session-end').length === 2, 10_000);
+  const ends = vault.audit().filter((e) => e.event === 'session-end');
+  assert.equal(ends[0]!.putRuns, 0, 'protocol 2: PUT_NEXT only');
+  assert.ok(Number(ends[1]!.putRuns) > 0 && Number(ends[1]!.putRuns) < Number(ends[1]!.put) / 4, `protocol 3: ${String(ends[1]!.put)} blobs in ${String(ends[1]!.putRuns)} PUT_RUN frames`);
+  for (const s of sends) assert.ok((await kuraAsync(['restore', '--from', 'peer-dc', s.id], { env })).stdout.equals(s.data), `protocol ${s.protocol} send restores`);
+  const packs = readdirSync(path.join(vault.root, 'tenants', 'city-a', 'packs'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile() && !e.name.startsWith('.'));
+  for (const p of packs) assert.equal(packId(readFileSync(path.join(p.parentPath, p.name))), p.name);
 });
 
 test('a session asking what a snapshot lacks waits while another session is still receiving its data, and is not asked for what that one delivered', async (t) => {

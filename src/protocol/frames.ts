@@ -1,15 +1,16 @@
 import { KuraError } from '../errors.js';
 
 /**
- * The vault protocol, version 2: length-prefixed frames over one SSH channel (ssh2 exec, or
- * stdin/stdout under OpenSSH's command=). Version 2 adds WANT and PUT_NEXT (the vault works out
- * what a snapshot lacks from its chunk list); a vault still serves version 1 clients (HAS + PUT).
+ * The vault protocol, version 3: length-prefixed frames over one SSH channel (ssh2 exec, or
+ * stdin/stdout under OpenSSH's command=). Version 2 added WANT and PUT_NEXT (the vault works out
+ * what a snapshot lacks from its chunk list), version 3 PUT_RUN (several of those blobs in one
+ * frame, as they lie in a pack); a vault still serves version 1 and 2 clients.
  *
  *   u32 length (of type + payload) | u8 type | payload
  *
  * Requests are answered in order. Control payloads are JSON; bulk payloads are binary.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const OLDEST_PROTOCOL = 1;
 export const DEFAULT_MAX_FRAME = 16 << 20;
 
@@ -24,6 +25,7 @@ export const Frame = {
   WANT: 0x15, // the snapshot file, or the 32-byte ID of one this session already sent: what does it lack?
   WANT_REPLY: 0x16, // u32 n | n × 32-byte IDs | u32 m | m × 8-byte base prefixes
   PUT_NEXT: 0x17, // blob of the next ID of the last WANT_REPLY, in its order; no reply
+  PUT_RUN: 0x18, // u32 n | n × u32 blob length | the n blobs back to back: the next n of the last WANT_REPLY (version 3); no reply
   COMMIT: 0x20, // snapshot file bytes, or the 32-byte ID of one this session sent in WANT
   COMMITTED: 0x21, // JSON {id, existed}
   LIST: 0x30, // JSON {source?}

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { once } from 'node:events';
 import type { Client, ClientChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
-import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { DEFAULT_MAX_FRAME, Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { keepChannelWindow } from '../protocol/window.js';
 import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
@@ -25,6 +25,8 @@ export interface ConnectOptions {
   readyTimeoutMs: number;
   maxFrame?: number;
   limiter?: TokenBucket;
+  /** the protocol version offered in HELLO (default: this relay's newest) */
+  protocol?: number;
 }
 
 function pinToHex(pin: string): string | null {
@@ -45,6 +47,10 @@ export class VaultConnection {
   private failure: Error | null = null;
   session = '';
   role = '';
+  /** the protocol version the vault answered HELLO with (it may be older than this relay's) */
+  protocol = PROTOCOL_VERSION;
+  /** the largest frame the vault takes */
+  maxFrame = DEFAULT_MAX_FRAME;
   /** Settles (rejects) once when the link fails: every wait for the channel races it. */
   private readonly broken: Promise<never>;
   private breakNow: (e: Error) => void = () => {};
@@ -81,10 +87,16 @@ export class VaultConnection {
     for (const ep of endpoints) {
       try {
         const conn = await VaultConnection.connectOne(ep, opts);
-        const hello = await conn.request(Frame.HELLO, { protocol: PROTOCOL_VERSION, tenant: opts.tenant, client: 'kura' }, Frame.HELLO_OK);
-        const ok = jsonOf<{ session: string; role: string }>(hello);
+        const hello = await conn.request(Frame.HELLO, { protocol: opts.protocol ?? PROTOCOL_VERSION, tenant: opts.tenant, client: 'kura' }, Frame.HELLO_OK);
+        const ok = jsonOf<{ session: string; role: string; protocol?: number; maxFrame?: number }>(hello);
+        if (typeof ok.maxFrame === 'number' && ok.maxFrame > 0) conn.maxFrame = ok.maxFrame;
         conn.session = ok.session;
         conn.role = ok.role;
+        conn.protocol = ok.protocol ?? 1;
+        if (conn.protocol < 2) {
+          conn.close();
+          throw new KuraError('E_PROTOCOL', `the vault at ${ep.host}:${ep.port} speaks protocol version ${conn.protocol}; this relay needs 2 or later: upgrade the vault`);
+        }
         return conn;
       } catch (e) {
         const err = e as KuraError;
@@ -164,12 +176,17 @@ export class VaultConnection {
     return this.sendFrame(encodeFrame(type, payload));
   }
 
-  /** An already encoded frame (bulk senders build it in one allocation). */
-  async sendFrame(frame: Buffer): Promise<void> {
+  /** An already encoded frame, in one buffer or in parts written in order (a bulk payload is not copied). */
+  async sendFrame(frame: Buffer | readonly Buffer[]): Promise<void> {
     if (this.failure) throw this.failure;
-    await this.opts.limiter?.take(frame.length);
-    this.bytesOut += frame.length;
-    if (!this.channel.write(frame)) await Promise.race([once(this.channel, 'drain'), this.broken]);
+    const parts = Buffer.isBuffer(frame) ? [frame] : frame;
+    let length = 0;
+    for (const p of parts) length += p.length;
+    await this.opts.limiter?.take(length);
+    this.bytesOut += length;
+    let ok = true;
+    for (const p of parts) ok = this.channel.write(p);
+    if (!ok) await Promise.race([once(this.channel, 'drain'), this.broken]);
   }
 
   next(): Promise<RawFrame> {

@@ -65,6 +65,25 @@ export function listFetcher(repo: Repository): (ids: Buffer[], what: string) => 
 
 /** Like readBlobs, for chunks already located (sorted by pack and offset, they read in long runs). */
 export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  for await (const run of readRunsAt(repo, chunks, what)) {
+    let off = 0;
+    for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: run.bytes.subarray(off, (off += run.lengths[i]!)) };
+  }
+}
+
+/** A run of blobs of `ids` that lie back to back: `bytes` holds them in order, `lengths` says where each ends. */
+export interface BlobRun {
+  ids: Buffer[];
+  lengths: number[];
+  bytes: Buffer;
+}
+
+/** The stored blobs of `ids`, in order, as the runs they were read in (a sender can pass a run on whole). */
+export function readRuns(repo: Repository, ids: Iterable<Buffer>, what: string): AsyncGenerator<BlobRun> {
+  return readRunsAt(repo, located(repo, ids, what), what);
+}
+
+async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<BlobRun> {
   const groups = groupRuns(planRuns(chunks));
   // one run, read again chunk by chunk: a GC may have moved them since the run was planned
   const refetch = async (run: Run, bytes: Buffer | null): Promise<Buffer> => {
@@ -104,10 +123,7 @@ export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buff
   while (queue.length > 0) {
     const done = await queue.shift()!;
     fill();
-    for (const { run, bytes } of done) {
-      let off = 0;
-      for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: bytes.subarray(off, (off += run.lengths[i]!)) };
-    }
+    for (const { run, bytes } of done) yield { ids: run.ids, lengths: run.lengths, bytes };
   }
 }
 

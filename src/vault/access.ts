@@ -99,7 +99,7 @@ export function authorize(a: AuthAttempt, tenants: TenantRules): AuthDecision {
 
 /** Which protocol operations each role may use. */
 export const roleAllows: Record<Role, ReadonlySet<string>> = {
-  backup: new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'FLUSH', 'COMMIT', 'LIST', 'STATS']),
+  backup: new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'PUT_RUN', 'FLUSH', 'COMMIT', 'LIST', 'STATS']),
   restore: new Set(['LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS']),
-  'tenant-admin': new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'FLUSH', 'COMMIT', 'LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS', 'PROTECT']),
+  'tenant-admin': new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'PUT_RUN', 'FLUSH', 'COMMIT', 'LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS', 'PROTECT']),
 };

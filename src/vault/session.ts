@@ -51,7 +51,7 @@ export class VaultSession {
   private pendingNext = 0;
   private greeted = false;
   private closed = false;
-  private ops = { has: 0, present: 0, put: 0, putBytes: 0, commits: 0 };
+  private ops = { has: 0, present: 0, put: 0, putBytes: 0, putRuns: 0, commits: 0 };
   /** Pack writes run behind the frame loop, so receiving continues during fdatasync. */
   private flushing: Promise<void> = Promise.resolve();
   private flushFailure: unknown = null;
@@ -163,10 +163,11 @@ export class VaultSession {
     if (!this.greeted) {
       if (f.type !== Frame.HELLO) throw new KuraError('E_PROTOCOL', `expected HELLO, got ${frameName(f.type)}`);
       const h = jsonOf<{ protocol?: number; tenant?: string }>(f);
-      if (typeof h.protocol !== 'number' || h.protocol < OLDEST_PROTOCOL || h.protocol > PROTOCOL_VERSION) {
+      if (typeof h.protocol !== 'number' || !Number.isInteger(h.protocol) || h.protocol < OLDEST_PROTOCOL) {
         throw new KuraError('E_PROTOCOL', `protocol version ${h.protocol} is not supported (this vault speaks ${OLDEST_PROTOCOL} to ${PROTOCOL_VERSION}); upgrade the older side`);
       }
-      this.protocol = h.protocol;
+      // a newer client is answered with this vault's version, which it then speaks
+      this.protocol = Math.min(h.protocol, PROTOCOL_VERSION);
       if (h.tenant !== this.ctx.tenant) throw new KuraError('E_TENANT_MISMATCH', `session of tenant ${this.ctx.tenant} asked for tenant ${JSON.stringify(h.tenant)}`);
       this.greeted = true;
       return this.send(Frame.HELLO_OK, { protocol: this.protocol, tenant: this.ctx.tenant, role: this.ctx.role, session: this.id, maxFrame: this.ctx.maxFrame });
@@ -220,6 +221,25 @@ export class VaultSession {
         (this.batchSum ??= new Blake3Hasher()).update(blob);
         this.pendingNext++;
         return this.accept(id, blob);
+      }
+      case Frame.PUT_RUN: {
+        this.allow('PUT_RUN');
+        if (this.protocol < 3) throw new KuraError('E_PROTOCOL', 'PUT_RUN needs protocol version 3: say so in HELLO, or use PUT_NEXT');
+        const p = f.owned ? f.payload : Buffer.from(f.payload);
+        const n = p.length >= 4 ? p.readUInt32BE(0) : -1;
+        const start = 4 + 4 * n;
+        let total = 0;
+        for (let i = 0; i < n && start <= p.length; i++) total += p.readUInt32BE(4 + 4 * i);
+        if (n < 1 || start > p.length || start + total !== p.length) throw new KuraError('E_PROTOCOL', `a PUT_RUN frame whose blob lengths do not add up to its size (${p.length} bytes)`);
+        if (this.expectedAt + n > this.expected.length) throw new KuraError('E_PROTOCOL', `PUT_RUN beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
+        (this.batchSum ??= new Blake3Hasher()).update(p.subarray(start));
+        this.ops.putRuns++;
+        for (let i = 0, at = start; i < n; i++) {
+          const blob = p.subarray(at, (at += p.readUInt32BE(4 + 4 * i)));
+          this.pendingNext++;
+          this.accept(this.expected[this.expectedAt++]!, blob);
+        }
+        return;
       }
       case Frame.FLUSH: {
         this.allow('FLUSH');

@@ -103,10 +103,11 @@ export async function freePort(): Promise<number> {
 }
 
 /** A protocol session with `vault` as tenant city-a, straight to its port (no relay). */
-export function vaultSession(vault: VaultProcess, privateKeyFile: string, tenant = 'city-a'): Promise<VaultConnection> {
+export function vaultSession(vault: VaultProcess, privateKeyFile: string, tenant = 'city-a', protocol?: number): Promise<VaultConnection> {
   return VaultConnection.open([{ host: '127.0.0.1', port: vault.port, hostKeySha256: vault.hostKeySha256 }], {
     route: 'test',
     tenant,
+    protocol,
     privateKey: readFileSync(privateKeyFile),
     keepaliveMs: 5000,
     readyTimeoutMs: 5000,
