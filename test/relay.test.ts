@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -520,4 +520,65 @@ test('a session asking what a snapshot lacks waits while another session is stil
     data.slice(sentByFirst.length).map((i) => i.toString('hex')).sort(),
     'what the other session delivered is not asked for again',
   );
+});
+
+test('the business server is lost: a SQLite source shipped by the relay is rebuilt from the vault into a new database with an exported key file alone', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`);
+  t.after(() => vault.stop());
+  const file = path.join(dir, 'portal.sqlite');
+  const sources = `sources:\n  portal:\n    type: sqlite\n    path: ${file}\n    routes: [peer-dc]\n`;
+  const env = { KURA_CONFIG: agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private, extraTop: sources }) };
+  const db = new Database(file);
+  db.exec('CREATE TABLE residents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ward TEXT NOT NULL); CREATE TABLE notices (id INTEGER PRIMARY KEY, resident INTEGER NOT NULL, body TEXT NOT NULL)');
+  const add = db.prepare('INSERT INTO residents (name, ward) VALUES (?, ?)');
+  const note = db.prepare('INSERT INTO notices (resident, body) VALUES (?, ?)');
+  db.transaction(() => {
+    for (let i = 1; i <= 20_000; i++) {
+      add.run(`resident ${i}`, `ward ${i % 17}`);
+      if (i % 3 === 0) note.run(i, `notice for ${i} ${'・'.repeat(i % 40)}`);
+    }
+  })();
+  const contents = () => ({
+    residents: db.prepare('SELECT * FROM residents ORDER BY id').all(),
+    notices: db.prepare('SELECT * FROM notices ORDER BY id').all(),
+  });
+  const night1 = contents();
+  kuraOk(['repo', 'init'], { env });
+  type Job = { result: string; snapshot?: string; error?: { message: string } };
+  const run = async () => {
+    const r = await kuraAsync(['agent', 'run', '--json'], { env });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.out.trim()) as Job;
+  };
+  const first = await run();
+  db.exec("UPDATE residents SET ward = 'ward 99' WHERE id % 500 = 0; DELETE FROM notices WHERE id % 7 = 0");
+  const second = await run();
+  db.close();
+  assert.equal((await kuraAsync(['relay', 'once'], { env })).status, 0);
+
+  const keyFile = path.join(dir, 'portal.key');
+  kuraOk(['key', 'export', '--to', keyFile, '--raw'], { env });
+  rmSync(path.join(dir, 'repo'), { recursive: true, force: true });
+  rmSync(file);
+  const lostEnv = { ...env, KURA_PASSPHRASE: undefined };
+  const listed = await kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env: lostEnv });
+  assert.equal(listed.status, 0, listed.stderr);
+  assert.deepEqual((JSON.parse(listed.out) as Array<{ id: string }>).map((s) => s.id).sort(), [first.snapshot, second.snapshot].sort());
+  const target = path.join(dir, 'rebuilt.sqlite');
+  const r = await kuraAsync(['restore', '--from', 'peer-dc', first.snapshot!, '--key-file', keyFile, '--into', `sqlite:${target}`], { env: lostEnv });
+  assert.equal(r.status, 0, r.stderr);
+  const rebuilt = new Database(target, { readonly: true });
+  t.after(() => rebuilt.close());
+  assert.equal(rebuilt.pragma('integrity_check', { simple: true }), 'ok');
+  assert.deepEqual(
+    { residents: rebuilt.prepare('SELECT * FROM residents ORDER BY id').all(), notices: rebuilt.prepare('SELECT * FROM notices ORDER BY id').all() },
+    night1,
+    'the first night, table by table, as it was',
+  );
+  // a target that already holds tables is refused, as for a local restore
+  const again = await kuraAsync(['restore', '--from', 'peer-dc', second.snapshot!, '--key-file', keyFile, '--into', `sqlite:${target}`], { env: lostEnv });
+  assert.equal(again.status, 73, again.stderr);
+  assert.match(again.stderr, /E_TARGET_NOT_EMPTY/);
 });
