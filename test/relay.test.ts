@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -581,4 +581,46 @@ test('the business server is lost: a SQLite source shipped by the relay is rebui
   const again = await kuraAsync(['restore', '--from', 'peer-dc', second.snapshot!, '--key-file', keyFile, '--into', `sqlite:${target}`], { env: lostEnv });
   assert.equal(again.status, 73, again.stderr);
   assert.match(again.stderr, /E_TARGET_NOT_EMPTY/);
+});
+
+test('several routes send at the same time, each over its own link, and each vault restores the snapshot', async (t) => {
+  const dir = tempDir(t);
+  const key = sshKey(dir, 'relay');
+  const tenants = `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n`;
+  const ends = await Promise.all(
+    ['peer-dc', 'office'].map(async (name) => {
+      const own = path.join(dir, name);
+      mkdirSync(own);
+      const vault = await startVault(own, tenants);
+      t.after(() => vault.stop());
+      const link = await new LinkProxy(vault.port).start();
+      t.after(() => link.close());
+      link.setRate(2 * MiB);
+      return { name, vault, link };
+    }),
+  );
+  const [peer, office] = ends as [(typeof ends)[0], (typeof ends)[0]];
+  const officeRoute = `      office:\n        endpoints:\n          - { host: 127.0.0.1, port: ${office.link.port}, hostKeySha256: "${office.vault.hostKeySha256}" }\n        clientKey: ${key.private}\n`;
+  const env = { KURA_CONFIG: agentConfig(dir, { port: peer.link.port, hostKeySha256: peer.vault.hostKeySha256, key: key.private, extraRoute: officeRoute }) };
+  kuraOk(['repo', 'init'], { env });
+  const data = new Prng(7).bytes(4 * MiB);
+  const f = path.join(dir, 'dump.bin');
+  writeFileSync(f, data);
+  const { id } = kuraJson<{ id: string }>(['backup', '--name', 'db', '--file', f, '--route', 'peer-dc', '--route', 'office'], { env });
+  // at 2 MiB/s a link takes about two seconds: one route after the other never has both halfway
+  let both = 0;
+  const sampler = setInterval(() => {
+    if (ends.every((e) => e.link.bytesUp > MiB && e.link.bytesUp < 3 * MiB)) both++;
+  }, 50);
+  const r = await kuraAsync(['relay', 'once', '--json'], { env });
+  clearInterval(sampler);
+  assert.equal(r.status, 0, r.stderr);
+  const reports = r.out.trim().split('\n').map((l) => JSON.parse(l) as { route: string; sent: number });
+  assert.deepEqual(reports.map((x) => [x.route, x.sent]).sort(), [['office', 1], ['peer-dc', 1]]);
+  assert.ok(both >= 3, `both links were mid-transfer in ${both} samples`);
+  for (const e of ends) {
+    const out = await kuraAsync(['restore', '--from', e.name, id], { env });
+    assert.equal(out.status, 0, out.stderr);
+    assert.ok(out.stdout.equals(data), `${e.name} restores the snapshot`);
+  }
 });
