@@ -81,21 +81,17 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     missingBytes += blobBytes;
     if (inBatch >= batchBytes) await flush();
   };
-  // the blobs asked for, in order: whole runs as they lie in the packs go as PUT_RUN frames (no
-  // copy, one header), cut where a batch ends; a vault older than protocol 3 gets PUT_NEXT each
+  // the blobs asked for, in order: blobs that lie back to back in a pack go as one PUT_RUN frame
+  // (no copy, one header), cut where a batch ends or the vault's frame limit; alone, or to a
+  // vault older than protocol 3, a blob goes as PUT_NEXT
+  const perFrame = conn.protocol >= 3 ? Infinity : 1;
   const sendAsked = async (ids: Buffer[]) => {
-    if (conn.protocol < 3) {
-      for await (const { blob } of readBlobs(repo, ids, `snapshot ${snapshotId}`)) {
-        sum.update(blob);
-        await sendFrame(nextFrame(blob), blob.length);
-      }
-      return;
-    }
     for await (const run of readRuns(repo, ids, `snapshot ${snapshotId}`)) {
       for (let i = 0, off = 0; i < run.ids.length; ) {
-        let j = i;
-        let bytes = 0;
-        while (j < run.ids.length && (j === i || (inBatch + bytes < batchBytes && 9 + 4 * (j - i + 1) + bytes + run.lengths[j]! <= conn.maxFrame))) bytes += run.lengths[j++]!;
+        let j = i + 1;
+        let bytes = run.lengths[i]!;
+        const fits = () => j - i < perFrame && inBatch + bytes < batchBytes && 9 + 4 * (j - i + 1) + bytes + run.lengths[j]! <= conn.maxFrame;
+        while (j < run.ids.length && fits()) bytes += run.lengths[j++]!;
         const piece = run.bytes.subarray(off, off + bytes);
         sum.update(piece);
         await sendFrame(j - i === 1 ? nextFrame(piece) : runFrame(run.lengths.slice(i, j), piece), bytes, j - i);

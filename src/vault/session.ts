@@ -82,7 +82,6 @@ export class VaultSession {
     ctx.audit.write({ event: 'session-start', outcome: 'ok', tenant: ctx.tenant, session: this.id, role: ctx.role, ...ctx.peer });
     const queue: RawFrame[] = [];
     let wake: (() => void) | null = null;
-    let ended = false;
     let failure: KuraError | null = null;
     const consumed = keepChannelWindow(this.input);
     let others = liveSessions.get(ctx.repo);
@@ -103,7 +102,6 @@ export class VaultSession {
     const onEnd = () => {
       // until its last batches are durable, a new session must not be told they are missing
       this.inputEnded = true;
-      ended = true;
       if (parser.pending > 0 && !failure) failure = new KuraError('E_FRAME_TRUNCATED', `the channel closed inside a frame (${parser.pending} bytes of it arrived)`);
       wake?.();
     };
@@ -113,7 +111,7 @@ export class VaultSession {
     this.wakeLoop = () => wake?.();
     try {
       for (;;) {
-        if (queue.length === 0 && !failure && !ended && !this.stopping) await new Promise<void>((r) => (wake = r));
+        if (queue.length === 0 && !failure && !this.inputEnded && !this.stopping) await new Promise<void>((r) => (wake = r));
         wake = null;
         // the vault is stopping: what was fully received and flushed is durable; the client resends the rest
         if (this.stopping) break;
@@ -124,7 +122,7 @@ export class VaultSession {
           continue;
         }
         if (failure) throw failure;
-        if (ended) break;
+        if (this.inputEnded) break;
       }
       await this.drainFlushes();
       ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ...this.ops });
@@ -277,7 +275,8 @@ export class VaultSession {
       case Frame.COMMIT: {
         this.allow('COMMIT');
         await this.settle('COMMIT');
-        const { id, snap, bytes, complete } = this.announced(f.payload);
+        const announced = this.announced(f.payload);
+        const { id, snap, bytes, complete } = announced;
         // after a WANT that found nothing lacking, everything is leased to this session: no need
         // to read the chunk list again
         const missing = complete ? [] : await this.missingFor(snap);
@@ -285,7 +284,7 @@ export class VaultSession {
         const existed = !(await repo.store.putIfAbsent(snapshotName(id), bytes));
         await repo.store.sync();
         repo.catalogue.commitSnapshot(this.id, id, snap.header);
-        this.snapshotFiles.get(id)!.committed = true;
+        announced.committed = true;
         this.ops.commits++;
         this.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant: this.ctx.tenant, session: this.id, snapshot: id, source: snap.header.source, existed });
         return this.send(Frame.COMMITTED, { id, existed });
@@ -527,9 +526,9 @@ interface Announced {
   open: Buffer[];
   /** the last WANT found nothing lacking (all it found present is leased to this session) */
   complete: boolean;
+  /** this session committed it */
   committed: boolean;
 }
-
 
 function distinct(list: Buffer): Buffer[] {
   const seen = new Set<string>();
