@@ -2,15 +2,18 @@ import { createRequire } from 'node:module';
 
 /**
  * kura's native addon (native/kura_native.c, built by `npm run build` with node-gyp): FastCDC
- * boundaries of a whole segment in one call, and the keyed BLAKE3 IDs of its chunks in another.
- * Optional: without it (no C compiler where kura was installed, or KURA_NATIVE=0) the same
- * chunks and IDs are made in TypeScript, more slowly. The test suite compares the two.
+ * boundaries of a whole segment in one call, the keyed BLAKE3 IDs of its chunks in another, and
+ * zstd deltas against base chunks. Optional: without it (no C compiler where kura was installed,
+ * or KURA_NATIVE=0) the same chunks and IDs are made in TypeScript and deltas through zstd-napi,
+ * more slowly. The test suite compares the two.
  */
 export interface NativeAddon {
   /** Chunk boundaries of data[start..end) into `cuts` as (offset, length) pairs; returns how many. */
   cut(data: Uint8Array, start: number, end: number, final: boolean, min: number, avg: number, max: number, maskS: number, maskL: number, gear: Int32Array, cuts: Uint32Array): number;
   /** Keyed BLAKE3 IDs of `count` chunks given as (offset, length) pairs, 32 bytes each into `ids`. */
   hashChunks(data: Uint8Array, cuts: Uint32Array, count: number, key: Uint8Array, ids: Uint8Array): void;
+  /** One zstd frame of `src` against `dict` (a delta's bases, concatenated) as its prefix, decodable with `dict` as a raw dictionary; null if `dict` begins with zstd's dictionary magic. */
+  deltaCompress(src: Uint8Array, dict: Uint8Array, level: number): Buffer | null;
 }
 
 let cached: NativeAddon | null | undefined;

@@ -12,7 +12,7 @@ import { collect, sha256, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
-import { blobInfo, Compression } from '../src/crypto/blob.js';
+import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/crypto/blob.js';
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
@@ -213,4 +213,34 @@ test('agent sources store deltas by default; `delta: false` in a source stores i
   for (const [source, data] of [['deltas', nightsA[1]!], ['whole', nightsB[1]!]] as const) {
     assert.equal(sha256(kuraOk(['restore', second.get(source)!, '--to', '-'], { env }).stdout), sha256(data));
   }
+});
+
+test('a delta opens against its bases whatever their sizes; bases that begin with zstd\'s dictionary magic give no delta (the chunk is stored whole)', () => {
+  const keys = { dataKey: Buffer.alloc(32, 3), idKey: Buffer.alloc(32, 4) };
+  const sealer = new BlobSealer(keys.dataKey, 3);
+  const text = (n: number, salt: number) => Buffer.from(Array.from({ length: n }, (_, i) => `${i * 7919 + salt}\t佐藤\t${(i * 31) % 997}\tresident\n`).join(''));
+  for (const [what, size, bases] of [
+    ['4 KiB chunk, three 4 KiB bases', 4096, 3],
+    ['64 KiB chunk, three 64 KiB bases', 65536, 3],
+    ['256 KiB chunk, eight 256 KiB bases (2 MiB of dictionary)', 262144, 8],
+  ] as const) {
+    const old = text((size * bases) / 24, 0).subarray(0, size * bases);
+    const baseList = Array.from({ length: bases }, (_, i) => old.subarray(i * size, (i + 1) * size));
+    // the chunk: the middle of the old text with every 50th row changed
+    const plain = Buffer.from(old.subarray(Math.floor((size * bases) / 2) - size / 2, Math.floor((size * bases) / 2) + size / 2).toString('utf8').replace(/\t(\d)(\d\d)\tresident/g, (m, a: string, b: string) => (Number(b) % 50 === 0 ? `\t${a}${b}\tmoved` : m)));
+    const id = chunkId(keys.idKey, plain);
+    const baseIds = baseList.map((b) => chunkId(keys.idKey, b));
+    const blob = sealer.seal(plain, id, { ids: baseIds, plain: Buffer.concat(baseList) });
+    const info = blobInfo(blob)!;
+    assert.equal(info.compression, Compression.DELTA, `${what}: stored as a delta`);
+    assert.ok(blob.length < plain.length / 6, `${what}: the delta is small (${blob.length} of ${plain.length} bytes)`);
+    assert.ok(openBlob(blob, id, keys, baseList).equals(plain), `${what}: opens to the chunk`);
+  }
+  const magic = Buffer.concat([Buffer.from([0x37, 0xa4, 0x30, 0xec]), text(200, 1)]).subarray(0, 4096);
+  const plain = Buffer.from(magic);
+  plain[100] ^= 1;
+  const id = chunkId(keys.idKey, plain);
+  const blob = sealer.seal(plain, id, { ids: [chunkId(keys.idKey, magic)], plain: magic });
+  assert.notEqual(blobInfo(blob)!.compression, Compression.DELTA, 'no delta against a base that looks like a zstd dictionary');
+  assert.ok(openBlob(blob, id, keys).equals(plain));
 });

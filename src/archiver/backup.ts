@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { ChunkerParams } from '../chunker/fastcdc.js';
-import { ChunkPipeline, type Fillable } from '../chunker/pipeline.js';
+import { ChunkPipeline, type Fillable, type Segment } from '../chunker/pipeline.js';
 import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
@@ -69,12 +69,62 @@ interface Batch {
   offsets: number[];
   ids: Buffer[];
   keys: string[];
-  /** per chunk, the chunks of the previous generation it may be stored as a delta of (candidates) */
-  bases: Buffer[][];
+  /** per chunk, the chunks of the previous generation it may be stored as a delta of (their places in it) */
+  bases: number[][];
 }
 
 /** Neighbours either side of the chunk's estimated place in the previous generation, as bases. */
 const BASE_SPAN = 1;
+
+/**
+ * The catalogue rows of the previous generation's chunks, by place in its list, each looked up
+ * once (a heavy night asks for the same neighbours again and again), with pack names by number.
+ * Valid for one backup: it holds the lock that keeps GC from renumbering packs.
+ */
+class PreviousRows {
+  private readonly pack: Int32Array; // pack number; -1 not looked up, -2 not in the catalogue
+  private readonly offset: Float64Array;
+  private readonly stored: Int32Array;
+  private readonly plain: Int32Array;
+  private readonly names = new Map<number, string>();
+
+  constructor(
+    readonly previous: IdSet,
+    private readonly catalogue: Repository['catalogue'],
+  ) {
+    const n = previous.length;
+    this.pack = new Int32Array(n).fill(-1);
+    this.offset = new Float64Array(n);
+    this.stored = new Int32Array(n);
+    this.plain = new Int32Array(n);
+  }
+
+  private load(k: number): boolean {
+    if (this.pack[k] === -1) {
+      const r = this.catalogue.chunkRow(this.previous.idAt(k));
+      if (!r) this.pack[k] = -2;
+      else [this.pack[k], this.offset[k], this.stored[k], this.plain[k]] = r;
+    }
+    return this.pack[k]! >= 0;
+  }
+
+  /** Plaintext length of chunk k (1 if it is not in the catalogue: the walk still moves on). */
+  plainSize(k: number): number {
+    return this.load(k) ? Math.max(1, this.plain[k]!) : 1;
+  }
+
+  location(k: number): ChunkLocation | undefined {
+    if (!this.load(k)) return undefined;
+    const n = this.pack[k]!;
+    let name = this.names.get(n);
+    if (name === undefined) {
+      name = this.catalogue.packNameOf(n);
+      if (name === undefined) return undefined;
+      this.names.set(n, name);
+    }
+    return { pack: name, offset: this.offset[k]!, length: this.stored[k]! };
+  }
+}
 
 /**
  * Choose delta bases for new chunks. A new chunk's place in the previous generation is estimated
@@ -83,40 +133,28 @@ const BASE_SPAN = 1;
  * is itself a delta by its own bases, so a delta never needs more than one level to be opened).
  */
 class BaseChooser {
-  private readonly sizes: Int32Array;
   // the walk from the anchor through the previous generation: chunk `walkAt` starts `walkBytes` after it
   private walkAnchor = -1;
   private walkAt = 0;
   private walkBytes = 0;
 
-  constructor(
-    private readonly previous: IdSet,
-    private readonly catalogue: Repository['catalogue'],
-  ) {
-    this.sizes = new Int32Array(previous.length).fill(-1);
-  }
+  constructor(private readonly rows: PreviousRows) {}
 
-  private sizeAt(k: number): number {
-    let s = this.sizes[k]!;
-    if (s < 0) this.sizes[k] = s = Math.max(1, this.catalogue.plainSize(this.previous.idAt(k)));
-    return s;
-  }
-
-  /** Candidates for a new chunk starting `bytesAfter` bytes after the anchor (old chunk `anchorOld` starts there). */
-  choose(anchorOld: number, bytesAfter: number): Buffer[] {
+  /** Candidates (places in the previous generation) for a new chunk starting `bytesAfter` bytes after the anchor (old chunk `anchorOld` starts there). */
+  choose(anchorOld: number, bytesAfter: number): number[] {
     if (this.walkAnchor !== anchorOld || this.walkBytes > bytesAfter) {
       this.walkAnchor = anchorOld;
       this.walkAt = anchorOld;
       this.walkBytes = 0;
     }
-    const n = this.previous.length;
-    while (this.walkAt < n - 1 && this.walkBytes + this.sizeAt(this.walkAt) <= bytesAfter) this.walkBytes += this.sizeAt(this.walkAt++);
+    const n = this.rows.previous.length;
+    while (this.walkAt < n - 1 && this.walkBytes + this.rows.plainSize(this.walkAt) <= bytesAfter) this.walkBytes += this.rows.plainSize(this.walkAt++);
     const place = Math.min(this.walkAt, n - 1);
     // a chunk right after an unchanged one starts where its place does: the chunk before that
     // place is the unchanged one, no base
     const from = bytesAfter === 0 ? place : place - BASE_SPAN;
-    const out: Buffer[] = [];
-    for (let k = Math.max(0, from); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(this.previous.idAt(k));
+    const out: number[] = [];
+    for (let k = Math.max(0, from); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(k);
     return out;
   }
 }
@@ -129,43 +167,67 @@ class BaseChooser {
  */
 class BaseLocator {
   private readonly deltasOf = new Map<string, Map<number, Buffer[]> | null>();
+  /** the bases of candidates that are deltas, with their locations, by the delta's place */
+  private readonly ownBases = new Map<number, Array<{ id: Buffer; loc: ChunkLocation }> | null>();
 
-  constructor(private readonly repo: Repository) {}
+  constructor(
+    private readonly repo: Repository,
+    private readonly rows: PreviousRows,
+  ) {}
 
-  private basesOf(loc: ChunkLocation): Buffer[] | undefined {
+  private basesOf(k: number, loc: ChunkLocation): Array<{ id: Buffer; loc: ChunkLocation }> | null {
+    let own = this.ownBases.get(k);
+    if (own !== undefined) return own;
+    const catalogue = this.repo.catalogue;
     let d = this.deltasOf.get(loc.pack);
-    if (d === undefined) this.deltasOf.set(loc.pack, (d = this.repo.catalogue.packDeltas(loc.pack)));
-    return d?.get(loc.offset);
+    if (d === undefined) this.deltasOf.set(loc.pack, (d = catalogue.packDeltas(loc.pack)));
+    const prefixes = d?.get(loc.offset);
+    own = null;
+    if (prefixes) {
+      own = [];
+      for (const id of prefixes.flatMap((prefix) => catalogue.chunksWithPrefix(prefix))) {
+        const l = catalogue.location(id);
+        if (l) own.push({ id, loc: l });
+      }
+    }
+    this.ownBases.set(k, own);
+    return own;
   }
 
-  locate(candidates: Buffer[][]): SealBases | null {
-    const catalogue = this.repo.catalogue;
+  locate(candidates: number[][]): SealBases | null {
     const index = new Map<string, number>();
     const ids: Buffer[] = [];
     const located: ChunkLocation[] = [];
     const start = new Uint32Array(candidates.length + 1);
     const refs: number[] = [];
-    const intern = (id: Buffer, loc: ChunkLocation | undefined): number => {
-      const k = id.toString('base64');
-      let at = index.get(k);
+    const intern = (id: Buffer, loc: ChunkLocation): number => {
+      const key = id.toString('base64');
+      let at = index.get(key);
       if (at === undefined) {
-        if (!loc) return -1;
-        index.set(k, (at = ids.length));
+        index.set(key, (at = ids.length));
         ids.push(id);
         located.push(loc);
       }
       return at;
     };
+    const byPlace = new Map<number, number>(); // candidate place → its index in this batch's bases
     candidates.forEach((cands, i) => {
       const mine: number[] = [];
-      for (const c of cands) {
-        const loc = catalogue.location(c);
+      for (const k of cands) {
+        if (mine.length >= MAX_BASES) break;
+        const loc = this.rows.location(k);
         if (!loc) continue;
-        const own = this.basesOf(loc)?.flatMap((prefix) => catalogue.chunksWithPrefix(prefix));
-        for (const b of own ?? [c]) {
+        const own = this.basesOf(k, loc);
+        if (!own) {
+          let at = byPlace.get(k);
+          if (at === undefined) byPlace.set(k, (at = intern(this.rows.previous.idAt(k), loc)));
+          if (!mine.includes(at)) mine.push(at);
+          continue;
+        }
+        for (const b of own) {
           if (mine.length >= MAX_BASES) break;
-          const at = intern(b, own ? catalogue.location(b) : loc);
-          if (at >= 0 && !mine.includes(at)) mine.push(at);
+          const at = intern(b.id, b.loc);
+          if (!mine.includes(at)) mine.push(at);
         }
       }
       refs.push(...mine);
@@ -254,8 +316,9 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const ids = new ByteList();
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
   // deltas need a store the compression workers can read bases from (the local file system)
-  const chooser = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new BaseChooser(known, catalogue);
-  const locator = new BaseLocator(repo);
+  const rows = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new PreviousRows(known, catalogue);
+  const chooser = rows ? new BaseChooser(rows) : null;
+  const locator = rows ? new BaseLocator(repo, rows) : null;
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
   let anchorBytes = 0;
   let anchorOld = 0;
@@ -277,17 +340,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   let batch = newBatch();
   const ready: Batch[] = [];
 
-  const onChunk = (chunk: Buffer, id: Buffer) => {
-    ids.append(id);
-    chunkCount++;
-    const at = logicalBytes;
-    logicalBytes += chunk.length;
-    const old = known.indexOf(id);
-    if (old >= 0) {
-      anchorBytes = logicalBytes;
-      anchorOld = old + 1;
-      return;
-    }
+  /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
+  const onNewChunk = (chunk: Buffer, id: Buffer, at: number) => {
     const key = id.toString('base64');
     if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
     inFlightKeys.add(key);
@@ -303,6 +357,26 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     }
   };
 
+  const onSegment = (seg: Segment) => {
+    ids.append(seg.ids);
+    const { cuts, data } = seg;
+    const n = cuts.length / 2;
+    chunkCount += n;
+    for (let i = 0; i < n; i++) {
+      const at = logicalBytes;
+      logicalBytes += cuts[2 * i + 1]!;
+      // most chunks are last night's: one probe of the in-memory set, nothing allocated
+      const old = known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
+      if (old >= 0) {
+        anchorBytes = logicalBytes;
+        anchorOld = old + 1;
+        continue;
+      }
+      const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
+      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at);
+    }
+  };
+
   const commitRows = async () => {
     if (pendingRows.length === 0) return;
     const rows = pendingRows;
@@ -315,7 +389,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
-    const bases = chooser ? locator.locate(b.bases) : null;
+    const bases = locator ? locator.locate(b.bases) : null;
     const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built
@@ -350,7 +424,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
 
   try {
     // boundaries are found on the chunking thread while this one hashes the segment before
-    await pipeline.run(input, onChunk, async () => {
+    await pipeline.run(input, async (seg) => {
+      onSegment(seg);
       while (ready.length > 0) await dispatch(ready.shift()!);
     });
     if (batch.ids.length > 0) ready.push(batch);

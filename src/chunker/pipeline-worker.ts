@@ -4,8 +4,9 @@ import { nativeAddon, type NativeAddon } from '../native.js';
 import type { PipelineInit, PipelineMessage, PipelineReply } from './pipeline.js';
 
 /**
- * The chunking thread of ChunkPipeline (pipeline.ts): finds the chunk boundaries of each
- * segment while the main thread hashes the chunks of the segment before. The unfinished chunk
+ * The chunking thread of ChunkPipeline (pipeline.ts): finds the chunk boundaries of each segment
+ * while the main thread hashes and deduplicates the segment before; with the native addon it
+ * hashes a segment too when no other one waits to be cut. The unfinished chunk
  * of the segment before is copied into the carry area just in front of this segment's data, so
  * every chunk starts at a boundary and lies whole inside one segment. Boundaries come from the
  * native addon when it is built, else from FastCdc (the same cuts).
@@ -19,11 +20,18 @@ let cuts = new Uint32Array(0);
 let carry = Buffer.alloc(0);
 let carryLen = 0;
 let data: Buffer[] = [];
+let ids: Buffer[] = [];
+let idKey: Buffer = Buffer.alloc(0);
+let posted: Int32Array<ArrayBufferLike> = new Int32Array(1);
+let received = 0;
 
 parentPort!.on('message', (m: PipelineMessage) => {
   if ('init' in m) {
     const i = (init = m.init);
     data = i.data.map((s) => Buffer.from(s));
+    ids = i.ids.map((s) => Buffer.from(s));
+    idKey = Buffer.from(i.idKey);
+    posted = new Int32Array(i.posted);
     cuts = new Uint32Array(2 * i.maxChunks);
     carry = Buffer.allocUnsafe(i.params.maxSize);
     native = i.native ? nativeAddon() : null;
@@ -34,6 +42,7 @@ parentPort!.on('message', (m: PipelineMessage) => {
     } else cdc = new FastCdc(i.params, i.seed);
     return;
   }
+  received++;
   try {
     const seg = data[m.seg]!;
     const at = init!.dataAt;
@@ -45,9 +54,12 @@ parentPort!.on('message', (m: PipelineMessage) => {
     carryLen = end - done; // shorter than maxSize: a chunk is cut whenever that much is there
     if (carryLen > carry.length || (m.finish && carryLen > 0)) throw new Error(`chunking left ${carryLen} bytes uncut`);
     seg.copy(carry, 0, done, end);
-    parentPort!.postMessage({ seg: m.seg, cuts: cuts.slice(0, 2 * n) } satisfies PipelineReply);
+    // hash it here when no other segment waits to be cut: the main thread is the slower one then
+    const hashed = native !== null && Atomics.load(posted, 0) === received;
+    if (hashed) native!.hashChunks(seg, cuts, n, idKey, ids[m.seg]!);
+    parentPort!.postMessage({ seg: m.seg, cuts: cuts.slice(0, 2 * n), hashed } satisfies PipelineReply);
   } catch (e) {
-    parentPort!.postMessage({ seg: m.seg, cuts: new Uint32Array(0), error: (e as Error).message } satisfies PipelineReply);
+    parentPort!.postMessage({ seg: m.seg, cuts: new Uint32Array(0), hashed: false, error: (e as Error).message } satisfies PipelineReply);
   }
 });
 

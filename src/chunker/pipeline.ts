@@ -9,10 +9,16 @@ export interface PipelineInit {
   seed: Uint8Array;
   /** the segments: carry area (maxSize bytes) | data (SEGMENT bytes) */
   data: SharedArrayBuffer[];
+  /** per segment, the IDs of its chunks (32 bytes each), written by the native addon */
+  ids: SharedArrayBuffer[];
+  /** the key of chunk IDs (keyed BLAKE3) */
+  idKey: Uint8Array;
+  /** Int32Array(1): segments posted so far (the worker hashes only when none is waiting for it) */
+  posted: SharedArrayBuffer;
   /** where a segment's data starts */
   dataAt: number;
   maxChunks: number;
-  /** cut with the native addon */
+  /** cut and hash with the native addon (else cut in TypeScript, hashed on the main thread) */
   native: boolean;
 }
 
@@ -22,7 +28,18 @@ export interface PipelineReply {
   seg: number;
   /** (offset, length) pairs of the chunks completed in this segment, in order */
   cuts: Uint32Array;
+  /** the worker wrote the chunks' IDs too (else the main thread hashes them) */
+  hashed: boolean;
   error?: string;
+}
+
+/** One segment's chunks, valid during the onSegment call only. */
+export interface Segment {
+  /** the segment's buffer: chunk i is data[cuts[2i] .. cuts[2i] + cuts[2i+1]) */
+  data: Buffer;
+  cuts: Uint32Array;
+  /** chunk i's ID is ids[32i .. 32i + 32) */
+  ids: Buffer;
 }
 
 const SEGMENT = 4 << 20; // input bytes per segment
@@ -31,8 +48,11 @@ const SEGMENTS = 3; // one being read, one being cut, one being hashed
 /**
  * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
  * segments; a worker cuts one segment while this thread hashes and hands on the chunks of the
- * one before (with the native addon, one call each per segment). Same chunks and IDs as FastCdc
- * and keyed BLAKE3 on one thread, in order.
+ * one before and reads the next (with the native addon, one call each per segment). The hashing
+ * goes where there is time for it: the worker hashes a segment itself when no other segment is
+ * waiting to be cut (this thread is then the slower one: deduplication lookups, a heavy night);
+ * otherwise it leaves the hashing here. Same chunks and IDs as FastCdc and keyed BLAKE3 on one
+ * thread, in order.
  *
  * Construct it before the keys are known (the thread starts while the key is derived), then
  * `start()` with the parameters, the gear seed and the ID key.
@@ -40,9 +60,10 @@ const SEGMENTS = 3; // one being read, one being cut, one being hashed
 export class ChunkPipeline {
   private readonly worker: Worker;
   private readonly views: Buffer[] = [];
+  private readonly idViews: Buffer[] = [];
   private hasher: Blake3Hasher | null = null;
-  private idKey: Buffer | null = null;
-  private ids = Buffer.alloc(0); // the native addon's output, one segment's IDs
+  private idKey = Buffer.alloc(0);
+  private readonly posted = new Int32Array(new SharedArrayBuffer(4));
   private dataAt = 0;
   /** whether the native addon cuts and hashes (else TypeScript) */
   native = false;
@@ -72,13 +93,15 @@ export class ChunkPipeline {
     this.native = (opts.native ?? true) && nativeAddon() !== null;
     this.dataAt = params.maxSize;
     const maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2;
-    if (this.native) this.ids = Buffer.allocUnsafe(maxChunks * 32);
     const data: SharedArrayBuffer[] = [];
+    const ids: SharedArrayBuffer[] = [];
     for (let i = 0; i < SEGMENTS; i++) {
       data.push(new SharedArrayBuffer(this.dataAt + SEGMENT));
       this.views.push(Buffer.from(data[i]!));
+      ids.push(new SharedArrayBuffer(maxChunks * 32));
+      this.idViews.push(Buffer.from(ids[i]!));
     }
-    const init: PipelineInit = { params, seed: new Uint8Array(seed), data, dataAt: this.dataAt, maxChunks, native: this.native };
+    const init: PipelineInit = { params, seed: new Uint8Array(seed), data, ids, idKey: new Uint8Array(idKey), posted: this.posted.buffer as SharedArrayBuffer, dataAt: this.dataAt, maxChunks, native: this.native };
     this.worker.postMessage({ init } satisfies PipelineMessage);
   }
 
@@ -86,31 +109,30 @@ export class ChunkPipeline {
     if (this.failure) return Promise.reject(this.failure);
     const p = new Promise<PipelineReply>((resolve, reject) => this.replies.push({ resolve, reject }));
     p.catch(() => {}); // awaited in order by run(); a failed run leaves some never awaited
+    Atomics.add(this.posted, 0, 1);
     this.worker.postMessage({ seg, len, finish } satisfies PipelineMessage);
     return p;
   }
 
-  /** The IDs of a segment's chunks, in order. */
-  private *hashed(view: Buffer, cuts: Uint32Array): Generator<Buffer> {
-    const n = cuts.length / 2;
+  /** The IDs of a segment's chunks, hashed here. */
+  private hash(view: Buffer, cuts: Uint32Array, ids: Buffer): void {
     if (this.native) {
-      nativeAddon()!.hashChunks(view, cuts, n, this.idKey!, this.ids);
-      for (let i = 0; i < n; i++) yield Buffer.from(this.ids.subarray(i * 32, i * 32 + 32));
-    } else {
-      const h = this.hasher!;
-      for (let i = 0; i < n; i++) {
-        yield h.update(view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!)).digestBuffer();
-        h.reset();
-      }
+      nativeAddon()!.hashChunks(view, cuts, cuts.length / 2, this.idKey, ids);
+      return;
+    }
+    const h = this.hasher!;
+    for (let i = 0; i < cuts.length / 2; i++) {
+      ids.set(h.update(view.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!)).digestBuffer(), 32 * i);
+      h.reset();
     }
   }
 
   /**
-   * Cut and hash `input`; `onChunk` gets each chunk (valid during the call only) and its ID, in
-   * order. `afterSegment` runs between segments (the place for awaiting other work). An input
+   * Cut and hash `input`; `onSegment` gets the chunks and IDs of each segment in order (the next
+   * segment is read and cut while it runs, and not handed on before it has settled). An input
    * with a `fill` method (a file) is read straight into the segments; others are copied in.
    */
-  async run(input: AsyncIterable<Uint8Array> | Fillable, onChunk: (chunk: Buffer, id: Buffer) => void, afterSegment: () => Promise<void>): Promise<void> {
+  async run(input: AsyncIterable<Uint8Array> | Fillable, onSegment: (s: Segment) => void | Promise<void>): Promise<void> {
     if (!this.hasher) throw new Error('ChunkPipeline.start() first');
     const src = 'fill' in input ? input : copier(input);
     const free = this.views.map((_, i) => i);
@@ -118,13 +140,10 @@ export class ChunkPipeline {
     const consumeOldest = async () => {
       const r = await pending.shift()!;
       const view = this.views[r.seg]!;
-      let i = 0;
-      for (const id of this.hashed(view, r.cuts)) {
-        onChunk(view.subarray(r.cuts[2 * i]!, r.cuts[2 * i]! + r.cuts[2 * i + 1]!), id);
-        i++;
-      }
+      const ids = this.idViews[r.seg]!.subarray(0, (r.cuts.length / 2) * 32);
+      if (!r.hashed) this.hash(view, r.cuts, ids);
+      await onSegment({ data: view, cuts: r.cuts, ids });
       free.push(r.seg);
-      await afterSegment();
     };
     // one segment is read while the worker cuts the one before and this thread hashes the oldest
     let cur = free.shift()!;

@@ -69,8 +69,9 @@ export function registerBackup(program: Command): void {
         input = process.stdin;
         what = 'standard input';
       }
-      // the key derivation (scrypt, off the main thread) starts first: everything below overlaps it
-      const opening = openRepo(cmd, opts, 'required');
+      // the key derivation (scrypt, off the main thread) starts first: everything below overlaps
+      // it, and so does the backup's reading of the previous snapshot (backup() awaits the keys)
+      const opening = openRepo(cmd, opts, 'deferred');
       opening.catch(() => {}); // awaited below
       const { backup, SealPool, ChunkPipeline } = await import('../archiver/backup.js');
       let pool: InstanceType<typeof SealPool> | null = null;

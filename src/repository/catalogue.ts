@@ -135,6 +135,8 @@ export class Catalogue {
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
   private readonly plainStmt: Database.Statement<[Buffer], { plain_size: number }>;
   private readonly prefixStmt: Database.Statement<[Buffer, Buffer], Buffer>;
+  private readonly rowStmt: Database.Statement<[Buffer], [number, number, number, number]>;
+  private readonly packNameStmt: Database.Statement<[number], string>;
 
   constructor(readonly path: string) {
     try {
@@ -199,6 +201,8 @@ export class Catalogue {
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
     this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();
     this.plainStmt = this.db.prepare<[Buffer], { plain_size: number }>('SELECT plain_size FROM chunk_rows WHERE id = ?');
+    this.rowStmt = this.db.prepare<[Buffer], [number, number, number, number]>('SELECT pack, offset, stored_size, plain_size FROM chunk_rows WHERE id = ?').raw();
+    this.packNameStmt = this.db.prepare<[number], string>('SELECT name FROM packs WHERE n = ?').pluck();
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -355,6 +359,19 @@ export class Catalogue {
 
   location(id: Buffer): ChunkLocation | undefined {
     return this.locStmt.get(id);
+  }
+
+  /**
+   * A chunk's row with its pack by number: [pack number, offset, stored size, plain size]. The
+   * number names a pack only while no GC runs (GC can free a number for reuse): callers that
+   * keep numbers hold a lock that excludes GC, and name them with packNameOf.
+   */
+  chunkRow(id: Buffer): [number, number, number, number] | undefined {
+    return this.rowStmt.get(id);
+  }
+
+  packNameOf(n: number): string | undefined {
+    return this.packNameStmt.get(n);
   }
 
   addSnapshot(id: string, h: SnapshotHeader): void {

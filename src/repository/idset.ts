@@ -55,8 +55,13 @@ export class IdSet {
 
   /** Position of the first occurrence of `id` in the list, or -1. */
   indexOf(id: Buffer): number {
+    return this.indexAt(id, 0);
+  }
+
+  /** indexOf of the ID at ids[at .. at + 32) (a list of IDs, without slicing it). */
+  indexAt(ids: Buffer, at: number): number {
     if (this.size === 0) return -1;
-    id.copy(this.probeBytes, 0, 0, CHUNK_ID_BYTES);
+    ids.copy(this.probeBytes, 0, at, at + CHUNK_ID_BYTES);
     const s = this.find(this.probe, 0);
     return s < 0 ? -1 : this.slots[s]! - 1;
   }
