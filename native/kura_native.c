@@ -14,6 +14,16 @@
  * hashChunks(data, cuts, count, key, ids): the keyed BLAKE3 IDs of `count` chunks given as
  *   (offset, length) pairs, 32 bytes each into ids, hashed side by side (hash_batch).
  *
+ * hashPrefixed(prefix, data, cuts, count, ids): the (unkeyed) BLAKE3 hashes of prefix || chunk for
+ *   `count` chunks given as (offset, length) pairs, 32 bytes each into ids: the IDs of chunk list
+ *   blocks (repository/chunklist.ts), a few thousand a snapshot.
+ *
+ * sealBlob(key, header, id, nonce, body) -> Buffer: header || nonce || AES-256-GCM of body with
+ *   AAD header || id || the 16-byte tag: a chunk blob as format.md lays it out (crypto/blob.ts
+ *   decides header and body). openBody(key, blob, headerLength, id) -> Buffer | null: the body
+ *   of such a blob, null if it does not authenticate. OpenSSL is the one Node itself carries
+ *   (its symbols are the node executable's); one cipher context per thread, no object per blob.
+ *
  * deltaCompress(src, dict, level) -> Buffer | null: one zstd frame of src compressed against dict
  *   (the concatenated plaintexts of a delta's base chunks), decodable with dict as the dictionary
  *   of ZSTD_decompress_usingDict, as format.md's compression 2 says; null when dict begins with
@@ -31,6 +41,7 @@
 #include "blake3_impl.h"
 #define ZSTD_STATIC_LINKING_ONLY
 #include "zstd.h"
+#include <openssl/evp.h>
 
 /* Fetch argc arguments; false (with a JS exception pending) if there are not exactly that many. */
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *what) {
@@ -273,6 +284,39 @@ static napi_value hash_chunks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value hash_prefixed(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!args(env, info, 5, argv, "kura_native.hashPrefixed takes 5 arguments")) return NULL;
+  uint8_t *prefix, *data, *ids;
+  uint32_t *cuts;
+  size_t prefixLen, dataLen, idsLen, cutsLen;
+  uint32_t count;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&prefix, &prefixLen) || !typed(env, argv[1], napi_uint8_array, (void **)&data, &dataLen) ||
+      !typed(env, argv[2], napi_uint32_array, (void **)&cuts, &cutsLen) || !u32(env, argv[3], &count) || !typed(env, argv[4], napi_uint8_array, (void **)&ids, &idsLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.hashPrefixed: wrong argument types");
+    return NULL;
+  }
+  if ((size_t)count * 2 > cutsLen || (size_t)count * 32 > idsLen) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.hashPrefixed: argument out of range");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    if ((uint64_t)cuts[2 * i] + cuts[2 * i + 1] > dataLen) {
+      napi_throw_range_error(env, "E_NATIVE", "kura_native.hashPrefixed: chunk out of range");
+      return NULL;
+    }
+  }
+  blake3_hasher start;
+  blake3_hasher_init(&start);
+  blake3_hasher_update(&start, prefix, prefixLen);
+  for (uint32_t i = 0; i < count; i++) {
+    blake3_hasher h = start;
+    blake3_hasher_update(&h, data + cuts[2 * i], cuts[2 * i + 1]);
+    blake3_hasher_finalize(&h, ids + 32 * (size_t)i, 32);
+  }
+  return NULL;
+}
+
 /*
  * Deltas. zstd-napi can only load a dictionary for each delta the expensive way (a dictionary
  * object with tables sized for any input, built and copied per call: ~45 us a 4 KiB chunk against
@@ -285,28 +329,112 @@ static napi_value hash_chunks(napi_env env, napi_callback_info info) {
  */
 typedef struct {
   ZSTD_CCtx *cctx;
+  EVP_CIPHER_CTX *enc, *dec;
 } Instance;
 
 static void free_instance(napi_env env, void *data, void *hint) {
   (void)env, (void)hint;
   Instance *in = data;
   ZSTD_freeCCtx(in->cctx);
+  EVP_CIPHER_CTX_free(in->enc);
+  EVP_CIPHER_CTX_free(in->dec);
   free(in);
 }
 
-/* One compression context per thread (each worker thread has its own env). */
-static ZSTD_CCtx *cctx_of(napi_env env) {
+/* One compression and two cipher contexts per thread (each worker thread has its own env). */
+static Instance *instance_of(napi_env env) {
   Instance *in = NULL;
-  if (napi_get_instance_data(env, (void **)&in) == napi_ok && in) return in->cctx;
+  if (napi_get_instance_data(env, (void **)&in) == napi_ok && in) return in;
   in = calloc(1, sizeof *in);
   if (!in) return NULL;
   in->cctx = ZSTD_createCCtx();
-  if (!in->cctx || napi_set_instance_data(env, in, free_instance, NULL) != napi_ok) {
-    ZSTD_freeCCtx(in->cctx);
-    free(in);
+  in->enc = EVP_CIPHER_CTX_new();
+  in->dec = EVP_CIPHER_CTX_new();
+  if (!in->cctx || !in->enc || !in->dec || EVP_EncryptInit_ex(in->enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+      EVP_DecryptInit_ex(in->dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 || napi_set_instance_data(env, in, free_instance, NULL) != napi_ok) {
+    free_instance(env, in, NULL);
     return NULL;
   }
-  return in->cctx;
+  return in;
+}
+
+static ZSTD_CCtx *cctx_of(napi_env env) {
+  Instance *in = instance_of(env);
+  return in ? in->cctx : NULL;
+}
+
+#define GCM_NONCE 12
+#define GCM_TAG 16
+
+static napi_value seal_blob(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!args(env, info, 5, argv, "kura_native.sealBlob takes 5 arguments")) return NULL;
+  uint8_t *key, *header, *id, *nonce, *body;
+  size_t keyLen, headerLen, idLen, nonceLen, bodyLen;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&key, &keyLen) || !typed(env, argv[1], napi_uint8_array, (void **)&header, &headerLen) ||
+      !typed(env, argv[2], napi_uint8_array, (void **)&id, &idLen) || !typed(env, argv[3], napi_uint8_array, (void **)&nonce, &nonceLen) ||
+      !typed(env, argv[4], napi_uint8_array, (void **)&body, &bodyLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.sealBlob: wrong argument types");
+    return NULL;
+  }
+  if (keyLen != 32 || nonceLen != GCM_NONCE || bodyLen > INT32_MAX || headerLen > INT32_MAX) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.sealBlob: argument out of range");
+    return NULL;
+  }
+  Instance *in = instance_of(env);
+  napi_value buf;
+  uint8_t *out;
+  if (!in || napi_create_buffer(env, headerLen + GCM_NONCE + bodyLen + GCM_TAG, (void **)&out, &buf) != napi_ok) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.sealBlob: out of memory");
+    return NULL;
+  }
+  memcpy(out, header, headerLen);
+  memcpy(out + headerLen, nonce, GCM_NONCE);
+  uint8_t *ct = out + headerLen + GCM_NONCE;
+  int n = 0, m = 0;
+  if (EVP_EncryptInit_ex(in->enc, NULL, NULL, key, nonce) != 1 || EVP_EncryptUpdate(in->enc, NULL, &n, header, (int)headerLen) != 1 ||
+      EVP_EncryptUpdate(in->enc, NULL, &n, id, (int)idLen) != 1 || EVP_EncryptUpdate(in->enc, ct, &n, body, (int)bodyLen) != 1 ||
+      EVP_EncryptFinal_ex(in->enc, ct + n, &m) != 1 || (size_t)(n + m) != bodyLen ||
+      EVP_CIPHER_CTX_ctrl(in->enc, EVP_CTRL_GCM_GET_TAG, GCM_TAG, ct + bodyLen) != 1) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.sealBlob: encryption failed");
+    return NULL;
+  }
+  return buf;
+}
+
+static napi_value open_body(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!args(env, info, 4, argv, "kura_native.openBody takes 4 arguments")) return NULL;
+  uint8_t *key, *blob, *id;
+  size_t keyLen, blobLen, idLen;
+  uint32_t headerLen;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&key, &keyLen) || !typed(env, argv[1], napi_uint8_array, (void **)&blob, &blobLen) ||
+      !u32(env, argv[2], &headerLen) || !typed(env, argv[3], napi_uint8_array, (void **)&id, &idLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBody: wrong argument types");
+    return NULL;
+  }
+  if (keyLen != 32 || blobLen < (size_t)headerLen + GCM_NONCE + GCM_TAG || blobLen > INT32_MAX) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.openBody: argument out of range");
+    return NULL;
+  }
+  Instance *in = instance_of(env);
+  size_t bodyLen = blobLen - headerLen - GCM_NONCE - GCM_TAG;
+  napi_value buf;
+  uint8_t *out;
+  if (!in || napi_create_buffer(env, bodyLen, (void **)&out, &buf) != napi_ok) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.openBody: out of memory");
+    return NULL;
+  }
+  const uint8_t *nonce = blob + headerLen, *ct = nonce + GCM_NONCE;
+  uint8_t tag[GCM_TAG];
+  memcpy(tag, blob + blobLen - GCM_TAG, GCM_TAG);
+  int n = 0, m = 0;
+  bool ok = EVP_DecryptInit_ex(in->dec, NULL, NULL, key, nonce) == 1 && EVP_DecryptUpdate(in->dec, NULL, &n, blob, (int)headerLen) == 1 &&
+            EVP_DecryptUpdate(in->dec, NULL, &n, id, (int)idLen) == 1 && EVP_DecryptUpdate(in->dec, out, &n, ct, (int)bodyLen) == 1 &&
+            EVP_CIPHER_CTX_ctrl(in->dec, EVP_CTRL_GCM_SET_TAG, GCM_TAG, tag) == 1 && EVP_DecryptFinal_ex(in->dec, out + n, &m) == 1;
+  napi_value none;
+  if (!ok) return napi_get_null(env, &none) == napi_ok ? none : NULL;
+  return buf;
 }
 
 static bool zok(size_t r) { return !ZSTD_isError(r); }
@@ -364,6 +492,9 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "cut", NAPI_AUTO_LENGTH, cut, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "cut", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashChunks", NAPI_AUTO_LENGTH, hash_chunks, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashChunks", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hashPrefixed", NAPI_AUTO_LENGTH, hash_prefixed, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashPrefixed", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "sealBlob", NAPI_AUTO_LENGTH, seal_blob, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "sealBlob", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "openBody", NAPI_AUTO_LENGTH, open_body, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBody", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "deltaCompress", NAPI_AUTO_LENGTH, delta_compress, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "deltaCompress", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -12,6 +12,12 @@ export interface NativeAddon {
   cut(data: Uint8Array, start: number, end: number, final: boolean, min: number, avg: number, max: number, maskS: number, maskL: number, gear: Int32Array, cuts: Uint32Array): number;
   /** Keyed BLAKE3 IDs of `count` chunks given as (offset, length) pairs, 32 bytes each into `ids`. */
   hashChunks(data: Uint8Array, cuts: Uint32Array, count: number, key: Uint8Array, ids: Uint8Array): void;
+  /** BLAKE3 of prefix || chunk for `count` chunks given as (offset, length) pairs, 32 bytes each into `ids`. */
+  hashPrefixed(prefix: Uint8Array, data: Uint8Array, cuts: Uint32Array, count: number, ids: Uint8Array): void;
+  /** header || nonce || AES-256-GCM(body; AAD = header || id) || tag: a chunk blob. */
+  sealBlob(key: Uint8Array, header: Uint8Array, id: Uint8Array, nonce: Uint8Array, body: Uint8Array): Buffer;
+  /** The body of a blob sealed so (its header `headerLength` bytes long); null if it does not authenticate. */
+  openBody(key: Uint8Array, blob: Uint8Array, headerLength: number, id: Uint8Array): Buffer | null;
   /** One zstd frame of `src` against `dict` (a delta's bases, concatenated) as its prefix, decodable with `dict` as a raw dictionary; null if `dict` begins with zstd's dictionary magic. */
   deltaCompress(src: Uint8Array, dict: Uint8Array, level: number): Buffer | null;
 }

@@ -8,6 +8,7 @@ import { IdSet } from '../src/repository/idset.js';
 import { FileInput, ReadAhead } from '../src/archiver/input.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
 import path from 'node:path';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 
@@ -303,4 +304,39 @@ test('native hashChunks: keyed BLAKE3 of many chunks side by side equals one chu
     assert.equal(ids.subarray(32 * i, 32 * i + 32).toString('hex'), chunkId(key, data.subarray(cuts[2 * i]!, cuts[2 * i]! + len)).toString('hex'), `a chunk of ${len} bytes`);
   });
   assert.throws(() => n.hashChunks(data, Uint32Array.of(total, 10), 1, key, Buffer.alloc(32)), /out of range/);
+});
+
+test('native AES-256-GCM blobs: sealed natively they open with node:crypto, sealed with node:crypto they open natively; altered ones do not', (t) => {
+  const n = nativeAddon();
+  if (!n) {
+    if (process.env.CI === 'true') assert.fail('the native addon is required under CI=true');
+    t.skip('native addon not built here');
+    return;
+  }
+  const r = new Prng(31);
+  const key = r.bytes(32);
+  for (const size of [0, 1, 15, 16, 17, 4096, 100_000]) {
+    const header = r.bytes(1 + (size % 40));
+    const id = r.bytes(32);
+    const nonce = r.bytes(12);
+    const body = r.bytes(size);
+    const blob = n.sealBlob(key, header, id, nonce, body);
+    assert.equal(blob.length, header.length + 12 + size + 16);
+    assert.ok(blob.subarray(0, header.length).equals(header) && blob.subarray(header.length, header.length + 12).equals(nonce));
+    const d = createDecipheriv('aes-256-gcm', key, nonce);
+    d.setAAD(Buffer.concat([header, id]));
+    d.setAuthTag(blob.subarray(blob.length - 16));
+    assert.ok(Buffer.concat([d.update(blob.subarray(header.length + 12, blob.length - 16)), d.final()]).equals(body), `${size} bytes: node:crypto opens it`);
+    const c = createCipheriv('aes-256-gcm', key, nonce);
+    c.setAAD(Buffer.concat([header, id]));
+    const theirs = Buffer.concat([header, nonce, c.update(body), c.final(), c.getAuthTag()]);
+    assert.ok(theirs.equals(blob), `${size} bytes: the same bytes as node:crypto makes`);
+    assert.ok(n.openBody(key, theirs, header.length, id)!.equals(body), `${size} bytes: opens natively`);
+    const altered = Buffer.from(blob);
+    altered[header.length + 12 + Math.floor(size / 2)] ^= size > 0 ? 1 : 0;
+    altered[altered.length - 1] ^= size > 0 ? 0 : 1;
+    assert.equal(n.openBody(key, altered, header.length, id), null, `${size} bytes: an altered blob does not open`);
+    assert.equal(n.openBody(key, blob, header.length, Buffer.alloc(32)), null, `${size} bytes: not under another chunk's ID`);
+    assert.equal(n.openBody(r.bytes(32), blob, header.length, id), null, `${size} bytes: not with another key`);
+  }
 });

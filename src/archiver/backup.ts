@@ -5,8 +5,9 @@ import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
-import { buildListTree, LIST_BLOB_HEADER } from '../repository/chunklist.js';
+import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
+import { readCachedList, writeCachedList } from '../repository/list-cache.js';
 import { listFetcher, readBlobs } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
@@ -259,17 +260,29 @@ class BaseLocator {
  * the backup's lock; runBackup keeps it only if the snapshot is still there once the lock is
  * held (then no GC can have removed its chunks, and none can until the backup ends).
  */
-async function previousChunks(repo: Repository, source: string): Promise<{ id: string | null; set: IdSet }> {
-  const empty = { id: null, set: new IdSet(Buffer.alloc(0)) };
+async function previousChunks(repo: Repository, source: string): Promise<Previous & { id: string | null }> {
+  const empty = { id: null, ...NO_PREVIOUS };
   const last = repo.catalogue.snapshots({ source }).at(-1);
   if (!last) return empty;
   try {
     const snap = await repo.readSnapshot(last.id);
-    return { id: last.id, set: new IdSet(await snapshotChunkIds(snap, listFetcher(repo))) };
+    const cached = await readCachedList(repo.store.directWriteRoot(), snap);
+    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks) };
+    const blocks: Buffer[] = [];
+    const set = new IdSet(await snapshotChunkIds(snap, listFetcher(repo), (id) => blocks.push(id)));
+    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)) };
   } catch {
     return empty; // unreadable: every lookup goes to the catalogue, as without it
   }
 }
+
+/** The previous generation: its chunks in list order, and the blocks of its chunk list. */
+interface Previous {
+  set: IdSet;
+  blocks: IdSet;
+}
+
+const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)) };
 
 /**
  * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 → skip known chunks →
@@ -293,15 +306,15 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
   const pipeline = opts.pipeline ?? new ChunkPipeline();
   try {
     const prev = await previous;
-    const known = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev.set : new IdSet(Buffer.alloc(0));
-    return await runBackup(repo, input, opts, pipeline, known);
+    return await runBackup(repo, input, opts, pipeline, prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS);
   } finally {
     await pipeline.close();
     lock.release();
   }
 }
 
-async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline, known: IdSet): Promise<BackupResult> {
+async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline, previous: Previous): Promise<BackupResult> {
+  const known = previous.set;
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
   const keys = repo.keys;
@@ -362,11 +375,12 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     const { cuts, data } = seg;
     const n = cuts.length / 2;
     chunkCount += n;
+    const words = seg.ids.byteOffset % 4 === 0 ? new Int32Array(seg.ids.buffer, seg.ids.byteOffset, seg.ids.length / 4) : null;
     for (let i = 0; i < n; i++) {
       const at = logicalBytes;
       logicalBytes += cuts[2 * i + 1]!;
       // most chunks are last night's: one probe of the in-memory set, nothing allocated
-      const old = known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
+      const old = words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
       if (old >= 0) {
         anchorBytes = logicalBytes;
         anchorOld = old + 1;
@@ -445,11 +459,13 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   // the chunk list, cut into blocks stored like chunks: unchanged blocks are last night's
   const newBlocks: Array<{ id: Buffer; blob: Buffer }> = [];
   const seenBlocks = new Set<string>();
-  const tree = buildListTree(ids.bytes(), (id, blob) => {
+  const tree = buildListTree(ids.bytes(), (id, block) => {
+    // most blocks are last night's (stored: that snapshot is kept while this backup holds its lock)
+    if (previous.blocks.has(id)) return;
     const k = id.toString('base64');
     if (seenBlocks.has(k) || catalogue.hasChunk(id)) return;
     seenBlocks.add(k);
-    newBlocks.push({ id, blob });
+    newBlocks.push({ id: Buffer.from(id), blob: sealListBlock(block) });
   });
   if (newBlocks.length > 0) {
     const pack = await storePack(store, newBlocks);
@@ -480,6 +496,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     catalogue.addSnapshot(snap.id, header);
     for (const r of opts.routes ?? []) catalogue.enqueue(snap.id, r, header.source, header.endTime);
   })();
+  await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes());
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 

@@ -130,6 +130,8 @@ export class BlobSealer {
       this.nonceIdx = 0;
     }
     const nonce = this.nonces.subarray(this.nonceIdx * 12, ++this.nonceIdx * 12);
+    const native = nativeAddon();
+    if (native) return native.sealBlob(this.dataKey, header, id, nonce, body);
     const c = createCipheriv('aes-256-gcm', this.dataKey, nonce);
     c.setAAD(Buffer.concat([header, id]));
     const ct = c.update(body);
@@ -177,17 +179,24 @@ export function openBlob(blob: Buffer, id: Buffer, keys: { dataKey: Buffer; idKe
   const hex = id.toString('hex');
   const info = blobInfo(blob);
   if (!info || blob[0] !== BLOB_FORMAT) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: unknown blob format or truncated blob`, { chunk: hex });
-  const header = blob.subarray(0, info.headerLength);
-  const nonce = blob.subarray(info.headerLength, info.headerLength + 12);
-  const tag = blob.subarray(blob.length - 16);
-  const d = createDecipheriv('aes-256-gcm', keys.dataKey, nonce);
-  d.setAAD(Buffer.concat([header, id]));
-  d.setAuthTag(tag);
+  const native = nativeAddon();
   let body: Buffer;
-  try {
-    body = Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
-  } catch {
-    throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
+  if (native) {
+    const opened = blob.length >= info.headerLength + 28 ? native.openBody(keys.dataKey, blob, info.headerLength, id) : null;
+    if (!opened) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
+    body = opened;
+  } else {
+    const header = blob.subarray(0, info.headerLength);
+    const nonce = blob.subarray(info.headerLength, info.headerLength + 12);
+    const tag = blob.subarray(blob.length - 16);
+    const d = createDecipheriv('aes-256-gcm', keys.dataKey, nonce);
+    d.setAAD(Buffer.concat([header, id]));
+    d.setAuthTag(tag);
+    try {
+      body = Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
+    } catch {
+      throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
+    }
   }
   let plain: Buffer;
   if (info.compression === Compression.DELTA) {

@@ -1,6 +1,7 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import { KuraError } from '../errors.js';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { nativeAddon } from '../native.js';
 
 /**
  * A snapshot's chunk list, deduplicated between generations (snapshot format 2).
@@ -68,18 +69,28 @@ export function* splitIds(ids: Buffer): Generator<Buffer> {
   if (start < n) yield ids.subarray(start * CHUNK_ID_BYTES);
 }
 
-/** Cut the chunk list into levels of blocks; `emit` receives every block. */
-export function buildListTree(ids: Buffer, emit: (id: Buffer, blob: Buffer) => void): { top: Buffer; depth: number } {
+/**
+ * Cut the chunk list into levels of blocks; `emit` receives every block's ID and content (a view
+ * into the level, valid during the call; sealListBlock makes its blob). A level's blocks are
+ * hashed in one call to the native addon where it is built.
+ */
+export function buildListTree(ids: Buffer, emit: (id: Buffer, block: Buffer) => void): { top: Buffer; depth: number } {
   let level = ids;
   let depth = 0;
+  const native = nativeAddon();
   while (level.length / CHUNK_ID_BYTES > TOP_MAX_IDS) {
-    const next: Buffer[] = [];
-    for (const block of splitIds(level)) {
-      const id = listBlockId(block);
-      emit(id, sealListBlock(block));
-      next.push(id);
-    }
-    level = Buffer.concat(next);
+    const blocks = [...splitIds(level)];
+    const next = Buffer.allocUnsafe(blocks.length * CHUNK_ID_BYTES);
+    if (native) {
+      const cuts = new Uint32Array(blocks.length * 2);
+      blocks.forEach((b, i) => {
+        cuts[2 * i] = b.byteOffset - level.byteOffset;
+        cuts[2 * i + 1] = b.length;
+      });
+      native.hashPrefixed(DOMAIN, level, cuts, blocks.length, next);
+    } else blocks.forEach((b, i) => next.set(listBlockId(b), i * CHUNK_ID_BYTES));
+    blocks.forEach((b, i) => emit(next.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), b));
+    level = next;
     depth++;
   }
   return { top: level, depth };

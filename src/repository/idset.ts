@@ -66,6 +66,13 @@ export class IdSet {
     return s < 0 ? -1 : this.slots[s]! - 1;
   }
 
+  /** indexOf of the ID in words[at .. at + 8) (a list of IDs read as 32-bit words). */
+  indexAtWords(words: Int32Array, at: number): number {
+    if (this.size === 0) return -1;
+    const s = this.find(words, at);
+    return s < 0 ? -1 : this.slots[s]! - 1;
+  }
+
   /** Entries in the list, duplicates included. */
   get length(): number {
     return this.words.length / 8;
