@@ -310,3 +310,32 @@ test('a pack written from its parts (writev, hashed piece by piece) is byte for 
   assert.equal(stored.id, whole.id);
   assert.ok(readFileSync(path.join(dir, ...packName(stored.id).split('/'))).equals(whole.bytes), 'the file holds exactly the encoded pack');
 });
+
+test('the cached chunk list of the last snapshot is used only when it rebuilds that snapshot\'s list tree: a planted list that claims unstored chunks changes nothing', async (t) => {
+  const { dir, repo } = newRepo(t);
+  const night1 = await collect(sqlDump(5, 6 << 20));
+  const night2 = Buffer.from(night1.toString('latin1').replace(/\t(\d)(\d\d)\t/g, (m, a: string, b: string) => (Number(b) % 40 === 0 ? `\t${(Number(a) + 1) % 10}${b}\t` : m)), 'latin1');
+  const first = backupBytes(repo, dir, night1);
+  const cacheFile = path.join(repo, 'cache', 'lists', 'db');
+  const valid = readFileSync(cacheFile);
+  assert.equal(valid.length, 8 + 32 + first.chunks * 32, 'the cache holds the flat list of the last snapshot');
+  assert.equal(valid.subarray(8, 40).toString('hex'), first.id);
+  // the same night 2 in a copy: the chunks it needs that night 1 does not have
+  const copy = path.join(dir, 'copy');
+  (await import('node:fs')).cpSync(repo, copy, { recursive: true });
+  const inCopy = backupBytes(copy, dir, night2);
+  assert.ok(inCopy.newChunks > 0);
+  const night2List = readFileSync(path.join(copy, 'cache', 'lists', 'db')).subarray(40);
+  // plant night 2's chunk IDs as if they were night 1's list: trusted, they would all count as stored
+  writeFileSync(cacheFile, Buffer.concat([valid.subarray(0, 40), night2List.subarray(0, first.chunks * 32), Buffer.alloc(Math.max(0, first.chunks * 32 - night2List.length))]));
+  const second = backupBytes(repo, dir, night2);
+  assert.equal(second.newChunks, inCopy.newChunks, 'the planted list was not believed');
+  assert.ok(kuraOk(['restore', '--repo', repo, second.id]).stdout.equals(night2));
+  kuraOk(['check', '--repo', repo]);
+  // a missing or truncated cache: the list comes from the packs, with the same result
+  for (const damage of [() => rmSync(cacheFile), () => writeFileSync(cacheFile, readFileSync(cacheFile).subarray(0, 100))]) {
+    damage();
+    const again = backupBytes(repo, dir, night1);
+    assert.ok(again.newChunks <= 2, `night 1 again stores (almost) nothing new: ${again.newChunks}`);
+  }
+});
