@@ -16,7 +16,8 @@
  * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4);
  * --kura-compression sets kura's zstd level (default: the repository's, 3).
  * --stream also times the whole nightly job as it runs in production, export included:
- * `kura agent run` (kura runs pg_dump itself and reads its output as it comes) against
+ * `kura agent run` (kura runs pg_dump itself and reads its output as it comes; "kura-agent-stream")
+ * and `pg_dump | kura backup --stdin` ("kura-stdin-stream", the same shape as the peers') against
  * `pg_dump | borg create … -` and `pg_dump | restic backup --stdin` (tools "-stream").
  * The kura-ordered line is kura (first --kura-avg) on a dump in primary-key order, as the
  * postgres source writes it with `order: primary-key`, made from the same database state.
@@ -142,6 +143,7 @@ try {
   const agentRepo = path.join(streamDir, 'kura');
   const agentCfg = path.join(streamDir, 'kura.yaml');
   const pgPwFile = path.join(streamDir, 'pgpw');
+  const stdinRepo = path.join(streamDir, 'kura-stdin');
   const resticStream = path.join(streamDir, 'restic');
   const borgStream = path.join(streamDir, 'borg');
   if (STREAM) {
@@ -149,6 +151,7 @@ try {
     fs.writeFileSync(pgPwFile, pg.password + '\n', { mode: 0o600 });
     fs.writeFileSync(agentCfg, `repository:\n  path: ${agentRepo}\nsources:\n  juki:\n    type: postgres\n    uri: ${pg.uri('juki')}\n    passwordFile: ${pgPwFile}\n`);
     timed(process.execPath, [KURA, 'repo', 'init', '--config', agentCfg], kuraEnv);
+    timed(process.execPath, [KURA, 'repo', 'init', '--repo', stdinRepo], kuraEnv);
     timed('restic', ['-r', resticStream, 'init'], resticEnv);
     timed('borg', ['init', '--encryption=repokey', borgStream], borgEnv);
   }
@@ -211,6 +214,8 @@ try {
     if (STREAM) {
       let before = dirBytes(agentRepo);
       record(day, 'kura-agent-stream', timed(process.execPath, [KURA, 'agent', 'run', '--config', agentCfg], kuraEnv), before, agentRepo);
+      before = dirBytes(stdinRepo);
+      record(day, 'kura-stdin-stream', timed('bash', ['-o', 'pipefail', '-c', `${pgDumpCmd} | '${process.execPath}' '${KURA}' backup --repo '${stdinRepo}' --name juki --stdin --chunk-avg ${KURA_AVGS[0]}`], { ...kuraEnv, PGPASSWORD: pg.password }), before, stdinRepo);
       before = dirBytes(resticStream);
       record(day, 'restic-stream', timed('bash', ['-o', 'pipefail', '-c', `${pgDumpCmd} | restic -r ${resticStream} backup --host bench --stdin --stdin-filename juki.sql`], { ...resticEnv, PGPASSWORD: pg.password }), before, resticStream);
       before = dirBytes(borgStream);
@@ -231,6 +236,8 @@ try {
     const fastest = Math.min(...['restic-stream', 'borg-stream'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days));
     summary['kura-agent-stream-vs-fastest-peer-stream-seconds'] = +(k.seconds / k.days / fastest).toFixed(3);
     summary['kura-agent-stream-vs-restic-stream-bytes'] = +(k.bytes / totals.get('restic-stream')!.bytes).toFixed(3);
+    const ks = totals.get('kura-stdin-stream')!;
+    summary['kura-stdin-stream-vs-fastest-peer-stream-seconds'] = +(ks.seconds / ks.days / fastest).toFixed(3);
   }
   emit(summary);
 } finally {

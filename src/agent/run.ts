@@ -1,12 +1,11 @@
 import { hostname } from 'node:os';
 import { KuraError, isKuraError } from '../errors.js';
 import type { KuraConfig, SourceConfig } from '../config/schema.js';
-import { backup } from '../archiver/backup.js';
+import { backup, ChunkPipeline, SealPool } from '../archiver/backup.js';
 import { inputFailed, ReadAhead } from '../archiver/input.js';
 import type { Repository } from '../repository/repository.js';
-import { routesOf } from '../relay/relay.js';
-import { collectGarbage, type GcReport } from '../gc/gc.js';
-import { prune } from '../retention/prune.js';
+import { routesOf } from '../relay/routes.js';
+import type { GcReport } from '../gc/gc.js';
 import { log } from '../log.js';
 import { notify } from './notify.js';
 import { openSource } from './sources.js';
@@ -71,10 +70,15 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
   let ahead: ReadAhead | null = null;
   try {
     opened = await openSource(name, src, { signal: opts.signal });
-    // an export process starts now and runs while the backup gets ready (bounded read-ahead)
+    // an export process starts now and runs while the backup gets ready (bounded read-ahead),
+    // and so do the chunking and compression threads
     const stream = guard(opened.stream, name);
     if (opened.process) ahead = new ReadAhead(stream, READ_AHEAD_BYTES);
+    const pipeline = new ChunkPipeline();
+    const pool = new SealPool(null, repo.store.directWriteRoot());
     const res = await backup(repo, ahead ?? stream, {
+      pool,
+      pipeline,
       source: name,
       tenant,
       host: cfg.host ?? hostname(),
@@ -100,6 +104,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
   }
   if (result.result === 'ok' && src.retention) {
     try {
+      const { prune } = await import('../retention/prune.js');
       const p = await prune(repo, { policyFor: () => src.retention, now: new Date(), timeZone: cfg.timezone ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC', dryRun: false, keepUnsent: true, sources: [name] });
       result.pruned = p.removed;
     } catch (e) {
@@ -137,6 +142,7 @@ function withNextStep(err: KuraError, name: string): KuraError {
 /** After pruning: reclaim on-site space, unless a backup is running (then the next run does it). */
 export async function localGc(repo: Repository): Promise<GcReport | null> {
   try {
+    const { collectGarbage } = await import('../gc/gc.js');
     return await collectGarbage(repo, { mode: 'local' });
   } catch (e) {
     if (isKuraError(e) && e.code === 'E_LOCKED') {

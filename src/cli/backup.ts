@@ -80,7 +80,7 @@ export function registerBackup(program: Command): void {
       let tenant: string;
       try {
         if (opts.route.length > 0) {
-          const { routesOf } = await import('../relay/relay.js');
+          const { routesOf } = await import('../relay/routes.js');
           const known = routesOf(configOf(cmd).config);
           for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
         }

@@ -73,7 +73,7 @@ export function registerRouteControls(program: Command): void {
       .description(what)
       .argument('<route>', 'route name')
       .action(async (route: string, opts: RepoOptions, cmd: Command) => {
-        const { routesOf } = await import('../relay/relay.js');
+        const { routesOf } = await import('../relay/routes.js');
         if (!routesOf(configOf(cmd).config)[route]) throw new KuraError('E_CONFIG', `route "${route}" is not in modules.routing.routes`);
         const repo = await openRepo(cmd, opts, 'none');
         try {

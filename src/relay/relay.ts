@@ -1,6 +1,4 @@
 import { readFileSync } from 'node:fs';
-import type { z } from 'zod';
-import type { staticRoute } from '../modules/routing/static.js';
 import { KuraError, isKuraError } from '../errors.js';
 import { parseDuration } from '../config/duration.js';
 import type { KuraConfig } from '../config/schema.js';
@@ -11,7 +9,8 @@ import { TokenBucket, rateAt } from './bandwidth.js';
 import { VaultConnection } from './connection.js';
 import { sendSnapshot } from './transfer.js';
 
-export type StaticRoute = z.infer<typeof staticRoute>;
+import { routesOf, type StaticRoute } from './routes.js';
+export type { StaticRoute };
 
 export interface RouteReport {
   route: string;
@@ -25,11 +24,7 @@ export interface RouteReport {
 }
 
 /** The routes of the config (routing module `static`), by name. */
-export function routesOf(cfg: KuraConfig): Record<string, StaticRoute> {
-  const r = cfg.modules.routing as { type: string; routes?: Record<string, StaticRoute> };
-  if (r.type !== 'static') throw new KuraError('E_CONFIG', `routing module ${r.type} is not supported by this relay`);
-  return r.routes ?? {};
-}
+export { routesOf };
 
 /** Faults of the line (retry later) versus refusals that need an operator. */
 function isLineFault(e: unknown): boolean {

@@ -4,7 +4,7 @@ import { parseDuration } from '../config/duration.js';
 import type { KuraConfig } from '../config/schema.js';
 import { Frame, jsonOf } from '../protocol/frames.js';
 import { VaultConnection } from '../relay/connection.js';
-import { routesOf } from '../relay/relay.js';
+import { routesOf } from '../relay/routes.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
 
 const GET_BATCH = 64; // chunks per GET_CHUNKS request (two requests in flight)

@@ -1,6 +1,6 @@
 import { parseDuration } from '../config/duration.js';
 import type { KuraConfig } from '../config/schema.js';
-import { routesOf } from '../relay/relay.js';
+import { routesOf } from '../relay/routes.js';
 import type { Repository } from '../repository/repository.js';
 import { statusReport, type StatusReport } from './status.js';
 
