@@ -92,6 +92,8 @@ class PreviousRows {
   constructor(
     readonly previous: IdSet,
     private readonly catalogue: Repository['catalogue'],
+    /** the chunks' plaintext sizes from the list cache, if it had them (else asked of the catalogue) */
+    private readonly sizes: Uint32Array | null,
   ) {
     const n = previous.length;
     this.pack = new Int32Array(n).fill(-1);
@@ -111,6 +113,7 @@ class PreviousRows {
 
   /** Plaintext length of chunk k (1 if it is not in the catalogue: the walk still moves on). */
   plainSize(k: number): number {
+    if (this.sizes) return Math.max(1, this.sizes[k]!);
     return this.load(k) ? Math.max(1, this.plain[k]!) : 1;
   }
 
@@ -267,22 +270,23 @@ async function previousChunks(repo: Repository, source: string): Promise<Previou
   try {
     const snap = await repo.readSnapshot(last.id);
     const cached = await readCachedList(repo.store.directWriteRoot(), snap);
-    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks) };
+    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks), sizes: cached.sizes };
     const blocks: Buffer[] = [];
     const set = new IdSet(await snapshotChunkIds(snap, listFetcher(repo), (id) => blocks.push(id)));
-    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)) };
+    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)), sizes: null };
   } catch {
     return empty; // unreadable: every lookup goes to the catalogue, as without it
   }
 }
 
-/** The previous generation: its chunks in list order, and the blocks of its chunk list. */
+/** The previous generation: its chunks in list order, the blocks of its chunk list, and the chunks' sizes if known. */
 interface Previous {
   set: IdSet;
   blocks: IdSet;
+  sizes: Uint32Array | null;
 }
 
-const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)) };
+const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)), sizes: null };
 
 /**
  * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 → skip known chunks →
@@ -327,9 +331,10 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const catalogue = repo.catalogue;
 
   const ids = new ByteList();
+  const sizes = new ByteList(); // the chunks' plaintext sizes, u32 each (for the list cache)
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
   // deltas need a store the compression workers can read bases from (the local file system)
-  const rows = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new PreviousRows(known, catalogue);
+  const rows = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new PreviousRows(known, catalogue, previous.sizes && previous.sizes.length === known.length ? previous.sizes : null);
   const chooser = rows ? new BaseChooser(rows) : null;
   const locator = rows ? new BaseLocator(repo, rows) : null;
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
@@ -374,6 +379,9 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     ids.append(seg.ids);
     const { cuts, data } = seg;
     const n = cuts.length / 2;
+    const lengths = new Uint32Array(n);
+    for (let i = 0; i < n; i++) lengths[i] = cuts[2 * i + 1]!;
+    sizes.append(Buffer.from(lengths.buffer));
     chunkCount += n;
     const words = seg.ids.byteOffset % 4 === 0 ? new Int32Array(seg.ids.buffer, seg.ids.byteOffset, seg.ids.length / 4) : null;
     for (let i = 0; i < n; i++) {
@@ -496,7 +504,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     catalogue.addSnapshot(snap.id, header);
     for (const r of opts.routes ?? []) catalogue.enqueue(snap.id, r, header.source, header.endTime);
   })();
-  await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes());
+  const sizeBytes = sizes.bytes();
+  await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes(), new Uint32Array(sizeBytes.buffer.slice(sizeBytes.byteOffset, sizeBytes.byteOffset + sizeBytes.length)));
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 

@@ -1,5 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { blobInfo, BlobSealer, CHUNK_ID_BYTES, Compression, openBlob } from '../crypto/blob.js';
+import { blobInfo, BlobSealer, CHUNK_ID_BYTES, Compression, openBaseInto } from '../crypto/blob.js';
 import { encodePack } from '../repository/pack.js';
 import { packName } from '../store/backend.js';
 import { getRangesSync, putObjectSync } from '../store/fs/index.js';
@@ -96,29 +96,38 @@ function baseBlobs(b: SealBases): Array<Buffer | undefined> {
 
 const GAP_READ = 16 << 10;
 
-/** Plaintexts of the batch's base chunks, opened on first use (undefined: unreadable or damaged). */
-function baseOpener(b: SealBases): (i: number) => Buffer | undefined {
+/**
+ * Plaintexts of the batch's base chunks, opened on first use into one buffer for the whole batch
+ * (undefined: unreadable or damaged), and the dictionary of a chunk's bases: a view of that
+ * buffer when they lie side by side there (neighbours in the previous generation usually do).
+ */
+function baseOpener(b: SealBases): { base: (i: number) => Buffer | undefined; dict: (refs: number[]) => Buffer } {
   const blobs = baseBlobs(b);
-  const opened: Array<Buffer | null | undefined> = [];
-  return (i) => {
-    let p = opened[i];
-    if (p === undefined) {
-      p = null;
+  const n = b.length.length;
+  const infos = blobs.map((blob) => (blob ? blobInfo(blob) : null));
+  const at = new Float64Array(n + 1);
+  for (let i = 0; i < n; i++) at[i + 1] = at[i]! + (infos[i] && infos[i]!.bases.length === 0 ? infos[i]!.plainLength : 0);
+  const arena = Buffer.allocUnsafe(at[n]!);
+  const state = new Uint8Array(n); // 0 not opened yet, 1 opened, 2 unusable
+  const base = (i: number): Buffer | undefined => {
+    if (state[i] === 0) {
+      state[i] = 2;
       const blob = blobs[i];
+      const info = infos[i];
       const id = Buffer.from(b.ids.buffer, b.ids.byteOffset + i * CHUNK_ID_BYTES, CHUNK_ID_BYTES);
-      // authenticated by its tag; not re-hashed: a base only shapes the delta, whose own
-      // restore re-hashes what it produces
-      if (blob && (blobInfo(blob)?.bases.length ?? 1) === 0) {
-        try {
-          p = openBlob(blob, id, keys!, undefined, { rehash: false });
-        } catch {
-          p = null; // damaged: kura check reports it
-        }
-      }
-      opened[i] = p;
+      // authenticated by its tag; not re-hashed: a base only shapes the delta, whose own restore
+      // re-hashes what it produces
+      if (blob && info && info.bases.length === 0 && openBaseInto(blob, id, keys!, info, arena.subarray(at[i]!, at[i + 1]!))) state[i] = 1;
     }
-    return p ?? undefined;
+    return state[i] === 1 ? arena.subarray(at[i]!, at[i + 1]!) : undefined;
   };
+  const dict = (refs: number[]): Buffer => {
+    let together = true;
+    for (let k = 1; k < refs.length; k++) if (refs[k] !== refs[k - 1]! + 1) together = false;
+    if (together) return arena.subarray(at[refs[0]!]!, at[refs.at(-1)! + 1]!);
+    return Buffer.concat(refs.map((r) => base(r)!));
+  };
+  return { base, dict };
 }
 
 parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
@@ -140,15 +149,15 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
     const baseCount = new Uint8Array(n);
     const usedBases: number[] = [];
     const b = req.bases;
-    const base = b ? baseOpener(b) : null;
+    const opener = b ? baseOpener(b) : null;
     for (let i = 0; i < n; i++) {
       idList[i] = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
       const plain = data.subarray(req.offsets[i]!, req.offsets[i + 1]!);
-      if (b && base && b.start[i + 1]! > b.start[i]!) {
+      if (b && opener && b.start[i + 1]! > b.start[i]!) {
         // the bases that could be opened, in order; the chunk's row records exactly these
-        const refs = [...b.refs.subarray(b.start[i]!, b.start[i + 1]!)].filter((r) => base(r) !== undefined);
+        const refs = [...b.refs.subarray(b.start[i]!, b.start[i + 1]!)].filter((r) => opener.base(r) !== undefined);
         const baseIds = refs.map((r) => b.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES));
-        const dict = refs.length === 0 ? null : refs.length === 1 ? base(refs[0]!)! : Buffer.concat(refs.map((r) => base(r)!));
+        const dict = refs.length === 0 ? null : opener.dict(refs);
         blobs[i] = sealer.seal(plain, idList[i]!, dict ? { ids: baseIds, plain: dict } : undefined);
         if (blobs[i]![1] === Compression.DELTA) {
           delta[i] = 1;

@@ -170,6 +170,40 @@ export function blobInfo(blob: Uint8Array): BlobInfo | null {
 
 const decompressor = new zstd.Decompressor();
 const deltaDctx = new binding.DCtx();
+const baseDctx = new binding.DCtx();
+
+/**
+ * Open a blob that is not a delta straight into `out` (exactly its plaintext length), without
+ * checking the plaintext's hash: for delta bases, which only shape a delta (the delta's own
+ * restore re-hashes what it produces). False if it does not authenticate or decompress.
+ */
+export function openBaseInto(blob: Buffer, id: Buffer, keys: { dataKey: Buffer }, info: BlobInfo, out: Buffer): boolean {
+  if (info.compression === Compression.DELTA || out.length !== info.plainLength || blob.length < info.headerLength + 28) return false;
+  const native = nativeAddon();
+  let body: Buffer | null;
+  if (native) body = native.openBody(keys.dataKey, blob, info.headerLength, id);
+  else {
+    const d = createDecipheriv('aes-256-gcm', keys.dataKey, blob.subarray(info.headerLength, info.headerLength + 12));
+    d.setAAD(Buffer.concat([blob.subarray(0, info.headerLength), id]));
+    d.setAuthTag(blob.subarray(blob.length - 16));
+    try {
+      body = Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
+    } catch {
+      body = null;
+    }
+  }
+  if (!body) return false;
+  if (info.compression === Compression.NONE) {
+    if (body.length !== out.length) return false;
+    out.set(body);
+    return true;
+  }
+  try {
+    return baseDctx.decompress(out, body) === out.length;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Decrypt, decompress and re-hash; any mismatch is E_CHUNK_CORRUPT naming the chunk. A delta
