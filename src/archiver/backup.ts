@@ -8,7 +8,7 @@ import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
 import { readCachedList, writeCachedList } from '../repository/list-cache.js';
-import { listFetcher, readBlobs } from '../repository/reader.js';
+import { listFetcher } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
@@ -133,7 +133,7 @@ class PreviousRows {
 /**
  * Choose delta bases for new chunks. A new chunk's place in the previous generation is estimated
  * by bytes from the last chunk both generations share (each unchanged chunk re-anchors it); the
- * chunk found there and its neighbours are the candidates (batchBases replaces a candidate that
+ * chunk found there and its neighbours are the candidates (BaseLocator replaces a candidate that
  * is itself a delta by its own bases, so a delta never needs more than one level to be opened).
  */
 class BaseChooser {

@@ -5,7 +5,7 @@ import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
-import { listFetcher, readBlobs } from '../repository/reader.js';
+import { listFetcher } from '../repository/reader.js';
 import { packName } from '../store/backend.js';
 import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
 

@@ -132,7 +132,6 @@ export class Catalogue {
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
-  private readonly plainStmt: Database.Statement<[Buffer], { plain_size: number }>;
   private readonly prefixStmt: Database.Statement<[Buffer, Buffer], Buffer>;
   private readonly rowStmt: Database.Statement<[Buffer], [number, number, number, number]>;
   private readonly packNameStmt: Database.Statement<[number], string>;
@@ -201,7 +200,6 @@ export class Catalogue {
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
     this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();
-    this.plainStmt = this.db.prepare<[Buffer], { plain_size: number }>('SELECT plain_size FROM chunk_rows WHERE id = ?');
     this.rowStmt = this.db.prepare<[Buffer], [number, number, number, number]>('SELECT pack, offset, stored_size, plain_size FROM chunk_rows WHERE id = ?').raw();
     this.packNameStmt = this.db.prepare<[number], string>('SELECT name FROM packs WHERE n = ?').pluck();
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
@@ -319,11 +317,6 @@ export class Catalogue {
       .prepare<[string], { bases: Buffer; deltas: Buffer }>('SELECT b.bases, b.deltas FROM pack_bases b JOIN packs p ON p.n = b.pack WHERE p.name = ?')
       .get(pack);
     return row ? packDeltas(row) : null;
-  }
-
-  /** Plaintext length of a stored chunk, or -1. */
-  plainSize(id: Buffer): number {
-    return this.plainStmt.get(id)?.plain_size ?? -1;
   }
 
   /** Every stored chunk whose ID starts with `prefix` (one, but for a 64-bit collision). */

@@ -11,7 +11,7 @@ import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds, snapshotIdOf, type DecodedSnapshot } from '../repository/snapshot.js';
 import { expandListTree, idsOf } from '../repository/chunklist.js';
 import { snapshotName } from '../store/backend.js';
-import { listFetcher, readBlobs, readChunk } from '../repository/reader.js';
+import { listFetcher, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
