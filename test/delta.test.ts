@@ -244,3 +244,27 @@ test('a delta opens against its bases whatever their sizes; bases that begin wit
   assert.notEqual(blobInfo(blob)!.compression, Compression.DELTA, 'no delta against a base that looks like a zstd dictionary');
   assert.ok(openBlob(blob, id, keys).equals(plain));
 });
+
+test('with and without the native addon (KURA_NATIVE=0) kura reads what the other wrote: deltas, blobs and cached chunk lists', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo, '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384']);
+  const nights = [await collect(sqlDump(9, 2 * MiB))];
+  nights.push(churn(nights[0]!, 35, 1), churn(churn(nights[0]!, 35, 1), 45, 3), churn(churn(churn(nights[0]!, 35, 1), 45, 3), 50, 5));
+  const withAddon = {};
+  const without = { KURA_NATIVE: '0' };
+  // nights alternate: each is a delta of the one before, made by the other implementation
+  const envs = [withAddon, without, withAddon, without];
+  const snaps = nights.map((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    return { ...kuraJson<{ id: string; newChunks: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', file], { env: envs[i] }), sha: sha256(data) };
+  });
+  for (const s of snaps.slice(1)) assert.ok((await blobKinds(repo, s.id)).deltas > 20, `snapshot ${s.id.slice(0, 8)} holds deltas`);
+  for (const env of [withAddon, without]) {
+    for (const s of snaps) assert.equal(sha256(kuraOk(['restore', '--repo', repo, s.id, '--to', '-'], { env }).stdout), s.sha, `${env === without ? 'without' : 'with'} the addon: ${s.id.slice(0, 8)} restores`);
+    assert.equal(kuraJson<{ ok: boolean }>(['check', '--repo', repo, '--read-data'], { env }).ok, true);
+  }
+  // an unchanged night again, each way: nothing new (the cached list and the dedup agree)
+  for (const env of [withAddon, without]) assert.ok(kuraJson<{ newChunks: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', path.join(dir, 'night3.sql')], { env }).newChunks <= 1);
+});
