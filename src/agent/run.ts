@@ -1,7 +1,6 @@
 import { hostname } from 'node:os';
 import { KuraError, isKuraError } from '../errors.js';
 import type { KuraConfig, SourceConfig } from '../config/schema.js';
-import { backup, ChunkPipeline, SealPool } from '../archiver/backup.js';
 import { inputFailed, ReadAhead } from '../archiver/input.js';
 import type { Repository } from '../repository/repository.js';
 import { routesOf } from '../relay/routes.js';
@@ -74,6 +73,8 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     // and so do the chunking and compression threads
     const stream = guard(opened.stream, name);
     if (opened.process) ahead = new ReadAhead(stream, READ_AHEAD_BYTES);
+    // the backup's code loads after the export has started
+    const { backup, ChunkPipeline, SealPool } = await import('../archiver/backup.js');
     const pipeline = new ChunkPipeline();
     const pool = new SealPool(null, repo.store.directWriteRoot());
     const res = await backup(repo, ahead ?? stream, {
