@@ -8,7 +8,7 @@ import { kura, kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame } from '../src/protocol/frames.js';
 import { KuraError } from '../src/errors.js';
-import { collect, sha256, sqlDump } from './support/generate.js';
+import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
@@ -267,4 +267,26 @@ test('with and without the native addon (KURA_NATIVE=0) kura reads what the othe
   }
   // an unchanged night again, each way: nothing new (the cached list and the dedup agree)
   for (const env of [withAddon, without]) assert.ok(kuraJson<{ newChunks: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', path.join(dir, 'night3.sql')], { env }).newChunks <= 1);
+});
+
+test('sealBest keeps the delta that costs least with its header: bases that add nothing are left out', () => {
+  const keys = { dataKey: Buffer.alloc(32, 5), idKey: Buffer.alloc(32, 6) };
+  const sealer = new BlobSealer(keys.dataKey, 3);
+  const rows = (salt: number) => Buffer.from(Array.from({ length: 200 }, (_, i) => `${i * 7919 + salt}\t鈴木\t${(i * 31) % 997}\tresident\n`).join('')).subarray(0, 4096);
+  const middle = rows(1);
+  const plain = Buffer.from(middle.toString('latin1').replace('resident', 'moved'), 'latin1');
+  const unrelated = [Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 2654435761) >>> 24)), Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 40503 + 7) >>> 9))];
+  const idOf = (b: Buffer) => chunkId(keys.idKey, b);
+  const id = idOf(plain);
+  const all = { ids: [idOf(unrelated[0]!), idOf(middle), idOf(unrelated[1]!)], plain: Buffer.concat([unrelated[0]!, middle, unrelated[1]!]) };
+  const one = { ids: [idOf(middle)], plain: middle };
+  const { blob, chosen } = sealer.sealBest(plain, id, [all, one]);
+  assert.equal(chosen, 1, 'the base that holds the chunk\'s old content alone');
+  assert.equal(blobInfo(blob)!.bases.length, 1);
+  assert.ok(openBlob(blob, id, keys, [middle]).equals(plain));
+  // and a chunk unlike any base is stored whole: chosen -1
+  const other = new Prng(77).bytes(4096);
+  const whole = sealer.sealBest(other, idOf(other), [all, one]);
+  assert.equal(whole.chosen, -1);
+  assert.notEqual(blobInfo(whole.blob)!.compression, Compression.DELTA);
 });

@@ -59,6 +59,12 @@ function startsWithDictMagic(b: Uint8Array): boolean {
 
 const NONCE_BATCH = 1024;
 
+/** Base chunks a chunk may be stored as a delta of: their IDs and their plaintexts, concatenated in that order. */
+export interface DeltaBase {
+  ids: readonly Uint8Array[];
+  plain: Uint8Array;
+}
+
 export class BlobSealer {
   private readonly compressor: InstanceType<typeof zstd.Compressor> | null;
   // random 96-bit nonces, drawn from the CSPRNG a thousand at a time (one call per nonce showed in profiles)
@@ -81,26 +87,35 @@ export class BlobSealer {
    * chunk is also compressed against them and stored as a delta when that saves at least a
    * tenth of the stored size; otherwise it is stored whole.
    */
-  seal(plain: Uint8Array, id: Uint8Array, base?: { ids: readonly Uint8Array[]; plain: Uint8Array }): Buffer {
+  seal(plain: Uint8Array, id: Uint8Array, base?: DeltaBase): Buffer {
+    return this.sealBest(plain, id, base ? [base] : []).blob;
+  }
+
+  /**
+   * Seal one chunk as the smallest of its deltas against each of `alternatives` (sets of bases,
+   * counting the 32 bytes each base adds to the blob's header), or whole if that is no smaller
+   * (as `seal`). `chosen` is the alternative the blob is a delta of, -1 if stored whole.
+   */
+  sealBest(plain: Uint8Array, id: Uint8Array, alternatives: readonly DeltaBase[]): { blob: Buffer; chosen: number } {
     let body: Uint8Array = plain;
     let compression: number = Compression.NONE;
     let baseIds: readonly Uint8Array[] = [];
     let delta: Buffer | null = null;
-    if (base && this.compressor && base.ids.length > 0 && base.ids.length <= MAX_BASES && base.plain.length > 0) {
-      const native = nativeAddon();
-      if (native) delta = native.deltaCompress(plain, base.plain, Math.max(this.level, DELTA_MIN_LEVEL));
-      else if (!startsWithDictMagic(base.plain)) {
-        if (!this.deltaCompressor) {
-          this.deltaCompressor = new zstd.Compressor();
-          this.deltaCompressor.setParameters({ compressionLevel: Math.max(this.level, DELTA_MIN_LEVEL) });
+    let chosen = -1;
+    if (this.compressor) {
+      alternatives.forEach((base, i) => {
+        if (base.ids.length === 0 || base.ids.length > MAX_BASES || base.plain.length === 0) return;
+        const d = this.deltaOf(plain, base.plain);
+        if (d && (!delta || d.length + CHUNK_ID_BYTES * base.ids.length < delta.length + CHUNK_ID_BYTES * alternatives[chosen]!.ids.length)) {
+          delta = d;
+          chosen = i;
         }
-        this.deltaCompressor.loadDictionary(base.plain);
-        delta = this.deltaCompressor.compress(plain);
-      }
+      });
     }
+    const base = chosen >= 0 ? alternatives[chosen] : undefined;
     // a delta under a sixth of the chunk is kept without trying the chunk alone (zstd does not
-    // shrink a dump's 4 KiB chunks that far): the common case costs one compression, not two
-    if (delta && delta.length * 6 < plain.length) {
+    // shrink a dump's 4 KiB chunks that far): the common case costs no compression more
+    if (delta && (delta as Buffer).length * 6 < plain.length) {
       body = delta;
       compression = Compression.DELTA;
       baseIds = base!.ids;
@@ -111,16 +126,34 @@ export class BlobSealer {
         body = z;
         compression = Compression.ZSTD;
       }
-      if (delta && delta.length + 1 + base!.ids.length * CHUNK_ID_BYTES < body.length * 0.9) {
+      if (delta && (delta as Buffer).length + 1 + base!.ids.length * CHUNK_ID_BYTES < body.length * 0.9) {
         body = delta;
         compression = Compression.DELTA;
         baseIds = base!.ids;
       }
     }
+    if (compression !== Compression.DELTA) chosen = -1;
+    return { blob: this.sealed(plain.length, id, compression, baseIds, body), chosen };
+  }
+
+  /** The chunk compressed against `dict` (null when it cannot be a delta of it). */
+  private deltaOf(plain: Uint8Array, dict: Uint8Array): Buffer | null {
+    const native = nativeAddon();
+    if (native) return native.deltaCompress(plain, dict, Math.max(this.level, DELTA_MIN_LEVEL));
+    if (startsWithDictMagic(dict)) return null;
+    if (!this.deltaCompressor) {
+      this.deltaCompressor = new zstd.Compressor();
+      this.deltaCompressor.setParameters({ compressionLevel: Math.max(this.level, DELTA_MIN_LEVEL) });
+    }
+    this.deltaCompressor.loadDictionary(dict);
+    return this.deltaCompressor.compress(plain);
+  }
+
+  private sealed(plainLength: number, id: Uint8Array, compression: number, baseIds: readonly Uint8Array[], body: Uint8Array): Buffer {
     const header = Buffer.allocUnsafe(headerLength(compression, baseIds.length));
     header[0] = BLOB_FORMAT;
     header[1] = compression;
-    header.writeUInt32LE(plain.length, 2);
+    header.writeUInt32LE(plainLength, 2);
     if (compression === Compression.DELTA) {
       header[BLOB_HEADER] = baseIds.length;
       baseIds.forEach((b, i) => header.set(b, BLOB_HEADER + 1 + i * CHUNK_ID_BYTES));
