@@ -165,6 +165,8 @@ export class Relay {
           });
           conns.set(tenant, conn);
           cat.setRouteState(name, { state: 'sending', lastError: null, attempts });
+          // paused while the line was being opened (it can take until the line comes back)
+          if (cat.routeControl(name).paused) continue;
         }
         const t0 = performance.now();
         const res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
