@@ -254,6 +254,24 @@ static bool hash_batch(const uint8_t *data, const uint32_t *cuts, uint32_t count
   return true;
 }
 
+/* count (offset, length) pairs within cuts, each within data, and count IDs within ids; else a RangeError naming fn. */
+static bool chunks_fit(napi_env env, const char *fn, const uint32_t *cuts, size_t cutsLen, uint32_t count, size_t dataLen, size_t idsLen) {
+  char msg[96];
+  if ((size_t)count * 2 > cutsLen || (size_t)count * 32 > idsLen) {
+    snprintf(msg, sizeof msg, "kura_native.%s: argument out of range", fn);
+    napi_throw_range_error(env, "E_NATIVE", msg);
+    return false;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    if ((uint64_t)cuts[2 * i] + cuts[2 * i + 1] > dataLen) {
+      snprintf(msg, sizeof msg, "kura_native.%s: chunk out of range", fn);
+      napi_throw_range_error(env, "E_NATIVE", msg);
+      return false;
+    }
+  }
+  return true;
+}
+
 static napi_value hash_chunks(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   if (!args(env, info, 5, argv, "kura_native.hashChunks takes 5 arguments")) return NULL;
@@ -267,16 +285,11 @@ static napi_value hash_chunks(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "E_NATIVE", "kura_native.hashChunks: wrong argument types");
     return NULL;
   }
-  if (keyLen != BLAKE3_KEY_LEN || (size_t)count * 2 > cutsLen || (size_t)count * 32 > idsLen) {
+  if (keyLen != BLAKE3_KEY_LEN) {
     napi_throw_range_error(env, "E_NATIVE", "kura_native.hashChunks: argument out of range");
     return NULL;
   }
-  for (uint32_t i = 0; i < count; i++) {
-    if ((uint64_t)cuts[2 * i] + cuts[2 * i + 1] > dataLen) {
-      napi_throw_range_error(env, "E_NATIVE", "kura_native.hashChunks: chunk out of range");
-      return NULL;
-    }
-  }
+  if (!chunks_fit(env, "hashChunks", cuts, cutsLen, count, dataLen, idsLen)) return NULL;
   if (count > 0 && !hash_batch(data, cuts, count, key, ids)) {
     napi_throw_error(env, "E_NATIVE", "kura_native.hashChunks: out of memory");
     return NULL;
@@ -296,16 +309,7 @@ static napi_value hash_prefixed(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "E_NATIVE", "kura_native.hashPrefixed: wrong argument types");
     return NULL;
   }
-  if ((size_t)count * 2 > cutsLen || (size_t)count * 32 > idsLen) {
-    napi_throw_range_error(env, "E_NATIVE", "kura_native.hashPrefixed: argument out of range");
-    return NULL;
-  }
-  for (uint32_t i = 0; i < count; i++) {
-    if ((uint64_t)cuts[2 * i] + cuts[2 * i + 1] > dataLen) {
-      napi_throw_range_error(env, "E_NATIVE", "kura_native.hashPrefixed: chunk out of range");
-      return NULL;
-    }
-  }
+  if (!chunks_fit(env, "hashPrefixed", cuts, cutsLen, count, dataLen, idsLen)) return NULL;
   blake3_hasher start;
   blake3_hasher_init(&start);
   blake3_hasher_update(&start, prefix, prefixLen);

@@ -277,13 +277,19 @@ test('ReadAhead: reads an export ahead, bounded, in order; errors arrive in plac
   assert.ok(stopped);
 });
 
-test('native hashChunks: keyed BLAKE3 of many chunks side by side equals one chunk at a time, at every length class', (t) => {
+/** The native addon; without it the test is skipped, except under CI=true where that fails. */
+function addonOrSkip(t: { skip: (why: string) => void }): ReturnType<typeof nativeAddon> {
   const n = nativeAddon();
   if (!n) {
     if (process.env.CI === 'true') assert.fail('the native addon is required under CI=true');
     t.skip('native addon not built here');
-    return;
   }
+  return n;
+}
+
+test('native hashChunks: keyed BLAKE3 of many chunks side by side equals one chunk at a time, at every length class', (t) => {
+  const n = addonOrSkip(t);
+  if (!n) return;
   const key = Buffer.alloc(32, 7);
   const r = new Prng(21);
   // around every BLAKE3 chunk (1 KiB) and block (64 B) edge up to the 16-chunk batch limit and past it
@@ -307,12 +313,8 @@ test('native hashChunks: keyed BLAKE3 of many chunks side by side equals one chu
 });
 
 test('native AES-256-GCM blobs: sealed natively they open with node:crypto, sealed with node:crypto they open natively; altered ones do not', (t) => {
-  const n = nativeAddon();
-  if (!n) {
-    if (process.env.CI === 'true') assert.fail('the native addon is required under CI=true');
-    t.skip('native addon not built here');
-    return;
-  }
+  const n = addonOrSkip(t);
+  if (!n) return;
   const r = new Prng(31);
   const key = r.bytes(32);
   for (const size of [0, 1, 15, 16, 17, 4096, 100_000]) {

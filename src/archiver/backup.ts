@@ -334,7 +334,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const sizes = new ByteList(); // the chunks' plaintext sizes, u32 each (for the list cache)
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
   // deltas need a store the compression workers can read bases from (the local file system)
-  const rows = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new PreviousRows(known, catalogue, previous.sizes && previous.sizes.length === known.length ? previous.sizes : null);
+  const rows = opts.delta === false || level <= 0 || known.length === 0 || !store.directWriteRoot() ? null : new PreviousRows(known, catalogue, previous.sizes);
   const chooser = rows ? new BaseChooser(rows) : null;
   const locator = rows ? new BaseLocator(repo, rows) : null;
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
@@ -504,8 +504,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     catalogue.addSnapshot(snap.id, header);
     for (const r of opts.routes ?? []) catalogue.enqueue(snap.id, r, header.source, header.endTime);
   })();
-  const sizeBytes = sizes.bytes();
-  await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes(), new Uint32Array(sizeBytes.buffer.slice(sizeBytes.byteOffset, sizeBytes.byteOffset + sizeBytes.length)));
+  await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes(), sizes.bytes());
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 

@@ -102,20 +102,21 @@ export class BlobSealer {
     let baseIds: readonly Uint8Array[] = [];
     let delta: Buffer | null = null;
     let chosen = -1;
-    if (this.compressor) {
-      alternatives.forEach((base, i) => {
-        if (base.ids.length === 0 || base.ids.length > MAX_BASES || base.plain.length === 0) return;
-        const d = this.deltaOf(plain, base.plain);
-        if (d && (!delta || d.length + CHUNK_ID_BYTES * base.ids.length < delta.length + CHUNK_ID_BYTES * alternatives[chosen]!.ids.length)) {
-          delta = d;
-          chosen = i;
-        }
-      });
+    // the smallest delta, counting the 32 header bytes of each base
+    const cost = (d: Buffer, base: DeltaBase) => d.length + CHUNK_ID_BYTES * base.ids.length;
+    for (let i = 0; this.compressor && i < alternatives.length; i++) {
+      const base = alternatives[i]!;
+      if (base.ids.length === 0 || base.ids.length > MAX_BASES || base.plain.length === 0) continue;
+      const d = this.deltaOf(plain, base.plain);
+      if (d && (!delta || cost(d, base) < cost(delta, alternatives[chosen]!))) {
+        delta = d;
+        chosen = i;
+      }
     }
     const base = chosen >= 0 ? alternatives[chosen] : undefined;
     // a delta under a sixth of the chunk is kept without trying the chunk alone (zstd does not
     // shrink a dump's 4 KiB chunks that far): the common case costs no compression more
-    if (delta && (delta as Buffer).length * 6 < plain.length) {
+    if (delta && delta.length * 6 < plain.length) {
       body = delta;
       compression = Compression.DELTA;
       baseIds = base!.ids;
@@ -126,7 +127,7 @@ export class BlobSealer {
         body = z;
         compression = Compression.ZSTD;
       }
-      if (delta && (delta as Buffer).length + 1 + base!.ids.length * CHUNK_ID_BYTES < body.length * 0.9) {
+      if (delta && delta.length + 1 + base!.ids.length * CHUNK_ID_BYTES < body.length * 0.9) {
         body = delta;
         compression = Compression.DELTA;
         baseIds = base!.ids;
@@ -205,26 +206,29 @@ const decompressor = new zstd.Decompressor();
 const deltaDctx = new binding.DCtx();
 const baseDctx = new binding.DCtx();
 
+/** The decrypted body of a blob, null if it is too short or does not authenticate. */
+function openBody(blob: Buffer, id: Buffer, dataKey: Buffer, info: BlobInfo): Buffer | null {
+  if (blob.length < info.headerLength + 28) return null;
+  const native = nativeAddon();
+  if (native) return native.openBody(dataKey, blob, info.headerLength, id);
+  const d = createDecipheriv('aes-256-gcm', dataKey, blob.subarray(info.headerLength, info.headerLength + 12));
+  d.setAAD(Buffer.concat([blob.subarray(0, info.headerLength), id]));
+  d.setAuthTag(blob.subarray(blob.length - 16));
+  try {
+    return Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Open a blob that is not a delta straight into `out` (exactly its plaintext length), without
  * checking the plaintext's hash: for delta bases, which only shape a delta (the delta's own
  * restore re-hashes what it produces). False if it does not authenticate or decompress.
  */
 export function openBaseInto(blob: Buffer, id: Buffer, keys: { dataKey: Buffer }, info: BlobInfo, out: Buffer): boolean {
-  if (info.compression === Compression.DELTA || out.length !== info.plainLength || blob.length < info.headerLength + 28) return false;
-  const native = nativeAddon();
-  let body: Buffer | null;
-  if (native) body = native.openBody(keys.dataKey, blob, info.headerLength, id);
-  else {
-    const d = createDecipheriv('aes-256-gcm', keys.dataKey, blob.subarray(info.headerLength, info.headerLength + 12));
-    d.setAAD(Buffer.concat([blob.subarray(0, info.headerLength), id]));
-    d.setAuthTag(blob.subarray(blob.length - 16));
-    try {
-      body = Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
-    } catch {
-      body = null;
-    }
-  }
+  if (info.compression === Compression.DELTA || out.length !== info.plainLength) return false;
+  const body = openBody(blob, id, keys.dataKey, info);
   if (!body) return false;
   if (info.compression === Compression.NONE) {
     if (body.length !== out.length) return false;
@@ -246,25 +250,8 @@ export function openBlob(blob: Buffer, id: Buffer, keys: { dataKey: Buffer; idKe
   const hex = id.toString('hex');
   const info = blobInfo(blob);
   if (!info || blob[0] !== BLOB_FORMAT) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: unknown blob format or truncated blob`, { chunk: hex });
-  const native = nativeAddon();
-  let body: Buffer;
-  if (native) {
-    const opened = blob.length >= info.headerLength + 28 ? native.openBody(keys.dataKey, blob, info.headerLength, id) : null;
-    if (!opened) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
-    body = opened;
-  } else {
-    const header = blob.subarray(0, info.headerLength);
-    const nonce = blob.subarray(info.headerLength, info.headerLength + 12);
-    const tag = blob.subarray(blob.length - 16);
-    const d = createDecipheriv('aes-256-gcm', keys.dataKey, nonce);
-    d.setAAD(Buffer.concat([header, id]));
-    d.setAuthTag(tag);
-    try {
-      body = Buffer.concat([d.update(blob.subarray(info.headerLength + 12, blob.length - 16)), d.final()]);
-    } catch {
-      throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
-    }
-  }
+  const body = openBody(blob, id, keys.dataKey, info);
+  if (!body) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: authentication failed (the blob was altered or damaged)`, { chunk: hex });
   let plain: Buffer;
   if (info.compression === Compression.DELTA) {
     if (!bases || bases.length !== info.bases.length) throw new Error(`chunk ${hex} is a delta: its ${info.bases.length} base chunk(s) are needed to open it`);

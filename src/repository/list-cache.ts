@@ -44,14 +44,14 @@ export async function readCachedList(root: string | null, snap: DecodedSnapshot)
   return { ids, blocks: Buffer.concat(blocks), sizes };
 }
 
-/** Keep `ids` (and the chunks' `sizes`) as the list of snapshot `id` of `source` (best effort: a cache that cannot be written is not an error). */
-export async function writeCachedList(root: string | null, source: string, id: string, ids: Buffer, sizes: Uint32Array): Promise<void> {
+/** Keep `ids` (and the chunks' `sizes`, u32 LE each) as the list of snapshot `id` of `source` (best effort: a cache that cannot be written is not an error). */
+export async function writeCachedList(root: string | null, source: string, id: string, ids: Buffer, sizes: Buffer): Promise<void> {
   if (!root) return;
   const file = fileOf(root, source);
   const tmp = `${file}.${process.pid}.tmp`;
   try {
     await fsp.mkdir(path.dirname(file), { recursive: true });
-    await fsp.writeFile(tmp, Buffer.concat([MAGIC, Buffer.from(id, 'hex'), ids, Buffer.from(sizes.buffer, sizes.byteOffset, sizes.byteLength)]));
+    await fsp.writeFile(tmp, Buffer.concat([MAGIC, Buffer.from(id, 'hex'), ids, sizes]));
     await fsp.rename(tmp, file);
   } catch {
     await fsp.rm(tmp, { force: true }).catch(() => {});
