@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { agentConfig, freePort, sshKey, startVault } from './support/vault.js';
@@ -12,6 +13,7 @@ interface Report {
   ok: boolean;
   routes: Array<{ route: string; state: string; queued: number; exposureSeconds: number; overTarget: boolean; lastError: string | null; paused: boolean }>;
   sources: Array<{ source: string; lastBackup: string | null }>;
+  exposure: Array<{ source: string; route: string | null; since: string; newestDelivered: string | null; exposureSeconds: number | null; overTarget: boolean }>;
 }
 
 test('status and /metrics show the backlog and RPO exposure grow while the line is down, and drain after; pause, retry and resume act on the running relay', async (t) => {
@@ -64,8 +66,16 @@ test('status and /metrics show the backlog and RPO exposure grow while the line 
 
   kuraOk(['relay', 'resume', 'peer-dc'], { env });
   await waitFor('the backlog to drain', async () => (await status()).report.routes[0]!.queued === 0);
+  // drained, yet the newest snapshot the vault holds is older than the 2 s target: still exposed
+  const drained = await status();
+  assert.equal(drained.code, 1, 'a drained route is not a fresh one: exposure runs from the newest delivered snapshot');
+  const row = drained.report.exposure.find((e) => e.source === 'juki' && e.route === 'peer-dc')!;
+  assert.equal(row.since, 'delivered');
+  const newest = kuraJson<Array<{ endTime: string }>>(['snapshots'], { env }).map((s) => s.endTime).sort().at(-1)!;
+  assert.equal(row.newestDelivered, newest);
+  writeFileSync(cfg, readFileSync(cfg, 'utf8').replace('rpo: 2s', 'rpo: 1h'));
   const up = await status();
-  assert.equal(up.code, 0);
+  assert.equal(up.code, 0, 'within a 1 h target');
   assert.equal(up.report.ok, true);
   await waitFor('metrics to show the drained backlog', async () => /kura_relay_backlog_snapshots\{route="peer-dc"\} 0/.test(await metrics()));
   assert.ok(/kura_relay_bytes_sent_total\{route="peer-dc"\} [1-9]/.test(await metrics()));
@@ -82,7 +92,7 @@ test('status and /metrics show the backlog and RPO exposure grow while the line 
   assert.match(vm, /kura_vault_refusals_total\{code="E_AUTH_DENIED",tenant=""\} [1-9]/);
 });
 
-test('statusReport: exposure is the age of the oldest unsent snapshot, against the target of its source', () => {
+test('statusReport: a route line shows its most overdue source; a 2-hour-old snapshot of a 1-hour source queued behind a 23-hour-old one of a 1-day source is over target', () => {
   const now = new Date('2026-11-23T12:00:00Z');
   const header = (source: string, endTime: string) => ({ tenant: 't', source, host: 'h', startTime: endTime, endTime, logicalBytes: 10, chunkCount: 1, newChunks: 1, newBytes: 7, parent: null, tags: [] });
   const r = statusReport(
@@ -90,27 +100,34 @@ test('statusReport: exposure is the age of the oldest unsent snapshot, against t
       routes: ['dc2', 'office'],
       routeStates: [],
       queued: [
-        { snapshot: 'a', route: 'dc2', source: 'juki', end_time: '2026-11-22T11:00:00Z' },
-        { snapshot: 'b', route: 'dc2', source: 'zei', end_time: '2026-11-23T11:00:00Z' },
+        { snapshot: 'a', route: 'dc2', source: 'juki', end_time: '2026-11-22T13:00:00Z' },
+        { snapshot: 'b', route: 'dc2', source: 'zei', end_time: '2026-11-23T10:00:00Z' },
       ],
       snapshots: [
-        { id: 'a', header: header('juki', '2026-11-22T11:00:00Z') },
-        { id: 'b', header: header('zei', '2026-11-23T11:00:00Z') },
+        { id: 'a', header: header('juki', '2026-11-22T13:00:00Z') },
+        { id: 'b', header: header('zei', '2026-11-23T10:00:00Z') },
       ],
-      rpoTarget: (_route, source) => (source === 'juki' ? 86400 : 3600),
+      sources: [
+        { source: 'juki', tenant: 't', rpoSeconds: 86400, routes: ['dc2'] },
+        { source: 'zei', tenant: 't', rpoSeconds: 3600, routes: ['dc2'] },
+      ],
+      delivered: new Map(),
+      defaultRpoSeconds: 86400,
     },
     now,
   );
   const dc2 = r.routes[0]!;
   assert.equal(dc2.queued, 2);
   assert.equal(dc2.queuedBytes, 14);
-  assert.equal(dc2.exposureSeconds, 25 * 3600);
-  assert.equal(dc2.rpoTargetSeconds, 86400);
+  assert.equal(dc2.worstSource, 'zei', 'the 1-hour source, 2 hours behind, is the worst, not the oldest entry');
+  assert.equal(dc2.exposureSeconds, 2 * 3600);
+  assert.equal(dc2.rpoTargetSeconds, 3600);
   assert.equal(dc2.overTarget, true);
-  assert.equal(r.routes[1]!.exposureSeconds, 0);
+  assert.deepEqual(r.exposure.map((e) => [e.source, e.route, e.exposureSeconds, e.overTarget]), [['juki', 'dc2', 23 * 3600, false], ['zei', 'dc2', 2 * 3600, true]]);
+  assert.equal(r.routes[1]!.exposureSeconds, 0, 'a route no source uses has nothing exposed');
   assert.equal(r.routes[1]!.overTarget, false);
   assert.equal(r.ok, false);
-  assert.deepEqual(r.sources.map((s) => [s.source, s.lastBackup]), [['juki', '2026-11-22T11:00:00Z'], ['zei', '2026-11-23T11:00:00Z']]);
+  assert.deepEqual(r.sources.map((s) => [s.source, s.lastBackup, s.overTarget]), [['juki', '2026-11-22T13:00:00Z', false], ['zei', '2026-11-23T10:00:00Z', true]]);
 });
 
 test('status fails when the last backup of a source failed, and recovers with the next good one', (t) => {

@@ -5,6 +5,9 @@ import type { KuraConfig } from '../config/schema.js';
 import type { Repository } from '../repository/repository.js';
 import { log } from '../log.js';
 import { localGc, runSource, selectSources, type SourceResult } from './run.js';
+import type { Notifier } from '../notify/notifier.js';
+import { startWatch } from '../notify/evaluate.js';
+import { maintenanceFailed } from '../notify/jobs.js';
 
 export interface DaemonEvent {
   source: string;
@@ -30,6 +33,7 @@ export class AgentDaemon {
     private readonly cfg: KuraConfig,
     private readonly emit: (e: DaemonEvent) => void,
     private readonly only?: string[],
+    private readonly notifier?: Notifier,
   ) {}
 
   /** The sources with a schedule; a config error when there are none. */
@@ -51,9 +55,13 @@ export class AgentDaemon {
           return;
         }
         const run = (async () => {
-          const r = await runSource(this.repo, this.cfg, name, src, { signal: this.abort.signal });
+          const r = await runSource(this.repo, this.cfg, name, src, { signal: this.abort.signal, notifier: this.notifier });
           this.emit(r as unknown as DaemonEvent);
-          if (r.pruned && !this.stopped) await localGc(this.repo).catch((e: Error) => lg.warn({ source: name, err: e.message }, 'on-site gc failed'));
+          if (r.pruned && !this.stopped)
+            await localGc(this.repo).catch((e: KuraError) => {
+              lg.warn({ source: name, err: e.message }, 'on-site gc failed');
+              this.notifier?.emit(maintenanceFailed('on-site gc', e, { tenant: src.tenant ?? this.cfg.tenant }));
+            });
         })()
           .catch((e: Error) => lg.error({ source: name, err: e.message }, 'agent run failed'))
           .finally(() => this.running.delete(name));
@@ -61,8 +69,12 @@ export class AgentDaemon {
       });
       this.tasks.push(task);
     }
-    this.repo.catalogue.heartbeat('agent');
-    const beat = setInterval(() => this.repo.catalogue.heartbeat('agent'), 5000);
+    if (this.notifier) {
+      this.notifier.start();
+      this.tasks.push(startWatch(this.repo, this.cfg, this.notifier));
+    }
+    this.repo.catalogue.ops.heartbeat('agent');
+    const beat = setInterval(() => this.repo.catalogue.ops.heartbeat('agent'), 5000);
     this.tasks.push({ stop: () => clearInterval(beat) });
     return chosen.map(([n]) => n);
   }

@@ -6,7 +6,8 @@ import type { Repository } from '../repository/repository.js';
 import { routesOf } from '../relay/routes.js';
 import type { GcReport } from '../gc/gc.js';
 import { log } from '../log.js';
-import { notify } from './notify.js';
+import type { Notifier } from '../notify/notifier.js';
+import { jobEvent, maintenanceFailed } from '../notify/jobs.js';
 import { openSource } from './sources.js';
 import { chunkerParamsForAverage, databaseChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 
@@ -51,7 +52,7 @@ export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array
  * result says what happened. A source already running elsewhere (another `agent run`, the
  * daemon) is reported as locked, not run twice.
  */
-export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined } = {}): Promise<SourceResult> {
+export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined } = {}): Promise<SourceResult> {
   const t0 = performance.now();
   const tenant = src.tenant ?? cfg.tenant;
   const base = { source: name, tenant, routes: src.routes };
@@ -63,7 +64,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     if (!isKuraError(e) || e.code !== 'E_LOCKED') throw e;
     return { ...base, result: 'locked', job: null, seconds: 0, error: { code: e.code, message: e.message } };
   }
-  const job = cat.startJob(name);
+  const job = cat.ops.startJob(name);
   let result: SourceResult;
   let opened: Awaited<ReturnType<typeof openSource>> | null = null;
   let ahead: ReadAhead | null = null;
@@ -91,12 +92,12 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
       chunker: chunkerFor(src),
     });
     const h = res.header;
-    cat.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
+    cat.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
     result = { ...base, result: 'ok', job, snapshot: res.id, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: res.seconds };
   } catch (e) {
     const err = withNextStep(isKuraError(e) ? e : new KuraError('E_INTERNAL', (e as Error).message), name);
     const stderr = opened?.stderr() ?? '';
-    cat.finishJob(job, { result: 'failed', errorCode: err.code, error: err.message + (stderr && !err.message.includes(stderr.slice(-200)) ? `\n--- export stderr ---\n${stderr.slice(-4000)}` : '') });
+    cat.ops.finishJob(job, { result: 'failed', errorCode: err.code, error: err.message + (stderr && !err.message.includes(stderr.slice(-200)) ? `\n--- export stderr ---\n${stderr.slice(-4000)}` : '') });
     result = { ...base, result: 'failed', job, seconds: (performance.now() - t0) / 1000, error: { code: err.code, message: err.message }, ...(stderr ? { stderr: stderr.slice(-4000) } : {}) };
   } finally {
     await ahead?.close();
@@ -110,22 +111,11 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
       result.pruned = p.removed;
     } catch (e) {
       log().warn({ source: name, err: (e as Error).message }, 'on-site retention failed; the backup itself succeeded');
+      opts.notifier?.emit(maintenanceFailed(`on-site retention of ${name}`, e as KuraError, { tenant, source: name }));
     }
   }
   log()[result.result === 'ok' ? 'info' : 'error']({ source: name, job, result: result.result, snapshot: result.snapshot, code: result.error?.code }, result.error?.message ?? 'backup done');
-  await notify(cfg, {
-    event: result.result === 'ok' ? 'backup.ok' : 'backup.failed',
-    host: cfg.host ?? hostname(),
-    tenant,
-    source: name,
-    job,
-    snapshot: result.snapshot,
-    logicalBytes: result.logicalBytes,
-    newBytes: result.newBytes,
-    seconds: result.seconds,
-    error: result.error,
-    time: new Date().toISOString(),
-  });
+  opts.notifier?.emit(jobEvent({ ...result, result: result.result === 'ok' ? 'ok' : 'failed', host: cfg.host ?? hostname(), stderr: result.stderr }));
   return result;
 }
 

@@ -502,7 +502,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   await store.sync();
   catalogue.db.transaction(() => {
     catalogue.addSnapshot(snap.id, header);
-    for (const r of opts.routes ?? []) catalogue.enqueue(snap.id, r, header.source, header.endTime);
+    for (const r of opts.routes ?? []) catalogue.ops.enqueue(snap.id, r, header.source, header.endTime);
   })();
   await writeCachedList(store.directWriteRoot(), opts.source, snap.id, ids.bytes(), sizes.bytes());
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };

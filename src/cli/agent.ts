@@ -35,9 +35,14 @@ export function registerAgent(program: Command): void {
     .action(async (opts: RepoOptions & { source?: string[]; json?: boolean }, cmd: Command) => {
       const cfg = configOf(cmd).config;
       const { selectSources, runSource, localGc } = await import('../agent/run.js');
+      const { evaluateRpo } = await import('../notify/evaluate.js');
+      const { maintenanceFailed } = await import('../notify/jobs.js');
       const chosen = selectSources(cfg, opts.source);
       // the first export starts while the key is still being derived
       const repo = await openRepo(cmd, opts, 'deferred');
+      const { Notifier } = await import('../notify/notifier.js');
+      const notifier = Notifier.fromConfig(cfg, 'agent', repo.root);
+      notifier.start();
       const results: SourceResult[] = [];
       // SIGTERM (systemd stop, a job scheduler's cancel): stop the running export, record its job
       // as failed (no snapshot), run nothing more
@@ -48,19 +53,32 @@ export function registerAgent(program: Command): void {
       try {
         for (const [name, src] of chosen) {
           if (abort.signal.aborted) break;
-          const r = await runSource(repo, cfg, name, src, { signal: abort.signal });
+          const r = await runSource(repo, cfg, name, src, { signal: abort.signal, notifier });
           results.push(r);
           printResult(r, opts.json);
           // a key that does not open the repository fails every source alike: say that, once
           await repo.keysReady;
         }
         if (results.some((r) => r.pruned)) {
-          const gc = await localGc(repo);
+          const gc = await localGc(repo).catch((e: KuraError) => {
+            notifier.emit(maintenanceFailed('on-site gc', e, { tenant: cfg.tenant }));
+            throw e;
+          });
           if (gc) log().info({ chunksRemoved: gc.chunksRemoved, bytesFreed: gc.bytesFreed }, 'on-site gc after retention');
         }
       } finally {
         process.off('SIGTERM', stop);
         process.off('SIGINT', stop);
+        // a cron-driven host has no daemon: judge RPO exposure here too, then let the mail go out
+        // before exiting (bounded by notifications.flushTimeout; what is left stays queued)
+        try {
+          evaluateRpo(repo, cfg, notifier);
+        } catch (e) {
+          log().warn({ err: (e as Error).message }, 'RPO evaluation for notifications failed');
+        }
+        const left = await notifier.flush();
+        if (left > 0) log().warn({ pending: left }, 'some notifications are not delivered yet; they stay queued and any later kura run, or the daemons, deliver them');
+        await notifier.close();
         repo.close();
       }
       const failed = results.filter((r) => r.result === 'failed');
@@ -79,11 +97,14 @@ export function registerAgent(program: Command): void {
       const { AgentDaemon } = await import('../agent/daemon.js');
       AgentDaemon.scheduled(cfg, opts.source); // config errors before anything opens
       const repo = await openRepo(cmd, opts, 'required');
-      const daemon = new AgentDaemon(repo, cfg, (e) => printJson(e), opts.source);
+      const { Notifier } = await import('../notify/notifier.js');
+      const notifier = Notifier.fromConfig(cfg, 'agent', repo.root);
+      const daemon = new AgentDaemon(repo, cfg, (e) => printJson(e), opts.source, notifier);
       let scheduled: string[];
       try {
         scheduled = daemon.start();
       } catch (e) {
+        await notifier.close();
         repo.close();
         throw e;
       }
@@ -94,6 +115,7 @@ export function registerAgent(program: Command): void {
       });
       log().info({ signal: sig }, 'agent daemon stopping');
       const clean = await daemon.stop();
+      await notifier.close();
       repo.close();
       if (!clean) throw new KuraError('E_LOCKED', `a running export did not stop within agent.shutdownGrace (${cfg.agent.shutdownGrace}); its job is left unfinished and no snapshot was written for it`);
     });

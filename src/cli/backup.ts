@@ -95,7 +95,7 @@ export function registerBackup(program: Command): void {
         await opening.then((r) => r.close()).catch(() => {});
         throw e;
       }
-      const job = repo.catalogue.startJob(opts.name);
+      const job = repo.catalogue.ops.startJob(opts.name);
       try {
         const res = await backup(repo, input instanceof FileInput ? input : guarded(input, what), {
           source: opts.name,
@@ -110,7 +110,7 @@ export function registerBackup(program: Command): void {
           pipeline,
         });
         const h = res.header;
-        repo.catalogue.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
+        repo.catalogue.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
         if (opts.json) {
           printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)) });
         } else {
@@ -122,7 +122,7 @@ export function registerBackup(program: Command): void {
       } catch (e) {
         // the failure is recorded for kura status / top; no snapshot was written
         const err = e as { code?: string; message?: string };
-        repo.catalogue.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
+        repo.catalogue.ops.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
         throw e;
       } finally {
         await pool.close(); // normally closed by backup(); this covers a failure before it started

@@ -14,6 +14,7 @@ import { registerRelay, registerRouteControls } from './relay.js';
 import { registerStatus } from './status.js';
 import { registerTop } from './top.js';
 import { registerVault } from './vault.js';
+import { registerNotify } from './notify.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerRepo(program);
   registerKey(program);
   registerConfig(program);
+  registerNotify(program);
   // subcommands inherit exitOverride so usage errors reach our handler
   const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
   walk(program);

@@ -13,8 +13,14 @@ export function registerRelay(program: Command): void {
     .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
       const { Relay } = await import('../relay/relay.js');
       const repo = await openRepo(cmd, opts, 'none');
+      const cfg = configOf(cmd).config;
+      const { Notifier } = await import('../notify/notifier.js');
+      const { evaluateRpo } = await import('../notify/evaluate.js');
+      const notifier = Notifier.fromConfig(cfg, 'relay', repo.root);
+      notifier.start();
       try {
-        const reports = await new Relay(repo, configOf(cmd).config, opts.route).once();
+        const reports = await new Relay(repo, cfg, opts.route, notifier).once();
+        evaluateRpo(repo, cfg, notifier);
         for (const r of reports) {
           if (opts.json) printJson(r);
           else process.stdout.write(`${r.route}: ${r.state}, ${r.sent} sent, ${r.left} left${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}\n`);
@@ -26,6 +32,8 @@ export function registerRelay(program: Command): void {
         const left = reports.reduce((n, r) => n + r.left, 0);
         if (left > 0) throw new KuraError('E_BACKLOG_LEFT', `${left} snapshot(s) still queued; the relay will send them when the line is back`, { reported: opts.json });
       } finally {
+        await notifier.flush();
+        await notifier.close();
         repo.close();
       }
     });
@@ -37,7 +45,13 @@ export function registerRelay(program: Command): void {
       const { Relay } = await import('../relay/relay.js');
       const repo = await openRepo(cmd, opts, 'none');
       const cfg = configOf(cmd).config;
-      const r = new Relay(repo, cfg, opts.route);
+      const { Notifier } = await import('../notify/notifier.js');
+      const { startWatch } = await import('../notify/evaluate.js');
+      const notifier = Notifier.fromConfig(cfg, 'relay', repo.root);
+      const r = new Relay(repo, cfg, opts.route, notifier);
+      notifier.start();
+      const { routesOf } = await import('../relay/routes.js');
+      const watch = startWatch(repo, cfg, notifier, opts.route.length ? opts.route : Object.keys(routesOf(cfg)));
       let metrics: { close: () => Promise<void> } | null = null;
       if (cfg.relay.metrics) {
         const { serveMetrics } = await import('../status/http.js');
@@ -54,6 +68,8 @@ export function registerRelay(program: Command): void {
       try {
         await r.run();
       } finally {
+        watch.stop();
+        await notifier.close();
         await metrics?.close();
         repo.close();
       }
@@ -77,7 +93,7 @@ export function registerRouteControls(program: Command): void {
         if (!routesOf(configOf(cmd).config)[route]) throw new KuraError('E_CONFIG', `route "${route}" is not in modules.routing.routes`);
         const repo = await openRepo(cmd, opts, 'none');
         try {
-          repo.catalogue.setRouteControl(route, control);
+          repo.catalogue.ops.setRouteControl(route, control);
           process.stdout.write(`${route}: ${name} requested\n`);
         } finally {
           repo.close();

@@ -6,10 +6,11 @@ import { formatAge } from '../format.js';
 
 export function printStatus(r: StatusReport): void {
   const w = (s: string) => process.stdout.write(s + '\n');
-  w('ROUTE            STATE             QUEUED  BYTES       EXPOSURE  TARGET  LAST ERROR');
+  const exposed = (seconds: number | null, over: boolean) => (seconds === null ? '-' : formatAge(seconds) + (over ? '!' : ''));
+  w('ROUTE            STATE             QUEUED  BYTES       EXPOSURE  TARGET  WORST SOURCE  LAST ERROR');
   for (const x of r.routes) {
     w(
-      `${x.route.padEnd(16)} ${x.state.padEnd(17)} ${String(x.queued).padStart(6)}  ${formatBytes(x.queuedBytes).padEnd(10)}  ${(formatAge(x.exposureSeconds) + (x.overTarget ? '!' : '')).padEnd(8)}  ${formatAge(x.rpoTargetSeconds).padEnd(6)}  ${x.lastError ?? ''}`,
+      `${x.route.padEnd(16)} ${x.state.padEnd(17)} ${String(x.queued).padStart(6)}  ${formatBytes(x.queuedBytes).padEnd(10)}  ${exposed(x.exposureSeconds, x.overTarget).padEnd(8)}  ${formatAge(x.rpoTargetSeconds).padEnd(6)}  ${(x.worstSource ?? '-').padEnd(12)}  ${x.lastError ?? ''}`,
     );
   }
   w('');
@@ -18,11 +19,31 @@ export function printStatus(r: StatusReport): void {
     const job = s.lastJob ? (s.lastJobFailed ? `FAILED ${s.lastJob.errorCode}: ${s.lastJob.error ?? ''}` : 'ok') : '-';
     w(`${s.source.padEnd(16)} ${s.tenant.padEnd(12)} ${String(s.snapshots).padStart(9)}  ${(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${formatBytes(s.lastNewBytes).padEnd(10)}  ${job}`);
   }
+  if (r.exposure.length > 0) {
+    w('');
+    w('EXPOSURE         SOURCE           EXPOSED   TARGET  NEWEST ON THE FAR SIDE  QUEUED');
+    for (const e of r.exposure) {
+      const newest = e.since === 'no-snapshot' ? 'no snapshot yet' : e.since === 'first-snapshot' ? 'none yet' : (e.newestDelivered ?? '-').replace('T', ' ').slice(0, 19);
+      w(`${(e.route ?? 'on-site').padEnd(16)} ${e.source.padEnd(16)} ${exposed(e.exposureSeconds, e.overTarget).padEnd(8)}  ${formatAge(e.targetSeconds).padEnd(6)}  ${newest.padEnd(22)}  ${e.queued}${e.paused ? ' (paused)' : ''}`);
+    }
+  }
+}
+
+/** Why status fails, one phrase per problem (empty: all is well). */
+export function statusProblems(r: StatusReport): { code: 'E_RPO_EXCEEDED' | 'E_BACKUP_FAILED'; what: string[] } | null {
+  const over = r.exposure.filter((e) => e.overTarget);
+  const failed = r.sources.filter((s) => s.lastJobFailed);
+  if (over.length === 0 && failed.length === 0) return null;
+  const what = [
+    ...over.map((e) => `RPO exposure of ${e.source} ${e.route ? `on ${e.route}` : 'on site (no route)'} over target (${formatAge(e.exposureSeconds ?? 0)} > ${formatAge(e.targetSeconds)}${e.since === 'first-snapshot' ? ', nothing delivered yet' : ''})`),
+    ...failed.map((s) => `last backup of ${s.source} failed (${s.lastJob?.errorCode})`),
+  ];
+  return { code: over.length > 0 ? 'E_RPO_EXCEEDED' : 'E_BACKUP_FAILED', what };
 }
 
 export function registerStatus(program: Command): void {
   withRepoOptions(program.command('status'))
-    .description('routes (link state, backlog, RPO exposure against the target) and sources (last backup); exit 1 when a route is over its RPO target')
+    .description('routes (link state, backlog, RPO exposure against the target) and sources (last backup); exit 1 when a source is over its RPO target on some route (including a source that stopped backing up) or its last backup failed')
     .option('--json', 'print the report as one JSON line')
     .action(async (opts: RepoOptions & { json?: boolean }, cmd: Command) => {
       const { collectStatus } = await import('../status/collect.js');
@@ -31,15 +52,8 @@ export function registerStatus(program: Command): void {
         const report = collectStatus(repo, configOf(cmd).config);
         if (opts.json) printJson(report);
         else printStatus(report);
-        const over = report.routes.filter((r) => r.overTarget);
-        const failed = report.sources.filter((s) => s.lastJobFailed);
-        if (over.length > 0 || failed.length > 0) {
-          const what = [
-            ...over.map((r) => `RPO exposure over target on ${r.route} (${formatAge(r.exposureSeconds)} > ${formatAge(r.rpoTargetSeconds)})`),
-            ...failed.map((s) => `last backup of ${s.source} failed (${s.lastJob?.errorCode})`),
-          ];
-          throw new KuraError(over.length > 0 ? 'E_RPO_EXCEEDED' : 'E_BACKUP_FAILED', what.join('; '), { reported: true });
-        }
+        const problems = statusProblems(report);
+        if (problems) throw new KuraError(problems.code, problems.what.join('; '), { reported: true });
       } finally {
         repo.close();
       }

@@ -10,8 +10,8 @@ export function registerTop(program: Command): void {
       const repo = await openRepo(cmd, opts, 'none');
       try {
         const load = () => {
-          const hb = repo.catalogue.lastHeartbeat('relay');
-          return { report: collectStatus(repo, cfg), relayRunning: hb !== null && Date.now() - hb.at < 10_000, recent: repo.catalogue.recentlySent(3), jobs: repo.catalogue.recentJobs(3) };
+          const hb = repo.catalogue.ops.lastHeartbeat('relay');
+          return { report: collectStatus(repo, cfg), relayRunning: hb !== null && Date.now() - hb.at < 10_000, recent: repo.catalogue.ops.recentlySent(3), jobs: repo.catalogue.ops.recentJobs(3) };
         };
         if (!process.stdout.isTTY || !process.stdin.isTTY) {
           const { printStatus } = await import('./status.js');
@@ -27,7 +27,7 @@ export function registerTop(program: Command): void {
         const { render } = await import('ink');
         const { createElement } = await import('react');
         const { TopApp } = await import('../top/app.js');
-        const app = render(createElement(TopApp, { load, control: (route, c) => repo.catalogue.setRouteControl(route, c) }));
+        const app = render(createElement(TopApp, { load, control: (route, c) => repo.catalogue.ops.setRouteControl(route, c) }));
         await app.waitUntilExit();
       } finally {
         repo.close();

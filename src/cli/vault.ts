@@ -19,7 +19,8 @@ export function registerVault(program: Command): void {
     .action(async (_opts: object, cmd: Command) => {
       const cfg = vaultConfig(cmd);
       const { serveVault } = await import('../vault/server.js');
-      const running = await serveVault(cfg, { timeZone: configOf(cmd).config.timezone });
+      const full = configOf(cmd).config;
+      const running = await serveVault(cfg, { timeZone: full.timezone, notifications: full.notifications, host: full.host });
       process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256 }) + '\n');
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
@@ -42,7 +43,8 @@ export function registerVault(program: Command): void {
       if (!cfg.tenants[opts.tenant]) throw new KuraError('E_CONFIG', `tenant "${opts.tenant}" is not registered under vault.tenants`);
       if (!['backup', 'restore', 'tenant-admin'].includes(opts.role)) throw new KuraError('E_USAGE', `--role must be backup, restore or tenant-admin`);
       const { serveStdio } = await import('../vault/stdio.js');
-      await serveStdio(cfg, opts.tenant, opts.role as 'backup');
+      const full = configOf(cmd).config;
+      await serveStdio(cfg, opts.tenant, opts.role as 'backup', full.notifications, full.host);
     });
 
   const tenantsOpt = (c: Command) => c.option('--tenant <tenant...>', 'only these tenants (default: all)');
@@ -65,24 +67,40 @@ export function registerVault(program: Command): void {
         const cfg = vaultConfig(cmd);
         const { openTenantRepo, maintainTenant } = await import('../vault/maintenance.js');
         const { printPrune, printGc, timeZoneOf } = await import('./prune.js');
+        const { Notifier } = await import('../notify/notifier.js');
+        const { maintenanceFailed } = await import('../notify/jobs.js');
+        const full = configOf(cmd).config;
+        const notifier = new Notifier(full.notifications, 'vault', cfg.root, full.host);
         let problems = 0;
-        for (const tenant of await selectTenants(cfg, opts.tenant)) {
-          const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
-            if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
-            throw e;
-          });
-          if (!repo) continue;
-          try {
-            const r = await maintainTenant(repo, cfg, tenant, { prune: name === 'prune', gc: name === 'gc', dryRun: Boolean(opts.dryRun), timeZone: timeZoneOf(configOf(cmd).config) });
-            problems += r.gc?.problems.length ?? 0;
-            if (opts.json) process.stdout.write(JSON.stringify({ ok: true, ...r }) + '\n');
-            else if (r.prune) printPrune(r.prune, `tenant ${tenant}:\n`);
-            else if (r.gc) printGc(r.gc, `tenant ${tenant}: `);
-          } finally {
-            repo.close();
+        try {
+          for (const tenant of await selectTenants(cfg, opts.tenant)) {
+            const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+              if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+              throw e;
+            });
+            if (!repo) continue;
+            try {
+              const r = await maintainTenant(repo, cfg, tenant, { prune: name === 'prune', gc: name === 'gc', dryRun: Boolean(opts.dryRun), timeZone: timeZoneOf(full) }).catch((e: KuraError) => {
+                if (!opts.dryRun) notifier.emit(maintenanceFailed(`vault ${name}`, e, { tenant }));
+                throw e;
+              });
+              problems += r.gc?.problems.length ?? 0;
+              if (opts.json) process.stdout.write(JSON.stringify({ ok: true, ...r }) + '\n');
+              else if (r.prune) printPrune(r.prune, `tenant ${tenant}:\n`);
+              else if (r.gc) printGc(r.gc, `tenant ${tenant}: `);
+            } finally {
+              repo.close();
+            }
           }
+          if (problems > 0) {
+            const e = new KuraError('E_CHECK_FAILED', `gc met ${problems} damaged pack(s); their chunks were kept. Run "kura check --repo" on the tenant's repository`, { reported: true });
+            notifier.emit(maintenanceFailed('vault gc', e, {}));
+            throw e;
+          }
+        } finally {
+          await notifier.flush();
+          await notifier.close();
         }
-        if (problems > 0) throw new KuraError('E_CHECK_FAILED', `gc met ${problems} damaged pack(s); their chunks were kept. Run "kura check --repo" on the tenant's repository`, { reported: true });
       });
   }
 

@@ -5,6 +5,7 @@ import { moduleSchema } from '../modules/index.js';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
 import { checkTimeZone } from '../retention/plan.js';
+import { registeredChannels } from '../notify/channels/index.js';
 
 /**
  * The one config file's schema. It is the reference: `kura config check` validates against it
@@ -170,6 +171,39 @@ const relaySchema = z.strictObject({
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura relay run`'),
 });
 
+/**
+ * notifications: the channels' lists (one key per registered channel: email, webhooks, slack,
+ * teams) and the rules every process follows: the durable queue, retries, de-duplication and
+ * the watchers' thresholds.
+ */
+function notificationsSchema() {
+  const channels = Object.fromEntries(registeredChannels().map((d) => [d.key, z.array(d.options).default([]).describe(d.description)]));
+  return z
+    .strictObject({
+      ...channels,
+      spool: z.string().optional().describe('the durable notification queue (SQLite) (default: notifications.db in the local repository, or in vault.root)'),
+      dedupWindow: duration.default('1h').describe('the same event (same source, route or tenant and cause) is sent once per destination within this window'),
+      retry: z
+        .strictObject({
+          initial: duration.default('30s').describe('first retry of an undelivered notification; doubles up to max'),
+          max: duration.default('30m'),
+          giveUpAfter: duration.default('7d').describe('an event still undelivered this long after it happened is given up (logged as an error)'),
+        })
+        .prefault({})
+        .describe('delivery retries: queued notifications survive restarts and are sent by any kura process of this host'),
+      evaluateEvery: duration.default('1m').describe('how often `kura agent daemon`, `kura relay run` and `kura vault serve` evaluate RPO exposure and line state, so a source that silently stopped is noticed with no command run'),
+      lineDownAfter: duration.default('15m').describe('a route that cannot reach its vault for this long sends "line down" (and "line back" when it returns)'),
+      refusedLogins: z
+        .strictObject({ count: z.number().int().min(1).default(10), within: duration.default('5m') })
+        .prefault({})
+        .describe('the vault reports a burst of refused logins: this many within this time'),
+      quotaWarnPercent: z.number().int().min(1).max(99).default(90).describe('the vault warns when a tenant holds this share of its quota (and again when it is exceeded)'),
+      flushTimeout: duration.default('20s').describe('how long a one-shot command (agent run, relay once) waits at its end for its notifications to go out; what is left stays queued'),
+    })
+    .prefault({})
+    .describe('notifications by mail and chat: agent, relay and vault events through a durable queue; a delivery failure is retried, never fatal to a backup');
+}
+
 export const configSchema = z.strictObject({
   tenant: name('tenant').default(DEFAULT_TENANT).describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
@@ -195,21 +229,7 @@ export const configSchema = z.strictObject({
     })
     .default({ sso: { type: 'none' }, routing: { type: 'static', routes: {} }, virtualization: { type: 'none' } } as never)
     .describe('pluggable modules, each selected by `type`'),
-  notifications: z
-    .strictObject({
-      webhooks: z
-        .array(
-          z.strictObject({
-            url: z.url().describe('endpoint receiving a POST per job event').meta({ examples: ['https://hooks.example.jp/services/T000/B000/XXXX'] }),
-            format: z.enum(['generic', 'slack', 'teams']).default('generic').describe('generic: the job event as JSON; slack: {text}; teams: a MessageCard'),
-            on: z.array(z.enum(['failure', 'success'])).default(['failure']).describe('which results are sent'),
-            timeout: duration.default('10s'),
-          }),
-        )
-        .default([]),
-    })
-    .prefault({})
-    .describe('agent job notifications; a delivery failure is logged, never fatal to the backup'),
+  notifications: notificationsSchema(),
   agent: z
     .strictObject({
       shutdownGrace: duration.default('30s').describe('on SIGTERM, how long `kura agent daemon` waits for the running export to stop cleanly'),

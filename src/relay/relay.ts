@@ -8,6 +8,9 @@ import { backoffDelay } from './backoff.js';
 import { TokenBucket, rateAt } from './bandwidth.js';
 import { VaultConnection } from './connection.js';
 import { sendSnapshot } from './transfer.js';
+import type { Notifier } from '../notify/notifier.js';
+import { observeLine } from '../notify/evaluate.js';
+import { relayRefused } from '../notify/jobs.js';
 
 import { routesOf, type StaticRoute } from './routes.js';
 export type { StaticRoute };
@@ -41,8 +44,21 @@ export class Relay {
   private stopping = false;
   private readonly wakers = new Set<() => void>();
 
-  constructor(private readonly repo: Repository, private readonly cfg: KuraConfig, private readonly only?: string[]) {
+  constructor(
+    private readonly repo: Repository,
+    private readonly cfg: KuraConfig,
+    private readonly only?: string[],
+    private readonly notifier?: Notifier,
+  ) {
     this.relayCfg = cfg.relay;
+  }
+
+  /** Tell the notifications what the line did (down long enough: "line down"; back: "line back"; refused: at once). */
+  private seen(route: string, state: RouteReport['state'] | 'connected', err?: { code: string; message: string }): void {
+    if (!this.notifier?.enabled) return;
+    if (state === 'waiting-for-line') observeLine(this.cfg, this.notifier, route, { down: true, error: err ? `${err.code}: ${err.message}` : null });
+    else if (state !== 'paused') observeLine(this.cfg, this.notifier, route, { down: false });
+    if ((state === 'refused' || state === 'quota-exceeded') && err) this.notifier.emit(relayRefused(route, err));
   }
 
   private routes(): Array<[string, StaticRoute]> {
@@ -62,8 +78,8 @@ export class Relay {
     const poll = parseDuration(this.relayCfg.pollInterval)!;
     const initial = parseDuration(this.relayCfg.backoff.initial)!;
     const max = parseDuration(this.relayCfg.backoff.max)!;
-    this.repo.catalogue.heartbeat('relay');
-    const beat = setInterval(() => this.repo.catalogue.heartbeat('relay'), 2000);
+    this.repo.catalogue.ops.heartbeat('relay');
+    const beat = setInterval(() => this.repo.catalogue.ops.heartbeat('relay'), 2000);
     try {
       await this.runRoutes(poll, initial, max);
     } finally {
@@ -82,7 +98,7 @@ export class Relay {
           else {
             attempts++;
             wait = backoffDelay(attempts, initial, max);
-            this.repo.catalogue.setRouteState(name, { state: report.state, attempts, nextAttempt: Date.now() + wait });
+            this.repo.catalogue.ops.setRouteState(name, { state: report.state, attempts, nextAttempt: Date.now() + wait });
           }
           await this.waitForTurn(name, wait);
         }
@@ -102,11 +118,11 @@ export class Relay {
   private async waitForTurn(route: string, ms: number): Promise<void> {
     const cat = this.repo.catalogue;
     const until = Date.now() + ms;
-    const wasPaused = cat.routeControl(route).paused;
+    const wasPaused = cat.ops.routeControl(route).paused;
     while (!this.stopping) {
-      const c = cat.routeControl(route);
+      const c = cat.ops.routeControl(route);
       if (c.retry) {
-        cat.setRouteControl(route, { retry: false });
+        cat.ops.setRouteControl(route, { retry: false });
         return;
       }
       if (wasPaused && !c.paused) return;
@@ -139,11 +155,11 @@ export class Relay {
     try {
       for (;;) {
         if (this.stopping) break;
-        if (cat.routeControl(name).paused) {
-          cat.setRouteState(name, { state: 'paused' });
-          return { route: name, state: 'paused', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
+        if (cat.ops.routeControl(name).paused) {
+          cat.ops.setRouteState(name, { state: 'paused' });
+          return { route: name, state: 'paused', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs() };
         }
-        const entry = cat.nextQueued(name);
+        const entry = cat.ops.nextQueued(name);
         if (!entry) break;
         const tenant = route.tenant ?? cat.snapshotHeader(entry.snapshot)?.tenant ?? this.cfg.tenant;
         let conn = conns.get(tenant);
@@ -164,28 +180,31 @@ export class Relay {
             limiter,
           });
           conns.set(tenant, conn);
-          cat.setRouteState(name, { state: 'sending', lastError: null, attempts });
+          cat.ops.setRouteState(name, { state: 'sending', lastError: null, attempts });
+          this.seen(name, 'connected');
           // paused while the line was being opened (it can take until the line comes back)
-          if (cat.routeControl(name).paused) continue;
+          if (cat.ops.routeControl(name).paused) continue;
         }
         const t0 = performance.now();
         const res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
         sendingMs += performance.now() - t0;
-        cat.markSent(entry.snapshot, name, res.bytesOnWire);
-        cat.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
+        cat.ops.markSent(entry.snapshot, name, res.bytesOnWire);
+        cat.ops.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
         sent++;
         bytesOnWire += res.bytesOnWire;
         lg.info({ snapshot: entry.snapshot, source: entry.source, chunks: res.chunks, missing: res.missing, bytes: res.bytesOnWire }, 'snapshot sent');
       }
-      cat.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
-      return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
+      cat.ops.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
+      this.seen(name, 'idle');
+      return { route: name, state: 'idle', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs() };
     } catch (e) {
       const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
       // over quota: keep the queue and retry with back-off until the vault operator makes room
       const state = err.code === 'E_QUOTA' ? 'quota-exceeded' : isLineFault(err) ? 'waiting-for-line' : 'refused';
-      cat.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
-      lg.warn({ code: err.code, sent, left: cat.queued(name).length }, err.message);
-      return { route: name, state, sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs(), error: { code: err.code, message: err.message } };
+      cat.ops.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
+      lg.warn({ code: err.code, sent, left: cat.ops.queued(name).length }, err.message);
+      this.seen(name, state, err);
+      return { route: name, state, sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs(), error: { code: err.code, message: err.message } };
     } finally {
       for (const c of conns.values()) c.close();
     }

@@ -3,6 +3,8 @@ import type { SnapshotHeader } from './snapshot.js';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { KuraError } from '../errors.js';
+import { OpsState } from './ops-state.js';
+export type { JobRow, RouteStateRow } from './ops-state.js';
 
 function processAlive(pid: number): boolean {
   try {
@@ -27,31 +29,6 @@ export interface ChunkLocation {
   pack: string;
   offset: number;
   length: number;
-}
-
-export interface RouteStateRow {
-  route: string;
-  state: string;
-  last_error: string | null;
-  attempts: number;
-  next_attempt: number | null;
-  last_success: string | null;
-  bytes_sent: number;
-  updated: string;
-  paused: number;
-  retry: number;
-}
-
-export interface JobRow {
-  id: number;
-  source: string;
-  started: string;
-  finished: string | null;
-  result: 'running' | 'ok' | 'failed';
-  snapshot: string | null;
-  new_bytes: number | null;
-  error_code: string | null;
-  error: string | null;
 }
 
 export interface ChunkRow {
@@ -129,6 +106,8 @@ const CHUNKS_SCHEMA = `
 
 export class Catalogue {
   readonly db: Database.Database;
+  /** the relay queue, route states and controls, job records and heartbeats */
+  readonly ops: OpsState;
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
@@ -205,6 +184,7 @@ export class Catalogue {
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
     this.packNumberStmt = this.db.prepare<[string], number>('SELECT n FROM packs WHERE name = ?').pluck();
     this.addRowStmt = this.db.prepare('INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
+    this.ops = new OpsState(this.db);
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -495,90 +475,6 @@ export class Catalogue {
 
   dropLeases(session: string): void {
     this.db.prepare('DELETE FROM leases WHERE session = ?').run(session);
-  }
-
-  enqueue(snapshot: string, route: string, source: string, endTime: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO queue (snapshot, route, source, end_time, enqueued) VALUES (?, ?, ?, ?, ?)').run(snapshot, route, source, endTime, new Date().toISOString());
-  }
-
-  /** The oldest snapshot the route still has to send (oldest first keeps each source in order). */
-  nextQueued(route: string): { snapshot: string; source: string } | undefined {
-    return this.db.prepare<[string], { snapshot: string; source: string }>('SELECT snapshot, source FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot LIMIT 1').get(route);
-  }
-
-  queued(route?: string): Array<{ snapshot: string; route: string; source: string; end_time: string }> {
-    return route
-      ? this.db.prepare<[string], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot').all(route)
-      : this.db.prepare<[], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE sent IS NULL ORDER BY route, end_time, snapshot').all();
-  }
-
-  markSent(snapshot: string, route: string, bytes: number): void {
-    this.db.prepare('UPDATE queue SET sent = ?, bytes_sent = ? WHERE snapshot = ? AND route = ?').run(new Date().toISOString(), bytes, snapshot, route);
-  }
-
-  setRouteState(route: string, s: { state: string; lastError?: string | null; attempts?: number; nextAttempt?: number | null; success?: boolean; addBytes?: number }): void {
-    const now = new Date().toISOString();
-    this.db
-      .prepare(
-        `INSERT INTO route_state (route, state, last_error, attempts, next_attempt, last_success, bytes_sent, updated)
-         VALUES (@route, @state, @lastError, coalesce(@attempts, 0), @nextAttempt, CASE WHEN @success THEN @now END, @addBytes, @now)
-         ON CONFLICT (route) DO UPDATE SET state = @state,
-           last_error = CASE WHEN @keepError THEN last_error ELSE @lastError END,
-           attempts = coalesce(@attempts, attempts), next_attempt = @nextAttempt,
-           last_success = CASE WHEN @success THEN @now ELSE last_success END,
-           bytes_sent = bytes_sent + @addBytes, updated = @now`,
-      )
-      .run({ route, state: s.state, lastError: s.lastError ?? null, keepError: s.lastError === undefined ? 1 : 0, attempts: s.attempts ?? null, nextAttempt: s.nextAttempt ?? null, success: s.success ? 1 : 0, addBytes: s.addBytes ?? 0, now });
-  }
-
-  routeStates(): RouteStateRow[] {
-    return this.db.prepare<[], RouteStateRow>('SELECT * FROM route_state ORDER BY route').all();
-  }
-
-  /** Operator controls, read by a running relay (kura top, kura relay pause|resume|retry). */
-  setRouteControl(route: string, c: { paused?: boolean; retry?: boolean }): void {
-    const now = new Date().toISOString();
-    this.db.prepare(`INSERT INTO route_state (route, state, updated) VALUES (?, 'idle', ?) ON CONFLICT (route) DO NOTHING`).run(route, now);
-    if (c.paused !== undefined) this.db.prepare('UPDATE route_state SET paused = ?, updated = ? WHERE route = ?').run(c.paused ? 1 : 0, now, route);
-    if (c.retry !== undefined) this.db.prepare('UPDATE route_state SET retry = ?, updated = ? WHERE route = ?').run(c.retry ? 1 : 0, now, route);
-  }
-
-  startJob(source: string): number {
-    return Number(this.db.prepare(`INSERT INTO jobs (source, started, result) VALUES (?, ?, 'running')`).run(source, new Date().toISOString()).lastInsertRowid);
-  }
-
-  finishJob(id: number, r: { result: 'ok' | 'failed'; snapshot?: string; newBytes?: number; errorCode?: string; error?: string }): void {
-    this.db
-      .prepare('UPDATE jobs SET finished = ?, result = ?, snapshot = ?, new_bytes = ?, error_code = ?, error = ? WHERE id = ?')
-      .run(new Date().toISOString(), r.result, r.snapshot ?? null, r.newBytes ?? null, r.errorCode ?? null, r.error ?? null, id);
-  }
-
-  recentJobs(limit: number): JobRow[] {
-    return this.db.prepare<[number], JobRow>('SELECT * FROM jobs ORDER BY id DESC LIMIT ?').all(limit);
-  }
-
-  /** The last finished job of each source. */
-  lastJobs(): JobRow[] {
-    return this.db.prepare<[], JobRow>(`SELECT * FROM jobs WHERE id IN (SELECT max(id) FROM jobs WHERE result != 'running' GROUP BY source)`).all();
-  }
-
-  /** A running relay says so every few seconds (kura top shows whether one is running). */
-  heartbeat(role: string): void {
-    this.db.prepare(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(`heartbeat.${role}`, JSON.stringify({ at: Date.now(), pid: process.pid }));
-  }
-
-  lastHeartbeat(role: string): { at: number; pid: number } | null {
-    const r = this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(`heartbeat.${role}`);
-    return r ? (JSON.parse(r.value) as { at: number; pid: number }) : null;
-  }
-
-  recentlySent(limit: number): Array<{ snapshot: string; route: string; source: string; sent: string; bytes_sent: number }> {
-    return this.db.prepare<[number], { snapshot: string; route: string; source: string; sent: string; bytes_sent: number }>('SELECT snapshot, route, source, sent, bytes_sent FROM queue WHERE sent IS NOT NULL ORDER BY sent DESC LIMIT ?').all(limit);
-  }
-
-  routeControl(route: string): { paused: boolean; retry: boolean } {
-    const r = this.db.prepare<[string], { paused: number; retry: number }>('SELECT paused, retry FROM route_state WHERE route = ?').get(route);
-    return { paused: Boolean(r?.paused), retry: Boolean(r?.retry) };
   }
 
   removeSnapshot(id: string): void {

@@ -37,7 +37,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
   const held = await protectedSnapshots(repo);
   const unsent = new Map<string, string[]>();
   if (opts.keepUnsent) {
-    for (const q of cat.queued()) unsent.set(q.snapshot, [...(unsent.get(q.snapshot) ?? []), q.route]);
+    for (const q of cat.ops.queued()) unsent.set(q.snapshot, [...(unsent.get(q.snapshot) ?? []), q.route]);
   }
   const groups = new Map<string, { tenant: string; source: string; rows: Array<{ id: string; time: string; tags: string[] }> }>();
   for (const r of cat.snapshots()) {

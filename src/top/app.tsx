@@ -97,17 +97,22 @@ export function TopApp({ load, control, refreshMs = 500 }: TopProps) {
             </Text>
             {i === selected ? (
               <Text color="gray">
-                {'    '}rate {spark(h)} {r.lastError ? `last error: ${r.lastError.slice(0, 50)}` : ''}
+                {'    '}rate {spark(h)} {r.worstSource ? `worst: ${r.worstSource} ` : ''}{r.lastError ? `last error: ${r.lastError.slice(0, 50)}` : ''}
               </Text>
             ) : null}
           </Box>
         );
       })}
-      <Text bold>{'  SOURCE       TENANT       LAST BACKUP          NEW'}</Text>
+      <Text bold>{'  SOURCE       TENANT       LAST BACKUP          NEW        EXPOSED/RPO (per route)'}</Text>
       {data.report.sources.slice(0, 6).map((s) => (
         <Text key={s.source}>
           {'  '}
-          {s.source.slice(0, 12).padEnd(12)} {s.tenant.slice(0, 12).padEnd(12)} {(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)} {bytes(s.lastNewBytes).padEnd(10)}
+          {s.source.slice(0, 12).padEnd(12)} {s.tenant.slice(0, 12).padEnd(12)} {(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)} {bytes(s.lastNewBytes).padEnd(10)}{' '}
+          {s.exposure.map((e) => (
+            <Text key={e.route ?? 'on-site'} color={e.overTarget ? 'red' : 'green'}>
+              {`${e.route ?? 'on-site'} ${e.exposureSeconds === null ? '-' : age(e.exposureSeconds)}/${age(e.targetSeconds)}${e.overTarget ? '!' : ''} `}
+            </Text>
+          ))}
           <Text color="red">{s.lastJobFailed ? ` FAILED ${s.lastJob?.errorCode ?? ''}` : ''}</Text>
         </Text>
       ))}

@@ -21,8 +21,12 @@ export interface AuditEvent {
 
 export class AuditLog {
   private fd: number;
-  /** Called for every event (the vault's metrics count from here). */
-  observer: ((e: AuditEvent) => void) | null = null;
+  /** Called for every event (the vault's metrics and notifications count from here). */
+  private readonly observers: Array<(e: AuditEvent) => void> = [];
+
+  subscribe(fn: (e: AuditEvent) => void): void {
+    this.observers.push(fn);
+  }
 
   constructor(readonly file: string) {
     mkdirSync(path.dirname(file), { recursive: true });
@@ -33,7 +37,7 @@ export class AuditLog {
     const line = JSON.stringify({ time: new Date().toISOString(), ...e }) + '\n';
     writeSync(this.fd, line);
     if (e.outcome !== 'ok') fsyncSync(this.fd);
-    this.observer?.(e);
+    for (const o of this.observers) o(e);
   }
 
   close(): void {

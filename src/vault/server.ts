@@ -11,6 +11,8 @@ import { Vault } from './vault.js';
 import { loadOrCreateHostKey } from './hostkey.js';
 import { VaultMetrics } from './metrics.js';
 import { quotaOf } from './maintenance.js';
+import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
+import { watchVault } from './alerts.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -29,8 +31,13 @@ export interface RunningVault {
  * (tenant, role, networks); the SSH user name is the tenant asked for. Every refused attempt is
  * audited, and a refused or broken session never disturbs the others.
  */
-export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined } = {}): Promise<RunningVault> {
+export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined } = {}): Promise<RunningVault> {
   const vault = new Vault(cfg);
+  const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
+  if (notifier) {
+    watchVault(vault, cfg, notifier);
+    notifier.start();
+  }
   const hostKeyFile = cfg.hostKey ?? path.join(cfg.root, 'host_key');
   const hostKey = loadOrCreateHostKey(hostKeyFile);
   const parsedHost = ssh2.utils.parseKey(hostKey);
@@ -115,7 +122,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   let metricsServer: { close: () => Promise<void> } | null = null;
   if (cfg.metrics) {
     const metrics = new VaultMetrics();
-    vault.audit.observer = (e) => metrics.observe(e);
+    vault.audit.subscribe((e) => metrics.observe(e));
     const { serveMetrics } = await import('../status/http.js');
     metricsServer = await serveMetrics(cfg.metrics.host, cfg.metrics.port, async () => {
       const stored = await Promise.all(
@@ -143,6 +150,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       await Promise.race([Promise.allSettled(sessions.values()), grace()]);
       for (const c of clients) c.end();
       await Promise.race([closed, grace()]);
+      await notifier?.close();
       await vault.close();
     },
   };

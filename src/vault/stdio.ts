@@ -4,6 +4,8 @@ import type { Role } from './access.js';
 import { VaultSession } from './session.js';
 import { Vault } from './vault.js';
 import { quotaOf } from './maintenance.js';
+import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
+import { watchVault } from './alerts.js';
 
 /**
  * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
@@ -11,8 +13,10 @@ import { quotaOf } from './maintenance.js';
  * sshd has authenticated the key and applied its from= networks; this process is pinned to
  * the one tenant the operator wrote into that line.
  */
-export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role): Promise<void> {
+export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, notifications?: NotificationsConfig, host?: string): Promise<void> {
   const vault = new Vault(cfg);
+  const notifier = notifications ? new Notifier(notifications, 'vault', cfg.root, host) : null;
+  if (notifier) watchVault(vault, cfg, notifier);
   const [ip] = (process.env.SSH_CLIENT ?? '').split(' ');
   try {
     const repo = await vault.repoOf(tenant);
@@ -22,6 +26,10 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role): 
       process.stdout,
     ).run();
   } finally {
+    if (notifier) {
+      await notifier.flush();
+      await notifier.close();
+    }
     await vault.close();
   }
 }

@@ -28,10 +28,10 @@ export interface VaultProcess {
 }
 
 /** `kura vault serve` as a real process, on an ephemeral loopback port. */
-export async function startVault(dir: string, tenantsYaml: string, extra = ''): Promise<VaultProcess> {
+export async function startVault(dir: string, tenantsYaml: string, extra = '', top = ''): Promise<VaultProcess> {
   const root = path.join(dir, 'vault');
   const config = path.join(dir, 'vault.yaml');
-  writeFileSync(config, `vault:\n  listen: { host: 127.0.0.1, port: 0 }\n  root: ${root}\n  leaseTtl: 1h\n${extra}  tenants:\n${tenantsYaml}`);
+  writeFileSync(config, `${top}vault:\n  listen: { host: 127.0.0.1, port: 0 }\n  root: ${root}\n  leaseTtl: 1h\n${extra}  tenants:\n${tenantsYaml}`);
   const child = spawn(process.execPath, [KURA, 'vault', 'serve', '--config', config], { cwd: ROOT, env: { ...process.env, KURA_LOG_FORMAT: 'json' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
