@@ -9,6 +9,7 @@ import { sleep } from './support/proxy.js';
 import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
 import { referencedChunks } from './support/snapshots.js';
+import { largestRemainder, percentShares } from '../src/vault/maintenance.js';
 
 const MiB = 1 << 20;
 
@@ -140,6 +141,30 @@ test('quota: an upload over it is refused (E_QUOTA), the route shows quota-excee
   await ok(kuraAsync(['relay', 'once'], { env }), 'relay once after the quota was raised');
   const remote = JSON.parse((await ok(kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env }), 'list')).out) as Array<{ id: string }>;
   assert.ok(remote.some((s) => s.id === bigSnap.id));
+});
+
+test('usage shares: tenants whose bytes do not divide evenly get tenths of a percent that add up to exactly 1000, equal remainders going to the tenant listed first', () => {
+  const table: Array<{ bytes: number[]; tenths: number[]; why: string }> = [
+    { bytes: [1, 1, 1], tenths: [334, 333, 333], why: 'three equal thirds: the one tenth left goes to the first' },
+    { bytes: [2, 3, 5], tenths: [200, 300, 500], why: 'divides evenly: nothing to round' },
+    { bytes: [3, 3, 1], tenths: [429, 428, 143], why: '428.57, 428.57, 142.86: the largest remainder first, then the tie to the first of the two' },
+    { bytes: [1, 4, 1], tenths: [167, 667, 166], why: '166.67, 666.67, 166.67: three equal remainders (floating point makes the middle one smaller)' },
+    { bytes: [4, 1, 1], tenths: [667, 167, 166], why: 'the same parts in another order: the tie follows the order' },
+    { bytes: [1000, 2000, 4000], tenths: [143, 286, 571], why: '142.86, 285.71, 571.43' },
+    { bytes: [5e12 + 1, 5e12, 5e12], tenths: [334, 333, 333], why: 'terabytes: one byte more decides the tenth' },
+    { bytes: [0, 7, 0], tenths: [0, 1000, 0], why: 'one tenant moved everything' },
+    { bytes: [0, 0, 0], tenths: [0, 0, 0], why: 'nothing at all: no shares' },
+  ];
+  for (const row of table) {
+    const got = largestRemainder(row.bytes, 1000);
+    assert.deepEqual(got, row.tenths, row.why);
+    assert.equal(got.reduce((a, b) => a + b, 0), row.bytes.some((b) => b > 0) ? 1000 : 0, row.why);
+    assert.deepEqual(largestRemainder(row.bytes, 1000), got, `${row.why}: the same answer every time`);
+    const percent = percentShares(row.bytes);
+    assert.deepEqual(percent, row.tenths.map((t) => t / 10), row.why);
+    if (row.bytes.some((b) => b > 0)) assert.equal(percent.reduce((a, b) => a + b, 0).toFixed(1), '100.0', row.why);
+  }
+  assert.throws(() => largestRemainder([1, 0.5, 1], 1000), /non-negative integer weights/);
 });
 
 test('vault prune follows per-tenant and per-source retention, honours holds set over SSH by a tenant-admin, and runs on its schedule', async (t) => {

@@ -91,22 +91,34 @@ export async function vaultUsage(cfg: VaultConfig, period: string): Promise<{ pe
     }
   }
   const total = rows.reduce((a, r) => a + r.storedBytes, 0);
-  const shares = largestRemainder(
-    rows.map((r) => r.storedBytes),
-    1000,
-  );
-  rows.forEach((r, i) => (r.sharePercent = shares[i]! / 10));
+  const shares = percentShares(rows.map((r) => r.storedBytes));
+  rows.forEach((r, i) => (r.sharePercent = shares[i]!));
   return { period, tenants: rows, totalStoredBytes: total };
 }
 
-/** Split `units` in proportion to `weights`, integers summing to `units` (all zero when the weights are). */
+/** Shares of `weights` in percent with one decimal, by largestRemainder over 1000 tenths: they add up to 100.0 (or are all 0). */
+export function percentShares(weights: readonly number[]): number[] {
+  return largestRemainder(weights, 1000).map((tenths) => tenths / 10);
+}
+
+/**
+ * Split `units` in proportion to `weights` (non-negative integers: byte counts) into integers
+ * summing to `units`, all zero when the weights are. Each gets the floor of its exact part; the
+ * units left go one each to the largest remainders, equal remainders to the earlier weight (the
+ * tenant listed first). Computed in integers (BigInt): floating-point remainders of equal parts
+ * can differ in their last bits, and weight × units passes 2^53 beyond 9 TB.
+ */
 export function largestRemainder(weights: readonly number[], units: number): number[] {
-  const total = weights.reduce((a, b) => a + b, 0);
-  if (total === 0) return weights.map(() => 0);
-  const exact = weights.map((w) => (w * units) / total);
-  const out = exact.map(Math.floor);
+  const w = weights.map((x) => {
+    if (!Number.isSafeInteger(x) || x < 0) throw new KuraError('E_INTERNAL', `largestRemainder needs non-negative integer weights, got ${x}`);
+    return BigInt(x);
+  });
+  const total = w.reduce((a, b) => a + b, 0n);
+  if (total === 0n) return weights.map(() => 0);
+  const u = BigInt(units);
+  const out = w.map((x) => Number((x * u) / total));
+  const order = w.map((x, i) => ({ i, r: (x * u) % total })).sort((a, b) => (a.r === b.r ? a.i - b.i : a.r > b.r ? -1 : 1));
   let left = units - out.reduce((a, b) => a + b, 0);
-  const order = exact.map((e, i) => ({ i, r: e - Math.floor(e) })).sort((a, b) => b.r - a.r || a.i - b.i);
   for (const { i } of order) {
     if (left-- <= 0) break;
     out[i]!++;
