@@ -10,6 +10,8 @@ import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.j
 import { Frame, jsonOf } from '../src/protocol/frames.js';
 import { referencedChunks } from './support/snapshots.js';
 import { largestRemainder, percentShares } from '../src/vault/maintenance.js';
+import { RECORD_EVERY, TransferAccounting } from '../src/vault/transfer-accounting.js';
+import type { TransferBytes } from '../src/repository/catalogue.js';
 
 const MiB = 1 << 20;
 
@@ -165,6 +167,44 @@ test('usage shares: tenants whose bytes do not divide evenly get tenths of a per
     if (row.bytes.some((b) => b > 0)) assert.equal(percent.reduce((a, b) => a + b, 0).toFixed(1), '100.0', row.why);
   }
   assert.throws(() => largestRemainder([1, 0.5, 1], 1000), /non-negative integer weights/);
+});
+
+test('a session\'s transfer bytes are recorded at FLUSH, COMMIT and every restore answer or once 4 MiB wait, restore bytes are the SNAPSHOT and CHUNK frames, and bytes the catalogue refused go with the next batch', () => {
+  const rows: TransferBytes[] = [];
+  const errors: string[] = [];
+  let refuse = false;
+  const days = new Set<string>();
+  const acc = new TransferAccounting(
+    {
+      addTransferBytes: (day, b) => {
+        if (refuse) throw new Error('database is locked');
+        days.add(day);
+        rows.push(b);
+      },
+    },
+    (e) => errors.push((e as Error).message),
+    () => '2026-11-23',
+  );
+  const steps: Array<{ run: () => void; recorded?: TransferBytes; why: string }> = [
+    { run: () => (acc.read(60), acc.wrote(Frame.HELLO_OK, 90), acc.handled(Frame.HELLO)), why: 'HELLO is no durability point' },
+    { run: () => (acc.read(300_000), acc.handled(Frame.PUT_NEXT), acc.handled(Frame.WANT)), why: 'nor is data before its FLUSH' },
+    { run: () => (acc.read(30), acc.handled(Frame.FLUSH)), recorded: { wireIn: 300_090, wireOut: 90, restoreOut: 0 }, why: 'FLUSH' },
+    { run: () => (acc.wrote(Frame.FLUSHED, 40), acc.read(200), acc.wrote(Frame.COMMITTED, 50), acc.handled(Frame.COMMIT)), recorded: { wireIn: 200, wireOut: 90, restoreOut: 0 }, why: 'COMMIT' },
+    { run: () => (acc.read(45), acc.wrote(Frame.SNAPSHOT, 1000), acc.handled(Frame.GET_SNAPSHOT)), recorded: { wireIn: 45, wireOut: 1000, restoreOut: 1000 }, why: 'a restore answer' },
+    { run: () => (acc.read(64), acc.wrote(Frame.CHUNK, 500), acc.wrote(Frame.CHUNK, 700), acc.handled(Frame.GET_CHUNKS)), recorded: { wireIn: 64, wireOut: 1200, restoreOut: 1200 }, why: 'the chunks of one GET_CHUNKS' },
+    { run: () => (acc.read(RECORD_EVERY - 1), acc.handled(Frame.PUT_NEXT)), why: 'just under 4 MiB waits' },
+    { run: () => (acc.read(1), acc.handled(Frame.PUT_NEXT)), recorded: { wireIn: RECORD_EVERY, wireOut: 0, restoreOut: 0 }, why: '4 MiB do not wait' },
+    { run: () => ((refuse = true), acc.read(10), acc.wrote(Frame.CHUNK, 90), acc.handled(Frame.GET_CHUNKS)), why: 'the catalogue refused' },
+    { run: () => ((refuse = false), acc.wrote(Frame.ERROR, 20), acc.record()), recorded: { wireIn: 10, wireOut: 110, restoreOut: 90 }, why: 'the session ends: what was refused goes now' },
+    { run: () => acc.record(), why: 'nothing left: no empty row' },
+  ];
+  for (const step of steps) {
+    const before = rows.length;
+    step.run();
+    assert.deepEqual(rows.slice(before), step.recorded ? [step.recorded] : [], step.why);
+  }
+  assert.deepEqual(errors, ['database is locked']);
+  assert.deepEqual([...days], ['2026-11-23']);
 });
 
 test('vault prune follows per-tenant and per-source retention, honours holds set over SSH by a tenant-admin, and runs on its schedule', async (t) => {
