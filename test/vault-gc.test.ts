@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { once } from 'node:events';
 import Database from 'better-sqlite3';
 import { kuraAsync, kuraJson, kuraOk, tempDir, type RunResult } from './support/cli.js';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
@@ -9,6 +10,9 @@ import { sleep } from './support/proxy.js';
 import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
 import { referencedChunks } from './support/snapshots.js';
+import { largestRemainder, percentShares } from '../src/vault/maintenance.js';
+import { RECORD_EVERY, TransferAccounting } from '../src/vault/transfer-accounting.js';
+import type { TransferBytes } from '../src/repository/catalogue.js';
 
 const MiB = 1 << 20;
 
@@ -113,7 +117,7 @@ test('quota: an upload over it is refused (E_QUOTA), the route shows quota-excee
   const usage = JSON.parse((await ok(kuraAsync(['vault', 'usage', '--config', vault.config, '--json']), 'usage')).out) as {
     period: string;
     totalStoredBytes: number;
-    tenants: Array<{ tenant: string; storedBytes: number; logicalBytes: number; snapshots: number; chunks: number; receivedBytes: number; quota: number | null; sharePercent: number }>;
+    tenants: Array<{ tenant: string; storedBytes: number; logicalBytes: number; snapshots: number; chunks: number; receivedBytes: number; quota: number | null; sharePercent: number; wireInBytes: number; transferSharePercent: number }>;
   };
   const a = usage.tenants.find((x) => x.tenant === 'city-a')!;
   const tb = usage.tenants.find((x) => x.tenant === 'town-b')!;
@@ -130,8 +134,11 @@ test('quota: an upload over it is refused (E_QUOTA), the route shows quota-excee
   assert.equal(tb.storedBytes, 0);
   assert.equal(a.sharePercent, 100);
   assert.equal(usage.totalStoredBytes, onDisk);
+  // the refused session's bytes count too: the vault read more than the quota before it refused
+  assert.ok(a.wireInBytes > a.quota!, `${a.wireInBytes} bytes read`);
+  assert.deepEqual([a.transferSharePercent, tb.transferSharePercent], [100, 0]);
   const table = (await ok(kuraAsync(['vault', 'usage', '--config', vault.config]), 'usage table')).out;
-  assert.match(table, /^city-a +\S+ \S+ +\S+ \S+ +1 +\d+ +\S+ \S+ +1\.0 MiB \(\d+%\) +100\.0%$/m);
+  assert.match(table, /^city-a +\S+ \S+ +\S+ \S+ +1 +\d+ +\S+ \S+ +1\.0 MiB \(\d+%\) +100\.0% +\S+ \S+ +\S+ \S+ +0 B +100\.0%$/m);
 
   // the operator raises the quota: the queue drains in order
   await vault.stop();
@@ -140,6 +147,145 @@ test('quota: an upload over it is refused (E_QUOTA), the route shows quota-excee
   await ok(kuraAsync(['relay', 'once'], { env }), 'relay once after the quota was raised');
   const remote = JSON.parse((await ok(kuraAsync(['snapshots', '--from', 'peer-dc', '--json'], { env }), 'list')).out) as Array<{ id: string }>;
   assert.ok(remote.some((s) => s.id === bigSnap.id));
+});
+
+test('usage shares: tenants whose bytes do not divide evenly get tenths of a percent that add up to exactly 1000, equal remainders going to the tenant listed first', () => {
+  const table: Array<{ bytes: number[]; tenths: number[]; why: string }> = [
+    { bytes: [1, 1, 1], tenths: [334, 333, 333], why: 'three equal thirds: the one tenth left goes to the first' },
+    { bytes: [2, 3, 5], tenths: [200, 300, 500], why: 'divides evenly: nothing to round' },
+    { bytes: [3, 3, 1], tenths: [429, 428, 143], why: '428.57, 428.57, 142.86: the largest remainder first, then the tie to the first of the two' },
+    { bytes: [1, 4, 1], tenths: [167, 667, 166], why: '166.67, 666.67, 166.67: three equal remainders (floating point makes the middle one smaller)' },
+    { bytes: [4, 1, 1], tenths: [667, 167, 166], why: 'the same parts in another order: the tie follows the order' },
+    { bytes: [1000, 2000, 4000], tenths: [143, 286, 571], why: '142.86, 285.71, 571.43' },
+    { bytes: [5e12 + 1, 5e12, 5e12], tenths: [334, 333, 333], why: 'terabytes: one byte more decides the tenth' },
+    { bytes: [0, 7, 0], tenths: [0, 1000, 0], why: 'one tenant moved everything' },
+    { bytes: [0, 0, 0], tenths: [0, 0, 0], why: 'nothing at all: no shares' },
+  ];
+  for (const row of table) {
+    const got = largestRemainder(row.bytes, 1000);
+    assert.deepEqual(got, row.tenths, row.why);
+    assert.equal(got.reduce((a, b) => a + b, 0), row.bytes.some((b) => b > 0) ? 1000 : 0, row.why);
+    assert.deepEqual(largestRemainder(row.bytes, 1000), got, `${row.why}: the same answer every time`);
+    const percent = percentShares(row.bytes);
+    assert.deepEqual(percent, row.tenths.map((t) => t / 10), row.why);
+    if (row.bytes.some((b) => b > 0)) assert.equal(percent.reduce((a, b) => a + b, 0).toFixed(1), '100.0', row.why);
+  }
+  assert.throws(() => largestRemainder([1, 0.5, 1], 1000), /non-negative integer weights/);
+});
+
+test('a session\'s transfer bytes are recorded at FLUSH, COMMIT and every restore answer or once 4 MiB wait, restore bytes are the SNAPSHOT and CHUNK frames, and bytes the catalogue refused go with the next batch', () => {
+  const rows: TransferBytes[] = [];
+  const errors: string[] = [];
+  let refuse = false;
+  const days = new Set<string>();
+  const acc = new TransferAccounting(
+    {
+      addTransferBytes: (day, b) => {
+        if (refuse) throw new Error('database is locked');
+        days.add(day);
+        rows.push(b);
+      },
+    },
+    (e) => errors.push((e as Error).message),
+    () => '2026-11-23',
+  );
+  const steps: Array<{ run: () => void; recorded?: TransferBytes; why: string }> = [
+    { run: () => (acc.read(60), acc.wrote(Frame.HELLO_OK, 90), acc.handled(Frame.HELLO)), why: 'HELLO is no durability point' },
+    { run: () => (acc.read(300_000), acc.handled(Frame.PUT_NEXT), acc.handled(Frame.WANT)), why: 'nor is data before its FLUSH' },
+    { run: () => (acc.read(30), acc.handled(Frame.FLUSH)), recorded: { wireIn: 300_090, wireOut: 90, restoreOut: 0 }, why: 'FLUSH' },
+    { run: () => (acc.wrote(Frame.FLUSHED, 40), acc.read(200), acc.wrote(Frame.COMMITTED, 50), acc.handled(Frame.COMMIT)), recorded: { wireIn: 200, wireOut: 90, restoreOut: 0 }, why: 'COMMIT' },
+    { run: () => (acc.read(45), acc.wrote(Frame.SNAPSHOT, 1000), acc.handled(Frame.GET_SNAPSHOT)), recorded: { wireIn: 45, wireOut: 1000, restoreOut: 1000 }, why: 'a restore answer' },
+    { run: () => (acc.read(64), acc.wrote(Frame.CHUNK, 500), acc.wrote(Frame.CHUNK, 700), acc.handled(Frame.GET_CHUNKS)), recorded: { wireIn: 64, wireOut: 1200, restoreOut: 1200 }, why: 'the chunks of one GET_CHUNKS' },
+    { run: () => (acc.read(RECORD_EVERY - 1), acc.handled(Frame.PUT_NEXT)), why: 'just under 4 MiB waits' },
+    { run: () => (acc.read(1), acc.handled(Frame.PUT_NEXT)), recorded: { wireIn: RECORD_EVERY, wireOut: 0, restoreOut: 0 }, why: '4 MiB do not wait' },
+    { run: () => ((refuse = true), acc.read(10), acc.wrote(Frame.CHUNK, 90), acc.handled(Frame.GET_CHUNKS)), why: 'the catalogue refused' },
+    { run: () => ((refuse = false), acc.wrote(Frame.ERROR, 20), acc.record()), recorded: { wireIn: 10, wireOut: 110, restoreOut: 90 }, why: 'the session ends: what was refused goes now' },
+    { run: () => acc.record(), why: 'nothing left: no empty row' },
+  ];
+  for (const step of steps) {
+    const before = rows.length;
+    step.run();
+    assert.deepEqual(rows.slice(before), step.recorded ? [step.recorded] : [], step.why);
+  }
+  assert.deepEqual(errors, ['database is locked']);
+  assert.deepEqual([...days], ['2026-11-23']);
+});
+
+test('vault usage adds per tenant the bytes over the wire and sent for restores, from the catalogue: they survive a restart and a kill, and their shares add up to 100.0', async (t) => {
+  const dir = tempDir(t);
+  const names = ['city-a', 'town-b', 'village-c'] as const;
+  const sizes = { 'city-a': 700_000, 'town-b': 1_600_000, 'village-c': 250_000 };
+  const keys = Object.fromEntries(names.map((n) => [n, sshKey(dir, `${n}-key`)]));
+  const tenants = names.map((n) => `    ${n}:\n      clients:\n        - key: ${keys[n]!.public}\n          role: tenant-admin\n`).join('');
+  let vault = await startVault(dir, tenants);
+  t.after(() => vault.stop());
+  const r = new Prng(17);
+  const sent: Record<string, { env: { KURA_CONFIG: string }; id: string; sha: string; snapshotFile: number }> = {};
+  for (const n of names) {
+    const home = path.join(dir, n);
+    mkdirSync(home);
+    const env = { KURA_CONFIG: agentConfig(home, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: keys[n]!.private, tenant: n }) };
+    kuraOk(['repo', 'init'], { env });
+    const data = r.bytes(sizes[n]);
+    const f = path.join(home, 'export');
+    writeFileSync(f, data);
+    const { id } = kuraJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { env });
+    await ok(kuraAsync(['relay', 'once'], { env }), `relay once (${n})`);
+    sent[n] = { env, id, sha: sha256(data), snapshotFile: statSync(path.join(home, 'repo', 'snapshots', id)).size };
+  }
+  const a = sent['city-a']!;
+  assert.equal(sha256((await ok(kuraAsync(['restore', '--from', 'peer-dc', a.id, '--to', '-'], { env: a.env }), 'restore from the vault')).stdout), a.sha);
+
+  type Usage = {
+    totalWireBytes: number;
+    tenants: Array<{ tenant: string; chunkBytes: number; receivedBytes: number; wireInBytes: number; wireOutBytes: number; restoreBytes: number; transferSharePercent: number }>;
+  };
+  const usage = async (): Promise<Usage> => JSON.parse((await ok(kuraAsync(['vault', 'usage', '--config', vault.config, '--json']), 'vault usage')).out) as Usage;
+  const transfer = (u: Usage) => u.tenants.map(({ tenant, wireInBytes, wireOutBytes, restoreBytes, transferSharePercent }) => ({ tenant, wireInBytes, wireOutBytes, restoreBytes, transferSharePercent }));
+  const u = await usage();
+  assert.deepEqual(u.tenants.map((x) => x.tenant), [...names]);
+  for (const x of u.tenants) {
+    const s = sent[x.tenant]!;
+    assert.ok(x.receivedBytes > 0 && x.chunkBytes > 0, x.tenant);
+    // every chunk the vault stores, and the snapshot file, came over the wire (the pack index it adds did not)
+    assert.ok(x.wireInBytes >= x.chunkBytes + s.snapshotFile, `${x.tenant}: ${x.wireInBytes} read, ${x.chunkBytes} + ${s.snapshotFile} stored`);
+    assert.ok(x.wireOutBytes > 0, x.tenant);
+    if (x.tenant === 'city-a') {
+      // the restore read the snapshot file and every chunk of it (its only snapshot: all the tenant's chunks)
+      assert.ok(x.restoreBytes >= x.chunkBytes + s.snapshotFile, `${x.restoreBytes} sent for the restore`);
+      assert.ok(x.restoreBytes < x.wireOutBytes);
+    } else assert.equal(x.restoreBytes, 0, `${x.tenant} restored nothing`);
+  }
+  const wire = u.tenants.map((x) => x.wireInBytes + x.wireOutBytes);
+  assert.equal(u.totalWireBytes, wire.reduce((p, q) => p + q, 0));
+  assert.deepEqual(u.tenants.map((x) => x.transferSharePercent), largestRemainder(wire, 1000).map((tenths) => tenths / 10));
+  assert.equal(u.tenants.reduce((p, x) => p + Math.round(x.transferSharePercent * 10), 0), 1000);
+  const table = (await ok(kuraAsync(['vault', 'usage', '--config', vault.config]), 'usage table')).out;
+  const share = (n: string) => `${u.tenants.find((x) => x.tenant === n)!.transferSharePercent.toFixed(1)}%`;
+  for (const n of names) assert.match(table, new RegExp(`^${n} .* \\d+\\.\\d% +\\S+ \\S+ +\\S+ \\S+ +\\S+ \\S+ +${share(n).replace('.', '\\.')}$`, 'm'));
+  assert.match(table, /^TENANT .* SHARE +WIRE IN +WIRE OUT +RESTORED +XFER SHARE$/m);
+  assert.match(table, /largest remainder.*equal ones: the tenant listed first.*exactly 100\.0%/);
+
+  // the figures are on disk: the same with the vault stopped, and after it started again
+  await vault.stop();
+  assert.deepEqual(transfer(await usage()), transfer(u));
+  vault = await startVault(dir, tenants);
+  assert.deepEqual(transfer(await usage()), transfer(u));
+
+  // a vault killed in the middle of a session keeps what it recorded after its last answer
+  const conn = await vaultSession(vault, keys['city-a']!.private);
+  t.after(() => conn.close());
+  const snapshot = await conn.request(Frame.GET_SNAPSHOT, { id: a.id }, Frame.SNAPSHOT);
+  assert.equal(snapshot.payload.length, a.snapshotFile);
+  await sleep(200);
+  vault.child.kill('SIGKILL');
+  await once(vault.child, 'exit');
+  const after = (await usage()).tenants.find((x) => x.tenant === 'city-a')!;
+  const before = u.tenants.find((x) => x.tenant === 'city-a')!;
+  assert.deepEqual(
+    { wireIn: after.wireInBytes - before.wireInBytes, wireOut: after.wireOutBytes - before.wireOutBytes, restore: after.restoreBytes - before.restoreBytes },
+    { wireIn: conn.bytesOut, wireOut: conn.bytesIn, restore: 5 + a.snapshotFile },
+  );
 });
 
 test('vault prune follows per-tenant and per-source retention, honours holds set over SSH by a tenant-admin, and runs on its schedule', async (t) => {

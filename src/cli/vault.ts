@@ -106,8 +106,8 @@ export function registerVault(program: Command): void {
 
   vault
     .command('usage')
-    .description('per-tenant usage for apportioning shared costs: stored, logical and received bytes, snapshots, chunks, quota, share')
-    .option('--period <yyyy-mm>', 'month of "received" (UTC), default: the current one')
+    .description('per-tenant usage for apportioning shared costs: stored, logical and received bytes, snapshots, chunks, quota, share; bytes over the wire and sent for restores, transfer share')
+    .option('--period <yyyy-mm>', 'month of "received" and the wire bytes (UTC; or a year, or a day), default: the current one')
     .option('--json', 'print one JSON object')
     .action(async (opts: { period?: string; json?: boolean }, cmd: Command) => {
       const cfg = vaultConfig(cmd);
@@ -120,12 +120,27 @@ export function registerVault(program: Command): void {
         return;
       }
       const { formatBytes, formatTable } = await import('../format.js');
-      const rows = [['TENANT', 'STORED', 'LOGICAL', 'SNAPSHOTS', 'CHUNKS', `RECEIVED ${period}`, 'QUOTA', 'SHARE']];
+      const rows = [['TENANT', 'STORED', 'LOGICAL', 'SNAPSHOTS', 'CHUNKS', `RECEIVED ${period}`, 'QUOTA', 'SHARE', 'WIRE IN', 'WIRE OUT', 'RESTORED', 'XFER SHARE']];
       for (const t of u.tenants) {
-        rows.push([t.tenant, formatBytes(t.storedBytes), formatBytes(t.logicalBytes), String(t.snapshots), String(t.chunks), formatBytes(t.receivedBytes), t.quota === null ? '-' : `${formatBytes(t.quota)} (${((100 * t.storedBytes) / t.quota).toFixed(0)}%)`, `${t.sharePercent.toFixed(1)}%`]);
+        rows.push([
+          t.tenant,
+          formatBytes(t.storedBytes),
+          formatBytes(t.logicalBytes),
+          String(t.snapshots),
+          String(t.chunks),
+          formatBytes(t.receivedBytes),
+          t.quota === null ? '-' : `${formatBytes(t.quota)} (${((100 * t.storedBytes) / t.quota).toFixed(0)}%)`,
+          `${t.sharePercent.toFixed(1)}%`,
+          formatBytes(t.wireInBytes),
+          formatBytes(t.wireOutBytes),
+          formatBytes(t.restoreBytes),
+          `${t.transferSharePercent.toFixed(1)}%`,
+        ]);
       }
       process.stdout.write(formatTable(rows));
-      process.stdout.write(`total stored ${formatBytes(u.totalStoredBytes)} (${u.totalStoredBytes} bytes); shares by largest remainder, exact bytes in --json\n`);
+      process.stdout.write(`total stored ${formatBytes(u.totalStoredBytes)} (${u.totalStoredBytes} bytes); over the wire in ${period} ${formatBytes(u.totalWireBytes)} (${u.totalWireBytes} bytes)\n`);
+      process.stdout.write('shares: SHARE of the stored bytes, XFER SHARE of the wire bytes in + out (every protocol frame; RESTORED is the part sent for restores)\n');
+      process.stdout.write('rounding: tenths of a percent by largest remainder: each tenant gets the floor of its exact part, the tenths left go to the largest remainders (equal ones: the tenant listed first), so each column adds up to exactly 100.0%; exact bytes in --json\n');
     });
 
   for (const on of [true, false]) {

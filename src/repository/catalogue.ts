@@ -41,6 +41,13 @@ export interface ChunkRow {
   bases?: readonly Buffer[] | undefined;
 }
 
+/** Vault: protocol bytes of a tenant's sessions (every byte read and written on the channel; of those written, the restore reads' answers). */
+export interface TransferBytes {
+  wireIn: number;
+  wireOut: number;
+  restoreOut: number;
+}
+
 const SCHEMA_VERSION = 3;
 
 /**
@@ -156,6 +163,9 @@ export class Catalogue {
         id TEXT PRIMARY KEY, kind TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL);
       -- vault: new chunk bytes stored per UTC day (kura vault usage)
       CREATE TABLE IF NOT EXISTS intake (day TEXT PRIMARY KEY, bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
+      -- vault: protocol bytes per UTC day, read from and written to the tenant's clients (kura vault usage)
+      CREATE TABLE IF NOT EXISTS transfer_bytes (
+        day TEXT PRIMARY KEY, wire_in INTEGER NOT NULL, wire_out INTEGER NOT NULL, restore_out INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS route_state (
         route TEXT PRIMARY KEY, state TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt INTEGER, last_success TEXT, bytes_sent INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL);
@@ -440,6 +450,24 @@ export class Catalogue {
   intake(prefix: string): { bytes: number; chunks: number } {
     const r = this.db.prepare<[string], { b: number | null; c: number | null }>('SELECT sum(bytes) AS b, sum(chunks) AS c FROM intake WHERE day LIKE ?').get(`${prefix}%`)!;
     return { bytes: r.b ?? 0, chunks: r.c ?? 0 };
+  }
+
+  /** Vault: add a session's protocol bytes not yet recorded to the day's (one statement, safe for concurrent sessions). */
+  addTransferBytes(day: string, b: TransferBytes): void {
+    this.db
+      .prepare(
+        `INSERT INTO transfer_bytes (day, wire_in, wire_out, restore_out) VALUES (?, ?, ?, ?)
+         ON CONFLICT (day) DO UPDATE SET wire_in = wire_in + excluded.wire_in, wire_out = wire_out + excluded.wire_out, restore_out = restore_out + excluded.restore_out`,
+      )
+      .run(day, b.wireIn, b.wireOut, b.restoreOut);
+  }
+
+  /** Protocol bytes the vault exchanged with the tenant's clients on days starting with `prefix` ("2026-11"). */
+  transferBytes(prefix: string): TransferBytes {
+    const r = this.db
+      .prepare<[string], { i: number | null; o: number | null; r: number | null }>('SELECT sum(wire_in) AS i, sum(wire_out) AS o, sum(restore_out) AS r FROM transfer_bytes WHERE day LIKE ?')
+      .get(`${prefix}%`)!;
+    return { wireIn: r.i ?? 0, wireOut: r.o ?? 0, restoreOut: r.r ?? 0 };
   }
 
   /**

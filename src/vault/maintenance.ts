@@ -60,18 +60,48 @@ export interface TenantUsage {
   quota: number | null;
   /** share of the vault's stored bytes, in percent with one decimal; the shares add up to 100.0 */
   sharePercent: number;
+  /** protocol bytes the vault read from the tenant's clients during the period (UTC days), every frame */
+  wireInBytes: number;
+  /** protocol bytes the vault wrote to the tenant's clients during the period, every frame */
+  wireOutBytes: number;
+  /** of wireOutBytes, the snapshot files and chunks sent in answer to restore reads (whole frames) */
+  restoreBytes: number;
+  /** share of all tenants' wire bytes (in + out) in the period, as sharePercent; all 0 when nothing moved */
+  transferSharePercent: number;
+}
+
+export interface VaultUsage {
+  period: string;
+  tenants: TenantUsage[];
+  totalStoredBytes: number;
+  /** wire bytes in + out of every tenant in the period */
+  totalWireBytes: number;
 }
 
 /**
  * Per-tenant usage, the input for apportioning shared costs. Bytes are exact integers. Shares
- * are tenths of a percent of the total stored bytes, rounded by the largest-remainder method so
- * they always add up to exactly 100.0 (no tenant pays for rounding).
+ * (of stored bytes, and of the period's wire bytes) are tenths of a percent, rounded by the
+ * largest-remainder method so they always add up to exactly 100.0 (no tenant pays for rounding).
  */
-export async function vaultUsage(cfg: VaultConfig, period: string): Promise<{ period: string; tenants: TenantUsage[]; totalStoredBytes: number }> {
+export async function vaultUsage(cfg: VaultConfig, period: string): Promise<VaultUsage> {
   const rows: TenantUsage[] = [];
   for (const tenant of vaultTenants(cfg)) {
     const dir = path.join(cfg.root, 'tenants', tenant);
-    const base = { tenant, storedBytes: 0, chunkBytes: 0, logicalBytes: 0, snapshots: 0, chunks: 0, receivedBytes: 0, quota: quotaOf(cfg, tenant) ?? null, sharePercent: 0 };
+    const base: TenantUsage = {
+      tenant,
+      storedBytes: 0,
+      chunkBytes: 0,
+      logicalBytes: 0,
+      snapshots: 0,
+      chunks: 0,
+      receivedBytes: 0,
+      quota: quotaOf(cfg, tenant) ?? null,
+      sharePercent: 0,
+      wireInBytes: 0,
+      wireOutBytes: 0,
+      restoreBytes: 0,
+      transferSharePercent: 0,
+    };
     if (!existsSync(path.join(dir, 'config'))) {
       rows.push(base);
       continue;
@@ -85,28 +115,56 @@ export async function vaultUsage(cfg: VaultConfig, period: string): Promise<{ pe
       const c = repo.catalogue.counts();
       let logical = 0;
       for (const s of repo.catalogue.snapshots()) logical += s.header.logicalBytes;
-      rows.push({ ...base, storedBytes: stored, chunkBytes: c.storedBytes, logicalBytes: logical, snapshots: c.snapshots, chunks: c.chunks, receivedBytes: repo.catalogue.intake(period).bytes });
+      const moved = repo.catalogue.transferBytes(period);
+      rows.push({
+        ...base,
+        storedBytes: stored,
+        chunkBytes: c.storedBytes,
+        logicalBytes: logical,
+        snapshots: c.snapshots,
+        chunks: c.chunks,
+        receivedBytes: repo.catalogue.intake(period).bytes,
+        wireInBytes: moved.wireIn,
+        wireOutBytes: moved.wireOut,
+        restoreBytes: moved.restoreOut,
+      });
     } finally {
       repo.close();
     }
   }
-  const total = rows.reduce((a, r) => a + r.storedBytes, 0);
-  const shares = largestRemainder(
-    rows.map((r) => r.storedBytes),
-    1000,
-  );
-  rows.forEach((r, i) => (r.sharePercent = shares[i]! / 10));
-  return { period, tenants: rows, totalStoredBytes: total };
+  const wire = rows.map((r) => r.wireInBytes + r.wireOutBytes);
+  const stored = percentShares(rows.map((r) => r.storedBytes));
+  const moved = percentShares(wire);
+  rows.forEach((r, i) => {
+    r.sharePercent = stored[i]!;
+    r.transferSharePercent = moved[i]!;
+  });
+  return { period, tenants: rows, totalStoredBytes: rows.reduce((a, r) => a + r.storedBytes, 0), totalWireBytes: wire.reduce((a, b) => a + b, 0) };
 }
 
-/** Split `units` in proportion to `weights`, integers summing to `units` (all zero when the weights are). */
+/** Shares of `weights` in percent with one decimal, by largestRemainder over 1000 tenths: they add up to 100.0 (or are all 0). */
+export function percentShares(weights: readonly number[]): number[] {
+  return largestRemainder(weights, 1000).map((tenths) => tenths / 10);
+}
+
+/**
+ * Split `units` in proportion to `weights` (non-negative integers: byte counts) into integers
+ * summing to `units`, all zero when the weights are. Each gets the floor of its exact part; the
+ * units left go one each to the largest remainders, equal remainders to the earlier weight (the
+ * tenant listed first). Computed in integers (BigInt): floating-point remainders of equal parts
+ * can differ in their last bits, and weight × units passes 2^53 beyond 9 TB.
+ */
 export function largestRemainder(weights: readonly number[], units: number): number[] {
-  const total = weights.reduce((a, b) => a + b, 0);
-  if (total === 0) return weights.map(() => 0);
-  const exact = weights.map((w) => (w * units) / total);
-  const out = exact.map(Math.floor);
+  const w = weights.map((x) => {
+    if (!Number.isSafeInteger(x) || x < 0) throw new KuraError('E_INTERNAL', `largestRemainder needs non-negative integer weights, got ${x}`);
+    return BigInt(x);
+  });
+  const total = w.reduce((a, b) => a + b, 0n);
+  if (total === 0n) return weights.map(() => 0);
+  const u = BigInt(units);
+  const out = w.map((x) => Number((x * u) / total));
+  const order = w.map((x, i) => ({ i, r: (x * u) % total })).sort((a, b) => (a.r === b.r ? a.i - b.i : a.r > b.r ? -1 : 1));
   let left = units - out.reduce((a, b) => a + b, 0);
-  const order = exact.map((e, i) => ({ i, r: e - Math.floor(e) })).sort((a, b) => b.r - a.r || a.i - b.i);
   for (const { i } of order) {
     if (left-- <= 0) break;
     out[i]!++;

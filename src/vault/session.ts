@@ -15,6 +15,7 @@ import { listFetcher, readChunk } from '../repository/reader.js';
 import { setProtected } from '../retention/protect.js';
 import { roleAllows, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
+import { TransferAccounting } from './transfer-accounting.js';
 
 export interface SessionContext {
   tenant: string;
@@ -64,9 +65,12 @@ export class VaultSession {
   /** settles when the session is over and every batch it received is durable */
   private readonly finished: Promise<void>;
   private finish: () => void = () => {};
+  /** protocol bytes both ways, kept in the tenant's catalogue (kura vault usage) */
+  private readonly transfer: TransferAccounting;
 
   constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {
     this.finished = new Promise<void>((r) => (this.finish = r));
+    this.transfer = new TransferAccounting(ctx.repo.catalogue, (e) => ctx.log.warn({ tenant: ctx.tenant, session: this.id }, `transfer bytes not recorded yet: ${(e as Error).message}`));
   }
 
   /** End the session after the frame being handled (the vault is stopping). */
@@ -89,6 +93,7 @@ export class VaultSession {
     others.add(this);
     this.input.on('data', (d: Buffer) => {
       consumed();
+      this.transfer.read(d.length);
       this.lastInputAt = Date.now();
       if (failure) return;
       try {
@@ -119,6 +124,7 @@ export class VaultSession {
           const f = queue.shift()!;
           if (queue.length < 64) this.input.resume();
           await this.handle(f);
+          this.transfer.handled(f.type);
           continue;
         }
         if (failure) throw failure;
@@ -135,6 +141,7 @@ export class VaultSession {
       // batches already received are made durable even when the client is gone
       await this.flushing;
       dropPackLeasesQuietly(ctx.repo, this.id);
+      this.transfer.record();
       this.closed = true;
       this.output.end();
       others.delete(this);
@@ -145,7 +152,9 @@ export class VaultSession {
   private async send(type: number, payload?: Uint8Array | object): Promise<void> {
     const out = this.output;
     if (this.closed || out.destroyed || out.writableEnded) return; // the client is gone: nobody to answer
-    if (!out.write(encodeFrame(type, payload))) {
+    const frame = encodeFrame(type, payload);
+    this.transfer.wrote(type, frame.length);
+    if (!out.write(frame)) {
       await Promise.race([once(out, 'drain'), once(out, 'close')]).catch(() => {});
     }
   }
