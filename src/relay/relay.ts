@@ -29,9 +29,13 @@ export interface RouteReport {
 /** The routes of the config (routing module `static`), by name. */
 export { routesOf };
 
-/** Faults of the line (retry later) versus refusals that need an operator. */
+/**
+ * Faults of the line (retry later) versus refusals that need an operator. A vault that is out of
+ * memory for sessions (E_BUSY) or whose storage failed or is full (E_IO) is the far end of the
+ * line: the snapshot stays queued and goes when the vault can take it.
+ */
 function isLineFault(e: unknown): boolean {
-  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_FRAME_TRUNCATED';
+  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_BUSY' || e.code === 'E_FRAME_TRUNCATED';
 }
 
 /**

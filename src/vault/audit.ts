@@ -1,10 +1,12 @@
 import { closeSync, fsyncSync, openSync, writeSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { log } from '../log.js';
 
 /**
  * Append-only audit log (JSON lines): every session, operation and refused attempt. Opened with
  * O_APPEND so concurrent writers (serve and several stdio sessions) interleave whole lines;
- * refusals are fsynced, since they are what an investigation needs.
+ * refusals are fsynced, since they are what an investigation needs. A line that cannot be
+ * written (the vault's disk is full) goes to the error log instead: the vault keeps serving.
  */
 export interface AuditEvent {
   event: string;
@@ -35,8 +37,12 @@ export class AuditLog {
 
   write(e: AuditEvent): void {
     const line = JSON.stringify({ time: new Date().toISOString(), ...e }) + '\n';
-    writeSync(this.fd, line);
-    if (e.outcome !== 'ok') fsyncSync(this.fd);
+    try {
+      writeSync(this.fd, line);
+      if (e.outcome !== 'ok') fsyncSync(this.fd);
+    } catch (err) {
+      log().error({ audit: e, errno: (err as NodeJS.ErrnoException).code }, `the audit log ${this.file} cannot be written (${(err as Error).message}); the event is logged here instead`);
+    }
     for (const o of this.observers) o(e);
   }
 

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
+import type { Writable } from 'node:stream';
 import path from 'node:path';
 import type { Connection, Server as SshServer, ServerChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
@@ -88,7 +89,19 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           try {
             const repo = await vault.repoOf(g.tenant);
             const s = new VaultSession(
-              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), log: lg },
+              {
+                tenant: g.tenant,
+                role: g.role,
+                repo,
+                audit: vault.audit,
+                peer: { ip, user: g.user, key: g.key },
+                maxFrame: cfg.maxFrame,
+                leaseTtlMs: vault.leaseTtlMs,
+                quota: quotaOf(cfg, g.tenant),
+                log: lg,
+                budget: vault.memory,
+                transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
+              },
               channel,
               channel,
             );
@@ -145,11 +158,13 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       // no new connections; open sessions end after the frame they are handling (their flushed
       // batches are durable, a relay resends the rest), then the connections are closed
       const closed = new Promise<void>((r) => server.close(() => r()));
-      const grace = () => new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref());
+      const grace = (ms = STOP_GRACE_MS) => new Promise((r) => setTimeout(r, ms).unref());
       for (const s of sessions.keys()) s.stop();
       await Promise.race([Promise.allSettled(sessions.values()), grace()]);
       for (const c of clients) c.end();
-      await Promise.race([closed, grace()]);
+      await Promise.race([closed, grace(2000)]);
+      // a connection whose client reads nothing never finishes ending: cut it
+      for (const c of clients) (c as Connection & { _sock?: { destroy(): void } })._sock?.destroy();
       await notifier?.close();
       await vault.close();
     },

@@ -6,7 +6,6 @@ import { storePack } from '../../repository/pack.js';
 import type { VaultSession } from '../session.js';
 import type { PutRun } from './body.js';
 
-const MAX_PENDING_BYTES = 64 << 20; // PUT data accepted before the client must FLUSH
 const MAX_CHUNK_BLOB = (256 << 20) + 64;
 const MAX_QUEUED_FLUSHES = 8; // batches waiting for the disk before the session stops reading
 
@@ -18,6 +17,8 @@ const MAX_QUEUED_FLUSHES = 8; // batches waiting for the disk before the session
 export class Uploads {
   private pending: Array<{ id: Buffer; blob: Buffer }> = [];
   private pendingBytes = 0;
+  /** bytes of the batches being written as packs */
+  private writingBytes = 0;
   /** how many of `pending` came as PUT_NEXT (hashed by batchSum, in order) */
   private pendingNext = 0;
   private batchSum: Blake3Hasher | null = null;
@@ -33,6 +34,19 @@ export class Uploads {
   private storedAdded = 0;
 
   constructor(private readonly s: VaultSession) {}
+
+  /** What this session's uploads hold in memory (MemoryBudget). */
+  holding(): { pending: number; writing: number } {
+    return { pending: this.pendingBytes, writing: this.writingBytes };
+  }
+
+  /** The session is refused: let go of the PUT data not flushed (packs being written still are). */
+  drop(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.pendingNext = 0;
+    this.batchSum = null;
+  }
 
   /** PUT_NEXT and PUT_RUN fill `ids` (the last WANT_REPLY's) from now on, in order. */
   expect(ids: Buffer[]): void {
@@ -101,15 +115,27 @@ export class Uploads {
     // a batch of PUT_NEXT blobs only: the pack's ID continues the checksum's hash
     const allNext = this.pendingNext === this.pending.length ? hashed : undefined;
     // packs are written concurrently (fdatasync latency dominates); replies go out in order
-    const written = this.writePack(this.takePending(), allNext);
+    const batch = this.takePending();
+    let bytes = 0;
+    for (const p of batch) bytes += p.blob.length;
+    this.writingBytes += bytes;
+    const written = this.writePack(batch, allNext).finally(() => {
+      this.writingBytes -= bytes;
+      this.s.ctx.budget.released();
+    });
     written.catch(() => {});
+    // FLUSHED answers go out in order, and none after a batch that failed: the session ends then
     this.flushing = Promise.all([this.flushing, written])
-      .then(([, w]) => this.s.send(Frame.FLUSHED, { seq, ...w }))
+      .then(([, w]) => {
+        if (this.flushFailure) throw this.flushFailure;
+        return this.s.send(Frame.FLUSHED, { seq, ...w });
+      })
       .catch((e) => {
         this.flushFailure ??= e;
+        this.s.fail(this.flushFailure);
       });
-    // too many batches waiting for the disk: stop reading until they are written
-    if (this.queuedFlushes++ >= MAX_QUEUED_FLUSHES) {
+    // too many batches or bytes waiting for the disk: stop reading until they are written
+    if (this.queuedFlushes++ >= MAX_QUEUED_FLUSHES || this.writingBytes > this.s.ctx.budget.limits.sessionBytes) {
       await this.flushing;
       this.queuedFlushes = 0;
     }
@@ -123,7 +149,17 @@ export class Uploads {
     this.checkQuota();
     this.s.ops.put++;
     this.s.ops.putBytes += blob.length;
-    if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
+    const { budget } = this.s.ctx;
+    const limit = budget.limits.sessionBytes;
+    if (this.pendingBytes > limit) {
+      this.drop();
+      throw new KuraError(
+        'E_BUSY',
+        `this session sent more than ${limit} bytes of PUT data without FLUSH (vault.limits.sessionBytes); FLUSH more often (a kura relay flushes every relay.batchBytes, which must stay below it) and send again`,
+        { sessionBytes: limit },
+      );
+    }
+    budget.enforce();
   }
 
   private checkQuota(): void {
