@@ -208,7 +208,7 @@ export const configSchema = z.strictObject({
   tenant: name('tenant').default(DEFAULT_TENANT).describe('default tenant of this host\'s sources'),
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
   timezone: timeZone.optional().describe('time zone of daily/weekly/monthly retention periods (default: the system\'s)').meta({ examples: ['Asia/Tokyo'] }),
-  rpo: duration.default('1d').describe('default RPO target: `kura status` fails and `kura top` colours a route whose oldest unsent snapshot is older'),
+  rpo: duration.default('1d').describe('default RPO target: `kura status` fails, `kura top` colours and notifications report a source whose newest snapshot on a destination (or on site, without routes) is older'),
   repository: z
     .strictObject({
       path: z.string().describe('local (on-site) repository directory').meta({ examples: ['/var/lib/kura/repo'] }),

@@ -77,8 +77,21 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     });
     client.on('ready', () => {
       const g = granted!;
+      // a vault speaks one protocol on exec channels; everything else SSH can ask for is refused and audited
+      const refuse = (event: string, asked: string, reject?: () => void) => {
+        vault.audit.write({ event, outcome: 'refused', tenant: g.tenant, ip, key: g.key, user: g.user, code: 'E_FORBIDDEN', reason: `${asked} is not offered by a vault` });
+        reject?.();
+      };
+      client.on('tcpip', (_accept, reject, info) => refuse('port-forward', `forwarding to ${info.destIP}:${info.destPort}`, reject));
+      client.on('openssh.streamlocal', (_accept, reject, info) => refuse('port-forward', `forwarding to socket ${info.socketPath}`, reject));
+      client.on('request', (_accept, reject, name, info) => refuse('port-forward', `global request ${name}${info && 'bindPort' in info ? ` (${info.bindAddr}:${info.bindPort})` : ''}`, reject));
       client.on('session', (accept) => {
         const session = accept();
+        session.on('pty', (_a, reject) => refuse('pty', 'a terminal (pty)', reject));
+        session.on('x11', (_a, reject) => refuse('x11', 'X11 forwarding', reject));
+        session.on('auth-agent', (_a, reject) => refuse('agent-forward', 'agent forwarding', reject));
+        session.on('sftp', (_a, reject) => refuse('sftp', 'the sftp subsystem', reject));
+        session.on('subsystem', (_a, reject, info) => refuse('subsystem', `subsystem ${JSON.stringify(info.name.slice(0, 40))}`, reject));
         session.on('exec', async (acceptExec, rejectExec, execInfo) => {
           if (execInfo.command !== VAULT_COMMAND) {
             vault.audit.write({ event: 'exec', outcome: 'refused', tenant: g.tenant, ip, key: g.key, code: 'E_FORBIDDEN', reason: `command ${JSON.stringify(execInfo.command.slice(0, 80))} is not the vault protocol` });
@@ -103,10 +116,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           }
           channel.close();
         });
-        session.on('shell', (_a, reject) => {
-          vault.audit.write({ event: 'shell', outcome: 'refused', tenant: g.tenant, ip, key: g.key, code: 'E_FORBIDDEN', reason: 'no shell on a vault' });
-          reject?.();
-        });
+        session.on('shell', (_a, reject) => refuse('shell', 'a shell', reject));
       });
     });
     client.on('error', (err: Error) => {
