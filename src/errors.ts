@@ -53,6 +53,7 @@ export const errorCodes = {
   E_EXPORT_TIMEOUT: ExitStatus.FAILED,
   E_RESTORE_FAILED: ExitStatus.FAILED,
   E_TARGET_NOT_EMPTY: ExitStatus.CANT_CREATE,
+  E_PLAN_FULL: ExitStatus.CONFIG,
   E_INTERNAL: ExitStatus.SOFTWARE,
 } as const;
 

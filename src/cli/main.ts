@@ -15,6 +15,7 @@ import { registerStatus } from './status.js';
 import { registerTop } from './top.js';
 import { registerVault } from './vault.js';
 import { registerNotify } from './notify.js';
+import { registerPlan } from './plan.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerKey(program);
   registerConfig(program);
   registerNotify(program);
+  registerPlan(program);
   // subcommands inherit exitOverride so usage errors reach our handler
   const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
   walk(program);

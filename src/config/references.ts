@@ -1,5 +1,6 @@
 import { accessSync, constants } from 'node:fs';
 import type { KuraConfig } from './schema.js';
+import { moduleOf } from '../modules/registry.js';
 
 /**
  * What a config names beyond its own shape: routes named by sources, and the key, password and
@@ -11,22 +12,15 @@ export interface ReferenceIssue {
   message: string;
 }
 
-/** The routes a config defines (the routing module's table), or null when its module has no fixed table. */
-function routeNames(cfg: KuraConfig): string[] | null {
-  const r = cfg.modules.routing as { routes?: Record<string, unknown> };
-  return r.routes ? Object.keys(r.routes) : null;
-}
 
 /** References inside the config: they hold or not whatever the host. */
 export function configReferences(cfg: KuraConfig): ReferenceIssue[] {
   const out: ReferenceIssue[] = [];
-  const routes = routeNames(cfg);
-  if (routes) {
-    for (const [name, src] of Object.entries(cfg.sources)) {
-      src.routes.forEach((r, i) => {
-        if (!routes.includes(r)) out.push({ path: `sources.${name}.routes[${i}]`, message: `names route "${r}", which is not in modules.routing.routes (known: ${routes.join(', ') || 'none'})` });
-      });
-    }
+  const routes = Object.keys(moduleOf(cfg, 'routing').routes);
+  for (const [name, src] of Object.entries(cfg.sources)) {
+    src.routes.forEach((r, i) => {
+      if (!routes.includes(r)) out.push({ path: `sources.${name}.routes[${i}]`, message: `names route "${r}", which is not in modules.routing.routes (known: ${routes.join(', ') || 'none'})` });
+    });
   }
   return out;
 }
@@ -52,8 +46,7 @@ export function fileReferences(cfg: KuraConfig, probe: FileProbe = readableFile,
   }
   if (roles.agent) for (const [name, src] of Object.entries(cfg.sources)) if ('passwordFile' in src) files.push([`sources.${name}.passwordFile`, src.passwordFile, 'the database password file']);
   if (roles.relay) {
-    const r = cfg.modules.routing as { routes?: Record<string, { clientKey?: string }> };
-    for (const [name, route] of Object.entries(r.routes ?? {})) files.push([`modules.routing.routes.${name}.clientKey`, route.clientKey, "this host's SSH private key"]);
+    for (const [name, route] of Object.entries(moduleOf(cfg, 'routing').routes)) files.push([`modules.routing.routes.${name}.clientKey`, route.clientKey, "this host's SSH private key"]);
   }
   const email = (cfg.notifications as unknown as { email?: Array<{ passwordFile?: string; caFile?: string }> }).email ?? [];
   email.forEach((e, i) => {

@@ -131,4 +131,12 @@ export class OpsState {
       )
       .all();
   }
+
+  /** Seconds the last `limit` successful jobs of a source took, oldest first (the plan's history). */
+  jobSeconds(source: string, limit = 7): number[] {
+    return this.db
+      .prepare<[string, number], { s: number }>(`SELECT (julianday(finished) - julianday(started)) * 86400 AS s FROM (SELECT started, finished, id FROM jobs WHERE source = ? AND result = 'ok' AND finished IS NOT NULL ORDER BY id DESC LIMIT ?) ORDER BY id`)
+      .all(source, limit)
+      .map((r) => r.s);
+  }
 }
