@@ -27,9 +27,9 @@ export function registerPlan(program: Command): void {
         return;
       }
       const { formatTable } = await import('../format.js');
-      const local = (d: Date) => new Intl.DateTimeFormat('sv-SE', { timeZone, dateStyle: 'short', timeStyle: 'short' }).format(d);
+      const local = (d: Date) => new Intl.DateTimeFormat('sv-SE', { timeZone, dateStyle: 'short', timeStyle: 'medium' }).format(d);
       const rows = [['GROUP', 'MEMBER', 'LANE', 'START', 'END', 'DURATION', 'NOTE']];
-      for (const p of plans) rows.push([p.group, p.member, String(p.lane), local(p.start), local(p.end), `${Math.round(p.durationSeconds / 60)} min (${p.durationFrom})`, p.moved ?? '']);
+      for (const p of plans) rows.push([p.group, p.member, String(p.lane), local(p.start), local(p.end), `${p.durationSeconds < 120 ? `${p.durationSeconds} s` : `${Math.round(p.durationSeconds / 60)} min`} (${p.durationFrom})`, p.moved ?? '']);
       process.stdout.write(formatTable(rows));
       process.stdout.write(`times in ${timeZone}; durations from this host's job history where it has one, else expectedDuration\n`);
     });

@@ -139,4 +139,9 @@ export class OpsState {
       .all(source, limit)
       .map((r) => r.s);
   }
+
+  /** When the newest job of a source started (ISO), or null: a daemon started late sees what it missed. */
+  lastJobStart(source: string): string | null {
+    return this.db.prepare<[string], { started: string }>('SELECT started FROM jobs WHERE source = ? ORDER BY id DESC LIMIT 1').get(source)?.started ?? null;
+  }
 }
