@@ -96,6 +96,7 @@ export function decodeSnapshot(bytes: Buffer, expectedId: string): DecodedSnapsh
   } catch {
     throw corrupt(id, 'unreadable header');
   }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw corrupt(id, 'unreadable header');
   off += hlen;
   need(4);
   const n = bytes.readUInt32LE(off);
