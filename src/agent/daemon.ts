@@ -8,6 +8,7 @@ import { localGc, runSource, selectSources, type SourceResult } from './run.js';
 import type { Notifier } from '../notify/notifier.js';
 import { startWatch } from '../notify/evaluate.js';
 import { maintenanceFailed } from '../notify/jobs.js';
+import { takeSlot } from './slot.js';
 import { lastPlannedStart, nextPlannedStart, planHistory, plannedMember, timeZoneOf, type PlannedMember } from './window.js';
 
 export interface DaemonEvent {
@@ -71,7 +72,7 @@ export class AgentDaemon {
   }
 
   /** Run a source now, unless its previous run is still going (then say so and skip). */
-  private launch(name: string, src: SourceConfig, why?: Record<string, unknown>): void {
+  private launch(name: string, src: SourceConfig, why?: Record<string, unknown>, coordination?: string): void {
     const lg = log().child({ mode: 'agent' });
     if (this.stopped) return;
     if (this.running.has(name)) {
@@ -80,7 +81,7 @@ export class AgentDaemon {
       return;
     }
     const run = (async () => {
-      const r = await runSource(this.repo, this.cfg, name, src, { signal: this.abort.signal, notifier: this.notifier });
+      const r = await runSource(this.repo, this.cfg, name, src, { signal: this.abort.signal, notifier: this.notifier, coordination });
       this.emit({ ...(r as unknown as DaemonEvent), ...why });
       if (r.pruned && !this.stopped)
         await localGc(this.repo).catch((e: KuraError) => {
@@ -96,11 +97,21 @@ export class AgentDaemon {
   /** Sources of one member (a whole host) run one after the other at the member's start. */
   private readonly memberChains = new Map<string, Promise<void>>();
 
-  private launchPlanned(name: string, src: SourceConfig, m: PlannedMember, why: Record<string, unknown>): void {
+  private launchPlanned(name: string, src: SourceConfig, m: PlannedMember, why: Record<string, unknown>, until: Date): void {
     const prev = this.memberChains.get(m.member) ?? Promise.resolve();
     const next = prev.then(async () => {
-      this.launch(name, src, why);
-      await this.running.get(name);
+      if (this.stopped) return;
+      const ops = this.repo.catalogue.ops;
+      ops.setSlotState(name, { state: 'waiting', group: m.group.name, since: new Date().toISOString() });
+      const lease = await takeSlot(this.cfg, m, { until, ttlMs: (m.group.slotTtlSeconds ?? 600) * 1000, signal: this.abort.signal });
+      ops.setSlotState(name, { state: lease.coordination === 'coordinated' ? 'holding' : 'none', group: m.group.name, since: new Date().toISOString() });
+      try {
+        this.launch(name, src, { ...why, coordination: lease.coordination }, lease.coordination);
+        await this.running.get(name);
+      } finally {
+        await lease.release();
+        ops.setSlotState(name, { state: 'none', group: m.group.name, since: new Date().toISOString() });
+      }
     });
     this.memberChains.set(m.member, next.catch(() => undefined));
   }
@@ -114,7 +125,7 @@ export class AgentDaemon {
     // a source that never ran here starts on the plan; one whose last job is older than its last planned start missed it
     if (!started || Date.parse(started) >= last.start.getTime()) return;
     log().info({ source: name, group: m.group.name, missed: last.start.toISOString() }, 'the planned run was missed (the daemon or the VM was down): running it now');
-    this.launchPlanned(name, src, m, { group: m.group.name, catchUp: true, missed: last.start.toISOString() });
+    this.launchPlanned(name, src, m, { group: m.group.name, catchUp: true, missed: last.start.toISOString() }, new Date(Math.max(Date.now(), last.windowEnd.getTime(), last.end.getTime())));
   }
 
   /** The next planned start of the source's member; re-planned after each run and at least every 6 h. */
@@ -126,7 +137,7 @@ export class AgentDaemon {
     if (next) this.emit({ source: name, result: 'planned', group: m.group.name, member: m.member, start: next.start.toISOString(), end: next.end.toISOString(), ...(next.moved ? { moved: next.moved } : {}) });
     const timer = setTimeout(() => {
       this.timers.delete(timer);
-      if (next && next.start.getTime() <= Date.now() + 1000) this.launchPlanned(name, src, m, { group: m.group.name, plannedStart: next.start.toISOString() });
+      if (next && next.start.getTime() <= Date.now() + 1000) this.launchPlanned(name, src, m, { group: m.group.name, plannedStart: next.start.toISOString() }, new Date(Math.max(next.windowEnd.getTime(), next.end.getTime())));
       this.schedulePlanned(name, src, m);
     }, Math.max(0, wait));
     this.timers.add(timer);

@@ -47,7 +47,7 @@ export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array
  * result says what happened. A source already running elsewhere (another `agent run`, the
  * daemon) is reported as locked, not run twice.
  */
-export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined } = {}): Promise<SourceResult> {
+export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined; coordination?: string | undefined } = {}): Promise<SourceResult> {
   const t0 = performance.now();
   const tenant = src.tenant ?? cfg.tenant;
   const base = { source: name, tenant, routes: src.routes };
@@ -59,7 +59,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     if (!isKuraError(e) || e.code !== 'E_LOCKED') throw e;
     return { ...base, result: 'locked', job: null, seconds: 0, error: { code: e.code, message: e.message } };
   }
-  const job = cat.ops.startJob(name);
+  const job = cat.ops.startJob(name, opts.coordination);
   let result: SourceResult;
   let opened: Awaited<ReturnType<typeof openSource>> | null = null;
   let ahead: ReadAhead | null = null;

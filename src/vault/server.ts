@@ -101,7 +101,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           try {
             const repo = await vault.repoOf(g.tenant);
             const s = new VaultSession(
-              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), log: lg },
+              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), slots: vault.slots, log: lg },
               channel,
               channel,
             );

@@ -7,6 +7,7 @@ import { keepChannelWindow } from '../protocol/window.js';
 import type { Repository } from '../repository/repository.js';
 import { roleMay, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
+import type { SlotTable } from './slots.js';
 import { TransferAccounting } from './transfer-accounting.js';
 import { frameEntries } from './frames/index.js';
 import { Uploads } from './frames/upload.js';
@@ -22,6 +23,8 @@ export interface SessionContext {
   leaseTtlMs: number;
   /** stored bytes the tenant may hold (vault.tenants.<t>.quota) */
   quota?: number | undefined;
+  /** the backup-window slots this vault leases (modules.virtualization coordinator) */
+  slots?: SlotTable | undefined;
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
 }
 

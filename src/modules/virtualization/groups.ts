@@ -27,7 +27,12 @@ const groupSchema = z.strictObject({
     .describe('how long a member\'s backup takes, until its own job history says'),
   spread: z.enum(['even', 'packed']).default('even').describe('even: the spare time of the window is spread between the jobs; packed: back to back from the window\'s start'),
   members: z.array(member).min(1).describe('hosts ("juki-db1": all its sources) or host/source pairs that share the hypervisor, datastore or backup device').meta({ examples: [['juki-db1/juki', 'zei-db1']] }),
-  coordinator: z.string().optional().describe('route of the on-site vault or backup server that leases the slots (the cap across hosts)'),
+  coordinator: z.string().optional().describe('route (modules.routing) of the on-site vault or backup server that leases the slots: the cap across hosts; unreachable, an agent starts at its planned time anyway and records that it ran uncoordinated'),
+  slotTtl: z
+    .string()
+    .refine((v) => parseDuration(v) !== null, 'a duration like "10m"')
+    .default('10m')
+    .describe('a slot lease lives this long unless renewed (every third of it while the export runs): an agent that dies frees its slot after it'),
   power: z
     .record(z.string(), z.array(powerWindow).min(1))
     .default({})
@@ -56,6 +61,7 @@ registerModule({
           spread: g.spread,
           members: g.members,
           coordinator: g.coordinator,
+          slotTtlSeconds: parseDuration(g.slotTtl)! / 1000,
           power: new Map(Object.entries(g.power).map(([m, ws]) => [m, ws.map((w) => ({ days: w.days, from: minutes(w.from), to: minutes(w.to) }))])),
           holidays,
         }),

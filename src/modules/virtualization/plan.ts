@@ -25,6 +25,8 @@ export interface BackupGroup {
   members: readonly string[];
   /** the route of the coordinator that leases slots (the on-site vault or backup server) */
   coordinator?: string | undefined;
+  /** how long a slot lease lives without renewal (an agent that died frees its slot after it) */
+  slotTtlSeconds?: number;
   /** members whose VM is powered on only at some hours: their weekly calendar */
   power?: ReadonlyMap<string, readonly PowerWindow[]>;
   /** dates (YYYY-MM-DD) on which members with a power calendar stay off */
@@ -50,6 +52,8 @@ export interface PlannedStart {
   durationSeconds: number;
   /** where the duration came from */
   durationFrom: 'history' | 'expected';
+  /** the end of the window this start belongs to */
+  windowEnd: Date;
   /** set when the member's VM is off during its slot: the backup moves to its next powered-on time */
   moved?: string;
 }
@@ -113,7 +117,7 @@ export function backupPlan(group: BackupGroup, date: string, timeZone: string, h
     const inWindow = intervals.some((iv) => Math.min(iv.end.getTime(), end.getTime()) - Math.max(iv.start.getTime(), start.getTime()) >= m.seconds * 1000);
     if (inWindow) continue;
     members.splice(members.indexOf(m), 1);
-    const p: PlannedStart = { group: group.name, member: m.member, lane: -1, start, end: new Date(start.getTime() + m.seconds * 1000), durationSeconds: m.seconds, durationFrom: m.from };
+    const p: PlannedStart = { group: group.name, member: m.member, lane: -1, start, end: new Date(start.getTime() + m.seconds * 1000), durationSeconds: m.seconds, durationFrom: m.from, windowEnd: end };
     movePowered(p, group, date, timeZone);
     outside.push(p);
   }
@@ -133,7 +137,7 @@ export function backupPlan(group: BackupGroup, date: string, timeZone: string, h
     let at = start.getTime();
     for (const m of lane.members) {
       const s = new Date(Math.round(at / 1000) * 1000);
-      out.push({ group: group.name, member: m.member, lane: i, start: s, end: new Date(s.getTime() + m.seconds * 1000), durationSeconds: m.seconds, durationFrom: m.from });
+      out.push({ group: group.name, member: m.member, lane: i, start: s, end: new Date(s.getTime() + m.seconds * 1000), durationSeconds: m.seconds, durationFrom: m.from, windowEnd: end });
       at += (m.seconds + gap) * 1000;
     }
   });
