@@ -121,9 +121,10 @@ export class AgentDaemon {
     const tz = timeZoneOf(this.cfg);
     const last = lastPlannedStart(m, new Date(), tz, planHistory(this.repo, this.cfg));
     if (!last) return;
-    const started = this.repo.catalogue.ops.lastJobStart(name);
-    // a source that never ran here starts on the plan; one whose last job is older than its last planned start missed it
-    if (!started || Date.parse(started) >= last.start.getTime()) return;
+    const ops = this.repo.catalogue.ops;
+    // a source that never ran here starts on the plan; one without a good job since its last
+    // planned start missed it (the VM was off, the daemon down, or killed mid-export)
+    if (!ops.lastJobStart(name) || ops.okJobSince(name, last.start.toISOString())) return;
     log().info({ source: name, group: m.group.name, missed: last.start.toISOString() }, 'the planned run was missed (the daemon or the VM was down): running it now');
     this.launchPlanned(name, src, m, { group: m.group.name, catchUp: true, missed: last.start.toISOString() }, new Date(Math.max(Date.now(), last.windowEnd.getTime(), last.end.getTime())));
   }

@@ -157,4 +157,9 @@ export class OpsState {
     const r = this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(`slot.${source}`);
     return r ? (JSON.parse(r.value) as { state: 'waiting' | 'holding' | 'none'; group: string; since: string }) : null;
   }
+
+  /** Whether a job of the source that started at or after `since` (ISO) succeeded. */
+  okJobSince(source: string, since: string): boolean {
+    return Boolean(this.db.prepare<[string, string], { x: number }>(`SELECT 1 AS x FROM jobs WHERE source = ? AND result = 'ok' AND started >= ? LIMIT 1`).get(source, since));
+  }
 }
