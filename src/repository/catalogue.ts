@@ -48,7 +48,7 @@ export interface TransferBytes {
   restoreOut: number;
 }
 
-const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 3;
 
 /**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
