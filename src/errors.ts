@@ -38,6 +38,8 @@ export const errorCodes = {
   E_IO: ExitStatus.IO,
   E_LOCKED: ExitStatus.TEMP_FAIL,
   E_PROTOCOL: ExitStatus.DATA,
+  // the two sides share no protocol version: one of them must be upgraded
+  E_PROTOCOL_VERSION: ExitStatus.UNAVAILABLE,
   E_FRAME_TOO_LARGE: ExitStatus.DATA,
   E_FRAME_TRUNCATED: ExitStatus.DATA,
   E_AUTH_DENIED: ExitStatus.NO_PERM,

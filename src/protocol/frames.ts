@@ -12,6 +12,8 @@ import { KuraError } from '../errors.js';
  */
 export const PROTOCOL_VERSION = 3;
 export const OLDEST_PROTOCOL = 1;
+/** The oldest version a kura relay speaks: it needs WANT and PUT_NEXT (version 2). */
+export const OLDEST_RELAY_PROTOCOL = 2;
 export const DEFAULT_MAX_FRAME = 16 << 20;
 
 export const Frame = {

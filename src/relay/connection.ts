@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { once } from 'node:events';
 import type { Client, ClientChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
-import { DEFAULT_MAX_FRAME, Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
+import { DEFAULT_MAX_FRAME, Frame, FrameParser, OLDEST_RELAY_PROTOCOL, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { keepChannelWindow } from '../protocol/window.js';
 import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
@@ -93,15 +93,15 @@ export class VaultConnection {
         conn.session = ok.session;
         conn.role = ok.role;
         conn.protocol = ok.protocol ?? 1;
-        if (conn.protocol < 2) {
+        if (conn.protocol < OLDEST_RELAY_PROTOCOL) {
           conn.close();
-          throw new KuraError('E_PROTOCOL', `the vault at ${ep.host}:${ep.port} speaks protocol version ${conn.protocol}; this relay needs 2 or later: upgrade the vault`);
+          throw new KuraError('E_PROTOCOL_VERSION', `the vault at ${ep.host}:${ep.port} speaks protocol version ${conn.protocol}; this relay speaks ${OLDEST_RELAY_PROTOCOL} to ${PROTOCOL_VERSION}: upgrade the vault`);
         }
         return conn;
       } catch (e) {
         const err = e as KuraError;
         // a refusal by the vault itself is not a line fault: failing over would not help
-        if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL') throw err;
+        if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
       }
     }
