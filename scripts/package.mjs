@@ -225,7 +225,7 @@ say(`executable ${path.relative(root, finalExe)}: ${(statSync(finalExe).size / 1
 // 4. the Debian package
 if (!process.argv.includes('--no-deb')) {
   const { buildDeb } = await import('./deb.mjs');
-  const deb = buildDeb({ root, exe: finalExe, work: path.join(work, 'deb'), out, manifest, packages });
+  const deb = await buildDeb({ root, exe: finalExe, work: path.join(work, 'deb'), out, manifest, packages, addonFiles: ADDONS.map((a) => path.join(root, a.file)) });
   say(`Debian package ${path.relative(root, deb)}: ${(statSync(deb).size / 1048576).toFixed(1)} MiB`);
 }
 rmSync(work, { recursive: true, force: true });
