@@ -147,6 +147,7 @@ const POSTINST = `#!/bin/sh
 set -e
 case "$1" in
   configure)
+    mkdir -p /var/lib/kura
     if ! getent passwd kura >/dev/null; then
       adduser --system --group --home /var/lib/kura --no-create-home --gecos "kura backups" kura >/dev/null
     fi

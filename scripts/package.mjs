@@ -86,6 +86,14 @@ const executablePlugin = {
     // in the bundle as it would in Node, instead of becoming a run-time require of a missing file
     b.onResolve({ filter: /\.node$/ }, (args) => (existsSync(path.resolve(args.resolveDir, args.path)) ? undefined : { path: args.path, namespace: 'kura-absent' }));
     b.onLoad({ filter: /.*/, namespace: 'kura-absent' }, (args) => ({ contents: `const e = new Error(${JSON.stringify(`Cannot find module '${args.path}'`)}); e.code = 'MODULE_NOT_FOUND'; throw e;`, loader: 'js' }));
+    // likewise a library's require of something not installed (another platform's package,
+    // blake-hash's WebAssembly fallback): it throws as in Node, without the executable's warning
+    // that its require() only loads built-in modules
+    b.onResolve({ filter: /^[^.\/]|^\.\.?\// }, async (args) => {
+      if (args.pluginData?.probing || !args.importer.includes(`${path.sep}node_modules${path.sep}`) || args.kind !== 'require-call') return undefined;
+      const r = await b.resolve(args.path, { kind: args.kind, importer: args.importer, resolveDir: args.resolveDir, pluginData: { probing: true } });
+      return r.errors.length > 0 ? { path: args.path, namespace: 'kura-absent' } : undefined;
+    });
     // better-sqlite3 finds its addon through `bindings`, zstd-napi through a computed path
     b.onResolve({ filter: /^bindings$/ }, () => ({ path: 'bindings', namespace: 'kura-bindings' }));
     b.onLoad({ filter: /.*/, namespace: 'kura-bindings' }, () => ({
@@ -137,7 +145,7 @@ const common = {
   platform: 'node',
   format: 'cjs',
   target: 'node20',
-  minifyWhitespace: true,
+  // whitespace kept: an operator's --debug stack trace then shows a readable line
   minifySyntax: true,
   legalComments: 'none',
   define: { 'process.env.NODE_ENV': '"production"' },
