@@ -36,12 +36,16 @@ const sides = {
   checkout: (args: string[]) => [process.execPath, path.join(ROOT, 'bin', 'kura'), ...args],
 };
 type Side = keyof typeof sides;
+/** CPU seconds (user + system, from GNU time) of each run: on a machine shared with other work they vary less than wall time. */
+const cpu: Record<Side, number[]> = { executable: [], checkout: [] };
 function timed(side: Side, args: string[]): number {
   const [cmd, ...rest] = sides[side](args);
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd!, rest, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const r = spawnSync('/usr/bin/time', ['-f', 'kura-cpu %U %S', cmd!, ...rest], { env, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${side} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  const m = /kura-cpu ([\d.]+) ([\d.]+)/.exec(r.stderr);
+  if (m && args[0] === 'backup') cpu[side].push(Number(m[1]) + Number(m[2]));
   return s;
 }
 
@@ -52,7 +56,7 @@ try {
   const version: Record<Side, number[]> = { executable: [], checkout: [] };
   for (let i = 0; i < runs; i++) for (const side of ['checkout', 'executable'] as const) version[side].push(timed(side, ['--version']));
   const v = { executable: median(version.executable), checkout: median(version.checkout) };
-  emit({ what: 'kura --version', runs, medianSeconds: v, ratio: Number((v.executable / v.checkout).toFixed(2)) });
+  emit({ what: 'kura --version', runs, medianSeconds: v, ratio: Number((v.executable / v.checkout).toFixed(2)), seconds: version });
 
   const input = path.join(work, 'dump.sql');
   const ws = createWriteStream(input);
@@ -71,7 +75,7 @@ try {
   }
   const b = { executable: median(backup.executable), checkout: median(backup.checkout) };
   const mbs = (s: number) => Number((sizeMiB / s).toFixed(1));
-  emit({ what: 'backup', mib: sizeMiB, runs: backups, medianSeconds: b, mibPerSecond: { executable: mbs(b.executable), checkout: mbs(b.checkout) } });
+  emit({ what: 'backup', mib: sizeMiB, runs: backups, medianSeconds: b, mibPerSecond: { executable: mbs(b.executable), checkout: mbs(b.checkout) }, seconds: backup, medianCpuSeconds: { executable: median(cpu.executable), checkout: median(cpu.checkout) }, cpuSeconds: cpu });
   console.log(`executable ${(statSync(EXE).size / MiB).toFixed(1)} MiB; --version ${v.executable.toFixed(3)} s vs ${v.checkout.toFixed(3)} s (${(v.executable / v.checkout).toFixed(2)}x); backup of ${sizeMiB} MiB ${mbs(b.executable)} vs ${mbs(b.checkout)} MiB/s`);
 } finally {
   rmSync(work, { recursive: true, force: true });

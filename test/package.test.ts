@@ -324,7 +324,7 @@ class MachineCopy {
       `mount --rbind /sys ${m}/sys`,
       `mount -t tmpfs tmpfs ${m}/run`,
       'echo ready',
-      'exec sleep 3600',
+      'exec sleep 900', // ends the copy by itself if this test process dies
     ].join(' && ');
     const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     const line = await firstLine(holder);
