@@ -18,7 +18,7 @@ interface Job {
 }
 
 const N = 8;
-const TTL_S = 12;
+const TTL_S = 9;
 
 /** The jobs of every agent, from their own repositories' job records. */
 function jobsOf(dir: string): Job[] {
@@ -68,7 +68,7 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
     writeFileSync(slowDump, `#!/bin/sh\nsleep ${seconds}\nexec pg_dump "$@"\n`);
     chmodSync(slowDump, 0o755);
   };
-  exportTakes(14);
+  exportTakes(8);
 
   const keys = Array.from({ length: N }, (_, i) => sshKey(dir, `key-vm${i + 1}`));
   const vaultDir = path.join(dir, 'coordinator');
@@ -86,7 +86,7 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
         `tenant: city-a\nhost: vm${i}\ntimezone: UTC\nrepository: { path: ${path.join(home, 'repo')} }\n` +
           `relay: { keepalive: 1s, connectTimeout: 3s }\n` +
           `modules:\n  routing:\n    type: static\n    routes:\n      coordinator:\n        endpoints: [{ host: 127.0.0.1, port: ${vault.port}, hostKeySha256: "${vault.hostKeySha256}" }]\n        clientKey: ${keys[i - 1]!.private}\n` +
-          `  virtualization:\n    type: groups\n    groups:\n      hv-a:\n        window: "${window}"\n        maxConcurrent: 2\n        expectedDuration: 10s\n        spread: packed\n        slotTtl: ${TTL_S}s\n        coordinator: coordinator\n        members: [${members.join(', ')}]\n` +
+          `  virtualization:\n    type: groups\n    groups:\n      hv-a:\n        window: "${window}"\n        maxConcurrent: 2\n        expectedDuration: 5s\n        spread: packed\n        slotTtl: ${TTL_S}s\n        coordinator: coordinator\n        members: [${members.join(', ')}]\n` +
           `sources:\n  db:\n    type: postgres\n    uri: ${pg.uri(`db${i}`)}\n    passwordFile: ${pwFile}\n    pgDump: ${slowDump}\n`,
       );
     }
@@ -102,7 +102,7 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
   t.after(() => daemons.forEach((d) => d.kill('SIGKILL')));
 
   // phase 1: coordinated
-  const w1 = nextWindow(3);
+  const w1 = nextWindow(4);
   writeConfigs(w1.text);
   for (let i = 1; i <= N; i++) kuraOk(['repo', 'init'], { env: env(i) });
   for (let i = 1; i <= N; i++) startDaemon(i);
@@ -115,7 +115,7 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
     victim = running[0]!.vm;
     return true;
   }, w1.start - Date.now() + 60_000, 250);
-  await sleep(3000);
+  await sleep(2000);
   daemons.get(victim)!.kill('SIGKILL');
   await exitOf(daemons.get(victim)!);
   const killedAt = Date.now();
