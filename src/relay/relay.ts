@@ -161,6 +161,7 @@ export class Relay {
             privateKey,
             keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
             readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
+            deadAfterMs: parseDuration(this.relayCfg.deadAfter)!,
             limiter,
           });
           conns.set(tenant, conn);

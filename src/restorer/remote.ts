@@ -15,7 +15,10 @@ export interface RemoteSnapshot extends SnapshotHeader {
   receivedSeq: number | null;
 }
 
-/** A protocol session with the vault of a route, for reading (restore, snapshots --from). */
+/**
+ * A protocol session with the vault of a route, for reading (restore, snapshots --from). A line
+ * from which nothing arrives for relay.deadAfter fails it (E_LINK_DOWN).
+ */
 export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string): Promise<VaultConnection> {
   const route = routesOf(cfg)[routeName];
   if (!route) throw new KuraError('E_CONFIG', `route "${routeName}" is not in modules.routing.routes`);
@@ -33,6 +36,7 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
     privateKey,
     keepaliveMs: parseDuration(cfg.relay.keepalive)!,
     readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
+    deadAfterMs: parseDuration(cfg.relay.deadAfter)!,
   });
 }
 
