@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { kuraAsync, kuraJson, kuraOk, spawnKura, tempDir } from './support/cli.js';
@@ -49,6 +50,16 @@ function backupRandom(dir: string, env: Record<string, string>, bytes: number, s
   writeFileSync(f, data);
   const b = kuraJson<{ id: string; newBytes: number }>(['backup', '--name', 'db', '--file', f, '--route', 'peer-dc'], { env });
   return { ...b, data };
+}
+
+/** The child's exit, or null after `ms` (then it is killed, so a hung process does not outlive the test). */
+async function exitWithin(child: ChildProcess, ms: number) {
+  const t0 = Date.now();
+  const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+  const r = await exitOf(child);
+  clearTimeout(timer);
+  const elapsed = Date.now() - t0;
+  return { ...r, elapsed, hung: r.signal === 'SIGKILL' };
 }
 
 test('checkProgress: a line is down after deadAfter with nothing from the far end, not before, and a stall of the watching process is not held against the line', () => {
@@ -148,4 +159,92 @@ test('a black-holed line is declared down after relay.deadAfter with the reason,
   assert.ok(restored.stdout.equals(b.data), 'restores byte-identical from the vault');
   relay.kill('SIGTERM');
   assert.equal((await exitOf(relay)).code, 0, log);
+});
+
+test('SIGTERM ends `kura relay run` within a few seconds on a black-holed line, while sending and while connecting, with status 0', async (t) => {
+  // relay.deadAfter and relay.keepalive at their defaults (60 s, 15 s) and a long connectTimeout:
+  // nothing ends the wait soon but the signal
+  const { dir, link, env, repo } = await vaultBehindLink(t, { drop: [/ {2}keepalive: .*\n/, / {2}connectTimeout: .*\n/], add: '  connectTimeout: 60s\n' });
+  kuraOk(['repo', 'init'], { env });
+  backupRandom(dir, env, 6 * MiB, 23);
+  link.setRate(MiB);
+  const sending = spawnKura(['relay', 'run'], env);
+  t.after(() => sending.kill('SIGKILL'));
+  await waitFor('part of the upload', () => link.bytesUp > 2 * MiB, 30_000);
+  link.blackHole();
+  await sleep(1500);
+  assert.equal(routeState(repo).state, 'sending');
+  sending.kill('SIGTERM');
+  const first = await exitWithin(sending, 20_000);
+  t.diagnostic(`sending: SIGTERM to exit ${first.elapsed} ms (code ${first.code}, signal ${first.signal})`);
+  assert.ok(!first.hung, 'the relay ended on SIGTERM (it was killed after 20 s)');
+  assert.equal(first.code, 0);
+  assert.ok(first.elapsed < 5000, `ended ${first.elapsed} ms after SIGTERM`);
+  const after = routeState(repo);
+  assert.equal(after.queued, 1, 'the snapshot stays queued for the next start');
+  assert.notEqual(after.state, 'sending', 'a stopped relay does not claim to be sending');
+
+  const attempts = link.accepted;
+  const connecting = spawnKura(['relay', 'run'], env);
+  t.after(() => connecting.kill('SIGKILL'));
+  await waitFor('the relay to open a connection into the hole', () => link.accepted > attempts, 30_000, 50);
+  await sleep(500);
+  connecting.kill('SIGTERM');
+  const second = await exitWithin(connecting, 20_000);
+  t.diagnostic(`connecting: SIGTERM to exit ${second.elapsed} ms (code ${second.code}, signal ${second.signal})`);
+  assert.ok(!second.hung, 'the relay ended on SIGTERM (it was killed after 20 s)');
+  assert.equal(second.code, 0);
+  assert.ok(second.elapsed < 5000, `ended ${second.elapsed} ms after SIGTERM`);
+});
+
+/** A vault holding a 32 MiB snapshot of large chunks, and a restore of it stuck on a black-holed line. */
+async function stuckRestore(t: import('node:test').TestContext) {
+  const setup = await vaultBehindLink(t);
+  const { dir, link, env } = setup;
+  // chunks of about 2 MiB: the 16 a restore asks for at once (one 32 MiB segment) are more than
+  // the SSH window and the channel's buffer, so the vault's session blocks writing them out
+  kuraOk(['repo', 'init', '--chunk-min', String(1536 * KiB), '--chunk-avg', String(2 * MiB), '--chunk-max', String(2560 * KiB)], { env });
+  const b = backupRandom(dir, env, 32 * MiB, 24);
+  const sent = await kuraAsync(['relay', 'once'], { env });
+  assert.equal(sent.status, 0, sent.stderr);
+  link.setRate(MiB);
+  const out = path.join(dir, 'restored.bin');
+  const restore = spawnKura(['restore', '--from', 'peer-dc', b.id, '--to', out], env);
+  t.after(() => restore.kill('SIGKILL'));
+  let stderr = '';
+  restore.stderr.on('data', (d) => (stderr += d));
+  await waitFor('part of the restore', () => link.bytesDown > 2 * MiB, 30_000);
+  assert.ok(readdirSync(dir).some((f) => f.includes('kura-partial')), 'the restore is writing its partial file');
+  link.blackHole();
+  await sleep(1500);
+  return { ...setup, restore, out, stderr: () => stderr };
+}
+
+test('SIGTERM ends `kura vault serve` within its grace while a restore session is stuck writing to a black-holed line', async (t) => {
+  const { vault, restore } = await stuckRestore(t);
+  assert.equal(restore.exitCode, null, 'the restore is still waiting');
+  vault.child.kill('SIGTERM');
+  const r = await exitWithin(vault.child, 30_000);
+  t.diagnostic(`vault: SIGTERM to exit ${r.elapsed} ms (code ${r.code}, signal ${r.signal})`);
+  assert.ok(!r.hung, 'the vault ended on SIGTERM (it was killed after 30 s)');
+  assert.equal(r.code, 0);
+  assert.ok(r.elapsed < 10_000 + 3000, `ended ${r.elapsed} ms after SIGTERM (grace 10 s)`);
+  const ends = vault.audit().filter((e) => e.event === 'session-end' || e.event === 'session-refused');
+  const starts = vault.audit().filter((e) => e.event === 'session-start');
+  assert.equal(ends.length, starts.length, 'every session, the stuck one included, was ended and audited');
+  const db = new Database(path.join(vault.root, 'tenants', 'city-a', 'catalogue.sqlite'), { readonly: true });
+  t.after(() => db.close());
+  assert.equal((db.prepare('SELECT count(*) AS n FROM pack_leases').get() as { n: number }).n, 0, 'no session left a pack lease behind');
+});
+
+test('SIGTERM ends `kura restore --from` on a black-holed line with a clear error and status 75, and removes its partial file', async (t) => {
+  const { dir, restore, out, stderr } = await stuckRestore(t);
+  restore.kill('SIGTERM');
+  const r = await exitWithin(restore, 20_000);
+  t.diagnostic(`restore: SIGTERM to exit ${r.elapsed} ms (code ${r.code}, signal ${r.signal}): ${stderr().trim().split('\n').pop()}`);
+  assert.ok(!r.hung, 'the restore ended on SIGTERM (it was killed after 20 s)');
+  assert.equal(r.code, 75, `exit status 75 (signal ${r.signal}): ${stderr()}`);
+  assert.ok(r.elapsed < 5000, `ended ${r.elapsed} ms after SIGTERM`);
+  assert.match(stderr(), /kura: E_INTERRUPTED: .*SIGTERM/);
+  assert.deepEqual(readdirSync(dir).filter((f) => f.includes('kura-partial') || f === path.basename(out)), [], 'neither the partial file nor the target is left');
 });

@@ -27,6 +27,8 @@ export interface ConnectOptions {
   readyTimeoutMs: number;
   /** a line from which nothing arrives for this long is down (relay.deadAfter; default 60 s) */
   deadAfterMs?: number;
+  /** ends the connection, or its opening, at once: what waits on it fails with the signal's reason */
+  signal?: AbortSignal;
   maxFrame?: number;
   limiter?: TokenBucket;
   /** the protocol version offered in HELLO (default: this relay's newest) */
@@ -47,8 +49,8 @@ const LINGER_MS = 1000;
  * The connection counts what crosses the wire so transfers can be accounted.
  *
  * It fails (E_LINK_DOWN), and its socket is destroyed, when nothing arrives for `deadAfterMs`
- * (see liveness.ts) or when the peer closes or resets it; SSH keepalive pings only probe a quiet
- * line and never end one themselves.
+ * (see liveness.ts), when the peer closes or resets it, or when `signal` aborts; SSH keepalive
+ * pings only probe a quiet line and never end one themselves.
  */
 export class VaultConnection {
   bytesOut = 0;
@@ -66,6 +68,7 @@ export class VaultConnection {
   private readonly broken: Promise<never>;
   private breakNow: (e: Error) => void = () => {};
   private readonly watch: { stop(): void };
+  private unlisten: () => void = () => {};
 
   private constructor(
     private readonly client: Client,
@@ -81,6 +84,12 @@ export class VaultConnection {
     this.watch = watchProgress(() => socketProgress(sock), deadAfter, () =>
       this.cut(new KuraError('E_LINK_DOWN', `no progress for ${formatQuiet(deadAfter)} on the line to ${where}: nothing acknowledged, nothing received (relay.deadAfter); the transfer resumes from what the vault holds once the line moves again`)),
     );
+    const signal = opts.signal;
+    if (signal) {
+      const onAbort = () => this.cut(stopReason(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.unlisten = () => signal.removeEventListener('abort', onAbort);
+    }
     const parser = new FrameParser(opts.maxFrame ?? 64 << 20);
     const consumed = keepChannelWindow(channel);
     channel.on('data', (d: Buffer) => {
@@ -99,6 +108,7 @@ export class VaultConnection {
     client.on('end', closedByPeer);
     client.on('close', closedByPeer);
     client.on('error', (e: Error) => this.cut(new KuraError('E_LINK_DOWN', `link to ${where} failed: ${e.message}`)));
+    if (signal?.aborted) this.cut(stopReason(signal));
   }
 
   /** Try the route's endpoints in order; the first that completes the handshake is used. */
@@ -120,6 +130,7 @@ export class VaultConnection {
         return conn;
       } catch (e) {
         const err = e as KuraError;
+        if (opts.signal?.aborted) throw stopReason(opts.signal);
         // a refusal by the vault itself is not a line fault: failing over would not help
         if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
@@ -130,14 +141,23 @@ export class VaultConnection {
 
   private static connectOne(ep: Endpoint, opts: ConnectOptions): Promise<VaultConnection> {
     return new Promise((resolve, reject) => {
+      const signal = opts.signal;
+      if (signal?.aborted) return reject(stopReason(signal));
       const client = new ssh2.Client();
       // the TCP socket is opened here, not by ssh2, so the line's progress can be read off it
       const sock = net.connect({ host: ep.host, port: ep.port });
       // small frames (WANT, FLUSH, COMMIT) must not wait for Nagle's delayed ACK: ~40 ms each
       sock.setNoDelay(true);
+      const onAbort = () => {
+        sock.destroy();
+        reject(stopReason(signal!));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const settled = () => signal?.removeEventListener('abort', onAbort);
       let hostKeyProblem: KuraError | null = null;
       const pin = ep.hostKeySha256 ? pinToHex(ep.hostKeySha256) : null;
       client.on('error', (e: Error & { level?: string }) => {
+        settled();
         endSoon(client, sock);
         if (hostKeyProblem) return reject(hostKeyProblem);
         if (e.level === 'client-authentication') return reject(new KuraError('E_AUTH_DENIED', `the vault at ${ep.host}:${ep.port} refused this host's key for tenant ${opts.tenant}; register the key with the vault operator`));
@@ -145,6 +165,7 @@ export class VaultConnection {
       });
       client.on('ready', () => {
         client.exec('kura-vault', (err, channel) => {
+          settled();
           if (err) {
             endSoon(client, sock);
             return reject(new KuraError('E_LINK_DOWN', `the vault at ${ep.host}:${ep.port} refused the protocol channel: ${err.message}`));
@@ -189,6 +210,7 @@ export class VaultConnection {
     if (this.failure) return;
     this.failure = e;
     this.watch.stop();
+    this.unlisten();
     this.breakNow(e);
     if (this.waiter) {
       const w = this.waiter;
@@ -197,7 +219,7 @@ export class VaultConnection {
     }
   }
 
-  /** The line is dead or gone: fail what waits on it and drop the socket (no goodbye can get through). */
+  /** The line is dead, stopped or gone: fail what waits on it and drop the socket (no goodbye can get through). */
   private cut(e: Error): void {
     if (this.failure) return;
     this.fail(e);
@@ -247,10 +269,15 @@ export class VaultConnection {
   }
 }
 
-/** SSH goodbye, then the socket goes whatever the line does: a socket left open would keep the process alive. */
+/** SSH goodbye, then the socket goes whatever the line does: a socket left open would keep a stopping process alive. */
 function endSoon(client: Client, sock: net.Socket): void {
   client.end();
   if (!sock.destroyed) setTimeout(() => sock.destroy(), LINGER_MS).unref();
+}
+
+/** Why a connection was stopped: the signal's KuraError, or a line fault. */
+function stopReason(signal: AbortSignal): Error {
+  return signal.reason instanceof KuraError ? signal.reason : new KuraError('E_LINK_DOWN', 'the connection was stopped');
 }
 
 function vaultError(f: RawFrame): KuraError {

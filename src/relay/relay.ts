@@ -40,6 +40,8 @@ export class Relay {
   private readonly relayCfg: KuraConfig['relay'];
   private stopping = false;
   private readonly wakers = new Set<() => void>();
+  /** aborted by stop(): open connections, and connections being opened, end at once */
+  private readonly stopped = new AbortController();
 
   constructor(private readonly repo: Repository, private readonly cfg: KuraConfig, private readonly only?: string[]) {
     this.relayCfg = cfg.relay;
@@ -93,6 +95,9 @@ export class Relay {
   stop(): void {
     this.stopping = true;
     for (const w of this.wakers) w();
+    // whatever the line does (a black hole never answers): what the vault acknowledged is kept,
+    // the next start resumes from it
+    this.stopped.abort(new KuraError('E_LINK_DOWN', 'the relay is stopping'));
   }
 
   /**
@@ -162,6 +167,7 @@ export class Relay {
             keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
             readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
             deadAfterMs: parseDuration(this.relayCfg.deadAfter)!,
+            signal: this.stopped.signal,
             limiter,
           });
           conns.set(tenant, conn);
@@ -181,6 +187,11 @@ export class Relay {
       cat.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
       return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
     } catch (e) {
+      if (this.stopping) {
+        // stop() cut the line: not a fault of the route; the queue keeps what is left
+        cat.setRouteState(name, { state: 'idle' });
+        return { route: name, state: 'idle', sent, left: cat.queued(name).length, bytesOnWire, sendingSeconds: secs() };
+      }
       const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
       // over quota: keep the queue and retry with back-off until the vault operator makes room
       const state = err.code === 'E_QUOTA' ? 'quota-exceeded' : isLineFault(err) ? 'waiting-for-line' : 'refused';

@@ -58,6 +58,9 @@ export class VaultSession {
 
   private stopping = false;
   private wakeLoop: () => void = () => {};
+  /** settles on stop(): a reply waiting for a client that does not read stops waiting */
+  private readonly stopRequested: Promise<void>;
+  private requestStop: () => void = () => {};
   /** when data last arrived, and whether the client's side of the channel has ended */
   private lastInputAt = Date.now();
   private inputEnded = false;
@@ -67,11 +70,17 @@ export class VaultSession {
 
   constructor(private readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {
     this.finished = new Promise<void>((r) => (this.finish = r));
+    this.stopRequested = new Promise<void>((r) => (this.requestStop = r));
   }
 
-  /** End the session after the frame being handled (the vault is stopping). */
+  /**
+   * End the session after the frame being handled (the vault is stopping). A reply stuck on a
+   * client that does not read (a black-holed line) does not hold the frame up: the server then
+   * cuts the connection.
+   */
   stop(): void {
     this.stopping = true;
+    this.requestStop();
     this.wakeLoop();
   }
 
@@ -146,7 +155,7 @@ export class VaultSession {
     const out = this.output;
     if (this.closed || out.destroyed || out.writableEnded) return; // the client is gone: nobody to answer
     if (!out.write(encodeFrame(type, payload))) {
-      await Promise.race([once(out, 'drain'), once(out, 'close')]).catch(() => {});
+      await Promise.race([once(out, 'drain'), once(out, 'close'), this.stopRequested]).catch(() => {});
     }
   }
 
@@ -311,6 +320,7 @@ export class VaultSession {
         this.allow('GET_CHUNKS');
         if (f.payload.length % CHUNK_ID_BYTES !== 0) throw new KuraError('E_PROTOCOL', 'GET_CHUNKS payload is not a list of 32-byte IDs');
         for (let o = 0; o < f.payload.length; o += CHUNK_ID_BYTES) {
+          if (this.stopping) return; // the client reads the rest from a vault that runs
           const id = f.payload.subarray(o, o + CHUNK_ID_BYTES);
           const blob = await readChunk(repo, id);
           if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${this.ctx.tenant}'s vault repository`);
