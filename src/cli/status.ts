@@ -19,6 +19,15 @@ export function printStatus(r: StatusReport): void {
     const job = s.lastJob ? (s.lastJobFailed ? `FAILED ${s.lastJob.errorCode}: ${s.lastJob.error ?? ''}` : 'ok') : '-';
     w(`${s.source.padEnd(16)} ${s.tenant.padEnd(12)} ${String(s.snapshots).padStart(9)}  ${(s.lastBackup ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${formatBytes(s.lastNewBytes).padEnd(10)}  ${job}`);
   }
+  const planned = r.sources.filter((s) => s.plan);
+  if (planned.length > 0) {
+    w('');
+    w('PLANNED          GROUP        NEXT START            SLOT     LAST RUN');
+    for (const s of planned) {
+      const p = s.plan!;
+      w(`${s.source.padEnd(16)} ${p.group.padEnd(12)} ${(p.nextStart ?? p.error ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${p.slot.padEnd(7)}  ${p.lastRun ?? '-'}`);
+    }
+  }
   if (r.exposure.length > 0) {
     w('');
     w('EXPOSURE         SOURCE           EXPOSED   TARGET  NEWEST ON THE FAR SIDE  QUEUED');

@@ -10,6 +10,13 @@ import type { Readable } from 'node:stream';
  */
 export const CHANNEL_WINDOW = 16 << 20;
 
+/**
+ * The window is topped up for every this many bytes read, not once half of it is used: each grant
+ * tells the sender that the reader is taking data, which the relay counts as progress on a
+ * narrow line (relay.deadAfter). Half the window (8 MiB) would take 85 s at 96 KiB/s.
+ */
+export const GRANT_STEP = 256 << 10;
+
 /** The parts of an ssh2 channel that carry its flow control (not in ssh2's typings). */
 interface Ssh2ChannelInternals {
   incoming?: { window?: number };
@@ -20,11 +27,11 @@ interface Ssh2ChannelInternals {
 /**
  * Returns a function to call each time data has been taken from `channel`, with the bytes taken
  * and not yet dealt with (`held`): it grants the far side window so that what it may still send
- * plus what is held stays within `size` (at most `bytes`), once half of that is free. A stream
- * that is not an ssh2 channel (stdin under OpenSSH, whose sshd keeps its own window) gets a
- * function that does nothing.
+ * plus what is held stays within `size` (at most `bytes`), once `step` of that is free (half of
+ * `size` when that is smaller). A stream that is not an ssh2 channel (stdin under OpenSSH, whose
+ * sshd keeps its own window and grants as finely) gets a function that does nothing.
  */
-export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW): (held?: number, size?: number) => void {
+export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW, step = GRANT_STEP): (held?: number, size?: number) => void {
   const ch = channel as unknown as Ssh2ChannelInternals;
   const proto = ch._client?._protocol;
   if (typeof ch.incoming?.window !== 'number' || typeof ch.outgoing?.id !== 'number' || typeof proto?.channelWindowAdjust !== 'function') return () => {};
@@ -33,7 +40,7 @@ export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW): (h
   const grant = (held = 0, size = bytes) => {
     const limit = Math.min(size, bytes);
     const amount = limit - held - incoming.window;
-    if (outgoing.state === 'closed' || amount < limit / 2) return;
+    if (outgoing.state === 'closed' || amount <= 0 || amount < Math.min(step, limit / 2)) return;
     incoming.window += amount;
     proto.channelWindowAdjust!(outgoing.id, amount);
   };

@@ -48,7 +48,7 @@ export interface TransferBytes {
   restoreOut: number;
 }
 
-const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 3;
 
 /**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
@@ -186,6 +186,8 @@ export class Catalogue {
     const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
     if (!cols.has('paused')) this.db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
     if (!cols.has('retry')) this.db.exec('ALTER TABLE route_state ADD COLUMN retry INTEGER NOT NULL DEFAULT 0');
+    const jobCols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(jobs)`).all().map((c) => c.name));
+    if (!jobCols.has('coordination')) this.db.exec('ALTER TABLE jobs ADD COLUMN coordination TEXT');
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
     this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();

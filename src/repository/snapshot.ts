@@ -15,7 +15,7 @@ import { expandListTree, type BlobFetcher } from './chunklist.js';
  */
 const MAGIC = Buffer.from('KURASNAP', 'latin1');
 export const SNAPSHOT_FORMAT = 2;
-const READABLE_FORMATS = new Set([1, 2]);
+export const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2]);
 
 export interface SnapshotHeader {
   tenant: string;

@@ -7,6 +7,7 @@ import { CHANNEL_WINDOW, keepChannelWindow } from '../protocol/window.js';
 import type { Repository } from '../repository/repository.js';
 import { roleMay, type Role } from './access.js';
 import type { AuditLog } from './audit.js';
+import type { SlotTable } from './slots.js';
 import { TransferAccounting } from './transfer-accounting.js';
 import { frameEntries } from './frames/index.js';
 import { Uploads } from './frames/upload.js';
@@ -24,6 +25,8 @@ export interface SessionContext {
   leaseTtlMs: number;
   /** stored bytes the tenant may hold (vault.tenants.<t>.quota) */
   quota?: number | undefined;
+  /** the backup-window slots this vault leases (modules.virtualization coordinator) */
+  slots?: SlotTable | undefined;
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
   /** the vault process's memory for sessions (vault.limits) */
   budget: MemoryBudget;
@@ -90,6 +93,10 @@ export class VaultSession implements BudgetMember {
   /** settles when the session fails or the vault stops: what waits for the client gives up then */
   private readonly interrupted: Promise<void>;
   private markInterrupted: () => void = () => {};
+  /** the vault is stopping: a long reply (GET_CHUNKS) ends early, the client reads the rest from a vault that runs */
+  get isStopping(): boolean {
+    return this.stopping;
+  }
   /** when data last arrived, and whether the client's side of the channel has ended */
   private lastInputAt = Date.now();
   private inputEnded = false;
@@ -118,7 +125,11 @@ export class VaultSession implements BudgetMember {
     this.interrupted = new Promise<void>((resolve) => (this.markInterrupted = resolve));
   }
 
-  /** End the session after the frame being handled (the vault is stopping). */
+  /**
+   * End the session after the frame being handled (the vault is stopping). A reply stuck on a
+   * client that does not read (a black-holed line) does not hold the frame up: the server then
+   * cuts the connection.
+   */
   stop(): void {
     this.stopping = true;
     this.markInterrupted();

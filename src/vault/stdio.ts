@@ -30,6 +30,7 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, n
         maxFrame: cfg.maxFrame,
         leaseTtlMs: vault.leaseTtlMs,
         quota: quotaOf(cfg, tenant),
+        slots: vault.slots,
         log: log().child({ mode: 'vault-stdio' }),
         budget: vault.memory,
       },

@@ -5,7 +5,7 @@ import type { VaultSession } from '../session.js';
 /** HELLO: the client's protocol version and the tenant it means; answered with the version both speak. */
 export function hello(s: VaultSession, h: { protocol: number; tenant: string }): Promise<void> {
   if (h.protocol < OLDEST_PROTOCOL) {
-    throw new KuraError('E_PROTOCOL', `protocol version ${h.protocol} is not supported (this vault speaks ${OLDEST_PROTOCOL} to ${PROTOCOL_VERSION}); upgrade the older side`);
+    throw new KuraError('E_PROTOCOL_VERSION', `the client speaks protocol version ${h.protocol}; this vault speaks ${OLDEST_PROTOCOL} to ${PROTOCOL_VERSION}: upgrade the client`);
   }
   if (h.tenant !== s.ctx.tenant) throw new KuraError('E_TENANT_MISMATCH', `session of tenant ${s.ctx.tenant} asked for tenant ${JSON.stringify(h.tenant)}`);
   // a newer client is answered with this vault's version, which it then speaks

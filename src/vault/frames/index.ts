@@ -7,6 +7,7 @@ import { flush, has, put, putNext, putRun } from './upload.js';
 import { commit, want } from './snapshots.js';
 import { getChunks, getSnapshot, list, stats } from './read.js';
 import { protect } from './admin.js';
+import { slotAcquire, slotAcquireBody, slotRelease, slotReleaseBody, slotRenew, slotRenewBody } from './slots.js';
 
 /**
  * One request frame the vault serves: the role it needs, the protocol version it came with, the
@@ -39,6 +40,9 @@ export const FRAMES: readonly FrameEntry<unknown>[] = [
   entry({ type: Frame.GET_CHUNKS, role: 'restore', body: chunkIds, handle: getChunks }),
   entry({ type: Frame.PROTECT, role: 'tenant-admin', body: protectBody, handle: protect }),
   entry({ type: Frame.STATS, role: 'any', body: emptyObject, handle: stats }),
+  entry({ type: Frame.SLOT_ACQUIRE, role: 'backup', body: slotAcquireBody, handle: slotAcquire }),
+  entry({ type: Frame.SLOT_RENEW, role: 'backup', body: slotRenewBody, handle: slotRenew }),
+  entry({ type: Frame.SLOT_RELEASE, role: 'backup', body: slotReleaseBody, handle: slotRelease }),
 ];
 
 export const frameEntries: ReadonlyMap<number, FrameEntry<unknown>> = new Map(FRAMES.map((e) => [e.type, e]));
