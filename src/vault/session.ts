@@ -66,7 +66,8 @@ export class VaultSession implements BudgetMember {
   /** the protocol version both sides speak (HELLO settles it) */
   protocol = PROTOCOL_VERSION;
   greeted = false;
-  readonly ops = { has: 0, present: 0, put: 0, putBytes: 0, putRuns: 0, commits: 0 };
+  /** what the session did, in its audit line; `frames`: the requests it took, a refused one included */
+  readonly ops = { frames: 0, has: 0, present: 0, put: 0, putBytes: 0, putRuns: 0, commits: 0 };
   /** PUT data waiting for FLUSH, and the packs being written */
   readonly uploads: Uploads;
   /** snapshot files sent in WANT or COMMIT */
@@ -185,6 +186,7 @@ export class VaultSession implements BudgetMember {
         if (queue.length > 0) {
           const f = queue.shift()!;
           this.queuedBytes -= (this.handlingBytes = 5 + f.payload.length);
+          this.ops.frames++;
           await this.dispatch(f);
           this.handlingBytes = 0;
           this.transfer.handled(f.type);
@@ -192,7 +194,10 @@ export class VaultSession implements BudgetMember {
           ctx.budget.released();
           continue;
         }
-        if (this.inputFailure) throw this.inputFailure;
+        if (this.inputFailure) {
+          this.ops.frames++;
+          throw this.inputFailure;
+        }
         if (this.inputEnded) break;
       }
       await this.uploads.drain();
