@@ -63,6 +63,8 @@ export interface BudgetMember {
 export class MemoryBudget {
   private readonly members = new Set<BudgetMember>();
   private wasFull = false;
+  /** the most all sessions held at once, as last computed (kura_vault_session_memory_peak_bytes) */
+  peak = 0;
 
   constructor(readonly limits: MemoryLimits) {}
 
@@ -82,7 +84,13 @@ export class MemoryBudget {
   total(): number {
     let t = 0;
     for (const m of this.members) t += held(m.holding());
+    if (t > this.peak) this.peak = t;
     return t;
+  }
+
+  /** Sessions open now. */
+  get sessions(): number {
+    return this.members.size;
   }
 
   /** Whether sessions should stop reading: together they hold `totalBytes` or more. */
@@ -97,6 +105,7 @@ export class MemoryBudget {
       const members = [...this.members];
       // a refused session has let go of its input and PUT data; what it is writing still counts
       const holdings = members.map((m) => (refused.has(m) ? { input: 0, pending: 0, writing: held(m.holding()) } : m.holding()));
+      if (refused.size === 0) this.peak = Math.max(this.peak, holdings.reduce((t, h) => t + held(h), 0));
       const i = whoGivesWay(holdings, this.limits.totalBytes);
       if (i < 0) {
         if (refused.size > 0) this.released();

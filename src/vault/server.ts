@@ -156,7 +156,8 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           return { tenant, storedBytes: c.storedBytes, snapshots: c.snapshots, chunks: c.chunks };
         }),
       );
-      return metrics.render(stored);
+      const m = vault.memory;
+      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions });
     });
   }
   const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;
