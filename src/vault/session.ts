@@ -334,11 +334,20 @@ export class VaultSession implements BudgetMember {
     const transport = this.ctx.transport;
     for (;;) {
       if (this.closed || this.outputClosed || out.destroyed) throw new ClientGone('the client closed the channel');
+      // a connection that died does not always close its channels (ssh2): its answer never drains
+      if (transport?.destroyed) throw new ClientGone('the client\'s connection closed');
       if (this.failure) throw this.failure;
-      const backedUp = out.writableNeedDrain ? out : transport && !transport.destroyed && transport.writableLength > TRANSPORT_HIGH ? transport : null;
+      const backedUp = out.writableNeedDrain ? out : transport && transport.writableLength > TRANSPORT_HIGH ? transport : null;
       if (!backedUp) return;
       if (this.stopping) throw new ClientGone('the vault stopped while the client was not reading its answer');
-      await Promise.race([once(backedUp, 'drain'), once(backedUp, 'close'), this.outputGone, this.interrupted]).catch(() => {});
+      // the listeners go when the wait is over (the connection is shared by many sessions)
+      const over = new AbortController();
+      const on = (e: NodeJS.EventEmitter, ev: string) => once(e, ev, { signal: over.signal }).catch(() => {});
+      try {
+        await Promise.race([on(backedUp, 'drain'), on(backedUp, 'close'), ...(transport && transport !== backedUp ? [on(transport, 'close')] : []), this.outputGone, this.interrupted]);
+      } finally {
+        over.abort();
+      }
     }
   }
 
