@@ -5,6 +5,7 @@ import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
+import { DIGEST_BYTES } from '../repository/digest.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
 import { readCachedList, writeCachedList } from '../repository/list-cache.js';
@@ -429,7 +430,8 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
         const r = res.usedBases[used++]!;
         rowBases.push(Buffer.from(bases!.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)));
       }
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases });
+      const digest = Buffer.from(res.digests.buffer, res.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES);
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };
@@ -477,7 +479,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   });
   if (newBlocks.length > 0) {
     const pack = await storePack(store, newBlocks);
-    catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER })));
+    catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER, digest: e.digest })));
     newBytes += pack.size;
   }
 

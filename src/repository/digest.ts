@@ -1,0 +1,70 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import { nativeAddon } from '../native.js';
+
+/**
+ * The digest of a stored blob (pack format 2, docs/format.md): the first 16 bytes of the
+ * unkeyed BLAKE3 of the blob's bytes as stored (ciphertext, or a plaintext list block). Recorded
+ * when the blob is written (pack index, catalogue) and carried with it over the relay, so that
+ * whoever holds no key (a relay, a vault) can tell whether the bytes it reads are the bytes that
+ * were written. It says nothing about who wrote them: authenticity stays with the GCM tag and
+ * the chunk ID, which need the key.
+ */
+export const DIGEST_BYTES = 16;
+
+/** One blob's digest. */
+export function blobDigest(blob: Uint8Array): Buffer {
+  return blake3(blob).subarray(0, DIGEST_BYTES);
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * The digests of blobs lying back to back in `bytes` (`lengths` in order, adding up to at most
+ * its length), n × 16 bytes: one native call for all of them where the addon is built.
+ */
+export function runDigests(bytes: Uint8Array, lengths: readonly number[]): Buffer {
+  const n = lengths.length;
+  const out = Buffer.allocUnsafe(n * DIGEST_BYTES);
+  const native = nativeAddon();
+  if (native && n > 1) {
+    const cuts = new Uint32Array(2 * n);
+    let off = 0;
+    for (let i = 0; i < n; i++) {
+      cuts[2 * i] = off;
+      cuts[2 * i + 1] = lengths[i]!;
+      off += lengths[i]!;
+    }
+    const full = Buffer.allocUnsafe(n * 32);
+    native.hashPrefixed(EMPTY, bytes, cuts, n, full);
+    for (let i = 0; i < n; i++) full.copy(out, i * DIGEST_BYTES, i * 32, i * 32 + DIGEST_BYTES);
+    return out;
+  }
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    blobDigest(bytes.subarray(off, off + lengths[i]!)).copy(out, i * DIGEST_BYTES);
+    off += lengths[i]!;
+  }
+  return out;
+}
+
+/** The digests of separate blobs, n × 16 bytes. */
+export function blobDigests(blobs: readonly Uint8Array[]): Buffer {
+  const out = Buffer.allocUnsafe(blobs.length * DIGEST_BYTES);
+  blobs.forEach((b, i) => blobDigest(b).copy(out, i * DIGEST_BYTES));
+  return out;
+}
+
+/** How a blob read back compares with the digest recorded when it was written. */
+export type DigestVerdict = 'ok' | 'damaged' | 'unrecorded';
+
+/**
+ * The verdict for each blob of a run: 'unrecorded' where no digest was recorded (a blob written
+ * before pack format 2: verified by key, as before), 'damaged' where the bytes no longer hash
+ * to it. `actual` is runDigests of the run.
+ */
+export function digestVerdicts(recorded: ReadonlyArray<Uint8Array | null | undefined>, actual: Buffer): DigestVerdict[] {
+  return recorded.map((d, i) => {
+    if (!d) return 'unrecorded';
+    return actual.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).equals(d) ? 'ok' : 'damaged';
+  });
+}
