@@ -6,6 +6,9 @@ import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { DIGEST_BYTES } from '../repository/digest.js';
+import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
+import { scrubPacks } from '../checker/scrub.js';
+import { log } from '../log.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
 import { readCachedList, writeCachedList } from '../repository/list-cache.js';
@@ -42,6 +45,8 @@ export interface BackupResult {
   id: string;
   header: SnapshotHeader;
   seconds: number;
+  /** stored blobs this backup would have reused but found damaged: quarantined and stored anew, and the older snapshots they damaged */
+  damage?: { chunks: string[]; snapshots: string[] };
 }
 
 const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 and 1 MiB measured slower
@@ -311,14 +316,49 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
   const pipeline = opts.pipeline ?? new ChunkPipeline();
   try {
     const prev = await previous;
-    return await runBackup(repo, input, opts, pipeline, prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS);
+    const kept = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS;
+    // what this backup will deduplicate against must still be what was written
+    const checked = await checkStored(repo, prev.id);
+    for (const p of checked.problems) log().warn({ source: opts.source }, p);
+    const res = await runBackup(repo, input, opts, pipeline, kept, checked.unusable);
+    const damaged = checked.damaged;
+    if (damaged.length === 0) return res;
+    const snapshots = (await quarantineBlobs(repo, damaged, 'backup', null)).filter((s) => s !== res.id);
+    const chunks = damaged.map((d) => d.chunk.toString('hex'));
+    log().warn({ source: opts.source, chunks, snapshots }, `${damaged.length} stored blob(s) were found damaged and quarantined; this backup stored what it met of them anew, and ${snapshots.length} older snapshot(s) referenced them ("kura snapshots" shows which stay damaged)`);
+    return { ...res, damage: { chunks, snapshots } };
   } finally {
     await pipeline.close();
     lock.release();
   }
 }
 
-async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline, previous: Previous): Promise<BackupResult> {
+/** Stored bytes the scrub before a backup reads at most (the next backup goes on from there). */
+export const SCRUB_BYTES = 4 * 2 ** 30;
+
+/**
+ * Before the backup deduplicates against what the repository holds, the packs it would rely on
+ * are scrubbed (checker/scrub.ts: read whole, hashed against their IDs; only a pack that fails is
+ * looked into blob by blob): a damaged blob is quarantined at once, out of the index, so this
+ * backup stores that chunk anew when it meets it. `unusable`: chunks of the previous generation
+ * that are not stored whole now (base64 IDs), never taken as stored. What it costs: docs/format.md.
+ */
+async function checkStored(repo: Repository, previousId: string | null): Promise<{ unusable: Set<string>; damaged: DamagedBlob[]; problems: string[] }> {
+  const scrub = await scrubPacks(repo, { budgetBytes: SCRUB_BYTES, cursorKey: 'scrub.backup' });
+  // out of the index before the first dedup lookup; which snapshots they damage is found after
+  if (scrub.damaged.length > 0) repo.catalogue.quarantine.add(scrub.damaged, 'backup', previousId);
+  const unusable = new Set(repo.catalogue.quarantine.unhealed().map((id) => id.toString('base64')));
+  return { unusable, damaged: scrub.damaged, problems: scrub.problems };
+}
+
+async function runBackup(
+  repo: Repository,
+  input: AsyncIterable<Uint8Array> | Fillable,
+  opts: BackupOptions,
+  pipeline: ChunkPipeline,
+  previous: Previous,
+  unusable: ReadonlySet<string>,
+): Promise<BackupResult> {
   const known = previous.set;
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
@@ -359,6 +399,10 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   let batch = newBatch();
   const ready: Batch[] = [];
 
+  // chunks once quarantined are stored anew whole: a delta's base is never itself a delta, and
+  // deltas stored before may name them as their base
+  const quarantined = new Set([...catalogue.quarantine.chunkIds()].map((hex) => Buffer.from(hex, 'hex').toString('base64')));
+
   /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
   const onNewChunk = (chunk: Buffer, id: Buffer, at: number) => {
     const key = id.toString('base64');
@@ -369,7 +413,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
     batch.offsets.push(batch.used);
     batch.ids.push(id);
     batch.keys.push(key);
-    batch.bases.push(chooser ? chooser.choose(anchorOld, at - anchorBytes) : []);
+    batch.bases.push(chooser && !quarantined.has(key) ? chooser.choose(anchorOld, at - anchorBytes) : []);
     if (batch.used >= BATCH_BYTES) {
       ready.push(batch);
       batch = newBatch();
@@ -390,7 +434,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
       logicalBytes += cuts[2 * i + 1]!;
       // most chunks are last night's: one probe of the in-memory set, nothing allocated
       const old = words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
-      if (old >= 0) {
+      if (old >= 0 && (unusable.size === 0 || !unusable.has(seg.ids.toString('base64', i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)))) {
         anchorBytes = logicalBytes;
         anchorOld = old + 1;
         continue;
@@ -471,7 +515,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const seenBlocks = new Set<string>();
   const tree = buildListTree(ids.bytes(), (id, block) => {
     // most blocks are last night's (stored: that snapshot is kept while this backup holds its lock)
-    if (previous.blocks.has(id)) return;
+    if (previous.blocks.has(id) && (unusable.size === 0 || !unusable.has(id.toString('base64')))) return;
     const k = id.toString('base64');
     if (seenBlocks.has(k) || catalogue.hasChunk(id)) return;
     seenBlocks.add(k);

@@ -93,6 +93,11 @@ export class QuarantineState {
     return new Set(this.db.prepare<[], Buffer>('SELECT DISTINCT chunk FROM quarantine').pluck().all().map((b) => b.toString('hex')));
   }
 
+  /** Quarantined chunks not stored again since: nothing may take them as stored. */
+  unhealed(): Buffer[] {
+    return this.db.prepare<[], Buffer>('SELECT DISTINCT q.chunk FROM quarantine q WHERE NOT EXISTS (SELECT 1 FROM chunk_rows c WHERE c.id = q.chunk)').pluck().all();
+  }
+
   /** The damaged copies, by pack: offsets a reader of pack indexes must not take for a chunk. */
   locations(): Map<string, Set<number>> {
     const out = new Map<string, Set<number>>();
