@@ -40,6 +40,8 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
   const at = all.findIndex((p) => p.name > cursor);
   const order = at < 0 ? all : [...all.slice(at), ...all.slice(0, at)];
   const rowsOf = db.prepare<[number], { id: Buffer; offset: number; stored_size: number; digest: Buffer | null }>('SELECT id, offset, stored_size, digest FROM chunk_rows WHERE pack = ? ORDER BY offset');
+  // packs holding a copy already quarantined no longer match their IDs: that damage is known
+  const known = repo.catalogue.quarantine.locations();
   let last = cursor;
   const read = (p: PackRow) => repo.store.get(packName(p.name));
   let next = order.length > 0 ? read(order[0]!) : null;
@@ -78,7 +80,7 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
       named++;
       report.damaged.push({ chunk: r.id, pack: p.name, offset: r.offset, length: r.stored_size, digest: r.digest, reason: blob ? 'stored bytes do not hash to the digest recorded when written' : `pack ${p.name} is cut short` });
     }
-    if (named === 0 && rows.every((r) => r.digest)) {
+    if (named === 0 && rows.every((r) => r.digest) && !known.has(p.name)) {
       report.problems.push(`pack ${p.name} does not match its ID, but every blob the catalogue uses in it is whole${index ? '' : ' (its index is damaged)'}: GC rewrites it when it next touches it`);
     }
   }

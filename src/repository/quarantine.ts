@@ -69,11 +69,14 @@ export class QuarantineState {
     const record = this.db.prepare(
       'INSERT OR IGNORE INTO quarantine (chunk, pack, offset, length, digest, found, found_by, reason, snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
+    // the next GC rewrites the pack without the damaged copy (its whole blobs verified against their digests)
+    const pending = this.db.prepare('INSERT OR IGNORE INTO gc_pending (pack) VALUES (?)');
     this.db
       .transaction(() => {
         for (const b of blobs) {
           drop.run(b.chunk, b.offset, b.pack);
           record.run(b.chunk, b.pack, b.offset, b.length, b.digest, now, foundBy, b.reason, snapshot);
+          pending.run(b.pack);
         }
       })
       .immediate();
