@@ -1,7 +1,7 @@
 import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, type StoreBackend } from '../store/backend.js';
-import { blobDigest, DIGEST_BYTES } from './digest.js';
+import { blobDigest, DIGEST_BYTES, runDigests } from './digest.js';
 
 /**
  * Pack file, pack format 2 (docs/format.md). New chunk blobs are written in packs, one
@@ -36,10 +36,44 @@ export function packId(bytes: Uint8Array): string {
   return blake3(bytes).toString('hex');
 }
 
-/** Lay out blobs (already sealed) and their index; returns the file bytes and its ID. */
-export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[], digests?: ReadonlyArray<Uint8Array | null>): { id: string; bytes: Buffer; entries: PackEntry[] } {
-  const p = packParts(blobs, ids, undefined, digests);
-  return { id: p.id, bytes: Buffer.concat(p.parts, p.size), entries: p.entries };
+/**
+ * Lay out blobs (already sealed) and their index in one buffer; returns the file bytes and its
+ * ID. The blobs' digests are computed side by side in one native call (runDigests).
+ */
+export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[]): { id: string; bytes: Buffer; entries: PackEntry[] } {
+  const n = blobs.length;
+  const lengths = blobs.map((b) => b.length);
+  const data = lengths.reduce((a, b) => a + b, 0);
+  const bytes = Buffer.allocUnsafe(data + n * PACK_ENTRY + PACK_TRAILER);
+  let off = 0;
+  for (const b of blobs) {
+    bytes.set(b, off);
+    off += b.length;
+  }
+  const digests = runDigests(bytes.subarray(0, data), lengths);
+  const entries = writeIndex(bytes.subarray(data), ids, lengths, (i) => digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+  return { id: packId(bytes), bytes, entries };
+}
+
+/** The index and trailer of a format 2 pack into `tail` (n × PACK_ENTRY + PACK_TRAILER bytes); the entries. */
+function writeIndex(tail: Buffer, ids: readonly Uint8Array[], lengths: readonly number[], digestOf: (i: number) => Uint8Array): PackEntry[] {
+  const n = ids.length;
+  const entries: PackEntry[] = new Array(n);
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    const e = i * PACK_ENTRY;
+    const digest = Buffer.from(digestOf(i));
+    tail.set(ids[i]!, e);
+    tail.writeUInt32LE(off, e + CHUNK_ID_BYTES);
+    tail.writeUInt32LE(lengths[i]!, e + CHUNK_ID_BYTES + 4);
+    digest.copy(tail, e + CHUNK_ID_BYTES + 8);
+    entries[i] = { id: Buffer.from(ids[i]!), offset: off, length: lengths[i]!, digest };
+    off += lengths[i]!;
+  }
+  tail.writeUInt32LE(n, n * PACK_ENTRY);
+  tail.writeUInt32LE(PACK_FORMAT, n * PACK_ENTRY + 4);
+  PACK_MAGIC.copy(tail, n * PACK_ENTRY + 8);
+  return entries;
 }
 
 /** How many bytes of the pack's end hold the index, from its last PACK_TRAILER bytes; null if not a pack. */
@@ -118,24 +152,13 @@ export function packParts(
 ): { id: string; parts: Uint8Array[]; size: number; entries: PackEntry[] } {
   const n = blobs.length;
   const tail = Buffer.allocUnsafe(n * PACK_ENTRY + PACK_TRAILER);
-  const entries: PackEntry[] = new Array(n);
   const h = blobsHashed ?? new Blake3Hasher();
-  let off = 0;
-  for (let i = 0; i < n; i++) {
-    const b = blobs[i]!;
-    const e = i * PACK_ENTRY;
-    const digest = Buffer.from(digests?.[i] ?? blobDigest(b));
-    tail.set(ids[i]!, e);
-    tail.writeUInt32LE(off, e + CHUNK_ID_BYTES);
-    tail.writeUInt32LE(b.length, e + CHUNK_ID_BYTES + 4);
-    digest.copy(tail, e + CHUNK_ID_BYTES + 8);
-    entries[i] = { id: Buffer.from(ids[i]!), offset: off, length: b.length, digest };
-    if (!blobsHashed) h.update(Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-    off += b.length;
+  let size = 0;
+  for (const b of blobs) {
+    if (!blobsHashed) h.update(b);
+    size += b.length;
   }
-  tail.writeUInt32LE(n, n * PACK_ENTRY);
-  tail.writeUInt32LE(PACK_FORMAT, n * PACK_ENTRY + 4);
-  PACK_MAGIC.copy(tail, n * PACK_ENTRY + 8);
+  const entries = writeIndex(tail, ids, blobs.map((b) => b.length), (i) => digests?.[i] ?? blobDigest(blobs[i]!));
   h.update(tail);
-  return { id: h.digestBuffer().toString('hex'), parts: [...blobs, tail], size: off + tail.length, entries };
+  return { id: h.digestBuffer().toString('hex'), parts: [...blobs, tail], size: size + tail.length, entries };
 }

@@ -51,13 +51,26 @@ export function verifyRun(run: BlobRun): RunCheck {
   return { digests, verdicts, damaged, unverified };
 }
 
-/** The coded error of a damaged blob found while reading `what`: relay.ts sets the entry aside on it. */
-export function damagedBlobError(d: DamagedBlob, what: string, snapshot: string): KuraError {
+/**
+ * A run about to be sent: verified (throws damagedBlobError if any blob is damaged); `digests`
+ * are what the vault checks the blobs against (protocol 4): the digests recorded when they were
+ * written, or for older blobs the ones computed now (`unverified` of them).
+ */
+export function checkedForSending(run: BlobRun, snapshot: string): { digests: Buffer; unverified: number } {
+  const c = verifyRun(run);
+  if (c.damaged.length > 0) throw damagedBlobError(c.damaged, `snapshot ${snapshot}`, snapshot);
+  run.digests.forEach((d, i) => d?.copy(c.digests, i * DIGEST_BYTES));
+  return { digests: c.digests, unverified: c.unverified };
+}
+
+/** The coded error of damaged blobs found while reading `what` for sending: relay.ts quarantines them and sets the entry aside. */
+export function damagedBlobError(damaged: DamagedBlob[], what: string, snapshot: string): KuraError {
+  const d = damaged[0]!;
   const hex = d.chunk.toString('hex');
   return new KuraError(
     'E_CHUNK_CORRUPT',
-    `chunk ${hex} of ${what} is damaged in pack ${d.pack} at offset ${d.offset} (${d.reason}); it was quarantined and the snapshot set aside: a backup that meets the same data stores it again, "kura check --read-data" says what else it damages`,
-    { chunk: hex, snapshot, damaged: d },
+    `chunk ${hex} of ${what} is damaged in pack ${d.pack} at offset ${d.offset} (${d.reason})${damaged.length > 1 ? `, and ${damaged.length - 1} more` : ''}; a backup that meets the same data stores it again, "kura check --read-data" says what else it damages`,
+    { chunk: hex, snapshot, damaged },
   );
 }
 

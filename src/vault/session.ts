@@ -7,6 +7,7 @@ import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { Frame, FrameParser, OLDEST_PROTOCOL, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { keepChannelWindow } from '../protocol/window.js';
 import { storePack } from '../repository/pack.js';
+import { blobDigest, DIGEST_BYTES, runDigests } from '../repository/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot, snapshotChunkIds, snapshotIdOf, type DecodedSnapshot } from '../repository/snapshot.js';
 import { expandListTree, idsOf } from '../repository/chunklist.js';
@@ -46,7 +47,7 @@ const SENDER_IDLE_MS = 1000; // a session receiving nothing this long has nothin
  */
 export class VaultSession {
   readonly id = randomBytes(8).toString('hex');
-  private pending: Array<{ id: Buffer; blob: Buffer }> = [];
+  private pending: Array<{ id: Buffer; blob: Buffer; digest: Buffer }> = [];
   private pendingBytes = 0;
   /** how many of `pending` came as PUT_NEXT (hashed by batchSum, in order) */
   private pendingNext = 0;
@@ -201,7 +202,7 @@ export class VaultSession {
         const sum = f.payload.subarray(32, 64);
         const blob = f.owned ? f.payload.subarray(64) : Buffer.from(f.payload.subarray(64));
         if (!blake3(blob).equals(sum)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} arrived damaged (checksum mismatch)`);
-        return this.accept(id, blob);
+        return this.accept(id, blob, blobDigest(blob));
       }
       case Frame.WANT: {
         this.allow('WANT');
@@ -226,8 +227,10 @@ export class VaultSession {
         if (!id) throw new KuraError('E_PROTOCOL', `PUT_NEXT beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
         const blob = f.owned ? f.payload : Buffer.from(f.payload);
         (this.batchSum ??= new Blake3Hasher()).update(blob);
+        const digest = blobDigest(blob);
+        (this.batchDigests ??= new Blake3Hasher()).update(digest);
         this.pendingNext++;
-        return this.accept(id, blob);
+        return this.accept(id, blob, digest);
       }
       case Frame.PUT_RUN: {
         this.allow('PUT_RUN');
@@ -240,18 +243,23 @@ export class VaultSession {
         if (n < 1 || start > p.length || start + total !== p.length) throw new KuraError('E_PROTOCOL', `a PUT_RUN frame whose blob lengths do not add up to its size (${p.length} bytes)`);
         if (this.expectedAt + n > this.expected.length) throw new KuraError('E_PROTOCOL', `PUT_RUN beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
         (this.batchSum ??= new Blake3Hasher()).update(p.subarray(start));
+        // the blobs' digests, side by side in one call: recorded in the pack's index, checked at FLUSH
+        const lengths = Array.from({ length: n }, (_, i) => p.readUInt32BE(4 + 4 * i));
+        const digests = runDigests(p.subarray(start), lengths);
+        (this.batchDigests ??= new Blake3Hasher()).update(digests);
         this.ops.putRuns++;
         for (let i = 0, at = start; i < n; i++) {
-          const blob = p.subarray(at, (at += p.readUInt32BE(4 + 4 * i)));
+          const blob = p.subarray(at, (at += lengths[i]!));
           this.pendingNext++;
-          this.accept(this.expected[this.expectedAt++]!, blob);
+          this.accept(this.expected[this.expectedAt++]!, blob, digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
         }
         return;
       }
       case Frame.FLUSH: {
         this.allow('FLUSH');
-        const { seq, sum } = jsonOf<{ seq: number; sum?: string }>(f);
+        const { seq, sum, digests } = jsonOf<{ seq: number; sum?: string; digests?: string }>(f);
         if (this.flushFailure) throw this.flushFailure;
+        this.checkBatchDigests(seq, digests);
         let hashed: Blake3Hasher | undefined;
         if (this.batchSum) {
           // PUT_NEXT blobs carry no checksum each: the batch's is checked before it is written
@@ -352,10 +360,22 @@ export class VaultSession {
   private expectedAt = 0;
   private batchSum: Blake3Hasher | null = null;
 
-  private accept(id: Buffer, blob: Buffer): void {
+  /** Protocol 4: the digests of the batch's blobs, as recorded when they were written, must be those of the blobs that arrived. */
+  private batchDigests: Blake3Hasher | null = null;
+  private checkBatchDigests(seq: number, sent: string | undefined): void {
+    const got = this.batchDigests?.digest('hex');
+    this.batchDigests = null;
+    if (this.protocol < 4 || got === undefined || sent === got) return;
+    this.pending = [];
+    this.pendingNext = 0;
+    this.batchSum = null;
+    throw new KuraError('E_CHUNK_CORRUPT', `a blob of the batch flushed as ${seq} does not match the digest recorded when it was written (digests ${String(sent)} expected, ${got} received); nothing of it was stored, send it again`);
+  }
+
+  private accept(id: Buffer, blob: Buffer, digest: Buffer): void {
     const info = blobInfo(blob);
     if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
-    this.pending.push({ id, blob });
+    this.pending.push({ id, blob, digest });
     this.pendingBytes += blob.length;
     this.checkQuota();
     this.ops.put++;
@@ -489,7 +509,7 @@ export class VaultSession {
     if (this.flushFailure) throw this.flushFailure;
   }
 
-  private takePending(): Array<{ id: Buffer; blob: Buffer }> {
+  private takePending(): Array<{ id: Buffer; blob: Buffer; digest: Buffer }> {
     const batch = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -498,7 +518,7 @@ export class VaultSession {
   }
 
   /** Write one batch of PUT data as a pack, durable, then record and lease its chunks. */
-  private async writePack(batch: Array<{ id: Buffer; blob: Buffer }>, blobsHashed?: Blake3Hasher): Promise<{ chunks: number; bytes: number }> {
+  private async writePack(batch: Array<{ id: Buffer; blob: Buffer; digest: Buffer }>, blobsHashed?: Blake3Hasher): Promise<{ chunks: number; bytes: number }> {
     const { repo } = this.ctx;
     let bytes = 0;
     const seen = new Set<string>();
@@ -515,7 +535,7 @@ export class VaultSession {
       const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.id, expires), fresh.length === batch.length ? blobsHashed : undefined);
       const rows = pack.entries.map((e, i) => {
         const info = blobInfo(fresh[i]!.blob)!;
-        return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)) };
+        return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)), digest: e.digest };
       });
       repo.catalogue.addSessionPack(this.id, pack.id, rows, expires, pack.size);
       this.storedAdded += pack.size;
