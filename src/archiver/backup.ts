@@ -347,7 +347,8 @@ async function checkStored(repo: Repository, previousId: string | null): Promise
   const scrub = await scrubPacks(repo, { budgetBytes: SCRUB_BYTES, cursorKey: 'scrub.backup' });
   // out of the index before the first dedup lookup; which snapshots they damage is found after
   if (scrub.damaged.length > 0) repo.catalogue.quarantine.add(scrub.damaged, 'backup', previousId);
-  const unusable = new Set(repo.catalogue.quarantine.unhealed().map((id) => id.toString('base64')));
+  // and deltas whose base is gone: whole, but not to be opened until it is stored again
+  const unusable = new Set([...repo.catalogue.quarantine.unhealed(), ...repo.catalogue.quarantine.orphanedDeltas()].map((id) => id.toString('base64')));
   return { unusable, damaged: scrub.damaged, problems: scrub.problems };
 }
 
@@ -406,7 +407,7 @@ async function runBackup(
   /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
   const onNewChunk = (chunk: Buffer, id: Buffer, at: number) => {
     const key = id.toString('base64');
-    if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
+    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return;
     inFlightKeys.add(key);
     chunk.copy(batch.data, batch.used);
     batch.used += chunk.length;
@@ -475,7 +476,8 @@ async function runBackup(
         rowBases.push(Buffer.from(bases!.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)));
       }
       const digest = Buffer.from(res.digests.buffer, res.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES);
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest });
+      const replace = unusable.size > 0 && unusable.has(b.keys[i]!);
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest, replace });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };

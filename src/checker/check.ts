@@ -207,8 +207,9 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
             try {
               await opener.prepare([{ id, blob }], `chunk ${hex}`);
             } catch (e) {
-              // a base that is missing is reported as such; this blob may well be whole
-              if (e instanceof KuraError && e.code === 'E_CHUNK_MISSING') continue;
+              // a base that is missing or damaged is reported as itself (bases are referenced too);
+              // this blob may well be whole
+              if (e instanceof KuraError) continue;
               throw e;
             }
             opener.open(blob, id);

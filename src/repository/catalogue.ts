@@ -44,6 +44,8 @@ export interface ChunkRow {
   bases?: readonly Buffer[] | undefined;
   /** the stored blob's digest (pack format 2); null or absent for an older blob */
   digest?: Buffer | null | undefined;
+  /** replace the chunk's row if it has one (a chunk stored anew because its copy cannot be used) */
+  replace?: boolean;
 }
 
 /** Vault: protocol bytes of a tenant's sessions (every byte read and written on the channel; of those written, the restore reads' answers). */
@@ -135,6 +137,7 @@ export class Catalogue {
   private readonly addPackStmt: Database.Statement<[string]>;
   private readonly packNumberStmt: Database.Statement<[string], number>;
   private readonly addRowStmt: Database.Statement<[Buffer, number, number, number, number, Buffer | null]>;
+  private readonly replaceRowStmt: Database.Statement<[Buffer, number, number, number, number, Buffer | null]>;
 
   constructor(readonly path: string) {
     try {
@@ -209,6 +212,7 @@ export class Catalogue {
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
     this.packNumberStmt = this.db.prepare<[string], number>('SELECT n FROM packs WHERE name = ?').pluck();
     this.addRowStmt = this.db.prepare('INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest) VALUES (?, ?, ?, ?, ?, ?)');
+    this.replaceRowStmt = this.db.prepare('INSERT OR REPLACE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest) VALUES (?, ?, ?, ?, ?, ?)');
     this.ops = new OpsState(this.db);
     this.quarantine = new QuarantineState(this.db);
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
@@ -293,7 +297,7 @@ export class Catalogue {
         this.addPackStmt.run(pack);
         n = this.packNumberStmt.get(pack)!;
       }
-      this.addRowStmt.run(r.id, n, r.offset, r.storedSize, r.plainSize, r.digest ?? null);
+      (r.replace ? this.replaceRowStmt : this.addRowStmt).run(r.id, n, r.offset, r.storedSize, r.plainSize, r.digest ?? null);
     }
   }
 

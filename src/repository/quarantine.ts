@@ -1,6 +1,6 @@
 import type Database from 'better-sqlite3';
 import { KuraError } from '../errors.js';
-import { BASE_PREFIX } from './catalogue.js';
+import { BASE_PREFIX, packDeltas } from './catalogue.js';
 import { idsOf } from './chunklist.js';
 import { listFetcher } from './reader.js';
 import type { Repository } from './repository.js';
@@ -99,6 +99,26 @@ export class QuarantineState {
   /** Quarantined chunks not stored again since: nothing may take them as stored. */
   unhealed(): Buffer[] {
     return this.db.prepare<[], Buffer>('SELECT DISTINCT q.chunk FROM quarantine q WHERE NOT EXISTS (SELECT 1 FROM chunk_rows c WHERE c.id = q.chunk)').pluck().all();
+  }
+
+  /**
+   * Deltas stored whole but whose base is quarantined and not stored again: they cannot be opened
+   * until it is, so a backup that meets their data stores them anew rather than reuse them.
+   */
+  orphanedDeltas(): Buffer[] {
+    const lost = this.unhealed();
+    if (lost.length === 0) return [];
+    const prefixes = new Set(lost.map((c) => c.subarray(0, BASE_PREFIX).toString('hex')));
+    const rowAt = this.db.prepare<[number, number], Buffer>('SELECT id FROM chunk_rows WHERE pack = ? AND offset = ?').pluck();
+    const out: Buffer[] = [];
+    for (const row of this.db.prepare<[], { pack: number; bases: Buffer; deltas: Buffer }>('SELECT pack, bases, deltas FROM pack_bases').all()) {
+      for (const [offset, bases] of packDeltas(row)) {
+        if (!bases.some((b) => prefixes.has(b.toString('hex')))) continue;
+        const id = rowAt.get(row.pack, offset);
+        if (id) out.push(id);
+      }
+    }
+    return out;
   }
 
   /** The damaged copies, by pack: offsets a reader of pack indexes must not take for a chunk. */
