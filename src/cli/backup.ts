@@ -112,7 +112,7 @@ export function registerBackup(program: Command): void {
         const h = res.header;
         repo.catalogue.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
         if (opts.json) {
-          printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)) });
+          printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)), ...(res.damage ? { damage: res.damage } : {}) });
         } else {
           process.stdout.write(`${res.id}\n`);
           process.stderr.write(
