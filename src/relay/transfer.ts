@@ -2,6 +2,7 @@ import { Blake3Hasher, blake3 } from '@napi-rs/blake-hash';
 import { Frame, jsonOf } from '../protocol/frames.js';
 import { readRuns } from '../repository/reader.js';
 import { checkedForSending } from '../repository/verify.js';
+import { DIGEST_BYTES } from '../repository/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot } from '../repository/snapshot.js';
 import { snapshotName } from '../store/backend.js';
@@ -98,7 +99,6 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
       // quarantined and the snapshot set aside by the relay)
       const checked = checkedForSending(run, snapshotId);
       unverified += checked.unverified;
-      digests.update(checked.digests);
       for (let i = 0, off = 0; i < run.ids.length; ) {
         let j = i + 1;
         let bytes = run.lengths[i]!;
@@ -106,6 +106,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
         while (j < run.ids.length && fits()) bytes += run.lengths[j++]!;
         const piece = run.bytes.subarray(off, off + bytes);
         sum.update(piece);
+        digests.update(checked.digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
         await sendFrame(j - i === 1 ? nextFrame(piece) : runFrame(run.lengths.slice(i, j), piece), bytes, j - i);
         off += bytes;
         i = j;
