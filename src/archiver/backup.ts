@@ -39,6 +39,8 @@ export interface BackupOptions {
   pipeline?: ChunkPipeline;
   /** Store changed chunks as deltas of the previous generation's where that is smaller (default true). */
   delta?: boolean;
+  /** Stored bytes of packs the scrub before the backup reads at most (default SCRUB_BYTES; 0: none). */
+  scrubBytes?: number;
 }
 
 export interface BackupResult {
@@ -318,7 +320,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
     const prev = await previous;
     const kept = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS;
     // what this backup will deduplicate against must still be what was written
-    const checked = await checkStored(repo, prev.id);
+    const checked = await checkStored(repo, prev.id, opts.scrubBytes ?? SCRUB_BYTES);
     for (const p of checked.problems) log().warn({ source: opts.source }, p);
     const res = await runBackup(repo, input, opts, pipeline, kept, checked.unusable);
     const damaged = checked.damaged;
@@ -343,8 +345,8 @@ export const SCRUB_BYTES = 4 * 2 ** 30;
  * backup stores that chunk anew when it meets it. `unusable`: chunks of the previous generation
  * that are not stored whole now (base64 IDs), never taken as stored. What it costs: docs/format.md.
  */
-async function checkStored(repo: Repository, previousId: string | null): Promise<{ unusable: Set<string>; damaged: DamagedBlob[]; problems: string[] }> {
-  const scrub = await scrubPacks(repo, { budgetBytes: SCRUB_BYTES, cursorKey: 'scrub.backup' });
+async function checkStored(repo: Repository, previousId: string | null, budgetBytes: number): Promise<{ unusable: Set<string>; damaged: DamagedBlob[]; problems: string[] }> {
+  const scrub = budgetBytes > 0 ? await scrubPacks(repo, { budgetBytes, cursorKey: 'scrub.backup' }) : { damaged: [], problems: [] };
   // out of the index before the first dedup lookup; which snapshots they damage is found after
   if (scrub.damaged.length > 0) repo.catalogue.quarantine.add(scrub.damaged, 'backup', previousId);
   // and deltas whose base is gone: whole, but not to be opened until it is stored again

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
+import { parseSize } from '../config/size.js';
 import { configOf, formatBytes, openRepo, printJson, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -15,6 +16,7 @@ interface BackupCliOptions extends RepoOptions {
   route: string[];
   chunkAvg?: string;
   delta: boolean;
+  scrub?: string;
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -37,6 +39,7 @@ export function registerBackup(program: Command): void {
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
     .option('--no-delta', 'store every changed chunk whole, not as a delta of the previous generation\'s (restores read fewer chunks; more bytes stored)')
     .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s). 4096 suits database dumps')
+    .option('--scrub <size>', 'stored bytes of packs read and verified before the backup deduplicates against them (default 4GiB; the next backup goes on where this one stopped); 0: none, damage is then found by the relay or kura check')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
     .action(async (opts: BackupCliOptions, cmd: Command) => {
@@ -54,6 +57,8 @@ export function registerBackup(program: Command): void {
         const problem = Number.isInteger(avg) ? validateChunkerParams(chunker) : 'not a whole number';
         if (problem) throw new KuraError('E_USAGE', `--chunk-avg ${opts.chunkAvg}: ${problem}`);
       }
+      const scrub = opts.scrub === undefined ? undefined : parseSize(opts.scrub);
+      if (scrub === null) throw new KuraError('E_USAGE', `--scrub must be a size such as 4GiB, 512MiB or 0, not "${opts.scrub}"`);
       let input: AsyncIterable<Uint8Array> | FileInput;
       let what: string;
       if (opts.file) {
@@ -103,6 +108,7 @@ export function registerBackup(program: Command): void {
           tags: opts.tag,
           ...(level !== undefined ? { compressionLevel: level } : {}),
           delta: opts.delta !== false,
+          ...(scrub !== undefined ? { scrubBytes: scrub } : {}),
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
           routes: opts.route,
           chunker,
