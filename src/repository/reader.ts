@@ -94,8 +94,7 @@ export function readRuns(repo: Repository, ids: Iterable<Buffer>, what: string):
   return readRunsAt(repo, located(repo, ids, what), what);
 }
 
-/** Like readRuns, for chunks already located (in any order: runs form where neighbours lie back to back). */
-export async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<BlobRun> {
+async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<BlobRun> {
   const groups = groupRuns(planRuns(chunks));
   // one run, read again chunk by chunk: a GC may have moved them since the run was planned
   const refetch = async (run: Run, bytes: Buffer | null): Promise<Buffer> => {

@@ -3,8 +3,7 @@ import { blobInfo } from '../crypto/blob.js';
 import { isListBlob, openListBlob } from './chunklist.js';
 import { DIGEST_BYTES, digestVerdicts, runDigests, type DigestVerdict } from './digest.js';
 import type { DamagedBlob } from './quarantine.js';
-import { readRunsAt, type BlobRun } from './reader.js';
-import type { Repository } from './repository.js';
+import type { BlobRun } from './reader.js';
 
 /** What a keyless reader found of a run of blobs. */
 export interface RunCheck {
@@ -72,41 +71,4 @@ export function damagedBlobError(damaged: DamagedBlob[], what: string, snapshot:
     `chunk ${hex} of ${what} is damaged in pack ${d.pack} at offset ${d.offset} (${d.reason})${damaged.length > 1 ? `, and ${damaged.length - 1} more` : ''}; a backup that meets the same data stores it again, "kura check --read-data" says what else it damages`,
     { chunk: hex, snapshot, damaged },
   );
-}
-
-export interface StoredCheck {
-  /** blobs read and found to match their recorded digest */
-  verified: number;
-  /** blobs without a recorded digest (pack format 1) that could not be verified without the key */
-  unverified: number;
-  damaged: DamagedBlob[];
-  /** chunks the catalogue does not list (quarantined before, or lost) */
-  missing: Buffer[];
-  bytes: number;
-}
-
-/**
- * Read the stored blobs of `ids` and verify each against its recorded digest, without the key.
- * Chunks the catalogue does not list are returned as `missing`; a pack that is gone or cut short
- * fails the whole call (E_CHUNK_MISSING naming it: "kura check --read-data --repair" takes its
- * chunks out of the index).
- */
-export async function verifyStored(repo: Repository, ids: Iterable<Buffer>, what: string): Promise<StoredCheck> {
-  const out: StoredCheck = { verified: 0, unverified: 0, damaged: [], missing: [], bytes: 0 };
-  const cat = repo.catalogue;
-  function* located() {
-    for (const id of ids) {
-      const loc = cat.location(id);
-      if (loc) yield { id, loc };
-      else out.missing.push(id);
-    }
-  }
-  for await (const run of readRunsAt(repo, located(), what)) {
-    const c = verifyRun(run);
-    out.damaged.push(...c.damaged);
-    out.unverified += c.unverified;
-    for (const v of c.verdicts) if (v === 'ok') out.verified++;
-    out.bytes += run.bytes.length;
-  }
-  return out;
 }
