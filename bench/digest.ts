@@ -17,6 +17,7 @@ import { Prng, sqlDump } from '../test/support/generate.js';
 import { blobDigest, runDigests } from '../src/repository/digest.js';
 import { Repository } from '../src/repository/repository.js';
 import { scrubPacks } from '../src/checker/scrub.js';
+import { parsePackIndex } from '../src/repository/pack.js';
 
 const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -32,11 +33,16 @@ for (const size of [300, 1700, 4096, 20000]) {
   const n = Math.floor((128 * MiB) / size);
   const data = new Prng(size).bytes(n * size);
   const lengths = new Array<number>(n).fill(size);
+  // the fastest of five: on a shared machine the others measure the neighbours
   const time = (f: () => void) => {
     f();
-    const t = performance.now();
-    f();
-    return (performance.now() - t) / 1000;
+    let best = Infinity;
+    for (let r = 0; r < 5; r++) {
+      const t = performance.now();
+      f();
+      best = Math.min(best, (performance.now() - t) / 1000);
+    }
+    return best;
   };
   const batch = time(() => runDigests(data, lengths));
   const single = time(() => {
@@ -70,6 +76,22 @@ try {
     for (const mode of ['none', 'default'] as const) wall[mode]!.push(kura(['backup', '--repo', repo, '--name', 'db', '--file', input, '--chunk-avg', '4096', '--json', ...(mode === 'none' ? ['--scrub', '0'] : [])]).seconds);
   }
   const r = await Repository.open(repo, null);
+  // what the seal workers, the relay and the vault pay: the digests of this dump's own blobs
+  const packs: Array<{ bytes: Buffer; lengths: number[]; data: number }> = [];
+  for await (const name of r.store.list('packs/')) {
+    const bytes = (await r.store.get(name))!;
+    const entries = parsePackIndex(bytes, bytes.length)!;
+    packs.push({ bytes, lengths: entries.map((e) => e.length), data: entries.reduce((n, e) => n + e.length, 0) });
+  }
+  const blobBytes = packs.reduce((n, p) => n + p.data, 0);
+  const blobs = packs.reduce((n, p) => n + p.lengths.length, 0);
+  let bestDigest = Infinity;
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now();
+    for (const p of packs) runDigests(p.bytes.subarray(0, p.data), p.lengths);
+    bestDigest = Math.min(bestDigest, (performance.now() - t) / 1000);
+  }
+  emit({ stage: 'digest-of-dump-blobs', blobs, blobBytes, meanBlobBytes: Math.round(blobBytes / blobs), bestSeconds: Number(bestDigest.toFixed(3)), secondsPerGiBStored: Number(((bestDigest * GiB) / blobBytes).toFixed(3)), secondsPerGiBOfDump: Number(((bestDigest * GiB) / (mib * MiB)).toFixed(3)) });
   const scrubSeconds: number[] = [];
   let scrubbed = 0;
   for (let i = 0; i < runs; i++) {
@@ -79,8 +101,9 @@ try {
   }
   r.close();
   const s = median(scrubSeconds);
-  emit({ stage: 'scrub', dumpMiB: mib, chunks: first.chunks, storedBytes: scrubbed, seconds: Number(s.toFixed(3)), secondsPerGiBStored: Number(((s * GiB) / scrubbed).toFixed(3)) });
-  emit({ stage: 'unchanged-backup', wallSecondsNoScrub: Number(median(wall.none!).toFixed(3)), wallSecondsWithScrub: Number(median(wall.default!).toFixed(3)), runs });
+  const best = Math.min(...scrubSeconds);
+  emit({ stage: 'scrub', dumpMiB: mib, chunks: first.chunks, storedBytes: scrubbed, seconds: Number(s.toFixed(3)), secondsPerGiBStored: Number(((s * GiB) / scrubbed).toFixed(3)), bestSecondsPerGiBStored: Number(((best * GiB) / scrubbed).toFixed(3)) });
+  emit({ stage: 'unchanged-backup', wallSecondsNoScrub: Number(median(wall.none!).toFixed(3)), wallSecondsWithScrub: Number(median(wall.default!).toFixed(3)), bestNoScrub: Number(Math.min(...wall.none!).toFixed(3)), bestWithScrub: Number(Math.min(...wall.default!).toFixed(3)), runs });
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
 import { kura, kuraJson, kuraOk, tempDir, ROOT } from './support/cli.js';
 import { collect, sqlDump } from './support/generate.js';
 import { referencedChunks } from './support/snapshots.js';
@@ -12,7 +12,7 @@ import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.j
 import { KuraError } from '../src/errors.js';
 import { idsOf, isListBlob } from '../src/repository/chunklist.js';
 import { blobInfo } from '../src/crypto/blob.js';
-import { blobDigest, digestVerdicts, DIGEST_BYTES, runDigests } from '../src/repository/digest.js';
+import { blobDigest, digestVerdicts, DIGEST_BYTES, DIGEST_KEY, runDigests } from '../src/repository/digest.js';
 import { PACK_TRAILER, parsePackIndex } from '../src/repository/pack.js';
 import { listFetcher, readRuns } from '../src/repository/reader.js';
 import { Repository } from '../src/repository/repository.js';
@@ -385,10 +385,15 @@ test('the vault stores nothing of a batch whose blob does not hash to the digest
   assert.deepEqual(kuraJson<Array<{ id: string }>>(['snapshots', '--from', 'peer-dc'], { env }).map((s) => s.id), [id]);
 });
 
-test('blob digests: one at a time and side by side agree, a changed byte changes the verdict, blobs without one are unrecorded', () => {
+test('blob digests: one at a time and side by side agree with BLAKE3 keyed by "kura blob digest v1", a changed byte changes the verdict, blobs without one are unrecorded', () => {
+  assert.ok(DIGEST_KEY.equals(blake3('kura blob digest v1')));
   const blobs = [Buffer.alloc(0), Buffer.from('x'), Buffer.alloc(1024, 1), Buffer.alloc(1025, 2), Buffer.alloc(17 * 1024, 3), Buffer.alloc(300, 4)];
   const run = runDigests(Buffer.concat(blobs), blobs.map((b) => b.length));
-  blobs.forEach((b, i) => assert.ok(blobDigest(b).equals(run.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)), `blob ${i} of ${b.length} bytes`));
+  blobs.forEach((b, i) => {
+    const reference = Blake3Hasher.newKeyed(DIGEST_KEY).update(b).digestBuffer().subarray(0, DIGEST_BYTES);
+    assert.ok(blobDigest(b).equals(reference), `blob ${i} of ${b.length} bytes, alone`);
+    assert.ok(run.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).equals(reference), `blob ${i} of ${b.length} bytes, side by side`);
+  });
   const recorded = blobs.map((b, i) => (i === 1 ? null : blobDigest(b)));
   const rotten = blobs.map((b) => Buffer.from(b));
   rotten[3]![700]! ^= 0x80;

@@ -1,3 +1,5 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
 import type { Repository } from '../repository/repository.js';
 import { packId, parsePackIndex } from '../repository/pack.js';
 import { DIGEST_BYTES, runDigests } from '../repository/digest.js';
@@ -31,6 +33,39 @@ interface PackRow {
   name: string;
 }
 
+/**
+ * Whole packs, one after the other. On a local store each is read into one buffer, reused (a new
+ * buffer of megabytes a pack cost more than the hashing in a short-lived process: page faults);
+ * the bytes returned are valid until the next read. Null for a pack that is not there.
+ */
+function packReader(repo: Repository): (pack: string) => Promise<Buffer | null> {
+  const root = repo.store.directWriteRoot();
+  if (!root) return (pack) => repo.store.get(packName(pack));
+  let buf = Buffer.allocUnsafe(8 << 20);
+  return async (pack) => {
+    let fd: number;
+    try {
+      fd = openSync(path.join(root, ...packName(pack).split('/')), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size > buf.length) buf = Buffer.allocUnsafe(size);
+      let got = 0;
+      while (got < size) {
+        const n = readSync(fd, buf, got, size - got, got);
+        if (n === 0) break;
+        got += n;
+      }
+      return buf.subarray(0, got);
+    } finally {
+      closeSync(fd);
+    }
+  };
+}
+
 export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; cursorKey: string }): Promise<ScrubReport> {
   const db = repo.catalogue.db;
   const report: ScrubReport = { packs: 0, bytes: 0, complete: true, damaged: [], problems: [] };
@@ -43,17 +78,14 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
   // packs holding a copy already quarantined no longer match their IDs: that damage is known
   const known = repo.catalogue.quarantine.locations();
   let last = cursor;
-  const read = (p: PackRow) => repo.store.get(packName(p.name));
-  let next = order.length > 0 ? read(order[0]!) : null;
+  const read = packReader(repo);
   for (let i = 0; i < order.length; i++) {
     if (report.bytes >= opts.budgetBytes) {
       report.complete = false;
       break;
     }
     const p = order[i]!;
-    const bytes = await next!;
-    next = i + 1 < order.length ? read(order[i + 1]!) : null;
-    next?.catch(() => {}); // awaited in the next round
+    const bytes = await read(p.name);
     report.packs++;
     last = p.name;
     if (bytes && packId(bytes) === p.name) {
@@ -84,7 +116,6 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
       report.problems.push(`pack ${p.name} does not match its ID, but every blob the catalogue uses in it is whole${index ? '' : ' (its index is damaged)'}: GC rewrites it when it next touches it`);
     }
   }
-  await next?.catch(() => null);
   db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(opts.cursorKey, report.complete ? '' : last);
   return report;
 }
