@@ -106,16 +106,21 @@ export class QuarantineState {
    * until it is, so a backup that meets their data stores them anew rather than reuse them.
    */
   orphanedDeltas(): Buffer[] {
-    const lost = this.unhealed();
-    if (lost.length === 0) return [];
-    const prefixes = new Set(lost.map((c) => c.subarray(0, BASE_PREFIX).toString('hex')));
+    return [...this.deltasOn(this.unhealed()).keys()].map((hex) => Buffer.from(hex, 'hex'));
+  }
+
+  /** The stored deltas that have one of `bases` as a base (by 8-byte prefix): delta ID (hex) → that base. */
+  deltasOn(bases: readonly Buffer[]): Map<string, Buffer> {
+    const out = new Map<string, Buffer>();
+    if (bases.length === 0) return out;
+    const byPrefix = new Map(bases.map((c) => [c.subarray(0, BASE_PREFIX).toString('hex'), c]));
     const rowAt = this.db.prepare<[number, number], Buffer>('SELECT id FROM chunk_rows WHERE pack = ? AND offset = ?').pluck();
-    const out: Buffer[] = [];
     for (const row of this.db.prepare<[], { pack: number; bases: Buffer; deltas: Buffer }>('SELECT pack, bases, deltas FROM pack_bases').all()) {
-      for (const [offset, bases] of packDeltas(row)) {
-        if (!bases.some((b) => prefixes.has(b.toString('hex')))) continue;
+      for (const [offset, prefixes] of packDeltas(row)) {
+        const base = prefixes.map((p) => byPrefix.get(p.toString('hex'))).find((b) => b !== undefined);
+        if (!base) continue;
         const id = rowAt.get(row.pack, offset);
-        if (id) out.push(id);
+        if (id) out.set(id.toString('hex'), base);
       }
     }
     return out;
@@ -187,7 +192,8 @@ export class QuarantineState {
  */
 export async function snapshotsReferencing(repo: Repository, chunks: readonly Buffer[]): Promise<Map<string, Buffer[]>> {
   const want = new Map(chunks.map((c) => [c.toString('hex'), c]));
-  const prefixes = new Map(chunks.map((c) => [c.subarray(0, BASE_PREFIX).toString('hex'), c]));
+  // a snapshot that holds a delta on one of them needs it too (found once, not per snapshot)
+  const onBase = repo.catalogue.quarantine.deltasOn(chunks);
   const out = new Map<string, Buffer[]>();
   const hit = (snapshot: string, c: Buffer) => {
     const list = out.get(snapshot) ?? [];
@@ -213,13 +219,9 @@ export async function snapshotsReferencing(repo: Repository, chunks: readonly Bu
       continue;
     }
     for (const b of blocks) if (want.has(b.toString('hex'))) hit(id, b);
-    const ids = [...idsOf(data)];
-    for (const c of ids) {
-      const w = want.get(c.toString('hex'));
-      if (w) hit(id, w);
-    }
-    for (const p of repo.catalogue.basesNeeded(ids).missing) {
-      const w = prefixes.get(p.toString('hex'));
+    for (const c of idsOf(data)) {
+      const hex = c.toString('hex');
+      const w = want.get(hex) ?? onBase.get(hex);
       if (w) hit(id, w);
     }
   }
