@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import type { Repository } from '../repository/repository.js';
 import { packId, parsePackIndex } from '../repository/pack.js';
@@ -34,14 +35,19 @@ interface PackRow {
 }
 
 /**
- * Whole packs, one after the other. On a local store each is read into one buffer, reused (a new
- * buffer of megabytes a pack cost more than the hashing in a short-lived process: page faults);
- * the bytes returned are valid until the next read. Null for a pack that is not there.
+ * A pack's ID as its bytes hash now (null: the pack is not there), and its size. On a local store
+ * the file is read through one small buffer, reused (a new buffer of megabytes a pack cost more
+ * than the hashing in a short-lived process, and would count against a backup's memory).
  */
-function packReader(repo: Repository): (pack: string) => Promise<Buffer | null> {
+function packHasher(repo: Repository): (pack: string) => Promise<{ id: string; size: number } | null> {
   const root = repo.store.directWriteRoot();
-  if (!root) return (pack) => repo.store.get(packName(pack));
-  let buf = Buffer.allocUnsafe(8 << 20);
+  if (!root) {
+    return async (pack) => {
+      const bytes = await repo.store.get(packName(pack));
+      return bytes ? { id: packId(bytes), size: bytes.length } : null;
+    };
+  }
+  const buf = Buffer.allocUnsafe(1 << 20);
   return async (pack) => {
     let fd: number;
     try {
@@ -51,15 +57,10 @@ function packReader(repo: Repository): (pack: string) => Promise<Buffer | null> 
       throw e;
     }
     try {
-      const size = fstatSync(fd).size;
-      if (size > buf.length) buf = Buffer.allocUnsafe(size);
-      let got = 0;
-      while (got < size) {
-        const n = readSync(fd, buf, got, size - got, got);
-        if (n === 0) break;
-        got += n;
-      }
-      return buf.subarray(0, got);
+      const h = new Blake3Hasher();
+      let size = 0;
+      for (let n; (n = readSync(fd, buf, 0, buf.length, size)) > 0; size += n) h.update(buf.subarray(0, n));
+      return { id: h.digest('hex'), size };
     } finally {
       closeSync(fd);
     }
@@ -78,20 +79,22 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
   // packs holding a copy already quarantined no longer match their IDs: that damage is known
   const known = repo.catalogue.quarantine.locations();
   let last = cursor;
-  const read = packReader(repo);
+  const hashOf = packHasher(repo);
   for (let i = 0; i < order.length; i++) {
     if (report.bytes >= opts.budgetBytes) {
       report.complete = false;
       break;
     }
     const p = order[i]!;
-    const bytes = await read(p.name);
+    const hashed = await hashOf(p.name);
     report.packs++;
     last = p.name;
-    if (bytes && packId(bytes) === p.name) {
-      report.bytes += bytes.length;
+    if (hashed?.id === p.name) {
+      report.bytes += hashed.size;
       continue;
     }
+    // damaged (or gone): read it whole and look at each blob the catalogue uses in it
+    const bytes = hashed ? await repo.store.get(packName(p.name)) : null;
     const rows = rowsOf.all(p.n);
     if (!bytes) {
       for (const r of rows) report.damaged.push({ chunk: r.id, pack: p.name, offset: r.offset, length: r.stored_size, digest: r.digest, reason: `pack ${p.name} is missing` });
