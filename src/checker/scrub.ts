@@ -3,7 +3,7 @@ import { Blake3Hasher } from '@napi-rs/blake-hash';
 import path from 'node:path';
 import type { Repository } from '../repository/repository.js';
 import { packId, parsePackIndex } from '../repository/pack.js';
-import { DIGEST_BYTES, runDigests } from '../repository/digest.js';
+import { blobDigest } from '../repository/digest.js';
 import type { DamagedBlob } from '../repository/quarantine.js';
 import { packName } from '../store/backend.js';
 
@@ -102,7 +102,7 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
     }
     report.bytes += bytes.length;
     const index = parsePackIndex(bytes, bytes.length);
-    if (rows.some((r) => !r.digest)) {
+    if (rows.some((r) => !r.digest) && !known.has(p.name)) {
       report.problems.push(`pack ${p.name} does not match its ID and holds blobs written before pack format 2 (no digest): run "kura check --read-data --repair" with the key to find the damaged ones`);
     }
     let named = 0;
@@ -110,13 +110,15 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
       if (!r.digest) continue;
       const end = r.offset + r.stored_size;
       const blob = end <= bytes.length ? bytes.subarray(r.offset, end) : null;
-      const actual = blob ? runDigests(blob, [blob.length]).subarray(0, DIGEST_BYTES) : null;
+      const actual = blob ? blobDigest(blob) : null;
       if (actual && actual.equals(r.digest)) continue;
       named++;
       report.damaged.push({ chunk: r.id, pack: p.name, offset: r.offset, length: r.stored_size, digest: r.digest, reason: blob ? 'stored bytes do not hash to the digest recorded when written' : `pack ${p.name} is cut short` });
     }
-    if (named === 0 && rows.every((r) => r.digest) && !known.has(p.name)) {
-      report.problems.push(`pack ${p.name} does not match its ID, but every blob the catalogue uses in it is whole${index ? '' : ' (its index is damaged)'}: GC rewrites it when it next touches it`);
+    if (named === 0 && rows.every((r) => r.digest)) {
+      // the damage lies outside the blobs in use (a quarantined copy, a dead blob, the index): the next GC rewrites the pack
+      db.prepare('INSERT OR IGNORE INTO gc_pending (pack) VALUES (?)').run(p.name);
+      if (!known.has(p.name)) report.problems.push(`pack ${p.name} does not match its ID, but every blob the catalogue uses in it is whole${index ? '' : ' (its index is damaged)'}: the next gc rewrites it`);
     }
   }
   db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(opts.cursorKey, report.complete ? '' : last);
