@@ -3,7 +3,8 @@
 //   the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform packages that were
 //   never published at its version, so npm leaves them out of the lockfile and `npm ci` refuses it;
 // - the Debian packages the integration tests run for real (OpenSSH's sshd for the vault's
-//   command= mode, systemd-analyze, tmux, PostgreSQL 15 and MariaDB servers and clients). Under CI=true a dependency that cannot be installed
+//   command= mode, systemd-analyze, tmux, PostgreSQL 15 and MariaDB servers and clients, the
+//   packaging tools). Under CI=true a dependency that cannot be installed
 //   is a failure, never a skip.
 import { existsSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -27,6 +28,15 @@ const needs = [
   { tool: 'mariadbd', pkg: 'mariadb-server' },
   { tool: 'mariadb-dump', pkg: 'mariadb-client' },
   { tool: 'tar', pkg: 'tar' },
+  // npm run package and its test: strip the executable, the .deb's dependencies, lintian, and
+  // runuser/unshare to run the installed units as the kura user under their sandbox
+  { tool: 'strip', pkg: 'binutils' },
+  { tool: 'dpkg-shlibdeps', pkg: 'dpkg-dev' },
+  { tool: 'lintian', pkg: 'lintian' },
+  { tool: 'adduser', pkg: 'adduser' },
+  { tool: 'runuser', pkg: 'util-linux' },
+  { tool: 'unshare', pkg: 'util-linux' },
+  { tool: 'man', pkg: 'man-db' },
   { tool: 'bash', pkg: 'bash' },
 ];
 const missing = needs.filter((n) => !has(n.tool));

@@ -39,6 +39,8 @@ export const errorCodes = {
   E_IO: ExitStatus.IO,
   E_LOCKED: ExitStatus.TEMP_FAIL,
   E_PROTOCOL: ExitStatus.DATA,
+  // the two sides share no protocol version: one of them must be upgraded
+  E_PROTOCOL_VERSION: ExitStatus.UNAVAILABLE,
   E_FRAME_TOO_LARGE: ExitStatus.DATA,
   E_FRAME_TRUNCATED: ExitStatus.DATA,
   E_AUTH_DENIED: ExitStatus.NO_PERM,
@@ -53,7 +55,9 @@ export const errorCodes = {
   E_EXPORT_FAILED: ExitStatus.FAILED,
   E_EXPORT_TIMEOUT: ExitStatus.FAILED,
   E_RESTORE_FAILED: ExitStatus.FAILED,
+  E_INTERRUPTED: ExitStatus.TEMP_FAIL, // stopped by SIGTERM/SIGINT before it finished; run it again
   E_TARGET_NOT_EMPTY: ExitStatus.CANT_CREATE,
+  E_PLAN_FULL: ExitStatus.CONFIG,
   E_INTERNAL: ExitStatus.SOFTWARE,
 } as const;
 

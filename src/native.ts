@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { embeddedManifest, loadEmbeddedAddon } from './sea/embedded.js';
 
 /**
  * kura's native addon (native/kura_native.c, built by `npm run build` with node-gyp): FastCDC
@@ -28,7 +29,8 @@ export function nativeAddon(): NativeAddon | null {
   if (cached !== undefined) return cached;
   if (process.env.KURA_NATIVE === '0') return (cached = null);
   try {
-    cached = createRequire(import.meta.url)('../../build/Release/kura_native.node') as NativeAddon;
+    // the single executable carries its own copy, checked before it is loaded (sea/embedded.ts)
+    cached = (embeddedManifest() ? loadEmbeddedAddon('kura_native') : createRequire(import.meta.url)('../../build/Release/kura_native.node')) as NativeAddon;
   } catch {
     cached = null;
   }

@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
 
 function configFile(dir: string, text: string): string {
+  mkdirSync(dir, { recursive: true });
   const f = path.join(dir, 'kura.yaml');
   writeFileSync(f, text);
   return f;
@@ -125,4 +126,42 @@ test('sections left out of the config get every default of their settings', (t) 
   assert.equal(checked.config.relay.keepalive, '15s');
   assert.equal(checked.config.relay.backoff.max, '10m');
   assert.equal(checked.config.logging.level, 'info');
+});
+
+test('config check and every daemon\'s start check what the config names: routes of sources, key, password and certificate files, each error at its path', (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  const pw = path.join(dir, 'juki.pw');
+  writeFileSync(pw, 'secret\n');
+  let n = 0;
+  const base = (extra: { route?: string; pw?: string; clientKey?: string; ca?: string }) =>
+    configFile(
+      path.join(dir, `c${n++}`),
+      `tenant: city-a\nrepository:\n  path: ${repo}\n` +
+        `sources:\n  juki:\n    type: postgres\n    uri: postgresql://backup@127.0.0.1:1/juki\n    passwordFile: ${extra.pw ?? pw}\n    routes: [peer-dc, ${extra.route ?? 'peer-dc'}]\n` +
+        `modules:\n  routing:\n    type: static\n    routes:\n      peer-dc:\n        endpoints: [{ host: 127.0.0.1, port: 9 }]\n        clientKey: ${extra.clientKey ?? pw}\n` +
+        (extra.ca ? `notifications:\n  email:\n    - { host: 127.0.0.1, from: a@b.test, to: [c@d.test], caFile: ${extra.ca} }\n` : ''),
+    );
+  const env = (f: string) => ({ KURA_CONFIG: f });
+
+  assert.equal(kura(['config', 'check'], { env: env(base({})) }).status, 0, 'a config whose references hold');
+  const badRoute = kura(['config', 'check'], { env: env(base({ route: 'office' })) });
+  assert.equal(badRoute.status, 78);
+  assert.match(badRoute.stderr, /sources\.juki\.routes\[1\]: names route "office", which is not in modules\.routing\.routes \(known: peer-dc\)/);
+  assert.equal(kura(['snapshots'], { env: env(base({ route: 'office' })) }).status, 78, 'any command refuses a config whose sources name a route that does not exist');
+
+  const missing = base({ pw: path.join(dir, 'nope.pw'), clientKey: path.join(dir, 'no-key'), ca: path.join(dir, 'no-ca.pem') });
+  const checked = kura(['config', 'check'], { env: env(missing) });
+  assert.equal(checked.status, 78);
+  assert.match(checked.stderr, /sources\.juki\.passwordFile: the database password file .*nope\.pw does not exist/);
+  assert.match(checked.stderr, /modules\.routing\.routes\.peer-dc\.clientKey: this host's SSH private key .*no-key does not exist/);
+  assert.match(checked.stderr, /notifications\.email\[0\]\.caFile: the SMTP CA file .*no-ca\.pem does not exist/);
+  kuraOk(['repo', 'init'], { env: env(base({})) });
+  const run = kura(['agent', 'run'], { env: env(missing) });
+  assert.equal(run.status, 78, 'agent run stops before any export starts');
+  assert.match(run.stderr, /sources\.juki\.passwordFile/);
+  assert.equal(kuraJson<unknown[]>(['snapshots'], { env: env(base({})) }).length, 0);
+  const relay = kura(['relay', 'once'], { env: env(missing) });
+  assert.equal(relay.status, 78);
+  assert.match(relay.stderr, /modules\.routing\.routes\.peer-dc\.clientKey/);
 });

@@ -174,18 +174,24 @@ test('the queue: rate limited per destination (the rest wait, none dropped), de-
   await second.close();
 });
 
-test('mail: a failed agent run sends its mail before it exits (STARTTLS, login); during an SMTP outage the mail waits and arrives once the server is back, exactly once', async (t) => {
-  const dir = tempDir(t);
+/** A real SMTP server on loopback (STARTTLS, login) and the config lines of a destination for it. */
+async function mailServer(t: { after: (fn: () => Promise<void>) => void }, dir: string): Promise<{ smtp: TestSmtp; mailYaml: string }> {
   const tls = selfSignedCert(dir);
-  const pwFile = path.join(dir, 'smtp.pw');
-  writeFileSync(pwFile, 's3cret\n');
+  const passwordFile = path.join(dir, 'smtp.pw');
+  writeFileSync(passwordFile, 's3cret\n');
   const smtp = await new TestSmtp(await freePort(), tls, 's3cret').start();
   t.after(() => smtp.stop());
+  return { smtp, mailYaml: emailYaml(smtp, { caFile: tls.cert, passwordFile }) };
+}
+
+test('mail: a failed agent run sends its mail before it exits (STARTTLS, login); during an SMTP outage the mail waits and arrives once the server is back, exactly once', async (t) => {
+  const dir = tempDir(t);
+  const { smtp, mailYaml } = await mailServer(t, dir);
   const cfg = path.join(dir, 'kura.yaml');
   writeFileSync(
     cfg,
     `tenant: city-a\nrepository: { path: ${path.join(dir, 'repo')} }\n` +
-      `notifications:\n${emailYaml(smtp, { caFile: tls.cert, passwordFile: pwFile })}  retry: { initial: 1s, max: 2s }\n` +
+      `notifications:\n${mailYaml}  retry: { initial: 1s, max: 2s }\n` +
       `sources:\n  juki:\n    type: command\n    command: sh\n    args: ["-c", "echo 'juki rows'; echo 'pg_dump: error: connection to server failed' >&2; exit 3"]\n  good:\n    type: command\n    command: sh\n    args: ["-c", "echo good rows"]\n`,
   );
   const env = { KURA_CONFIG: cfg };
@@ -235,16 +241,12 @@ test('mail: a failed agent run sends its mail before it exits (STARTTLS, login);
 
 test('mail: the agent daemon notices a source that silently stopped backing up (RPO exceeded, once) with no command run, and the next backup sends the recovery', async (t) => {
   const dir = tempDir(t);
-  const tls = selfSignedCert(dir);
-  const pwFile = path.join(dir, 'smtp.pw');
-  writeFileSync(pwFile, 'pw');
-  const smtp = await new TestSmtp(await freePort(), tls, 'pw').start();
-  t.after(() => smtp.stop());
+  const { smtp, mailYaml } = await mailServer(t, dir);
   const cfg = path.join(dir, 'kura.yaml');
   writeFileSync(
     cfg,
     `tenant: city-a\nrepository: { path: ${path.join(dir, 'repo')} }\n` +
-      `notifications:\n${emailYaml(smtp, { caFile: tls.cert, passwordFile: pwFile })}  evaluateEvery: 1s\n` +
+      `notifications:\n${mailYaml}  evaluateEvery: 1s\n` +
       // its schedule never comes during the test: the source has, in effect, stopped
       `sources:\n  zei:\n    type: command\n    command: sh\n    args: ["-c", "echo tax rows"]\n    schedule: "0 0 1 1 *"\n    rpo: 4s\n`,
   );

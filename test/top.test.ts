@@ -50,6 +50,8 @@ test('kura top in a terminal: the backlog and exposure grow while the link is do
   await screenShows(session, /peer-dc\s+waiting-for-line\s+2\b/);
   const over = await screenShows(session, /\d+(\.\d)?[smhd]\/\d+(\.\d)?[smhd]!/);
   assert.match(over, /juki\s+city-a/);
+  // the source's own line shows its exposure on the route, over its target
+  await screenShows(session, /juki\s+city-a\s+.*peer-dc \d+(\.\d)?[smhd]\/3s!/);
 
   tmux('send-keys', '-t', session, 'p');
   await screenShows(session, /peer-dc\s+paused\s+2\b/, 3000);

@@ -3,7 +3,6 @@ import { KuraError, isKuraError } from '../errors.js';
 import type { KuraConfig, SourceConfig } from '../config/schema.js';
 import { inputFailed, ReadAhead } from '../archiver/input.js';
 import type { Repository } from '../repository/repository.js';
-import { routesOf } from '../relay/routes.js';
 import type { GcReport } from '../gc/gc.js';
 import { log } from '../log.js';
 import type { Notifier } from '../notify/notifier.js';
@@ -38,12 +37,8 @@ export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array
   const all = Object.entries(cfg.sources);
   if (all.length === 0) throw new KuraError('E_CONFIG', 'the config has no sources; add one under sources: ("kura config example" shows each type)');
   for (const n of names ?? []) if (!cfg.sources[n]) throw new KuraError('E_USAGE', `no source "${n}" in the config; known: ${all.map(([k]) => k).join(', ')}`);
-  const chosen = names?.length ? all.filter(([n]) => names.includes(n)) : all;
-  const routes = routesOf(cfg);
-  for (const [n, s] of chosen) {
-    for (const r of s.routes) if (!routes[r]) throw new KuraError('E_CONFIG', `sources.${n}.routes names route "${r}", which is not in modules.routing.routes; known: ${Object.keys(routes).join(', ') || 'none'}`);
-  }
-  return chosen;
+  // the routes sources name were checked when the config was loaded (config/references.ts)
+  return names?.length ? all.filter(([n]) => names.includes(n)) : all;
 }
 
 /**
@@ -52,7 +47,7 @@ export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array
  * result says what happened. A source already running elsewhere (another `agent run`, the
  * daemon) is reported as locked, not run twice.
  */
-export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined } = {}): Promise<SourceResult> {
+export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined; coordination?: string | undefined } = {}): Promise<SourceResult> {
   const t0 = performance.now();
   const tenant = src.tenant ?? cfg.tenant;
   const base = { source: name, tenant, routes: src.routes };
@@ -64,7 +59,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     if (!isKuraError(e) || e.code !== 'E_LOCKED') throw e;
     return { ...base, result: 'locked', job: null, seconds: 0, error: { code: e.code, message: e.message } };
   }
-  const job = cat.ops.startJob(name);
+  const job = cat.ops.startJob(name, opts.coordination);
   let result: SourceResult;
   let opened: Awaited<ReturnType<typeof openSource>> | null = null;
   let ahead: ReadAhead | null = null;

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../sea/worker.js';
 import { KuraError } from '../errors.js';
 import type { SealBases, SealRequest, SealResponse } from './seal-worker.js';
 
@@ -28,7 +29,7 @@ export class SealPool {
    */
   constructor(keys: SealKeys | null, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
+      const w = startWorker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
       w.on('error', (err) => this.fail(w, err));
       this.workers.push(w);

@@ -1,8 +1,9 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { KuraError } from '../errors.js';
 import type { ChunkerParams } from './fastcdc.js';
 import { nativeAddon } from '../native.js';
+import { startWorker } from '../sea/worker.js';
 
 export interface PipelineInit {
   params: ChunkerParams;
@@ -71,7 +72,7 @@ export class ChunkPipeline {
   private failure: Error | null = null;
 
   constructor() {
-    this.worker = new Worker(new URL('./pipeline-worker.js', import.meta.url));
+    this.worker = startWorker(new URL('./pipeline-worker.js', import.meta.url));
     this.worker.on('message', (r: PipelineReply) => {
       const w = this.replies.shift();
       if (!w) return;

@@ -33,7 +33,9 @@ export function registerAgent(program: Command): void {
     .option('--source <name...>', 'only these sources (default: all)')
     .option('--json', 'one JSON line per source')
     .action(async (opts: RepoOptions & { source?: string[]; json?: boolean }, cmd: Command) => {
-      const cfg = configOf(cmd).config;
+      const { config: cfg, path: cfgPath } = configOf(cmd);
+      const { checkFiles } = await import('../config/load.js');
+      checkFiles(cfg, { agent: true }, cfgPath);
       const { selectSources, runSource, localGc } = await import('../agent/run.js');
       const { evaluateRpo } = await import('../notify/evaluate.js');
       const { maintenanceFailed } = await import('../notify/jobs.js');
@@ -93,7 +95,9 @@ export function registerAgent(program: Command): void {
     .description('run each source on its cron schedule (sources.<name>.schedule); a run never overlaps itself; SIGTERM stops cleanly within agent.shutdownGrace')
     .option('--source <name...>', 'only these sources (default: all with a schedule)')
     .action(async (opts: RepoOptions & { source?: string[] }, cmd: Command) => {
-      const cfg = configOf(cmd).config;
+      const { config: cfg, path: cfgPath } = configOf(cmd);
+      const { checkFiles } = await import('../config/load.js');
+      checkFiles(cfg, { agent: true }, cfgPath);
       const { AgentDaemon } = await import('../agent/daemon.js');
       AgentDaemon.scheduled(cfg, opts.source); // config errors before anything opens
       const repo = await openRepo(cmd, opts, 'required');

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { ExitStatus, KuraError } from '../errors.js';
 import { registerBackup } from './backup.js';
@@ -15,13 +14,13 @@ import { registerStatus } from './status.js';
 import { registerTop } from './top.js';
 import { registerVault } from './vault.js';
 import { registerNotify } from './notify.js';
-
-const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+import { registerPlan } from './plan.js';
+import { kuraVersion } from '../version.js';
 
 export function buildProgram(): Command {
   const program = new Command('kura')
     .description('kura (蔵): deduplicating, encrypted backups of database exports, shipped to a vault in a peer data centre')
-    .version(pkg.version)
+    .version(kuraVersion(), '-V, --version', 'print the version (with --json: commit, format versions, Node and library versions)')
     .option('--config <file>', 'config file (default: KURA_CONFIG or ./kura.yaml)')
     .option('--debug', 'print stack traces of errors')
     .showHelpAfterError('(run with --help for usage)')
@@ -41,6 +40,7 @@ export function buildProgram(): Command {
   registerKey(program);
   registerConfig(program);
   registerNotify(program);
+  registerPlan(program);
   // subcommands inherit exitOverride so usage errors reach our handler
   const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
   walk(program);
@@ -54,6 +54,12 @@ function wantsJson(argv: string[]): boolean {
 export async function main(argv = process.argv): Promise<number> {
   const debug = argv.includes('--debug');
   try {
+    const args = argv.slice(2);
+    if (args.length === 2 && args.includes('--json') && (args.includes('--version') || args.includes('-V'))) {
+      const { versionReport } = await import('../version.js');
+      process.stdout.write(JSON.stringify(await versionReport(), null, 2) + '\n');
+      return ExitStatus.OK;
+    }
     await buildProgram().parseAsync(argv);
     return ExitStatus.OK;
   } catch (e) {

@@ -12,8 +12,10 @@ export function registerRelay(program: Command): void {
     .option('--json', 'print one JSON line per route')
     .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
       const { Relay } = await import('../relay/relay.js');
+      const { config: cfg, path: cfgPath } = configOf(cmd);
+      const { checkFiles } = await import('../config/load.js');
+      checkFiles(cfg, { relay: true }, cfgPath);
       const repo = await openRepo(cmd, opts, 'none');
-      const cfg = configOf(cmd).config;
       const { Notifier } = await import('../notify/notifier.js');
       const { evaluateRpo } = await import('../notify/evaluate.js');
       const notifier = Notifier.fromConfig(cfg, 'relay', repo.root);
@@ -51,8 +53,10 @@ export function registerRelay(program: Command): void {
     .option('--route <name>', 'only this route (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
       const { Relay } = await import('../relay/relay.js');
+      const { config: cfg, path: cfgPath } = configOf(cmd);
+      const { checkFiles } = await import('../config/load.js');
+      checkFiles(cfg, { relay: true }, cfgPath);
       const repo = await openRepo(cmd, opts, 'none');
-      const cfg = configOf(cmd).config;
       const { Notifier } = await import('../notify/notifier.js');
       const { startWatch } = await import('../notify/evaluate.js');
       const notifier = Notifier.fromConfig(cfg, 'relay', repo.root);

@@ -30,6 +30,15 @@ export function printStatus(r: StatusReport): void {
     for (const d of r.damaged) w(`${(d.source ?? '-').padEnd(16)} ${d.snapshot.slice(0, 12)}  ${String(d.chunks.length).padStart(6)}  ${d.found.replace('T', ' ').slice(0, 19)}`);
     w('a damaged snapshot needs chunks found damaged and quarantined: the next backup of the same data stores them again (then it restores); until then restore it from a vault that holds it');
   }
+  const planned = r.sources.filter((s) => s.plan);
+  if (planned.length > 0) {
+    w('');
+    w('PLANNED          GROUP        NEXT START            SLOT     LAST RUN');
+    for (const s of planned) {
+      const p = s.plan!;
+      w(`${s.source.padEnd(16)} ${p.group.padEnd(12)} ${(p.nextStart ?? p.error ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${p.slot.padEnd(7)}  ${p.lastRun ?? '-'}`);
+    }
+  }
   if (r.exposure.length > 0) {
     w('');
     w('EXPOSURE         SOURCE           EXPOSED   TARGET  NEWEST ON THE FAR SIDE  QUEUED');

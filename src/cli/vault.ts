@@ -19,7 +19,9 @@ export function registerVault(program: Command): void {
     .action(async (_opts: object, cmd: Command) => {
       const cfg = vaultConfig(cmd);
       const { serveVault } = await import('../vault/server.js');
-      const full = configOf(cmd).config;
+      const { config: full, path: cfgPath } = configOf(cmd);
+      const { checkFiles } = await import('../config/load.js');
+      checkFiles(full, { vault: true }, cfgPath);
       const running = await serveVault(cfg, { timeZone: full.timezone, notifications: full.notifications, host: full.host });
       process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256 }) + '\n');
       await new Promise<void>((resolve) => {

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import { KuraError } from '../errors.js';
 import { configSchema, type KuraConfig } from './schema.js';
 import { configPath } from './path.js';
+import { configReferences, fileReferences, formatReferenceIssues, readableFile } from './references.js';
 
 export { configPath };
 
@@ -35,7 +36,18 @@ export function parseConfig(text: string, file: string): KuraConfig {
     const lines = formatIssues(parsed.error.issues);
     throw new KuraError('E_CONFIG', `config ${file} has ${lines.length} error(s):\n  ${lines.join('\n  ')}`, { errors: lines });
   }
+  const refs = formatReferenceIssues(configReferences(parsed.data));
+  if (refs.length > 0) throw new KuraError('E_CONFIG', `config ${file} has ${refs.length} error(s):\n  ${refs.join('\n  ')}`, { errors: refs });
   return parsed.data;
+}
+
+/**
+ * At the start of a daemon or job (and in `config check`): the files the config names must be
+ * readable here, each problem named by its path, before anything runs.
+ */
+export function checkFiles(cfg: KuraConfig, roles: Parameters<typeof fileReferences>[2], file: string | null): void {
+  const issues = formatReferenceIssues(fileReferences(cfg, readableFile, roles));
+  if (issues.length > 0) throw new KuraError('E_CONFIG', `config ${file ?? '(built-in defaults)'} names ${issues.length} file(s) this host cannot read:\n  ${issues.join('\n  ')}`, { errors: issues });
 }
 
 export function loadConfig(flag?: string): LoadedConfig {

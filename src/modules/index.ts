@@ -2,4 +2,5 @@
 import './sso/none.js';
 import './routing/static.js';
 import './virtualization/none.js';
-export { moduleSchema, registeredModules, registerModule } from './registry.js';
+import './virtualization/groups.js';
+export { moduleOf, moduleSchema, registeredModules, registerModule } from './registry.js';

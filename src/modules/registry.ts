@@ -1,28 +1,56 @@
 import { z } from 'zod';
+import type { StaticRoute } from './routing/static.js';
+import type { BackupGroup } from './virtualization/plan.js';
 
 /**
  * Pluggable modules of the one config file: `modules.<kind>.type` selects an implementation
- * registered here, each with its own options schema (fastify-style registry keyed by name).
+ * registered here, with its options schema *and* its code (fastify-style registry keyed by
+ * name). Callers ask `moduleOf(cfg, kind)` for the implementation; nothing outside the
+ * registry looks at a module's `type`.
  */
-export type ModuleKind = 'sso' | 'routing' | 'virtualization';
+export interface RoutingModule {
+  /** destination name → its endpoints and transfer rules */
+  readonly routes: Readonly<Record<string, StaticRoute>>;
+}
 
-export interface ModuleDefinition {
-  kind: ModuleKind;
+export interface SsoModule {
+  /** whether operators must sign in through an identity provider (false: SSH keys and local accounts alone) */
+  readonly signIn: boolean;
+}
+
+export interface VirtualizationModule {
+  /** groups of members that share a hypervisor, datastore or backup device (none: every source on its own schedule) */
+  readonly groups: readonly BackupGroup[];
+}
+
+export interface ModuleImplementations {
+  sso: SsoModule;
+  routing: RoutingModule;
+  virtualization: VirtualizationModule;
+}
+
+export type ModuleKind = keyof ModuleImplementations;
+
+export interface ModuleDefinition<K extends ModuleKind = ModuleKind> {
+  kind: K;
   type: string;
   description: string;
   /** Options schema; must include `type: z.literal(<type>)`. */
   options: z.ZodObject<{ type: z.ZodLiteral<string> } & z.ZodRawShape>;
+  /** The implementation for validated options. */
+  create(options: Record<string, unknown>): ModuleImplementations[K];
 }
 
-const registry: Record<ModuleKind, ModuleDefinition[]> = { sso: [], routing: [], virtualization: [] };
+const registry: { [K in ModuleKind]: Array<ModuleDefinition<K>> } = { sso: [], routing: [], virtualization: [] };
 
-export function registerModule(def: ModuleDefinition): void {
-  if (registry[def.kind].some((d) => d.type === def.type)) throw new Error(`module ${def.kind}/${def.type} registered twice`);
-  registry[def.kind].push(def);
+export function registerModule<K extends ModuleKind>(def: ModuleDefinition<K>): void {
+  const list = registry[def.kind] as Array<ModuleDefinition<K>>;
+  if (list.some((d) => d.type === def.type)) throw new Error(`module ${def.kind}/${def.type} registered twice`);
+  list.push(def);
 }
 
-export function registeredModules(kind: ModuleKind): readonly ModuleDefinition[] {
-  return registry[kind];
+export function registeredModules<K extends ModuleKind>(kind: K): ReadonlyArray<ModuleDefinition<K>> {
+  return registry[kind] as Array<ModuleDefinition<K>>;
 }
 
 /** Schema of `modules.<kind>`: one of the registered implementations, picked by `type`. */
@@ -35,5 +63,19 @@ export function moduleSchema(kind: ModuleKind, defaultType: string) {
     error: (iss) =>
       iss.code === 'invalid_union' ? `unknown ${kind} module type ${JSON.stringify((iss.input as { type?: unknown })?.type)}; known: ${types.join(', ')}` : undefined,
   });
-  return union.default({ type: defaultType } as never).describe(`${kind} module: ${defs.map((d) => `${d.type} (${d.description})`).join('; ')}`);
+  return union.prefault({ type: defaultType } as never).describe(`${kind} module: ${defs.map((d) => `${d.type} (${d.description})`).join('; ')}`);
+}
+
+const made = new WeakMap<object, unknown>();
+
+/** The implementation a config's `modules.<kind>` selects (made once per validated options object). */
+export function moduleOf<K extends ModuleKind>(cfg: { modules: { [k in K]: object } }, kind: K): ModuleImplementations[K] {
+  const options = cfg.modules[kind] as { type: string } & Record<string, unknown>;
+  const cached = made.get(options);
+  if (cached) return cached as ModuleImplementations[K];
+  const def = registry[kind].find((d) => d.type === options.type) as ModuleDefinition<K> | undefined;
+  if (!def) throw new Error(`no ${kind} module "${options.type}" is registered`);
+  const impl = def.create(options);
+  made.set(options, impl);
+  return impl;
 }

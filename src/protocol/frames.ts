@@ -14,6 +14,8 @@ import { KuraError } from '../errors.js';
  */
 export const PROTOCOL_VERSION = 4;
 export const OLDEST_PROTOCOL = 1;
+/** The oldest version a kura relay speaks: it needs WANT and PUT_NEXT (version 2). */
+export const OLDEST_RELAY_PROTOCOL = 2;
 export const DEFAULT_MAX_FRAME = 16 << 20;
 
 export const Frame = {
@@ -40,6 +42,10 @@ export const Frame = {
   PROTECTED: 0x37, // JSON {id, protected, changed}
   STATS: 0x40, // JSON {}
   STATS_REPLY: 0x41, // JSON
+  SLOT_ACQUIRE: 0x50, // JSON {group, member, maxConcurrent, ttlSeconds}: lease a backup-window slot (coordinator; backup role)
+  SLOT_RENEW: 0x51, // JSON {token, ttlSeconds}
+  SLOT_RELEASE: 0x52, // JSON {token}
+  SLOT: 0x53, // JSON {granted, token?, holders, retryAfterSeconds?} (acquire), {granted} (renew), {released} (release)
   ERROR: 0x7f, // JSON {code, message}; the vault closes the channel after an error
 } as const;
 

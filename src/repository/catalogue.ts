@@ -55,7 +55,7 @@ export interface TransferBytes {
   restoreOut: number;
 }
 
-const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 4;
 
 /**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
@@ -204,6 +204,8 @@ export class Catalogue {
     const queueCols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(queue)`).all().map((c) => c.name));
     // an entry set aside (damaged snapshot, or by hand): not sent, no longer blocking the route
     if (!queueCols.has('aside')) this.db.exec('ALTER TABLE queue ADD COLUMN aside TEXT; ALTER TABLE queue ADD COLUMN aside_reason TEXT;');
+    const jobCols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(jobs)`).all().map((c) => c.name));
+    if (!jobCols.has('coordination')) this.db.exec('ALTER TABLE jobs ADD COLUMN coordination TEXT');
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length, digest FROM chunks WHERE id = ?');
     this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();

@@ -40,6 +40,8 @@ export interface JobRow {
   new_bytes: number | null;
   error_code: string | null;
   error: string | null;
+  /** a planned job: "coordinated" (it held a slot of its group), or "uncoordinated: why" */
+  coordination: string | null;
 }
 
 export class OpsState {
@@ -123,9 +125,10 @@ export class OpsState {
     if (c.retry !== undefined) this.db.prepare('UPDATE route_state SET retry = ?, updated = ? WHERE route = ?').run(c.retry ? 1 : 0, now, route);
   }
 
-  startJob(source: string): number {
-    return Number(this.db.prepare(`INSERT INTO jobs (source, started, result) VALUES (?, ?, 'running')`).run(source, new Date().toISOString()).lastInsertRowid);
+  startJob(source: string, coordination?: string): number {
+    return Number(this.db.prepare(`INSERT INTO jobs (source, started, result, coordination) VALUES (?, ?, 'running', ?)`).run(source, new Date().toISOString(), coordination ?? null).lastInsertRowid);
   }
+
 
   finishJob(id: number, r: { result: 'ok' | 'failed'; snapshot?: string; newBytes?: number; errorCode?: string; error?: string }): void {
     this.db
@@ -172,5 +175,33 @@ export class OpsState {
          FROM queue GROUP BY route, source ORDER BY route, source`,
       )
       .all();
+  }
+
+  /** Seconds the last `limit` successful jobs of a source took, oldest first (the plan's history). */
+  jobSeconds(source: string, limit = 7): number[] {
+    return this.db
+      .prepare<[string, number], { s: number }>(`SELECT (julianday(finished) - julianday(started)) * 86400 AS s FROM (SELECT started, finished, id FROM jobs WHERE source = ? AND result = 'ok' AND finished IS NOT NULL ORDER BY id DESC LIMIT ?) ORDER BY id`)
+      .all(source, limit)
+      .map((r) => r.s);
+  }
+
+  /** When the newest job of a source started (ISO), or null: a daemon started late sees what it missed. */
+  lastJobStart(source: string): string | null {
+    return this.db.prepare<[string], { started: string }>('SELECT started FROM jobs WHERE source = ? ORDER BY id DESC LIMIT 1').get(source)?.started ?? null;
+  }
+
+  /** A daemon's slot state for a planned source (kura status, kura top): waiting for a slot, holding one, or none. */
+  setSlotState(source: string, state: { state: 'waiting' | 'holding' | 'none'; group: string; since: string }): void {
+    this.db.prepare(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(`slot.${source}`, JSON.stringify(state));
+  }
+
+  slotState(source: string): { state: 'waiting' | 'holding' | 'none'; group: string; since: string } | null {
+    const r = this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(`slot.${source}`);
+    return r ? (JSON.parse(r.value) as { state: 'waiting' | 'holding' | 'none'; group: string; since: string }) : null;
+  }
+
+  /** Whether a job of the source that started at or after `since` (ISO) succeeded. */
+  okJobSince(source: string, since: string): boolean {
+    return Boolean(this.db.prepare<[string, string], { x: number }>(`SELECT 1 AS x FROM jobs WHERE source = ? AND result = 'ok' AND started >= ? LIMIT 1`).get(source, since));
   }
 }

@@ -15,7 +15,7 @@ import { expandListTree, type BlobFetcher } from './chunklist.js';
  */
 const MAGIC = Buffer.from('KURASNAP', 'latin1');
 export const SNAPSHOT_FORMAT = 2;
-const READABLE_FORMATS = new Set([1, 2]);
+export const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2]);
 
 export interface SnapshotHeader {
   tenant: string;
@@ -96,6 +96,7 @@ export function decodeSnapshot(bytes: Buffer, expectedId: string): DecodedSnapsh
   } catch {
     throw corrupt(id, 'unreadable header');
   }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw corrupt(id, 'unreadable header');
   off += hlen;
   need(4);
   const n = bytes.readUInt32LE(off);

@@ -3,7 +3,8 @@ import type { KuraConfig } from '../config/schema.js';
 import { routesOf } from '../relay/routes.js';
 import type { Repository } from '../repository/repository.js';
 import { deliveryKey, type ExposureSource } from './exposure.js';
-import { statusReport, type StatusReport } from './status.js';
+import { statusReport, type SourcePlan, type StatusReport } from './status.js';
+import { nextPlannedStart, planHistory, plannedMember, timeZoneOf } from '../agent/window.js';
 
 /**
  * The sources whose RPO exposure is judged: every configured source on its routes (and on any
@@ -48,7 +49,27 @@ export function collectStatus(repo: Repository, cfg: KuraConfig, now = new Date(
       defaultRpoSeconds: parseDuration(cfg.rpo)! / 1000,
       aside: cat.ops.asideEntries(),
       damaged: cat.quarantine.damaged(),
+      plans: sourcePlans(repo, cfg, now),
     },
     now,
   );
+}
+
+/** Each planned source's next start, slot state and last run's coordination. */
+function sourcePlans(repo: Repository, cfg: KuraConfig, now: Date): Map<string, SourcePlan> {
+  const out = new Map<string, SourcePlan>();
+  const last = new Map(repo.catalogue.ops.lastJobs().map((j) => [j.source, j]));
+  let history: Map<string, number> | null = null;
+  for (const source of Object.keys(cfg.sources)) {
+    const m = plannedMember(cfg, source);
+    if (!m) continue;
+    const base = { group: m.group.name, member: m.member, slot: repo.catalogue.ops.slotState(source)?.state ?? ('none' as const), lastRun: last.get(source)?.coordination ?? null };
+    try {
+      const next = nextPlannedStart(m, now, timeZoneOf(cfg), (history ??= planHistory(repo, cfg)));
+      out.set(source, { ...base, nextStart: next?.start.toISOString() ?? null, nextEnd: next?.end.toISOString() ?? null, moved: next?.moved });
+    } catch (e) {
+      out.set(source, { ...base, nextStart: null, nextEnd: null, error: (e as Error).message });
+    }
+  }
+  return out;
 }

@@ -43,9 +43,25 @@ export interface SourceStatus {
   lastJob: { result: string; finished: string | null; errorCode: string | null; error: string | null } | null;
   lastJobFailed: boolean;
   rpoTargetSeconds: number | null;
+  /** a source its virtualization group plans: the next start, the slot state, how its last run went */
+  plan?: SourcePlan | undefined;
   /** exposure on each of its routes (route null: the on-site copy of a source without routes) */
   exposure: Exposure[];
   overTarget: boolean;
+}
+
+export interface SourcePlan {
+  group: string;
+  member: string;
+  nextStart: string | null;
+  nextEnd: string | null;
+  moved?: string | undefined;
+  /** waiting for a slot, holding one, or none (between runs) */
+  slot: 'waiting' | 'holding' | 'none';
+  /** the last job's coordination: "coordinated" or "uncoordinated: why" */
+  lastRun: string | null;
+  /** why there is no plan (E_PLAN_FULL: the group does not fit) */
+  error?: string | undefined;
 }
 
 export interface StatusReport {
@@ -75,6 +91,8 @@ export interface StatusInput {
   defaultRpoSeconds: number;
   aside?: AsideEntry[];
   damaged?: SnapshotDamage[];
+  /** planned sources (modules.virtualization), by source */
+  plans?: ReadonlyMap<string, SourcePlan>;
 }
 
 export function statusReport(input: StatusInput, now: Date): StatusReport {
@@ -140,6 +158,7 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
     cur.exposure = exposure.filter((e) => e.source === s.source);
     cur.overTarget = cur.exposure.some((e) => e.overTarget);
   }
+  for (const [source, plan] of input.plans ?? []) entry(source, '').plan = plan;
   const list = [...sources.values()].sort((a, b) => a.source.localeCompare(b.source));
   const damaged = (input.damaged ?? []).map((d) => ({ ...d, source: byId.get(d.snapshot)?.source ?? null }));
   return {

@@ -116,6 +116,16 @@ export function TopApp({ load, control, refreshMs = 500 }: TopProps) {
           <Text color="red">{s.lastJobFailed ? ` FAILED ${s.lastJob?.errorCode ?? ''}` : ''}</Text>
         </Text>
       ))}
+      {data.report.sources.some((s) => s.plan) ? <Text bold>{'  PLANNED      GROUP        NEXT START  SLOT     LAST RUN'}</Text> : null}
+      {data.report.sources
+        .filter((s) => s.plan)
+        .slice(0, 4)
+        .map((s) => (
+          <Text key={`plan-${s.source}`} color={s.plan!.lastRun?.startsWith('uncoordinated') ? 'yellow' : undefined}>
+            {'  '}
+            {s.source.slice(0, 12).padEnd(12)} {s.plan!.group.slice(0, 12).padEnd(12)} {(s.plan!.nextStart ? new Date(s.plan!.nextStart).toTimeString().slice(0, 8) : '-').padEnd(11)} {s.plan!.slot.padEnd(8)} {(s.plan!.lastRun ?? '-').slice(0, 24)}
+          </Text>
+        ))}
       <Text bold>{'  RECENT'}</Text>
       {data.jobs.slice(0, 3).map((j, i) => (
         <Text key={`job${i}`} color={j.result === 'failed' ? 'red' : undefined}>

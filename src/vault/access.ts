@@ -97,9 +97,13 @@ export function authorize(a: AuthAttempt, tenants: TenantRules): AuthDecision {
   return { ok: true, tenant: mine.tenant, role: mine.rule.role, fingerprint: fp };
 }
 
-/** Which protocol operations each role may use. */
-export const roleAllows: Record<Role, ReadonlySet<string>> = {
-  backup: new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'PUT_RUN', 'FLUSH', 'COMMIT', 'LIST', 'STATS']),
-  restore: new Set(['LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS']),
-  'tenant-admin': new Set(['HAS', 'WANT', 'PUT', 'PUT_NEXT', 'PUT_RUN', 'FLUSH', 'COMMIT', 'LIST', 'GET_SNAPSHOT', 'GET_CHUNKS', 'STATS', 'PROTECT']),
-};
+/**
+ * What a request frame asks of the session's role (each frame's entry in src/vault/frames/
+ * names one): `any` role, `backup` (backup or tenant-admin), `restore` (restore or tenant-admin)
+ * or `tenant-admin` alone.
+ */
+export type FrameRight = 'any' | Role;
+
+export function roleMay(role: Role, right: FrameRight): boolean {
+  return right === 'any' || role === right || role === 'tenant-admin';
+}

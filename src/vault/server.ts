@@ -17,6 +17,7 @@ import { watchVault } from './alerts.js';
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
 const STOP_GRACE_MS = 10_000; // how long a stopping vault lets sessions finish the frame they are on
+const LINGER_MS = 1000; // how long a closing connection may take to say goodbye before its socket goes
 
 export const VAULT_COMMAND = 'kura-vault';
 
@@ -77,8 +78,21 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     });
     client.on('ready', () => {
       const g = granted!;
+      // a vault speaks one protocol on exec channels; everything else SSH can ask for is refused and audited
+      const refuse = (event: string, asked: string, reject?: () => void) => {
+        vault.audit.write({ event, outcome: 'refused', tenant: g.tenant, ip, key: g.key, user: g.user, code: 'E_FORBIDDEN', reason: `${asked} is not offered by a vault` });
+        reject?.();
+      };
+      client.on('tcpip', (_accept, reject, info) => refuse('port-forward', `forwarding to ${info.destIP}:${info.destPort}`, reject));
+      client.on('openssh.streamlocal', (_accept, reject, info) => refuse('port-forward', `forwarding to socket ${info.socketPath}`, reject));
+      client.on('request', (_accept, reject, name, info) => refuse('port-forward', `global request ${name}${info && 'bindPort' in info ? ` (${info.bindAddr}:${info.bindPort})` : ''}`, reject));
       client.on('session', (accept) => {
         const session = accept();
+        session.on('pty', (_a, reject) => refuse('pty', 'a terminal (pty)', reject));
+        session.on('x11', (_a, reject) => refuse('x11', 'X11 forwarding', reject));
+        session.on('auth-agent', (_a, reject) => refuse('agent-forward', 'agent forwarding', reject));
+        session.on('sftp', (_a, reject) => refuse('sftp', 'the sftp subsystem', reject));
+        session.on('subsystem', (_a, reject, info) => refuse('subsystem', `subsystem ${JSON.stringify(info.name.slice(0, 40))}`, reject));
         session.on('exec', async (acceptExec, rejectExec, execInfo) => {
           if (execInfo.command !== VAULT_COMMAND) {
             vault.audit.write({ event: 'exec', outcome: 'refused', tenant: g.tenant, ip, key: g.key, code: 'E_FORBIDDEN', reason: `command ${JSON.stringify(execInfo.command.slice(0, 80))} is not the vault protocol` });
@@ -88,7 +102,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           try {
             const repo = await vault.repoOf(g.tenant);
             const s = new VaultSession(
-              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), log: lg },
+              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), slots: vault.slots, log: lg },
               channel,
               channel,
             );
@@ -103,10 +117,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           }
           channel.close();
         });
-        session.on('shell', (_a, reject) => {
-          vault.audit.write({ event: 'shell', outcome: 'refused', tenant: g.tenant, ip, key: g.key, code: 'E_FORBIDDEN', reason: 'no shell on a vault' });
-          reject?.();
-        });
+        session.on('shell', (_a, reject) => refuse('shell', 'a shell', reject));
       });
     });
     client.on('error', (err: Error) => {
@@ -143,13 +154,20 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       await maintenance?.stop();
       await metricsServer?.close();
       // no new connections; open sessions end after the frame they are handling (their flushed
-      // batches are durable, a relay resends the rest), then the connections are closed
+      // batches are durable, a relay resends the rest), within the grace; then the connections
+      // are closed, and after a second their sockets are destroyed whatever the line does: a
+      // black-holed client never acknowledges a goodbye, and an open socket keeps the process alive
+      const deadline = Date.now() + STOP_GRACE_MS;
+      const until = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))).unref());
       const closed = new Promise<void>((r) => server.close(() => r()));
-      const grace = () => new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref());
+      const ended = () => Promise.allSettled(sessions.values());
       for (const s of sessions.keys()) s.stop();
-      await Promise.race([Promise.allSettled(sessions.values()), grace()]);
+      await Promise.race([ended(), until(STOP_GRACE_MS)]);
       for (const c of clients) c.end();
-      await Promise.race([closed, grace()]);
+      await Promise.race([closed, new Promise((r) => setTimeout(r, LINGER_MS).unref())]);
+      for (const c of clients) (c as Connection & { _sock?: { destroy(): void } })._sock?.destroy(); // (ssh2 has no destroy() on a server connection)
+      // sessions cut off just now finish their bookkeeping (durable batches, pack leases) before the catalogues close
+      await Promise.race([ended(), new Promise((r) => setTimeout(r, Math.max(LINGER_MS, deadline - Date.now())).unref())]);
       await notifier?.close();
       await vault.close();
     },

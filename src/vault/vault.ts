@@ -5,6 +5,7 @@ import { parseDuration } from '../config/duration.js';
 import type { VaultConfig } from '../config/schema.js';
 import { Repository } from '../repository/repository.js';
 import { AuditLog } from './audit.js';
+import { SlotTable } from './slots.js';
 
 /** The vault's directory: one keyless repository per tenant, the audit log and the host key. */
 export class Vault {
@@ -29,7 +30,15 @@ export class Vault {
     return r;
   }
 
+  private slotTable: SlotTable | null = null;
+
+  /** The backup-window slots this vault leases to agents (opened on first use). */
+  get slots(): SlotTable {
+    return (this.slotTable ??= new SlotTable(this.cfg.root));
+  }
+
   async close(): Promise<void> {
+    this.slotTable?.close();
     for (const r of this.repos.values()) (await r.catch(() => null))?.close();
     this.audit.close();
   }

@@ -25,9 +25,12 @@ export const staticRoute = z.strictObject({
   tenant: z.string().optional().describe('tenant name on the vault (default: the source tenant)'),
 });
 
+export type StaticRoute = z.infer<typeof staticRoute>;
+
 registerModule({
   kind: 'routing',
   type: 'static',
+  create: (o) => ({ routes: (o as { routes: Record<string, StaticRoute> }).routes }),
   description: 'a fixed table of destination names to ordered vault endpoints',
   options: z.strictObject({
     type: z.literal('static'),

@@ -4,6 +4,7 @@ import { registerModule } from '../registry.js';
 registerModule({
   kind: 'sso',
   type: 'none',
-  description: 'operators are identified by their local account; no identity provider',
+  description: 'operators are identified by their SSH keys and local accounts; no identity provider',
   options: z.strictObject({ type: z.literal('none') }),
+  create: () => ({ signIn: false }),
 });

@@ -6,4 +6,5 @@ registerModule({
   type: 'none',
   description: 'no shared hypervisor or backup device: sources start at their own schedule',
   options: z.strictObject({ type: z.literal('none') }),
+  create: () => ({ groups: [] }),
 });

@@ -1,0 +1,66 @@
+import { accessSync, constants } from 'node:fs';
+import type { KuraConfig } from './schema.js';
+import { moduleOf } from '../modules/registry.js';
+
+/**
+ * What a config names beyond its own shape: routes named by sources, and the key, password and
+ * certificate files it points at. A pure function of the config and a file probe, so `config
+ * check` and every daemon's start say the same thing, each error naming its exact path.
+ */
+export interface ReferenceIssue {
+  path: string;
+  message: string;
+}
+
+
+/** References inside the config: they hold or not whatever the host. */
+export function configReferences(cfg: KuraConfig): ReferenceIssue[] {
+  const out: ReferenceIssue[] = [];
+  const routes = Object.keys(moduleOf(cfg, 'routing').routes);
+  for (const [name, src] of Object.entries(cfg.sources)) {
+    src.routes.forEach((r, i) => {
+      if (!routes.includes(r)) out.push({ path: `sources.${name}.routes[${i}]`, message: `names route "${r}", which is not in modules.routing.routes (known: ${routes.join(', ') || 'none'})` });
+    });
+  }
+  return out;
+}
+
+export type FileProbe = (file: string) => string | null;
+
+/** null when `file` can be read by this process, else why not. */
+export const readableFile: FileProbe = (file) => {
+  try {
+    accessSync(file, constants.R_OK);
+    return null;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable by this user' : (e as Error).message;
+  }
+};
+
+/** The files a config points at that this host must be able to read (given which roles run here). */
+export function fileReferences(cfg: KuraConfig, probe: FileProbe = readableFile, roles: { agent?: boolean; relay?: boolean; vault?: boolean } = { agent: true, relay: true, vault: true }): ReferenceIssue[] {
+  const files: Array<[string, string | undefined, string]> = [];
+  if (roles.agent || roles.relay) {
+    files.push(['repository.passphraseFile', cfg.repository?.passphraseFile, 'the repository passphrase file'], ['repository.keyFile', cfg.repository?.keyFile, 'the repository key file']);
+  }
+  if (roles.agent) for (const [name, src] of Object.entries(cfg.sources)) if ('passwordFile' in src) files.push([`sources.${name}.passwordFile`, src.passwordFile, 'the database password file']);
+  if (roles.relay) {
+    for (const [name, route] of Object.entries(moduleOf(cfg, 'routing').routes)) files.push([`modules.routing.routes.${name}.clientKey`, route.clientKey, "this host's SSH private key"]);
+  }
+  const email = (cfg.notifications as unknown as { email?: Array<{ passwordFile?: string; caFile?: string }> }).email ?? [];
+  email.forEach((e, i) => {
+    files.push([`notifications.email[${i}].passwordFile`, e.passwordFile, 'the SMTP password file'], [`notifications.email[${i}].caFile`, e.caFile, 'the SMTP CA file']);
+  });
+  const out: ReferenceIssue[] = [];
+  for (const [where, file, what] of files) {
+    if (!file) continue;
+    const why = probe(file);
+    if (why) out.push({ path: where, message: `${what} ${file} ${why}` });
+  }
+  return out;
+}
+
+export function formatReferenceIssues(issues: readonly ReferenceIssue[]): string[] {
+  return issues.map((i) => `${i.path}: ${i.message}`);
+}

@@ -1,0 +1,34 @@
+/**
+ * Entry of the single executable (scripts/package.mjs bundles it, as CommonJS, with everything it
+ * imports): what bin/kura does for a checkout. The threadpool size must be set before the first
+ * async I/O, which happens only once main() runs.
+ */
+import { KuraError } from '../errors.js';
+
+process.env.UV_THREADPOOL_SIZE ??= '16';
+// a reader that went away (`kura snapshots | head`) ends the output, not in a stack trace
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(141);
+  throw e;
+});
+
+/** The KuraError behind an error a library wrapped (a native addon the cache refused to load). */
+function kuraErrorIn(e: unknown): KuraError | null {
+  for (let c = e; c; c = (c as { cause?: unknown }).cause) if (c instanceof KuraError) return c;
+  return null;
+}
+
+import('../cli/main.js')
+  .then(({ main }) => main(process.argv))
+  .then(
+    (code) => {
+      process.exitCode = code;
+    },
+    // main() reports its own errors; this is loading the code itself failing
+    (e: unknown) => {
+      const err = kuraErrorIn(e) ?? new KuraError('E_INTERNAL', `kura cannot start: ${(e as Error)?.message ?? String(e)} (rerun with --debug and report it)`);
+      process.stderr.write(`kura: ${err.code}: ${err.message}\n`);
+      if (process.argv.includes('--debug')) process.stderr.write(`${(e as Error)?.stack ?? String(e)}\n`);
+      process.exitCode = err.exitStatus;
+    },
+  );

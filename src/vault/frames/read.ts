@@ -1,0 +1,40 @@
+import { KuraError } from '../../errors.js';
+import { CHUNK_ID_BYTES } from '../../crypto/blob.js';
+import { Frame } from '../../protocol/frames.js';
+import { readChunk } from '../../repository/reader.js';
+import { snapshotName } from '../../store/backend.js';
+import type { VaultSession } from '../session.js';
+
+/** LIST: the tenant's snapshots (of one source), with when they arrived. */
+export function list(s: VaultSession, b: { source?: string | undefined }): Promise<void> {
+  const { catalogue } = s.ctx.repo;
+  const rows = catalogue.snapshots(b.source ? { source: b.source } : {}).map((r) => {
+    const received = catalogue.receivedAt(r.id);
+    return { id: r.id, ...r.header, receivedAt: received?.at ?? null, receivedSeq: received?.seq ?? null };
+  });
+  return s.send(Frame.LIST_REPLY, rows);
+}
+
+/** GET_SNAPSHOT: a snapshot file. */
+export async function getSnapshot(s: VaultSession, b: { id: string }): Promise<void> {
+  const bytes = await s.ctx.repo.store.get(snapshotName(b.id));
+  if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${b.id} is not in tenant ${s.ctx.tenant}'s vault repository`);
+  s.ctx.audit.write({ event: 'get-snapshot', outcome: 'ok', tenant: s.ctx.tenant, session: s.id, snapshot: b.id });
+  return s.send(Frame.SNAPSHOT, bytes);
+}
+
+/** GET_CHUNKS: one CHUNK frame per ID, in order. */
+export async function getChunks(s: VaultSession, ids: Buffer): Promise<void> {
+  for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
+    if (s.isStopping) return; // the client reads the rest from a vault that runs
+    const id = ids.subarray(o, o + CHUNK_ID_BYTES);
+    const blob = await readChunk(s.ctx.repo, id);
+    if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${s.ctx.tenant}'s vault repository`);
+    await s.send(Frame.CHUNK, Buffer.concat([id, blob]));
+  }
+}
+
+/** STATS: what the tenant holds. */
+export function stats(s: VaultSession): Promise<void> {
+  return s.send(Frame.STATS_REPLY, { tenant: s.ctx.tenant, ...s.ctx.repo.catalogue.counts() });
+}
