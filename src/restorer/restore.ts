@@ -66,11 +66,15 @@ export async function restoreTo(repo: Repository, snapshotId: string, out: Writa
 
 /**
  * Restore into a file: written beside the target under a temporary name and renamed only when
- * every chunk verified, so a failed restore never leaves something that looks complete.
+ * every chunk verified, so a failed restore never leaves something that looks complete. On a
+ * failure the temporary file is closed (a write still under way is waited for, and its
+ * "destroyed" error is no news) and removed; the caller gets the failure that stopped the restore.
  */
 export async function restoreToFile(target: string, run: (out: Writable) => Promise<RestoreResult>): Promise<RestoreResult> {
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.kura-partial-${randomBytes(4).toString('hex')}`);
   const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o640 });
+  let writeError: Error | null = null;
+  ws.on('error', (e) => (writeError ??= e));
   try {
     await once(ws, 'open');
   } catch (e) {
@@ -86,8 +90,14 @@ export async function restoreToFile(target: string, run: (out: Writable) => Prom
     await fsp.rename(tmp, target);
     return r;
   } catch (e) {
-    ws.destroy();
+    if (!ws.closed) {
+      const closed = once(ws, 'close').catch(() => {});
+      ws.destroy();
+      await closed;
+    }
     await fsp.unlink(tmp).catch(() => {});
+    // the file could not be written (a full disk, say): that, not the stream's state, is the news
+    if (writeError && !(e instanceof KuraError)) throw ioError(`cannot write ${tmp}`, writeError);
     throw e;
   }
 }
