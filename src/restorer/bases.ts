@@ -49,6 +49,22 @@ export class DeltaOpener {
     }
   }
 
+  isDelta(blob: Buffer): boolean {
+    return (blobInfo(blob)?.bases.length ?? 0) > 0;
+  }
+
+  /** A prepared delta's bases' plaintexts, concatenated (its zstd dictionary); null for a blob that is no delta. */
+  dictOf(blob: Buffer): Buffer | null {
+    const bases = blobInfo(blob)?.bases ?? [];
+    if (bases.length === 0) return null;
+    const plains = bases.map((b) => {
+      const p = this.cache.get(b.toString('base64'));
+      if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
+      return p;
+    });
+    return plains.length === 1 ? plains[0]! : Buffer.concat(plains);
+  }
+
   /** Open a blob whose bases (if any) were prepared. */
   open(blob: Buffer, id: Buffer): Buffer {
     const bases = blobInfo(blob)?.bases ?? [];
