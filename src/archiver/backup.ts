@@ -41,6 +41,8 @@ export interface BackupOptions {
   delta?: boolean;
   /** Stored bytes of packs the scrub before the backup reads at most (default SCRUB_BYTES; 0: none). */
   scrubBytes?: number;
+  /** Told the input bytes chunked so far and the new bytes stored, once a segment (a progress meter). */
+  progress?: (bytes: number, newBytes: number) => void;
 }
 
 export interface BackupResult {
@@ -445,6 +447,7 @@ async function runBackup(
       const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
       onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at);
     }
+    opts.progress?.(logicalBytes, newBytes);
   };
 
   const commitRows = async () => {

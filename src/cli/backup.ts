@@ -4,6 +4,7 @@ import { KuraError } from '../errors.js';
 import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { parseSize } from '../config/size.js';
+import { meterFor } from './progress.js';
 import { configOf, formatBytes, openRepo, printJson, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -17,6 +18,8 @@ interface BackupCliOptions extends RepoOptions {
   chunkAvg?: string;
   delta: boolean;
   scrub?: string;
+  json?: boolean;
+  progress?: boolean;
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -42,6 +45,8 @@ export function registerBackup(program: Command): void {
     .option('--scrub <size>', 'stored bytes of packs read and verified before the backup deduplicates against them (default 4GiB; the next backup goes on where this one stopped); 0: none, damage is then found by the relay or kura check')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
+    .option('--progress', 'show progress even when standard error is no terminal (with --json: JSON lines on standard error)')
+    .option('--no-progress', 'no progress line on a terminal')
     .action(async (opts: BackupCliOptions, cmd: Command) => {
       if (Boolean(opts.stdin) === Boolean(opts.file)) throw new KuraError('E_USAGE', 'give exactly one input: --stdin or --file PATH');
       if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(opts.name)) throw new KuraError('E_USAGE', `source name "${opts.name}" must be letters, digits, ".", "-" and "_"`);
@@ -61,9 +66,12 @@ export function registerBackup(program: Command): void {
       if (scrub === null) throw new KuraError('E_USAGE', `--scrub must be a size such as 4GiB, 512MiB or 0, not "${opts.scrub}"`);
       let input: AsyncIterable<Uint8Array> | FileInput;
       let what: string;
+      let size: number | undefined;
       if (opts.file) {
         try {
-          if (!statSync(opts.file).isFile()) throw new Error('not a regular file');
+          const st = statSync(opts.file);
+          if (!st.isFile()) throw new Error('not a regular file');
+          size = st.size;
         } catch (e) {
           throw new KuraError('E_INPUT', `cannot back up ${opts.file}: ${(e as Error).message}`);
         }
@@ -101,6 +109,8 @@ export function registerBackup(program: Command): void {
         throw e;
       }
       const job = repo.catalogue.ops.startJob(opts.name);
+      const meter = meterFor(opts, 'backup', opts.name, size);
+      let ok = false;
       try {
         const res = await backup(repo, input instanceof FileInput ? input : guarded(input, what), {
           source: opts.name,
@@ -114,7 +124,10 @@ export function registerBackup(program: Command): void {
           chunker,
           pool,
           pipeline,
+          progress: (bytes, newBytes) => meter.update(bytes, { newBytes }),
         });
+        ok = true;
+        meter.finish(true);
         const h = res.header;
         repo.catalogue.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
         if (opts.json) {
@@ -131,6 +144,7 @@ export function registerBackup(program: Command): void {
         repo.catalogue.ops.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
         throw e;
       } finally {
+        if (!ok) meter.finish(false);
         await pool.close(); // normally closed by backup(); this covers a failure before it started
         await pipeline.close();
         repo.close();

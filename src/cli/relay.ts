@@ -2,6 +2,24 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { configOf, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 import { log } from '../log.js';
+import type { Repository } from '../repository/repository.js';
+
+/**
+ * relay once's progress: bytes on the wire, snapshots sent of those queued, and an estimate of
+ * the total from what the queued backups stored new (the vault is sent what it lacks, about that).
+ */
+async function relayMeter(repo: Repository, opts: { route: string[]; json?: boolean; progress?: boolean }) {
+  const { meterFor } = await import('./progress.js');
+  const { wireTotals } = await import('../relay/connection.js');
+  const ops = repo.catalogue.ops;
+  const queued = () => ops.queued().filter((q) => opts.route.length === 0 || opts.route.includes(q.route));
+  const start = queued();
+  const estimate = start.reduce((n, q) => n + (repo.catalogue.snapshotHeader(q.snapshot)?.newBytes ?? 0), 0);
+  const meter = meterFor(opts, 'relay', opts.route.length ? opts.route.join(',') : 'all routes', estimate);
+  const from = wireTotals.bytesOut;
+  if (meter.mode !== 'off') meter.follow(() => ({ bytes: wireTotals.bytesOut - from, extra: { snapshots: `${start.length - queued().length}/${start.length}` } }));
+  return meter;
+}
 
 export function registerRelay(program: Command): void {
   const relay = program.command('relay').description('relay mode: ship queued snapshots to vaults over SSH, oldest first');
@@ -10,7 +28,9 @@ export function registerRelay(program: Command): void {
     .description('send what can be sent now, then exit: 0 when every route is drained, 75 when something is left (line down, or the tenant is over its vault quota: E_QUOTA), 77/65 when a vault refused, 65 when a damaged snapshot was set aside (the ones after it were sent)')
     .option('--route <name>', 'only this route (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line per route')
-    .action(async (opts: RepoOptions & { route: string[] }, cmd: Command) => {
+    .option('--progress', 'show progress even when standard error is no terminal (with --json: JSON lines on standard error)')
+    .option('--no-progress', 'no progress line on a terminal')
+    .action(async (opts: RepoOptions & { route: string[]; json?: boolean; progress?: boolean }, cmd: Command) => {
       const { Relay } = await import('../relay/relay.js');
       const { config: cfg, path: cfgPath } = configOf(cmd);
       const { checkFiles } = await import('../config/load.js');
@@ -20,8 +40,12 @@ export function registerRelay(program: Command): void {
       const { evaluateRpo } = await import('../notify/evaluate.js');
       const notifier = Notifier.fromConfig(cfg, 'relay', repo.root);
       notifier.start();
+      const meter = await relayMeter(repo, opts);
+      let ok = false;
       try {
         const reports = await new Relay(repo, cfg, opts.route, notifier).once();
+        ok = true;
+        meter.finish(true);
         evaluateRpo(repo, cfg, notifier);
         for (const r of reports) {
           if (opts.json) printJson(r);
@@ -42,6 +66,7 @@ export function registerRelay(program: Command): void {
         const left = reports.reduce((n, r) => n + r.left, 0);
         if (left > 0) throw new KuraError('E_BACKLOG_LEFT', `${left} snapshot(s) still queued; the relay will send them when the line is back`, { reported: opts.json });
       } finally {
+        if (!ok) meter.finish(false);
         await notifier.flush();
         await notifier.close();
         repo.close();

@@ -5,6 +5,7 @@ import type { ChunkLocation } from './catalogue.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
+const LOCATE_AHEAD = 1000; // chunks looked up in the catalogue at a time
 
 /** Consecutive chunks that sit back to back in one pack: read with one range read. */
 interface Run {
@@ -18,17 +19,28 @@ interface Run {
 }
 
 function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
-  for (const id of ids) {
-    const loc = repo.catalogue.location(id);
-    if (!loc) {
-      const hex = id.toString('hex');
-      if (repo.catalogue.quarantine.chunkIds().has(hex)) {
-        throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is quarantined (its stored copy was found damaged); a backup that meets the same data stores it again, or restore from a vault that holds it ("kura restore --from ROUTE")`, { chunk: hex, quarantined: true });
+  const batch: Buffer[] = [];
+  const flush = function* () {
+    const locs = repo.catalogue.locations(batch);
+    for (let i = 0; i < batch.length; i++) {
+      const id = batch[i]!;
+      const loc = locs[i];
+      if (!loc) {
+        const hex = id.toString('hex');
+        if (repo.catalogue.quarantine.chunkIds().has(hex)) {
+          throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is quarantined (its stored copy was found damaged); a backup that meets the same data stores it again, or restore from a vault that holds it ("kura restore --from ROUTE")`, { chunk: hex, quarantined: true });
+        }
+        throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex });
       }
-      throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex });
+      yield { id, loc };
     }
-    yield { id, loc };
+    batch.length = 0;
+  };
+  for (const id of ids) {
+    batch.push(id);
+    if (batch.length === LOCATE_AHEAD) yield* flush();
   }
+  if (batch.length > 0) yield* flush();
 }
 
 function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Generator<Run> {
