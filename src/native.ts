@@ -43,3 +43,9 @@ export function nativeAddon(): NativeAddon | null {
   }
   return cached;
 }
+
+/** The addon when it can open blobs off the main thread (one built before openBlobs cannot; KURA_RESTORE_THREADS=0 turns it off): else restores open chunks one by one. */
+export function openingAddon(): NativeAddon | null {
+  const native = process.env.KURA_RESTORE_THREADS === '0' ? null : nativeAddon();
+  return typeof native?.openBlobs === 'function' ? native : null;
+}

@@ -1,6 +1,6 @@
 import { blobInfo, openBlob } from '../crypto/blob.js';
 import { KuraError } from '../errors.js';
-import { nativeAddon } from '../native.js';
+import { openingAddon } from '../native.js';
 
 /** Anything that yields blobs of `ids` in order: the local store, or a vault over SSH. */
 export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
@@ -48,7 +48,7 @@ export class DeltaOpener {
       got.push({ id, blob });
     }
     // opened together off the main thread; one that does not open is opened here for its error
-    const native = got.length > 1 && process.env.KURA_RESTORE_THREADS !== '0' ? nativeAddon() : null;
+    const native = got.length > 1 ? openingAddon() : null;
     const plains = native ? await native.openBlobs(this.keys.dataKey, this.keys.idKey, got.map((g) => g.blob), Buffer.concat(got.map((g) => g.id)), null) : null;
     let at = 0;
     for (const { id, blob } of got) {

@@ -11,7 +11,7 @@ import type { Repository } from '../repository/repository.js';
 import { openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
 import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
-import { nativeAddon, type NativeAddon } from '../native.js';
+import { openingAddon, type NativeAddon } from '../native.js';
 
 export interface RestoreResult {
   id: string;
@@ -43,7 +43,7 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
   const perSegment = Math.max(16, Math.min(4096, Math.floor(SEGMENT_BYTES / (snap.header.chunker?.maxSize ?? 1 << 20))));
   const ctx: SegmentContext = { snapshotId, keys, opener, what: `snapshot ${snapshotId}`, progress, total: snap.header.logicalBytes };
   progress?.(0, ctx.total);
-  const native = process.env.KURA_RESTORE_THREADS === '0' ? null : nativeAddon();
+  const native = openingAddon();
   const bytes = native ? await pipelined(ids, perSegment, blobs, out, ctx, native) : await oneByOne(ids, perSegment, blobs, out, ctx);
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
