@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -91,4 +91,31 @@ test('a vault whose disk is full answers E_IO naming the free space; the route w
   assert.ok(audit.some((e) => e.outcome === 'refused' && e.code === 'E_IO' && /free of/.test(String(e.reason))), 'the refusal is audited with the free space');
   assert.deepEqual(audit.filter((e) => e.code === 'E_INTERNAL'), [], 'no internal error');
   assert.equal(vault.child.exitCode, null, 'the vault kept serving');
+});
+
+test('the audit log on a full disk keeps whole lines: a line the disk takes only in part is cut off again', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'kura-test-audit-full-'));
+  const mnt = path.join(dir, 'mnt');
+  mkdirSync(mnt);
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'pipe' });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    t.skip(`needs mount -t tmpfs (as root): ${(e as Error).message.split('\n')[0]}`);
+    return;
+  }
+  const { AuditLog } = await import('../src/vault/audit.js');
+  const file = path.join(mnt, 'audit.jsonl');
+  const audit = new AuditLog(file);
+  t.after(() => {
+    audit.close();
+    execFileSync('umount', [mnt]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // lines of odd lengths until well past the space there is: some end in the middle of a page
+  for (let i = 0; i < 400; i++) audit.write({ event: 'session-refused', outcome: 'refused', tenant: 'city-a', code: 'E_IO', reason: 'x'.repeat(1 + ((i * 37) % 700)) });
+  const text = readFileSync(file, 'utf8');
+  assert.ok(text.length > 32 << 10, `the disk filled up (${text.length} bytes written)`);
+  assert.ok(text.endsWith('\n'), 'the log ends with a whole line');
+  for (const l of text.trimEnd().split('\n')) JSON.parse(l);
 });
