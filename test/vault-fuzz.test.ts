@@ -76,7 +76,7 @@ function fieldMutation(c: Corpus, r: Prng, role: keyof typeof FIELD_KINDS = 'adm
       return encodeFrame(Frame.PUT, Buffer.concat([r.next() % 2 ? new Prng(r.next()).bytes(32) : pick(c.chunks), blake3(blob), blob]));
     }
     case 4:
-      return encodeFrame(Frame.FLUSH, { seq: pick([0, 1, r.next(), Number.MAX_SAFE_INTEGER]) });
+      return encodeFrame(Frame.FLUSH, { seq: pick([0, 1, r.next(), Number.MAX_SAFE_INTEGER]), ...(r.next() % 2 === 0 ? { digests: hex() } : {}) });
     case 5:
       return encodeFrame(Frame.GET_CHUNKS, Buffer.concat(Array.from({ length: 1 + (r.next() % 8) }, () => pick(c.chunks))));
     case 6:
@@ -259,7 +259,8 @@ test(`${FRAMES_WANTED.toLocaleString('en')} mutated frames over real SSH session
       { type: Frame.STATS, payload: j({}) },
     ],
   };
-  const hello = encodeFrame(Frame.HELLO, { protocol: 3, tenant: 'city-a', client: 'fuzz' });
+  // sessions speak protocol 3 or 4 (4: FLUSH checks the digests of the batch's blobs)
+  const hellos = [3, 4].map((protocol) => encodeFrame(Frame.HELLO, { protocol, tenant: 'city-a', client: 'fuzz' }));
 
   const r = new Prng(0x5eed);
   const codes = new Map<string, number>();
@@ -304,7 +305,7 @@ test(`${FRAMES_WANTED.toLocaleString('en')} mutated frames over real SSH session
       bytes.push(byteMutation(corpus.frames[0]!, corpus, rng));
       fedKinds.byte++;
     } else {
-      bytes.push(hello);
+      bytes.push(hellos[rng.next() % 2]!);
       if (rng.next() % 10 === 0) bytes.push(encodeFrame(Frame.WANT, corpus.want));
       else if (rng.next() % 10 === 0) bytes.push(...sentBlobs.slice(0, 2).map((b) => encodeFrame(Frame.PUT, Buffer.concat([b.id, blake3(b.blob), b.blob]))));
       validStarts += bytes.length;

@@ -49,6 +49,7 @@ export class Uploads {
     this.pendingBytes = 0;
     this.pendingNext = 0;
     this.batchSum = null;
+    this.batchDigests = null;
   }
 
   /** PUT_NEXT and PUT_RUN fill `ids` (the last WANT_REPLY's) from now on, in order. */
@@ -116,8 +117,7 @@ export class Uploads {
       const got = hashed.digest('hex');
       this.batchSum = null;
       if (sum !== got) {
-        this.pending = [];
-        this.pendingNext = 0;
+        this.drop();
         throw new KuraError('E_CHUNK_CORRUPT', `the batch flushed as ${seq} arrived damaged (checksum ${String(sum)} expected, ${got} received); nothing of it was stored, send it again`);
       }
     }
@@ -155,9 +155,7 @@ export class Uploads {
     const got = this.batchDigests?.digest('hex');
     this.batchDigests = null;
     if (this.s.protocol < 4 || got === undefined || sent === got) return;
-    this.pending = [];
-    this.pendingNext = 0;
-    this.batchSum = null;
+    this.drop();
     throw new KuraError('E_CHUNK_CORRUPT', `a blob of the batch flushed as ${seq} does not match the digest recorded when it was written (digests ${String(sent)} expected, ${got} received); nothing of it was stored, send it again`);
   }
 
