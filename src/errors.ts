@@ -50,6 +50,7 @@ export const errorCodes = {
   E_HOST_KEY: ExitStatus.NO_PERM,
   E_BACKLOG_LEFT: ExitStatus.TEMP_FAIL,
   E_QUOTA: ExitStatus.TEMP_FAIL,
+  E_BUSY: ExitStatus.TEMP_FAIL,
   E_RPO_EXCEEDED: ExitStatus.FAILED,
   E_BACKUP_FAILED: ExitStatus.FAILED,
   E_EXPORT_FAILED: ExitStatus.FAILED,

@@ -140,6 +140,13 @@ const vaultSchema = z.strictObject({
   maxFrame: z.number().int().min(1 << 20).max(1 << 30).default(16 << 20).describe('largest protocol frame accepted, in bytes'),
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura vault serve`'),
   leaseTtl: duration.default('1h').describe('how long chunks a session was told are present stay protected from GC without a commit'),
+  limits: z
+    .strictObject({
+      sessionBytes: size.default('64MiB').describe('PUT data one session may hold before it FLUSHes; beyond it the session is refused (E_BUSY: the client flushes more often and retries; keep it above the relays\' relay.batchBytes)'),
+      totalBytes: size.default('96MiB').describe('bytes all sessions of this vault process together may hold in memory (frames received and not yet handled, PUT data not yet flushed, packs being written); near it the vault stops reading, beyond it the session holding the most beyond an equal share is refused (E_BUSY, retried later)'),
+    })
+    .prefault({})
+    .describe('memory for sessions, so that no client and no tenant can take the vault\'s memory from the others (`kura vault serve`, and each `kura vault stdio` process on its own)'),
   tenants: z
     .record(
       name('tenant'),

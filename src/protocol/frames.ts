@@ -87,21 +87,37 @@ export class FrameParser {
   constructor(private readonly maxFrame: number) {}
 
   push(data: Buffer): RawFrame[] {
+    const r = this.pushSome(data);
+    if (r.error) throw r.error;
+    return r.frames;
+  }
+
+  /**
+   * The frames `data` completes, and the error of a bad frame header after them, if any (the
+   * frames before a bad one are whole and may be answered; nothing after it can be read).
+   */
+  pushSome(data: Buffer): { frames: RawFrame[]; error: KuraError | null } {
     this.parts.push(data);
     this.buffered += data.length;
-    const out: RawFrame[] = [];
+    const frames: RawFrame[] = [];
     for (;;) {
       if (this.buffered < 4) break;
       const head = this.peek(4);
       const len = head.readUInt32BE(0);
-      if (len === 0) throw new KuraError('E_PROTOCOL', 'empty frame');
-      if (len > this.maxFrame + 1) throw new KuraError('E_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxFrame}`);
+      if (len === 0) return { frames, error: new KuraError('E_PROTOCOL', 'empty frame') };
+      if (len > this.maxFrame + 1) return { frames, error: new KuraError('E_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxFrame}`) };
       if (this.buffered < 4 + len) break;
       const owned = this.parts[0]!.length < 4 + len;
       const all = this.take(4 + len);
-      out.push({ type: all[4]!, payload: all.subarray(5), owned });
+      frames.push({ type: all[4]!, payload: all.subarray(5), owned });
     }
-    return out;
+    return { frames, error: null };
+  }
+
+  /** Forget what was buffered (a session that ends lets go of what it had not handled). */
+  reset(): void {
+    this.parts = [];
+    this.buffered = 0;
   }
 
   /** Bytes of an unfinished frame: non-zero at end of stream means the frame was truncated. */

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
  * them. ssh2 grants 2 MiB and tops it up to 2 MiB as data arrives; a relay streaming blobs then
  * stalls whenever the vault spends a few milliseconds assembling a pack (both ends measured idle
  * ~40 % of a 256 MiB send). The vault protocol keeps a 16 MiB window instead, granted only for
- * bytes the session has actually taken from the channel, so a reader that stops still stops the
+ * bytes the session has actually dealt with, so a reader that stops, or falls behind, stops the
  * sender after at most that much.
  */
 export const CHANNEL_WINDOW = 16 << 20;
@@ -25,20 +25,22 @@ interface Ssh2ChannelInternals {
 }
 
 /**
- * Returns a function to call each time data has been taken from `channel`: it grants the far side
- * window up to `bytes` again once `step` of it is used. A stream that is not an ssh2 channel
- * (stdin under OpenSSH, whose sshd keeps its own window and grants as finely) gets a function
- * that does nothing.
+ * Returns a function to call each time data has been taken from `channel`, with the bytes taken
+ * and not yet dealt with (`held`): it grants the far side window so that what it may still send
+ * plus what is held stays within `size` (at most `bytes`), once `step` of that is free (half of
+ * `size` when that is smaller). A stream that is not an ssh2 channel (stdin under OpenSSH, whose
+ * sshd keeps its own window and grants as finely) gets a function that does nothing.
  */
-export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW, step = GRANT_STEP): () => void {
+export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW, step = GRANT_STEP): (held?: number, size?: number) => void {
   const ch = channel as unknown as Ssh2ChannelInternals;
   const proto = ch._client?._protocol;
   if (typeof ch.incoming?.window !== 'number' || typeof ch.outgoing?.id !== 'number' || typeof proto?.channelWindowAdjust !== 'function') return () => {};
   const incoming = ch.incoming as { window: number };
   const outgoing = ch.outgoing as { id: number; state?: string };
-  const grant = () => {
-    if (outgoing.state === 'closed' || incoming.window > bytes - step) return;
-    const amount = bytes - incoming.window;
+  const grant = (held = 0, size = bytes) => {
+    const limit = Math.min(size, bytes);
+    const amount = limit - held - incoming.window;
+    if (outgoing.state === 'closed' || amount <= 0 || amount < Math.min(step, limit / 2)) return;
     incoming.window += amount;
     proto.channelWindowAdjust!(outgoing.id, amount);
   };

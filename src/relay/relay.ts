@@ -41,9 +41,13 @@ export function isEntryFault(e: unknown): e is KuraError {
   return isKuraError(e) && !e.details?.fromVault && ['E_CHUNK_CORRUPT', 'E_CHUNK_MISSING', 'E_SNAPSHOT_CORRUPT', 'E_SNAPSHOT_NOT_FOUND'].includes(e.code);
 }
 
-/** Faults of the line (retry later) versus refusals that need an operator. */
+/**
+ * Faults of the line (retry later) versus refusals that need an operator. A vault that is out of
+ * memory for sessions (E_BUSY) or whose storage failed or is full (E_IO) is the far end of the
+ * line: the snapshot stays queued and goes when the vault can take it.
+ */
 function isLineFault(e: unknown): boolean {
-  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_FRAME_TRUNCATED';
+  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_BUSY' || e.code === 'E_FRAME_TRUNCATED';
 }
 
 /**

@@ -20,10 +20,10 @@ export class VaultMetrics {
     }
   }
 
-  render(stored: Array<{ tenant: string; storedBytes: number; snapshots: number; chunks: number }>): string {
+  render(stored: Array<{ tenant: string; storedBytes: number; snapshots: number; chunks: number }>, memory?: { heldBytes: number; peakBytes: number; limitBytes: number; sessions: number }): string {
     const out: string[] = [];
     const block = (name: string, help: string, type: string, rows: Array<[string, number]>) => {
-      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...rows.map(([l, v]) => `${name}{${l}} ${v}`));
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...rows.map(([l, v]) => `${l ? `${name}{${l}}` : name} ${v}`));
     };
     const byTenant = (m: Map<string, number>) => [...m].map(([t, v]) => [`tenant="${t}"`, v] as [string, number]);
     block('kura_vault_sessions_total', 'Protocol sessions opened', 'counter', byTenant(this.sessions));
@@ -36,6 +36,12 @@ export class VaultMetrics {
     block('kura_vault_last_commit_timestamp_seconds', 'Time of the last committed snapshot', 'gauge', byTenant(this.lastCommit));
     block('kura_vault_stored_bytes', 'Bytes stored per tenant', 'gauge', stored.map((s) => [`tenant="${s.tenant}"`, s.storedBytes]));
     block('kura_vault_snapshots', 'Snapshots held per tenant', 'gauge', stored.map((s) => [`tenant="${s.tenant}"`, s.snapshots]));
+    if (memory) {
+      block('kura_vault_sessions_open', 'Protocol sessions open now', 'gauge', [['', memory.sessions]]);
+      block('kura_vault_session_memory_bytes', 'Bytes the open sessions hold in memory (vault.limits.totalBytes bounds it)', 'gauge', [['', memory.heldBytes]]);
+      block('kura_vault_session_memory_peak_bytes', 'The most the sessions held in memory at once since the vault started', 'gauge', [['', memory.peakBytes]]);
+      block('kura_vault_session_memory_limit_bytes', 'vault.limits.totalBytes', 'gauge', [['', memory.limitBytes]]);
+    }
     return out.join('\n') + '\n';
   }
 }

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
+import type { Writable } from 'node:stream';
 import path from 'node:path';
 import type { Connection, Server as SshServer, ServerChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
@@ -102,7 +103,20 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           try {
             const repo = await vault.repoOf(g.tenant);
             const s = new VaultSession(
-              { tenant: g.tenant, role: g.role, repo, audit: vault.audit, peer: { ip, user: g.user, key: g.key }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, g.tenant), slots: vault.slots, log: lg },
+              {
+                tenant: g.tenant,
+                role: g.role,
+                repo,
+                audit: vault.audit,
+                peer: { ip, user: g.user, key: g.key },
+                maxFrame: cfg.maxFrame,
+                leaseTtlMs: vault.leaseTtlMs,
+                quota: quotaOf(cfg, g.tenant),
+                slots: vault.slots,
+                log: lg,
+                budget: vault.memory,
+                transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
+              },
               channel,
               channel,
             );
@@ -142,7 +156,8 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           return { tenant, storedBytes: c.storedBytes, snapshots: c.snapshots, chunks: c.chunks };
         }),
       );
-      return metrics.render(stored);
+      const m = vault.memory;
+      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions });
     });
   }
   const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;

@@ -21,7 +21,19 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, n
   try {
     const repo = await vault.repoOf(tenant);
     await new VaultSession(
-      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, tenant), slots: vault.slots, log: log().child({ mode: 'vault-stdio' }) },
+      {
+        tenant,
+        role,
+        repo,
+        audit: vault.audit,
+        peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' },
+        maxFrame: cfg.maxFrame,
+        leaseTtlMs: vault.leaseTtlMs,
+        quota: quotaOf(cfg, tenant),
+        slots: vault.slots,
+        log: log().child({ mode: 'vault-stdio' }),
+        budget: vault.memory,
+      },
       process.stdin,
       process.stdout,
     ).run();

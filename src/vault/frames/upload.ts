@@ -7,7 +7,6 @@ import { blobDigest, DIGEST_BYTES, runDigests } from '../../repository/digest.js
 import type { VaultSession } from '../session.js';
 import type { PutRun } from './body.js';
 
-const MAX_PENDING_BYTES = 64 << 20; // PUT data accepted before the client must FLUSH
 const MAX_CHUNK_BLOB = (256 << 20) + 64;
 const MAX_QUEUED_FLUSHES = 8; // batches waiting for the disk before the session stops reading
 
@@ -19,6 +18,8 @@ const MAX_QUEUED_FLUSHES = 8; // batches waiting for the disk before the session
 export class Uploads {
   private pending: Array<{ id: Buffer; blob: Buffer; digest: Buffer }> = [];
   private pendingBytes = 0;
+  /** bytes of the batches being written as packs */
+  private writingBytes = 0;
   /** how many of `pending` came as PUT_NEXT (hashed by batchSum, in order) */
   private pendingNext = 0;
   private batchSum: Blake3Hasher | null = null;
@@ -36,6 +37,20 @@ export class Uploads {
   private storedAdded = 0;
 
   constructor(private readonly s: VaultSession) {}
+
+  /** What this session's uploads hold in memory (MemoryBudget). */
+  holding(): { pending: number; writing: number } {
+    return { pending: this.pendingBytes, writing: this.writingBytes };
+  }
+
+  /** The session is refused: let go of the PUT data not flushed (packs being written still are). */
+  drop(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.pendingNext = 0;
+    this.batchSum = null;
+    this.batchDigests = null;
+  }
 
   /** PUT_NEXT and PUT_RUN fill `ids` (the last WANT_REPLY's) from now on, in order. */
   expect(ids: Buffer[]): void {
@@ -102,23 +117,34 @@ export class Uploads {
       const got = hashed.digest('hex');
       this.batchSum = null;
       if (sum !== got) {
-        this.pending = [];
-        this.pendingNext = 0;
+        this.drop();
         throw new KuraError('E_CHUNK_CORRUPT', `the batch flushed as ${seq} arrived damaged (checksum ${String(sum)} expected, ${got} received); nothing of it was stored, send it again`);
       }
     }
     // a batch of PUT_NEXT blobs only: the pack's ID continues the checksum's hash
     const allNext = this.pendingNext === this.pending.length ? hashed : undefined;
     // packs are written concurrently (fdatasync latency dominates); replies go out in order
-    const written = this.writePack(this.takePending(), allNext);
+    const batch = this.takePending();
+    let bytes = 0;
+    for (const p of batch) bytes += p.blob.length;
+    this.writingBytes += bytes;
+    const written = this.writePack(batch, allNext).finally(() => {
+      this.writingBytes -= bytes;
+      this.s.ctx.budget.released();
+    });
     written.catch(() => {});
+    // FLUSHED answers go out in order, and none after a batch that failed: the session ends then
     this.flushing = Promise.all([this.flushing, written])
-      .then(([, w]) => this.s.send(Frame.FLUSHED, { seq, ...w }))
+      .then(([, w]) => {
+        if (this.flushFailure) throw this.flushFailure;
+        return this.s.send(Frame.FLUSHED, { seq, ...w });
+      })
       .catch((e) => {
         this.flushFailure ??= e;
+        this.s.fail(this.flushFailure);
       });
-    // too many batches waiting for the disk: stop reading until they are written
-    if (this.queuedFlushes++ >= MAX_QUEUED_FLUSHES) {
+    // too many batches or bytes waiting for the disk: stop reading until they are written
+    if (this.queuedFlushes++ >= MAX_QUEUED_FLUSHES || this.writingBytes > this.s.ctx.budget.limits.sessionBytes) {
       await this.flushing;
       this.queuedFlushes = 0;
     }
@@ -129,9 +155,7 @@ export class Uploads {
     const got = this.batchDigests?.digest('hex');
     this.batchDigests = null;
     if (this.s.protocol < 4 || got === undefined || sent === got) return;
-    this.pending = [];
-    this.pendingNext = 0;
-    this.batchSum = null;
+    this.drop();
     throw new KuraError('E_CHUNK_CORRUPT', `a blob of the batch flushed as ${seq} does not match the digest recorded when it was written (digests ${String(sent)} expected, ${got} received); nothing of it was stored, send it again`);
   }
 
@@ -143,7 +167,17 @@ export class Uploads {
     this.checkQuota();
     this.s.ops.put++;
     this.s.ops.putBytes += blob.length;
-    if (this.pendingBytes > MAX_PENDING_BYTES) throw new KuraError('E_PROTOCOL', `more than ${MAX_PENDING_BYTES} bytes of PUT without FLUSH`);
+    const { budget } = this.s.ctx;
+    const limit = budget.limits.sessionBytes;
+    if (this.pendingBytes > limit) {
+      this.drop();
+      throw new KuraError(
+        'E_BUSY',
+        `this session sent more than ${limit} bytes of PUT data without FLUSH (vault.limits.sessionBytes); FLUSH more often (a kura relay flushes every relay.batchBytes, which must stay below it) and send again`,
+        { sessionBytes: limit },
+      );
+    }
+    budget.enforce();
   }
 
   private checkQuota(): void {
