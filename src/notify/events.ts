@@ -14,6 +14,8 @@ export const EVENT_KINDS = [
   'auth.refused-burst',
   'maintenance.failed',
   'relay.refused',
+  'clock.skew',
+  'route.moved',
   'test',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
@@ -69,6 +71,8 @@ const SEVERITY: Record<EventKind, Severity> = {
   'auth.refused-burst': 'warning',
   'maintenance.failed': 'critical',
   'relay.refused': 'critical',
+  'clock.skew': 'warning',
+  'route.moved': 'info',
   test: 'info',
 };
 
