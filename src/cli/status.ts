@@ -28,6 +28,17 @@ export function printStatus(r: StatusReport): void {
       w(`${s.source.padEnd(16)} ${p.group.padEnd(12)} ${(p.nextStart ?? p.error ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${p.slot.padEnd(7)}  ${p.lastRun ?? '-'}`);
     }
   }
+  if (r.moved.length > 0) {
+    w('');
+    w('MOVED            TENANT       NOW AT                          SIGNED BY');
+    for (const m of r.moved) w(`${m.route.padEnd(16)} ${m.tenant.padEnd(12)} ${m.endpoints.join(', ').padEnd(30)}  ${m.signedBy}`);
+  }
+  if (r.clocks.length > 0) {
+    w('');
+    w('CLOCK            PEER                     OFFSET    RTT      MEASURED');
+    for (const c of r.clocks) w(`${c.hop.padEnd(16)} ${c.peer.padEnd(23)}  ${`${(c.offsetMs / 1000).toFixed(2)}s`.padEnd(8)}  ${`${c.rttMs}ms`.padEnd(7)}  ${c.at.replace('T', ' ').slice(0, 19)}${c.skewed ? '  SKEWED' : ''}`);
+  }
+  for (const x of r.warnings) w(`warning: ${x}`);
   if (r.exposure.length > 0) {
     w('');
     w('EXPOSURE         SOURCE           EXPOSED   TARGET  NEWEST ON THE FAR SIDE  QUEUED');
@@ -54,10 +65,12 @@ export function registerStatus(program: Command): void {
   withRepoOptions(program.command('status'))
     .description('routes (link state, backlog, RPO exposure against the target) and sources (last backup); exit 1 when a source is over its RPO target on some route (including a source that stopped backing up) or its last backup failed')
     .option('--json', 'print the report as one JSON line')
-    .action(async (opts: RepoOptions & { json?: boolean }, cmd: Command) => {
+    .option('--from <route>', 'RPO exposure hop by hop along a route: this host to its vault, then that vault\'s forwarding routes (asks the vault over SSH)')
+    .action(async (opts: RepoOptions & { json?: boolean; from?: string }, cmd: Command) => {
       const { collectStatus } = await import('../status/collect.js');
       const repo = await openRepo(cmd, opts, 'none');
       try {
+        if (opts.from) return await printHops(repo, configOf(cmd).config, opts.from, Boolean(opts.json));
         const report = collectStatus(repo, configOf(cmd).config);
         if (opts.json) printJson(report);
         else printStatus(report);
@@ -67,4 +80,37 @@ export function registerStatus(program: Command): void {
         repo.close();
       }
     });
+}
+
+/** kura status --from ROUTE: ask the route's vault for its hops (ROUTE_STATUS) and print every hop's exposure. */
+async function printHops(repo: import('../repository/repository.js').Repository, cfg: import('../config/schema.js').KuraConfig, route: string, json: boolean): Promise<void> {
+  const { Relay } = await import('../relay/relay.js');
+  const { Frame, jsonOf } = await import('../protocol/frames.js');
+  const { hopReport } = await import('../status/hops.js');
+  const { routingRecords } = await import('../relay/transfer-log.js');
+  const relay = new Relay(repo, cfg, [route]);
+  const st = repo.catalogue.ops.routeStates().find((r) => r.route === route);
+  const first = { state: st?.state ?? 'idle', lastError: st?.last_error ?? null, clockOffsetMs: routingRecords(repo.catalogue).clocks().find((c) => c.hop === route)?.offsetMs ?? null, deliveries: repo.catalogue.ops.deliveries() };
+  let far = null;
+  let problem: string | null = null;
+  try {
+    const conn = await relay.openSession(route);
+    try {
+      far = jsonOf<import('../vault/forward.js').RouteStatusReply>(await conn.request(Frame.ROUTE_STATUS, {}, Frame.ROUTE_STATUS_REPLY));
+    } finally {
+      conn.close();
+    }
+  } catch (e) {
+    problem = `${(e as KuraError).code ?? 'E_LINK_DOWN'}: ${(e as Error).message}`;
+  }
+  const hops = hopReport(route, first, far, new Date());
+  if (json) return printJson({ route, tenant: far?.tenant ?? null, vaultTime: far?.time ?? null, hops, error: problem });
+  const w = (s: string) => process.stdout.write(s + '\n');
+  w('HOP  FROM             TO               STATE             SOURCE           NEWEST DELIVERED      EXPOSED   PENDING');
+  for (const h of hops) {
+    if (h.sources.length === 0) w(`${String(h.hop).padEnd(3)}  ${h.from.padEnd(15)}  ${h.to.padEnd(15)}  ${h.state.padEnd(16)}  -`);
+    for (const s of h.sources) w(`${String(h.hop).padEnd(3)}  ${h.from.padEnd(15)}  ${h.to.padEnd(15)}  ${h.state.padEnd(16)}  ${s.source.padEnd(15)}  ${(s.newestDelivered ?? 'none yet').replace('T', ' ').slice(0, 19).padEnd(20)}  ${(s.exposureSeconds === null ? '-' : formatAge(s.exposureSeconds)).padEnd(8)}  ${s.pending}`);
+    if (h.lastError) w(`     last error: ${h.lastError}`);
+  }
+  if (problem) w(`the vault of ${route} did not answer: ${problem}`);
 }

@@ -212,6 +212,13 @@ export class Relay {
     }
   }
 
+  /** A session on a route for `tenant` (kura status --from): the route's endpoints, or where the tenant moved. */
+  async openSession(route: string, tenant?: string): Promise<VaultConnection> {
+    const r = routesOf(this.cfg)[route];
+    if (!r) throw new KuraError('E_CONFIG', `route "${route}" is not in modules.routing.routes`);
+    return this.connect(route, r, r.tenant ?? tenant ?? this.cfg.tenant, new TokenBucket(() => rateAt(r.bandwidth, r.rate, new Date())));
+  }
+
   /** The relay's own audit trail of routing changes (beside the local repository). */
   private audit(e: { event: string; outcome: 'ok' | 'refused' | 'error'; [k: string]: unknown }): void {
     const a = new AuditLog(path.join(this.repo.root, 'audit.jsonl'));

@@ -12,6 +12,7 @@ import { TransferAccounting } from './transfer-accounting.js';
 import { frameEntries } from './frames/index.js';
 import { Uploads } from './frames/upload.js';
 import { Announcements } from './frames/snapshots.js';
+import type { SessionRouting } from './forward.js';
 
 export interface SessionContext {
   tenant: string;
@@ -26,6 +27,8 @@ export interface SessionContext {
   /** the backup-window slots this vault leases (modules.virtualization coordinator) */
   slots?: SlotTable | undefined;
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
+  /** the vault's routing: MOVED answers, receive log, forwarding queues (vault.routes) */
+  routing?: SessionRouting | undefined;
 }
 
 /** Per repository: its sessions that have not finished (their received batches may not be durable yet). */
