@@ -1,0 +1,58 @@
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { kuraAsync, type RunResult } from './cli.js';
+import { startVault, type SshKey, type VaultProcess } from './vault.js';
+
+/** Fast relay timings for a vault that forwards (top level of its config file). */
+export const FAST_RELAY = `relay:\n  pollInterval: 1s\n  backoff: { initial: 200ms, max: 1s }\n  keepalive: 1s\n  connectTimeout: 3s\n  deadAfter: 5s\n  batchBytes: 1048576\n`;
+
+/** vault.routes with one route `name` to a vault at `port`. */
+export function vaultRoutes(name: string, port: number, hostKeySha256: string, key: SshKey, extra = ''): string {
+  return `  routes:\n    type: static\n    routes:\n      ${name}:\n        endpoints:\n          - host: 127.0.0.1\n            port: ${port}\n            hostKeySha256: "${hostKeySha256}"\n        clientKey: ${key.private}\n${extra}`;
+}
+
+/** A vault in a directory of its own under `dir`. */
+export async function vaultIn(dir: string, name: string, tenantsYaml: string, extra = '', top = ''): Promise<VaultProcess> {
+  const d = path.join(dir, name);
+  mkdirSync(d, { recursive: true });
+  return startVault(d, tenantsYaml, extra, top);
+}
+
+export async function ok(p: Promise<RunResult>, what: string): Promise<RunResult> {
+  const r = await p;
+  if (r.status !== 0) throw new Error(`${what}: exit ${r.status}: ${r.stderr.slice(-3000)}`);
+  return r;
+}
+
+/** Read a catalogue without disturbing its writers. */
+export function readCatalogue<T>(repoDir: string, fn: (db: Database.Database) => T): T {
+  const db = new Database(path.join(repoDir, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    return fn(db);
+  } finally {
+    db.close();
+  }
+}
+
+/** The unsent queue entries of a repository (a vault tenant's or the agent's), per route. */
+export function unsent(repoDir: string, route?: string): number {
+  return readCatalogue(repoDir, (db) => {
+    const has = db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'queue'`).get();
+    if (!has) return 0;
+    return route
+      ? (db.prepare('SELECT count(*) AS n FROM queue WHERE sent IS NULL AND route = ?').get(route) as { n: number }).n
+      : (db.prepare('SELECT count(*) AS n FROM queue WHERE sent IS NULL').get() as { n: number }).n;
+  });
+}
+
+/** Snapshot IDs a repository holds, in the order they arrived (a vault tenant: received seq). */
+export function received(repoDir: string): string[] {
+  if (!existsSync(path.join(repoDir, 'catalogue.sqlite'))) return [];
+  return readCatalogue(repoDir, (db) => (db.prepare('SELECT snapshot FROM received ORDER BY seq').all() as Array<{ snapshot: string }>).map((r) => r.snapshot));
+}
+
+export async function kuraJsonLines<T>(args: string[], env: Record<string, string | undefined> = {}): Promise<T[]> {
+  const r = await ok(kuraAsync([...args, '--json'], { env }), `kura ${args.join(' ')}`);
+  return r.out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as T);
+}
