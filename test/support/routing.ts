@@ -1,7 +1,10 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { kuraAsync, type RunResult } from './cli.js';
+import { KURA, ROOT, kuraAsync, type RunResult } from './cli.js';
 import { startVault, type SshKey, type VaultProcess } from './vault.js';
 
 /** Fast relay timings for a vault that forwards (top level of its config file). */
@@ -55,4 +58,72 @@ export function received(repoDir: string): string[] {
 export async function kuraJsonLines<T>(args: string[], env: Record<string, string | undefined> = {}): Promise<T[]> {
   const r = await ok(kuraAsync([...args, '--json'], { env }), `kura ${args.join(' ')}`);
   return r.out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as T);
+}
+
+/**
+ * (Re)start `kura vault serve` on a config file as it is (`edit` may change it first), keeping
+ * the port the vault had: relays pointed at it reach the new process. `prefix` runs the vault
+ * under another program (faketime).
+ */
+export async function serveVaultConfig(v: { root: string; config: string; port?: number }, opts: { edit?: (yaml: string) => string; prefix?: string[]; env?: Record<string, string> } = {}): Promise<VaultProcess> {
+  let yaml = readFileSync(v.config, 'utf8');
+  if (v.port) yaml = yaml.replace(/listen: \{ host: 127\.0\.0\.1, port: \d+ \}/, `listen: { host: 127.0.0.1, port: ${v.port} }`);
+  if (opts.edit) yaml = opts.edit(yaml);
+  writeFileSync(v.config, yaml);
+  const argv = [...(opts.prefix ?? []), process.execPath, KURA, 'vault', 'serve', '--config', v.config];
+  const child = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, env: { ...process.env, KURA_LOG_FORMAT: 'json', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    child.once('exit', (code) => reject(new Error(`vault exited ${code}: ${err}`)));
+  });
+  const info = JSON.parse(line) as { listening: string; hostKeySha256: string };
+  return {
+    child,
+    port: Number(info.listening.split(':')[1]),
+    hostKeySha256: info.hostKeySha256,
+    root: v.root,
+    config: v.config,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
+    },
+    audit: () =>
+      readFileSync(path.join(v.root, 'audit.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
+}
+
+/** A process that speaks SSH like a vault and answers every HELLO with a MOVED of the given kind (unsigned, or signed by another key). */
+export async function fakeMovedVault(kind: 'unsigned' | 'other-key' | 'forged', to: { host: string; port: number }): Promise<{ port: number; hostKeySha256: string; stop: () => Promise<void> }> {
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fake-moved-vault.js');
+  const child = spawn(process.execPath, [script, kind, to.host, String(to.port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    child.once('exit', (code) => reject(new Error(`fake vault exited ${code}`)));
+  });
+  const info = JSON.parse(line) as { port: number; hostKeySha256: string };
+  return {
+    ...info,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
+    },
+  };
 }
