@@ -102,4 +102,7 @@ test('agent → vault A → vault B over five nights, A→B down for three: B ge
   const hops = JSON.parse((await ok(kuraAsync(['status', '--from', 'peer-dc', '--json'], { env }), 'status --from')).out) as { hops: Array<{ hop: number; to: string; sources: Array<{ source: string; pending: number; newestDelivered: string | null }> }> };
   assert.deepEqual(hops.hops.map((h) => [h.hop, h.to]), [[1, 'peer-dc'], [2, 'dc-b']]);
   assert.ok(hops.hops.every((h) => h.sources.some((s) => s.source === 'juki' && s.pending === 0 && s.newestDelivered !== null)));
+  const top = (await ok(kuraAsync(['top'], { env }), 'kura top (no terminal)')).out;
+  assert.match(top, /^1 +this host +peer-dc +idle +juki /m);
+  assert.match(top, /^2 +peer-dc +dc-b +idle +juki /m);
 });

@@ -70,7 +70,11 @@ export function registerStatus(program: Command): void {
       const { collectStatus } = await import('../status/collect.js');
       const repo = await openRepo(cmd, opts, 'none');
       try {
-        if (opts.from) return await printHops(repo, configOf(cmd).config, opts.from, Boolean(opts.json));
+        if (opts.from) {
+          const { collectHops } = await import('../status/collect-hops.js');
+          const hops = await collectHops(repo, configOf(cmd).config, opts.from);
+          return opts.json ? printJson(hops) : printHops(hops);
+        }
         const report = collectStatus(repo, configOf(cmd).config);
         if (opts.json) printJson(report);
         else printStatus(report);
@@ -82,35 +86,14 @@ export function registerStatus(program: Command): void {
     });
 }
 
-/** kura status --from ROUTE: ask the route's vault for its hops (ROUTE_STATUS) and print every hop's exposure. */
-async function printHops(repo: import('../repository/repository.js').Repository, cfg: import('../config/schema.js').KuraConfig, route: string, json: boolean): Promise<void> {
-  const { Relay } = await import('../relay/relay.js');
-  const { Frame, jsonOf } = await import('../protocol/frames.js');
-  const { hopReport } = await import('../status/hops.js');
-  const { routingRecords } = await import('../relay/transfer-log.js');
-  const relay = new Relay(repo, cfg, [route]);
-  const st = repo.catalogue.ops.routeStates().find((r) => r.route === route);
-  const first = { state: st?.state ?? 'idle', lastError: st?.last_error ?? null, clockOffsetMs: routingRecords(repo.catalogue).clocks().find((c) => c.hop === route)?.offsetMs ?? null, deliveries: repo.catalogue.ops.deliveries() };
-  let far = null;
-  let problem: string | null = null;
-  try {
-    const conn = await relay.openSession(route);
-    try {
-      far = jsonOf<import('../vault/forward.js').RouteStatusReply>(await conn.request(Frame.ROUTE_STATUS, {}, Frame.ROUTE_STATUS_REPLY));
-    } finally {
-      conn.close();
-    }
-  } catch (e) {
-    problem = `${(e as KuraError).code ?? 'E_LINK_DOWN'}: ${(e as Error).message}`;
-  }
-  const hops = hopReport(route, first, far, new Date());
-  if (json) return printJson({ route, tenant: far?.tenant ?? null, vaultTime: far?.time ?? null, hops, error: problem });
+/** Print the hops of a route (kura status --from, kura top without a terminal). */
+export function printHops(h: import('../status/collect-hops.js').RouteHops): void {
   const w = (s: string) => process.stdout.write(s + '\n');
   w('HOP  FROM             TO               STATE             SOURCE           NEWEST DELIVERED      EXPOSED   PENDING');
-  for (const h of hops) {
-    if (h.sources.length === 0) w(`${String(h.hop).padEnd(3)}  ${h.from.padEnd(15)}  ${h.to.padEnd(15)}  ${h.state.padEnd(16)}  -`);
-    for (const s of h.sources) w(`${String(h.hop).padEnd(3)}  ${h.from.padEnd(15)}  ${h.to.padEnd(15)}  ${h.state.padEnd(16)}  ${s.source.padEnd(15)}  ${(s.newestDelivered ?? 'none yet').replace('T', ' ').slice(0, 19).padEnd(20)}  ${(s.exposureSeconds === null ? '-' : formatAge(s.exposureSeconds)).padEnd(8)}  ${s.pending}`);
-    if (h.lastError) w(`     last error: ${h.lastError}`);
+  for (const hop of h.hops) {
+    if (hop.sources.length === 0) w(`${String(hop.hop).padEnd(3)}  ${hop.from.padEnd(15)}  ${hop.to.padEnd(15)}  ${hop.state.padEnd(16)}  -`);
+    for (const s of hop.sources) w(`${String(hop.hop).padEnd(3)}  ${hop.from.padEnd(15)}  ${hop.to.padEnd(15)}  ${hop.state.padEnd(16)}  ${s.source.padEnd(15)}  ${(s.newestDelivered ?? 'none yet').replace('T', ' ').slice(0, 19).padEnd(20)}  ${(s.exposureSeconds === null ? '-' : formatAge(s.exposureSeconds)).padEnd(8)}  ${s.pending}`);
+    if (hop.lastError) w(`     last error: ${hop.lastError}`);
   }
-  if (problem) w(`the vault of ${route} did not answer: ${problem}`);
+  if (h.error) w(`the vault of ${h.route} did not answer: ${h.error}`);
 }

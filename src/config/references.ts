@@ -67,6 +67,9 @@ export function fileReferences(cfg: KuraConfig, probe: FileProbe = readableFile,
   if (roles.relay) {
     for (const [name, route] of Object.entries(moduleOf(cfg, 'routing').routes)) files.push([`modules.routing.routes.${name}.clientKey`, route.clientKey, "this host's SSH private key"]);
   }
+  if (roles.vault && cfg.vault) {
+    for (const [name, route] of Object.entries(moduleOf({ modules: { routing: cfg.vault.routes } }, 'routing').routes)) files.push([`vault.routes.routes.${name}.clientKey`, route.clientKey, "the vault's SSH private key for forwarding"]);
+  }
   const email = (cfg.notifications as unknown as { email?: Array<{ passwordFile?: string; caFile?: string }> }).email ?? [];
   email.forEach((e, i) => {
     files.push([`notifications.email[${i}].passwordFile`, e.passwordFile, 'the SMTP password file'], [`notifications.email[${i}].caFile`, e.caFile, 'the SMTP CA file']);
