@@ -52,7 +52,8 @@ export class VaultRouting implements SessionRouting {
   constructor(
     private readonly vault: Vault,
     private readonly cfg: VaultConfig,
-    private readonly hostKeyPem: Buffer | string,
+    /** the SSH host key MOVED answers are signed with (null under OpenSSH: sshd holds the host key the relay pins, so no MOVED is answered) */
+    private readonly hostKeyPem: Buffer | string | null,
     private readonly outer: { config?: KuraConfig | undefined; notifier?: Notifier | null | undefined } = {},
   ) {
     this.routes = moduleOf({ modules: { routing: cfg.routes } }, 'routing').routes;
@@ -79,6 +80,10 @@ export class VaultRouting implements SessionRouting {
     const to = this.cfg.tenants[tenant]?.movedTo;
     const route = to ? this.routes[to] : undefined;
     if (!to || !route) return null;
+    if (this.hostKeyPem === null) {
+      log().warn({ tenant, movedTo: to }, 'tenant marked moved, but a MOVED answer is signed by the host key the relay pinned, which sshd holds: serve the tenant with kura vault serve to announce the move');
+      return null;
+    }
     const answer = signMoved({ tenant, route: to, endpoints: route.endpoints.map((e) => ({ host: e.host, port: e.port, user: e.user, hostKeySha256: e.hostKeySha256 })), issued: new Date().toISOString() }, this.hostKeyPem);
     s.ctx.audit.write({ event: 'moved', outcome: 'ok', tenant, session: s.id, route: to, endpoints: route.endpoints.map((e) => `${e.host}:${e.port}`), ...s.ctx.peer });
     return answer;

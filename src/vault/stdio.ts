@@ -6,6 +6,7 @@ import { Vault } from './vault.js';
 import { quotaOf } from './maintenance.js';
 import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
 import { watchVault } from './alerts.js';
+import { VaultRouting } from './forward.js';
 
 /**
  * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
@@ -21,7 +22,7 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, n
   try {
     const repo = await vault.repoOf(tenant);
     await new VaultSession(
-      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, tenant), slots: vault.slots, log: log().child({ mode: 'vault-stdio' }) },
+      { tenant, role, repo, audit: vault.audit, peer: { ...(ip ? { ip } : {}), user: process.env.USER ?? 'stdio' }, maxFrame: cfg.maxFrame, leaseTtlMs: vault.leaseTtlMs, quota: quotaOf(cfg, tenant), slots: vault.slots, log: log().child({ mode: 'vault-stdio' }), routing: new VaultRouting(vault, cfg, null, { notifier }) },
       process.stdin,
       process.stdout,
     ).run();
