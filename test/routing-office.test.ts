@@ -7,7 +7,7 @@ import { agentConfig, sshKey } from './support/vault.js';
 import { kuraJsonLines, ok, received, unsent, vaultIn } from './support/routing.js';
 import type { TransferLine } from '../src/relay/transfer-log.js';
 
-const EVERY_S = 8;
+const EVERY_S = 10;
 
 test('an office route carries 1 of 3 sources on its own frequency while the peer route carries all three at the relay\'s pace', async (t) => {
   const dir = tempDir(t);
