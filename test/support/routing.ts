@@ -52,7 +52,11 @@ export function unsent(repoDir: string, route?: string): number {
 /** Snapshot IDs a repository holds, in the order they arrived (a vault tenant: received seq). */
 export function received(repoDir: string): string[] {
   if (!existsSync(path.join(repoDir, 'catalogue.sqlite'))) return [];
-  return readCatalogue(repoDir, (db) => (db.prepare('SELECT snapshot FROM received ORDER BY seq').all() as Array<{ snapshot: string }>).map((r) => r.snapshot));
+  return readCatalogue(repoDir, (db) => {
+    // a vault creates the catalogue on the tenant's first session: its tables may not be there yet
+    if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'received'`).get()) return [];
+    return (db.prepare('SELECT snapshot FROM received ORDER BY seq').all() as Array<{ snapshot: string }>).map((r) => r.snapshot);
+  });
 }
 
 export async function kuraJsonLines<T>(args: string[], env: Record<string, string | undefined> = {}): Promise<T[]> {
@@ -71,8 +75,13 @@ export async function serveVaultConfig(v: { root: string; config: string; port?:
   if (opts.edit) yaml = opts.edit(yaml);
   writeFileSync(v.config, yaml);
   const argv = [...(opts.prefix ?? []), process.execPath, KURA, 'vault', 'serve', '--config', v.config];
-  const child = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, env: { ...process.env, KURA_LOG_FORMAT: 'json', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // under a wrapper (faketime forks the command and does not pass signals on) the vault gets a
+  // process group of its own, and stop() signals the group: wrapper and vault
+  const grouped = Boolean(opts.prefix?.length);
+  const child = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, env: { ...process.env, KURA_LOG_FORMAT: 'json', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: grouped });
   let err = '';
+  let gone = false;
+  child.once('close', () => (gone = true));
   child.stderr!.on('data', (d) => (err += d));
   const line = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -90,7 +99,16 @@ export async function serveVaultConfig(v: { root: string; config: string; port?:
     root: v.root,
     config: v.config,
     stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) {
+      if (grouped) {
+        if (gone) return;
+        const closed = once(child, 'close');
+        try {
+          process.kill(-child.pid!, 'SIGTERM');
+        } catch {
+          // the group is gone already
+        }
+        await closed;
+      } else if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         await once(child, 'exit');
       }
