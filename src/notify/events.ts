@@ -16,6 +16,7 @@ export const EVENT_KINDS = [
   'relay.refused',
   'clock.skew',
   'route.moved',
+  'snapshot.damaged',
   'test',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
@@ -73,6 +74,7 @@ const SEVERITY: Record<EventKind, Severity> = {
   'relay.refused': 'critical',
   'clock.skew': 'warning',
   'route.moved': 'info',
+  'snapshot.damaged': 'critical',
   test: 'info',
 };
 

@@ -1,4 +1,6 @@
 import type { JobRow, RouteStateRow } from '../repository/catalogue.js';
+import type { AsideEntry } from '../repository/ops-state.js';
+import type { SnapshotDamage } from '../repository/quarantine.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
 import { clockSkewed } from '../relay/route-policy.js';
 import { deliveryKey, exposures, worstOf, type Exposure, type ExposureSource } from './exposure.js';
@@ -26,6 +28,8 @@ export interface RouteStatus {
   overTarget: boolean;
   /** the source whose exposure the route line shows */
   worstSource: string | null;
+  /** queue entries set aside (damaged snapshots, or by hand): not sent, not holding up the route */
+  setAside: number;
 }
 
 export interface SourceStatus {
@@ -68,6 +72,10 @@ export interface StatusReport {
   sources: SourceStatus[];
   /** one row per source × route */
   exposure: Exposure[];
+  /** queue entries set aside, with when and why */
+  setAside: AsideEntry[];
+  /** snapshots that need a chunk found damaged and not stored again yet */
+  damaged: Array<SnapshotDamage & { source: string | null }>;
   /** peers' clock offsets measured at HELLO; a skewed one is a warning (not a failure) */
   clocks: ClockStatus[];
   /** routing table entries vaults announced (signed MOVED): where a route sends a tenant now */
@@ -97,6 +105,8 @@ export interface StatusInput {
   delivered: ReadonlyMap<string, string>;
   /** RPO target of a route with no source (the top-level rpo) */
   defaultRpoSeconds: number;
+  aside?: AsideEntry[];
+  damaged?: SnapshotDamage[];
   /** planned sources (modules.virtualization), by source */
   plans?: ReadonlyMap<string, SourcePlan>;
   clocks?: ReadonlyArray<{ hop: string; peer: string; offsetMs: number; rttMs: number; at: string }>;
@@ -140,6 +150,7 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
       rpoTargetSeconds: worst?.targetSeconds ?? input.defaultRpoSeconds,
       overTarget: exposure.some((e) => e.route === route && e.overTarget),
       worstSource: worst?.source ?? null,
+      setAside: (input.aside ?? []).filter((a) => a.route === route).length,
     };
   });
   const sources = new Map<string, SourceStatus>();
@@ -172,7 +183,19 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
   const clocks = (input.clocks ?? []).map((c) => ({ ...c, skewed: clockSkewed(c.offsetMs, c.rttMs, maxSkew) }));
   const warnings = clocks.filter((c) => c.skewed).map((c) => `clock of ${c.peer} (${c.hop}) is ${(c.offsetMs / 1000).toFixed(1)} s off this host's (max ${(maxSkew / 1000).toFixed(1)} s): check NTP`);
   const moved = (input.moved ?? []).map((m) => ({ route: m.route, tenant: m.tenant, endpoints: m.endpoints.map((e) => `${e.host}:${e.port}`), signedBy: m.signedBy, at: m.at }));
-  return { time: now.toISOString(), ok: exposure.every((e) => !e.overTarget) && list.every((s) => !s.lastJobFailed), routes, sources: list, exposure, clocks, moved, warnings };
+  const damaged = (input.damaged ?? []).map((d) => ({ ...d, source: byId.get(d.snapshot)?.source ?? null }));
+  return {
+    time: now.toISOString(),
+    ok: exposure.every((e) => !e.overTarget) && list.every((s) => !s.lastJobFailed) && damaged.length === 0,
+    routes,
+    sources: list,
+    exposure,
+    setAside: input.aside ?? [],
+    damaged,
+    clocks,
+    moved,
+    warnings,
+  };
 }
 
 function emptySource(source: string, tenant: string): SourceStatus {
