@@ -69,6 +69,11 @@ test('a vault whose clock runs 10 s ahead (libfaketime) shows in status, on /met
   assert.equal(receipt!.direction, 'receive');
   assert.ok(Math.abs(receipt!.peerOffsetMs! + 10_000) < 1500, `the vault sees the relay 10 s behind (${receipt!.peerOffsetMs} ms)`);
 
+  // and the vault's own status says it of the relay
+  const vs = JSON.parse((await ok(kuraAsync(['vault', 'status', '--config', config, '--json']), 'vault status')).out) as { clocks: Array<{ offsetMs: number; skewed: boolean }>; warnings: string[] };
+  assert.ok(vs.clocks.some((x) => x.skewed && Math.abs(x.offsetMs + 10_000) < 1500));
+  assert.match(vs.warnings.join('\n'), /is -10\.\d s off this vault's/);
+
   // the relay daemon's /metrics
   const relay = spawnKura(['relay', 'run'], env);
   t.after(() => relay.kill('SIGKILL'));

@@ -106,28 +106,7 @@ export class VaultRouting implements SessionRouting {
   }
 
   routeStatus(tenant: string, repo: Repository): RouteStatusReply {
-    const cat = repo.catalogue;
-    const newest = new Map<string, string>();
-    for (const s of cat.snapshots()) if ((newest.get(s.header.source) ?? '') < s.header.endTime) newest.set(s.header.source, s.header.endTime);
-    const states = cat.ops.routeStates();
-    const deliveries = cat.ops.deliveries();
-    const clocks = routingRecords(cat).clocks();
-    return {
-      tenant,
-      time: new Date().toISOString(),
-      newest: [...newest].map(([source, endTime]) => ({ source, endTime })),
-      routes: this.forwardRoutes(tenant).map((route) => {
-        const st = states.find((r) => r.route === route);
-        return {
-          route,
-          state: st?.paused ? 'paused' : (st?.state ?? 'idle'),
-          lastError: st?.last_error ?? null,
-          nextAttempt: st?.next_attempt ? new Date(st.next_attempt).toISOString() : null,
-          clockOffsetMs: clocks.find((c) => c.hop === route)?.offsetMs ?? null,
-          sources: deliveries.filter((d) => d.route === route).map((d) => ({ source: d.source, newestSent: d.newest_sent, pending: d.pending })),
-        };
-      }),
-    };
+    return routeStatusOf(tenant, repo, this.forwardRoutes(tenant));
   }
 
   /** Queue every snapshot of the tenant a forwarding route carries and has no entry for (after a crash, or a route just added). */
@@ -173,6 +152,32 @@ export class VaultRouting implements SessionRouting {
     for (const { relay } of this.relays.values()) relay.stop();
     await Promise.allSettled([...this.relays.values()].map((r) => r.running));
   }
+}
+
+/** What a tenant's repository on this vault says of its hops beyond (ROUTE_STATUS, kura vault status). */
+export function routeStatusOf(tenant: string, repo: Repository, forward: readonly string[]): RouteStatusReply {
+  const cat = repo.catalogue;
+  const newest = new Map<string, string>();
+  for (const s of cat.snapshots()) if ((newest.get(s.header.source) ?? '') < s.header.endTime) newest.set(s.header.source, s.header.endTime);
+  const states = cat.ops.routeStates();
+  const deliveries = cat.ops.deliveries();
+  const clocks = routingRecords(cat).clocks();
+  return {
+    tenant,
+    time: new Date().toISOString(),
+    newest: [...newest].map(([source, endTime]) => ({ source, endTime })),
+    routes: forward.map((route) => {
+      const st = states.find((r) => r.route === route);
+      return {
+        route,
+        state: st?.paused ? 'paused' : (st?.state ?? 'idle'),
+        lastError: st?.last_error ?? null,
+        nextAttempt: st?.next_attempt ? new Date(st.next_attempt).toISOString() : null,
+        clockOffsetMs: clocks.find((c) => c.hop === route)?.offsetMs ?? null,
+        sources: deliveries.filter((d) => d.route === route).map((d) => ({ source: d.source, newestSent: d.newest_sent, pending: d.pending })),
+      };
+    }),
+  };
 }
 
 /** The vault's /metrics lines of routing: every tenant's peers' clock offsets (relays in, next hops out). */
