@@ -151,7 +151,7 @@ export class VaultConnection {
         const err = e as KuraError;
         if (opts.signal?.aborted) throw stopReason(opts.signal);
         // a refusal by the vault itself is not a line fault: failing over would not help
-        if (err.code === 'E_HOST_KEY' || err.code === 'E_TENANT_MOVED' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
+        if (err.code === 'E_HOST_KEY' || err.code === 'E_TENANT_MOVED' || err.code === 'E_CONFIG' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
       }
     }
@@ -192,27 +192,36 @@ export class VaultConnection {
           resolve(new VaultConnection(client, channel, sock, ep, opts));
         });
       });
-      client.connect({
-        sock,
-        username: ep.user ?? opts.tenant,
-        privateKey: opts.privateKey,
-        // pings probe a quiet line (their answers are progress); the progress watch, not a count of
-        // unanswered pings, decides that a line is down: on a narrow line a ping waits behind
-        // megabytes of data that are still moving
-        keepaliveInterval: pingIntervalOf(opts.keepaliveMs, opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS),
-        keepaliveCountMax: Infinity,
-        readyTimeout: opts.readyTimeoutMs,
-        hostHash: 'sha256',
-        hostVerifier: (hashHex: string) => {
-          if (pin === null) {
-            log().warn({ route: opts.route, endpoint: `${ep.host}:${ep.port}`, hostKey: 'SHA256:' + Buffer.from(hashHex, 'hex').toString('base64').replace(/=+$/, '') }, 'vault host key not pinned (set hostKeySha256)');
-            return true;
-          }
-          if (hashHex === pin) return true;
-          hostKeyProblem = new KuraError('E_HOST_KEY', `the host key of ${ep.host}:${ep.port} is not the pinned ${ep.hostKeySha256}; refusing to send (check the vault or update the pin)`);
-          return false;
-        },
-      } as import('ssh2').ConnectConfig);
+      // the socket's errors are the client's once it takes the socket; until then (a key that does
+      // not parse throws first) they must not be unhandled
+      sock.on('error', () => {});
+      try {
+        client.connect({
+          sock,
+          username: ep.user ?? opts.tenant,
+          privateKey: opts.privateKey,
+          // pings probe a quiet line (their answers are progress); the progress watch, not a count of
+          // unanswered pings, decides that a line is down: on a narrow line a ping waits behind
+          // megabytes of data that are still moving
+          keepaliveInterval: pingIntervalOf(opts.keepaliveMs, opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS),
+          keepaliveCountMax: Infinity,
+          readyTimeout: opts.readyTimeoutMs,
+          hostHash: 'sha256',
+          hostVerifier: (hashHex: string) => {
+            if (pin === null) {
+              log().warn({ route: opts.route, endpoint: `${ep.host}:${ep.port}`, hostKey: 'SHA256:' + Buffer.from(hashHex, 'hex').toString('base64').replace(/=+$/, '') }, 'vault host key not pinned (set hostKeySha256)');
+              return true;
+            }
+            if (hashHex === pin) return true;
+            hostKeyProblem = new KuraError('E_HOST_KEY', `the host key of ${ep.host}:${ep.port} is not the pinned ${ep.hostKeySha256}; refusing to send (check the vault or update the pin)`);
+            return false;
+          },
+        } as import('ssh2').ConnectConfig);
+      } catch (e) {
+        settled();
+        sock.destroy();
+        reject(new KuraError('E_CONFIG', `cannot use the SSH key of route ${opts.route}: ${(e as Error).message}`));
+      }
     });
   }
 

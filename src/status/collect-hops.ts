@@ -16,7 +16,7 @@ export interface RouteHops {
 }
 
 /** The I/O edge of hops.ts: the local queue for hop 1, the route's vault (ROUTE_STATUS) for the next ones. */
-export async function collectHops(repo: Repository, cfg: KuraConfig, route: string, now = () => new Date()): Promise<RouteHops> {
+export async function collectHops(repo: Repository, cfg: KuraConfig, route: string, now = () => new Date(), timeoutMs = 5000): Promise<RouteHops> {
   const st = repo.catalogue.ops.routeStates().find((r) => r.route === route);
   const first = {
     state: st?.paused ? 'paused' : (st?.state ?? 'idle'),
@@ -26,8 +26,11 @@ export async function collectHops(repo: Repository, cfg: KuraConfig, route: stri
   };
   let far: RouteStatusReply | null = null;
   let error: string | null = null;
+  // a vault that does not answer soon is reported, not waited for (status and top print at once)
+  const relay = new Relay(repo, cfg, [route]);
+  const giveUp = setTimeout(() => relay.stop(), timeoutMs);
   try {
-    const conn = await new Relay(repo, cfg, [route]).openSession(route);
+    const conn = await relay.openSession(route);
     try {
       far = jsonOf<RouteStatusReply>(await conn.request(Frame.ROUTE_STATUS, {}, Frame.ROUTE_STATUS_REPLY));
     } finally {
@@ -35,6 +38,8 @@ export async function collectHops(repo: Repository, cfg: KuraConfig, route: stri
     }
   } catch (e) {
     error = `${(e as { code?: string }).code ?? 'E_LINK_DOWN'}: ${(e as Error).message}`;
+  } finally {
+    clearTimeout(giveUp);
   }
   return { route, tenant: far?.tenant ?? null, vaultTime: far?.time ?? null, hops: hopReport(route, first, far, now()), error };
 }
