@@ -3,7 +3,7 @@
 //   the lockfile. Not `npm ci`: @napi-rs/blake-hash lists optional platform packages that were
 //   never published at its version, so npm leaves them out of the lockfile and `npm ci` refuses it;
 // - the Debian packages the integration tests run for real (OpenSSH's sshd for the vault's
-//   command= mode, systemd-analyze, tmux, PostgreSQL 15 and MariaDB servers and clients, the
+//   command= mode, systemd-analyze, tmux, faketime, PostgreSQL 15 and MariaDB servers and clients, the
 //   packaging tools). Under CI=true a dependency that cannot be installed
 //   is a failure, never a skip.
 import { existsSync, statSync } from 'node:fs';
@@ -38,6 +38,8 @@ const needs = [
   { tool: 'unshare', pkg: 'util-linux' },
   { tool: 'man', pkg: 'man-db' },
   { tool: 'bash', pkg: 'bash' },
+  // the routing tests run a vault under libfaketime to see a clock skew in status
+  { tool: 'faketime', pkg: 'faketime' },
 ];
 const missing = needs.filter((n) => !has(n.tool));
 if (missing.length > 0) {

@@ -48,6 +48,8 @@ export const errorCodes = {
   E_TENANT_MISMATCH: ExitStatus.NO_PERM,
   E_LINK_DOWN: ExitStatus.TEMP_FAIL,
   E_HOST_KEY: ExitStatus.NO_PERM,
+  // a vault answered that the tenant lives elsewhere now (a signed MOVED): the relay follows it
+  E_TENANT_MOVED: ExitStatus.TEMP_FAIL,
   E_BACKLOG_LEFT: ExitStatus.TEMP_FAIL,
   E_QUOTA: ExitStatus.TEMP_FAIL,
   E_BUSY: ExitStatus.TEMP_FAIL,

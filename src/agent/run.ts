@@ -1,4 +1,6 @@
 import { hostname } from 'node:os';
+import { routesForSource } from '../relay/route-policy.js';
+import { routesOf } from '../relay/routes.js';
 import { KuraError, isKuraError } from '../errors.js';
 import type { KuraConfig, SourceConfig } from '../config/schema.js';
 import { inputFailed, ReadAhead } from '../archiver/input.js';
@@ -50,7 +52,8 @@ export function selectSources(cfg: KuraConfig, names?: readonly string[]): Array
 export async function runSource(repo: Repository, cfg: KuraConfig, name: string, src: SourceConfig, opts: { signal?: AbortSignal | undefined; notifier?: Notifier | undefined; coordination?: string | undefined } = {}): Promise<SourceResult> {
   const t0 = performance.now();
   const tenant = src.tenant ?? cfg.tenant;
-  const base = { source: name, tenant, routes: src.routes };
+  // the routes that carry this source (a route's `sources` may add or leave it out)
+  const base = { source: name, tenant, routes: routesForSource(name, src.routes, routesOf(cfg)) };
   const cat = repo.catalogue;
   let lock: { release: () => void };
   try {
@@ -83,7 +86,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
       ...(src.compression !== undefined ? { compressionLevel: src.compression } : {}),
       delta: src.delta,
       private: { export: opened.facts },
-      routes: src.routes,
+      routes: base.routes,
       chunker: chunkerFor(src),
     });
     const h = res.header;

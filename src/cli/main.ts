@@ -15,6 +15,7 @@ import { registerTop } from './top.js';
 import { registerVault } from './vault.js';
 import { registerNotify } from './notify.js';
 import { registerPlan } from './plan.js';
+import { registerLog } from './log.js';
 import { kuraVersion } from '../version.js';
 
 export function buildProgram(): Command {
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerConfig(program);
   registerNotify(program);
   registerPlan(program);
+  registerLog(program);
   // subcommands inherit exitOverride so usage errors reach our handler
   const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
   walk(program);

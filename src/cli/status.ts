@@ -39,6 +39,17 @@ export function printStatus(r: StatusReport): void {
       w(`${s.source.padEnd(16)} ${p.group.padEnd(12)} ${(p.nextStart ?? p.error ?? '-').replace('T', ' ').slice(0, 19).padEnd(20)}  ${p.slot.padEnd(7)}  ${p.lastRun ?? '-'}`);
     }
   }
+  if (r.moved.length > 0) {
+    w('');
+    w('MOVED            TENANT       NOW AT                          SIGNED BY');
+    for (const m of r.moved) w(`${m.route.padEnd(16)} ${m.tenant.padEnd(12)} ${m.endpoints.join(', ').padEnd(30)}  ${m.signedBy}`);
+  }
+  if (r.clocks.length > 0) {
+    w('');
+    w('CLOCK            PEER                     OFFSET    RTT      MEASURED');
+    for (const c of r.clocks) w(`${c.hop.padEnd(16)} ${c.peer.padEnd(23)}  ${`${(c.offsetMs / 1000).toFixed(2)}s`.padEnd(8)}  ${`${c.rttMs}ms`.padEnd(7)}  ${c.at.replace('T', ' ').slice(0, 19)}${c.skewed ? '  SKEWED' : ''}`);
+  }
+  for (const x of r.warnings) w(`warning: ${x}`);
   if (r.exposure.length > 0) {
     w('');
     w('EXPOSURE         SOURCE           EXPOSED   TARGET  NEWEST ON THE FAR SIDE  QUEUED');
@@ -66,10 +77,16 @@ export function registerStatus(program: Command): void {
   withRepoOptions(program.command('status'))
     .description('routes (link state, backlog, RPO exposure against the target, entries set aside) and sources (last backup), damaged snapshots; exit 1 when a source is over its RPO target on some route (including a source that stopped backing up) or its last backup failed, 65 when only a snapshot is damaged')
     .option('--json', 'print the report as one JSON line')
-    .action(async (opts: RepoOptions & { json?: boolean }, cmd: Command) => {
+    .option('--from <route>', 'RPO exposure hop by hop along a route: this host to its vault, then that vault\'s forwarding routes (asks the vault over SSH)')
+    .action(async (opts: RepoOptions & { json?: boolean; from?: string }, cmd: Command) => {
       const { collectStatus } = await import('../status/collect.js');
       const repo = await openRepo(cmd, opts, 'none');
       try {
+        if (opts.from) {
+          const { collectHops } = await import('../status/collect-hops.js');
+          const hops = await collectHops(repo, configOf(cmd).config, opts.from);
+          return opts.json ? printJson(hops) : printHops(hops);
+        }
         const report = collectStatus(repo, configOf(cmd).config);
         if (opts.json) printJson(report);
         else printStatus(report);
@@ -79,4 +96,16 @@ export function registerStatus(program: Command): void {
         repo.close();
       }
     });
+}
+
+/** Print the hops of a route (kura status --from, kura top without a terminal). */
+export function printHops(h: import('../status/collect-hops.js').RouteHops): void {
+  const w = (s: string) => process.stdout.write(s + '\n');
+  w('HOP  FROM             TO               STATE             SOURCE           NEWEST DELIVERED      EXPOSED   PENDING');
+  for (const hop of h.hops) {
+    if (hop.sources.length === 0) w(`${String(hop.hop).padEnd(3)}  ${hop.from.padEnd(15)}  ${hop.to.padEnd(15)}  ${hop.state.padEnd(16)}  -`);
+    for (const s of hop.sources) w(`${String(hop.hop).padEnd(3)}  ${hop.from.padEnd(15)}  ${hop.to.padEnd(15)}  ${hop.state.padEnd(16)}  ${s.source.padEnd(15)}  ${(s.newestDelivered ?? 'none yet').replace('T', ' ').slice(0, 19).padEnd(20)}  ${(s.exposureSeconds === null ? '-' : formatAge(s.exposureSeconds)).padEnd(8)}  ${s.pending}`);
+    if (hop.lastError) w(`     last error: ${hop.lastError}`);
+  }
+  if (h.error) w(`the vault of ${h.route} did not answer: ${h.error}`);
 }

@@ -22,7 +22,7 @@ export function registerVault(program: Command): void {
       const { config: full, path: cfgPath } = configOf(cmd);
       const { checkFiles } = await import('../config/load.js');
       checkFiles(full, { vault: true }, cfgPath);
-      const running = await serveVault(cfg, { timeZone: full.timezone, notifications: full.notifications, host: full.host });
+      const running = await serveVault(cfg, { timeZone: full.timezone, notifications: full.notifications, host: full.host, config: full });
       process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256 }) + '\n');
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
@@ -149,6 +149,48 @@ export function registerVault(program: Command): void {
         await v.close();
       }
       if (failed.length > 0) throw new KuraError('E_CHECK_FAILED', `check found problems in tenant(s) ${failed.join(', ')}; see above${opts.repair ? '' : ' (--repair quarantines damaged blobs)'}`, { reported: opts.json });
+    });
+
+  tenantsOpt(vault.command('status'))
+    .description("per tenant: the newest snapshot of each source, each forwarding route's state, deliveries and RPO exposure (vault.tenants.<t>.forward), and the clocks of the peers seen at HELLO (a skew over vault.maxClockSkew warns)")
+    .option('--json', 'one JSON line per tenant')
+    .action(async (opts: { tenant?: string[]; json?: boolean }, cmd: Command) => {
+      const cfg = vaultConfig(cmd);
+      const { openTenantRepo } = await import('../vault/maintenance.js');
+      const { routeStatusOf } = await import('../vault/forward.js');
+      const { routingRecords } = await import('../relay/transfer-log.js');
+      const { clockSkewed } = await import('../relay/route-policy.js');
+      const { parseDuration } = await import('../config/duration.js');
+      const { formatAge } = await import('../format.js');
+      const maxSkew = parseDuration(cfg.maxClockSkew) ?? 2000;
+      const now = Date.now();
+      for (const tenant of await selectTenants(cfg, opts.tenant)) {
+        const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+          if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+          throw e;
+        });
+        if (!repo) continue;
+        try {
+          const st = routeStatusOf(tenant, repo, cfg.tenants[tenant]?.forward ?? []);
+          const clocks = routingRecords(repo.catalogue).clocks().map((c) => ({ ...c, skewed: clockSkewed(c.offsetMs, c.rttMs, maxSkew) }));
+          const warnings = clocks.filter((c) => c.skewed).map((c) => `clock of ${c.peer} (${c.hop}) is ${(c.offsetMs / 1000).toFixed(1)} s off this vault's (max ${(maxSkew / 1000).toFixed(1)} s): check NTP`);
+          if (opts.json) {
+            process.stdout.write(JSON.stringify({ ...st, movedTo: cfg.tenants[tenant]?.movedTo ?? null, clocks, warnings }) + '\n');
+            continue;
+          }
+          const w = (x: string) => process.stdout.write(x + '\n');
+          w(`tenant ${tenant}${cfg.tenants[tenant]?.movedTo ? ` (moved to ${cfg.tenants[tenant]!.movedTo})` : ''}`);
+          for (const n of st.newest) w(`  newest ${n.source}: ${n.endTime.replace('T', ' ').slice(0, 19)}`);
+          for (const r of st.routes) {
+            w(`  forward ${r.route}: ${r.state}${r.lastError ? ` (${r.lastError})` : ''}`);
+            for (const x of r.sources) w(`    ${x.source.padEnd(16)} newest delivered ${(x.newestSent ?? 'none yet').replace('T', ' ').slice(0, 19)}  exposed ${x.newestSent ? formatAge(Math.max(0, (now - Date.parse(x.newestSent)) / 1000)) : '-'}  queued ${x.pending}`);
+          }
+          for (const c of clocks) w(`  clock ${c.hop}: ${(c.offsetMs / 1000).toFixed(2)} s${c.skewed ? '  SKEWED' : ''}`);
+          for (const x of warnings) w(`  warning: ${x}`);
+        } finally {
+          repo.close();
+        }
+      }
     });
 
   vault

@@ -1,5 +1,6 @@
 import { accessSync, constants } from 'node:fs';
 import type { KuraConfig } from './schema.js';
+import { uncarriedRoutes } from '../relay/route-policy.js';
 import { moduleOf } from '../modules/registry.js';
 
 /**
@@ -21,6 +22,24 @@ export function configReferences(cfg: KuraConfig): ReferenceIssue[] {
     src.routes.forEach((r, i) => {
       if (!routes.includes(r)) out.push({ path: `sources.${name}.routes[${i}]`, message: `names route "${r}", which is not in modules.routing.routes (known: ${routes.join(', ') || 'none'})` });
     });
+    for (const r of uncarriedRoutes(name, src.routes, moduleOf(cfg, 'routing').routes)) {
+      out.push({ path: `sources.${name}.routes`, message: `names route "${r}", whose sources do not include "${name}": add it to modules.routing.routes.${r}.sources or drop the route here` });
+    }
+  }
+  for (const [r, route] of Object.entries(moduleOf(cfg, 'routing').routes)) {
+    if (route.every && route.schedule) out.push({ path: `modules.routing.routes.${r}`, message: 'give either every or schedule, not both' });
+    (route.sources ?? []).forEach((s, i) => {
+      if (!cfg.sources[s] && Object.keys(cfg.sources).length > 0) out.push({ path: `modules.routing.routes.${r}.sources[${i}]`, message: `names source "${s}", which is not in sources` });
+    });
+  }
+  if (cfg.vault) {
+    const vroutes = Object.keys(moduleOf({ modules: { routing: cfg.vault.routes } }, 'routing').routes);
+    for (const [t, tenant] of Object.entries(cfg.vault.tenants)) {
+      tenant.forward.forEach((r, i) => {
+        if (!vroutes.includes(r)) out.push({ path: `vault.tenants.${t}.forward[${i}]`, message: `names route "${r}", which is not in vault.routes.routes (known: ${vroutes.join(', ') || 'none'})` });
+      });
+      if (tenant.movedTo && !vroutes.includes(tenant.movedTo)) out.push({ path: `vault.tenants.${t}.movedTo`, message: `names route "${tenant.movedTo}", which is not in vault.routes.routes (known: ${vroutes.join(', ') || 'none'})` });
+    }
   }
   return out;
 }
@@ -47,6 +66,9 @@ export function fileReferences(cfg: KuraConfig, probe: FileProbe = readableFile,
   if (roles.agent) for (const [name, src] of Object.entries(cfg.sources)) if ('passwordFile' in src) files.push([`sources.${name}.passwordFile`, src.passwordFile, 'the database password file']);
   if (roles.relay) {
     for (const [name, route] of Object.entries(moduleOf(cfg, 'routing').routes)) files.push([`modules.routing.routes.${name}.clientKey`, route.clientKey, "this host's SSH private key"]);
+  }
+  if (roles.vault && cfg.vault) {
+    for (const [name, route] of Object.entries(moduleOf({ modules: { routing: cfg.vault.routes } }, 'routing').routes)) files.push([`vault.routes.routes.${name}.clientKey`, route.clientKey, "the vault's SSH private key for forwarding"]);
   }
   const email = (cfg.notifications as unknown as { email?: Array<{ passwordFile?: string; caFile?: string }> }).email ?? [];
   email.forEach((e, i) => {

@@ -155,11 +155,15 @@ const vaultSchema = z.strictObject({
         quota: size.optional().describe('stored bytes this tenant may hold; uploads beyond it are refused (E_QUOTA)').meta({ examples: ['500GiB'] }),
         retention: retentionSchema.optional().describe('generations the vault keeps of each of this tenant\'s sources (kura vault prune)'),
         sources: z.record(name('source'), z.strictObject({ retention: retentionSchema })).default({}).describe('per-source retention overriding the tenant\'s'),
+        forward: z.array(name('route')).default([]).describe('routes of vault.routes this tenant\'s committed snapshots are passed on to (store-and-forward, oldest first, no tenant key); retention and gc keep what a route still has to send').meta({ examples: [['dc-b']] }),
+        movedTo: name('route').optional().describe('the tenant now lives behind this route of vault.routes: a HELLO of the tenant is answered with MOVED (that route\'s endpoints and pinned host keys, signed by this vault\'s host key); forward the tenant there first').meta({ examples: ['dc-b'] }),
       }),
     )
     .default({})
     .describe('tenants and the keys allowed to act on them')
     .meta({ exampleKey: 'city-a' }),
+  routes: moduleSchema('routing', 'static').describe('store-and-forward: the routing module (same routes, same options as modules.routing) this vault passes tenants\' snapshots on by (vault.tenants.<t>.forward), with relay.* timings'),
+  maxClockSkew: duration.default('2s').describe('a relay whose clock (measured at HELLO) is off by more than this is a warning in kura status --vault, a metric and a notification'),
   maintenance: z
     .strictObject({
       schedule: cronExpr.describe('when `kura vault serve` runs prune and then gc for every tenant').meta({ examples: ['0 12 * * *'] }),
@@ -181,6 +185,7 @@ const relaySchema = z.strictObject({
     )
     .meta({ examples: ['60s'] }),
   connectTimeout: duration.default('20s'),
+  maxClockSkew: duration.default('2s').describe('a vault whose clock (measured at HELLO, corrected by half the round trip) is off by more than this is a warning in kura status, a metric and a notification (clock.skew)'),
   batchBytes: z.number().int().min(64 << 10).max(64 << 20).default(4 << 20).describe('chunk data sent between durability acknowledgements'),
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura relay run`'),
 });

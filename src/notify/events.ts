@@ -14,6 +14,8 @@ export const EVENT_KINDS = [
   'auth.refused-burst',
   'maintenance.failed',
   'relay.refused',
+  'clock.skew',
+  'route.moved',
   'snapshot.damaged',
   'test',
 ] as const;
@@ -70,6 +72,8 @@ const SEVERITY: Record<EventKind, Severity> = {
   'auth.refused-burst': 'warning',
   'maintenance.failed': 'critical',
   'relay.refused': 'critical',
+  'clock.skew': 'warning',
+  'route.moved': 'info',
   'snapshot.damaged': 'critical',
   test: 'info',
 };

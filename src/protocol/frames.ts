@@ -19,8 +19,9 @@ export const OLDEST_RELAY_PROTOCOL = 2;
 export const DEFAULT_MAX_FRAME = 16 << 20;
 
 export const Frame = {
-  HELLO: 0x01, // JSON {protocol, tenant, client}
-  HELLO_OK: 0x02, // JSON {protocol, tenant, role, session, maxFrame}
+  HELLO: 0x01, // JSON {protocol, tenant, client, time?}: time = the client's clock (ms since epoch)
+  HELLO_OK: 0x02, // JSON {protocol, tenant, role, session, maxFrame, time}: time = the vault's clock (ms since epoch)
+  MOVED: 0x03, // JSON {tenant, route, endpoints, issued, hostKey, signature}: the tenant lives elsewhere (answer to HELLO; the channel closes)
   HAS: 0x10, // n × 32-byte chunk IDs
   HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
   PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
@@ -42,6 +43,8 @@ export const Frame = {
   PROTECTED: 0x37, // JSON {id, protected, changed}
   STATS: 0x40, // JSON {}
   STATS_REPLY: 0x41, // JSON
+  ROUTE_STATUS: 0x60, // JSON {}: the tenant's forwarding routes on this vault (hop by hop RPO exposure)
+  ROUTE_STATUS_REPLY: 0x61, // JSON {tenant, time, newest: [{source, endTime}], routes: [{route, state, lastError, sources: [{source, newestSent, pending}], next?}]}
   SLOT_ACQUIRE: 0x50, // JSON {group, member, maxConcurrent, ttlSeconds}: lease a backup-window slot (coordinator; backup role)
   SLOT_RENEW: 0x51, // JSON {token, ttlSeconds}
   SLOT_RELEASE: 0x52, // JSON {token}

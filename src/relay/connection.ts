@@ -7,6 +7,8 @@ import { DEFAULT_MAX_FRAME, Frame, FrameParser, OLDEST_RELAY_PROTOCOL, PROTOCOL_
 import { keepChannelWindow } from '../protocol/window.js';
 import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
+import { verifyMoved, type MovedAnswer } from './moved.js';
+import { clockOffset } from './route-policy.js';
 import { DEFAULT_DEAD_AFTER_MS, formatQuiet, pingIntervalOf, socketProgress, watchProgress } from './liveness.js';
 
 const require = createRequire(import.meta.url);
@@ -65,6 +67,8 @@ export class VaultConnection {
   role = '';
   /** the protocol version the vault answered HELLO with (it may be older than this relay's) */
   protocol = PROTOCOL_VERSION;
+  /** the vault's clock offset measured at HELLO (null: an older vault did not say its time) */
+  clock: { offsetMs: number; rttMs: number } | null = null;
   /** the largest frame the vault takes */
   maxFrame = DEFAULT_MAX_FRAME;
   /** Settles (rejects) once when the link fails: every wait for the channel races it. */
@@ -120,8 +124,20 @@ export class VaultConnection {
     for (const ep of endpoints) {
       try {
         const conn = await VaultConnection.connectOne(ep, opts);
-        const hello = await conn.request(Frame.HELLO, { protocol: opts.protocol ?? PROTOCOL_VERSION, tenant: opts.tenant, client: 'kura' }, Frame.HELLO_OK);
-        const ok = jsonOf<{ session: string; role: string; protocol?: number; maxFrame?: number }>(hello);
+        // the vault's clock is read between HELLO and HELLO_OK: the offset is known to half the round trip
+        const t0 = Date.now();
+        await conn.send(Frame.HELLO, { protocol: opts.protocol ?? PROTOCOL_VERSION, tenant: opts.tenant, client: 'kura', time: t0 });
+        const hello = await conn.next();
+        const t1 = Date.now();
+        if (hello.type === Frame.MOVED) {
+          conn.close();
+          const answer = jsonOf<MovedAnswer>(hello);
+          const { signedBy } = verifyMoved(answer, ep.hostKeySha256, `${ep.host}:${ep.port}`);
+          throw new KuraError('E_TENANT_MOVED', `the vault at ${ep.host}:${ep.port} says tenant ${opts.tenant} moved to ${answer.endpoints.map((e) => `${e.host}:${e.port}`).join(', ')} (signed by ${signedBy})`, { moved: answer, signedBy });
+        }
+        if (hello.type !== Frame.HELLO_OK) throw new KuraError('E_PROTOCOL', `expected HELLO_OK from the vault, got ${frameName(hello.type)}`);
+        const ok = jsonOf<{ session: string; role: string; protocol?: number; maxFrame?: number; time?: number }>(hello);
+        if (typeof ok.time === 'number') conn.clock = clockOffset(t0, t1, ok.time);
         if (typeof ok.maxFrame === 'number' && ok.maxFrame > 0) conn.maxFrame = ok.maxFrame;
         conn.session = ok.session;
         conn.role = ok.role;
@@ -135,7 +151,7 @@ export class VaultConnection {
         const err = e as KuraError;
         if (opts.signal?.aborted) throw stopReason(opts.signal);
         // a refusal by the vault itself is not a line fault: failing over would not help
-        if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
+        if (err.code === 'E_HOST_KEY' || err.code === 'E_TENANT_MOVED' || err.code === 'E_CONFIG' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
       }
     }
@@ -176,27 +192,36 @@ export class VaultConnection {
           resolve(new VaultConnection(client, channel, sock, ep, opts));
         });
       });
-      client.connect({
-        sock,
-        username: ep.user ?? opts.tenant,
-        privateKey: opts.privateKey,
-        // pings probe a quiet line (their answers are progress); the progress watch, not a count of
-        // unanswered pings, decides that a line is down: on a narrow line a ping waits behind
-        // megabytes of data that are still moving
-        keepaliveInterval: pingIntervalOf(opts.keepaliveMs, opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS),
-        keepaliveCountMax: Infinity,
-        readyTimeout: opts.readyTimeoutMs,
-        hostHash: 'sha256',
-        hostVerifier: (hashHex: string) => {
-          if (pin === null) {
-            log().warn({ route: opts.route, endpoint: `${ep.host}:${ep.port}`, hostKey: 'SHA256:' + Buffer.from(hashHex, 'hex').toString('base64').replace(/=+$/, '') }, 'vault host key not pinned (set hostKeySha256)');
-            return true;
-          }
-          if (hashHex === pin) return true;
-          hostKeyProblem = new KuraError('E_HOST_KEY', `the host key of ${ep.host}:${ep.port} is not the pinned ${ep.hostKeySha256}; refusing to send (check the vault or update the pin)`);
-          return false;
-        },
-      } as import('ssh2').ConnectConfig);
+      // the socket's errors are the client's once it takes the socket; until then (a key that does
+      // not parse throws first) they must not be unhandled
+      sock.on('error', () => {});
+      try {
+        client.connect({
+          sock,
+          username: ep.user ?? opts.tenant,
+          privateKey: opts.privateKey,
+          // pings probe a quiet line (their answers are progress); the progress watch, not a count of
+          // unanswered pings, decides that a line is down: on a narrow line a ping waits behind
+          // megabytes of data that are still moving
+          keepaliveInterval: pingIntervalOf(opts.keepaliveMs, opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS),
+          keepaliveCountMax: Infinity,
+          readyTimeout: opts.readyTimeoutMs,
+          hostHash: 'sha256',
+          hostVerifier: (hashHex: string) => {
+            if (pin === null) {
+              log().warn({ route: opts.route, endpoint: `${ep.host}:${ep.port}`, hostKey: 'SHA256:' + Buffer.from(hashHex, 'hex').toString('base64').replace(/=+$/, '') }, 'vault host key not pinned (set hostKeySha256)');
+              return true;
+            }
+            if (hashHex === pin) return true;
+            hostKeyProblem = new KuraError('E_HOST_KEY', `the host key of ${ep.host}:${ep.port} is not the pinned ${ep.hostKeySha256}; refusing to send (check the vault or update the pin)`);
+            return false;
+          },
+        } as import('ssh2').ConnectConfig);
+      } catch (e) {
+        settled();
+        sock.destroy();
+        reject(new KuraError('E_CONFIG', `cannot use the SSH key of route ${opts.route}: ${(e as Error).message}`));
+      }
     });
   }
 

@@ -10,6 +10,13 @@ import { VaultConnection } from './connection.js';
 import { sendSnapshot } from './transfer.js';
 import type { Notifier } from '../notify/notifier.js';
 import { observeLine } from '../notify/evaluate.js';
+import { clockSkewEvent, routeMovedEvent } from '../notify/routing.js';
+import { clockSkewed, nextTurnIn } from './route-policy.js';
+import { routingRecords } from './transfer-log.js';
+import type { MovedAnswer } from './moved.js';
+import { AuditLog } from '../vault/audit.js';
+import path from 'node:path';
+import cron from 'node-cron';
 import { relayRefused, snapshotDamaged } from '../notify/jobs.js';
 import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
 
@@ -109,16 +116,26 @@ export class Relay {
     await Promise.all(
       this.routes().map(async ([name, route]) => {
         let attempts = 0;
-        while (!this.stopping) {
-          const report = await this.drain(name, route, attempts);
-          let wait = poll;
-          if (report.state === 'idle' || report.state === 'paused') attempts = 0;
-          else {
-            attempts++;
-            wait = backoffDelay(attempts, initial, max);
-            this.repo.catalogue.ops.setRouteState(name, { state: report.state, attempts, nextAttempt: Date.now() + wait });
+        const everyMs = route.every ? (parseDuration(route.every) ?? undefined) : undefined;
+        // a route's own schedule: only its next fire time is read (the task is never started)
+        const schedule = route.schedule ? cron.createTask(route.schedule, () => {}, this.cfg.timezone ? { timezone: this.cfg.timezone } : {}) : null;
+        try {
+          while (!this.stopping) {
+            const startedAt = Date.now();
+            const report = await this.drain(name, route, attempts);
+            let backoffMs = 0;
+            if (report.state === 'idle' || report.state === 'paused') attempts = 0;
+            else {
+              attempts++;
+              backoffMs = backoffDelay(attempts, initial, max);
+            }
+            const now = Date.now();
+            const wait = nextTurnIn({ everyMs, nextScheduledAt: schedule?.getNextRuns(1)[0]?.getTime(), pollMs: poll, lastStartAt: startedAt, backoffMs, now });
+            if (backoffMs > 0 || everyMs !== undefined || schedule) this.repo.catalogue.ops.setRouteState(name, { state: report.state === 'paused' ? 'paused' : report.state, attempts, nextAttempt: now + wait });
+            await this.waitForTurn(name, wait);
           }
-          await this.waitForTurn(name, wait);
+        } finally {
+          await schedule?.destroy();
         }
       }),
     );
@@ -165,6 +182,79 @@ export class Relay {
   }
 
   /**
+   * Open a session for `tenant` on a route: at the endpoints a vault announced for the tenant
+   * (a verified MOVED, kept durably), else the route's own. A MOVED answer is stored, logged,
+   * audited and followed at once (a chain of moves a few times at most); a refused one
+   * (E_HOST_KEY: unsigned, or not by the pinned host key) is audited and fails the route.
+   */
+  private async connect(name: string, route: StaticRoute, tenant: string, limiter: TokenBucket): Promise<VaultConnection> {
+    if (!route.clientKey) throw new KuraError('E_CONFIG', `route ${name} has no clientKey: set modules.routing.routes.${name}.clientKey to this host's SSH private key`);
+    let privateKey: Buffer;
+    try {
+      privateKey = readFileSync(route.clientKey);
+    } catch (e) {
+      throw new KuraError('E_CONFIG', `cannot read clientKey ${route.clientKey} of route ${name}: ${(e as Error).message}`);
+    }
+    const records = routingRecords(this.repo.catalogue);
+    for (let hops = 0; ; hops++) {
+      const moved = records.moved(name, tenant)[0];
+      const endpoints = moved?.endpoints ?? route.endpoints;
+      try {
+        const conn = await VaultConnection.open(endpoints, {
+          route: name,
+          tenant,
+          privateKey,
+          keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
+          readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
+          deadAfterMs: parseDuration(this.relayCfg.deadAfter)!,
+          signal: this.stopped.signal,
+          limiter,
+        });
+        if (conn.clock) this.clockSeen(name, `${conn.endpoint.host}:${conn.endpoint.port}`, conn.clock);
+        return conn;
+      } catch (e) {
+        if (isKuraError(e) && e.code === 'E_HOST_KEY' && /MOVED/.test(e.message)) {
+          this.audit({ event: 'moved', outcome: 'refused', route: name, tenant, code: e.code, reason: e.message });
+          log().error({ route: name, tenant, code: e.code }, e.message);
+        }
+        if (!isKuraError(e) || e.code !== 'E_TENANT_MOVED' || hops >= 4) throw e;
+        const answer = e.details!['moved'] as MovedAnswer;
+        const signedBy = String(e.details!['signedBy']);
+        records.setMoved({ route: name, tenant, endpoints: answer.endpoints, signedBy, issued: answer.issued, at: new Date().toISOString() });
+        this.audit({ event: 'moved', outcome: 'ok', route: name, tenant, endpoints: answer.endpoints.map((x) => `${x.host}:${x.port}`), signedBy, issued: answer.issued });
+        log().warn({ route: name, tenant, endpoints: answer.endpoints, signedBy }, `tenant ${tenant} moved: route ${name} now sends to ${answer.endpoints.map((x) => `${x.host}:${x.port}`).join(', ')}`);
+        if (this.notifier?.enabled) this.notifier.emit(routeMovedEvent(name, tenant, answer.endpoints.map((x) => `${x.host}:${x.port}`), signedBy));
+      }
+    }
+  }
+
+  /** A session on a route for `tenant` (kura status --from): the route's endpoints, or where the tenant moved. */
+  async openSession(route: string, tenant?: string): Promise<VaultConnection> {
+    const r = routesOf(this.cfg)[route];
+    if (!r) throw new KuraError('E_CONFIG', `route "${route}" is not in modules.routing.routes`);
+    return this.connect(route, r, r.tenant ?? tenant ?? this.cfg.tenant, new TokenBucket(() => rateAt(r.bandwidth, r.rate, new Date())));
+  }
+
+  /** The relay's own audit trail of routing changes (beside the local repository). */
+  private audit(e: { event: string; outcome: 'ok' | 'refused' | 'error'; [k: string]: unknown }): void {
+    const a = new AuditLog(path.join(this.repo.root, 'audit.jsonl'));
+    try {
+      a.write(e);
+    } finally {
+      a.close();
+    }
+  }
+
+  /** Keep the vault's clock offset (kura status, /metrics); a skew beyond relay.maxClockSkew warns. */
+  private clockSeen(route: string, peer: string, c: { offsetMs: number; rttMs: number }): void {
+    routingRecords(this.repo.catalogue).setClock({ hop: route, peer, offsetMs: c.offsetMs, rttMs: c.rttMs, at: new Date().toISOString() });
+    const max = parseDuration(this.relayCfg.maxClockSkew)!;
+    if (!clockSkewed(c.offsetMs, c.rttMs, max)) return;
+    log().warn({ route, peer, offsetMs: c.offsetMs, rttMs: c.rttMs }, `the clock of ${peer} is ${(c.offsetMs / 1000).toFixed(1)} s off this host's (relay.maxClockSkew ${this.relayCfg.maxClockSkew}): send and receive logs disagree by that much; check NTP on both`);
+    if (this.notifier?.enabled) this.notifier.emit(clockSkewEvent(route, peer, c.offsetMs, max));
+  }
+
+  /**
    * A snapshot that cannot be sent because of its own data: the damaged blobs found are
    * quarantined (out of the index, so the next backup of the same data stores them anew; every
    * snapshot they damage is marked), and the entry is set aside with the error, for kura status.
@@ -200,23 +290,7 @@ export class Relay {
         const tenant = route.tenant ?? cat.snapshotHeader(entry.snapshot)?.tenant ?? this.cfg.tenant;
         let conn = conns.get(tenant);
         if (!conn) {
-          if (!route.clientKey) throw new KuraError('E_CONFIG', `route ${name} has no clientKey: set modules.routing.routes.${name}.clientKey to this host's SSH private key`);
-          let privateKey: Buffer;
-          try {
-            privateKey = readFileSync(route.clientKey);
-          } catch (e) {
-            throw new KuraError('E_CONFIG', `cannot read clientKey ${route.clientKey} of route ${name}: ${(e as Error).message}`);
-          }
-          conn = await VaultConnection.open(route.endpoints, {
-            route: name,
-            tenant,
-            privateKey,
-            keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
-            readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
-            deadAfterMs: parseDuration(this.relayCfg.deadAfter)!,
-            signal: this.stopped.signal,
-            limiter,
-          });
+          conn = await this.connect(name, route, tenant, limiter);
           conns.set(tenant, conn);
           cat.ops.setRouteState(name, { state: 'sending', lastError: null, attempts });
           this.seen(name, 'connected');
@@ -224,6 +298,7 @@ export class Relay {
           if (cat.ops.routeControl(name).paused) continue;
         }
         const t0 = performance.now();
+        const start = new Date().toISOString();
         let res: Awaited<ReturnType<typeof sendSnapshot>>;
         try {
           res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
@@ -237,7 +312,12 @@ export class Relay {
         } finally {
           sendingMs += performance.now() - t0;
         }
-        cat.ops.markSent(entry.snapshot, name, res.bytesOnWire);
+        const sentBy = conn;
+        // the send line, in the same breath as the queue's record of it (kura log)
+        cat.db.transaction(() => {
+          routingRecords(cat).log({ direction: 'send', snapshot: entry.snapshot, tenant, source: entry.source, hop: name, session: sentBy.session, bytes: res.missingBytes, chunks: res.missing, start, end: new Date().toISOString(), peerOffsetMs: sentBy.clock?.offsetMs ?? null });
+          cat.ops.markSent(entry.snapshot, name, res.bytesOnWire);
+        })();
         cat.ops.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
         sent++;
         bytesOnWire += res.bytesOnWire;

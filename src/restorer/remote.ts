@@ -5,6 +5,7 @@ import type { KuraConfig } from '../config/schema.js';
 import { Frame, jsonOf } from '../protocol/frames.js';
 import { VaultConnection } from '../relay/connection.js';
 import { routesOf } from '../relay/routes.js';
+import type { MovedAnswer } from '../relay/moved.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
 
 const GET_BATCH = 64; // chunks per GET_CHUNKS request (two requests in flight)
@@ -30,15 +31,25 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
   } catch (e) {
     throw new KuraError('E_CONFIG', `cannot read SSH key ${keyFile}: ${(e as Error).message}`);
   }
-  return VaultConnection.open(route.endpoints, {
-    route: routeName,
-    tenant: route.tenant ?? tenant,
-    privateKey,
-    keepaliveMs: parseDuration(cfg.relay.keepalive)!,
-    readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
-    deadAfterMs: parseDuration(cfg.relay.deadAfter)!,
-    signal,
-  });
+  // a tenant that moved is followed (the MOVED answer is verified against the pinned host key
+  // by the connection; the relay, not a reader, keeps the entry)
+  let endpoints = route.endpoints;
+  for (let hops = 0; ; hops++) {
+    try {
+      return await VaultConnection.open(endpoints, {
+        route: routeName,
+        tenant: route.tenant ?? tenant,
+        privateKey,
+        keepaliveMs: parseDuration(cfg.relay.keepalive)!,
+        readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
+        deadAfterMs: parseDuration(cfg.relay.deadAfter)!,
+        signal,
+      });
+    } catch (e) {
+      if (!(e instanceof KuraError) || e.code !== 'E_TENANT_MOVED' || hops >= 4) throw e;
+      endpoints = (e.details!['moved'] as MovedAnswer).endpoints;
+    }
+  }
 }
 
 /** Run `use` on a session with the vault of route `from`, closed afterwards whatever happens. */

@@ -2,6 +2,7 @@ import type { Repository } from '../repository/repository.js';
 import { snapshotName } from '../store/backend.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './plan.js';
 import { protectedSnapshots } from './protect.js';
+import { forwardHolds } from '../relay/route-policy.js';
 
 export interface PruneOptions {
   /** the policy of one source of one tenant; undefined keeps everything */
@@ -35,10 +36,6 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
   const cat = repo.catalogue;
   await repo.reconcileSnapshots();
   const held = await protectedSnapshots(repo);
-  const unsent = new Map<string, string[]>();
-  if (opts.keepUnsent) {
-    for (const q of cat.ops.queued()) unsent.set(q.snapshot, [...(unsent.get(q.snapshot) ?? []), q.route]);
-  }
   const groups = new Map<string, { tenant: string; source: string; rows: Array<{ id: string; time: string; tags: string[] }> }>();
   for (const r of cat.snapshots()) {
     if (opts.sources && !opts.sources.includes(r.header.source)) continue;
@@ -47,6 +44,10 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     if (!g) groups.set(key, (g = { tenant: r.header.tenant, source: r.header.source, rows: [] }));
     g.rows.push({ id: r.id, time: r.header.endTime, tags: r.header.tags ?? [] });
   }
+  // on site, and on a vault that forwards: what a route still has to send stays (gc then keeps its
+  // chunks). Read after the snapshots: a snapshot committed meanwhile is queued at its commit, so
+  // every snapshot planned here that some route lacks is in this list
+  const unsent = opts.keepUnsent ? forwardHolds(cat.ops.queued()) : new Map<string, string[]>();
   const decisions: PruneDecision[] = [];
   for (const g of [...groups.values()].sort((a, b) => a.tenant.localeCompare(b.tenant) || a.source.localeCompare(b.source))) {
     const items = g.rows.map((r) => ({ ...r, protected: held.has(r.id) }));

@@ -2,6 +2,7 @@ import { parseDuration } from '../config/duration.js';
 import type { KuraConfig } from '../config/schema.js';
 import { routesOf } from '../relay/routes.js';
 import type { Repository } from '../repository/repository.js';
+import { routingRecords } from '../relay/transfer-log.js';
 import { deliveryKey, type ExposureSource } from './exposure.js';
 import { statusReport, type SourcePlan, type StatusReport } from './status.js';
 import { nextPlannedStart, planHistory, plannedMember, timeZoneOf } from '../agent/window.js';
@@ -50,6 +51,9 @@ export function collectStatus(repo: Repository, cfg: KuraConfig, now = new Date(
       aside: cat.ops.asideEntries(),
       damaged: cat.quarantine.damaged(),
       plans: sourcePlans(repo, cfg, now),
+      clocks: routingRecords(cat).clocks(),
+      maxClockSkewMs: parseDuration(cfg.relay.maxClockSkew) ?? 2000,
+      moved: routingRecords(cat).moved(),
     },
     now,
   );

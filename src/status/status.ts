@@ -2,6 +2,7 @@ import type { JobRow, RouteStateRow } from '../repository/catalogue.js';
 import type { AsideEntry } from '../repository/ops-state.js';
 import type { SnapshotDamage } from '../repository/quarantine.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
+import { clockSkewed } from '../relay/route-policy.js';
 import { deliveryKey, exposures, worstOf, type Exposure, type ExposureSource } from './exposure.js';
 
 /**
@@ -75,6 +76,21 @@ export interface StatusReport {
   setAside: AsideEntry[];
   /** snapshots that need a chunk found damaged and not stored again yet */
   damaged: Array<SnapshotDamage & { source: string | null }>;
+  /** peers' clock offsets measured at HELLO; a skewed one is a warning (not a failure) */
+  clocks: ClockStatus[];
+  /** routing table entries vaults announced (signed MOVED): where a route sends a tenant now */
+  moved: Array<{ route: string; tenant: string; endpoints: string[]; signedBy: string; at: string }>;
+  /** warnings that do not fail status (clock skew) */
+  warnings: string[];
+}
+
+export interface ClockStatus {
+  hop: string;
+  peer: string;
+  offsetMs: number;
+  rttMs: number;
+  at: string;
+  skewed: boolean;
 }
 
 export interface StatusInput {
@@ -93,6 +109,9 @@ export interface StatusInput {
   damaged?: SnapshotDamage[];
   /** planned sources (modules.virtualization), by source */
   plans?: ReadonlyMap<string, SourcePlan>;
+  clocks?: ReadonlyArray<{ hop: string; peer: string; offsetMs: number; rttMs: number; at: string }>;
+  maxClockSkewMs?: number;
+  moved?: ReadonlyArray<{ route: string; tenant: string; endpoints: ReadonlyArray<{ host: string; port: number }>; signedBy: string; at: string }>;
 }
 
 export function statusReport(input: StatusInput, now: Date): StatusReport {
@@ -160,6 +179,10 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
   }
   for (const [source, plan] of input.plans ?? []) entry(source, '').plan = plan;
   const list = [...sources.values()].sort((a, b) => a.source.localeCompare(b.source));
+  const maxSkew = input.maxClockSkewMs ?? 2000;
+  const clocks = (input.clocks ?? []).map((c) => ({ ...c, skewed: clockSkewed(c.offsetMs, c.rttMs, maxSkew) }));
+  const warnings = clocks.filter((c) => c.skewed).map((c) => `clock of ${c.peer} (${c.hop}) is ${(c.offsetMs / 1000).toFixed(1)} s off this host's (max ${(maxSkew / 1000).toFixed(1)} s): check NTP`);
+  const moved = (input.moved ?? []).map((m) => ({ route: m.route, tenant: m.tenant, endpoints: m.endpoints.map((e) => `${e.host}:${e.port}`), signedBy: m.signedBy, at: m.at }));
   const damaged = (input.damaged ?? []).map((d) => ({ ...d, source: byId.get(d.snapshot)?.source ?? null }));
   return {
     time: now.toISOString(),
@@ -169,6 +192,9 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
     exposure,
     setAside: input.aside ?? [],
     damaged,
+    clocks,
+    moved,
+    warnings,
   };
 }
 
@@ -196,6 +222,8 @@ export function relayMetrics(r: StatusReport): string {
   metric('kura_relay_bytes_sent_total', 'Bytes sent to the vault', 'counter', r.routes.map((x) => [{ route: x.route }, x.bytesSent]));
   metric('kura_relay_link_up', '1 unless the route is waiting for the line or refused', 'gauge', r.routes.map((x) => [{ route: x.route }, x.state === 'waiting-for-line' || x.state === 'refused' ? 0 : 1]));
   metric('kura_relay_last_success_timestamp_seconds', 'Time of the last snapshot committed on the far side', 'gauge', r.routes.map((x) => [{ route: x.route }, x.lastSuccess ? Math.floor(Date.parse(x.lastSuccess) / 1000) : 0]));
+  metric('kura_peer_clock_offset_seconds', 'Clock of the peer minus this host\'s, measured at HELLO (corrected by half the round trip)', 'gauge', r.clocks.map((c) => [{ hop: c.hop, peer: c.peer }, c.offsetMs / 1000]));
+  metric('kura_peer_clock_skewed', '1 when the peer\'s clock is off by more than relay.maxClockSkew', 'gauge', r.clocks.map((c) => [{ hop: c.hop, peer: c.peer }, c.skewed ? 1 : 0]));
   metric('kura_source_last_job_failed', '1 when the last backup job of the source failed', 'gauge', r.sources.map((s) => [{ source: s.source }, s.lastJobFailed ? 1 : 0]));
   metric('kura_source_last_backup_timestamp_seconds', 'Time of the last snapshot of the source', 'gauge', r.sources.map((s) => [{ source: s.source, tenant: s.tenant }, s.lastBackup ? Math.floor(Date.parse(s.lastBackup) / 1000) : 0]));
   return lines.join('\n') + '\n';

@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'react';
 import { Box, Text, useApp, useInput } from 'ink';
 import type { StatusReport } from '../status/status.js';
+import type { Hop } from '../status/hops.js';
 import { formatAge as age, formatBytes as bytes } from '../format.js';
 
 export interface TopData {
@@ -8,6 +9,8 @@ export interface TopData {
   relayRunning: boolean;
   recent: Array<{ snapshot: string; route: string; source: string; sent: string; bytes_sent: number }>;
   jobs: Array<{ source: string; finished: string | null; result: string; new_bytes: number | null; error_code: string | null }>;
+  /** every route's hops (this host → its vault → the vault's forwarding routes), when asked */
+  hops?: Hop[];
 }
 
 export interface TopProps {
@@ -103,6 +106,22 @@ export function TopApp({ load, control, refreshMs = 500 }: TopProps) {
           </Box>
         );
       })}
+      {(data.hops ?? []).some((h) => h.hop > 1) ? <Text bold>{'  HOP ROUTE               STATE            EXPOSED (per source)'}</Text> : null}
+      {(data.hops ?? [])
+        .filter((h) => (data.hops ?? []).some((x) => x.hop > 1 && x.from === (h.hop === 1 ? h.to : h.from)))
+        .map((h) => (
+          <Text key={`hop-${h.hop}-${h.from}-${h.to}`}>
+            {'  '}
+            {String(h.hop).padEnd(3)} {`${h.hop === 1 ? '' : h.from + '→'}${h.to}`.slice(0, 19).padEnd(19)} <Text color={stateColor[h.state] ?? 'white'}>{h.state.padEnd(16)}</Text>{' '}
+            {h.sources.map((x) => `${x.source} ${x.exposureSeconds === null ? '-' : age(x.exposureSeconds)}${x.pending ? ` (${x.pending} queued)` : ''} `).join('')}
+            {h.clockOffsetMs !== null && Math.abs(h.clockOffsetMs) > 2000 ? <Text color="yellow">{` clock ${(h.clockOffsetMs / 1000).toFixed(1)}s`}</Text> : null}
+          </Text>
+        ))}
+      {data.report.warnings.map((w, i) => (
+        <Text key={`warn${i}`} color="yellow">
+          {'  '}warning: {w}
+        </Text>
+      ))}
       <Text bold>{'  SOURCE       TENANT       LAST BACKUP          NEW        EXPOSED/RPO (per route)'}</Text>
       {data.report.sources.slice(0, 6).map((s) => (
         <Text key={s.source}>

@@ -4,7 +4,8 @@ import type { Writable } from 'node:stream';
 import path from 'node:path';
 import type { Connection, Server as SshServer, ServerChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
-import type { VaultConfig } from '../config/schema.js';
+import type { KuraConfig, VaultConfig } from '../config/schema.js';
+import { VaultRouting, vaultRoutingMetrics } from './forward.js';
 import { log } from '../log.js';
 import { authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
@@ -33,7 +34,7 @@ export interface RunningVault {
  * (tenant, role, networks); the SSH user name is the tenant asked for. Every refused attempt is
  * audited, and a refused or broken session never disturbs the others.
  */
-export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined } = {}): Promise<RunningVault> {
+export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined; config?: KuraConfig | undefined } = {}): Promise<RunningVault> {
   const vault = new Vault(cfg);
   const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
   if (notifier) {
@@ -47,6 +48,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     throw new KuraError('E_CONFIG', `vault host key ${hostKeyFile} is unreadable: ${parsedHost.message} (give vault.hostKey an OpenSSH or PEM private key without passphrase, or move the file away to have a new one made; clients pinning the old fingerprint must then be updated)`);
   const hostKeySha256 = fingerprint((Array.isArray(parsedHost) ? parsedHost[0] : parsedHost).getPublicSSH());
   const lg = log().child({ mode: 'vault' });
+  const routing = new VaultRouting(vault, cfg, hostKey, { config: opts.config, notifier });
 
   let stopping = false;
   const clients = new Set<Connection>();
@@ -115,6 +117,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
                 slots: vault.slots,
                 log: lg,
                 budget: vault.memory,
+                routing,
                 transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
               },
               channel,
@@ -157,16 +160,18 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
         }),
       );
       const m = vault.memory;
-      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions });
+      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions }) + (await vaultRoutingMetrics(vault, cfg));
     });
   }
   const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;
+  await routing.start();
   return {
     port,
     hostKeySha256,
     close: async () => {
       stopping = true;
       await maintenance?.stop();
+      await routing.stop();
       await metricsServer?.close();
       // no new connections; open sessions end after the frame they are handling (their flushed
       // batches are durable, a relay resends the rest), within the grace; then the connections

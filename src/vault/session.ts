@@ -14,6 +14,7 @@ import { Uploads } from './frames/upload.js';
 import { Announcements } from './frames/snapshots.js';
 import type { BudgetMember, Holding, MemoryBudget } from './memory.js';
 import { refusalOf } from './refusal.js';
+import type { SessionRouting } from './forward.js';
 
 export interface SessionContext {
   tenant: string;
@@ -32,6 +33,8 @@ export interface SessionContext {
   budget: MemoryBudget;
   /** the connection the channel runs on (ssh2's socket): answers wait while it is backed up, too */
   transport?: Writable | undefined;
+  /** the vault's routing: MOVED answers, receive log, forwarding queues (vault.routes) */
+  routing?: SessionRouting | undefined;
 }
 
 /** Per repository: its sessions that have not finished (their received batches may not be durable yet). */

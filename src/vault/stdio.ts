@@ -6,6 +6,7 @@ import { Vault } from './vault.js';
 import { quotaOf } from './maintenance.js';
 import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
 import { watchVault } from './alerts.js';
+import { VaultRouting } from './forward.js';
 
 /**
  * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
@@ -33,6 +34,7 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, n
         slots: vault.slots,
         log: log().child({ mode: 'vault-stdio' }),
         budget: vault.memory,
+        routing: new VaultRouting(vault, cfg, null, { notifier }),
       },
       process.stdin,
       process.stdout,

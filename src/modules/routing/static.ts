@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { validate as validCron } from 'node-cron';
+import { parseDuration } from '../../config/duration.js';
 import { registerModule } from '../registry.js';
 
 const endpoint = z.strictObject({
@@ -23,6 +25,18 @@ export const staticRoute = z.strictObject({
   bandwidth: z.array(bandwidthWindow).default([]).describe('time windows with their own cap; the first matching window wins'),
   clientKey: z.string().optional().describe('path of the private key this host presents to the vault'),
   tenant: z.string().optional().describe('tenant name on the vault (default: the source tenant)'),
+  sources: z
+    .array(z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/i, 'source names are letters, digits, ".", "-" and "_"'))
+    .optional()
+    .describe('the sources this route carries (default: every source that names it); a source listed here is carried even when its own routes do not name the route: the office copy carries the minimum set')
+    .meta({ examples: [['juki']] }),
+  every: z
+    .string()
+    .refine((v) => (parseDuration(v) ?? 0) > 0, 'a duration like "30s" or "6h"')
+    .optional()
+    .describe('transfer frequency of this route: a transfer starts at most this often (default: relay.pollInterval); apart from the backup schedule')
+    .meta({ examples: ['6h'] }),
+  schedule: z.string().refine((v) => validCron(v), 'a cron expression like "0 */6 * * *"').optional().describe('cron expression: transfers start at these times only (instead of every)').meta({ examples: ['0 */6 * * *'] }),
 });
 
 export type StaticRoute = z.infer<typeof staticRoute>;

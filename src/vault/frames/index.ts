@@ -7,6 +7,7 @@ import { flush, has, put, putNext, putRun } from './upload.js';
 import { commit, want } from './snapshots.js';
 import { getChunks, getSnapshot, list, stats } from './read.js';
 import { protect } from './admin.js';
+import { routeStatus } from './routing.js';
 import { slotAcquire, slotAcquireBody, slotRelease, slotReleaseBody, slotRenew, slotRenewBody } from './slots.js';
 
 /**
@@ -40,6 +41,7 @@ export const FRAMES: readonly FrameEntry<unknown>[] = [
   entry({ type: Frame.GET_CHUNKS, role: 'restore', body: chunkIds, handle: getChunks }),
   entry({ type: Frame.PROTECT, role: 'tenant-admin', body: protectBody, handle: protect }),
   entry({ type: Frame.STATS, role: 'any', body: emptyObject, handle: stats }),
+  entry({ type: Frame.ROUTE_STATUS, role: 'any', body: emptyObject, handle: routeStatus }),
   entry({ type: Frame.SLOT_ACQUIRE, role: 'backup', body: slotAcquireBody, handle: slotAcquire }),
   entry({ type: Frame.SLOT_RENEW, role: 'backup', body: slotRenewBody, handle: slotRenew }),
   entry({ type: Frame.SLOT_RELEASE, role: 'backup', body: slotReleaseBody, handle: slotRelease }),

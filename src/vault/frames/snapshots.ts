@@ -24,6 +24,8 @@ export interface Announced {
   complete: boolean;
   /** this session committed it */
   committed: boolean;
+  /** when it was first announced in this session, and the session's PUT counts then (the receive log) */
+  since?: { at: number; put: number; putBytes: number };
 }
 
 /** The snapshot files a session was sent (WANT, COMMIT), by ID: later WANTs and the COMMIT name them. */
@@ -48,7 +50,7 @@ export class Announcements {
       throw new KuraError('E_TENANT_MISMATCH', `snapshot ${ref.id} belongs to tenant ${snap.header.tenant}, not ${this.s.ctx.tenant}`);
     }
     if (known) return known;
-    const a: Announced = { id: ref.id, snap, bytes: Buffer.from(bytes), open: [], complete: false, committed: false };
+    const a: Announced = { id: ref.id, snap, bytes: Buffer.from(bytes), open: [], complete: false, committed: false, since: { at: Date.now(), put: this.s.ops.put, putBytes: this.s.ops.putBytes } };
     if (this.files.size >= REMEMBERED) this.files.delete(this.files.keys().next().value!);
     this.files.set(ref.id, a);
     return a;
@@ -135,6 +137,7 @@ export async function commit(s: VaultSession, ref: SnapshotRef): Promise<void> {
   a.committed = true;
   s.ops.commits++;
   s.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant, session: s.id, snapshot: id, source: snap.header.source, existed });
+  s.ctx.routing?.received(s, a);
   return s.send(Frame.COMMITTED, { id, existed });
 }
 
