@@ -130,7 +130,13 @@ export class FrameParser {
 
   private peek(n: number): Buffer {
     if (this.parts[0]!.length >= n) return this.parts[0]!.subarray(0, n);
-    return Buffer.concat(this.parts).subarray(0, n);
+    // join only the leading parts that hold the n bytes (all of them, each time a byte arrived,
+    // made a sender writing a frame byte by byte cost the receiver quadratic time)
+    let k = 0;
+    for (let have = 0; have < n; k++) have += this.parts[k]!.length;
+    const head = Buffer.concat(this.parts.slice(0, k));
+    this.parts.splice(0, k, head);
+    return head.subarray(0, n);
   }
 
   private take(n: number): Buffer {
