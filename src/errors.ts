@@ -56,6 +56,7 @@ export const errorCodes = {
   E_EXPORT_FAILED: ExitStatus.FAILED,
   E_EXPORT_TIMEOUT: ExitStatus.FAILED,
   E_RESTORE_FAILED: ExitStatus.FAILED,
+  E_INTERRUPTED: ExitStatus.TEMP_FAIL, // stopped by SIGTERM/SIGINT before it finished; run it again
   E_TARGET_NOT_EMPTY: ExitStatus.CANT_CREATE,
   E_PLAN_FULL: ExitStatus.CONFIG,
   E_INTERNAL: ExitStatus.SOFTWARE,

@@ -52,17 +52,30 @@ type RouteOptions = RepoOptions & { from: string; tenant?: string; identity?: st
 /**
  * Over SSH from a route's vault, decrypting with the local repository's key or a key file:
  * `use` gets the snapshot's ID and a function that streams it, verified, into a writable.
+ * SIGTERM or SIGINT cuts the line whatever it does (a black hole never answers): the restore
+ * fails with E_INTERRUPTED and a file target's partial output is removed.
  */
 async function fromVault<T>(ref: string, opts: RouteOptions, cmd: Command, use: (run: RunRestore) => Promise<T>): Promise<T> {
-  const { restoreStream } = await import('../restorer/restore.js');
-  const { remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote, withRoute } = await import('../restorer/remote.js');
-  const { decodeSnapshot } = await import('../repository/snapshot.js');
-  const keys = await keysFor(cmd, opts);
-  return withRoute(configOf(cmd).config, opts, async (conn) => {
-    const id = resolveRemote(await remoteList(conn), ref);
-    const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
-    return use((out) => restoreStream(snap, keys, remoteBlobs(conn), out));
-  });
+  const stop = new AbortController();
+  const stopOn = (sig: NodeJS.Signals) => () => stop.abort(new KuraError('E_INTERRUPTED', `the restore was stopped by ${sig} before it finished; nothing of it was kept, run it again`));
+  const onTerm = stopOn('SIGTERM');
+  const onInt = stopOn('SIGINT');
+  process.once('SIGTERM', onTerm);
+  process.once('SIGINT', onInt);
+  try {
+    const { restoreStream } = await import('../restorer/restore.js');
+    const { remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote, withRoute } = await import('../restorer/remote.js');
+    const { decodeSnapshot } = await import('../repository/snapshot.js');
+    const keys = await keysFor(cmd, opts);
+    return await withRoute(configOf(cmd).config, { ...opts, signal: stop.signal }, async (conn) => {
+      const id = resolveRemote(await remoteList(conn), ref);
+      const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
+      return use((out) => restoreStream(snap, keys, remoteBlobs(conn), out));
+    });
+  } finally {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+  }
 }
 
 /** --into: the snapshot, local or from a vault, streamed into a database client. */

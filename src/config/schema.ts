@@ -165,7 +165,14 @@ const vaultSchema = z.strictObject({
 const relaySchema = z.strictObject({
   pollInterval: duration.default('30s').describe('how often `kura relay run` looks for new queue entries'),
   backoff: z.strictObject({ initial: duration.default('5s'), max: duration.default('10m') }).default({ initial: '5s', max: '10m' }).describe('retry delays after a failure double from initial up to max'),
-  keepalive: duration.default('15s').describe('SSH keepalive; a link silent for 3 intervals counts as down'),
+  keepalive: duration.default('15s').describe('SSH keepalive interval: a ping probes a quiet line (its answer counts as progress, see deadAfter); pings never end a line themselves'),
+  deadAfter: duration
+    .refine((v) => (parseDuration(v) ?? 1000) >= 1000, 'deadAfter must be at least 1s (a line is judged on what arrives in that time)')
+    .default('60s')
+    .describe(
+      'a line from which nothing arrives for this long is down: the connection is torn down, the route waits for the line (E_LINK_DOWN) and the retry resumes from what the vault holds. Anything from the far end is progress: replies, ping answers, and the vault\'s acknowledgements of data it took (every 256 KiB; a vault older than this relay: every relay.batchBytes). Keep it well above one acknowledgement\'s time at the slowest line: 60s suits lines down to about 16 KiB/s (about 100 KiB/s with an older vault)',
+    )
+    .meta({ examples: ['60s'] }),
   connectTimeout: duration.default('20s'),
   batchBytes: z.number().int().min(64 << 10).max(64 << 20).default(4 << 20).describe('chunk data sent between durability acknowledgements'),
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).optional().describe('Prometheus /metrics endpoint of `kura relay run`'),

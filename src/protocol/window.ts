@@ -10,6 +10,13 @@ import type { Readable } from 'node:stream';
  */
 export const CHANNEL_WINDOW = 16 << 20;
 
+/**
+ * The window is topped up for every this many bytes read, not once half of it is used: each grant
+ * tells the sender that the reader is taking data, which the relay counts as progress on a
+ * narrow line (relay.deadAfter). Half the window (8 MiB) would take 85 s at 96 KiB/s.
+ */
+export const GRANT_STEP = 256 << 10;
+
 /** The parts of an ssh2 channel that carry its flow control (not in ssh2's typings). */
 interface Ssh2ChannelInternals {
   incoming?: { window?: number };
@@ -19,17 +26,18 @@ interface Ssh2ChannelInternals {
 
 /**
  * Returns a function to call each time data has been taken from `channel`: it grants the far side
- * window up to `bytes` again once half of it is used. A stream that is not an ssh2 channel (stdin
- * under OpenSSH, whose sshd keeps its own window) gets a function that does nothing.
+ * window up to `bytes` again once `step` of it is used. A stream that is not an ssh2 channel
+ * (stdin under OpenSSH, whose sshd keeps its own window and grants as finely) gets a function
+ * that does nothing.
  */
-export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW): () => void {
+export function keepChannelWindow(channel: Readable, bytes = CHANNEL_WINDOW, step = GRANT_STEP): () => void {
   const ch = channel as unknown as Ssh2ChannelInternals;
   const proto = ch._client?._protocol;
   if (typeof ch.incoming?.window !== 'number' || typeof ch.outgoing?.id !== 'number' || typeof proto?.channelWindowAdjust !== 'function') return () => {};
   const incoming = ch.incoming as { window: number };
   const outgoing = ch.outgoing as { id: number; state?: string };
   const grant = () => {
-    if (outgoing.state === 'closed' || incoming.window >= bytes / 2) return;
+    if (outgoing.state === 'closed' || incoming.window > bytes - step) return;
     const amount = bytes - incoming.window;
     incoming.window += amount;
     proto.channelWindowAdjust!(outgoing.id, amount);

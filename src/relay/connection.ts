@@ -1,11 +1,13 @@
 import { createRequire } from 'node:module';
 import { once } from 'node:events';
+import net from 'node:net';
 import type { Client, ClientChannel } from 'ssh2';
 import { KuraError } from '../errors.js';
 import { DEFAULT_MAX_FRAME, Frame, FrameParser, OLDEST_RELAY_PROTOCOL, PROTOCOL_VERSION, encodeFrame, frameName, jsonOf, type RawFrame } from '../protocol/frames.js';
 import { keepChannelWindow } from '../protocol/window.js';
 import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
+import { DEFAULT_DEAD_AFTER_MS, formatQuiet, pingIntervalOf, socketProgress, watchProgress } from './liveness.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -23,6 +25,10 @@ export interface ConnectOptions {
   privateKey: Buffer;
   keepaliveMs: number;
   readyTimeoutMs: number;
+  /** a line from which nothing arrives for this long is down (relay.deadAfter; default 60 s) */
+  deadAfterMs?: number;
+  /** ends the connection, or its opening, at once: what waits on it fails with the signal's reason */
+  signal?: AbortSignal;
   maxFrame?: number;
   limiter?: TokenBucket;
   /** the protocol version offered in HELLO (default: this relay's newest) */
@@ -34,10 +40,17 @@ function pinToHex(pin: string): string | null {
   return m ? Buffer.from(m[1]!, 'base64').toString('hex') : null;
 }
 
+/** How long a connection being closed may take to say goodbye before its socket is destroyed. */
+const LINGER_MS = 1000;
+
 /**
  * One protocol session with a vault over SSH. Frames out go through the route's token bucket;
  * frames in are parsed as they arrive; an ERROR frame becomes a KuraError with the vault's code.
  * The connection counts what crosses the wire so transfers can be accounted.
+ *
+ * It fails (E_LINK_DOWN), and its socket is destroyed, when nothing arrives for `deadAfterMs`
+ * (see liveness.ts), when the peer closes or resets it, or when `signal` aborts; SSH keepalive
+ * pings only probe a quiet line and never end one themselves.
  */
 export class VaultConnection {
   bytesOut = 0;
@@ -54,15 +67,29 @@ export class VaultConnection {
   /** Settles (rejects) once when the link fails: every wait for the channel races it. */
   private readonly broken: Promise<never>;
   private breakNow: (e: Error) => void = () => {};
+  private readonly watch: { stop(): void };
+  private unlisten: () => void = () => {};
 
   private constructor(
     private readonly client: Client,
     private readonly channel: ClientChannel,
+    private readonly sock: net.Socket,
     readonly endpoint: Endpoint,
     private readonly opts: ConnectOptions,
   ) {
     this.broken = new Promise<never>((_, reject) => (this.breakNow = reject));
     this.broken.catch(() => {});
+    const where = `${endpoint.host}:${endpoint.port}`;
+    const deadAfter = opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS;
+    this.watch = watchProgress(() => socketProgress(sock), deadAfter, () =>
+      this.cut(new KuraError('E_LINK_DOWN', `no progress for ${formatQuiet(deadAfter)} on the line to ${where}: nothing acknowledged, nothing received (relay.deadAfter); the transfer resumes from what the vault holds once the line moves again`)),
+    );
+    const signal = opts.signal;
+    if (signal) {
+      const onAbort = () => this.cut(stopReason(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.unlisten = () => signal.removeEventListener('abort', onAbort);
+    }
     const parser = new FrameParser(opts.maxFrame ?? 64 << 20);
     const consumed = keepChannelWindow(channel);
     channel.on('data', (d: Buffer) => {
@@ -75,10 +102,13 @@ export class VaultConnection {
       }
     });
     channel.stderr.on('data', (d: Buffer) => log().debug({ route: opts.route, stderr: d.toString().trim() }, 'vault stderr'));
-    const closed = () => this.fail(new KuraError('E_LINK_DOWN', `the connection to ${endpoint.host}:${endpoint.port} closed`));
-    channel.on('close', closed);
-    client.on('close', closed);
-    client.on('error', (e: Error) => this.fail(new KuraError('E_LINK_DOWN', `link to ${endpoint.host}:${endpoint.port} failed: ${e.message}`)));
+    // the far end said goodbye (or its half of the connection ended): nothing more will come
+    const closedByPeer = () => this.cut(new KuraError('E_LINK_DOWN', `connection to ${where} closed by peer`));
+    channel.on('close', closedByPeer);
+    client.on('end', closedByPeer);
+    client.on('close', closedByPeer);
+    client.on('error', (e: Error) => this.cut(new KuraError('E_LINK_DOWN', `link to ${where} failed: ${e.message}`)));
+    if (signal?.aborted) this.cut(stopReason(signal));
   }
 
   /** Try the route's endpoints in order; the first that completes the handshake is used. */
@@ -100,6 +130,7 @@ export class VaultConnection {
         return conn;
       } catch (e) {
         const err = e as KuraError;
+        if (opts.signal?.aborted) throw stopReason(opts.signal);
         // a refusal by the vault itself is not a line fault: failing over would not help
         if (err.code === 'E_HOST_KEY' || err.code === 'E_AUTH_DENIED' || err.code === 'E_TENANT_MISMATCH' || err.code === 'E_FORBIDDEN' || err.code === 'E_PROTOCOL' || err.code === 'E_PROTOCOL_VERSION') throw err;
         errors.push(`${ep.host}:${ep.port}: ${err.message}`);
@@ -110,31 +141,47 @@ export class VaultConnection {
 
   private static connectOne(ep: Endpoint, opts: ConnectOptions): Promise<VaultConnection> {
     return new Promise((resolve, reject) => {
+      const signal = opts.signal;
+      if (signal?.aborted) return reject(stopReason(signal));
       const client = new ssh2.Client();
+      // the TCP socket is opened here, not by ssh2, so the line's progress can be read off it
+      const sock = net.connect({ host: ep.host, port: ep.port });
+      // small frames (WANT, FLUSH, COMMIT) must not wait for Nagle's delayed ACK: ~40 ms each
+      sock.setNoDelay(true);
+      const onAbort = () => {
+        sock.destroy();
+        reject(stopReason(signal!));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const settled = () => signal?.removeEventListener('abort', onAbort);
       let hostKeyProblem: KuraError | null = null;
       const pin = ep.hostKeySha256 ? pinToHex(ep.hostKeySha256) : null;
       client.on('error', (e: Error & { level?: string }) => {
-        client.end();
+        settled();
+        endSoon(client, sock);
         if (hostKeyProblem) return reject(hostKeyProblem);
         if (e.level === 'client-authentication') return reject(new KuraError('E_AUTH_DENIED', `the vault at ${ep.host}:${ep.port} refused this host's key for tenant ${opts.tenant}; register the key with the vault operator`));
         reject(new KuraError('E_LINK_DOWN', e.message));
       });
       client.on('ready', () => {
         client.exec('kura-vault', (err, channel) => {
+          settled();
           if (err) {
-            client.end();
+            endSoon(client, sock);
             return reject(new KuraError('E_LINK_DOWN', `the vault at ${ep.host}:${ep.port} refused the protocol channel: ${err.message}`));
           }
-          resolve(new VaultConnection(client, channel, ep, opts));
+          resolve(new VaultConnection(client, channel, sock, ep, opts));
         });
       });
       client.connect({
-        host: ep.host,
-        port: ep.port,
+        sock,
         username: ep.user ?? opts.tenant,
         privateKey: opts.privateKey,
-        keepaliveInterval: opts.keepaliveMs,
-        keepaliveCountMax: 3,
+        // pings probe a quiet line (their answers are progress); the progress watch, not a count of
+        // unanswered pings, decides that a line is down: on a narrow line a ping waits behind
+        // megabytes of data that are still moving
+        keepaliveInterval: pingIntervalOf(opts.keepaliveMs, opts.deadAfterMs ?? DEFAULT_DEAD_AFTER_MS),
+        keepaliveCountMax: Infinity,
         readyTimeout: opts.readyTimeoutMs,
         hostHash: 'sha256',
         hostVerifier: (hashHex: string) => {
@@ -147,8 +194,6 @@ export class VaultConnection {
           return false;
         },
       } as import('ssh2').ConnectConfig);
-      // small frames (WANT, FLUSH, COMMIT) must not wait for Nagle's delayed ACK: ~40 ms each
-      client.setNoDelay(true);
     });
   }
 
@@ -164,12 +209,21 @@ export class VaultConnection {
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
+    this.watch.stop();
+    this.unlisten();
     this.breakNow(e);
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = null;
       w.reject(e);
     }
+  }
+
+  /** The line is dead, stopped or gone: fail what waits on it and drop the socket (no goodbye can get through). */
+  private cut(e: Error): void {
+    if (this.failure) return;
+    this.fail(e);
+    this.sock.destroy();
   }
 
   async send(type: number, payload?: Uint8Array | object): Promise<void> {
@@ -207,11 +261,23 @@ export class VaultConnection {
     return this.expect(reply);
   }
 
+  /** End the session politely; a socket that cannot say goodbye (the line does not move) is destroyed after a second. */
   close(): void {
-    this.failure ??= new KuraError('E_LINK_DOWN', 'closed');
+    this.fail(new KuraError('E_LINK_DOWN', 'closed'));
     this.channel.end();
-    this.client.end();
+    endSoon(this.client, this.sock);
   }
+}
+
+/** SSH goodbye, then the socket goes whatever the line does: a socket left open would keep a stopping process alive. */
+function endSoon(client: Client, sock: net.Socket): void {
+  client.end();
+  if (!sock.destroyed) setTimeout(() => sock.destroy(), LINGER_MS).unref();
+}
+
+/** Why a connection was stopped: the signal's KuraError, or a line fault. */
+function stopReason(signal: AbortSignal): Error {
+  return signal.reason instanceof KuraError ? signal.reason : new KuraError('E_LINK_DOWN', 'the connection was stopped');
 }
 
 function vaultError(f: RawFrame): KuraError {

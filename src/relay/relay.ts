@@ -43,6 +43,8 @@ export class Relay {
   private readonly relayCfg: KuraConfig['relay'];
   private stopping = false;
   private readonly wakers = new Set<() => void>();
+  /** aborted by stop(): open connections, and connections being opened, end at once */
+  private readonly stopped = new AbortController();
 
   constructor(
     private readonly repo: Repository,
@@ -109,6 +111,9 @@ export class Relay {
   stop(): void {
     this.stopping = true;
     for (const w of this.wakers) w();
+    // whatever the line does (a black hole never answers): what the vault acknowledged is kept,
+    // the next start resumes from it
+    this.stopped.abort(new KuraError('E_LINK_DOWN', 'the relay is stopping'));
   }
 
   /**
@@ -177,6 +182,8 @@ export class Relay {
             privateKey,
             keepaliveMs: parseDuration(this.relayCfg.keepalive)!,
             readyTimeoutMs: parseDuration(this.relayCfg.connectTimeout)!,
+            deadAfterMs: parseDuration(this.relayCfg.deadAfter)!,
+            signal: this.stopped.signal,
             limiter,
           });
           conns.set(tenant, conn);
@@ -198,6 +205,11 @@ export class Relay {
       this.seen(name, 'idle');
       return { route: name, state: 'idle', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs() };
     } catch (e) {
+      if (this.stopping) {
+        // stop() cut the line: not a fault of the route; the queue keeps what is left
+        cat.ops.setRouteState(name, { state: 'idle' });
+        return { route: name, state: 'idle', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs() };
+      }
       const err = isKuraError(e) ? e : new KuraError('E_LINK_DOWN', (e as Error).message);
       // over quota: keep the queue and retry with back-off until the vault operator makes room
       const state = err.code === 'E_QUOTA' ? 'quota-exceeded' : isLineFault(err) ? 'waiting-for-line' : 'refused';

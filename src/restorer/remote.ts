@@ -15,8 +15,11 @@ export interface RemoteSnapshot extends SnapshotHeader {
   receivedSeq: number | null;
 }
 
-/** A protocol session with the vault of a route, for reading (restore, snapshots --from). */
-export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string): Promise<VaultConnection> {
+/**
+ * A protocol session with the vault of a route, for reading (restore, snapshots --from). A line
+ * from which nothing arrives for relay.deadAfter fails it (E_LINK_DOWN); `signal` ends it at once.
+ */
+export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string, signal?: AbortSignal): Promise<VaultConnection> {
   const route = routesOf(cfg)[routeName];
   if (!route) throw new KuraError('E_CONFIG', `route "${routeName}" is not in modules.routing.routes`);
   const keyFile = identity ?? route.clientKey;
@@ -33,12 +36,18 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
     privateKey,
     keepaliveMs: parseDuration(cfg.relay.keepalive)!,
     readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
+    deadAfterMs: parseDuration(cfg.relay.deadAfter)!,
+    signal,
   });
 }
 
 /** Run `use` on a session with the vault of route `from`, closed afterwards whatever happens. */
-export async function withRoute<T>(cfg: KuraConfig, o: { from: string; tenant?: string | undefined; identity?: string | undefined }, use: (conn: VaultConnection) => Promise<T>): Promise<T> {
-  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity);
+export async function withRoute<T>(
+  cfg: KuraConfig,
+  o: { from: string; tenant?: string | undefined; identity?: string | undefined; signal?: AbortSignal | undefined },
+  use: (conn: VaultConnection) => Promise<T>,
+): Promise<T> {
+  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity, o.signal);
   try {
     return await use(conn);
   } finally {

@@ -17,6 +17,7 @@ import { watchVault } from './alerts.js';
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
 const STOP_GRACE_MS = 10_000; // how long a stopping vault lets sessions finish the frame they are on
+const LINGER_MS = 1000; // how long a closing connection may take to say goodbye before its socket goes
 
 export const VAULT_COMMAND = 'kura-vault';
 
@@ -153,13 +154,20 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       await maintenance?.stop();
       await metricsServer?.close();
       // no new connections; open sessions end after the frame they are handling (their flushed
-      // batches are durable, a relay resends the rest), then the connections are closed
+      // batches are durable, a relay resends the rest), within the grace; then the connections
+      // are closed, and after a second their sockets are destroyed whatever the line does: a
+      // black-holed client never acknowledges a goodbye, and an open socket keeps the process alive
+      const deadline = Date.now() + STOP_GRACE_MS;
+      const until = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))).unref());
       const closed = new Promise<void>((r) => server.close(() => r()));
-      const grace = () => new Promise((r) => setTimeout(r, STOP_GRACE_MS).unref());
+      const ended = () => Promise.allSettled(sessions.values());
       for (const s of sessions.keys()) s.stop();
-      await Promise.race([Promise.allSettled(sessions.values()), grace()]);
+      await Promise.race([ended(), until(STOP_GRACE_MS)]);
       for (const c of clients) c.end();
-      await Promise.race([closed, grace()]);
+      await Promise.race([closed, new Promise((r) => setTimeout(r, LINGER_MS).unref())]);
+      for (const c of clients) (c as Connection & { _sock?: { destroy(): void } })._sock?.destroy(); // (ssh2 has no destroy() on a server connection)
+      // sessions cut off just now finish their bookkeeping (durable batches, pack leases) before the catalogues close
+      await Promise.race([ended(), new Promise((r) => setTimeout(r, Math.max(LINGER_MS, deadline - Date.now())).unref())]);
       await notifier?.close();
       await vault.close();
     },

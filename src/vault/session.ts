@@ -52,7 +52,14 @@ export class VaultSession {
 
   private closed = false;
   private stopping = false;
+  /** the vault is stopping: a long reply (GET_CHUNKS) ends early, the client reads the rest from a vault that runs */
+  get isStopping(): boolean {
+    return this.stopping;
+  }
   private wakeLoop: () => void = () => {};
+  /** settles on stop(): a reply waiting for a client that does not read stops waiting */
+  private readonly stopRequested: Promise<void>;
+  private requestStop: () => void = () => {};
   /** when data last arrived, and whether the client's side of the channel has ended */
   private lastInputAt = Date.now();
   private inputEnded = false;
@@ -67,11 +74,17 @@ export class VaultSession {
     this.transfer = new TransferAccounting(ctx.repo.catalogue, (e) => ctx.log.warn({ tenant: ctx.tenant, session: this.id }, `transfer bytes not recorded yet: ${(e as Error).message}`));
     this.uploads = new Uploads(this);
     this.snapshots = new Announcements(this);
+    this.stopRequested = new Promise<void>((r) => (this.requestStop = r));
   }
 
-  /** End the session after the frame being handled (the vault is stopping). */
+  /**
+   * End the session after the frame being handled (the vault is stopping). A reply stuck on a
+   * client that does not read (a black-holed line) does not hold the frame up: the server then
+   * cuts the connection.
+   */
   stop(): void {
     this.stopping = true;
+    this.requestStop();
     this.wakeLoop();
   }
 
@@ -170,7 +183,7 @@ export class VaultSession {
     const frame = encodeFrame(type, payload);
     this.transfer.wrote(type, frame.length);
     if (!out.write(frame)) {
-      await Promise.race([once(out, 'drain'), once(out, 'close')]).catch(() => {});
+      await Promise.race([once(out, 'drain'), once(out, 'close'), this.stopRequested]).catch(() => {});
     }
   }
 

@@ -2,23 +2,30 @@ import net from 'node:net';
 
 /**
  * A userspace TCP proxy the tests control, standing in for a WAN link: rate limit, delay,
- * pause (traffic stalls, connections stay open), down (connections reset, new ones refused
- * at once) and reset. It counts the bytes it forwards in each direction.
+ * pause (traffic stalls, connections stay open), black hole (as pause, and a connection made
+ * meanwhile does not reach the far end either), down (connections reset, new ones refused at
+ * once) and reset. It counts the bytes it forwards in each direction.
  */
 export class LinkProxy {
   private server: net.Server;
   private pairs = new Set<{ a: net.Socket; b: net.Socket }>();
+  private held = new Set<net.Socket>(); // connections made into the black hole
   private paused = false;
+  private holed = false;
   private isDown = false;
   private rate: number | null = null; // bytes per second, client → server and back
   private delayMs = 0;
   bytesUp = 0; // client → server
   bytesDown = 0;
-  connections = 0;
+  connections = 0; // forwarded to the far end
+  accepted = 0; // TCP connections made to the link, forwarded or held in a black hole
   port = 0;
 
   constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
-    this.server = net.createServer((client) => this.accept(client));
+    this.server = net.createServer((client) => {
+      this.accepted++;
+      this.accept(client);
+    });
   }
 
   async start(): Promise<this> {
@@ -30,6 +37,21 @@ export class LinkProxy {
   private accept(client: net.Socket): void {
     if (this.isDown) {
       client.resetAndDestroy();
+      return;
+    }
+    if (this.holed) {
+      // a SYN into a black hole: the far end sees nothing until the line returns (this side's
+      // kernel has accepted the connection; what the client sends waits in its buffers)
+      client.pause();
+      client.on('error', () => {});
+      this.held.add(client);
+      void (async () => {
+        while (this.holed && !client.destroyed) await sleep(20);
+        this.held.delete(client);
+        if (client.destroyed) return;
+        this.accept(client);
+        client.resume();
+      })();
       return;
     }
     this.connections++;
@@ -45,7 +67,7 @@ export class LinkProxy {
         from.pause();
         chain = chain.then(async () => {
           for (let off = 0; off < d.length; ) {
-            while (this.paused && !to.destroyed) await sleep(20);
+            while ((this.paused || this.holed) && !to.destroyed) await sleep(20);
             const piece = this.rate ? d.subarray(off, off + Math.max(1024, Math.floor(this.rate / 20))) : d.subarray(off);
             if (this.delayMs) await sleep(this.delayMs);
             if (to.destroyed) return;
@@ -62,7 +84,8 @@ export class LinkProxy {
       const end = () => {
         if (ended) return;
         ended = true;
-        void chain.then(() => {
+        void chain.then(async () => {
+          while (this.holed && !to.destroyed) await sleep(20);
           if (!to.destroyed) to.end();
         });
       };
@@ -97,6 +120,18 @@ export class LinkProxy {
   resume(): void {
     this.paused = false;
   }
+  /**
+   * Black hole (a cut cable, a firewall that drops, a far host without power): nothing is
+   * forwarded in either direction, nothing is sent, nothing is reset; connections stay open and
+   * a side that closes is not told to the other. New connections are accepted here but do not
+   * reach the far end. heal() lets everything held go on, as TCP does when the line returns.
+   */
+  blackHole(): void {
+    this.holed = true;
+  }
+  heal(): void {
+    this.holed = false;
+  }
   /** Line down: live connections are reset and new ones refused until up(). */
   down(): void {
     this.isDown = true;
@@ -107,6 +142,7 @@ export class LinkProxy {
     this.paused = false;
   }
   resetAll(): void {
+    for (const c of this.held) c.resetAndDestroy();
     for (const p of this.pairs) {
       p.a.resetAndDestroy();
       p.b.resetAndDestroy();

@@ -26,6 +26,7 @@ export async function getSnapshot(s: VaultSession, b: { id: string }): Promise<v
 /** GET_CHUNKS: one CHUNK frame per ID, in order. */
 export async function getChunks(s: VaultSession, ids: Buffer): Promise<void> {
   for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
+    if (s.isStopping) return; // the client reads the rest from a vault that runs
     const id = ids.subarray(o, o + CHUNK_ID_BYTES);
     const blob = await readChunk(s.ctx.repo, id);
     if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${s.ctx.tenant}'s vault repository`);
