@@ -69,7 +69,9 @@ export function storageSchema<E extends z.ZodRawShape>(extra: E, defaultType = '
   const union = z.discriminatedUnion('type', options, {
     error: (iss) => (iss.code === 'invalid_union' ? `unknown storage type ${JSON.stringify((iss.input as { type?: unknown })?.type)}; known: ${types.join(', ')}` : undefined),
   });
-  return z.preprocess((v) => (v && typeof v === 'object' && !Array.isArray(v) && !('type' in v) ? { ...v, type: defaultType } : v), union);
+  const schema = z.preprocess((v) => (v && typeof v === 'object' && !Array.isArray(v) && !('type' in v) ? { ...v, type: defaultType } : v), union);
+  // the union is built at run time from the registry: its static type is the common shape
+  return schema as unknown as z.ZodType<StorageSpec & z.output<z.ZodObject<E>>, unknown>;
 }
 
 /**
