@@ -189,3 +189,40 @@ test('an s3 store on a stopped gateway fails with E_IO after its retries, and wo
     raw.close();
   });
 });
+
+test('two-phase deletes: a condemned pack answers no chunk present, a session writing the same pack takes back an unclaimed one and waits out a claimed one, and a leased pack is never claimed', async () => {
+  const { Catalogue } = await import('../src/repository/catalogue.js');
+  const cat = new Catalogue(path.join(dir, 'condemned.sqlite'));
+  try {
+    const id = Buffer.alloc(32, 7);
+    cat.addChunks([{ id, pack: 'p1', offset: 0, storedSize: 10, plainSize: 10, bases: [] }]);
+    // the GC's proof: no row points at p2 (p1 still has one)
+    cat.db.transaction(() => cat.condemnPack('p2'))();
+    assert.deepEqual(cat.condemnedPacks(), ['p2']);
+    // a row pointing at a condemned pack is never answered present: claimCondemned drops the condemnation instead
+    cat.db.transaction(() => cat.condemnPack('p1'))();
+    assert.equal(cat.claimCondemned('p1'), false, 'a pack in use is not deleted');
+    assert.deepEqual(cat.condemnedPacks(), ['p2']);
+    // a session about to write p2 takes it back before any GC claimed it
+    assert.equal(cat.leasePack('p2', 's1', Date.now() + 60_000), true);
+    assert.deepEqual(cat.condemnedPacks(), []);
+    assert.equal(cat.claimCondemned('p2'), false);
+    // condemned and claimed: the session must wait until the delete has landed
+    cat.db.transaction(() => cat.condemnPack('p3'))();
+    assert.equal(cat.claimCondemned('p3'), true);
+    assert.equal(cat.claimCondemned('p3'), false, 'one claim at a time');
+    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), false);
+    cat.forgetCondemned('p3');
+    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), true);
+    // a leased pack condemned by a stale proof is not claimed
+    cat.db.transaction(() => cat.condemnPack('p3'))();
+    assert.equal(cat.claimCondemned('p3'), false);
+    // a failed delete releases its claim: the next GC (or a session) may go on
+    cat.db.transaction(() => cat.condemnPack('p4'))();
+    assert.equal(cat.claimCondemned('p4'), true);
+    cat.releaseCondemned('p4');
+    assert.equal(cat.claimCondemned('p4'), true);
+  } finally {
+    cat.close();
+  }
+});

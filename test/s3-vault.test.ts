@@ -10,7 +10,9 @@ import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
 import { BucketView } from './support/s3util.js';
-import { agentConfig, sshKey, startVault, type VaultProcess } from './support/vault.js';
+import { agentConfig, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
+import { referencedChunks } from './support/snapshots.js';
+import { Frame, jsonOf } from '../src/protocol/frames.js';
 
 /**
  * A vault whose tenants live in an S3 bucket on a real Ceph RGW (one gateway for the file):
@@ -199,4 +201,51 @@ test('kill -9 of a vault on S3 mid-upload and of its gc mid-run: the tenant stay
   } finally {
     db.close();
   }
+});
+
+test('the gc lease invariant on S3: a session told chunks are present commits after a prune removed their last snapshot and a gc ran; once unleased they are collected and their pack objects deleted', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = path.join(top, 'lease');
+  mkdirSync(dir);
+  const key = sshKey(dir, 'relay');
+  const vault = await startVault(dir, tenantYaml(key.public, '{ keepLast: 0 }'), storageYaml('vault-lease'));
+  t.after(() => vault.stop());
+  const cfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private });
+  const env = { KURA_CONFIG: cfg };
+  await ok(kuraAsync(['repo', 'init'], { env }), 'repo init');
+  const data = await collect(sqlDump(21, 3 * MiB));
+  const f = path.join(dir, 'juki.sql');
+  writeFileSync(f, data);
+  const a = await okJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], env, 'backup A');
+  await ok(kuraAsync(['relay', 'once'], { env }), 'relay once');
+  // the next night's export is the same: every chunk of B is in the vault, used only by A
+  const b = await okJson<{ id: string }>(['backup', '--name', 'juki', '--file', f], env, 'backup B');
+  const { readFileSync } = await import('node:fs');
+  const bBytes = readFileSync(path.join(dir, 'repo', 'snapshots', b.id));
+  const ids = Buffer.concat(await referencedChunks(path.join(dir, 'repo'), b.id));
+  const conn = await vaultSession(vault, key.private);
+  t.after(() => conn.close());
+  const reply = (await conn.request(Frame.HAS, ids, Frame.HAS_REPLY)).payload;
+  const n = ids.length / 32;
+  for (let i = 0; i < n; i++) assert.ok(reply[i >> 3]! & (1 << (i & 7)), `chunk ${i} reported present`);
+
+  const pruned = JSON.parse((await ok(kuraAsync(['vault', 'prune', '--config', vault.config, '--json']), 'vault prune')).out) as { prune: { removed: number; decisions: Array<{ id: string; keep: boolean }> } };
+  assert.deepEqual(pruned.prune.decisions.filter((d) => !d.keep).map((d) => d.id), [a.id]);
+  const gc = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number; snapshots: number } };
+  assert.equal(gc.gc.snapshots, 0);
+  assert.equal(gc.gc.chunksRemoved, 0, 'leased chunks are not garbage');
+  const bucket = new BucketView(rgw!, 'vault-lease');
+  t.after(() => bucket.close());
+  assert.ok((await bucket.keys('dc-a/tenants/city-a/packs/')).length > 0, 'the leased chunks\' packs are still there');
+
+  const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, bBytes, Frame.COMMITTED));
+  assert.equal(committed.id, b.id);
+  conn.close();
+  assert.equal(sha256((await ok(kuraAsync(['restore', '--from', 'peer-dc', b.id, '--to', '-'], { env }), 'restore B from the vault')).stdout), sha256(data));
+
+  // control: once B is pruned too and no session holds them, the same chunks are collected
+  await ok(kuraAsync(['vault', 'prune', '--config', vault.config]), 'vault prune');
+  const gc2 = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number; packsDeleted: number } };
+  assert.equal(gc2.gc.chunksRemoved, new Set(Array.from({ length: n }, (_, i) => ids.subarray(i * 32, i * 32 + 32).toString('hex'))).size);
+  assert.deepEqual(await bucket.keys('dc-a/tenants/city-a/packs/'), [], 'every pack object is gone');
 });
