@@ -104,11 +104,11 @@ export function hasKeySource(k: KeySource): boolean {
   return Boolean(k.keyFile || k.passphrase);
 }
 
-export async function openRepo(cmd: Command, opts: RepoOptions, keys: 'required' | 'if-given' | 'none' | 'deferred'): Promise<Repository> {
+export async function openRepo(cmd: Command, opts: RepoOptions, keys: 'required' | 'if-given' | 'none' | 'deferred', how: { rebuildIfMissing?: boolean } = {}): Promise<Repository> {
   const dir = repoLocationOf(cmd, opts);
   // a tenant's repository has no key slots: only a key file given on the command line opens its contents
   const source: KeySource = opts.vaultTenant ? { keyFile: opts.keyFile } : keySourceOf(cmd, opts);
-  if (keys === 'none' || (keys === 'if-given' && !hasKeySource(source))) return Repository.open(dir, null);
+  if (keys === 'none' || (keys === 'if-given' && !hasKeySource(source))) return Repository.open(dir, null, how);
   if (keys === 'deferred') {
     // a missing key source is said at once; a wrong one when the derivation ends (repo.keysReady)
     if (!hasKeySource(source)) throw new KuraError('E_KEY_MISSING', 'the repository key is needed: set KURA_PASSPHRASE, give --passphrase-file, or --key-file');

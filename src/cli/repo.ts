@@ -49,7 +49,7 @@ export function registerRepo(program: Command): void {
     .description('rebuild the SQLite catalogue from the store alone (no key needed)')
     .option('--json', 'print the result as one JSON line')
     .action(async (opts: RepoOptions, cmd: Command) => {
-      const r = await openRepo(cmd, opts, 'none');
+      const r = await openRepo(cmd, opts, 'none', { rebuildIfMissing: false });
       try {
         const res = await (await import('../checker/check.js')).rebuildIndex(r);
         if (opts.json) printJson(res);

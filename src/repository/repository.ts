@@ -148,7 +148,7 @@ export class Repository {
    * it returns as soon as the catalogue is open and the key derivation continues: `keys` is
    * usable after `keysReady` (a nightly agent starts its export meanwhile).
    */
-  static async open(loc: RepoLocation, keys: KeySource | null, opts: { deferKeys?: boolean } = {}): Promise<Repository> {
+  static async open(loc: RepoLocation, keys: KeySource | null, opts: { deferKeys?: boolean; rebuildIfMissing?: boolean } = {}): Promise<Repository> {
     const { dir: root, store } = storeOf(loc);
     const raw = await store.get('config');
     if (!raw) {
@@ -166,9 +166,13 @@ export class Repository {
     const unlocking = keys ? unlock(store, config.id, keys) : Promise.resolve(null);
     unlocking.catch(() => {}); // awaited below
     if (!store.local) await fsp.mkdir(root, { recursive: true, mode: 0o750 }); // the catalogue's directory
+    // the catalogue is a cache: on a new machine (or after it was lost) a repository in an
+    // object store gets it rebuilt from the store before anything trusts it
+    const fresh = opts.rebuildIfMissing !== false && !store.local && !(await fsp.stat(path.join(root, CATALOGUE_FILE)).catch(() => null));
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
     const repo = new Repository(root, store, config, catalogue, null);
     try {
+      if (fresh) await (await import('../checker/check.js')).rebuildIndex(repo);
       await repo.reconcileSnapshots();
       repo.keysReady = unlocking.then((master) => {
         repo.masterKey = master;
