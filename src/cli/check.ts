@@ -24,7 +24,7 @@ export function registerCheck(program: Command): void {
               `: ${report.ok ? 'no problems' : `${report.problems.length} problem(s)`}\n`,
           );
         }
-        if (!report.ok) throw new KuraError('E_CHECK_FAILED', `check found ${report.problems.length} problem(s) in ${repo.root}; see above`, { reported: true });
+        if (!report.ok) throw new KuraError('E_CHECK_FAILED', `check found ${report.problems.length} problem(s) in ${repo.location}; see above`, { reported: true });
       } finally {
         repo.close();
       }
