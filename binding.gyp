@@ -30,7 +30,11 @@
         "<(zstd)/compress/zstd_lazy.c",
         "<(zstd)/compress/zstd_ldm.c",
         "<(zstd)/compress/zstd_opt.c",
-        "<(zstd)/compress/zstd_preSplit.c"
+        "<(zstd)/compress/zstd_preSplit.c",
+        "<(zstd)/decompress/huf_decompress.c",
+        "<(zstd)/decompress/zstd_ddict.c",
+        "<(zstd)/decompress/zstd_decompress.c",
+        "<(zstd)/decompress/zstd_decompress_block.c"
       ],
       "include_dirs": ["native/blake3", "<(zstd)", "<(zstd)/common"],
       "cflags": ["-O3", "-fvisibility=hidden"],

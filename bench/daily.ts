@@ -236,7 +236,28 @@ try {
       record(day, 'borg-stream', timed('bash', ['-o', 'pipefail', '-c', `${pgDumpCmd} | borg create --stdin-name juki.sql ${borgStream}::day${day} -`], { ...borgEnv, PGPASSWORD: pg.password }), before, borgStream);
     }
   }
-  const summary: Record<string, unknown> = { bench: 'daily-summary', churnedDays: DAYS - 1 };
+  // the last night restored by each tool, the same bytes written to one file (median of 3; every
+  // tool verifies what it reads: kura each chunk's tag and ID, restic blob IDs, Borg chunk IDs)
+  const restoreTo = path.join(dir, 'restored.sql');
+  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+  const restores: Array<[string, () => number]> = [
+    ...kuraRepos.map((k): [string, () => number] => [`kura-avg${k.avg}`, () => timed(process.execPath, [KURA, 'restore', '--repo', k.repo, 'latest:juki', '--to', restoreTo], kuraEnv)]),
+    ['restic', () => timed('bash', ['-o', 'pipefail', '-c', `restic -r ${resticRepo} dump latest ${dumpFile} > ${restoreTo}`], resticEnv)],
+    ['borg', () => timed('bash', ['-o', 'pipefail', '-c', `borg extract --stdout ${borgRepo}::day${DAYS} > ${restoreTo}`], borgEnv)],
+  ];
+  const restoreSeconds: Record<string, number> = {};
+  for (const [tool, run] of restores) {
+    const runs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      rmSync(restoreTo, { force: true });
+      runs.push(run());
+      if (statSync(restoreTo).size !== statSync(dumpFile).size) throw new Error(`${tool}: the restored file is not the size of the last dump`);
+    }
+    restoreSeconds[tool] = +median(runs).toFixed(2);
+    emit({ bench: 'daily-restore', day: DAYS, tool, seconds: restoreSeconds[tool], runs: runs.map((r) => +r.toFixed(2)), bytes: statSync(dumpFile).size });
+  }
+  rmSync(restoreTo, { force: true });
+  const summary: Record<string, unknown> = { bench: 'daily-summary', churnedDays: DAYS - 1, restoreSeconds };
   for (const [tool, t] of totals) summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2) };
   const restic = totals.get('restic')!;
   const peers = ['restic', 'borg'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days);
@@ -244,6 +265,7 @@ try {
     const t = totals.get(k)!;
     summary[`${k}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
     summary[`${k}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
+    if (restoreSeconds[k] !== undefined) summary[`${k}-vs-fastest-peer-restore`] = +(restoreSeconds[k]! / Math.min(restoreSeconds.restic!, restoreSeconds.borg!)).toFixed(3);
   }
   if (STREAM) {
     const k = totals.get('kura-agent-stream')!;

@@ -30,6 +30,16 @@
  *   zstd's dictionary magic (a decoder would take it for a trained dictionary: no delta then).
  *   zstd is the version zstd-napi bundles (its sources are compiled in here), so frames are made
  *   and read by the same code.
+ *
+ * openBlobs(dataKey, idKey, blobs, ids, dicts) -> Promise<Buffer | number>: opens chunk blobs
+ *   (format 1: decrypt, decompress, re-hash against the ID) on a thread of libuv's pool, the
+ *   plaintexts back to back in one new Buffer, in order. blobs is an array of Buffers, ids their
+ *   32-byte IDs side by side, dicts null or an array with, for each delta, its bases' plaintexts
+ *   concatenated (anything for the others). Resolves with the Buffer, or when a blob does not
+ *   open with index * 8 + reason (1 not a blob of format 1, 2 does not authenticate, 3 does not
+ *   decompress to its length, 4 content does not match its ID, 5 a delta without its bases): the
+ *   caller opens that blob again by itself for the full error. A restore runs two of these side
+ *   by side while the main thread reads the next segment and writes the last one.
  */
 #include <node_api.h>
 #include <stdbool.h>
@@ -41,6 +51,7 @@
 #include "blake3_impl.h"
 #define ZSTD_STATIC_LINKING_ONLY
 #include "zstd.h"
+#include "zstd_errors.h"
 #include <openssl/evp.h>
 
 /* Fetch argc arguments; false (with a JS exception pending) if there are not exactly that many. */
@@ -492,6 +503,213 @@ static napi_value delta_compress(napi_env env, napi_callback_info info) {
   return st == napi_ok ? buf : NULL;
 }
 
+
+/* ---- openBlobs: a segment of a restore, opened off the main thread ---- */
+
+#define BLOB_FORMAT 1
+#define BLOB_HEADER 6
+#define MAX_BLOB_PLAIN (64u << 20)
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref keep; /* the argument array: its buffers stay alive while the work runs */
+  napi_ref outRef;
+  uint8_t key[32], idKey[32];
+  uint32_t n;
+  const uint8_t **blob;
+  size_t *blobLen;
+  const uint8_t **dict;
+  size_t *dictLen;
+  const uint8_t *ids;
+  uint8_t *out;
+  size_t *outOff; /* n + 1 */
+  int64_t bad; /* -1, or index * 8 + reason */
+} OpenJob;
+
+static void free_job(OpenJob *j) {
+  free(j->blob);
+  free(j->blobLen);
+  free(j->dict);
+  free(j->dictLen);
+  free(j->outOff);
+  free(j);
+}
+
+static void open_execute(napi_env env, void *data) {
+  (void)env;
+  OpenJob *j = data;
+  EVP_CIPHER_CTX *dec = EVP_CIPHER_CTX_new();
+  ZSTD_DCtx *dctx = ZSTD_createDCtx();
+  uint8_t *scratch = NULL;
+  size_t scratchLen = 0;
+  j->bad = -1;
+  if (!dec || !dctx || EVP_DecryptInit_ex(dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+    j->bad = 2; /* reported for the first blob: the caller's own open says what is wrong */
+    goto done;
+  }
+  for (uint32_t i = 0; i < j->n; i++) {
+    const uint8_t *b = j->blob[i];
+    size_t len = j->blobLen[i];
+    uint8_t comp = b[1];
+    size_t hdr = comp == 2 ? BLOB_HEADER + 1 + (size_t)b[BLOB_HEADER] * 32 : BLOB_HEADER;
+    size_t bodyLen = len - hdr - GCM_NONCE - GCM_TAG; /* the header was checked in open_blobs */
+    size_t plainLen = j->outOff[i + 1] - j->outOff[i];
+    uint8_t *dst = j->out + j->outOff[i];
+    const uint8_t *id = j->ids + 32 * (size_t)i;
+    uint8_t *body;
+    if (comp == 0) {
+      if (bodyLen != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
+      body = dst;
+    } else {
+      if (scratchLen < bodyLen) {
+        free(scratch);
+        scratchLen = bodyLen < 65536 ? 65536 : bodyLen;
+        scratch = malloc(scratchLen);
+        if (!scratch) { scratchLen = 0; j->bad = (int64_t)i * 8 + 3; break; }
+      }
+      body = scratch;
+    }
+    const uint8_t *nonce = b + hdr, *ct = nonce + GCM_NONCE;
+    uint8_t tag[GCM_TAG];
+    memcpy(tag, b + len - GCM_TAG, GCM_TAG);
+    int n = 0, m = 0;
+    bool ok = EVP_DecryptInit_ex(dec, NULL, NULL, j->key, nonce) == 1 && EVP_DecryptUpdate(dec, NULL, &n, b, (int)hdr) == 1 &&
+              EVP_DecryptUpdate(dec, NULL, &n, id, 32) == 1 && (bodyLen == 0 || EVP_DecryptUpdate(dec, body, &n, ct, (int)bodyLen) == 1) &&
+              EVP_CIPHER_CTX_ctrl(dec, EVP_CTRL_GCM_SET_TAG, GCM_TAG, tag) == 1 && EVP_DecryptFinal_ex(dec, body + n, &m) == 1;
+    if (!ok) { j->bad = (int64_t)i * 8 + 2; break; }
+    if (comp == 1) {
+      size_t r = ZSTD_decompressDCtx(dctx, dst, plainLen, body, bodyLen);
+      if (ZSTD_isError(r) || r != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
+    } else if (comp == 2) {
+      if (!j->dict || !j->dict[i]) { j->bad = (int64_t)i * 8 + 5; break; }
+      size_t r = ZSTD_decompress_usingDict(dctx, dst, plainLen, body, bodyLen, j->dict[i], j->dictLen[i]);
+      if (ZSTD_isError(r) || r != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
+    }
+    blake3_hasher h;
+    blake3_hasher_init_keyed(&h, j->idKey);
+    blake3_hasher_update(&h, dst, plainLen);
+    uint8_t got[32];
+    blake3_hasher_finalize(&h, got, 32);
+    if (memcmp(got, id, 32) != 0) { j->bad = (int64_t)i * 8 + 4; break; }
+  }
+done:
+  free(scratch);
+  ZSTD_freeDCtx(dctx);
+  EVP_CIPHER_CTX_free(dec);
+}
+
+static void open_complete(napi_env env, napi_status status, void *data) {
+  OpenJob *j = data;
+  napi_value result = NULL;
+  if (status == napi_ok && j->bad < 0) napi_get_reference_value(env, j->outRef, &result);
+  else napi_create_int64(env, status == napi_ok ? j->bad : 2, &result);
+  napi_resolve_deferred(env, j->deferred, result);
+  napi_delete_reference(env, j->keep);
+  napi_delete_reference(env, j->outRef);
+  napi_delete_async_work(env, j->work);
+  free_job(j);
+}
+
+static napi_value open_blobs(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!args(env, info, 5, argv, "kura_native.openBlobs takes 5 arguments")) return NULL;
+  uint8_t *key, *idKey, *ids;
+  size_t keyLen, idKeyLen, idsLen;
+  uint32_t n = 0;
+  bool isArr = false, dictArr = false;
+  napi_valuetype dt;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&key, &keyLen) || !typed(env, argv[1], napi_uint8_array, (void **)&idKey, &idKeyLen) ||
+      napi_is_array(env, argv[2], &isArr) != napi_ok || !isArr || napi_get_array_length(env, argv[2], &n) != napi_ok ||
+      !typed(env, argv[3], napi_uint8_array, (void **)&ids, &idsLen) || napi_typeof(env, argv[4], &dt) != napi_ok ||
+      (dt != napi_null && (napi_is_array(env, argv[4], &dictArr) != napi_ok || !dictArr))) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs: wrong argument types");
+    return NULL;
+  }
+  if (keyLen != 32 || idKeyLen != 32 || idsLen != 32 * (size_t)n) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.openBlobs: argument out of range");
+    return NULL;
+  }
+  OpenJob *j = calloc(1, sizeof *j);
+  if (j) {
+    j->n = n;
+    j->blob = calloc(n ? n : 1, sizeof *j->blob);
+    j->blobLen = calloc(n ? n : 1, sizeof *j->blobLen);
+    j->dict = calloc(n ? n : 1, sizeof *j->dict);
+    j->dictLen = calloc(n ? n : 1, sizeof *j->dictLen);
+    j->outOff = calloc((size_t)n + 1, sizeof *j->outOff);
+  }
+  if (!j || !j->blob || !j->blobLen || !j->dict || !j->dictLen || !j->outOff) {
+    if (j) free_job(j);
+    napi_throw_error(env, "E_NATIVE", "kura_native.openBlobs: out of memory");
+    return NULL;
+  }
+  memcpy(j->key, key, 32);
+  memcpy(j->idKey, idKey, 32);
+  j->ids = ids;
+  int64_t bad = -1;
+  size_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    uint8_t *b;
+    size_t len;
+    if (napi_get_element(env, argv[2], i, &el) != napi_ok || !typed(env, el, napi_uint8_array, (void **)&b, &len)) {
+      free_job(j);
+      napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs: a blob is not a Buffer");
+      return NULL;
+    }
+    j->blob[i] = b;
+    j->blobLen[i] = len;
+    uint32_t plain = 0;
+    size_t hdr = 0;
+    if (len >= BLOB_HEADER + 1 && b[0] == BLOB_FORMAT && b[1] <= 2) {
+      hdr = b[1] == 2 ? BLOB_HEADER + 1 + (size_t)b[BLOB_HEADER] * 32 : BLOB_HEADER;
+      plain = (uint32_t)b[2] | (uint32_t)b[3] << 8 | (uint32_t)b[4] << 16 | (uint32_t)b[5] << 24;
+    }
+    if (hdr == 0 || (b[1] == 2 && (b[BLOB_HEADER] == 0 || b[BLOB_HEADER] > 8)) || len < hdr + GCM_NONCE + GCM_TAG || len > INT32_MAX || plain > MAX_BLOB_PLAIN) {
+      bad = (int64_t)i * 8 + 1;
+      plain = 0;
+    }
+    if (bad < 0) total += plain;
+    j->outOff[i + 1] = total;
+    if (bad < 0 && b[1] == 2 && dictArr) {
+      napi_value d;
+      uint8_t *dp;
+      size_t dl;
+      if (napi_get_element(env, argv[4], i, &d) == napi_ok && typed(env, d, napi_uint8_array, (void **)&dp, &dl)) {
+        j->dict[i] = dp;
+        j->dictLen[i] = dl;
+      }
+    }
+    if (bad >= 0) break;
+  }
+  napi_value promise, keep, outBuf, name;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
+    free_job(j);
+    return NULL;
+  }
+  if (bad >= 0) {
+    napi_value r;
+    napi_create_int64(env, bad, &r);
+    napi_resolve_deferred(env, j->deferred, r);
+    free_job(j);
+    return promise;
+  }
+  if (napi_create_buffer(env, total, (void **)&j->out, &outBuf) != napi_ok || napi_create_array_with_length(env, 5, &keep) != napi_ok) {
+    free_job(j);
+    napi_throw_error(env, "E_NATIVE", "kura_native.openBlobs: out of memory");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < 5; i++) napi_set_element(env, keep, i, argv[i]);
+  if (napi_create_reference(env, keep, 1, &j->keep) != napi_ok || napi_create_reference(env, outBuf, 1, &j->outRef) != napi_ok ||
+      napi_create_string_utf8(env, "kura_native.openBlobs", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, open_execute, open_complete, j, &j->work) != napi_ok || napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.openBlobs: could not start the work");
+    return NULL;
+  }
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "cut", NAPI_AUTO_LENGTH, cut, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "cut", fn) != napi_ok) return NULL;
@@ -500,6 +718,7 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_create_function(env, "sealBlob", NAPI_AUTO_LENGTH, seal_blob, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "sealBlob", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "openBody", NAPI_AUTO_LENGTH, open_body, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBody", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "deltaCompress", NAPI_AUTO_LENGTH, delta_compress, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "deltaCompress", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "openBlobs", NAPI_AUTO_LENGTH, open_blobs, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBlobs", fn) != napi_ok) return NULL;
   return exports;
 }
 

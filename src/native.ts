@@ -21,6 +21,13 @@ export interface NativeAddon {
   openBody(key: Uint8Array, blob: Uint8Array, headerLength: number, id: Uint8Array): Buffer | null;
   /** One zstd frame of `src` against `dict` (a delta's bases, concatenated) as its prefix, decodable with `dict` as a raw dictionary; null if `dict` begins with zstd's dictionary magic. */
   deltaCompress(src: Uint8Array, dict: Uint8Array, level: number): Buffer | null;
+  /**
+   * Opens chunk blobs (decrypt, decompress, re-hash against `ids`, 32 bytes each side by side) on a
+   * thread of libuv's pool: their plaintexts back to back in one Buffer, or, when one does not open,
+   * its index * 8 + a reason (open it alone for the error). `dicts`: for each delta, its bases'
+   * plaintexts concatenated.
+   */
+  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null): Promise<Buffer | number>;
 }
 
 let cached: NativeAddon | null | undefined;
@@ -35,4 +42,10 @@ export function nativeAddon(): NativeAddon | null {
     cached = null;
   }
   return cached;
+}
+
+/** The addon when it can open blobs off the main thread (one built before openBlobs cannot; KURA_RESTORE_THREADS=0 turns it off): else restores open chunks one by one. */
+export function openingAddon(): NativeAddon | null {
+  const native = process.env.KURA_RESTORE_THREADS === '0' ? null : nativeAddon();
+  return typeof native?.openBlobs === 'function' ? native : null;
 }

@@ -274,7 +274,7 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
   const db = new Database(file, { readonly: true });
   t.after(() => db.close());
   assert.deepEqual(want(db), before);
-  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '3');
+  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '4');
   assert.equal(db.prepare(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).pluck().get(), 'view');
   const again = backupBytes(repo, dir, data);
   assert.equal(again.newChunks, 0, 'every chunk found in the migrated catalogue');

@@ -5,6 +5,10 @@ import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
 import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
+import { DIGEST_BYTES } from '../repository/digest.js';
+import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
+import { scrubPacks } from '../checker/scrub.js';
+import { log } from '../log.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
 import { readCachedList, writeCachedList } from '../repository/list-cache.js';
@@ -35,12 +39,18 @@ export interface BackupOptions {
   pipeline?: ChunkPipeline;
   /** Store changed chunks as deltas of the previous generation's where that is smaller (default true). */
   delta?: boolean;
+  /** Stored bytes of packs the scrub before the backup reads at most (default SCRUB_BYTES; 0: none). */
+  scrubBytes?: number;
+  /** Told the input bytes chunked so far and the new bytes stored, once a segment (a progress meter). */
+  progress?: (bytes: number, newBytes: number) => void;
 }
 
 export interface BackupResult {
   id: string;
   header: SnapshotHeader;
   seconds: number;
+  /** stored blobs this backup would have reused but found damaged: quarantined and stored anew, and the older snapshots they damaged */
+  damage?: { chunks: string[]; snapshots: string[] };
 }
 
 const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 and 1 MiB measured slower
@@ -332,14 +342,50 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
   const pipeline = opts.pipeline ?? new ChunkPipeline();
   try {
     const prev = await previous;
-    return await runBackup(repo, input, opts, pipeline, prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS);
+    const kept = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS;
+    // what this backup will deduplicate against must still be what was written
+    const checked = await checkStored(repo, prev.id, opts.scrubBytes ?? SCRUB_BYTES);
+    for (const p of checked.problems) log().warn({ source: opts.source }, p);
+    const res = await runBackup(repo, input, opts, pipeline, kept, checked.unusable);
+    const damaged = checked.damaged;
+    if (damaged.length === 0) return res;
+    const snapshots = (await quarantineBlobs(repo, damaged, 'backup', null)).filter((s) => s !== res.id);
+    const chunks = damaged.map((d) => d.chunk.toString('hex'));
+    log().warn({ source: opts.source, chunks, snapshots }, `${damaged.length} stored blob(s) were found damaged and quarantined; this backup stored what it met of them anew, and ${snapshots.length} older snapshot(s) referenced them ("kura snapshots" shows which stay damaged)`);
+    return { ...res, damage: { chunks, snapshots } };
   } finally {
     await pipeline.close();
     lock.release();
   }
 }
 
-async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions, pipeline: ChunkPipeline, previous: Previous): Promise<BackupResult> {
+/** Stored bytes the scrub before a backup reads at most (the next backup goes on from there). */
+export const SCRUB_BYTES = 4 * 2 ** 30;
+
+/**
+ * Before the backup deduplicates against what the repository holds, the packs it would rely on
+ * are scrubbed (checker/scrub.ts: read whole, hashed against their IDs; only a pack that fails is
+ * looked into blob by blob): a damaged blob is quarantined at once, out of the index, so this
+ * backup stores that chunk anew when it meets it. `unusable`: chunks of the previous generation
+ * that are not stored whole now (base64 IDs), never taken as stored. What it costs: docs/format.md.
+ */
+async function checkStored(repo: Repository, previousId: string | null, budgetBytes: number): Promise<{ unusable: Set<string>; damaged: DamagedBlob[]; problems: string[] }> {
+  const scrub = budgetBytes > 0 ? await scrubPacks(repo, { budgetBytes, cursorKey: 'scrub.backup' }) : { damaged: [], problems: [] };
+  // out of the index before the first dedup lookup; which snapshots they damage is found after
+  if (scrub.damaged.length > 0) repo.catalogue.quarantine.add(scrub.damaged, 'backup', previousId);
+  // and deltas whose base is gone: whole, but not to be opened until it is stored again
+  const unusable = new Set([...repo.catalogue.quarantine.unhealed(), ...repo.catalogue.quarantine.orphanedDeltas()].map((id) => id.toString('base64')));
+  return { unusable, damaged: scrub.damaged, problems: scrub.problems };
+}
+
+async function runBackup(
+  repo: Repository,
+  input: AsyncIterable<Uint8Array> | Fillable,
+  opts: BackupOptions,
+  pipeline: ChunkPipeline,
+  previous: Previous,
+  unusable: ReadonlySet<string>,
+): Promise<BackupResult> {
   const known = previous.set;
   const t0 = process.hrtime.bigint();
   const startTime = new Date().toISOString();
@@ -384,17 +430,21 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   let batch = newBatch();
   const ready: Batch[] = [];
 
+  // chunks once quarantined are stored anew whole: a delta's base is never itself a delta, and
+  // deltas stored before may name them as their base
+  const quarantined = new Set([...catalogue.quarantine.chunkIds()].map((hex) => Buffer.from(hex, 'hex').toString('base64')));
+
   /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
   const onNewChunk = (chunk: Buffer, id: Buffer, at: number) => {
     const key = id.toString('base64');
-    if (inFlightKeys.has(key) || catalogue.hasChunk(id)) return;
+    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return;
     inFlightKeys.add(key);
     chunk.copy(batch.data, batch.used);
     batch.used += chunk.length;
     batch.offsets.push(batch.used);
     batch.ids.push(id);
     batch.keys.push(key);
-    batch.bases.push(chooser ? chooser.choose(anchorOld, at - anchorBytes) : []);
+    batch.bases.push(chooser && !quarantined.has(key) ? chooser.choose(anchorOld, at - anchorBytes) : []);
     if (batch.used >= batchBytes) {
       ready.push(batch);
       batch = newBatch();
@@ -415,7 +465,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
       logicalBytes += cuts[2 * i + 1]!;
       // most chunks are last night's: one probe of the in-memory set, nothing allocated
       const old = words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
-      if (old >= 0) {
+      if (old >= 0 && (unusable.size === 0 || !unusable.has(seg.ids.toString('base64', i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)))) {
         anchorBytes = logicalBytes;
         anchorOld = old + 1;
         continue;
@@ -423,6 +473,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
       const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
       onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at);
     }
+    opts.progress?.(logicalBytes, newBytes);
   };
 
   const commitRows = async () => {
@@ -462,7 +513,9 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
         const r = res.usedBases[used++]!;
         rowBases.push(Buffer.from(bases!.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)));
       }
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases });
+      const digest = Buffer.from(res.digests.buffer, res.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES);
+      const replace = unusable.size > 0 && unusable.has(b.keys[i]!);
+      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest, replace });
     });
     if (pendingRowBytes >= COMMIT_BYTES) await commitRows();
   };
@@ -502,7 +555,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   const seenBlocks = new Set<string>();
   const tree = buildListTree(ids.bytes(), (id, block) => {
     // most blocks are last night's (stored: that snapshot is kept while this backup holds its lock)
-    if (previous.blocks.has(id)) return;
+    if (previous.blocks.has(id) && (unusable.size === 0 || !unusable.has(id.toString('base64')))) return;
     const k = id.toString('base64');
     if (seenBlocks.has(k) || catalogue.hasChunk(id)) return;
     seenBlocks.add(k);
@@ -510,7 +563,7 @@ async function runBackup(repo: Repository, input: AsyncIterable<Uint8Array> | Fi
   });
   if (newBlocks.length > 0) {
     const pack = await storePack(store, newBlocks);
-    catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER })));
+    catalogue.addChunks(pack.entries.map((e, i) => ({ id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: newBlocks[i]!.blob.length - LIST_BLOB_HEADER, digest: e.digest })));
     newBytes += pack.size;
   }
 

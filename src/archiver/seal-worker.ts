@@ -1,6 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { blobInfo, BlobSealer, CHUNK_ID_BYTES, openBaseInto } from '../crypto/blob.js';
 import { encodePack } from '../repository/pack.js';
+import { DIGEST_BYTES } from '../repository/digest.js';
 import { packName } from '../store/backend.js';
 import { getRangesSync, putObjectSync } from '../store/fs/index.js';
 
@@ -49,6 +50,8 @@ export interface SealResponse {
   /** the bases of the deltas, in chunk order: baseCount[i] indexes into SealBases.ids each */
   baseCount: Uint8Array;
   usedBases: Uint32Array;
+  /** the blobs' digests (pack format 2), 16 bytes each, as the pack's index records them */
+  digests: Uint8Array;
   error?: string;
 }
 
@@ -186,20 +189,22 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
       }
     }
     const pack = encodePack(blobs, idList);
+    const digests = new Uint8Array(n * DIGEST_BYTES);
+    pack.entries.forEach((e, i) => digests.set(e.digest!, i * DIGEST_BYTES));
     const blobOffsets = new Uint32Array(n + 1);
     for (let i = 0; i < n; i++) blobOffsets[i] = pack.entries[i]!.offset;
     blobOffsets[n] = n > 0 ? pack.entries[n - 1]!.offset + pack.entries[n - 1]!.length : 0;
-    const transfer: ArrayBuffer[] = [req.data, blobOffsets.buffer as ArrayBuffer];
+    const transfer: ArrayBuffer[] = [req.data, blobOffsets.buffer as ArrayBuffer, digests.buffer as ArrayBuffer];
     let bytes: ArrayBuffer | null = null;
     if (directRoot) putObjectSync(directRoot, packName(pack.id), pack.bytes);
     else {
       bytes = pack.bytes.buffer.slice(pack.bytes.byteOffset, pack.bytes.byteOffset + pack.bytes.length) as ArrayBuffer;
       transfer.push(bytes);
     }
-    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes, delta, baseCount, usedBases: Uint32Array.from(usedBases) } satisfies SealResponse, transfer);
+    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
+    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), digests: new Uint8Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
     parentPort!.postMessage(res, [req.data]);
   }
 });

@@ -5,10 +5,12 @@ import { packName } from '../store/backend.js';
 import type { Repository } from '../repository/repository.js';
 import type { ChunkRow } from '../repository/catalogue.js';
 import { packId, packIndexLength, parsePackIndex, type PackEntry } from '../repository/pack.js';
+import { blobDigest } from '../repository/digest.js';
+import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
 import { decodeSnapshot, openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
 import { idsOf, isListBlob, openListBlob, type BlobFetcher } from '../repository/chunklist.js';
 
-export type ProblemKind = 'snapshot-corrupt' | 'pack-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'catalogue-stale';
+export type ProblemKind = 'snapshot-corrupt' | 'pack-corrupt' | 'chunk-missing' | 'chunk-corrupt' | 'chunk-quarantined' | 'catalogue-stale';
 
 export interface CheckProblem {
   kind: ProblemKind;
@@ -27,7 +29,15 @@ export interface CheckReport {
   chunksStored: number;
   chunksUnreferenced: number;
   chunksRead: number;
+  /** of those read, blobs without a recorded digest that could only be checked for their structure (no key; written before pack format 2) */
+  chunksUnverified: number;
   readData: boolean;
+  /** read with the key (decrypted and re-hashed), or without (digests, list block IDs, pack IDs) */
+  keyless: boolean;
+  /** snapshots that reference a chunk that is damaged, missing or quarantined and not stored again */
+  damagedSnapshots: string[];
+  /** with --repair: the damaged blobs taken out of the index now */
+  quarantined: Array<{ chunk: string; pack: string; offset: number; reason: string }>;
   problems: CheckProblem[];
 }
 
@@ -35,6 +45,8 @@ interface Located {
   pack: string;
   offset: number;
   length: number;
+  /** recorded digest (pack index or catalogue); null for a blob of pack format 1 */
+  digest: Buffer | null;
 }
 
 const PACK_ID_RE = /^[0-9a-f]{64}$/;
@@ -83,20 +95,33 @@ async function readPackIndexes(repo: Repository, onBad: (pack: string, why: stri
  * Structure: every snapshot file verifies against its ID (and, with the key, its private part
  * authenticates); every pack has a readable index; every referenced chunk is in some pack; the
  * catalogue points only at what the packs hold. --read-data: every pack holding referenced
- * chunks is read whole and verified against its ID, and every referenced blob is decrypted,
- * decompressed and re-hashed. Each problem names the snapshots it affects. Unreferenced chunks
- * are reported, not errors: a killed backup leaves them and GC reclaims them.
+ * chunks is read whole and verified against its ID, and every referenced blob is verified
+ * against its recorded digest; with the key it is also decrypted, decompressed and re-hashed.
+ * Without a key (a vault tenant), blobs written before pack format 2 can only be checked for
+ * their structure (list blocks against their IDs): `chunksUnverified` says how many. Copies in
+ * quarantine are not taken for a chunk; a referenced chunk only quarantine holds is a problem
+ * until a backup stores it again. With `repair`, damaged blobs found are quarantined (and chunks
+ * whose pack is gone taken out of the index), so the next backup that meets the same data stores
+ * them anew. Each problem names the snapshots it affects. Unreferenced chunks are reported, not
+ * errors: a killed backup leaves them and GC reclaims them.
  */
-export async function check(repo: Repository, opts: { readData: boolean }): Promise<CheckReport> {
+export async function check(repo: Repository, opts: { readData: boolean; repair?: boolean }): Promise<CheckReport> {
   const problems: CheckProblem[] = [];
   const indexes = await readPackIndexes(repo, (pack, message) => problems.push({ kind: 'pack-corrupt', message, pack }));
+  const inQuarantine = repo.catalogue.quarantine.locations();
+  const quarantinedIds = repo.catalogue.quarantine.chunkIds();
   const where = new Map<string, Located>();
-  for (const [pack, entries] of indexes) for (const e of entries) if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length });
+  for (const [pack, entries] of indexes) {
+    for (const e of entries) {
+      if (inQuarantine.get(pack)?.has(e.offset)) continue; // a damaged copy: never taken for the chunk
+      if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length, digest: e.digest });
+    }
+  }
   // prefer the copy the catalogue uses, when the packs hold several
   for (const row of repo.catalogue.chunkRows()) {
     const hex = row.id.toString('hex');
     const entry = indexes.get(row.pack)?.find((e) => e.id.equals(row.id));
-    if (entry) where.set(hex, { pack: row.pack, offset: entry.offset, length: entry.length });
+    if (entry) where.set(hex, { pack: row.pack, offset: entry.offset, length: entry.length, digest: row.digest ?? entry.digest });
   }
 
   const snaps: DecodedSnapshot[] = [];
@@ -144,10 +169,12 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
   }
 
   const corrupt = new Map<string, string>();
+  const toQuarantine: DamagedBlob[] = [];
   let chunksRead = 0;
+  let chunksUnverified = 0;
   if (opts.readData) {
-    const keys = repo.keys;
-    const opener = new DeltaOpener(keys, packFetcher(repo, where));
+    const keys = repo.hasKeys ? repo.keys : null;
+    const opener = keys ? new DeltaOpener(keys, packFetcher(repo, where)) : null;
     const byPack = new Map<string, string[]>();
     for (const hex of referenced) {
       const loc = where.get(hex);
@@ -159,21 +186,40 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
         for (const hex of hexes) missing.add(hex);
         continue;
       }
-      if (packId(bytes) !== pack) problems.push({ kind: 'pack-corrupt', message: `pack ${pack} does not match its ID (damaged file)`, pack });
+      // a pack that holds a quarantined copy no longer matches its ID: that damage is known
+      if (packId(bytes) !== pack && !inQuarantine.has(pack)) problems.push({ kind: 'pack-corrupt', message: `pack ${pack} does not match its ID (damaged file)`, pack });
       for (const hex of hexes) {
         const loc = where.get(hex)!;
         chunksRead++;
+        const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
+        const id = Buffer.from(hex, 'hex');
+        const damaged = (reason: string) => {
+          corrupt.set(hex, `${reason} (in pack ${pack})`);
+          toQuarantine.push({ chunk: id, pack, offset: loc.offset, length: loc.length, digest: loc.digest, reason });
+        };
+        if (loc.digest && !blobDigest(blob).equals(loc.digest)) {
+          damaged(`chunk ${hex}: stored bytes do not hash to the digest recorded when written`);
+          continue;
+        }
         try {
-          const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
-          const id = Buffer.from(hex, 'hex');
           if (isListBlob(blob)) openListBlob(blob, id);
-          else {
-            await opener.prepare([{ id, blob }], `chunk ${hex}`);
+          else if (opener) {
+            try {
+              await opener.prepare([{ id, blob }], `chunk ${hex}`);
+            } catch (e) {
+              // a base that is missing or damaged is reported as itself (bases are referenced too);
+              // this blob may well be whole
+              if (e instanceof KuraError) continue;
+              throw e;
+            }
             opener.open(blob, id);
+          } else if (!loc.digest) {
+            if (!blobInfo(blob)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex}: not a blob of a known format (truncated or damaged)`, { chunk: hex });
+            chunksUnverified++;
           }
         } catch (e) {
           if (!(e instanceof KuraError)) throw e;
-          corrupt.set(hex, `${e.message} (in pack ${pack})`);
+          damaged(e.message);
         }
       }
     }
@@ -191,8 +237,33 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
         }
       }
     }
-    for (const hex of missing) problems.push({ kind: 'chunk-missing', message: `chunk ${hex} is in no pack of the store`, chunk: hex, snapshots: affected.get(hex) ?? [] });
+    for (const hex of missing) {
+      if (quarantinedIds.has(hex)) {
+        problems.push({ kind: 'chunk-quarantined', message: `chunk ${hex} was found damaged and is quarantined; a backup that meets the same data stores it again (or restore from a vault that holds it)`, chunk: hex, snapshots: affected.get(hex) ?? [] });
+      } else problems.push({ kind: 'chunk-missing', message: `chunk ${hex} is in no pack of the store`, chunk: hex, snapshots: affected.get(hex) ?? [] });
+    }
     for (const [hex, msg] of corrupt) problems.push({ kind: 'chunk-corrupt', message: msg, chunk: hex, snapshots: affected.get(hex) ?? [] });
+  }
+  const damagedSnapshots = new Set<string>();
+  for (const p of problems) for (const s of p.snapshots ?? []) damagedSnapshots.add(s);
+
+  // repair: damaged copies out of the index (the catalogue's copy only), and rows of chunks whose pack is gone
+  const quarantined: CheckReport['quarantined'] = [];
+  if (opts.repair) {
+    const gone: DamagedBlob[] = [];
+    for (const row of repo.catalogue.chunkRows()) {
+      if (indexes.has(row.pack) || !missing.has(row.id.toString('hex'))) continue;
+      gone.push({ chunk: row.id, pack: row.pack, offset: row.offset, length: row.stored_size, digest: row.digest, reason: `pack ${row.pack} is missing or has no readable index` });
+    }
+    const all = [...toQuarantine, ...gone];
+    if (all.length > 0) {
+      repo.catalogue.quarantine.add(all, 'check', null);
+      for (const s of snaps) {
+        const hit = (refs.get(s.id) ?? []).filter((id) => all.some((d) => d.chunk.equals(id)));
+        if (hit.length > 0) repo.catalogue.quarantine.addDamage(s.id, hit);
+      }
+      for (const d of all) quarantined.push({ chunk: d.chunk.toString('hex'), pack: d.pack, offset: d.offset, reason: d.reason });
+    }
   }
 
   let stale = 0;
@@ -209,7 +280,11 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
     chunksStored: where.size,
     chunksUnreferenced: unreferenced,
     chunksRead,
+    chunksUnverified,
     readData: opts.readData,
+    keyless: !repo.hasKeys,
+    damagedSnapshots: [...damagedSnapshots],
+    quarantined,
     problems,
   };
 }
@@ -218,12 +293,20 @@ export async function check(repo: Repository, opts: { readData: boolean }): Prom
  * Rebuild the catalogue from the store alone (pack indexes and snapshot files), without keys.
  * Only chunks some snapshot references are recorded: a snapshot is written after its packs were
  * made durable, while an unreferenced pack may be one a power cut damaged. Leaving those out
- * only means a later backup writes them again.
+ * only means a later backup writes them again. Copies in quarantine, and blobs that no longer
+ * hash to the digest their pack's index recorded (those are quarantined now), are not recorded
+ * either: the next backup that meets their data stores them anew.
  */
-export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; snapshots: number }> {
+export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; snapshots: number; quarantined: number }> {
   const indexes = await readPackIndexes(repo, () => {});
+  const inQuarantine = repo.catalogue.quarantine.locations();
   const where = new Map<string, Located>();
-  for (const [pack, entries] of indexes) for (const e of entries) if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length });
+  for (const [pack, entries] of indexes) {
+    for (const e of entries) {
+      if (inQuarantine.get(pack)?.has(e.offset)) continue;
+      if (!where.has(e.id.toString('hex'))) where.set(e.id.toString('hex'), { pack, offset: e.offset, length: e.length, digest: e.digest });
+    }
+  }
   const referenced = new Set<string>();
   for await (const name of repo.store.list('snapshots/')) {
     const bytes = await repo.store.get(name);
@@ -235,18 +318,24 @@ export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; 
     }
   }
   const rows = new Map<string, ChunkRow>();
+  const damaged: DamagedBlob[] = [];
   // the base chunks of deltas are referenced too: a second pass records those the first found
   for (let pass = 0; pass < 2; pass++) {
     for (const [pack, entries] of indexes) {
-      const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')));
+      const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')) && !inQuarantine.get(pack)?.has(e.offset));
       if (wanted.length === 0) continue;
       const bytes = await repo.store.get(packName(pack));
       if (!bytes) continue;
       for (const e of wanted) {
-        const info = blobInfo(bytes.subarray(e.offset, e.offset + e.length));
+        const blob = bytes.subarray(e.offset, e.offset + e.length);
+        if (e.digest && !blobDigest(blob).equals(e.digest)) {
+          if (pass === 0) damaged.push({ chunk: e.id, pack, offset: e.offset, length: e.length, digest: e.digest, reason: 'stored bytes do not hash to the digest recorded when written (found by rebuild-index)' });
+          continue;
+        }
+        const info = blobInfo(blob);
         if (!info) continue;
         const bases = info.bases.map((b) => Buffer.from(b));
-        rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases });
+        rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases, digest: e.digest });
         for (const b of bases) referenced.add(b.toString('hex'));
       }
     }
@@ -256,5 +345,7 @@ export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; 
     repo.catalogue.addChunks([...rows.values()]);
   })();
   await repo.reconcileSnapshots();
-  return { chunks: rows.size, snapshots: repo.catalogue.counts().snapshots };
+  const fresh = damaged.filter((d) => !rows.has(d.chunk.toString('hex')));
+  if (fresh.length > 0) await quarantineBlobs(repo, fresh, 'rebuild-index', null);
+  return { chunks: rows.size, snapshots: repo.catalogue.counts().snapshots, quarantined: fresh.length };
 }

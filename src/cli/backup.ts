@@ -3,6 +3,8 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
+import { parseSize } from '../config/size.js';
+import { meterFor } from './progress.js';
 import { configOf, directRootOf, formatBytes, openRepo, printJson, repoLocationOf, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
@@ -15,6 +17,9 @@ interface BackupCliOptions extends RepoOptions {
   route: string[];
   chunkAvg?: string;
   delta: boolean;
+  scrub?: string;
+  json?: boolean;
+  progress?: boolean;
 }
 
 /** Wrap an input so that a read error becomes a coded "input failed" error: no snapshot. */
@@ -37,8 +42,11 @@ export function registerBackup(program: Command): void {
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
     .option('--no-delta', 'store every changed chunk whole, not as a delta of the previous generation\'s (restores read fewer chunks; more bytes stored)')
     .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s). 4096 suits database dumps')
+    .option('--scrub <size>', 'stored bytes of packs read and verified before the backup deduplicates against them (default 4GiB; the next backup goes on where this one stopped); 0: none, damage is then found by the relay or kura check')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
+    .option('--progress', 'show progress even when standard error is no terminal (with --json: JSON lines on standard error)')
+    .option('--no-progress', 'no progress line on a terminal')
     .action(async (opts: BackupCliOptions, cmd: Command) => {
       if (Boolean(opts.stdin) === Boolean(opts.file)) throw new KuraError('E_USAGE', 'give exactly one input: --stdin or --file PATH');
       if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(opts.name)) throw new KuraError('E_USAGE', `source name "${opts.name}" must be letters, digits, ".", "-" and "_"`);
@@ -54,11 +62,16 @@ export function registerBackup(program: Command): void {
         const problem = Number.isInteger(avg) ? validateChunkerParams(chunker) : 'not a whole number';
         if (problem) throw new KuraError('E_USAGE', `--chunk-avg ${opts.chunkAvg}: ${problem}`);
       }
+      const scrub = opts.scrub === undefined ? undefined : parseSize(opts.scrub);
+      if (scrub === null) throw new KuraError('E_USAGE', `--scrub must be a size such as 4GiB, 512MiB or 0, not "${opts.scrub}"`);
       let input: AsyncIterable<Uint8Array> | FileInput;
       let what: string;
+      let size: number | undefined;
       if (opts.file) {
         try {
-          if (!statSync(opts.file).isFile()) throw new Error('not a regular file');
+          const st = statSync(opts.file);
+          if (!st.isFile()) throw new Error('not a regular file');
+          size = st.size;
         } catch (e) {
           throw new KuraError('E_INPUT', `cannot back up ${opts.file}: ${(e as Error).message}`);
         }
@@ -96,6 +109,8 @@ export function registerBackup(program: Command): void {
         throw e;
       }
       const job = repo.catalogue.ops.startJob(opts.name);
+      const meter = meterFor(opts, 'backup', opts.name, size);
+      let ok = false;
       try {
         const res = await backup(repo, input instanceof FileInput ? input : guarded(input, what), {
           source: opts.name,
@@ -103,16 +118,20 @@ export function registerBackup(program: Command): void {
           tags: opts.tag,
           ...(level !== undefined ? { compressionLevel: level } : {}),
           delta: opts.delta !== false,
+          ...(scrub !== undefined ? { scrubBytes: scrub } : {}),
           private: { input: opts.file ? { file: opts.file } : { stdin: true } },
           routes: opts.route,
           chunker,
           pool,
           pipeline,
+          progress: (bytes, newBytes) => meter.update(bytes, { newBytes }),
         });
+        ok = true;
+        meter.finish(true);
         const h = res.header;
         repo.catalogue.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
         if (opts.json) {
-          printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)) });
+          printJson({ id: res.id, source: h.source, tenant: h.tenant, logicalBytes: h.logicalBytes, newBytes: h.newBytes, chunks: h.chunkCount, newChunks: h.newChunks, seconds: Number(res.seconds.toFixed(3)), ...(res.damage ? { damage: res.damage } : {}) });
         } else {
           process.stdout.write(`${res.id}\n`);
           process.stderr.write(
@@ -125,6 +144,7 @@ export function registerBackup(program: Command): void {
         repo.catalogue.ops.finishJob(job, { result: 'failed', errorCode: err.code ?? 'E_INTERNAL', error: err.message ?? String(e) });
         throw e;
       } finally {
+        if (!ok) meter.finish(false);
         await pool.close(); // normally closed by backup(); this covers a failure before it started
         await pipeline.close();
         repo.close();

@@ -53,7 +53,7 @@ export function registerRepo(program: Command): void {
       try {
         const res = await (await import('../checker/check.js')).rebuildIndex(r);
         if (opts.json) printJson(res);
-        else process.stdout.write(`catalogue rebuilt: ${res.chunks} chunks, ${res.snapshots} snapshots\n`);
+        else process.stdout.write(`catalogue rebuilt: ${res.chunks} chunks, ${res.snapshots} snapshots${res.quarantined ? `; ${res.quarantined} damaged blob(s) quarantined (kura check says which snapshots they damage)` : ''}\n`);
       } finally {
         r.close();
       }

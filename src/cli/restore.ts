@@ -1,6 +1,7 @@
 import type { Writable } from 'node:stream';
 import type { Command } from 'commander';
-import type { RestoreResult } from '../restorer/restore.js';
+import type { Progress, RestoreResult } from '../restorer/restore.js';
+import { meterFor, type ProgressFlags } from './progress.js';
 import { KuraError } from '../errors.js';
 import { configOf, formatBytes, keySourceOf, openRepo, printJson, withRepoOptions, type RepoOptions } from './context.js';
 import { keysFromKeyFile } from '../repository/repository.js';
@@ -17,6 +18,8 @@ export function registerRestore(program: Command): void {
     .option('--force', 'with --into: replace the contents of a target that is not empty')
     .option('--password-file <file>', 'with --into: the database password')
     .option('--json', 'print a JSON summary line (on stderr when restoring to stdout)')
+    .option('--progress', 'show progress even when standard error is no terminal (with --json: JSON lines on standard error)')
+    .option('--no-progress', 'no progress line on a terminal')
     .action(async (ref: string, opts: RepoOptions & IntoFlags & { to: string; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
       if (opts.into) return restoreIntoDb(ref, opts as RepoOptions & IntoFlags & { into: string; from?: string; tenant?: string; identity?: string }, cmd);
       if (opts.to === '-' && process.stdout.isTTY) throw new KuraError('E_USAGE', 'refusing to write a restore to a terminal; use --to PATH or pipe the output');
@@ -25,7 +28,7 @@ export function registerRestore(program: Command): void {
       try {
         const { restoreTo, restoreToFile } = await import('../restorer/restore.js');
         const id = repo.resolveSnapshot(ref);
-        const res = opts.to === '-' ? await restoreTo(repo, id, process.stdout) : await restoreToFile(opts.to, (out) => restoreTo(repo, id, out));
+        const res = await metered(opts, id, (progress) => (opts.to === '-' ? restoreTo(repo, id, process.stdout, progress) : restoreToFile(opts.to, (out) => restoreTo(repo, id, out, progress))));
         const summary = { id: res.id, bytes: res.bytes, chunks: res.chunks, seconds: Number(res.seconds.toFixed(3)), to: opts.to };
         if (opts.json) {
           if (opts.to === '-') process.stderr.write(JSON.stringify(summary) + '\n');
@@ -37,6 +40,19 @@ export function registerRestore(program: Command): void {
         repo.close();
       }
     });
+}
+
+/** Run a restore under a progress meter (a terminal line, or JSON lines with --json --progress). */
+async function metered<T>(flags: ProgressFlags, id: string, run: (progress: Progress) => Promise<T>): Promise<T> {
+  const meter = meterFor(flags, 'restore', id.slice(0, 12));
+  let ok = false;
+  try {
+    const r = await run((bytes, total) => meter.update(bytes, undefined, total));
+    ok = true;
+    return r;
+  } finally {
+    meter.finish(ok);
+  }
 }
 
 interface IntoFlags {
@@ -70,7 +86,7 @@ async function fromVault<T>(ref: string, opts: RouteOptions, cmd: Command, use: 
     return await withRoute(configOf(cmd).config, { ...opts, signal: stop.signal }, async (conn) => {
       const id = resolveRemote(await remoteList(conn), ref);
       const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
-      return use((out) => restoreStream(snap, keys, remoteBlobs(conn), out));
+      return metered(opts as ProgressFlags, id, (progress) => use((out) => restoreStream(snap, keys, remoteBlobs(conn), out, progress)));
     });
   } finally {
     process.off('SIGTERM', onTerm);
@@ -89,7 +105,7 @@ async function restoreIntoDb(ref: string, opts: RepoOptions & IntoFlags & { into
     const repo = await openRepo(cmd, opts, 'required');
     try {
       const id = repo.resolveSnapshot(ref);
-      out = await into((w) => restoreTo(repo, id, w));
+      out = await metered(opts as ProgressFlags, id, (progress) => into((w) => restoreTo(repo, id, w, progress)));
     } finally {
       repo.close();
     }

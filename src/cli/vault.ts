@@ -106,6 +106,51 @@ export function registerVault(program: Command): void {
       });
   }
 
+  tenantsOpt(vault.command('check'))
+    .description("verify tenants' repositories without their keys: structure, and with --read-data every referenced blob against the digest recorded when it was written (a scrub); --repair quarantines damaged blobs, so the next relay that sends their chunks stores them anew")
+    .option('--read-data', 'read every referenced blob and verify it against its digest (and its pack against its ID)')
+    .option('--repair', 'quarantine the damaged blobs found and mark the snapshots they damage')
+    .option('--json', 'one JSON line per tenant')
+    .action(async (opts: { tenant?: string[]; readData?: boolean; repair?: boolean; json?: boolean }, cmd: Command) => {
+      const cfg = vaultConfig(cmd);
+      const { openTenantRepo } = await import('../vault/maintenance.js');
+      const { check } = await import('../checker/check.js');
+      const { printCheck } = await import('./check.js');
+      const { Vault } = await import('../vault/vault.js');
+      const v = new Vault(cfg);
+      const failed: string[] = [];
+      try {
+        for (const tenant of await selectTenants(cfg, opts.tenant)) {
+          const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+            if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+            throw e;
+          });
+          if (!repo) continue;
+          try {
+            const report = await check(repo, { readData: Boolean(opts.readData), repair: Boolean(opts.repair) });
+            if (!report.ok) failed.push(tenant);
+            v.audit.write({
+              event: 'check',
+              outcome: report.ok ? 'ok' : 'error',
+              tenant,
+              readData: Boolean(opts.readData),
+              problems: report.problems.length,
+              damagedSnapshots: report.damagedSnapshots,
+              quarantined: report.quarantined.map((q) => q.chunk),
+              user: process.env.USER ?? 'cli',
+            });
+            if (opts.json) process.stdout.write(JSON.stringify({ tenant, ...report }) + '\n');
+            else printCheck(report, `tenant ${tenant}: `);
+          } finally {
+            repo.close();
+          }
+        }
+      } finally {
+        await v.close();
+      }
+      if (failed.length > 0) throw new KuraError('E_CHECK_FAILED', `check found problems in tenant(s) ${failed.join(', ')}; see above${opts.repair ? '' : ' (--repair quarantines damaged blobs)'}`, { reported: opts.json });
+    });
+
   vault
     .command('usage')
     .description('per-tenant usage for apportioning shared costs: stored, logical and received bytes, snapshots, chunks, quota, share; bytes over the wire and sent for restores, transfer share')

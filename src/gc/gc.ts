@@ -3,6 +3,7 @@ import { blobInfo } from '../crypto/blob.js';
 import { packDeltas } from '../repository/catalogue.js';
 import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
+import { blobDigest } from '../repository/digest.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
 import { listFetcher } from '../repository/reader.js';
@@ -124,6 +125,9 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       });
       const blocks: Buffer[] = [];
       const data = await snapshotChunkIds(snap, listFetcher(repo), (b) => blocks.push(b)).catch((e: unknown) => {
+        if ((e as KuraError).details?.quarantined) {
+          throw new KuraError('E_CHECK_FAILED', `gc stopped: snapshot ${id} is damaged (a block of its chunk list is quarantined), so what it references cannot be known; nothing is deleted. A backup of the same data stores the block again; or prune the snapshot`);
+        }
         throw new KuraError('E_CHECK_FAILED', `gc stopped: the chunk list of snapshot ${id} cannot be read (${(e as Error).message}); nothing is deleted. Run "kura check"`);
       });
       db.transaction(() => {
@@ -157,7 +161,10 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   // 1. mark
   await mark(await storeSnapshots());
   await mark(cat.snapshotIds());
-  const unknown = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark m WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = m.id)').get()!.n;
+  // a chunk in quarantine (found damaged, not stored again yet) is known to be missing, not lost with the catalogue
+  const unknown = db
+    .prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark m WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = m.id) AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.chunk = m.id)')
+    .get()!.n;
   if (unknown > 0) {
     throw new KuraError(
       'E_CHECK_FAILED',
@@ -230,17 +237,19 @@ interface Moving {
   id: Buffer;
   from: string;
   blob: Buffer;
+  /** the digest recorded when the blob was first written (null: before pack format 2; computed from the verified pack) */
+  digest: Buffer | null;
 }
 
 async function rewritePending(repo: Repository, report: GcReport, packBytes: number): Promise<void> {
   const cat = repo.catalogue;
   const db = cat.db;
   const store = repo.store;
-  const rowsOf = db.prepare<[string], { id: Buffer; offset: number; stored_size: number }>('SELECT id, offset, stored_size FROM chunks WHERE pack = ? ORDER BY offset');
+  const rowsOf = db.prepare<[string], { id: Buffer; offset: number; stored_size: number; digest: Buffer | null }>('SELECT id, offset, stored_size, digest FROM chunks WHERE pack = ? ORDER BY offset');
   const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
   const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
   const done = db.prepare('DELETE FROM gc_pending WHERE pack = ?');
-  const move = db.prepare('UPDATE chunks SET pack = ?, offset = ? WHERE id = ? AND pack = ?');
+  const move = db.prepare('UPDATE chunks SET pack = ?, offset = ?, digest = ? WHERE id = ? AND pack = ?');
 
   /**
    * Condemn `pack` if nothing refers to it, inside the (write) transaction that checks it, so no
@@ -262,7 +271,7 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
       report.bytesRewritten += pack.size;
       report.bytesFreed -= pack.size;
       db.transaction(() => {
-        pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.id, out[i]!.from));
+        pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.digest, e.id, out[i]!.from));
         // the new pack needs the bases of exactly the deltas it holds
         cat.addPackBases(
           pack.id,
@@ -301,13 +310,16 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
       continue;
     }
     const bytes = await store.get(packName(pack));
-    if (!bytes || packId(bytes) !== pack) {
-      report.problems.push(`pack ${pack} is ${bytes ? 'damaged' : 'missing'}; its live chunks were left where they are. Run "kura check"`);
+    // a damaged pack is rewritten only if every live blob still hashes to its recorded digest (the
+    // damage lies in a quarantined copy or outside the blobs): a copy must never certify rot
+    const whole = (r: { offset: number; stored_size: number; digest: Buffer | null }) => r.digest !== null && r.offset + r.stored_size <= bytes!.length && blobDigest(bytes!.subarray(r.offset, r.offset + r.stored_size)).equals(r.digest);
+    if (!bytes || (packId(bytes) !== pack && !rows.every(whole))) {
+      report.problems.push(`pack ${pack} is ${bytes ? 'damaged' : 'missing'}; its live chunks were left where they are. Run "kura check --read-data --repair"`);
       done.run(pack);
       continue;
     }
     for (const r of rows) {
-      out.push({ id: r.id, from: pack, blob: bytes.subarray(r.offset, r.offset + r.stored_size) });
+      out.push({ id: r.id, from: pack, blob: bytes.subarray(r.offset, r.offset + r.stored_size), digest: r.digest });
       outBytes += r.stored_size;
     }
     sources.push({ pack, size: bytes.length });

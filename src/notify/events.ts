@@ -14,6 +14,7 @@ export const EVENT_KINDS = [
   'auth.refused-burst',
   'maintenance.failed',
   'relay.refused',
+  'snapshot.damaged',
   'test',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
@@ -69,6 +70,7 @@ const SEVERITY: Record<EventKind, Severity> = {
   'auth.refused-burst': 'warning',
   'maintenance.failed': 'critical',
   'relay.refused': 'critical',
+  'snapshot.damaged': 'critical',
   test: 'info',
 };
 

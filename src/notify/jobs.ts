@@ -42,6 +42,19 @@ export function maintenanceFailed(what: string, err: { code?: string; message: s
   };
 }
 
+/** A snapshot the relay could not send because of its own data (a damaged blob): set aside, the route went on. */
+export function snapshotDamaged(route: string, entry: { snapshot: string; source: string }, err: { code: string; message: string }): EventInput {
+  return {
+    event: 'snapshot.damaged',
+    route,
+    source: entry.source,
+    key: `snapshot.damaged:${route}:${entry.snapshot}`,
+    title: `kura SNAPSHOT DAMAGED: ${entry.source} ${entry.snapshot.slice(0, 12)} set aside on route ${route}`,
+    text: `Snapshot ${entry.snapshot} of ${entry.source} was not sent on route ${route}: ${err.code}: ${err.message}. The relay went on with the snapshots after it. Damaged blobs are quarantined: the next backup of the same data stores them anew; "kura status" and "kura snapshots" show what stays damaged.`,
+    data: { snapshot: entry.snapshot, error: err },
+  };
+}
+
 /** A vault refused this relay (key, tenant, quota, a snapshot it would not take): someone must act; retries will not help. */
 export function relayRefused(route: string, err: { code: string; message: string }): EventInput {
   return {

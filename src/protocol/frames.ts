@@ -1,16 +1,18 @@
 import { KuraError } from '../errors.js';
 
 /**
- * The vault protocol, version 3: length-prefixed frames over one SSH channel (ssh2 exec, or
+ * The vault protocol, version 4: length-prefixed frames over one SSH channel (ssh2 exec, or
  * stdin/stdout under OpenSSH's command=). Version 2 added WANT and PUT_NEXT (the vault works out
  * what a snapshot lacks from its chunk list), version 3 PUT_RUN (several of those blobs in one
- * frame, as they lie in a pack); a vault still serves version 1 and 2 clients.
+ * frame, as they lie in a pack), version 4 a digest in FLUSH of the batch's blob digests as recorded
+ * when the blobs were first written (docs/format.md), which the vault checks against the blobs
+ * that arrived before it stores any; a vault still serves version 1 to 3 clients.
  *
  *   u32 length (of type + payload) | u8 type | payload
  *
  * Requests are answered in order. Control payloads are JSON; bulk payloads are binary.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const OLDEST_PROTOCOL = 1;
 /** The oldest version a kura relay speaks: it needs WANT and PUT_NEXT (version 2). */
 export const OLDEST_RELAY_PROTOCOL = 2;
@@ -22,7 +24,7 @@ export const Frame = {
   HAS: 0x10, // n × 32-byte chunk IDs
   HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
   PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
-  FLUSH: 0x13, // JSON {seq, sum?}: make every PUT so far durable; sum = BLAKE3 of the batch's PUT_NEXT blobs
+  FLUSH: 0x13, // JSON {seq, sum?, digests?}: make every PUT so far durable; sum = BLAKE3 of the batch's PUT_NEXT blobs; digests (version 4) = BLAKE3 of their recorded 16-byte digests
   FLUSHED: 0x14, // JSON {seq, chunks, bytes}
   WANT: 0x15, // the snapshot file, or the 32-byte ID of one this session already sent: what does it lack?
   WANT_REPLY: 0x16, // u32 n | n × 32-byte IDs | u32 m | m × 8-byte base prefixes

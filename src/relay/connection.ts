@@ -52,6 +52,9 @@ const LINGER_MS = 1000;
  * (see liveness.ts), when the peer closes or resets it, or when `signal` aborts; SSH keepalive
  * pings only probe a quiet line and never end one themselves.
  */
+/** Bytes sent by every connection of this process (a progress meter follows it). */
+export const wireTotals = { bytesOut: 0 };
+
 export class VaultConnection {
   bytesOut = 0;
   bytesIn = 0;
@@ -238,6 +241,7 @@ export class VaultConnection {
     for (const p of parts) length += p.length;
     await this.opts.limiter?.take(length);
     this.bytesOut += length;
+    wireTotals.bytesOut += length;
     let ok = true;
     for (const p of parts) ok = this.channel.write(p);
     if (!ok) await Promise.race([once(this.channel, 'drain'), this.broken]);

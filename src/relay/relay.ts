@@ -10,7 +10,8 @@ import { VaultConnection } from './connection.js';
 import { sendSnapshot } from './transfer.js';
 import type { Notifier } from '../notify/notifier.js';
 import { observeLine } from '../notify/evaluate.js';
-import { relayRefused } from '../notify/jobs.js';
+import { relayRefused, snapshotDamaged } from '../notify/jobs.js';
+import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
 
 import { routesOf, type StaticRoute } from './routes.js';
 export type { StaticRoute };
@@ -24,10 +25,21 @@ export interface RouteReport {
   /** time spent sending snapshots (first WANT to COMMITTED), without connecting */
   sendingSeconds: number;
   error?: { code: string; message: string };
+  /** entries set aside in this run: their snapshot could not be sent because of its own data */
+  setAside?: Array<{ snapshot: string; source: string; code: string; message: string }>;
 }
 
 /** The routes of the config (routing module `static`), by name. */
 export { routesOf };
+
+/**
+ * Faults of one queued snapshot's own data, met while reading it here (a blob that fails its
+ * digest, a chunk quarantined or missing, a damaged snapshot file): that entry is set aside and
+ * the route goes on. What the vault refuses is the route's business, as before.
+ */
+export function isEntryFault(e: unknown): e is KuraError {
+  return isKuraError(e) && !e.details?.fromVault && ['E_CHUNK_CORRUPT', 'E_CHUNK_MISSING', 'E_SNAPSHOT_CORRUPT', 'E_SNAPSHOT_NOT_FOUND'].includes(e.code);
+}
 
 /** Faults of the line (retry later) versus refusals that need an operator. */
 function isLineFault(e: unknown): boolean {
@@ -148,6 +160,20 @@ export class Relay {
     });
   }
 
+  /**
+   * A snapshot that cannot be sent because of its own data: the damaged blobs found are
+   * quarantined (out of the index, so the next backup of the same data stores them anew; every
+   * snapshot they damage is marked), and the entry is set aside with the error, for kura status.
+   */
+  private async setAside(route: string, entry: { snapshot: string; source: string }, err: KuraError): Promise<NonNullable<RouteReport['setAside']>[number]> {
+    const damaged = err.details?.damaged as DamagedBlob[] | undefined;
+    const snapshots = damaged?.length ? await quarantineBlobs(this.repo, damaged, 'relay', entry.snapshot) : [entry.snapshot];
+    this.repo.catalogue.ops.setAside(entry.snapshot, route, `${err.code}: ${err.message}`);
+    log().error({ route, snapshot: entry.snapshot, source: entry.source, code: err.code, quarantined: damaged?.length ?? 0, damagedSnapshots: snapshots }, `snapshot set aside, the route goes on: ${err.message}`);
+    this.notifier?.emit(snapshotDamaged(route, entry, err));
+    return { snapshot: entry.snapshot, source: entry.source, code: err.code, message: err.message };
+  }
+
   private async drain(name: string, route: StaticRoute, attempts = 0): Promise<RouteReport> {
     const cat = this.repo.catalogue;
     const lg = log().child({ route: name });
@@ -156,6 +182,7 @@ export class Relay {
     let sent = 0;
     let bytesOnWire = 0;
     let sendingMs = 0;
+    const setAside: NonNullable<RouteReport['setAside']> = [];
     const secs = () => Number((sendingMs / 1000).toFixed(3));
     try {
       for (;;) {
@@ -193,17 +220,30 @@ export class Relay {
           if (cat.ops.routeControl(name).paused) continue;
         }
         const t0 = performance.now();
-        const res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
-        sendingMs += performance.now() - t0;
+        let res: Awaited<ReturnType<typeof sendSnapshot>>;
+        try {
+          res = await sendSnapshot(this.repo, conn, entry.snapshot, this.relayCfg.batchBytes);
+        } catch (e) {
+          if (!isEntryFault(e)) throw e;
+          setAside.push(await this.setAside(name, entry, e));
+          // the session may be inside a batch: the next entry starts a new one
+          conn.close();
+          conns.delete(tenant);
+          continue;
+        } finally {
+          sendingMs += performance.now() - t0;
+        }
         cat.ops.markSent(entry.snapshot, name, res.bytesOnWire);
         cat.ops.setRouteState(name, { state: 'sending', success: true, addBytes: res.bytesOnWire, attempts: 0 });
         sent++;
         bytesOnWire += res.bytesOnWire;
         lg.info({ snapshot: entry.snapshot, source: entry.source, chunks: res.chunks, missing: res.missing, bytes: res.bytesOnWire }, 'snapshot sent');
+        // blobs written before pack format 2 carry no digest: checked for their structure only
+        if (res.unverified > 0) lg.warn({ snapshot: entry.snapshot, unverified: res.unverified }, `${res.unverified} blob(s) sent had no recorded digest (written before pack format 2): checked for their structure only; "kura check --read-data" with the key verifies them`);
       }
       cat.ops.setRouteState(name, { state: 'idle', lastError: null, attempts: 0 });
       this.seen(name, 'idle');
-      return { route: name, state: 'idle', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs() };
+      return { route: name, state: 'idle', sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs(), ...(setAside.length ? { setAside } : {}) };
     } catch (e) {
       if (this.stopping) {
         // stop() cut the line: not a fault of the route; the queue keeps what is left
@@ -216,7 +256,7 @@ export class Relay {
       cat.ops.setRouteState(name, { state, lastError: `${err.code}: ${err.message}`, attempts: attempts + 1 });
       lg.warn({ code: err.code, sent, left: cat.ops.queued(name).length }, err.message);
       this.seen(name, state, err);
-      return { route: name, state, sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs(), error: { code: err.code, message: err.message } };
+      return { route: name, state, sent, left: cat.ops.queued(name).length, bytesOnWire, sendingSeconds: secs(), error: { code: err.code, message: err.message }, ...(setAside.length ? { setAside } : {}) };
     } finally {
       for (const c of conns.values()) c.close();
     }

@@ -1,6 +1,8 @@
 import { Blake3Hasher, blake3 } from '@napi-rs/blake-hash';
 import { Frame, jsonOf } from '../protocol/frames.js';
-import { readBlobs, readRuns } from '../repository/reader.js';
+import { readRuns } from '../repository/reader.js';
+import { checkedForSending } from '../repository/verify.js';
+import { DIGEST_BYTES } from '../repository/digest.js';
 import type { Repository } from '../repository/repository.js';
 import { decodeSnapshot } from '../repository/snapshot.js';
 import { snapshotName } from '../store/backend.js';
@@ -17,6 +19,8 @@ export interface TransferResult {
   missingBytes: number;
   bytesOnWire: number;
   existed: boolean;
+  /** blobs sent that had no recorded digest (written before pack format 2): checked for their structure only */
+  unverified: number;
 }
 
 /**
@@ -36,6 +40,9 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   let seq = 0;
   let inBatch = 0;
   let sum = new Blake3Hasher();
+  // protocol 4: the digests recorded when the batch's blobs were written; the vault checks them
+  let digests = new Blake3Hasher();
+  let unverified = 0;
   let missing = 0;
   let missingBytes = 0;
   // FLUSHes sent but not yet acknowledged. The vault makes every batch it fully received durable
@@ -48,8 +55,9 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   };
   const flush = async () => {
     await sendSmall();
-    await conn.send(Frame.FLUSH, { seq: ++seq, sum: sum.digest('hex') });
+    await conn.send(Frame.FLUSH, { seq: ++seq, sum: sum.digest('hex'), ...(conn.protocol >= 4 ? { digests: digests.digest('hex') } : {}) });
     sum = new Blake3Hasher();
+    digests = new Blake3Hasher();
     outstanding.push(seq);
     inBatch = 0;
     while (outstanding.length > FLUSH_WINDOW) await awaitFlushed();
@@ -87,6 +95,10 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
   const perFrame = conn.protocol >= 3 ? Infinity : 1;
   const sendAsked = async (ids: Buffer[]) => {
     for await (const run of readRuns(repo, ids, `snapshot ${snapshotId}`)) {
+      // every blob is verified against its recorded digest before it leaves (a damaged one is
+      // quarantined and the snapshot set aside by the relay)
+      const checked = checkedForSending(run, snapshotId);
+      unverified += checked.unverified;
       for (let i = 0, off = 0; i < run.ids.length; ) {
         let j = i + 1;
         let bytes = run.lengths[i]!;
@@ -94,6 +106,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
         while (j < run.ids.length && fits()) bytes += run.lengths[j++]!;
         const piece = run.bytes.subarray(off, off + bytes);
         sum.update(piece);
+        digests.update(checked.digests.subarray(i * DIGEST_BYTES, j * DIGEST_BYTES));
         await sendFrame(j - i === 1 ? nextFrame(piece) : runFrame(run.lengths.slice(i, j), piece), bytes, j - i);
         off += bytes;
         i = j;
@@ -122,13 +135,16 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     if (prefixes.length > 0 && bases.length === 0) {
       throw new KuraError('E_CHUNK_MISSING', `snapshot ${snapshotId} needs ${prefixes.length} delta base chunk(s) that are not in the local repository either (first ${prefixes[0]!.toString('hex')}…); run "kura check"`);
     }
-    for await (const { id, blob } of readBlobs(repo, bases, `snapshot ${snapshotId}`)) await sendFrame(putFrame(id, blob), blob.length);
+    for await (const run of readRuns(repo, bases, `snapshot ${snapshotId}`)) {
+      unverified += checkedForSending(run, snapshotId).unverified;
+      for (let i = 0, off = 0; i < run.ids.length; i++) await sendFrame(putFrame(run.ids[i]!, run.bytes.subarray(off, (off += run.lengths[i]!))), run.lengths[i]!);
+    }
     if (inBatch > 0) await flush();
     while (outstanding.length > 0) await awaitFlushed();
   }
   const committed = jsonOf<{ id: string; existed: boolean }>(await conn.request(Frame.COMMIT, idBytes, Frame.COMMITTED));
   if (committed.id !== snapshotId) throw new KuraError('E_PROTOCOL', `vault committed ${committed.id}, expected ${snapshotId}`);
-  return { snapshot: snapshotId, chunks: snap.header.chunkCount, missing, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed };
+  return { snapshot: snapshotId, chunks: snap.header.chunkCount, missing, missingBytes, bytesOnWire: conn.bytesOut - startOut, existed: committed.existed, unverified };
 }
 
 /** WANT_REPLY: u32 n | n × 32-byte IDs | u32 m | m × 8-byte prefixes. */

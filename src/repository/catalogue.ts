@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { OpsState } from './ops-state.js';
+import { QuarantineState } from './quarantine.js';
 export type { JobRow, RouteStateRow } from './ops-state.js';
 
 function processAlive(pid: number): boolean {
@@ -25,10 +26,14 @@ export interface SnapshotRow {
   header: SnapshotHeader;
 }
 
+const LOCATE_BATCH = 500; // chunk IDs looked up by one statement
+
 export interface ChunkLocation {
   pack: string;
   offset: number;
   length: number;
+  /** the stored blob's digest, recorded when it was written; null for blobs written before pack format 2 */
+  digest?: Buffer | null;
 }
 
 export interface ChunkRow {
@@ -39,6 +44,10 @@ export interface ChunkRow {
   plainSize: number;
   /** the base chunks of a delta blob */
   bases?: readonly Buffer[] | undefined;
+  /** the stored blob's digest (pack format 2); null or absent for an older blob */
+  digest?: Buffer | null | undefined;
+  /** replace the chunk's row if it has one (a chunk stored anew because its copy cannot be used) */
+  replace?: boolean;
 }
 
 /** Vault: protocol bytes of a tenant's sessions (every byte read and written on the channel; of those written, the restore reads' answers). */
@@ -48,7 +57,7 @@ export interface TransferBytes {
   restoreOut: number;
 }
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /**
  * How long a GC's claim on a condemned pack keeps sessions from writing a pack of that name:
@@ -92,36 +101,42 @@ export function packDeltas(row: { bases: Buffer; deltas: Buffer }): Map<number, 
  * Chunk locations, one row per stored blob. Pack names (64 hex digits) are numbered once in
  * `packs` so that a row is ~50 bytes, not ~110: the catalogue of a 4 KiB-chunk database source
  * grows by that much per new chunk every night. `chunks` is the view everything reads and
- * writes by pack name; the triggers number new packs.
+ * writes by pack name; the triggers number new packs. Schema 4 adds `digest` (16 bytes, pack
+ * format 2): what the stored blob hashed to when written; null for blobs written before.
  */
-const CHUNKS_SCHEMA = `
-  CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-  CREATE TABLE IF NOT EXISTS chunk_rows (
-    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
-    plain_size INTEGER NOT NULL) WITHOUT ROWID;
-  CREATE INDEX IF NOT EXISTS chunk_rows_by_pack ON chunk_rows (pack);
+const CHUNK_VIEW = `
   CREATE VIEW IF NOT EXISTS chunks AS
-    SELECT c.id AS id, p.name AS pack, c.offset AS offset, c.stored_size AS stored_size, c.plain_size AS plain_size
+    SELECT c.id AS id, p.name AS pack, c.offset AS offset, c.stored_size AS stored_size, c.plain_size AS plain_size, c.digest AS digest
     FROM chunk_rows c JOIN packs p ON p.n = c.pack;
   CREATE TRIGGER IF NOT EXISTS chunks_insert INSTEAD OF INSERT ON chunks BEGIN
     INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
-    INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size)
-      VALUES (NEW.id, (SELECT n FROM packs WHERE name = NEW.pack), NEW.offset, NEW.stored_size, NEW.plain_size);
+    INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest)
+      VALUES (NEW.id, (SELECT n FROM packs WHERE name = NEW.pack), NEW.offset, NEW.stored_size, NEW.plain_size, NEW.digest);
   END;
   CREATE TRIGGER IF NOT EXISTS chunks_update INSTEAD OF UPDATE ON chunks BEGIN
     INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
     UPDATE chunk_rows SET id = NEW.id, pack = (SELECT n FROM packs WHERE name = NEW.pack), offset = NEW.offset,
-      stored_size = NEW.stored_size, plain_size = NEW.plain_size WHERE id = OLD.id;
+      stored_size = NEW.stored_size, plain_size = NEW.plain_size, digest = NEW.digest WHERE id = OLD.id;
   END;
   CREATE TRIGGER IF NOT EXISTS chunks_delete INSTEAD OF DELETE ON chunks BEGIN
     DELETE FROM chunk_rows WHERE id = OLD.id;
   END;
+`;
+const CHUNKS_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+  CREATE TABLE IF NOT EXISTS chunk_rows (
+    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
+    plain_size INTEGER NOT NULL, digest BLOB) WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS chunk_rows_by_pack ON chunk_rows (pack);
+  ${CHUNK_VIEW}
 `;
 
 export class Catalogue {
   readonly db: Database.Database;
   /** the relay queue, route states and controls, job records and heartbeats */
   readonly ops: OpsState;
+  /** damaged blobs taken out of the index, and the snapshots they damage */
+  readonly quarantine: QuarantineState;
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
@@ -130,7 +145,8 @@ export class Catalogue {
   private readonly packNameStmt: Database.Statement<[number], string>;
   private readonly addPackStmt: Database.Statement<[string]>;
   private readonly packNumberStmt: Database.Statement<[string], number>;
-  private readonly addRowStmt: Database.Statement<[Buffer, number, number, number, number]>;
+  private readonly addRowStmt: Database.Statement<[Buffer, number, number, number, number, Buffer | null]>;
+  private readonly replaceRowStmt: Database.Statement<[Buffer, number, number, number, number, Buffer | null]>;
 
   constructor(readonly path: string) {
     try {
@@ -185,6 +201,7 @@ export class Catalogue {
       throw new KuraError('E_REPO_FORMAT', `catalogue ${path} was written by a newer kura (schema ${v.value}); upgrade kura`);
     }
     this.migrateChunks();
+    this.migrateDigests();
     if (!this.db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'pack_bases'`).get()) {
       this.db.transaction(() => {
         this.db.exec(BASES_SCHEMA);
@@ -196,17 +213,22 @@ export class Catalogue {
     const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
     if (!cols.has('paused')) this.db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
     if (!cols.has('retry')) this.db.exec('ALTER TABLE route_state ADD COLUMN retry INTEGER NOT NULL DEFAULT 0');
+    const queueCols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(queue)`).all().map((c) => c.name));
+    // an entry set aside (damaged snapshot, or by hand): not sent, no longer blocking the route
+    if (!queueCols.has('aside')) this.db.exec('ALTER TABLE queue ADD COLUMN aside TEXT; ALTER TABLE queue ADD COLUMN aside_reason TEXT;');
     const jobCols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(jobs)`).all().map((c) => c.name));
     if (!jobCols.has('coordination')) this.db.exec('ALTER TABLE jobs ADD COLUMN coordination TEXT');
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
-    this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length FROM chunks WHERE id = ?');
+    this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length, digest FROM chunks WHERE id = ?');
     this.prefixStmt = this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck();
     this.rowStmt = this.db.prepare<[Buffer], [number, number, number, number]>('SELECT pack, offset, stored_size, plain_size FROM chunk_rows WHERE id = ?').raw();
     this.packNameStmt = this.db.prepare<[number], string>('SELECT name FROM packs WHERE n = ?').pluck();
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
     this.packNumberStmt = this.db.prepare<[string], number>('SELECT n FROM packs WHERE name = ?').pluck();
-    this.addRowStmt = this.db.prepare('INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size) VALUES (?, ?, ?, ?, ?)');
+    this.addRowStmt = this.db.prepare('INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest) VALUES (?, ?, ?, ?, ?, ?)');
+    this.replaceRowStmt = this.db.prepare('INSERT OR REPLACE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest) VALUES (?, ?, ?, ?, ?, ?)');
     this.ops = new OpsState(this.db);
+    this.quarantine = new QuarantineState(this.db);
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -231,6 +253,28 @@ export class Catalogue {
             UPDATE meta SET value = '${SCHEMA_VERSION}' WHERE key = 'schema' AND CAST(value AS INTEGER) < ${SCHEMA_VERSION};
           `);
         } else if (!type) this.db.exec(CHUNKS_SCHEMA);
+      })
+      .immediate();
+  }
+
+  /**
+   * Schema 4 records each blob's digest: the column is added (null for the blobs already
+   * recorded: they were written without one) and the view that reads and writes by pack name is
+   * made again with it, in one transaction.
+   */
+  private migrateDigests(): void {
+    const has = () => this.db.prepare<[], { name: string }>(`PRAGMA table_info(chunk_rows)`).all().some((c) => c.name === 'digest');
+    if (has()) return;
+    this.db
+      .transaction(() => {
+        if (has()) return;
+        this.db.exec(`
+          ALTER TABLE chunk_rows ADD COLUMN digest BLOB;
+          DROP VIEW IF EXISTS chunks;
+          DROP TRIGGER IF EXISTS chunks_insert; DROP TRIGGER IF EXISTS chunks_update; DROP TRIGGER IF EXISTS chunks_delete;
+          ${CHUNK_VIEW}
+          UPDATE meta SET value = '${SCHEMA_VERSION}' WHERE key = 'schema' AND CAST(value AS INTEGER) < ${SCHEMA_VERSION};
+        `);
       })
       .immediate();
   }
@@ -267,7 +311,7 @@ export class Catalogue {
         this.addPackStmt.run(pack);
         n = this.packNumberStmt.get(pack)!;
       }
-      this.addRowStmt.run(r.id, n, r.offset, r.storedSize, r.plainSize);
+      (r.replace ? this.replaceRowStmt : this.addRowStmt).run(r.id, n, r.offset, r.storedSize, r.plainSize, r.digest ?? null);
     }
   }
 
@@ -371,6 +415,30 @@ export class Catalogue {
 
   location(id: Buffer): ChunkLocation | undefined {
     return this.locStmt.get(id);
+  }
+
+  /**
+   * The locations of many chunks (undefined for one not held), LOCATE_BATCH IDs a statement: a
+   * restore looks up every chunk, and one lookup a call cost twice the CPU time.
+   */
+  locations(ids: readonly Buffer[]): Array<ChunkLocation | undefined> {
+    const out = new Array<ChunkLocation | undefined>(ids.length);
+    const args = new Array<Buffer>(LOCATE_BATCH);
+    for (let at = 0; at < ids.length; at += LOCATE_BATCH) {
+      const n = Math.min(LOCATE_BATCH, ids.length - at);
+      for (let i = 0; i < LOCATE_BATCH; i++) args[i] = ids[at + (i < n ? i : 0)]!; // a short batch repeats its first ID
+      const found = new Map<string, ChunkLocation>();
+      for (const [id, pack, offset, length, digest] of (this.locManyStmt ??= this.prepareLocMany()).all(...args)) found.set(id.toString('latin1'), { pack, offset, length, digest });
+      for (let i = 0; i < n; i++) out[at + i] = found.get(ids[at + i]!.toString('latin1'));
+    }
+    return out;
+  }
+
+  private locManyStmt: Database.Statement<Buffer[], [Buffer, string, number, number, Buffer | null]> | undefined;
+  private prepareLocMany() {
+    return this.db
+      .prepare<Buffer[], [Buffer, string, number, number, Buffer | null]>(`SELECT c.id, p.name, c.offset, c.stored_size, c.digest FROM chunk_rows c JOIN packs p ON p.n = c.pack WHERE c.id IN (${new Array(LOCATE_BATCH).fill('?').join(',')})`)
+      .raw();
   }
 
   /**
@@ -597,8 +665,8 @@ export class Catalogue {
     return { chunks: c.n, storedBytes: c.s ?? 0, snapshots: s.n };
   }
 
-  *chunkRows(): Generator<{ id: Buffer; pack: string; stored_size: number }> {
-    yield* this.db.prepare<[], { id: Buffer; pack: string; stored_size: number }>('SELECT id, pack, stored_size FROM chunks').iterate();
+  *chunkRows(): Generator<{ id: Buffer; pack: string; offset: number; stored_size: number; digest: Buffer | null }> {
+    yield* this.db.prepare<[], { id: Buffer; pack: string; offset: number; stored_size: number; digest: Buffer | null }>('SELECT id, pack, offset, stored_size, digest FROM chunks').iterate();
   }
 
   clear(): void {

@@ -20,6 +20,16 @@ export interface RouteStateRow {
   retry: number;
 }
 
+export interface AsideEntry {
+  snapshot: string;
+  route: string;
+  source: string;
+  endTime: string;
+  /** when it was set aside */
+  at: string;
+  reason: string;
+}
+
 export interface JobRow {
   id: number;
   source: string;
@@ -41,15 +51,47 @@ export class OpsState {
     this.db.prepare('INSERT OR IGNORE INTO queue (snapshot, route, source, end_time, enqueued) VALUES (?, ?, ?, ?, ?)').run(snapshot, route, source, endTime, new Date().toISOString());
   }
 
-  /** The oldest snapshot the route still has to send (oldest first keeps each source in order). */
+  /** The oldest snapshot the route still has to send (oldest first keeps each source in order); entries set aside are skipped. */
   nextQueued(route: string): { snapshot: string; source: string } | undefined {
-    return this.db.prepare<[string], { snapshot: string; source: string }>('SELECT snapshot, source FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot LIMIT 1').get(route);
+    return this.db
+      .prepare<[string], { snapshot: string; source: string }>('SELECT snapshot, source FROM queue WHERE route = ? AND sent IS NULL AND aside IS NULL ORDER BY end_time, snapshot LIMIT 1')
+      .get(route);
   }
 
   queued(route?: string): Array<{ snapshot: string; route: string; source: string; end_time: string }> {
     return route
-      ? this.db.prepare<[string], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE route = ? AND sent IS NULL ORDER BY end_time, snapshot').all(route)
-      : this.db.prepare<[], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE sent IS NULL ORDER BY route, end_time, snapshot').all();
+      ? this.db
+          .prepare<[string], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE route = ? AND sent IS NULL AND aside IS NULL ORDER BY end_time, snapshot')
+          .all(route)
+      : this.db
+          .prepare<[], { snapshot: string; route: string; source: string; end_time: string }>('SELECT snapshot, route, source, end_time FROM queue WHERE sent IS NULL AND aside IS NULL ORDER BY route, end_time, snapshot')
+          .all();
+  }
+
+  /**
+   * Set a queue entry aside: it is not sent and no longer holds up the route (the snapshot is
+   * damaged, or an operator said so). Kept with when and why, for kura status. False if the
+   * entry is not waiting (sent, set aside already, or unknown).
+   */
+  setAside(snapshot: string, route: string, reason: string): boolean {
+    return this.db.prepare('UPDATE queue SET aside = ?, aside_reason = ? WHERE snapshot = ? AND route = ? AND sent IS NULL AND aside IS NULL').run(new Date().toISOString(), reason, snapshot, route).changes > 0;
+  }
+
+  /** Entries set aside, oldest snapshot first. */
+  asideEntries(route?: string): AsideEntry[] {
+    const rows = this.db
+      .prepare<[], { snapshot: string; route: string; source: string; end_time: string; aside: string; aside_reason: string | null }>(
+        'SELECT snapshot, route, source, end_time, aside, aside_reason FROM queue WHERE sent IS NULL AND aside IS NOT NULL ORDER BY route, end_time, snapshot',
+      )
+      .all();
+    return rows.filter((r) => !route || r.route === route).map((r) => ({ snapshot: r.snapshot, route: r.route, source: r.source, endTime: r.end_time, at: r.aside, reason: r.aside_reason ?? '' }));
+  }
+
+  /** The queue entries of a snapshot (by ID prefix) still waiting, for `kura relay skip`. */
+  waitingEntries(prefix: string): Array<{ snapshot: string; route: string; source: string }> {
+    return this.db
+      .prepare<[string], { snapshot: string; route: string; source: string }>("SELECT snapshot, route, source FROM queue WHERE snapshot LIKE ? || '%' AND sent IS NULL AND aside IS NULL ORDER BY route")
+      .all(prefix);
   }
 
   markSent(snapshot: string, route: string, bytes: number): void {
@@ -129,7 +171,7 @@ export class OpsState {
   deliveries(): Array<{ route: string; source: string; newest_sent: string | null; pending: number }> {
     return this.db
       .prepare<[], { route: string; source: string; newest_sent: string | null; pending: number }>(
-        `SELECT route, source, max(CASE WHEN sent IS NOT NULL THEN end_time END) AS newest_sent, sum(sent IS NULL) AS pending
+        `SELECT route, source, max(CASE WHEN sent IS NOT NULL THEN end_time END) AS newest_sent, sum(sent IS NULL AND aside IS NULL) AS pending
          FROM queue GROUP BY route, source ORDER BY route, source`,
       )
       .all();

@@ -5,6 +5,7 @@ import type { ChunkLocation } from './catalogue.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
+const LOCATE_AHEAD = 1000; // chunks looked up in the catalogue at a time
 
 /** Consecutive chunks that sit back to back in one pack: read with one range read. */
 interface Run {
@@ -13,17 +14,33 @@ interface Run {
   length: number;
   ids: Buffer[];
   lengths: number[];
+  /** the digests recorded for them (null: written before pack format 2) */
+  digests: Array<Buffer | null>;
 }
 
 function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
-  for (const id of ids) {
-    const loc = repo.catalogue.location(id);
-    if (!loc) {
-      const hex = id.toString('hex');
-      throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex });
+  const batch: Buffer[] = [];
+  const flush = function* () {
+    const locs = repo.catalogue.locations(batch);
+    for (let i = 0; i < batch.length; i++) {
+      const id = batch[i]!;
+      const loc = locs[i];
+      if (!loc) {
+        const hex = id.toString('hex');
+        if (repo.catalogue.quarantine.chunkIds().has(hex)) {
+          throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is quarantined (its stored copy was found damaged); a backup that meets the same data stores it again, or restore from a vault that holds it ("kura restore --from ROUTE")`, { chunk: hex, quarantined: true });
+        }
+        throw new KuraError('E_CHUNK_MISSING', `chunk ${hex} of ${what} is not in the catalogue; run "kura check", or "kura repo rebuild-index" if the catalogue was lost`, { chunk: hex });
+      }
+      yield { id, loc };
     }
-    yield { id, loc };
+    batch.length = 0;
+  };
+  for (const id of ids) {
+    batch.push(id);
+    if (batch.length === LOCATE_AHEAD) yield* flush();
   }
+  if (batch.length > 0) yield* flush();
 }
 
 function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Generator<Run> {
@@ -33,10 +50,11 @@ function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Genera
       run.length += loc.length;
     } else {
       if (run) yield run;
-      run = { pack: loc.pack, offset: loc.offset, length: loc.length, ids: [], lengths: [] };
+      run = { pack: loc.pack, offset: loc.offset, length: loc.length, ids: [], lengths: [], digests: [] };
     }
     run.ids.push(id);
     run.lengths.push(loc.length);
+    run.digests.push(loc.digest ?? null);
   }
   if (run) yield run;
 }
@@ -76,6 +94,11 @@ export interface BlobRun {
   ids: Buffer[];
   lengths: number[];
   bytes: Buffer;
+  /** the digests recorded when they were written (null: before pack format 2) */
+  digests: Array<Buffer | null>;
+  /** where the run was read: its pack and the offset of its first blob */
+  pack: string;
+  offset: number;
 }
 
 /** The stored blobs of `ids`, in order, as the runs they were read in (a sender can pass a run on whole). */
@@ -123,7 +146,7 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
   while (queue.length > 0) {
     const done = await queue.shift()!;
     fill();
-    for (const { run, bytes } of done) yield { ids: run.ids, lengths: run.lengths, bytes };
+    for (const { run, bytes } of done) yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
   }
 }
 

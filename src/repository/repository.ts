@@ -163,7 +163,8 @@ export class Repository {
     }
     if (config.format !== REPO_FORMAT) throw new KuraError('E_REPO_FORMAT', `${root} has repository format ${config.format}; this kura reads format ${REPO_FORMAT}`);
     // the key is derived (scrypt, in the thread pool) while the catalogue is opened and reconciled
-    const unlocking = keys ? unlock(store, config.id, keys) : Promise.resolve(null);
+    // a vault tenant's repository has no key slots: a key source given anyway (KURA_PASSPHRASE) is not tried
+    const unlocking = keys && !config.keyless ? unlock(store, config.id, keys) : Promise.resolve(null);
     unlocking.catch(() => {}); // awaited below
     if (!store.local) await fsp.mkdir(root, { recursive: true, mode: 0o750 }); // the catalogue's directory
     // the catalogue is a cache: on a new machine (or after it was lost) a repository in an

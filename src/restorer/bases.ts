@@ -1,5 +1,6 @@
 import { blobInfo, openBlob } from '../crypto/blob.js';
 import { KuraError } from '../errors.js';
+import { openingAddon } from '../native.js';
 
 /** Anything that yields blobs of `ids` in order: the local store, or a vault over SSH. */
 export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
@@ -38,15 +39,43 @@ export class DeltaOpener {
       this.cache.delete(k);
       this.cached -= v.length;
     }
+    const got: Array<{ id: Buffer; blob: Buffer }> = [];
     for await (const { id, blob } of this.source(fetch, `base chunks of ${what}`)) {
       if (blobInfo(blob)?.bases.length) {
         const hex = id.toString('hex');
         throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex} is a base of a delta but is itself a delta (kura never writes that); run "kura check"`, { chunk: hex });
       }
-      const plain = openBlob(blob, id, this.keys);
+      got.push({ id, blob });
+    }
+    // opened together off the main thread; one that does not open is opened here for its error
+    const native = got.length > 1 ? openingAddon() : null;
+    const plains = native ? await native.openBlobs(this.keys.dataKey, this.keys.idKey, got.map((g) => g.blob), Buffer.concat(got.map((g) => g.id)), null) : null;
+    let at = 0;
+    for (const { id, blob } of got) {
+      let plain: Buffer;
+      if (plains && typeof plains !== 'number') {
+        const n = blobInfo(blob)!.plainLength;
+        plain = Buffer.from(plains.subarray(at, (at += n))); // its own memory: the cache drops bases one by one
+      } else plain = openBlob(blob, id, this.keys);
       this.cache.set(id.toString('base64'), plain);
       this.cached += plain.length;
     }
+  }
+
+  isDelta(blob: Buffer): boolean {
+    return (blobInfo(blob)?.bases.length ?? 0) > 0;
+  }
+
+  /** A prepared delta's bases' plaintexts, concatenated (its zstd dictionary); null for a blob that is no delta. */
+  dictOf(blob: Buffer): Buffer | null {
+    const bases = blobInfo(blob)?.bases ?? [];
+    if (bases.length === 0) return null;
+    const plains = bases.map((b) => {
+      const p = this.cache.get(b.toString('base64'));
+      if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
+      return p;
+    });
+    return plains.length === 1 ? plains[0]! : Buffer.concat(plains);
   }
 
   /** Open a blob whose bases (if any) were prepared. */

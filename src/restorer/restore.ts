@@ -10,6 +10,8 @@ import type { RepoKeys } from '../crypto/keys.js';
 import type { Repository } from '../repository/repository.js';
 import { openSnapshotPrivate, snapshotChunkIds, type DecodedSnapshot } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
+import { blobInfo, CHUNK_ID_BYTES } from '../crypto/blob.js';
+import { openingAddon, type NativeAddon } from '../native.js';
 
 export interface RestoreResult {
   id: string;
@@ -20,57 +22,184 @@ export interface RestoreResult {
 
 export type { BlobSource };
 
-const SEGMENT_BYTES = 32 << 20; // chunks fetched before their deltas' bases are
+const SEGMENT_BYTES = 8 << 20; // chunk capacity of a segment: its deltas' bases are fetched after it
+const PARTS = 2; // a segment is opened as this many pieces side by side on libuv's pool
+const SEGMENTS_AHEAD = 3; // segments read and being opened while an earlier one is written
 
 /**
  * Streams a snapshot's chunks in order into `out`, verifying every chunk (GCM tag, then the
- * plaintext re-hashed against its ID). The chunks are read in segments of at most 32 MiB; the
- * base chunks the segment's deltas need are read after it. Memory stays bounded whatever the
- * snapshot's size.
+ * plaintext re-hashed against its ID). The chunks are read in segments of at most 32 MiB of
+ * chunk capacity; the base chunks the segment's deltas need are read after it. With the native
+ * addon a segment is opened off the main thread in pieces side by side, while the main thread
+ * reads the next segments and writes the last one out, in order; at most SEGMENTS_AHEAD segments
+ * are held, so memory stays bounded whatever the snapshot's size.
  */
-export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs: BlobSource, out: Writable): Promise<RestoreResult> {
+export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs: BlobSource, out: Writable, progress?: Progress): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const snapshotId = snap.id;
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
   const ids = [...idsOf(await snapshotChunkIds(snap, blobs))];
-  let bytes = 0;
-  const what = `snapshot ${snapshotId}`;
   const opener = new DeltaOpener(keys, blobs);
   const perSegment = Math.max(16, Math.min(4096, Math.floor(SEGMENT_BYTES / (snap.header.chunker?.maxSize ?? 1 << 20))));
-  for (let at = 0; at < ids.length; at += perSegment) {
-    const segment: Array<{ id: Buffer; blob: Buffer }> = [];
-    for await (const b of blobs(ids.slice(at, at + perSegment), what)) segment.push(b);
-    await opener.prepare(segment, what);
-    for (const { id, blob } of segment) {
-      let plain: Buffer;
-      try {
-        plain = opener.open(blob, id);
-      } catch (e) {
-        if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${snapshotId}, offset ${bytes})`, { ...e.details, snapshot: snapshotId });
-        throw e;
-      }
-      bytes += plain.length;
-      if (!out.write(plain)) await once(out, 'drain'); // rejects if the stream errors meanwhile
-    }
-  }
+  const ctx: SegmentContext = { snapshotId, keys, opener, what: `snapshot ${snapshotId}`, progress, total: snap.header.logicalBytes };
+  progress?.(0, ctx.total);
+  const native = openingAddon();
+  const bytes = native ? await pipelined(ids, perSegment, blobs, out, ctx, native) : await oneByOne(ids, perSegment, blobs, out, ctx);
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
   }
   return { id: snapshotId, bytes, chunks: ids.length, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
-export async function restoreTo(repo: Repository, snapshotId: string, out: Writable): Promise<RestoreResult> {
+/** Told the bytes written so far and the snapshot's size, after each write (a progress meter). */
+export type Progress = (bytes: number, total: number) => void;
+
+interface SegmentContext {
+  snapshotId: string;
+  progress?: Progress | undefined;
+  total: number;
+  keys: RepoKeys;
+  opener: DeltaOpener;
+  what: string;
+}
+
+type Blob = { id: Buffer; blob: Buffer };
+
+async function readSegment(blobs: BlobSource, ids: Buffer[], ctx: SegmentContext): Promise<Blob[]> {
+  const segment: Blob[] = [];
+  for await (const b of blobs(ids, ctx.what)) segment.push(b);
+  await ctx.opener.prepare(segment, ctx.what);
+  return segment;
+}
+
+/** Open one blob on this thread; a failure names the snapshot and the offset of the chunk. */
+function openHere(ctx: SegmentContext, b: Blob, offset: number): Buffer {
+  try {
+    return ctx.opener.open(b.blob, b.id);
+  } catch (e) {
+    if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${ctx.snapshotId}, offset ${offset})`, { ...e.details, snapshot: ctx.snapshotId });
+    throw e;
+  }
+}
+
+async function write(out: Writable, b: Buffer): Promise<void> {
+  if (!out.write(b)) await once(out, 'drain'); // rejects if the stream errors meanwhile
+}
+
+/** Without the native addon: every chunk opened on the main thread, in turn. */
+async function oneByOne(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext): Promise<number> {
+  let bytes = 0;
+  for (let at = 0; at < ids.length; at += perSegment) {
+    for (const b of await readSegment(blobs, ids.slice(at, at + perSegment), ctx)) {
+      const plain = openHere(ctx, b, bytes);
+      bytes += plain.length;
+      await write(out, plain);
+      ctx.progress?.(bytes, ctx.total);
+    }
+  }
+  return bytes;
+}
+
+/** The plaintext length a blob's header states (0 when it is no blob: opening it fails and says so). */
+const plainLength = (blob: Buffer) => blobInfo(blob)?.plainLength ?? 0;
+
+/**
+ * Opens a segment in PARTS pieces on libuv's pool; resolves with their plaintexts in order. A
+ * piece that does not open is opened again here, blob by blob, for the error of the first damaged
+ * chunk with its offset (`start`: the offset of the segment's first byte).
+ */
+function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], start: number): Promise<Buffer[]> {
+  const size = Math.ceil(segment.length / PARTS);
+  const pieces: Promise<Buffer>[] = [];
+  let offset = start;
+  for (let at = 0; at < segment.length; at += size) {
+    const piece = segment.slice(at, at + size);
+    const pieceStart = offset;
+    for (const b of piece) offset += plainLength(b.blob);
+    const dicts = piece.some((b) => ctx.opener.isDelta(b.blob)) ? piece.map((b) => ctx.opener.dictOf(b.blob)) : null;
+    const ids = Buffer.allocUnsafe(piece.length * CHUNK_ID_BYTES);
+    piece.forEach((b, i) => b.id.copy(ids, i * CHUNK_ID_BYTES));
+    pieces.push(
+      native.openBlobs(ctx.keys.dataKey, ctx.keys.idKey, piece.map((b) => b.blob), ids, dicts).then((r) => {
+        if (typeof r !== 'number') return r;
+        let at = pieceStart;
+        for (const b of piece) at += openHere(ctx, b, at).length; // throws at the damaged one
+        throw new KuraError('E_CHUNK_CORRUPT', `a chunk of snapshot ${ctx.snapshotId} near offset ${pieceStart} did not open (reason ${r & 7}), yet opens on a second try; run "kura check --read-data"`, { snapshot: ctx.snapshotId });
+      }),
+    );
+  }
+  return Promise.all(pieces);
+}
+
+/**
+ * The pipeline: read segment n+1 (and its bases) while segment n is opened on libuv's pool and
+ * segment n-1 is written. Output order is the snapshot's; the first error stops both ends.
+ */
+async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext, native: NativeAddon): Promise<number> {
+  const opened: Array<Promise<Buffer[]>> = [];
+  const wake: { room?: () => void; more?: () => void } = {};
+  let readerDone = false;
+  let failed: unknown = null;
+  const reader = (async () => {
+    try {
+      let start = 0;
+      for (let at = 0; at < ids.length && failed === null; at += perSegment) {
+        const segment = await readSegment(blobs, ids.slice(at, at + perSegment), ctx);
+        const p = openSegment(native, ctx, segment, start);
+        p.catch(() => {}); // awaited by the writer
+        for (const b of segment) start += plainLength(b.blob);
+        opened.push(p);
+        wake.more?.();
+        while (opened.length >= SEGMENTS_AHEAD && failed === null) await new Promise<void>((r) => (wake.room = r));
+      }
+    } catch (e) {
+      failed ??= e;
+    } finally {
+      readerDone = true;
+      wake.more?.();
+    }
+  })();
+  let bytes = 0;
+  try {
+    for (;;) {
+      while (opened.length === 0 && !readerDone) await new Promise<void>((r) => (wake.more = r));
+      if (failed !== null) throw failed;
+      const next = opened.shift();
+      if (!next) break;
+      wake.room?.();
+      for (const plain of await next) {
+        bytes += plain.length;
+        await write(out, plain);
+        ctx.progress?.(bytes, ctx.total);
+      }
+    }
+  } catch (e) {
+    failed ??= e;
+    wake.room?.();
+    await reader;
+    throw failed;
+  }
+  await reader;
+  if (failed !== null) throw failed;
+  return bytes;
+}
+
+export async function restoreTo(repo: Repository, snapshotId: string, out: Writable, progress?: Progress): Promise<RestoreResult> {
   const snap = await repo.readSnapshot(snapshotId);
-  return restoreStream(snap, repo.keys, (ids, what) => readBlobs(repo, ids, what), out);
+  return restoreStream(snap, repo.keys, (ids, what) => readBlobs(repo, ids, what), out, progress);
 }
 
 /**
  * Restore into a file: written beside the target under a temporary name and renamed only when
- * every chunk verified, so a failed restore never leaves something that looks complete.
+ * every chunk verified, so a failed restore never leaves something that looks complete. On a
+ * failure the temporary file is closed (a write still under way is waited for, and its
+ * "destroyed" error is no news) and removed; the caller gets the failure that stopped the restore.
  */
 export async function restoreToFile(target: string, run: (out: Writable) => Promise<RestoreResult>): Promise<RestoreResult> {
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.kura-partial-${randomBytes(4).toString('hex')}`);
   const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o640 });
+  let writeError: Error | null = null;
+  ws.on('error', (e) => (writeError ??= e));
   try {
     await once(ws, 'open');
   } catch (e) {
@@ -86,8 +215,14 @@ export async function restoreToFile(target: string, run: (out: Writable) => Prom
     await fsp.rename(tmp, target);
     return r;
   } catch (e) {
-    ws.destroy();
+    if (!ws.closed) {
+      const closed = once(ws, 'close').catch(() => {});
+      ws.destroy();
+      await closed;
+    }
     await fsp.unlink(tmp).catch(() => {});
+    // the file could not be written (a full disk, say): that, not the stream's state, is the news
+    if (writeError && !(e instanceof KuraError)) throw ioError(`cannot write ${tmp}`, writeError);
     throw e;
   }
 }

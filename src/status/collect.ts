@@ -47,6 +47,8 @@ export function collectStatus(repo: Repository, cfg: KuraConfig, now = new Date(
       sources: exposureSources(cfg, deliveries, (s) => tenants.get(s)),
       delivered,
       defaultRpoSeconds: parseDuration(cfg.rpo)! / 1000,
+      aside: cat.ops.asideEntries(),
+      damaged: cat.quarantine.damaged(),
       plans: sourcePlans(repo, cfg, now),
     },
     now,

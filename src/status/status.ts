@@ -1,4 +1,6 @@
 import type { JobRow, RouteStateRow } from '../repository/catalogue.js';
+import type { AsideEntry } from '../repository/ops-state.js';
+import type { SnapshotDamage } from '../repository/quarantine.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
 import { deliveryKey, exposures, worstOf, type Exposure, type ExposureSource } from './exposure.js';
 
@@ -25,6 +27,8 @@ export interface RouteStatus {
   overTarget: boolean;
   /** the source whose exposure the route line shows */
   worstSource: string | null;
+  /** queue entries set aside (damaged snapshots, or by hand): not sent, not holding up the route */
+  setAside: number;
 }
 
 export interface SourceStatus {
@@ -67,6 +71,10 @@ export interface StatusReport {
   sources: SourceStatus[];
   /** one row per source × route */
   exposure: Exposure[];
+  /** queue entries set aside, with when and why */
+  setAside: AsideEntry[];
+  /** snapshots that need a chunk found damaged and not stored again yet */
+  damaged: Array<SnapshotDamage & { source: string | null }>;
 }
 
 export interface StatusInput {
@@ -81,6 +89,8 @@ export interface StatusInput {
   delivered: ReadonlyMap<string, string>;
   /** RPO target of a route with no source (the top-level rpo) */
   defaultRpoSeconds: number;
+  aside?: AsideEntry[];
+  damaged?: SnapshotDamage[];
   /** planned sources (modules.virtualization), by source */
   plans?: ReadonlyMap<string, SourcePlan>;
 }
@@ -121,6 +131,7 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
       rpoTargetSeconds: worst?.targetSeconds ?? input.defaultRpoSeconds,
       overTarget: exposure.some((e) => e.route === route && e.overTarget),
       worstSource: worst?.source ?? null,
+      setAside: (input.aside ?? []).filter((a) => a.route === route).length,
     };
   });
   const sources = new Map<string, SourceStatus>();
@@ -149,7 +160,16 @@ export function statusReport(input: StatusInput, now: Date): StatusReport {
   }
   for (const [source, plan] of input.plans ?? []) entry(source, '').plan = plan;
   const list = [...sources.values()].sort((a, b) => a.source.localeCompare(b.source));
-  return { time: now.toISOString(), ok: exposure.every((e) => !e.overTarget) && list.every((s) => !s.lastJobFailed), routes, sources: list, exposure };
+  const damaged = (input.damaged ?? []).map((d) => ({ ...d, source: byId.get(d.snapshot)?.source ?? null }));
+  return {
+    time: now.toISOString(),
+    ok: exposure.every((e) => !e.overTarget) && list.every((s) => !s.lastJobFailed) && damaged.length === 0,
+    routes,
+    sources: list,
+    exposure,
+    setAside: input.aside ?? [],
+    damaged,
+  };
 }
 
 function emptySource(source: string, tenant: string): SourceStatus {

@@ -113,7 +113,7 @@ export const snapshotRef: BodySchema<SnapshotRef> = {
 };
 
 export const helloBody = json(z.object({ protocol: z.number().int(), tenant: z.string(), client: z.string().optional() }), '{protocol, tenant, client}');
-export const flushBody = json(z.object({ seq: z.number().int().min(0), sum: z.string().optional() }), '{seq, sum?}');
+export const flushBody = json(z.object({ seq: z.number().int().min(0), sum: z.string().optional(), digests: z.string().optional() }), '{seq, sum?, digests?}');
 export const listBody = json(z.object({ source: z.string().optional() }), '{source?}');
 export const snapshotIdBody = json(z.object({ id: hex64 }), '{id}');
 export const protectBody = json(z.object({ id: hex64, protect: z.boolean() }), '{id, protect}');

@@ -3,6 +3,7 @@ import { KuraError } from '../../errors.js';
 import { blobInfo, CHUNK_ID_BYTES } from '../../crypto/blob.js';
 import { Frame, type RawFrame } from '../../protocol/frames.js';
 import { storePack } from '../../repository/pack.js';
+import { blobDigest, DIGEST_BYTES, runDigests } from '../../repository/digest.js';
 import type { VaultSession } from '../session.js';
 import type { PutRun } from './body.js';
 
@@ -16,11 +17,13 @@ const MAX_QUEUED_FLUSHES = 8; // batches waiting for the disk before the session
  * leased to the session.
  */
 export class Uploads {
-  private pending: Array<{ id: Buffer; blob: Buffer }> = [];
+  private pending: Array<{ id: Buffer; blob: Buffer; digest: Buffer }> = [];
   private pendingBytes = 0;
   /** how many of `pending` came as PUT_NEXT (hashed by batchSum, in order) */
   private pendingNext = 0;
   private batchSum: Blake3Hasher | null = null;
+  /** protocol 4: the digests of the batch's blobs as they arrived, checked at FLUSH against those recorded when they were written */
+  private batchDigests: Blake3Hasher | null = null;
   /** Pack writes run behind the frame loop, so receiving continues during fdatasync. */
   private flushing: Promise<void> = Promise.resolve();
   private flushFailure: unknown = null;
@@ -61,31 +64,37 @@ export class Uploads {
 
   put(id: Buffer, sum: Buffer, blob: Buffer): void {
     if (!blake3(blob).equals(sum)) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} arrived damaged (checksum mismatch)`);
-    this.accept(id, blob);
+    this.accept(id, blob, blobDigest(blob));
   }
 
   putNext(blob: Buffer): void {
     const id = this.expected[this.expectedAt++];
     if (!id) throw new KuraError('E_PROTOCOL', `PUT_NEXT beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
     (this.batchSum ??= new Blake3Hasher()).update(blob);
+    const digest = blobDigest(blob);
+    (this.batchDigests ??= new Blake3Hasher()).update(digest);
     this.pendingNext++;
-    this.accept(id, blob);
+    this.accept(id, blob, digest);
   }
 
   putRun(p: Buffer, run: PutRun): void {
     const n = run.lengths.length;
     if (this.expectedAt + n > this.expected.length) throw new KuraError('E_PROTOCOL', `PUT_RUN beyond the ${this.expected.length} chunk(s) the last WANT_REPLY listed`);
     (this.batchSum ??= new Blake3Hasher()).update(p.subarray(run.start));
+    // the blobs' digests, side by side in one call: recorded in the pack's index, checked at FLUSH
+    const digests = runDigests(p.subarray(run.start), run.lengths);
+    (this.batchDigests ??= new Blake3Hasher()).update(digests);
     this.s.ops.putRuns++;
     for (let i = 0, at = run.start; i < n; i++) {
       const blob = p.subarray(at, (at += run.lengths[i]!));
       this.pendingNext++;
-      this.accept(this.expected[this.expectedAt++]!, blob);
+      this.accept(this.expected[this.expectedAt++]!, blob, digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
     }
   }
 
-  async flush(seq: number, sum: string | undefined): Promise<void> {
+  async flush(seq: number, sum: string | undefined, digests: string | undefined): Promise<void> {
     if (this.flushFailure) throw this.flushFailure;
+    this.checkBatchDigests(seq, digests);
     let hashed: Blake3Hasher | undefined;
     if (this.batchSum) {
       // PUT_NEXT blobs carry no checksum each: the batch's is checked before it is written
@@ -115,10 +124,21 @@ export class Uploads {
     }
   }
 
-  private accept(id: Buffer, blob: Buffer): void {
+  /** Protocol 4: the digests of the batch's blobs, as recorded when they were written, must be those of the blobs that arrived. */
+  private checkBatchDigests(seq: number, sent: string | undefined): void {
+    const got = this.batchDigests?.digest('hex');
+    this.batchDigests = null;
+    if (this.s.protocol < 4 || got === undefined || sent === got) return;
+    this.pending = [];
+    this.pendingNext = 0;
+    this.batchSum = null;
+    throw new KuraError('E_CHUNK_CORRUPT', `a blob of the batch flushed as ${seq} does not match the digest recorded when it was written (digests ${String(sent)} expected, ${got} received); nothing of it was stored, send it again`);
+  }
+
+  private accept(id: Buffer, blob: Buffer, digest: Buffer): void {
     const info = blobInfo(blob);
     if (!info || blob.length > MAX_CHUNK_BLOB) throw new KuraError('E_CHUNK_CORRUPT', `chunk ${id.toString('hex')} is not a valid blob`);
-    this.pending.push({ id, blob });
+    this.pending.push({ id, blob, digest });
     this.pendingBytes += blob.length;
     this.checkQuota();
     this.s.ops.put++;
@@ -140,7 +160,7 @@ export class Uploads {
     }
   }
 
-  private takePending(): Array<{ id: Buffer; blob: Buffer }> {
+  private takePending(): Array<{ id: Buffer; blob: Buffer; digest: Buffer }> {
     const batch = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -149,7 +169,7 @@ export class Uploads {
   }
 
   /** Write one batch of PUT data as a pack, durable, then record and lease its chunks. */
-  private async writePack(batch: Array<{ id: Buffer; blob: Buffer }>, blobsHashed?: Blake3Hasher): Promise<{ chunks: number; bytes: number }> {
+  private async writePack(batch: Array<{ id: Buffer; blob: Buffer; digest: Buffer }>, blobsHashed?: Blake3Hasher): Promise<{ chunks: number; bytes: number }> {
     const { repo, leaseTtlMs } = this.s.ctx;
     let bytes = 0;
     const seen = new Set<string>();
@@ -170,7 +190,7 @@ export class Uploads {
       const pack = await storePack(repo.store, fresh, lease, fresh.length === batch.length ? blobsHashed : undefined);
       const rows = pack.entries.map((e, i) => {
         const info = blobInfo(fresh[i]!.blob)!;
-        return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)) };
+        return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)), digest: e.digest };
       });
       repo.catalogue.addSessionPack(this.s.id, pack.id, rows, expires, pack.size);
       this.storedAdded += pack.size;
@@ -212,6 +232,6 @@ export function putRun(s: VaultSession, run: PutRun, f: RawFrame): void {
 }
 
 /** FLUSH: make the batch durable (FLUSHED answers once it is). */
-export function flush(s: VaultSession, b: { seq: number; sum?: string | undefined }): Promise<void> {
-  return s.uploads.flush(b.seq, b.sum);
+export function flush(s: VaultSession, b: { seq: number; sum?: string | undefined; digests?: string | undefined }): Promise<void> {
+  return s.uploads.flush(b.seq, b.sum, b.digests);
 }
