@@ -27,6 +27,7 @@ const arg = (name: string, def: number) => {
 };
 const MIB = arg('mib', 1024);
 const REBUILD_MIB = arg('rebuild-mib', 400);
+const ONLY_REBUILD = process.argv.includes('--only-rebuild');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 const MB = 1e6;
 
@@ -53,14 +54,22 @@ async function writeDump(file: string, mib: number, seed: number): Promise<void>
 const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-s3-'));
 const rgw = await startRgw(path.join(dir, 'ceph'));
 try {
-  const dump = path.join(dir, 'dump.sql');
-  await writeDump(dump, MIB, 7);
-  const bytes = statSync(dump).size;
   const s3cfg = (name: string, bucket: string) => {
     const f = path.join(dir, `${name}.yaml`);
     writeFileSync(f, `repository:\n  type: s3\n  path: ${path.join(dir, name)}\n  endpoint: ${rgw.endpoint}\n  bucket: ${bucket}\n  prefix: "${name}/"\n`);
     return f;
   };
+  if (!ONLY_REBUILD) await backupFigures(s3cfg);
+  await rebuildFigure(s3cfg);
+} finally {
+  await rgw.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function backupFigures(s3cfg: (name: string, bucket: string) => string): Promise<void> {
+  const dump = path.join(dir, 'dump.sql');
+  await writeDump(dump, MIB, 7);
+  const bytes = statSync(dump).size;
   const targets: Array<{ backend: string; env: Record<string, string | undefined>; args: string[] }> = [
     { backend: 'fs', env: {}, args: ['--repo', path.join(dir, 'fs-repo')] },
     { backend: 's3', env: { ...rgw.env, KURA_CONFIG: s3cfg('s3-repo', 'bench') }, args: [] },
@@ -95,8 +104,12 @@ try {
   }
   const objects = (await view.keys('s3-repo/')).length;
   emit({ bench: 's3', figure: 'requests', objects, packs: packs.length, storedMiB: +(stored / 2 ** 20).toFixed(1), putsPerGiBStored: +(objects / (stored / 2 ** 30)).toFixed(0), meanPackMiB: +(stored / packs.length / 2 ** 20).toFixed(2), target: 300 });
+  view.close();
+  rmSync(dump);
+}
 
-  // rebuild of a repository of ~100 000 chunks, from the bucket alone
+/** rebuild of a repository of ~100 000 chunks, from the bucket alone */
+async function rebuildFigure(s3cfg: (name: string, bucket: string) => string): Promise<void> {
   const small = path.join(dir, 'small.sql');
   await writeDump(small, REBUILD_MIB, 9);
   const env = { ...rgw.env, KURA_CONFIG: s3cfg('rebuild', 'bench') };
@@ -106,8 +119,4 @@ try {
   const rb = await kura(['repo', 'rebuild-index', '--json'], { ...env, KURA_PASSPHRASE: undefined });
   const res = JSON.parse(rb.out.trim().split('\n').pop()!) as { chunks: number; snapshots: number };
   emit({ bench: 's3', figure: 'rebuild-index', backend: 's3', chunks: res.chunks, snapshotChunks: b.chunks, wallSeconds: +rb.seconds.toFixed(2) });
-  view.close();
-} finally {
-  await rgw.stop();
-  rmSync(dir, { recursive: true, force: true });
 }
