@@ -10,7 +10,7 @@ import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
 import { BucketView } from './support/s3util.js';
-import { agentConfig, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
+import { agentConfig, freePort, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
 import { referencedChunks } from './support/snapshots.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
 
@@ -67,7 +67,8 @@ test('a vault tenant on S3: a relay ships 5 nights; vault prune + gc run while a
   const dir = path.join(top, 'ship');
   mkdirSync(dir);
   const key = sshKey(dir, 'relay');
-  const vault = await startVault(dir, tenantYaml(key.public), storageYaml('vault-ship'));
+  const metricsPort = await freePort();
+  const vault = await startVault(dir, tenantYaml(key.public), `${storageYaml('vault-ship')}  metrics: { host: 127.0.0.1, port: ${metricsPort} }\n`);
   t.after(() => vault.stop());
   const link = await new LinkProxy(vault.port).start();
   t.after(() => link.close());
@@ -85,6 +86,11 @@ test('a vault tenant on S3: a relay ships 5 nights; vault prune + gc run while a
   };
   for (let n = 0; n < 5; n++) await backupNight(n);
   await ok(kuraAsync(['relay', 'once'], { env }), 'relay once (5 nights)');
+  // the store's requests and bytes are on the vault's /metrics
+  const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const puts = Number(/kura_store_requests_total\{backend="s3",op="put"\} (\d+)/.exec(metrics)?.[1] ?? 0);
+  assert.ok(puts > 5, metrics);
+  assert.match(metrics, /kura_store_written_bytes_total\{backend="s3"\} [1-9]\d*/);
   const bucket = new BucketView(rgw!, 'vault-ship');
   t.after(() => bucket.close());
   assert.equal((await bucket.keys('dc-a/tenants/city-a/snapshots/')).length, 5);
