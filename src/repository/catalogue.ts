@@ -531,13 +531,17 @@ export class Catalogue {
     return this.db.prepare<[], string>('SELECT pack FROM condemned_packs ORDER BY pack').pluck().all();
   }
 
-  /** GC: claim a condemned pack for deletion (false: taken back by a session, or another GC is on it). */
+  /**
+   * GC: claim a condemned pack for deletion (false: taken back by a session, or in use again).
+   * GCs of one repository exclude each other (the gc lock), so a claim found here was left by a
+   * killed GC and is taken over.
+   */
   claimCondemned(pack: string): boolean {
     return this.db
       .transaction(() => {
         const now = Date.now();
         const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
-        if (!c || (c.claimed !== null && c.claimed > now - CONDEMNED_CLAIM_MS)) return false;
+        if (!c) return false;
         if (this.db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?').get(pack, now)) return false;
         if (this.db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1').get(pack)) {
           this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack); // in use again: never delete
