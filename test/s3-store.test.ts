@@ -211,12 +211,19 @@ test('two-phase deletes: a condemned pack answers no chunk present, a session wr
     cat.db.transaction(() => cat.condemnPack('p3'))();
     assert.equal(cat.claimCondemned('p3'), true);
     assert.equal(cat.claimCondemned('p3'), true, 'the next GC (GCs exclude each other) takes over a killed one\'s claim');
+    const gc = cat.acquireLock('gc', ['gc']); // the claimer is running
     assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), false);
     cat.forgetCondemned('p3');
+    gc.release();
     assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), true);
     // a leased pack condemned by a stale proof is not claimed
     cat.db.transaction(() => cat.condemnPack('p3'))();
     assert.equal(cat.claimCondemned('p3'), false);
+    // a claim whose GC is gone (no gc lock held) does not hold a session up
+    cat.db.transaction(() => cat.condemnPack('p5'))();
+    assert.equal(cat.claimCondemned('p5'), true);
+    assert.equal(cat.leasePack('p5', 's3', Date.now() + 60_000), true);
+    assert.ok(!cat.condemnedPacks().includes('p5'));
     // a failed delete releases its claim: the next GC (or a session) may go on
     cat.db.transaction(() => cat.condemnPack('p4'))();
     assert.equal(cat.claimCondemned('p4'), true);

@@ -503,19 +503,29 @@ export class Catalogue {
   /**
    * Vault: a session is about to write this pack; GC leaves the object alone while the lease
    * lives. A pack of the same name (same bytes: names are content hashes) that a GC condemned
-   * but has not started deleting is taken back; false while a GC's delete of it is in flight
-   * (a create now could be found present and then deleted): try again shortly.
+   * but has not started deleting is taken back, and so is one claimed by a GC that is no longer
+   * running; false while a running GC's delete of it may be in flight (a create now could be
+   * found present and then deleted): try again shortly.
    */
   leasePack(pack: string, session: string, expires: number): boolean {
     return this.db
       .transaction(() => {
         const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
-        if (c && c.claimed !== null && c.claimed > Date.now() - CONDEMNED_CLAIM_MS) return false;
+        if (c && c.claimed !== null && c.claimed > Date.now() - CONDEMNED_CLAIM_MS && this.gcRunning()) return false;
         if (c) this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack);
         this.db.prepare('INSERT OR REPLACE INTO pack_leases (pack, session, expires) VALUES (?, ?, ?)').run(pack, session, expires);
         return true;
       })
       .immediate();
+  }
+
+  /** Whether a GC holds this repository's gc lock (one of another host counts as running). */
+  private gcRunning(): boolean {
+    const host = hostname();
+    return this.db
+      .prepare<[], { pid: number; host: string }>(`SELECT pid, host FROM locks WHERE kind = 'gc'`)
+      .all()
+      .some((r) => r.host !== host || processAlive(r.pid));
   }
 
   /**
