@@ -344,7 +344,7 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
     const prev = await previous;
     const kept = prev.id !== null && repo.catalogue.snapshotHeader(prev.id) ? prev : NO_PREVIOUS;
     // what this backup will deduplicate against must still be what was written
-    const checked = await checkStored(repo, prev.id, opts.scrubBytes ?? SCRUB_BYTES);
+    const checked = await checkStored(repo, prev.id, opts.scrubBytes ?? (repo.store.local ? SCRUB_BYTES : REMOTE_SCRUB_BYTES));
     for (const p of checked.problems) log().warn({ source: opts.source }, p);
     const res = await runBackup(repo, input, opts, pipeline, kept, checked.unusable);
     const damaged = checked.damaged;
@@ -361,6 +361,13 @@ export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> 
 
 /** Stored bytes the scrub before a backup reads at most (the next backup goes on from there). */
 export const SCRUB_BYTES = 4 * 2 ** 30;
+/**
+ * The same on an object store, where every byte scrubbed is downloaded again each night (an
+ * unchanged rerun of a 1 GiB dump took 21 s instead of 5 with the whole repository read): a
+ * smaller rolling share, the cursor going on from night to night. The store checksums and
+ * scrubs its own objects too (Ceph's deep scrub).
+ */
+export const REMOTE_SCRUB_BYTES = 256 * 2 ** 20;
 
 /**
  * Before the backup deduplicates against what the repository holds, the packs it would rely on
