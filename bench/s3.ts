@@ -28,6 +28,7 @@ const arg = (name: string, def: number) => {
 const MIB = arg('mib', 1024);
 const REBUILD_MIB = arg('rebuild-mib', 400);
 const ONLY_REBUILD = process.argv.includes('--only-rebuild');
+const SKIP_REBUILD = process.argv.includes('--skip-rebuild');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 const MB = 1e6;
 
@@ -60,7 +61,7 @@ try {
     return f;
   };
   if (!ONLY_REBUILD) await backupFigures(s3cfg);
-  await rebuildFigure(s3cfg);
+  if (!SKIP_REBUILD) await rebuildFigure(s3cfg);
 } finally {
   await rgw.stop();
   rmSync(dir, { recursive: true, force: true });
