@@ -40,15 +40,26 @@ const needs = [
   { tool: 'bash', pkg: 'bash' },
   // the routing tests run a vault under libfaketime to see a clock skew in status
   { tool: 'faketime', pkg: 'faketime' },
+  // the S3 tests run a one-node Ceph cluster with its RADOS Gateway (docs: ceph-rgw); installed
+  // without recommends (those would pull in the whole Ceph dashboard stack)
+  { tool: 'radosgw', pkg: 'radosgw', lean: true },
+  { tool: 'radosgw-admin', pkg: 'ceph-common', lean: true },
+  { tool: 'ceph-mon', pkg: 'ceph-mon', lean: true },
+  { tool: 'ceph-osd', pkg: 'ceph-osd', lean: true },
+  { tool: 'ceph-mgr', pkg: 'ceph-mgr', lean: true },
+  { tool: 'ceph-authtool', pkg: 'ceph-common', lean: true },
+  { tool: 'monmaptool', pkg: 'ceph-base', lean: true },
 ];
 const missing = needs.filter((n) => !has(n.tool));
 if (missing.length > 0) {
-  const pkgs = [...new Set(missing.map((m) => m.pkg))];
-  console.error(`installing ${pkgs.join(' ')} (apt-get)…`);
+  const pkgs = [...new Set(missing.filter((m) => !m.lean).map((m) => m.pkg))];
+  const lean = [...new Set(missing.filter((m) => m.lean).map((m) => m.pkg))];
+  console.error(`installing ${[...pkgs, ...lean].join(' ')} (apt-get)…`);
   const asRoot = process.getuid?.() === 0 ? [] : ['sudo', '-n'];
   const run = (args) => spawnSync(asRoot[0] ?? args[0], asRoot.length ? [...asRoot.slice(1), ...args] : args.slice(1), { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
   run(['apt-get', 'update', '-q']);
-  run(['apt-get', 'install', '-y', '-q', ...pkgs]);
+  if (pkgs.length > 0) run(['apt-get', 'install', '-y', '-q', ...pkgs]);
+  if (lean.length > 0) run(['apt-get', 'install', '-y', '-q', '--no-install-recommends', ...lean]);
   const still = needs.filter((n) => !has(n.tool));
   if (still.length > 0) {
     console.error(`missing required tools: ${still.map((s) => `${s.tool} (Debian package ${s.pkg})`).join(', ')}`);

@@ -37,6 +37,8 @@ export const errorCodes = {
   E_KEY_WRONG: ExitStatus.NO_PERM,
   E_KEY_FILE: ExitStatus.NO_PERM,
   E_IO: ExitStatus.IO,
+  // a store that overwrites on a conditional create (If-None-Match: *): kura refuses to use it
+  E_STORE_UNSAFE: ExitStatus.CONFIG,
   E_LOCKED: ExitStatus.TEMP_FAIL,
   E_PROTOCOL: ExitStatus.DATA,
   // the two sides share no protocol version: one of them must be upgraded

@@ -75,7 +75,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
     // the backup's code loads after the export has started
     const { backup, ChunkPipeline, SealPool } = await import('../archiver/backup.js');
     const pipeline = new ChunkPipeline();
-    const pool = new SealPool(null, repo.store.directWriteRoot());
+    const pool = new SealPool(null, repo.store.local?.root ?? null);
     const res = await backup(repo, ahead ?? stream, {
       pool,
       pipeline,

@@ -52,12 +52,50 @@ interface Located {
 const PACK_ID_RE = /^[0-9a-f]{64}$/;
 
 /** Blobs by ID straight from the packs (pack indexes, not the catalogue). */
+/**
+ * Requests in flight when reading many objects: an object store answers each after a round
+ * trip, so a rebuild that asked one at a time would spend its time waiting (a local disk does
+ * not mind).
+ */
+const PARALLEL_READS = 8;
+/** Whole packs fetched at once by rebuild-index. */
+const PACK_FETCHES = 4;
+
+/** fn over items with at most `limit` running at once; results in the items' order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
 function packFetcher(repo: Repository, where: Map<string, Located>): BlobFetcher {
   return async function* (ids, what) {
-    for (const id of ids) {
+    // one ranged read per pack (getRanges coalesces nearby blobs), packs read side by side
+    const list = [...ids];
+    const byPack = new Map<string, number[]>();
+    list.forEach((id, i) => {
       const loc = where.get(id.toString('hex'));
-      const blob = loc ? await repo.store.getRange(packName(loc.pack), loc.offset, loc.length) : null;
-      if (!blob || blob.length !== loc!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} of ${what} is in no pack of the store`, { chunk: id.toString('hex') });
+      if (!loc) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} of ${what} is in no pack of the store`, { chunk: id.toString('hex') });
+      const members = byPack.get(loc.pack);
+      if (members) members.push(i);
+      else byPack.set(loc.pack, [i]);
+    });
+    const blobs: Array<Buffer | null> = new Array(list.length).fill(null);
+    await mapLimit([...byPack], PARALLEL_READS, async ([pack, members]) => {
+      const got = await repo.store.getRanges(packName(pack), members.map((i) => where.get(list[i]!.toString('hex'))!));
+      members.forEach((i, k) => (blobs[i] = got?.[k] ?? null));
+    });
+    for (let i = 0; i < list.length; i++) {
+      const blob = blobs[i];
+      const id = list[i]!;
+      if (!blob || blob.length !== where.get(id.toString('hex'))!.length) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} of ${what} is in no pack of the store`, { chunk: id.toString('hex') });
       yield { id, blob };
     }
   };
@@ -76,18 +114,23 @@ async function referencedBy(repo: Repository, s: DecodedSnapshot, where: Map<str
 /** Every pack's index, read from the tail of each pack (no keys needed). */
 async function readPackIndexes(repo: Repository, onBad: (pack: string, why: string) => void): Promise<Map<string, PackEntry[]>> {
   const out = new Map<string, PackEntry[]>();
-  for await (const name of repo.store.list('packs/')) {
-    const id = name.slice(name.lastIndexOf('/') + 1);
-    if (!PACK_ID_RE.test(id)) continue;
+  const names: string[] = [];
+  for await (const name of repo.store.list('packs/')) if (PACK_ID_RE.test(name.slice(name.lastIndexOf('/') + 1))) names.push(name);
+  const read = await mapLimit(names, PARALLEL_READS, async (name) => {
     const st = await repo.store.stat(name);
-    if (!st) continue;
+    if (!st) return undefined;
     let tail = await repo.store.getRange(name, -Math.min(st.size, 16384), Math.min(st.size, 16384));
     const need = tail ? packIndexLength(tail) : null;
     if (tail && need !== null && need > tail.length && need <= st.size) tail = await repo.store.getRange(name, -need, need);
-    const entries = tail ? parsePackIndex(tail, st.size) : null;
+    return tail ? parsePackIndex(tail, st.size) : null;
+  });
+  names.forEach((name, i) => {
+    const id = name.slice(name.lastIndexOf('/') + 1);
+    const entries = read[i];
+    if (entries === undefined) return; // gone meanwhile
     if (!entries) onBad(id, `pack ${id} has no readable index (truncated or damaged file)`);
     else out.set(id, entries);
-  }
+  });
   return out;
 }
 
@@ -321,23 +364,30 @@ export async function rebuildIndex(repo: Repository): Promise<{ chunks: number; 
   const damaged: DamagedBlob[] = [];
   // the base chunks of deltas are referenced too: a second pass records those the first found
   for (let pass = 0; pass < 2; pass++) {
-    for (const [pack, entries] of indexes) {
-      const wanted = entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')) && !inQuarantine.get(pack)?.has(e.offset));
-      if (wanted.length === 0) continue;
-      const bytes = await repo.store.get(packName(pack));
-      if (!bytes) continue;
-      for (const e of wanted) {
-        const blob = bytes.subarray(e.offset, e.offset + e.length);
-        if (e.digest && !blobDigest(blob).equals(e.digest)) {
-          if (pass === 0) damaged.push({ chunk: e.id, pack, offset: e.offset, length: e.length, digest: e.digest, reason: 'stored bytes do not hash to the digest recorded when written (found by rebuild-index)' });
-          continue;
+    const todo = [...indexes]
+      .map(([pack, entries]) => ({ pack, wanted: entries.filter((e) => referenced.has(e.id.toString('hex')) && !rows.has(e.id.toString('hex')) && !inQuarantine.get(pack)?.has(e.offset)) }))
+      .filter((p) => p.wanted.length > 0);
+    // packs fetched a few at a time (memory: PACK_FETCHES whole packs), handled in order
+    for (let at = 0; at < todo.length; at += PACK_FETCHES) {
+      const group = todo.slice(at, at + PACK_FETCHES);
+      const fetched = await Promise.all(group.map((p) => repo.store.get(packName(p.pack))));
+      group.forEach(({ pack, wanted }, gi) => {
+        const bytes = fetched[gi];
+        if (!bytes) return;
+        for (const e of wanted) {
+          if (rows.has(e.id.toString('hex'))) continue; // in an earlier pack too: the first copy wins
+          const blob = bytes.subarray(e.offset, e.offset + e.length);
+          if (e.digest && !blobDigest(blob).equals(e.digest)) {
+            if (pass === 0) damaged.push({ chunk: e.id, pack, offset: e.offset, length: e.length, digest: e.digest, reason: 'stored bytes do not hash to the digest recorded when written (found by rebuild-index)' });
+            continue;
+          }
+          const info = blobInfo(blob);
+          if (!info) continue;
+          const bases = info.bases.map((b) => Buffer.from(b));
+          rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases, digest: e.digest });
+          for (const b of bases) referenced.add(b.toString('hex'));
         }
-        const info = blobInfo(blob);
-        if (!info) continue;
-        const bases = info.bases.map((b) => Buffer.from(b));
-        rows.set(e.id.toString('hex'), { id: e.id, pack, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases, digest: e.digest });
-        for (const b of bases) referenced.add(b.toString('hex'));
-      }
+      });
     }
   }
   repo.catalogue.db.transaction(() => {

@@ -40,7 +40,7 @@ interface PackRow {
  * than the hashing in a short-lived process, and would count against a backup's memory).
  */
 function packHasher(repo: Repository): (pack: string) => Promise<{ id: string; size: number } | null> {
-  const root = repo.store.directWriteRoot();
+  const root = repo.store.local?.root ?? null;
   if (!root) {
     return async (pack) => {
       const bytes = await repo.store.get(packName(pack));
@@ -80,13 +80,27 @@ export async function scrubPacks(repo: Repository, opts: { budgetBytes: number; 
   const known = repo.catalogue.quarantine.locations();
   let last = cursor;
   const hashOf = packHasher(repo);
+  // an object store answers each GET after a round trip: the next packs are fetched meanwhile
+  const ahead = repo.store.local ? 1 : 4;
+  const fetching = new Map<number, ReturnType<typeof hashOf>>();
+  const hashAt = (k: number) => {
+    let f = fetching.get(k);
+    if (!f) {
+      f = hashOf(order[k]!.name);
+      f.catch(() => {}); // awaited in turn
+      fetching.set(k, f);
+    }
+    return f;
+  };
   for (let i = 0; i < order.length; i++) {
     if (report.bytes >= opts.budgetBytes) {
       report.complete = false;
       break;
     }
     const p = order[i]!;
-    const hashed = await hashOf(p.name);
+    for (let k = i; k < Math.min(order.length, i + ahead); k++) void hashAt(k);
+    const hashed = await hashAt(i);
+    fetching.delete(i);
     report.packs++;
     last = p.name;
     if (hashed?.id === p.name) {

@@ -5,7 +5,7 @@ import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { parseSize } from '../config/size.js';
 import { meterFor } from './progress.js';
-import { configOf, formatBytes, openRepo, printJson, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, directRootOf, formatBytes, openRepo, printJson, repoLocationOf, repoPathOf, tenantOf, withRepoOptions, type RepoOptions } from './context.js';
 
 interface BackupCliOptions extends RepoOptions {
   name: string;
@@ -98,7 +98,7 @@ export function registerBackup(program: Command): void {
           for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
         }
         // compression and chunking workers start while the key is derived
-        pool = new SealPool(null, repoPathOf(cmd, opts));
+        pool = new SealPool(null, directRootOf(repoLocationOf(cmd, opts)));
         pipeline = new ChunkPipeline();
         tenant = opts.tenant ?? tenantOf(cmd);
         repo = await opening;

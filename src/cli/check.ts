@@ -15,7 +15,7 @@ export function registerCheck(program: Command): void {
         const report = await check(repo, { readData: Boolean(opts.readData), repair: Boolean(opts.repair) });
         if (opts.json) printJson(report);
         else printCheck(report);
-        if (!report.ok) throw new KuraError('E_CHECK_FAILED', `check found ${report.problems.length} problem(s) in ${repo.root}; see above${report.quarantined.length ? ` (${report.quarantined.length} damaged blob(s) quarantined)` : opts.readData && !opts.repair ? '; --repair quarantines damaged blobs so the next backup stores them anew' : ''}`, { reported: true });
+        if (!report.ok) throw new KuraError('E_CHECK_FAILED', `check found ${report.problems.length} problem(s) in ${repo.location}; see above${report.quarantined.length ? ` (${report.quarantined.length} damaged blob(s) quarantined)` : opts.readData && !opts.repair ? '; --repair quarantines damaged blobs so the next backup stores them anew' : ''}`, { reported: true });
       } finally {
         repo.close();
       }

@@ -39,10 +39,11 @@ export function registerPlan(program: Command): void {
 async function localHistory(cfg: import('../config/schema.js').KuraConfig): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   const repo = cfg.repository?.path;
-  if (!repo || !existsSync(path.join(repo, 'config'))) return out;
+  // only a repository that exists: its directory holds the objects (fs) or the catalogue (others)
+  if (!repo || !existsSync(path.join(repo, cfg.repository!.type === 'fs' ? 'config' : 'catalogue.sqlite'))) return out;
   const { Repository } = await import('../repository/repository.js');
   const { durationFromHistory } = await import('../modules/virtualization/plan.js');
-  const r = await Repository.open(repo, null);
+  const r = await Repository.open(cfg.repository!.type === 'fs' ? repo : { dir: repo, storage: cfg.repository! }, null);
   try {
     const host = cfg.host ?? hostname();
     let whole = 0;

@@ -94,7 +94,7 @@ export function registerRelay(program: Command): void {
         const { serveMetrics } = await import('../status/http.js');
         const { collectStatus } = await import('../status/collect.js');
         const { relayMetrics } = await import('../status/status.js');
-        metrics = await serveMetrics(cfg.relay.metrics.host, cfg.relay.metrics.port, () => relayMetrics(collectStatus(repo, cfg)));
+        metrics = await serveMetrics(cfg.relay.metrics.host, cfg.relay.metrics.port, async () => relayMetrics(collectStatus(repo, cfg)) + (await import('../store/wrappers.js')).renderStoreMetrics());
       }
       const stop = (sig: string) => {
         log().info({ signal: sig }, 'relay stopping');

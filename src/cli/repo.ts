@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { Repository } from '../repository/repository.js';
 import { defaultChunkerParams } from '../chunker/fastcdc.js';
-import { keySourceOf, openRepo, printJson, repoPathOf, withRepoOptions, type RepoOptions } from './context.js';
+import { keySourceOf, openRepo, printJson, repoLocationOf, withRepoOptions, type RepoOptions } from './context.js';
 
 function intOption(v: string, what: string): number {
   const n = Number(v);
@@ -28,13 +28,14 @@ export function registerRepo(program: Command): void {
     .option('--chunk-max <size>', 'FastCDC maximum chunk size', String(defaultChunkerParams.maxSize))
     .option('--json', 'print the result as one JSON line')
     .action(async (opts: RepoOptions & { compression: string; chunkMin: string; chunkAvg: string; chunkMax: string }, cmd: Command) => {
-      const dir = repoPathOf(cmd, opts);
+      const loc = repoLocationOf(cmd, opts);
       const keys = keySourceOf(cmd, opts);
-      const { repo: r, keyFileWritten } = await Repository.init(dir, {
+      const { repo: r, keyFileWritten } = await Repository.init(loc, {
         keys,
         compressionLevel: intOption(opts.compression, '--compression'),
         chunker: { minSize: sizeOption(opts.chunkMin, '--chunk-min'), avgSize: sizeOption(opts.chunkAvg, '--chunk-avg'), maxSize: sizeOption(opts.chunkMax, '--chunk-max') },
       });
+      const dir = r.location;
       const result = { repository: dir, id: r.config.id, chunker: r.config.chunker, compression: r.config.compression, keyFile: keyFileWritten ?? null };
       r.close();
       if (opts.json) printJson(result);
@@ -48,7 +49,7 @@ export function registerRepo(program: Command): void {
     .description('rebuild the SQLite catalogue from the store alone (no key needed)')
     .option('--json', 'print the result as one JSON line')
     .action(async (opts: RepoOptions, cmd: Command) => {
-      const r = await openRepo(cmd, opts, 'none');
+      const r = await openRepo(cmd, opts, 'none', { rebuildIfMissing: false });
       try {
         const res = await (await import('../checker/check.js')).rebuildIndex(r);
         if (opts.json) printJson(res);

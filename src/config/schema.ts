@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { DEFAULT_TENANT } from './path.js';
 import { validate as validCron } from 'node-cron';
 import { moduleSchema } from '../modules/index.js';
+import { storageSchema } from '../store/index.js';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
 import { checkTimeZone } from '../retention/plan.js';
@@ -134,7 +135,8 @@ const vaultClient = z.strictObject({
 
 const vaultSchema = z.strictObject({
   listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(2222) }).default({ host: '127.0.0.1', port: 2222 }).describe('SSH listen address'),
-  root: z.string().describe('directory holding one repository per tenant').meta({ examples: ['/var/lib/kura/vault'] }),
+  root: z.string().describe('directory holding one repository per tenant (with storage type s3: their catalogues; the objects go to the bucket)').meta({ examples: ['/var/lib/kura/vault'] }),
+  storage: storageSchema({}).optional().describe('where tenants\' objects are kept: fs (default: under root/tenants) or s3, each tenant under <prefix>tenants/<tenant>/'),
   hostKey: z.string().optional().describe('SSH host key file (PEM/OpenSSH); created on first start when missing (default: <root>/host_key)'),
   auditLog: z.string().optional().describe('append-only JSON-lines audit log (default: <root>/audit.jsonl)'),
   maxFrame: z.number().int().min(1 << 20).max(1 << 30).default(16 << 20).describe('largest protocol frame accepted, in bytes'),
@@ -228,13 +230,12 @@ export const configSchema = z.strictObject({
   host: z.string().optional().describe('host name recorded in snapshots (default: the system host name)'),
   timezone: timeZone.optional().describe('time zone of daily/weekly/monthly retention periods (default: the system\'s)').meta({ examples: ['Asia/Tokyo'] }),
   rpo: duration.default('1d').describe('default RPO target: `kura status` fails, `kura top` colours and notifications report a source whose newest snapshot on a destination (or on site, without routes) is older'),
-  repository: z
-    .strictObject({
-      path: z.string().describe('local (on-site) repository directory').meta({ examples: ['/var/lib/kura/repo'] }),
-      passphraseFile: z.string().optional().describe('file holding the repository passphrase (or set KURA_PASSPHRASE)'),
-      keyFile: z.string().optional().describe('key file from `kura repo init --key-file` / `kura key export` (or set KURA_KEY_FILE)'),
-      compression: compressionLevel.default(3),
-    })
+  repository: storageSchema({
+    path: z.string().describe('local (on-site) repository directory; with type s3 it holds the catalogue and caches, the objects go to the bucket').meta({ examples: ['/var/lib/kura/repo'] }),
+    passphraseFile: z.string().optional().describe('file holding the repository passphrase (or set KURA_PASSPHRASE)'),
+    keyFile: z.string().optional().describe('key file from `kura repo init --key-file` / `kura key export` (or set KURA_KEY_FILE)'),
+    compression: compressionLevel.default(3),
+  })
     .optional()
     .describe('the local repository every command uses unless --repo is given'),
   sources: z.record(name('source'), sourceSchema).default({}).describe('what to back up, by source name').meta({ exampleKey: 'juki' }),

@@ -8,7 +8,6 @@ import { snapshotChunkIds } from '../repository/snapshot.js';
 import { idsOf } from '../repository/chunklist.js';
 import { listFetcher } from '../repository/reader.js';
 import { packName } from '../store/backend.js';
-import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
 
 /**
  * Garbage collection, without keys (the vault runs it on tenants' ciphertext).
@@ -21,14 +20,20 @@ import { FsBackend, removeStaleTemps } from '../store/fs/index.js';
  *    first) or a live session lease now protects, delete the rest from the catalogue, and record
  *    the packs that lost chunks in `gc_pending`. A vault session's HAS checks and leases in one
  *    transaction too, so it either saw the chunk gone (and uploads it) or its lease wins.
- * 4. Packs: a pending pack with no live chunk is deleted; one with some is rewritten (its live
- *    blobs copied into new packs, made durable, rows moved, old pack deleted in the transaction
- *    that proved it unused). Pack files nothing refers to (left by a killed writer) are deleted
- *    unless a session holds a pack lease on them.
+ * 4. Packs: a pending pack with no live chunk is condemned; one with some is rewritten (its live
+ *    blobs copied into new packs, made durable, rows moved, then the old pack condemned). Pack
+ *    objects nothing refers to (left by a killed writer) are condemned unless a session holds a
+ *    pack lease on them.
+ * 5. Deletes, in two phases so that no store call sits inside a catalogue transaction (an S3
+ *    DELETE may take seconds and be retried): the transaction that proves a pack unused (no
+ *    chunk row, no live pack lease) only records it in `condemned_packs`; each is then claimed
+ *    in a transaction of its own, deleted from the store, and forgotten. A session about to
+ *    write a pack of the same name takes an unclaimed one back (Catalogue.leasePack) and waits
+ *    out a claimed one, so a create can never be followed by the delete of the same object.
  *
  * A kill at any moment leaves a consistent repository: rows are only removed for chunks no
- * snapshot references, packs only deleted once no row points at them; a rerun finishes the
- * pending packs.
+ * snapshot references, packs only condemned once no row points at them; a rerun finishes the
+ * pending packs and deletes what was condemned. The same holds on every backend.
  */
 export interface GcOptions {
   /** local: excludes backups of this repository; vault: concurrent sessions are protected by leases */
@@ -150,6 +155,9 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     return out;
   };
 
+  // a GC killed between its condemnations and its deletes left these
+  if (!opts.dryRun) await deleteCondemned(repo, report);
+
   // 1. mark
   await mark(await storeSnapshots());
   await mark(cat.snapshotIds());
@@ -215,9 +223,11 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
 
   // 4. packs
   await rewritePending(repo, report, opts.packBytes ?? DEFAULT_PACK_BYTES);
+  await deleteCondemned(repo, report);
   await deleteOrphans(repo, report);
+  await deleteCondemned(repo, report);
   cat.forgetEmptyPacks();
-  if (store instanceof FsBackend) report.tempFilesRemoved = await removeStaleTemps(repo.root, 3_600_000);
+  if (store.local) report.tempFilesRemoved = await store.local.removeStaleTemps(3_600_000);
   await store.sync();
   report.seconds = (performance.now() - t0) / 1000;
   return report;
@@ -242,12 +252,12 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
   const move = db.prepare('UPDATE chunks SET pack = ?, offset = ?, digest = ? WHERE id = ? AND pack = ?');
 
   /**
-   * Delete `pack` if nothing refers to it, inside the (write) transaction that checks it, so no
-   * session can lease it in between. The transaction must change nothing a rollback would undo.
+   * Condemn `pack` if nothing refers to it, inside the (write) transaction that checks it, so no
+   * session can lease it in between; deleteCondemned() removes the object afterwards.
    */
-  const deleteIfUnused = (pack: string): boolean => {
+  const condemnIfUnused = (pack: string): boolean => {
     if (anyRow.get(pack) || leased.get(pack, Date.now())) return false;
-    store.deleteSync(packName(pack));
+    cat.condemnPack(pack);
     return true;
   };
 
@@ -268,11 +278,11 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
           pack.entries.map((e, i) => ({ offset: e.offset, bases: blobInfo(out[i]!.blob)?.bases.map((b) => Buffer.from(b)) ?? [] })).filter((d) => d.bases.length > 0),
         );
       }).immediate();
-      // a second transaction: were the file deleted inside the one that moves the rows, a kill
-      // before its commit would roll the rows back onto a deleted pack
+      // a second transaction: were the pack condemned in the one that moves the rows, nothing
+      // would be lost, but the moved rows must be committed before any delete can start
       db.transaction(() => {
         for (const s of sources) {
-          if (deleteIfUnused(s.pack)) {
+          if (condemnIfUnused(s.pack)) {
             report.bytesFreed += s.size;
             report.packsRewritten++;
           }
@@ -291,7 +301,7 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
     const st = await store.stat(packName(pack));
     if (rows.length === 0) {
       db.transaction(() => {
-        if (deleteIfUnused(pack)) {
+        if (condemnIfUnused(pack)) {
           report.packsDeleted++;
           report.bytesFreed += st?.size ?? 0;
         }
@@ -321,6 +331,8 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
 async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> {
   const db = repo.catalogue.db;
   const referenced = new Set(db.prepare<[], { pack: string }>('SELECT DISTINCT pack FROM chunks').all().map((r) => r.pack));
+  // condemned but not deleted yet (a failed delete): counted when condemned, deleted by the next pass
+  for (const p of repo.catalogue.condemnedPacks()) referenced.add(p);
   const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
   const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
   for await (const name of repo.store.list('packs/')) {
@@ -329,9 +341,25 @@ async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> 
     const st = await repo.store.stat(name);
     db.transaction(() => {
       if (anyRow.get(id) || leased.get(id, Date.now())) return;
-      repo.store.deleteSync(name);
+      repo.catalogue.condemnPack(id);
       report.orphanPacks++;
       report.bytesFreed += st?.size ?? 0;
     }).immediate();
+  }
+}
+
+/** Phase two of every delete: claim each condemned pack (a transaction), delete its object, forget it. */
+async function deleteCondemned(repo: Repository, report: GcReport): Promise<void> {
+  const cat = repo.catalogue;
+  for (const pack of cat.condemnedPacks()) {
+    if (!cat.claimCondemned(pack)) continue; // taken back by a session, or in use again
+    try {
+      await repo.store.delete(packName(pack));
+    } catch (e) {
+      report.problems.push(`pack ${pack} could not be deleted (${(e as Error).message}); the next gc tries again`);
+      cat.releaseCondemned(pack);
+      continue;
+    }
+    cat.forgetCondemned(pack);
   }
 }

@@ -60,6 +60,13 @@ export interface TransferBytes {
 export const SCHEMA_VERSION = 4;
 
 /**
+ * How long a GC's claim on a condemned pack keeps sessions from writing a pack of that name:
+ * far longer than one DELETE with its retries takes. A claim older than this was left by a
+ * killed GC; the pack may be taken back (its object is either gone or holds the same bytes).
+ */
+export const CONDEMNED_CLAIM_MS = 10 * 60_000;
+
+/**
  * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
  * plaintext headers when the pack is stored). One row per pack: `bases` the distinct bases'
  * 8-byte ID prefixes, `deltas` one record per delta (u32 offset of the delta in the pack, u8 k,
@@ -174,6 +181,9 @@ export class Catalogue {
       CREATE TABLE IF NOT EXISTS pack_leases (pack TEXT PRIMARY KEY, session TEXT NOT NULL, expires INTEGER NOT NULL);
       -- GC: packs that lost chunks and still have to be rewritten or deleted (survives a crash)
       CREATE TABLE IF NOT EXISTS gc_pending (pack TEXT PRIMARY KEY);
+      -- GC: packs proved unused, to be deleted from the store outside any transaction; claimed
+      -- (a time) while a GC's delete is in flight. Survives a crash: the next GC deletes them.
+      CREATE TABLE IF NOT EXISTS condemned_packs (pack TEXT PRIMARY KEY, since INTEGER NOT NULL, claimed INTEGER);
       -- who works on the repository: backups (shared) and GC (exclusive) on a local repository
       CREATE TABLE IF NOT EXISTS locks (
         id TEXT PRIMARY KEY, kind TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL);
@@ -490,9 +500,77 @@ export class Catalogue {
       .immediate();
   }
 
-  /** Vault: a session is about to write this pack; GC leaves the file alone while the lease lives. */
-  leasePack(pack: string, session: string, expires: number): void {
-    this.db.prepare('INSERT OR REPLACE INTO pack_leases (pack, session, expires) VALUES (?, ?, ?)').run(pack, session, expires);
+  /**
+   * Vault: a session is about to write this pack; GC leaves the object alone while the lease
+   * lives. A pack of the same name (same bytes: names are content hashes) that a GC condemned
+   * but has not started deleting is taken back, and so is one claimed by a GC that is no longer
+   * running; false while a running GC's delete of it may be in flight (a create now could be
+   * found present and then deleted): try again shortly.
+   */
+  leasePack(pack: string, session: string, expires: number): boolean {
+    return this.db
+      .transaction(() => {
+        const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
+        if (c && c.claimed !== null && c.claimed > Date.now() - CONDEMNED_CLAIM_MS && this.gcRunning()) return false;
+        if (c) this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack);
+        this.db.prepare('INSERT OR REPLACE INTO pack_leases (pack, session, expires) VALUES (?, ?, ?)').run(pack, session, expires);
+        return true;
+      })
+      .immediate();
+  }
+
+  /** Whether a GC holds this repository's gc lock (one of another host counts as running). */
+  private gcRunning(): boolean {
+    const host = hostname();
+    return this.db
+      .prepare<[], { pid: number; host: string }>(`SELECT pid, host FROM locks WHERE kind = 'gc'`)
+      .all()
+      .some((r) => r.host !== host || processAlive(r.pid));
+  }
+
+  /**
+   * GC, inside the transaction that proved `pack` unused (no chunk row, no live pack lease):
+   * record it for deletion. From here no session can find its chunks present, and one about
+   * to write the same pack takes it back (leasePack) before the delete is claimed.
+   */
+  condemnPack(pack: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO condemned_packs (pack, since, claimed) VALUES (?, ?, NULL)').run(pack, Date.now());
+  }
+
+  condemnedPacks(): string[] {
+    return this.db.prepare<[], string>('SELECT pack FROM condemned_packs ORDER BY pack').pluck().all();
+  }
+
+  /**
+   * GC: claim a condemned pack for deletion (false: taken back by a session, or in use again).
+   * GCs of one repository exclude each other (the gc lock), so a claim found here was left by a
+   * killed GC and is taken over.
+   */
+  claimCondemned(pack: string): boolean {
+    return this.db
+      .transaction(() => {
+        const now = Date.now();
+        const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
+        if (!c) return false;
+        if (this.db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?').get(pack, now)) return false;
+        if (this.db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1').get(pack)) {
+          this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack); // in use again: never delete
+          return false;
+        }
+        this.db.prepare('UPDATE condemned_packs SET claimed = ? WHERE pack = ?').run(now, pack);
+        return true;
+      })
+      .immediate();
+  }
+
+  /** GC: a delete that failed; the pack stays condemned for the next GC, and may be taken back meanwhile. */
+  releaseCondemned(pack: string): void {
+    this.db.prepare('UPDATE condemned_packs SET claimed = NULL WHERE pack = ?').run(pack);
+  }
+
+  /** GC: the condemned pack's object is gone. */
+  forgetCondemned(pack: string): void {
+    this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack);
   }
 
   /** Vault: record a written pack's chunks, lease them to the session, end the pack's lease; one transaction. */

@@ -122,7 +122,7 @@ export function parsePackIndex(tail: Buffer, packSize: number): PackEntry[] | nu
 export async function storePack(
   store: StoreBackend,
   items: ReadonlyArray<{ id: Uint8Array; blob: Uint8Array; digest?: Uint8Array | null }>,
-  beforeWrite?: (packId: string) => void,
+  beforeWrite?: (packId: string) => void | Promise<void>,
   blobsHashed?: Blake3Hasher,
 ): Promise<{ id: string; size: number; entries: PackEntry[] }> {
   const pack = packParts(
@@ -131,7 +131,7 @@ export async function storePack(
     blobsHashed,
     items.map((i) => i.digest ?? null),
   );
-  beforeWrite?.(pack.id);
+  await beforeWrite?.(pack.id);
   await store.put(packName(pack.id), pack.parts);
   await store.sync();
   return { id: pack.id, size: pack.size, entries: pack.entries };

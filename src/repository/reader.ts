@@ -5,6 +5,8 @@ import type { ChunkLocation } from './catalogue.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
+/** on an object store, where each read waits a round trip before its first byte */
+const REMOTE_READ_AHEAD = 12;
 const LOCATE_AHEAD = 1000; // chunks looked up in the catalogue at a time
 
 /** Consecutive chunks that sit back to back in one pack: read with one range read. */
@@ -108,6 +110,7 @@ export function readRuns(repo: Repository, ids: Iterable<Buffer>, what: string):
 
 async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<BlobRun> {
   const groups = groupRuns(planRuns(chunks));
+  const readAhead = repo.store.local ? READ_AHEAD : REMOTE_READ_AHEAD;
   // one run, read again chunk by chunk: a GC may have moved them since the run was planned
   const refetch = async (run: Run, bytes: Buffer | null): Promise<Buffer> => {
     if (!bytes || bytes.length !== run.length) {
@@ -134,7 +137,7 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
   };
   const queue: Array<Promise<Array<{ run: Run; bytes: Buffer }>>> = [];
   const fill = () => {
-    while (queue.length < READ_AHEAD) {
+    while (queue.length < readAhead) {
       const next = groups.next();
       if (next.done) return;
       const p = fetch(next.value);

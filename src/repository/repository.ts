@@ -7,7 +7,7 @@ import { defaultChunkerParams, validateChunkerParams } from '../chunker/fastcdc.
 import { deriveKeys, newMasterKey, parseKeyFile, parseKeySlot, unwrapMasterKey, wrapMasterKey, type KeyFile, type KeySlot, type RepoKeys } from '../crypto/keys.js';
 import type { StoreBackend } from '../store/backend.js';
 import { snapshotName } from '../store/backend.js';
-import { FsBackend } from '../store/fs/index.js';
+import { FS_SPEC, openStore, prepareStore, type StorageSpec } from '../store/index.js';
 import { Catalogue } from './catalogue.js';
 import { decodeSnapshot, type DecodedSnapshot } from './snapshot.js';
 
@@ -39,8 +39,25 @@ export interface InitOptions {
 
 const CATALOGUE_FILE = 'catalogue.sqlite';
 
+/**
+ * Where a repository lives: a directory (the fs backend, everything in it), or a local directory
+ * for the catalogue and caches plus a storage spec from the registry (`scope` separates
+ * repositories sharing one store: a vault's tenants).
+ */
+export type RepoLocation = string | { dir: string; storage: StorageSpec; scope?: string };
+
+function placeOf(loc: RepoLocation): { dir: string; spec: StorageSpec; scope: string } {
+  return typeof loc === 'string' ? { dir: loc, spec: FS_SPEC, scope: '' } : { dir: loc.dir, spec: loc.storage, scope: loc.scope ?? '' };
+}
+
+function storeOf(loc: RepoLocation): { dir: string; spec: StorageSpec; scope: string; store: StoreBackend } {
+  const p = placeOf(loc);
+  return { ...p, store: openStore(p.spec, { dir: p.dir, scope: p.scope }) };
+}
+
 export class Repository {
   private constructor(
+    /** the local directory: catalogue and caches (on fs also the objects) */
     readonly root: string,
     readonly store: StoreBackend,
     readonly config: RepoConfig,
@@ -58,7 +75,12 @@ export class Repository {
     return this.repoKeys !== null;
   }
 
-  static async init(root: string, opts: InitOptions): Promise<{ repo: Repository; keyFileWritten?: string }> {
+  /** Where the objects are, for messages: the directory, or the bucket and prefix. */
+  get location(): string {
+    return this.store.location;
+  }
+
+  static async init(loc: RepoLocation, opts: InitOptions): Promise<{ repo: Repository; keyFileWritten?: string }> {
     const chunker = opts.chunker ?? defaultChunkerParams;
     const problem = validateChunkerParams(chunker);
     if (problem) throw new KuraError('E_USAGE', `chunker parameters: ${problem}`);
@@ -67,12 +89,13 @@ export class Repository {
     if (!opts.keys.passphrase && !opts.keys.keyFile) {
       throw new KuraError('E_KEY_MISSING', 'a new repository needs a key: set KURA_PASSPHRASE, give --passphrase-file, or --key-file PATH to create a key file');
     }
-    const store = new FsBackend(root);
-    if (await store.stat('config')) throw new KuraError('E_REPO_EXISTS', `${root} already holds a kura repository; choose another directory`);
+    const { dir: root, spec, scope, store } = storeOf(loc);
+    if (await store.stat('config')) throw new KuraError('E_REPO_EXISTS', `${store.location} already holds a kura repository; choose another directory, bucket or prefix`);
     const entries = await fsp.readdir(root).catch(() => [] as string[]);
     if (entries.length > 0) throw new KuraError('E_REPO_EXISTS', `${root} is not empty; give an empty or new directory for the repository`);
-    await makeLayout(root);
-    await fsp.mkdir(path.join(root, 'keys'), { recursive: true });
+    // the bucket made if absent, and a store that would overwrite on a create refused
+    await prepareStore(spec, { dir: root, scope }, store);
+    await makeLayout(root, store);
     const config = newConfig(chunker, level);
     const master = newMasterKey();
     let keyFileWritten: string | undefined;
@@ -89,8 +112,12 @@ export class Repository {
       const slot = wrapMasterKey(master, opts.keys.passphrase, config.id, 'initial');
       await store.replace(`keys/${slot.id}`, Buffer.from(JSON.stringify(slot, null, 2)));
     }
-    // config last: a directory without config is not a repository, so a crash here is harmless
-    await store.replace('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+    // config last: a store without config is not a repository, so a crash here is harmless; a
+    // conditional create, so two inits racing on one bucket cannot both win
+    if (!(await store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2) + '\n')))) {
+      throw new KuraError('E_REPO_EXISTS', `${store.location} already holds a kura repository (created meanwhile); choose another directory, bucket or prefix`);
+    }
+    await store.sync();
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
     const repo = new Repository(root, store, config, catalogue, deriveKeys(master, config.id));
     repo.masterKey = master;
@@ -101,15 +128,16 @@ export class Repository {
    * A repository that only ever holds other repositories' ciphertext (a vault tenant): same
    * layout and format, no key slots. Opened with `open(root, null)`.
    */
-  static async initKeyless(root: string): Promise<Repository> {
-    const store = new FsBackend(root);
+  static async initKeyless(loc: RepoLocation): Promise<Repository> {
+    const { dir, store } = storeOf(loc);
     if (!(await store.stat('config'))) {
-      await makeLayout(root);
+      await makeLayout(dir, store);
       const config: RepoConfig = { ...newConfig(defaultChunkerParams, 3), keyless: true };
       await store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
       await store.sync();
     }
-    return Repository.open(root, null);
+    store.close?.();
+    return Repository.open(loc, null);
   }
 
   /** Resolves once the keys are there (at once unless opened with `deferKeys`); rejects as the unlock failed. */
@@ -120,10 +148,13 @@ export class Repository {
    * it returns as soon as the catalogue is open and the key derivation continues: `keys` is
    * usable after `keysReady` (a nightly agent starts its export meanwhile).
    */
-  static async open(root: string, keys: KeySource | null, opts: { deferKeys?: boolean } = {}): Promise<Repository> {
-    const store = new FsBackend(root);
+  static async open(loc: RepoLocation, keys: KeySource | null, opts: { deferKeys?: boolean; rebuildIfMissing?: boolean } = {}): Promise<Repository> {
+    const { dir: root, store } = storeOf(loc);
     const raw = await store.get('config');
-    if (!raw) throw new KuraError('E_REPO_NOT_FOUND', `no kura repository at ${root}; create one with "kura repo init --repo ${root}" or fix --repo`);
+    if (!raw) {
+      store.close?.();
+      throw new KuraError('E_REPO_NOT_FOUND', store.local ? `no kura repository at ${root}; create one with "kura repo init --repo ${root}" or fix --repo` : `no kura repository at ${store.location}; create one with "kura repo init" or fix repository in the config`);
+    }
     let config: RepoConfig;
     try {
       config = JSON.parse(raw.toString('utf8')) as RepoConfig;
@@ -135,9 +166,14 @@ export class Repository {
     // a vault tenant's repository has no key slots: a key source given anyway (KURA_PASSPHRASE) is not tried
     const unlocking = keys && !config.keyless ? unlock(store, config.id, keys) : Promise.resolve(null);
     unlocking.catch(() => {}); // awaited below
+    if (!store.local) await fsp.mkdir(root, { recursive: true, mode: 0o750 }); // the catalogue's directory
+    // the catalogue is a cache: on a new machine (or after it was lost) a repository in an
+    // object store gets it rebuilt from the store before anything trusts it
+    const fresh = opts.rebuildIfMissing !== false && !store.local && !(await fsp.stat(path.join(root, CATALOGUE_FILE)).catch(() => null));
     const catalogue = new Catalogue(path.join(root, CATALOGUE_FILE));
     const repo = new Repository(root, store, config, catalogue, null);
     try {
+      if (fresh) await (await import('../checker/check.js')).rebuildIndex(repo);
       await repo.reconcileSnapshots();
       repo.keysReady = unlocking.then((master) => {
         repo.masterKey = master;
@@ -171,7 +207,7 @@ export class Repository {
 
   async readSnapshot(id: string): Promise<DecodedSnapshot> {
     const bytes = await this.store.get(snapshotName(id));
-    if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in ${this.root}; list them with "kura snapshots"`);
+    if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in ${this.location}; list them with "kura snapshots"`);
     return decodeSnapshot(bytes, id);
   }
 
@@ -182,12 +218,12 @@ export class Repository {
       const source = ref === 'latest' ? undefined : ref.slice('latest:'.length);
       const rows = all.filter((r) => source === undefined || r.header.source === source);
       const last = rows[rows.length - 1];
-      if (!last) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot of source "${source ?? '*'}" in ${this.root}; list them with "kura snapshots"`);
+      if (!last) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot of source "${source ?? '*'}" in ${this.location}; list them with "kura snapshots"`);
       return last.id;
     }
     if (!/^[0-9a-f]{4,64}$/.test(ref)) throw new KuraError('E_USAGE', `"${ref}" is not a snapshot reference: give an ID, a unique ID prefix (4+ hex digits) or latest:SOURCE`);
     const hits = all.filter((r) => r.id.startsWith(ref));
-    if (hits.length === 0) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot ${ref} in ${this.root}; list them with "kura snapshots"`);
+    if (hits.length === 0) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `no snapshot ${ref} in ${this.location}; list them with "kura snapshots"`);
     if (hits.length > 1) throw new KuraError('E_SNAPSHOT_AMBIGUOUS', `"${ref}" matches ${hits.length} snapshots; give more digits`, { matches: hits.map((h) => h.id) });
     return hits[0]!.id;
   }
@@ -212,6 +248,7 @@ export class Repository {
 
   close(): void {
     this.catalogue.close();
+    this.store.close?.();
   }
 }
 
@@ -249,11 +286,16 @@ function newConfig(chunker: ChunkerParams, level: number): RepoConfig {
   };
 }
 
-/** Directories of a new repository; the fan-out ones up front, so the hot path never mkdirs. */
-async function makeLayout(root: string): Promise<void> {
+/**
+ * The local directory of a new repository; on a local disk also the object directories, the
+ * fan-out ones up front so the hot path never mkdirs.
+ */
+async function makeLayout(root: string, store: StoreBackend): Promise<void> {
   await fsp.mkdir(root, { recursive: true, mode: 0o750 });
-  await fsp.mkdir(path.join(root, 'snapshots'), { recursive: true });
-  for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
+  if (!store.local) return;
+  await fsp.mkdir(path.join(store.local.root, 'snapshots'), { recursive: true });
+  await fsp.mkdir(path.join(store.local.root, 'keys'), { recursive: true });
+  for (let i = 0; i < 256; i++) await fsp.mkdir(path.join(store.local.root, 'packs', i.toString(16).padStart(2, '0')), { recursive: true });
 }
 
 async function loadSlots(store: StoreBackend): Promise<KeySlot[]> {

@@ -12,7 +12,7 @@ export const protectedName = (id: string) => `protected/${id}`;
 /** Set or lift the hold; returns whether anything changed. */
 export async function setProtected(repo: Repository, id: string, on: boolean): Promise<boolean> {
   if (!(await repo.store.stat(snapshotName(id)))) {
-    throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in ${repo.root}; list them with "kura snapshots"`);
+    throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in ${repo.location}; list them with "kura snapshots"`);
   }
   const marker = protectedName(id);
   const present = (await repo.store.stat(marker)) !== null;

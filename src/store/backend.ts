@@ -1,6 +1,7 @@
 /**
- * The one storage interface every backend implements (fs now, s3 later); cross-cutting
- * behaviour (retry, read-only, accounting) wraps a backend rather than living inside it.
+ * The one storage interface every backend implements (fs, s3: src/store/registry.ts picks one
+ * from the config); cross-cutting behaviour (retry, accounting) wraps a backend rather than
+ * living inside it (src/store/wrappers.ts).
  *
  * Names are slash-separated: "config", "keys/<id>", "packs/<ab>/<pack id hex>",
  * "snapshots/<snapshot id hex>".
@@ -8,6 +9,23 @@
 export interface StoreStat {
   size: number;
   mtimeMs: number;
+}
+
+/**
+ * What only a local directory can do, offered by the fs backend and used by the pipeline when
+ * present: compression workers write packs straight into `root` (and read delta bases from it)
+ * without a round trip through the main thread, and temp files of killed writers are cleaned up.
+ */
+export interface LocalDisk {
+  /** the directory objects live in ("packs/ab/<id>" is a file under it) */
+  readonly root: string;
+  /**
+   * An object a worker thread wrote straight into root (its bytes flushed there): the next
+   * sync() makes its name durable too.
+   */
+  adopt(name: string): void;
+  /** Remove temp files left by killed writers, those older than `olderThanMs`; how many. */
+  removeStaleTemps(olderThanMs: number): Promise<number>;
 }
 
 export interface StoreBackend {
@@ -22,8 +40,8 @@ export interface StoreBackend {
   /** Atomic and durable create: true if written, false if the name already existed (never overwrites). */
   putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
   /**
-   * Atomic and durable create-or-replace of a content-addressed object (a pack); its name is
-   * durable after sync().
+   * Atomic and durable create of a content-addressed object (a pack); its name is durable after
+   * sync(). An object of that name already holds the same bytes, so finding one is success.
    * The catalogue vouches for packs (rows are added only after sync()), so a pack left damaged
    * by a power cut is simply never used, and its chunks are written again by the next backup.
    */
@@ -33,21 +51,13 @@ export interface StoreBackend {
   /** Names under a prefix ("data/", "snapshots/"), in no particular order. */
   list(prefix: string): AsyncIterable<string>;
   delete(name: string): Promise<void>;
-  /**
-   * Delete, synchronously: GC removes a pack inside the catalogue transaction that proved it
-   * unused, so no session can start using it between the proof and the removal.
-   */
-  deleteSync(name: string): void;
   stat(name: string): Promise<StoreStat | null>;
   /** Make every write so far durable, and the objects adopt()ed since the last sync. */
   sync(): Promise<void>;
-  /**
-   * An object a worker thread wrote straight into directWriteRoot() (its bytes flushed there):
-   * the next sync() makes its name durable too.
-   */
-  adopt(name: string): void;
-  /** A local directory that worker threads may put() packs into themselves, or null. */
-  directWriteRoot(): string | null;
+  /** Abilities of a local directory; undefined on object stores. */
+  readonly local?: LocalDisk | undefined;
+  /** Release connections (object stores); optional. */
+  close?(): void;
 }
 
 export function packName(idHex: string): string {

@@ -7,19 +7,24 @@ import { collectGarbage, type GcReport } from '../gc/gc.js';
 import { Repository } from '../repository/repository.js';
 import type { RetentionPolicy } from '../retention/plan.js';
 import { prune, type PruneReport } from '../retention/prune.js';
+import { tenantLocation } from './vault.js';
 
 /** Tenants of the vault: configured ones and any with a repository under <root>/tenants. */
 export function vaultTenants(cfg: VaultConfig): string[] {
   const dir = path.join(cfg.root, 'tenants');
-  const onDisk = existsSync(dir) ? readdirSync(dir).filter((t) => existsSync(path.join(dir, t, 'config'))) : [];
+  // a tenant's directory holds its objects (fs) or its catalogue (other stores)
+  const onDisk = existsSync(dir) ? readdirSync(dir).filter((t) => existsSync(path.join(dir, t, 'config')) || existsSync(path.join(dir, t, 'catalogue.sqlite'))) : [];
   return [...new Set([...Object.keys(cfg.tenants), ...onDisk])].sort();
 }
 
 export async function openTenantRepo(cfg: VaultConfig, tenant: string): Promise<Repository> {
   if (!vaultTenants(cfg).includes(tenant)) throw new KuraError('E_USAGE', `tenant "${tenant}" is not registered under vault.tenants and has no repository under ${cfg.root}/tenants`);
-  const dir = path.join(cfg.root, 'tenants', tenant);
-  if (!existsSync(path.join(dir, 'config'))) throw new KuraError('E_REPO_NOT_FOUND', `tenant "${tenant}" has no repository yet (nothing was ever sent to it)`);
-  return Repository.open(dir, null);
+  try {
+    return await Repository.open(tenantLocation(cfg, tenant), null);
+  } catch (e) {
+    if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') throw new KuraError('E_REPO_NOT_FOUND', `tenant "${tenant}" has no repository yet (nothing was ever sent to it)`);
+    throw e;
+  }
 }
 
 export function vaultPolicy(cfg: VaultConfig): (tenant: string, source: string) => RetentionPolicy | undefined {
@@ -109,11 +114,11 @@ export async function vaultUsage(cfg: VaultConfig, period: string): Promise<Vaul
       restoreBytes: 0,
       transferSharePercent: 0,
     };
-    if (!existsSync(path.join(dir, 'config'))) {
+    if (!existsSync(path.join(dir, 'config')) && !existsSync(path.join(dir, 'catalogue.sqlite'))) {
       rows.push(base);
       continue;
     }
-    const repo = await Repository.open(dir, null);
+    const repo = await Repository.open(tenantLocation(cfg, tenant), null);
     try {
       let stored = 0;
       for (const prefix of ['packs/', 'snapshots/']) {

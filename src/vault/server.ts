@@ -9,7 +9,8 @@ import { VaultRouting, vaultRoutingMetrics } from './forward.js';
 import { log } from '../log.js';
 import { authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
-import { Vault } from './vault.js';
+import { prepareVaultStorage, Vault } from './vault.js';
+import { renderStoreMetrics } from '../store/wrappers.js';
 import { loadOrCreateHostKey } from './hostkey.js';
 import { VaultMetrics } from './metrics.js';
 import { quotaOf } from './maintenance.js';
@@ -35,6 +36,8 @@ export interface RunningVault {
  * audited, and a refused or broken session never disturbs the others.
  */
 export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined; config?: KuraConfig | undefined } = {}): Promise<RunningVault> {
+  // a store that would overwrite on a create is refused before anything is served from it
+  await prepareVaultStorage(cfg);
   const vault = new Vault(cfg);
   const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
   if (notifier) {
@@ -160,7 +163,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
         }),
       );
       const m = vault.memory;
-      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions }) + (await vaultRoutingMetrics(vault, cfg));
+      return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions }) + (await vaultRoutingMetrics(vault, cfg)) + renderStoreMetrics();
     });
   }
   const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;

@@ -3,7 +3,33 @@ import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { parseDuration } from '../config/duration.js';
 import type { VaultConfig } from '../config/schema.js';
-import { Repository } from '../repository/repository.js';
+import { Repository, type RepoLocation } from '../repository/repository.js';
+import { FS_SPEC, openStore, prepareStore } from '../store/index.js';
+
+/**
+ * Where a tenant's repository lives: <root>/tenants/<tenant> (fs: everything; other stores: its
+ * catalogue), its objects under <prefix>tenants/<tenant>/ of vault.storage.
+ */
+export function tenantLocation(cfg: VaultConfig, tenant: string): RepoLocation {
+  const dir = path.join(cfg.root, 'tenants', tenant);
+  if (!cfg.storage || cfg.storage.type === 'fs') return dir;
+  return { dir, storage: cfg.storage, scope: `tenants/${tenant}/` };
+}
+
+/**
+ * Before a vault serves anything from its store: make the bucket if absent and prove that a
+ * conditional create is refused over an existing object (E_STORE_UNSAFE otherwise).
+ */
+export async function prepareVaultStorage(cfg: VaultConfig): Promise<void> {
+  const spec = cfg.storage ?? FS_SPEC;
+  const where = { dir: path.join(cfg.root, 'tenants'), scope: '' };
+  const store = openStore(spec, where);
+  try {
+    await prepareStore(spec, where, store);
+  } finally {
+    store.close?.();
+  }
+}
 import { AuditLog } from './audit.js';
 import { parseSize } from '../config/size.js';
 import { MemoryBudget, type MemoryLimits } from './memory.js';
@@ -29,7 +55,7 @@ export class Vault {
     if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(tenant)) throw new KuraError('E_FORBIDDEN', `"${tenant}" is not a tenant name`);
     let r = this.repos.get(tenant);
     if (!r) {
-      r = Repository.initKeyless(path.join(this.cfg.root, 'tenants', tenant));
+      r = Repository.initKeyless(tenantLocation(this.cfg, tenant));
       this.repos.set(tenant, r);
     }
     return r;

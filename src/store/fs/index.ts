@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
-import type { StoreBackend, StoreStat } from '../backend.js';
+import type { LocalDisk, StoreBackend, StoreStat } from '../backend.js';
 
 const TMP_PREFIX = '.tmp-';
 
@@ -77,8 +77,10 @@ export function putObjectSync(root: string, name: string, data: Uint8Array): voi
  *   the worker; the main thread adopt()s the name and sync() fsyncs its directory before the
  *   catalogue records anything the workers wrote.
  */
-export class FsBackend implements StoreBackend {
+export class FsBackend implements StoreBackend, LocalDisk {
   readonly location: string;
+  /** a local directory: seal workers may write packs straight into it */
+  readonly local: LocalDisk = this;
   private readonly touchedDirs = new Set<string>();
 
   constructor(readonly root: string) {
@@ -186,10 +188,6 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  directWriteRoot(): string | null {
-    return this.root;
-  }
-
   async replace(name: string, data: Uint8Array): Promise<void> {
     const target = this.pathOf(name);
     const dir = path.dirname(target);
@@ -217,16 +215,6 @@ export class FsBackend implements StoreBackend {
     }
   }
 
-  deleteSync(name: string): void {
-    try {
-      unlinkSync(this.pathOf(name));
-      this.touchedDirs.add(path.dirname(this.pathOf(name)));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw ioError(`cannot delete ${name} in ${this.root}`, e);
-    }
-  }
-
   async stat(name: string): Promise<StoreStat | null> {
     try {
       const s = await fsp.stat(this.pathOf(name));
@@ -239,6 +227,10 @@ export class FsBackend implements StoreBackend {
 
   adopt(name: string): void {
     this.touchedDirs.add(path.dirname(this.pathOf(name)));
+  }
+
+  removeStaleTemps(olderThanMs: number): Promise<number> {
+    return removeStaleTemps(this.root, olderThanMs);
   }
 
   async sync(): Promise<void> {

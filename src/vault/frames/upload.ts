@@ -217,7 +217,11 @@ export class Uploads {
     if (fresh.length > 0) {
       const expires = Date.now() + leaseTtlMs;
       // the pack lease keeps a concurrent GC off the file until its chunks are recorded
-      const pack = await storePack(repo.store, fresh, (id) => repo.catalogue.leasePack(id, this.s.id, expires), fresh.length === batch.length ? blobsHashed : undefined);
+      const lease = async (id: string) => {
+        // a GC deleting an object of this very name right now: wait for its delete to land
+        while (!repo.catalogue.leasePack(id, this.s.id, expires)) await new Promise((r) => setTimeout(r, 50));
+      };
+      const pack = await storePack(repo.store, fresh, lease, fresh.length === batch.length ? blobsHashed : undefined);
       const rows = pack.entries.map((e, i) => {
         const info = blobInfo(fresh[i]!.blob)!;
         return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)), digest: e.digest };

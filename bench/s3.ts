@@ -1,0 +1,123 @@
+/**
+ * bench/s3: an agent repository in a bucket on a real one-node Ceph RGW against the same on a
+ * local directory, printed as JSON lines (one per figure). Not part of npm test.
+ *   npm run bench:s3 [-- --mib 1024 --rebuild-mib 400]
+ * - backup: first backup of a generated SQL dump (`mib` MiB) with `kura backup --file`, wall time
+ *   of the process and MB/s, fs then s3; the ratio s3/fs
+ * - rerun: the same dump again (nothing new to store)
+ * - restore: `kura restore --to -` into /dev/null, MB/s
+ * - requests: PUT requests per GiB stored on s3, counted as the objects in the bucket (each went
+ *   up as one PUT; the store's own counters live in the kura process), and the mean pack size
+ * - rebuild: `kura repo rebuild-index` of an s3 repository of ~100 000 chunks (a dump of
+ *   `rebuild-mib` MiB cut with 4 KiB average chunks), catalogue deleted first, no key
+ */
+import { spawn } from 'node:child_process';
+import { createWriteStream, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { KURA, ROOT } from '../test/support/cli.js';
+import { sqlDump } from '../test/support/generate.js';
+import { startRgw } from '../test/support/rgw.js';
+import { BucketView } from '../test/support/s3util.js';
+
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+};
+const MIB = arg('mib', 1024);
+const REBUILD_MIB = arg('rebuild-mib', 400);
+const ONLY_REBUILD = process.argv.includes('--only-rebuild');
+const SKIP_REBUILD = process.argv.includes('--skip-rebuild');
+const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
+const MB = 1e6;
+
+async function kura(args: string[], env: Record<string, string | undefined>, stdout: 'pipe' | 'ignore' = 'pipe'): Promise<{ out: string; seconds: number }> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [KURA, ...args], { cwd: ROOT, env: { ...process.env, KURA_PASSPHRASE: 'correct horse', KURA_LOG_FORMAT: 'json', ...env }, stdio: ['ignore', stdout, 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  const seconds = (performance.now() - t0) / 1000;
+  if (code !== 0) throw new Error(`kura ${args.join(' ')} exited ${code}: ${err.slice(-2000)}`);
+  return { out, seconds };
+}
+
+async function writeDump(file: string, mib: number, seed: number): Promise<void> {
+  const ws = createWriteStream(file);
+  for await (const b of sqlDump(seed, mib << 20)) if (!ws.write(b)) await once(ws, 'drain');
+  ws.end();
+  await once(ws, 'finish');
+}
+
+const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-s3-'));
+const rgw = await startRgw(path.join(dir, 'ceph'));
+try {
+  const s3cfg = (name: string, bucket: string) => {
+    const f = path.join(dir, `${name}.yaml`);
+    writeFileSync(f, `repository:\n  type: s3\n  path: ${path.join(dir, name)}\n  endpoint: ${rgw.endpoint}\n  bucket: ${bucket}\n  prefix: "${name}/"\n`);
+    return f;
+  };
+  if (!ONLY_REBUILD) await backupFigures(s3cfg);
+  if (!SKIP_REBUILD) await rebuildFigure(s3cfg);
+} finally {
+  await rgw.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function backupFigures(s3cfg: (name: string, bucket: string) => string): Promise<void> {
+  const dump = path.join(dir, 'dump.sql');
+  await writeDump(dump, MIB, 7);
+  const bytes = statSync(dump).size;
+  const targets: Array<{ backend: string; env: Record<string, string | undefined>; args: string[] }> = [
+    { backend: 'fs', env: {}, args: ['--repo', path.join(dir, 'fs-repo')] },
+    { backend: 's3', env: { ...rgw.env, KURA_CONFIG: s3cfg('s3-repo', 'bench') }, args: [] },
+  ];
+  const first: Record<string, number> = {};
+  for (const t of targets) {
+    await kura(['repo', 'init', ...t.args], t.env);
+    const b = await kura(['backup', ...t.args, '--name', 'dump', '--file', dump, '--json'], t.env);
+    const r = JSON.parse(b.out.trim().split('\n').pop()!) as { id: string; newBytes: number; chunks: number; seconds: number };
+    first[t.backend] = bytes / MB / b.seconds;
+    emit({ bench: 's3', figure: 'first-backup', backend: t.backend, inputMiB: MIB, wallSeconds: +b.seconds.toFixed(2), MBps: +(bytes / MB / b.seconds).toFixed(1), storedMiB: +(r.newBytes / 2 ** 20).toFixed(1), chunks: r.chunks });
+    const again = await kura(['backup', ...t.args, '--name', 'dump', '--file', dump, '--json'], t.env);
+    const r2 = JSON.parse(again.out.trim().split('\n').pop()!) as { newBytes: number };
+    emit({ bench: 's3', figure: 'unchanged-rerun', backend: t.backend, wallSeconds: +again.seconds.toFixed(2), MBps: +(bytes / MB / again.seconds).toFixed(1), newBytes: r2.newBytes });
+    const rs = await kura(['restore', ...t.args, r.id, '--to', '-'], t.env, 'ignore');
+    emit({ bench: 's3', figure: 'restore', backend: t.backend, wallSeconds: +rs.seconds.toFixed(2), MBps: +(bytes / MB / rs.seconds).toFixed(1) });
+  }
+  emit({ bench: 's3', figure: 'first-backup-ratio', s3OverFs: +(first.s3! / first.fs!).toFixed(2), target: 0.7 });
+
+  const view = new BucketView(rgw, 'bench');
+  const packs = await view.keys('s3-repo/packs/');
+  let stored = 0;
+  // sizes from one pass over the listing (no HEAD per object)
+  {
+    const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
+    let token: string | undefined;
+    do {
+      const r = await view.client.send(new ListObjectsV2Command({ Bucket: 'bench', Prefix: 's3-repo/', ContinuationToken: token }));
+      for (const o of r.Contents ?? []) stored += o.Size ?? 0;
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+  }
+  const objects = (await view.keys('s3-repo/')).length;
+  emit({ bench: 's3', figure: 'requests', objects, packs: packs.length, storedMiB: +(stored / 2 ** 20).toFixed(1), putsPerGiBStored: +(objects / (stored / 2 ** 30)).toFixed(0), meanPackMiB: +(stored / packs.length / 2 ** 20).toFixed(2), target: 300 });
+  view.close();
+  rmSync(dump);
+}
+
+/** rebuild of a repository of ~100 000 chunks, from the bucket alone */
+async function rebuildFigure(s3cfg: (name: string, bucket: string) => string): Promise<void> {
+  const small = path.join(dir, 'small.sql');
+  await writeDump(small, REBUILD_MIB, 9);
+  const env = { ...rgw.env, KURA_CONFIG: s3cfg('rebuild', 'bench') };
+  await kura(['repo', 'init', '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'], env);
+  const b = JSON.parse((await kura(['backup', '--name', 'dump', '--file', small, '--json'], env)).out.trim().split('\n').pop()!) as { chunks: number };
+  rmSync(path.join(dir, 'rebuild', 'catalogue.sqlite'));
+  const rb = await kura(['repo', 'rebuild-index', '--json'], { ...env, KURA_PASSPHRASE: undefined });
+  const res = JSON.parse(rb.out.trim().split('\n').pop()!) as { chunks: number; snapshots: number };
+  emit({ bench: 's3', figure: 'rebuild-index', backend: 's3', chunks: res.chunks, snapshotChunks: b.chunks, wallSeconds: +rb.seconds.toFixed(2) });
+}

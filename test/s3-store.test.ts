@@ -1,0 +1,235 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { openStore, prepareStore, type StorageSpec } from '../src/store/index.js';
+import { S3Backend } from '../src/store/s3/index.js';
+import { probeConditionalPut } from '../src/store/probe.js';
+import { withRetry, withAccounting, StoreCounters, renderStoreMetrics } from '../src/store/wrappers.js';
+import type { StoreBackend } from '../src/store/backend.js';
+import { KuraError } from '../src/errors.js';
+import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
+import { OverwritingProxy } from './support/s3proxy.js';
+
+/**
+ * The storage layer on both backends: the StoreBackend contract, the conditional-create probe,
+ * retry and accounting wrappers. One RGW for the file.
+ */
+let rgw: Rgw | null = null;
+let dir = '';
+
+before(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), 'kura-s3store-'));
+  if (rgwAvailable()) rgw = await startRgw(path.join(dir, 'ceph'));
+});
+
+after(async () => {
+  await rgw?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function s3Spec(bucket: string, endpoint = rgw!.endpoint): StorageSpec {
+  return { type: 's3', endpoint, bucket, prefix: 'kura/', region: 'us-east-1', forcePathStyle: true };
+}
+
+async function withEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
+}
+
+async function contract(store: StoreBackend): Promise<void> {
+  const a = Buffer.from('first version of a');
+  assert.equal(await store.putIfAbsent('snapshots/aa', a), true);
+  assert.equal(await store.putIfAbsent('snapshots/aa', Buffer.from('second')), false, 'a create over an existing name is refused');
+  assert.deepEqual(await store.get('snapshots/aa'), a, 'and the first bytes stay');
+  assert.equal(await store.get('snapshots/none'), null);
+  const pack = Buffer.alloc(3 << 20);
+  for (let i = 0; i < pack.length; i++) pack[i] = (i * 7) & 0xff;
+  await store.put('packs/ab/abcd', [pack.subarray(0, 1000), pack.subarray(1000)]);
+  await store.put('packs/ab/abcd', pack); // the same content again: fine
+  await store.sync();
+  assert.deepEqual(await store.getRange('packs/ab/abcd', 10, 20), pack.subarray(10, 30));
+  assert.deepEqual(await store.getRange('packs/ab/abcd', -16, 16), pack.subarray(pack.length - 16));
+  const rs = await store.getRanges('packs/ab/abcd', [
+    { offset: 2_900_000, length: 100 },
+    { offset: 5, length: 3 },
+    { offset: 6, length: 10 },
+    { offset: pack.length - 4, length: 8 },
+  ]);
+  assert.deepEqual(rs, [pack.subarray(2_900_000, 2_900_100), pack.subarray(5, 8), pack.subarray(6, 16), pack.subarray(pack.length - 4)]);
+  assert.equal(await store.getRanges('packs/ab/none', [{ offset: 0, length: 1 }]), null);
+  assert.equal((await store.stat('packs/ab/abcd'))?.size, pack.length);
+  assert.equal(await store.stat('packs/ab/none'), null);
+  await store.replace('config', Buffer.from('one'));
+  await store.replace('config', Buffer.from('two'));
+  assert.equal((await store.get('config'))?.toString(), 'two');
+  const names: string[] = [];
+  for await (const n of store.list('packs/')) names.push(n);
+  assert.deepEqual(names, ['packs/ab/abcd']);
+  await store.delete('packs/ab/abcd');
+  await store.delete('packs/ab/abcd'); // absent: not an error
+  assert.equal(await store.stat('packs/ab/abcd'), null);
+}
+
+test('an fs store keeps the StoreBackend contract', async () => {
+  const store = openStore({ type: 'fs' }, { dir: path.join(dir, 'fs-contract'), scope: '' });
+  await contract(store);
+  assert.ok(store.local, 'fs offers local-disk abilities');
+});
+
+test('an s3 store on Ceph RGW keeps the StoreBackend contract', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  await withEnv(rgw!.env, async () => {
+    const spec = s3Spec('contract');
+    const store = openStore(spec, { dir: path.join(dir, 'unused'), scope: 'tenants/a/' });
+    await prepareStore(spec, { dir, scope: '' }, store); // creates the bucket, probes conditional puts
+    await prepareStore(spec, { dir, scope: '' }, store); // a bucket already there is fine
+    await contract(store);
+    assert.equal(store.local, undefined, 's3 has no local-disk abilities');
+    // tenants under their own prefixes do not see each other
+    const other = openStore(spec, { dir, scope: 'tenants/b/' });
+    await other.putIfAbsent('snapshots/aa', Buffer.from('b'));
+    assert.equal((await store.get('snapshots/aa'))?.toString(), 'first version of a');
+    store.close?.();
+    other.close?.();
+  });
+});
+
+test('eight racing creates of one name on RGW: exactly one wins', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  await withEnv(rgw!.env, async () => {
+    const spec = s3Spec('contract');
+    const store = openStore(spec, { dir, scope: 'race/' });
+    const wins = await Promise.all(Array.from({ length: 8 }, (_, i) => store.putIfAbsent('snapshots/x', Buffer.from(`writer ${i}`))));
+    assert.equal(wins.filter(Boolean).length, 1);
+    const body = (await store.get('snapshots/x'))!.toString();
+    assert.equal(body, `writer ${wins.indexOf(true)}`);
+    store.close?.();
+  });
+});
+
+test('a store that overwrites on a conditional put is refused with E_STORE_UNSAFE', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const proxy = await new OverwritingProxy(rgw!).start();
+  try {
+    await withEnv(rgw!.env, async () => {
+      const good = openStore(s3Spec('contract'), { dir, scope: '' });
+      await probeConditionalPut(good); // the gateway itself honours If-None-Match
+      const spec = s3Spec('contract', proxy.endpoint);
+      const bad = openStore(spec, { dir, scope: '' });
+      await assert.rejects(prepareStore(spec, { dir, scope: '' }, bad), (e: unknown) => e instanceof KuraError && e.code === 'E_STORE_UNSAFE' && /If-None-Match/.test(e.message));
+      assert.ok(proxy.conditionalPutsIgnored >= 2);
+      good.close?.();
+      bad.close?.();
+    });
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('retry: transient failures are retried with back-off, then a clear E_IO; accounting counts every request', async () => {
+  let failures = 3;
+  const calls: string[] = [];
+  const flaky: StoreBackend = {
+    location: 'flaky',
+    get: async (name) => {
+      calls.push(name);
+      if (failures-- > 0) throw new KuraError('E_IO', 'HTTP 503 SlowDown', { retryable: true });
+      return Buffer.from('ok');
+    },
+    getRange: async () => null,
+    getRanges: async () => null,
+    putIfAbsent: async () => {
+      throw new KuraError('E_IO', 'connect ECONNREFUSED', { retryable: true });
+    },
+    put: async () => {
+      throw new KuraError('E_IO', 'HTTP 403 AccessDenied', { retryable: false });
+    },
+    replace: async () => {},
+    list: async function* () {},
+    delete: async () => {},
+    stat: async () => null,
+    sync: async () => {},
+  };
+  const counters = new StoreCounters();
+  let retries = 0;
+  const store = withRetry(withAccounting(flaky, counters), { attempts: 4, baseMs: 5, capMs: 20, onRetry: () => retries++ });
+  assert.equal((await store.get('x'))?.toString(), 'ok');
+  assert.equal(calls.length, 4);
+  assert.equal(counters.requests.get('get'), 4);
+  assert.equal(counters.failures.get('get'), 3);
+  assert.equal(counters.bytesRead, 2);
+  await assert.rejects(store.putIfAbsent('y', Buffer.from('z')), (e: unknown) => e instanceof KuraError && e.code === 'E_IO' && /tried 4 times/.test(e.message));
+  const before = retries;
+  await assert.rejects(store.put('y', Buffer.from('z')), (e: unknown) => e instanceof KuraError && /AccessDenied/.test(e.message));
+  assert.equal(retries, before, 'a permanent failure is not retried');
+  assert.match(renderStoreMetrics(), /# TYPE kura_store_requests_total counter/);
+});
+
+test('an s3 store on a stopped gateway fails with E_IO after its retries, and works again once it is back', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  await withEnv(rgw!.env, async () => {
+    const raw = new S3Backend({ endpoint: rgw!.endpoint, bucket: 'contract', prefix: 'down/', region: 'us-east-1', forcePathStyle: true, requestTimeoutMs: 5_000 });
+    const store = withRetry(raw, { attempts: 3, baseMs: 100, capMs: 200 });
+    await store.replace('config', Buffer.from('x'));
+    await rgw!.stopGateway();
+    try {
+      await assert.rejects(store.get('config'), (e: unknown) => e instanceof KuraError && e.code === 'E_IO' && /tried 3 times/.test(e.message));
+    } finally {
+      await rgw!.startGateway();
+    }
+    assert.equal((await store.get('config'))?.toString(), 'x');
+    raw.close();
+  });
+});
+
+test('two-phase deletes: a condemned pack answers no chunk present, a session writing the same pack takes back an unclaimed one and waits out a claimed one, and a leased pack is never claimed', async () => {
+  const { Catalogue } = await import('../src/repository/catalogue.js');
+  const cat = new Catalogue(path.join(dir, 'condemned.sqlite'));
+  try {
+    const id = Buffer.alloc(32, 7);
+    cat.addChunks([{ id, pack: 'p1', offset: 0, storedSize: 10, plainSize: 10, bases: [] }]);
+    // the GC's proof: no row points at p2 (p1 still has one)
+    cat.db.transaction(() => cat.condemnPack('p2'))();
+    assert.deepEqual(cat.condemnedPacks(), ['p2']);
+    // a row pointing at a condemned pack is never answered present: claimCondemned drops the condemnation instead
+    cat.db.transaction(() => cat.condemnPack('p1'))();
+    assert.equal(cat.claimCondemned('p1'), false, 'a pack in use is not deleted');
+    assert.deepEqual(cat.condemnedPacks(), ['p2']);
+    // a session about to write p2 takes it back before any GC claimed it
+    assert.equal(cat.leasePack('p2', 's1', Date.now() + 60_000), true);
+    assert.deepEqual(cat.condemnedPacks(), []);
+    assert.equal(cat.claimCondemned('p2'), false);
+    // condemned and claimed: the session must wait until the delete has landed
+    cat.db.transaction(() => cat.condemnPack('p3'))();
+    assert.equal(cat.claimCondemned('p3'), true);
+    assert.equal(cat.claimCondemned('p3'), true, 'the next GC (GCs exclude each other) takes over a killed one\'s claim');
+    const gc = cat.acquireLock('gc', ['gc']); // the claimer is running
+    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), false);
+    cat.forgetCondemned('p3');
+    gc.release();
+    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), true);
+    // a leased pack condemned by a stale proof is not claimed
+    cat.db.transaction(() => cat.condemnPack('p3'))();
+    assert.equal(cat.claimCondemned('p3'), false);
+    // a claim whose GC is gone (no gc lock held) does not hold a session up
+    cat.db.transaction(() => cat.condemnPack('p5'))();
+    assert.equal(cat.claimCondemned('p5'), true);
+    assert.equal(cat.leasePack('p5', 's3', Date.now() + 60_000), true);
+    assert.ok(!cat.condemnedPacks().includes('p5'));
+    // a failed delete releases its claim: the next GC (or a session) may go on
+    cat.db.transaction(() => cat.condemnPack('p4'))();
+    assert.equal(cat.claimCondemned('p4'), true);
+    cat.releaseCondemned('p4');
+    assert.equal(cat.claimCondemned('p4'), true);
+  } finally {
+    cat.close();
+  }
+});
