@@ -78,7 +78,7 @@ test('on a terminal, restore and backup show bytes, rate and time left while the
   const dir = tempDir(t);
   const repo = path.join(dir, 'repo');
   const dump = path.join(dir, 'dump.sql');
-  writeFileSync(dump, await collect(sqlDump(31, 24 * MiB)));
+  writeFileSync(dump, await collect(sqlDump(31, 12 * MiB)));
   kuraOk(['repo', 'init', '--repo', repo, '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384']);
   kuraOk(['backup', '--repo', repo, '--name', 'juki', '--file', dump]);
   const env = `KURA_PASSPHRASE='correct horse' KURA_LOG_FORMAT=json`;
@@ -86,20 +86,20 @@ test('on a terminal, restore and backup show bytes, rate and time left while the
   // the restore's reader waits until the line was seen: it stays up with what is done so far
   const go = (n: number) => path.join(dir, `go${n}`);
   const waitFor = (f: string) => `while [ ! -e ${f} ]; do sleep 0.1; done`;
-  const restore = inTmux(`${env} ${process.execPath} ${KURA} restore --repo ${repo} latest:juki | (${waitFor(go(1))}; cat > /dev/null)`, /restore \w{12}\s+[\d.]+ [KMG]?i?B \/ 24\.0 MiB\s+\d+%\s+[\d.]+ [KMG]?i?B\/s\s+ETA (\d+:\d\d|--:--)/, go(1));
+  const restore = inTmux(`${env} ${process.execPath} ${KURA} restore --repo ${repo} latest:juki | (${waitFor(go(1))}; cat > /dev/null)`, /restore \w{12}\s+[\d.]+ [KMG]?i?B \/ 12\.0 MiB\s+\d+%\s+[\d.]+ [KMG]?i?B\/s\s+ETA (\d+:\d\d|--:--)/, go(1));
   assert.ok(restore.seen, `a progress line was on the screen: ${restore.final}`);
   assert.match(restore.final, /EXIT=0/);
-  assert.match(restore.final, /restored \w{12}: 24\.0 MiB in \d+ chunks, verified/);
+  assert.match(restore.final, /restored \w{12}: 12\.0 MiB in \d+ chunks, verified/);
   assert.doesNotMatch(restore.final, /ETA/, 'the progress line is cleared at the end');
 
   // a backup from a pipe that pauses: bytes and rate (no total to count down from)
-  const backup = inTmux(`(head -c 8000000 ${dump}; ${waitFor(go(2))}; tail -c +8000001 ${dump}) | ${env} ${process.execPath} ${KURA} backup --repo ${repo} --name juki2 --stdin`, /backup juki2\s+[\d.]+ MiB\s+[\d.]+ [KMG]?i?B\/s\s+new bytes [\d.]+ [KMG]?i?B/, go(2));
+  const backup = inTmux(`(head -c 4000000 ${dump}; ${waitFor(go(2))}; tail -c +4000001 ${dump}) | ${env} ${process.execPath} ${KURA} backup --repo ${repo} --name juki2 --stdin`, /backup juki2\s+[\d.]+ MiB\s+[\d.]+ [KMG]?i?B\/s\s+new bytes [\d.]+ [KMG]?i?B/, go(2));
   assert.ok(backup.seen, `a progress line was on the screen: ${backup.final}`);
   assert.match(backup.final, /EXIT=0/);
   assert.match(backup.final, /snapshot \w{12} of juki2/);
 
   // --file: a total, so a percentage and the time left
-  const file = inTmux(`${env} ${process.execPath} ${KURA} backup --repo ${repo} --name juki3 --file ${dump} --chunk-avg 4096; sleep 1`, /backup juki3\s+[\d.]+ [KMG]?i?B \/ 24\.0 MiB\s+\d+%/, go(3));
+  const file = inTmux(`${env} ${process.execPath} ${KURA} backup --repo ${repo} --name juki3 --file ${dump} --chunk-avg 4096; sleep 1`, /backup juki3\s+[\d.]+ [KMG]?i?B \/ 12\.0 MiB\s+\d+%/, go(3));
   // a fast machine may finish before the first line (250 ms): then only the summary is there
   assert.match(file.final, /EXIT=0/);
   assert.match(file.final, /snapshot \w{12} of juki3/);
