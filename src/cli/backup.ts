@@ -112,7 +112,17 @@ export function registerBackup(program: Command): void {
       const meter = meterFor(opts, 'backup', opts.name, size);
       let ok = false;
       try {
-        const res = await backup(repo, input instanceof FileInput ? input : guarded(input, what), {
+        // a pipe is counted as it is read (the chunker reports only whole segments); a file by what was chunked
+        let read = 0;
+        let stored = 0;
+        const counted = async function* (src: AsyncIterable<Uint8Array>) {
+          for await (const b of src) {
+            read += b.length;
+            meter.update(read, { newBytes: stored });
+            yield b;
+          }
+        };
+        const res = await backup(repo, input instanceof FileInput ? input : counted(guarded(input, what)), {
           source: opts.name,
           tenant,
           tags: opts.tag,
@@ -124,7 +134,10 @@ export function registerBackup(program: Command): void {
           chunker,
           pool,
           pipeline,
-          progress: (bytes, newBytes) => meter.update(bytes, { newBytes }),
+          progress: (bytes, newBytes) => {
+            stored = newBytes;
+            meter.update(input instanceof FileInput ? bytes : read, { newBytes });
+          },
         });
         ok = true;
         meter.finish(true);
