@@ -197,38 +197,38 @@ test('two-phase deletes: a condemned pack answers no chunk present, a session wr
     const id = Buffer.alloc(32, 7);
     cat.addChunks([{ id, pack: 'p1', offset: 0, storedSize: 10, plainSize: 10, bases: [] }]);
     // the GC's proof: no row points at p2 (p1 still has one)
-    cat.db.transaction(() => cat.condemnPack('p2'))();
-    assert.deepEqual(cat.condemnedPacks(), ['p2']);
-    // a row pointing at a condemned pack is never answered present: claimCondemned drops the condemnation instead
-    cat.db.transaction(() => cat.condemnPack('p1'))();
-    assert.equal(cat.claimCondemned('p1'), false, 'a pack in use is not deleted');
-    assert.deepEqual(cat.condemnedPacks(), ['p2']);
+    cat.db.transaction(() => cat.condemned.condemn('p2'))();
+    assert.deepEqual(cat.condemned.list(), ['p2']);
+    // a row pointing at a condemned pack is never answered present: condemned.claim drops the condemnation instead
+    cat.db.transaction(() => cat.condemned.condemn('p1'))();
+    assert.equal(cat.condemned.claim('p1'), false, 'a pack in use is not deleted');
+    assert.deepEqual(cat.condemned.list(), ['p2']);
     // a session about to write p2 takes it back before any GC claimed it
     assert.equal(cat.leasePack('p2', 's1', Date.now() + 60_000), true);
-    assert.deepEqual(cat.condemnedPacks(), []);
-    assert.equal(cat.claimCondemned('p2'), false);
+    assert.deepEqual(cat.condemned.list(), []);
+    assert.equal(cat.condemned.claim('p2'), false);
     // condemned and claimed: the session must wait until the delete has landed
-    cat.db.transaction(() => cat.condemnPack('p3'))();
-    assert.equal(cat.claimCondemned('p3'), true);
-    assert.equal(cat.claimCondemned('p3'), true, 'the next GC (GCs exclude each other) takes over a killed one\'s claim');
+    cat.db.transaction(() => cat.condemned.condemn('p3'))();
+    assert.equal(cat.condemned.claim('p3'), true);
+    assert.equal(cat.condemned.claim('p3'), true, 'the next GC (GCs exclude each other) takes over a killed one\'s claim');
     const gc = cat.acquireLock('gc', ['gc']); // the claimer is running
     assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), false);
-    cat.forgetCondemned('p3');
+    cat.condemned.forget('p3');
     gc.release();
     assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), true);
     // a leased pack condemned by a stale proof is not claimed
-    cat.db.transaction(() => cat.condemnPack('p3'))();
-    assert.equal(cat.claimCondemned('p3'), false);
+    cat.db.transaction(() => cat.condemned.condemn('p3'))();
+    assert.equal(cat.condemned.claim('p3'), false);
     // a claim whose GC is gone (no gc lock held) does not hold a session up
-    cat.db.transaction(() => cat.condemnPack('p5'))();
-    assert.equal(cat.claimCondemned('p5'), true);
+    cat.db.transaction(() => cat.condemned.condemn('p5'))();
+    assert.equal(cat.condemned.claim('p5'), true);
     assert.equal(cat.leasePack('p5', 's3', Date.now() + 60_000), true);
-    assert.ok(!cat.condemnedPacks().includes('p5'));
+    assert.ok(!cat.condemned.list().includes('p5'));
     // a failed delete releases its claim: the next GC (or a session) may go on
-    cat.db.transaction(() => cat.condemnPack('p4'))();
-    assert.equal(cat.claimCondemned('p4'), true);
-    cat.releaseCondemned('p4');
-    assert.equal(cat.claimCondemned('p4'), true);
+    cat.db.transaction(() => cat.condemned.condemn('p4'))();
+    assert.equal(cat.condemned.claim('p4'), true);
+    cat.condemned.release('p4');
+    assert.equal(cat.condemned.claim('p4'), true);
   } finally {
     cat.close();
   }

@@ -1,9 +1,9 @@
 import { hostname } from 'node:os';
 import type { ChunkerParams } from '../chunker/fastcdc.js';
 import { ChunkPipeline, type Fillable, type Segment } from '../chunker/pipeline.js';
-import { CHUNK_ID_BYTES, MAX_BASES } from '../crypto/blob.js';
+import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import { packName, snapshotName } from '../store/backend.js';
-import type { ChunkLocation, ChunkRow } from '../repository/catalogue.js';
+import type { ChunkRow } from '../repository/catalogue.js';
 import { PACK_ENTRY, PACK_TRAILER, storePack } from '../repository/pack.js';
 import { DIGEST_BYTES } from '../repository/digest.js';
 import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
@@ -16,7 +16,7 @@ import { listFetcher } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
-import type { SealBases } from './seal-worker.js';
+import { BaseChooser, BaseLocator, PreviousRows } from './delta-bases.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -104,189 +104,6 @@ interface Batch {
   keys: string[];
   /** per chunk, the chunks of the previous generation it may be stored as a delta of (their places in it) */
   bases: number[][];
-}
-
-/** Neighbours either side of the chunk's estimated place in the previous generation, as bases. */
-const BASE_SPAN = 1;
-
-/**
- * The catalogue rows of the previous generation's chunks, by place in its list, each looked up
- * once (a heavy night asks for the same neighbours again and again), with pack names by number.
- * Valid for one backup: it holds the lock that keeps GC from renumbering packs.
- */
-class PreviousRows {
-  private readonly pack: Int32Array; // pack number; -1 not looked up, -2 not in the catalogue
-  private readonly offset: Float64Array;
-  private readonly stored: Int32Array;
-  private readonly plain: Int32Array;
-  private readonly names = new Map<number, string>();
-
-  constructor(
-    readonly previous: IdSet,
-    private readonly catalogue: Repository['catalogue'],
-    /** the chunks' plaintext sizes from the list cache, if it had them (else asked of the catalogue) */
-    private readonly sizes: Uint32Array | null,
-  ) {
-    const n = previous.length;
-    this.pack = new Int32Array(n).fill(-1);
-    this.offset = new Float64Array(n);
-    this.stored = new Int32Array(n);
-    this.plain = new Int32Array(n);
-  }
-
-  private load(k: number): boolean {
-    if (this.pack[k] === -1) {
-      const r = this.catalogue.chunkRow(this.previous.idAt(k));
-      if (!r) this.pack[k] = -2;
-      else [this.pack[k], this.offset[k], this.stored[k], this.plain[k]] = r;
-    }
-    return this.pack[k]! >= 0;
-  }
-
-  /** Plaintext length of chunk k (1 if it is not in the catalogue: the walk still moves on). */
-  plainSize(k: number): number {
-    if (this.sizes) return Math.max(1, this.sizes[k]!);
-    return this.load(k) ? Math.max(1, this.plain[k]!) : 1;
-  }
-
-  location(k: number): ChunkLocation | undefined {
-    if (!this.load(k)) return undefined;
-    const n = this.pack[k]!;
-    let name = this.names.get(n);
-    if (name === undefined) {
-      name = this.catalogue.packNameOf(n);
-      if (name === undefined) return undefined;
-      this.names.set(n, name);
-    }
-    return { pack: name, offset: this.offset[k]!, length: this.stored[k]! };
-  }
-}
-
-/**
- * Choose delta bases for new chunks. A new chunk's place in the previous generation is estimated
- * by bytes from the last chunk both generations share (each unchanged chunk re-anchors it); the
- * chunk found there and its neighbours are the candidates (BaseLocator replaces a candidate that
- * is itself a delta by its own bases, so a delta never needs more than one level to be opened).
- */
-class BaseChooser {
-  // the walk from the anchor through the previous generation: chunk `walkAt` starts `walkBytes` after it
-  private walkAnchor = -1;
-  private walkAt = 0;
-  private walkBytes = 0;
-
-  constructor(private readonly rows: PreviousRows) {}
-
-  /** Candidates (places in the previous generation) for a new chunk starting `bytesAfter` bytes after the anchor (old chunk `anchorOld` starts there). */
-  choose(anchorOld: number, bytesAfter: number): number[] {
-    if (this.walkAnchor !== anchorOld || this.walkBytes > bytesAfter) {
-      this.walkAnchor = anchorOld;
-      this.walkAt = anchorOld;
-      this.walkBytes = 0;
-    }
-    const n = this.rows.previous.length;
-    while (this.walkAt < n - 1 && this.walkBytes + this.rows.plainSize(this.walkAt) <= bytesAfter) this.walkBytes += this.rows.plainSize(this.walkAt++);
-    const place = Math.min(this.walkAt, n - 1);
-    // a chunk right after an unchanged one starts where its place does: the chunk before that
-    // place is the unchanged one, no base
-    const from = bytesAfter === 0 ? place : place - BASE_SPAN;
-    const out: number[] = [];
-    for (let k = Math.max(0, from); k <= Math.min(n - 1, place + BASE_SPAN); k++) out.push(k);
-    return out;
-  }
-}
-
-/**
- * Where a batch's bases are stored, in the layout the seal workers take (null if none). A
- * candidate that is itself a delta is replaced by its own bases (the catalogue records them per
- * pack), so a delta never needs more than one level to be opened. The workers read the bases
- * from the local store themselves.
- */
-class BaseLocator {
-  private readonly deltasOf = new Map<string, Map<number, Buffer[]> | null>();
-  /** the bases of candidates that are deltas, with their locations, by the delta's place */
-  private readonly ownBases = new Map<number, Array<{ id: Buffer; loc: ChunkLocation }> | null>();
-
-  constructor(
-    private readonly repo: Repository,
-    private readonly rows: PreviousRows,
-  ) {}
-
-  private basesOf(k: number, loc: ChunkLocation): Array<{ id: Buffer; loc: ChunkLocation }> | null {
-    let own = this.ownBases.get(k);
-    if (own !== undefined) return own;
-    const catalogue = this.repo.catalogue;
-    let d = this.deltasOf.get(loc.pack);
-    if (d === undefined) this.deltasOf.set(loc.pack, (d = catalogue.packDeltas(loc.pack)));
-    const prefixes = d?.get(loc.offset);
-    own = null;
-    if (prefixes) {
-      own = [];
-      for (const id of prefixes.flatMap((prefix) => catalogue.chunksWithPrefix(prefix))) {
-        const l = catalogue.location(id);
-        if (l) own.push({ id, loc: l });
-      }
-    }
-    this.ownBases.set(k, own);
-    return own;
-  }
-
-  locate(candidates: number[][]): SealBases | null {
-    const index = new Map<string, number>();
-    const ids: Buffer[] = [];
-    const located: ChunkLocation[] = [];
-    const start = new Uint32Array(candidates.length + 1);
-    const refs: number[] = [];
-    const intern = (id: Buffer, loc: ChunkLocation): number => {
-      const key = id.toString('base64');
-      let at = index.get(key);
-      if (at === undefined) {
-        index.set(key, (at = ids.length));
-        ids.push(id);
-        located.push(loc);
-      }
-      return at;
-    };
-    const byPlace = new Map<number, number>(); // candidate place → its index in this batch's bases
-    candidates.forEach((cands, i) => {
-      const mine: number[] = [];
-      for (const k of cands) {
-        if (mine.length >= MAX_BASES) break;
-        const loc = this.rows.location(k);
-        if (!loc) continue;
-        const own = this.basesOf(k, loc);
-        if (!own) {
-          let at = byPlace.get(k);
-          if (at === undefined) byPlace.set(k, (at = intern(this.rows.previous.idAt(k), loc)));
-          if (!mine.includes(at)) mine.push(at);
-          continue;
-        }
-        for (const b of own) {
-          if (mine.length >= MAX_BASES) break;
-          const at = intern(b.id, b.loc);
-          if (!mine.includes(at)) mine.push(at);
-        }
-      }
-      refs.push(...mine);
-      start[i + 1] = refs.length;
-    });
-    if (ids.length === 0) return null;
-    const packs: string[] = [];
-    const packIndex = new Map<string, number>();
-    const packOf = new Uint32Array(ids.length);
-    const offset = new Float64Array(ids.length);
-    const length = new Uint32Array(ids.length);
-    located.forEach((loc, i) => {
-      let p = packIndex.get(loc.pack);
-      if (p === undefined) {
-        packIndex.set(loc.pack, (p = packs.length));
-        packs.push(loc.pack);
-      }
-      packOf[i] = p;
-      offset[i] = loc.offset;
-      length[i] = loc.length;
-    });
-    return { ids: Buffer.concat(ids), packs, packOf, offset, length, start, refs: Uint32Array.from(refs) };
-  }
 }
 
 /**

@@ -257,7 +257,7 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
    */
   const condemnIfUnused = (pack: string): boolean => {
     if (anyRow.get(pack) || leased.get(pack, Date.now())) return false;
-    cat.condemnPack(pack);
+    cat.condemned.condemn(pack);
     return true;
   };
 
@@ -332,7 +332,7 @@ async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> 
   const db = repo.catalogue.db;
   const referenced = new Set(db.prepare<[], { pack: string }>('SELECT DISTINCT pack FROM chunks').all().map((r) => r.pack));
   // condemned but not deleted yet (a failed delete): counted when condemned, deleted by the next pass
-  for (const p of repo.catalogue.condemnedPacks()) referenced.add(p);
+  for (const p of repo.catalogue.condemned.list()) referenced.add(p);
   const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
   const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
   for await (const name of repo.store.list('packs/')) {
@@ -341,7 +341,7 @@ async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> 
     const st = await repo.store.stat(name);
     db.transaction(() => {
       if (anyRow.get(id) || leased.get(id, Date.now())) return;
-      repo.catalogue.condemnPack(id);
+      repo.catalogue.condemned.condemn(id);
       report.orphanPacks++;
       report.bytesFreed += st?.size ?? 0;
     }).immediate();
@@ -351,15 +351,15 @@ async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> 
 /** Phase two of every delete: claim each condemned pack (a transaction), delete its object, forget it. */
 async function deleteCondemned(repo: Repository, report: GcReport): Promise<void> {
   const cat = repo.catalogue;
-  for (const pack of cat.condemnedPacks()) {
-    if (!cat.claimCondemned(pack)) continue; // taken back by a session, or in use again
+  for (const pack of cat.condemned.list()) {
+    if (!cat.condemned.claim(pack)) continue; // taken back by a session, or in use again
     try {
       await repo.store.delete(packName(pack));
     } catch (e) {
       report.problems.push(`pack ${pack} could not be deleted (${(e as Error).message}); the next gc tries again`);
-      cat.releaseCondemned(pack);
+      cat.condemned.release(pack);
       continue;
     }
-    cat.forgetCondemned(pack);
+    cat.condemned.forget(pack);
   }
 }

@@ -7,14 +7,7 @@ import { OpsState } from './ops-state.js';
 import { QuarantineState } from './quarantine.js';
 export type { JobRow, RouteStateRow } from './ops-state.js';
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { CondemnedPacks, processAlive } from './condemned.js';
 
 /**
  * The SQLite catalogue (WAL): which chunks and snapshots the store holds. It is a cache of the
@@ -66,70 +59,8 @@ export const SCHEMA_VERSION = 4;
  */
 export const CONDEMNED_CLAIM_MS = 10 * 60_000;
 
-/**
- * Schema 3: for every pack holding deltas, the base chunks they need (read from the blobs'
- * plaintext headers when the pack is stored). One row per pack: `bases` the distinct bases'
- * 8-byte ID prefixes, `deltas` one record per delta (u32 offset of the delta in the pack, u8 k,
- * k × u16 index into `bases`): a night of deltas costs the catalogue ~10 bytes per delta and 8 per
- * base. A prefix stands for every chunk whose ID starts with it (a superset only if two IDs share
- * 64 bits): GC keeps them all, the relay offers them all. The blobs name their bases in full.
- */
-const BASES_SCHEMA = `
-  CREATE TABLE IF NOT EXISTS pack_bases (pack INTEGER PRIMARY KEY, bases BLOB NOT NULL, deltas BLOB NOT NULL);
-`;
-
-export const BASE_PREFIX = 8;
-
-/** The deltas of one pack: offset → the ID prefixes of its bases, from a pack_bases row. */
-export function packDeltas(row: { bases: Buffer; deltas: Buffer }): Map<number, Buffer[]> {
-  const prefixes: Buffer[] = [];
-  for (let o = 0; o + BASE_PREFIX <= row.bases.length; o += BASE_PREFIX) prefixes.push(row.bases.subarray(o, o + BASE_PREFIX));
-  const out = new Map<number, Buffer[]>();
-  const d = row.deltas;
-  for (let o = 0; o + 5 <= d.length; ) {
-    const offset = d.readUInt32LE(o);
-    const k = d[o + 4]!;
-    const bases: Buffer[] = [];
-    for (let i = 0; i < k; i++) bases.push(prefixes[d.readUInt16LE(o + 5 + 2 * i)]!);
-    out.set(offset, bases);
-    o += 5 + 2 * k;
-  }
-  return out;
-}
-
-/**
- * Chunk locations, one row per stored blob. Pack names (64 hex digits) are numbered once in
- * `packs` so that a row is ~50 bytes, not ~110: the catalogue of a 4 KiB-chunk database source
- * grows by that much per new chunk every night. `chunks` is the view everything reads and
- * writes by pack name; the triggers number new packs. Schema 4 adds `digest` (16 bytes, pack
- * format 2): what the stored blob hashed to when written; null for blobs written before.
- */
-const CHUNK_VIEW = `
-  CREATE VIEW IF NOT EXISTS chunks AS
-    SELECT c.id AS id, p.name AS pack, c.offset AS offset, c.stored_size AS stored_size, c.plain_size AS plain_size, c.digest AS digest
-    FROM chunk_rows c JOIN packs p ON p.n = c.pack;
-  CREATE TRIGGER IF NOT EXISTS chunks_insert INSTEAD OF INSERT ON chunks BEGIN
-    INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
-    INSERT OR IGNORE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest)
-      VALUES (NEW.id, (SELECT n FROM packs WHERE name = NEW.pack), NEW.offset, NEW.stored_size, NEW.plain_size, NEW.digest);
-  END;
-  CREATE TRIGGER IF NOT EXISTS chunks_update INSTEAD OF UPDATE ON chunks BEGIN
-    INSERT OR IGNORE INTO packs (name) VALUES (NEW.pack);
-    UPDATE chunk_rows SET id = NEW.id, pack = (SELECT n FROM packs WHERE name = NEW.pack), offset = NEW.offset,
-      stored_size = NEW.stored_size, plain_size = NEW.plain_size, digest = NEW.digest WHERE id = OLD.id;
-  END;
-  CREATE TRIGGER IF NOT EXISTS chunks_delete INSTEAD OF DELETE ON chunks BEGIN
-    DELETE FROM chunk_rows WHERE id = OLD.id;
-  END;
-`;
-const CHUNKS_SCHEMA = `
-  CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-  CREATE TABLE IF NOT EXISTS chunk_rows (
-    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, stored_size INTEGER NOT NULL,
-    plain_size INTEGER NOT NULL, digest BLOB) WITHOUT ROWID;
-  CREATE INDEX IF NOT EXISTS chunk_rows_by_pack ON chunk_rows (pack);
-  ${CHUNK_VIEW}
-`;
+import { BASES_SCHEMA, BASE_PREFIX, CHUNK_VIEW, CHUNKS_SCHEMA, packDeltas } from './catalogue-schema.js';
+export { BASE_PREFIX, packDeltas } from './catalogue-schema.js';
 
 export class Catalogue {
   readonly db: Database.Database;
@@ -137,6 +68,8 @@ export class Catalogue {
   readonly ops: OpsState;
   /** damaged blobs taken out of the index, and the snapshots they damage */
   readonly quarantine: QuarantineState;
+  /** packs GC proved unused and deletes outside its transaction */
+  readonly condemned: CondemnedPacks;
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
@@ -229,6 +162,7 @@ export class Catalogue {
     this.replaceRowStmt = this.db.prepare('INSERT OR REPLACE INTO chunk_rows (id, pack, offset, stored_size, plain_size, digest) VALUES (?, ?, ?, ?, ?, ?)');
     this.ops = new OpsState(this.db);
     this.quarantine = new QuarantineState(this.db);
+    this.condemned = new CondemnedPacks(this.db);
     this.addSnapStmt = this.db.prepare('INSERT OR IGNORE INTO snapshots (id, tenant, source, host, end_time, header) VALUES (?, ?, ?, ?, ?, ?)');
   }
 
@@ -511,66 +445,12 @@ export class Catalogue {
     return this.db
       .transaction(() => {
         const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
-        if (c && c.claimed !== null && c.claimed > Date.now() - CONDEMNED_CLAIM_MS && this.gcRunning()) return false;
+        if (c && c.claimed !== null && c.claimed > Date.now() - CONDEMNED_CLAIM_MS && this.condemned.gcRunning()) return false;
         if (c) this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack);
         this.db.prepare('INSERT OR REPLACE INTO pack_leases (pack, session, expires) VALUES (?, ?, ?)').run(pack, session, expires);
         return true;
       })
       .immediate();
-  }
-
-  /** Whether a GC holds this repository's gc lock (one of another host counts as running). */
-  private gcRunning(): boolean {
-    const host = hostname();
-    return this.db
-      .prepare<[], { pid: number; host: string }>(`SELECT pid, host FROM locks WHERE kind = 'gc'`)
-      .all()
-      .some((r) => r.host !== host || processAlive(r.pid));
-  }
-
-  /**
-   * GC, inside the transaction that proved `pack` unused (no chunk row, no live pack lease):
-   * record it for deletion. From here no session can find its chunks present, and one about
-   * to write the same pack takes it back (leasePack) before the delete is claimed.
-   */
-  condemnPack(pack: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO condemned_packs (pack, since, claimed) VALUES (?, ?, NULL)').run(pack, Date.now());
-  }
-
-  condemnedPacks(): string[] {
-    return this.db.prepare<[], string>('SELECT pack FROM condemned_packs ORDER BY pack').pluck().all();
-  }
-
-  /**
-   * GC: claim a condemned pack for deletion (false: taken back by a session, or in use again).
-   * GCs of one repository exclude each other (the gc lock), so a claim found here was left by a
-   * killed GC and is taken over.
-   */
-  claimCondemned(pack: string): boolean {
-    return this.db
-      .transaction(() => {
-        const now = Date.now();
-        const c = this.db.prepare<[string], { claimed: number | null }>('SELECT claimed FROM condemned_packs WHERE pack = ?').get(pack);
-        if (!c) return false;
-        if (this.db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?').get(pack, now)) return false;
-        if (this.db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1').get(pack)) {
-          this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack); // in use again: never delete
-          return false;
-        }
-        this.db.prepare('UPDATE condemned_packs SET claimed = ? WHERE pack = ?').run(now, pack);
-        return true;
-      })
-      .immediate();
-  }
-
-  /** GC: a delete that failed; the pack stays condemned for the next GC, and may be taken back meanwhile. */
-  releaseCondemned(pack: string): void {
-    this.db.prepare('UPDATE condemned_packs SET claimed = NULL WHERE pack = ?').run(pack);
-  }
-
-  /** GC: the condemned pack's object is gone. */
-  forgetCondemned(pack: string): void {
-    this.db.prepare('DELETE FROM condemned_packs WHERE pack = ?').run(pack);
   }
 
   /** Vault: record a written pack's chunks, lease them to the session, end the pack's lease; one transaction. */
