@@ -64,6 +64,17 @@ export const errorCodes = {
   E_TARGET_NOT_EMPTY: ExitStatus.CANT_CREATE,
   E_PLAN_FULL: ExitStatus.CONFIG,
   E_INTERNAL: ExitStatus.SOFTWARE,
+  // single sign-on (docs/sso.md): a sign-in the identity provider or the vault refused, an
+  // operator ticket that is missing, forged, expired, revoked or for another tenant, an
+  // operation that needs a fresher or stronger sign-in (kura login --step-up), a role that
+  // does not allow the operation
+  E_SSO_FAILED: ExitStatus.NO_PERM,
+  E_TICKET_MISSING: ExitStatus.NO_PERM,
+  E_TICKET_INVALID: ExitStatus.NO_PERM,
+  E_TICKET_EXPIRED: ExitStatus.NO_PERM,
+  E_TICKET_REVOKED: ExitStatus.NO_PERM,
+  E_STEP_UP: ExitStatus.NO_PERM,
+  E_SSO_REQUIRED: ExitStatus.NO_PERM,
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

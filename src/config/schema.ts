@@ -133,6 +133,34 @@ const vaultClient = z.strictObject({
   networks: z.array(cidr).min(1).default(['127.0.0.0/8', '::1/128']).describe('source networks this key may connect from'),
 });
 
+const claimMatch = {
+  provider: z.string().optional().describe('only identities from this provider (a name of modules.sso); default: any trusted provider'),
+  claim: z.string().min(1).describe('an OIDC claim (e.g. groups) or a SAML attribute name'),
+  value: z.string().describe('the value the claim must equal or, for a list, contain'),
+};
+
+/** vault.sso: the operator endpoint where people sign in, and what their sign-ins allow (docs/sso.md). */
+const vaultSsoSchema = z
+  .strictObject({
+    listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(8443) }).prefault({}).describe('address of the operator endpoint (HTTPS; plain HTTP only on loopback)'),
+    publicUrl: z.string().url().optional().describe('the URL browsers and the kura CLI reach the operator endpoint at (default: from listen)').meta({ examples: ['https://vault.example.org:8443'] }),
+    tls: z.strictObject({ cert: z.string(), key: z.string() }).optional().describe('the endpoint\'s certificate and key (PEM files); required unless listen.host is a loopback address'),
+    ticketKey: z.string().optional().describe('the key operator tickets are signed with (default: <root>/ticket_key, made on first start)'),
+    ticketTtl: duration.default('8h').describe('how long an operator ticket is valid'),
+    loginTimeout: duration.default('10m').describe('how long a started sign-in waits for the person to finish it in the browser'),
+    required: z.boolean().default(false).describe('refuse restore and administration that come with an SSH key alone (no operator ticket); relays keep sending with keys'),
+    levels: z.array(z.string()).default([]).describe('authentication levels (acr values / SAML AuthnContextClassRef), weakest first').meta({ examples: [['urn:kura:pwd', 'urn:kura:mfa']] }),
+    sensitive: z
+      .strictObject({
+        acr: z.string().optional().describe('the level restore, delete, prune, unprotect and key operations need'),
+        maxAge: duration.default('15m').describe('how recent the sign-in must be for those operations (else E_STEP_UP: kura login --step-up)'),
+      })
+      .prefault({}),
+    systemAdmins: z.array(z.strictObject(claimMatch)).default([]).describe('claims that make a person system administrator of this vault (tenants, quotas, usage, maintenance; never a tenant\'s contents)'),
+  })
+  .optional()
+  .describe('single sign-on for operators: the identity providers are modules.sso');
+
 const vaultSchema = z.strictObject({
   listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(2222) }).default({ host: '127.0.0.1', port: 2222 }).describe('SSH listen address'),
   root: z.string().describe('directory holding one repository per tenant (with storage type s3: their catalogues; the objects go to the bucket)').meta({ examples: ['/var/lib/kura/vault'] }),
@@ -158,12 +186,19 @@ const vaultSchema = z.strictObject({
         retention: retentionSchema.optional().describe('generations the vault keeps of each of this tenant\'s sources (kura vault prune)'),
         sources: z.record(name('source'), z.strictObject({ retention: retentionSchema })).default({}).describe('per-source retention overriding the tenant\'s'),
         forward: z.array(name('route')).default([]).describe('routes of vault.routes this tenant\'s committed snapshots are passed on to (store-and-forward, oldest first, no tenant key); retention and gc keep what a route still has to send').meta({ examples: [['dc-b']] }),
+        operators: z
+          .array(z.strictObject({ ...claimMatch, role: z.enum(['restore', 'tenant-admin']) }))
+          .default([])
+          .describe('signed-in people and their role on this tenant, by claim (vault.sso)')
+          .meta({ examples: [[{ claim: 'groups', value: 'city-a-admins', role: 'tenant-admin' }]] }),
+        minLevel: z.string().optional().describe('the lowest sign-in level (of vault.sso.levels) accepted for this tenant'),
         movedTo: name('route').optional().describe('the tenant now lives behind this route of vault.routes: a HELLO of the tenant is answered with MOVED (that route\'s endpoints and pinned host keys, signed by this vault\'s host key); forward the tenant there first').meta({ examples: ['dc-b'] }),
       }),
     )
     .default({})
     .describe('tenants and the keys allowed to act on them')
     .meta({ exampleKey: 'city-a' }),
+  sso: vaultSsoSchema,
   routes: moduleSchema('routing', 'static').describe('store-and-forward: the routing module (same routes, same options as modules.routing) this vault passes tenants\' snapshots on by (vault.tenants.<t>.forward), with relay.* timings'),
   maxClockSkew: duration.default('2s').describe('a relay whose clock (measured at HELLO) is off by more than this is a warning in kura status --vault, a metric and a notification'),
   maintenance: z
