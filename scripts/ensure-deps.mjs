@@ -40,6 +40,9 @@ const needs = [
   { tool: 'bash', pkg: 'bash' },
   // the routing tests run a vault under libfaketime to see a clock skew in status
   { tool: 'faketime', pkg: 'faketime' },
+  // the SSO tests sign operators in through the identity providers' own login pages in a real
+  // (headless) browser
+  { tool: 'chromium', pkg: 'chromium' },
   // the S3 tests run a one-node Ceph cluster with its RADOS Gateway (docs: ceph-rgw); installed
   // without recommends (those would pull in the whole Ceph dashboard stack)
   { tool: 'radosgw', pkg: 'radosgw', lean: true },
