@@ -12,7 +12,7 @@ import { KuraError } from '../errors.js';
  *
  * Requests are answered in order. Control payloads are JSON; bulk payloads are binary.
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export const OLDEST_PROTOCOL = 1;
 /** The oldest version a kura relay speaks: it needs WANT and PUT_NEXT (version 2). */
 export const OLDEST_RELAY_PROTOCOL = 2;
@@ -22,6 +22,15 @@ export const Frame = {
   HELLO: 0x01, // JSON {protocol, tenant, client, time?}: time = the client's clock (ms since epoch)
   HELLO_OK: 0x02, // JSON {protocol, tenant, role, session, maxFrame, time}: time = the vault's clock (ms since epoch)
   MOVED: 0x03, // JSON {tenant, route, endpoints, issued, hostKey, signature}: the tenant lives elsewhere (answer to HELLO; the channel closes)
+  // version 5: operators (single sign-on, docs/sso.md)
+  AUTH: 0x04, // JSON {ticket}: the person acting on this session (an operator ticket of this vault), after HELLO
+  AUTH_OK: 0x05, // JSON {subject, provider, role, systemAdmin, expires}
+  LOGOUT: 0x06, // JSON {}: end the session's ticket (revoked until it would have expired)
+  LOGGED_OUT: 0x07, // JSON {id}
+  LOGIN_BEGIN: 0x08, // JSON {provider?, stepUp?}: start a sign-in at the vault's operator endpoint
+  LOGIN_URL: 0x09, // JSON {url, code, expires}: the page the person opens, and the short code it shows
+  LOGIN_WAIT: 0x0a, // JSON {}: wait for that sign-in to finish
+  TICKET: 0x0b, // JSON {token, ticket}: the operator ticket the sign-in earned
   HAS: 0x10, // n × 32-byte chunk IDs
   HAS_REPLY: 0x11, // bitmap, bit i set = chunk i is present (and now leased to this session)
   PUT: 0x12, // chunk ID (32) | BLAKE3 of blob (32) | blob; no reply
@@ -41,6 +50,10 @@ export const Frame = {
   CHUNK: 0x35, // chunk ID (32) | blob; one per requested ID, in order
   PROTECT: 0x36, // JSON {id, protect}: set or lift a snapshot's long-term hold (tenant-admin)
   PROTECTED: 0x37, // JSON {id, protected, changed}
+  PRUNE: 0x38, // JSON {dryRun, source?}: apply the tenant's retention (tenant-admin, version 5)
+  PRUNED: 0x39, // JSON {dryRun, keep, remove}
+  DELETE: 0x3a, // JSON {id}: delete one snapshot (tenant-admin, version 5)
+  DELETED: 0x3b, // JSON {id, deleted}
   STATS: 0x40, // JSON {}
   STATS_REPLY: 0x41, // JSON
   ROUTE_STATUS: 0x60, // JSON {}: the tenant's forwarding routes on this vault (hop by hop RPO exposure)
@@ -49,6 +62,8 @@ export const Frame = {
   SLOT_RENEW: 0x51, // JSON {token, ttlSeconds}
   SLOT_RELEASE: 0x52, // JSON {token}
   SLOT: 0x53, // JSON {granted, token?, holders, retryAfterSeconds?} (acquire), {granted} (renew), {released} (release)
+  USAGE: 0x44, // JSON {}: every tenant's usage and quota (system-admin, version 5)
+  USAGE_REPLY: 0x45, // JSON {tenants: [{tenant, bytes, quota, snapshots}]}
   ERROR: 0x7f, // JSON {code, message}; the vault closes the channel after an error
 } as const;
 
