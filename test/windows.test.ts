@@ -84,7 +84,7 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
       writeFileSync(
         path.join(home, 'kura.yaml'),
         `tenant: city-a\nhost: vm${i}\ntimezone: UTC\nrepository: { path: ${path.join(home, 'repo')} }\n` +
-          `relay: { keepalive: 1s, connectTimeout: 3s }\n` +
+          `relay: { keepalive: 1s, connectTimeout: 10s }\n` +
           `modules:\n  routing:\n    type: static\n    routes:\n      coordinator:\n        endpoints: [{ host: 127.0.0.1, port: ${vault.port}, hostKeySha256: "${vault.hostKeySha256}" }]\n        clientKey: ${keys[i - 1]!.private}\n` +
           `  virtualization:\n    type: groups\n    groups:\n      hv-a:\n        window: "${window}"\n        maxConcurrent: 2\n        expectedDuration: 5s\n        spread: packed\n        slotTtl: ${TTL_S}s\n        coordinator: coordinator\n        members: [${members.join(', ')}]\n` +
           `sources:\n  db:\n    type: postgres\n    uri: ${pg.uri(`db${i}`)}\n    passwordFile: ${pwFile}\n    pgDump: ${slowDump}\n`,
@@ -114,7 +114,9 @@ test('8 agent daemons in one group (maxConcurrent 2) exporting from a real Postg
     if (running.length === 0) return false;
     victim = running[0]!.vm;
     return true;
-  }, w1.start - Date.now() + 60_000, 250);
+  }, w1.start - Date.now() + 60_000, 250).catch((e: Error) => {
+    throw new Error(`${e.message} (window ${w1.text}, now ${new Date().toISOString()}); jobs so far: ${JSON.stringify(jobsOf(dir))}`);
+  });
   await sleep(2000);
   daemons.get(victim)!.kill('SIGKILL');
   await exitOf(daemons.get(victim)!);
