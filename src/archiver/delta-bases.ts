@@ -105,9 +105,15 @@ export class BaseChooser {
  * from the local store themselves.
  */
 export class BaseLocator {
-  private readonly deltasOf = new Map<string, Map<number, Buffer[]> | null>();
+  /**
+   * The deltas of the packs looked at last, and the bases of the candidates looked at last, by
+   * place: the walk moves forward through the previous generation, so a few recent entries
+   * serve nearly every lookup. Bounded: kept for the whole backup they grew with every delta of
+   * the previous nights (38 MB of a 300 MB backup's heap, measured).
+   */
+  private readonly deltasOf = new Recent<string, Map<number, Buffer[]> | null>(8);
   /** the bases of candidates that are deltas, with their locations, by the delta's place */
-  private readonly ownBases = new Map<number, Array<{ id: Buffer; loc: ChunkLocation }> | null>();
+  private readonly ownBases = new Recent<number, Array<{ id: Buffer; loc: ChunkLocation }> | null>(4096);
 
   constructor(
     private readonly repo: Repository,
@@ -192,3 +198,24 @@ export class BaseLocator {
   }
 }
 
+
+/** A map that keeps its `limit` most recently used entries. */
+class Recent<K, V> {
+  private readonly map = new Map<K, V>();
+  constructor(private readonly limit: number) {}
+
+  get(k: K): V | undefined {
+    const v = this.map.get(k);
+    if (v !== undefined) {
+      this.map.delete(k);
+      this.map.set(k, v);
+    }
+    return v;
+  }
+
+  set(k: K, v: V): void {
+    this.map.delete(k);
+    this.map.set(k, v);
+    if (this.map.size > this.limit) this.map.delete(this.map.keys().next().value as K);
+  }
+}
