@@ -234,6 +234,17 @@ test('system administrator: usage of every tenant on a system session, never a t
   assert.equal((usage[0]!.operator as { role: string }).role, 'system-admin');
   // the tenants' data is where it was
   assert.equal(kuraJson<unknown[]>(['snapshots', '--from', 'peer-dc', '--identity', w.adminA.private], { env: w.env('nobody') }).length, 2);
+  // a hold set by hand on the vault host is audited with the OS user
+  kuraOk(['vault', 'protect', '--config', w.vault.config, '--tenant', 'city-a', w.snapshots[0]!]);
+  const hand = w.vault.audit().filter((l) => l.event === 'protect' && l.by === 'cli');
+  assert.equal(hand.length, 1);
+  assert.equal(hand[0]!.snapshot, w.snapshots[0]);
+  assert.ok(typeof hand[0]!.user === 'string' && (hand[0]!.user as string).length > 0);
+  // the system administrator's logout ends the ticket on a system session (it names no tenant)
+  assert.match(kuraOk(['logout', '--from', 'peer-dc', '--identity', w.sys.private], { env: admin }).out, /pairwise-ops \(corp-oidc\) for route peer-dc ended at the vault/);
+  const after = await vaultSession(w.vault, w.sys.private, '_system');
+  await assert.rejects(after.request(Frame.AUTH, { ticket: w.mint({ subject: 'pairwise-ops', tenants: {}, systemAdmin: true }) }, Frame.AUTH_OK).then(() => after.request(Frame.LOGOUT, {}, Frame.LOGGED_OUT)).then(() => after.request(Frame.LOGOUT, {}, Frame.LOGGED_OUT)), (e: KuraError) => e.code === 'E_TICKET_MISSING', 'LOGOUT twice: the second has no ticket');
+  after.close();
 });
 
 test('sso.required: a restore with a bare key is refused and audited, while the relay still sends with its key', async (t) => {

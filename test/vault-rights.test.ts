@@ -59,6 +59,7 @@ test('operatorRefusal: both roles, sso.required, step-up (table)', () => {
     ['sensitive with no acr', 'tenant-admin', person('tenant-admin', null, 1), sso, 'tenant-admin', true, false, 'E_STEP_UP'],
     ['sensitive with mfa 20 min ago', 'tenant-admin', person('tenant-admin', MFA, 20), sso, 'tenant-admin', true, false, 'E_STEP_UP'],
     ['not sensitive with mfa 20 min ago', 'tenant-admin', person('tenant-admin', MFA, 20), sso, 'tenant-admin', false, false, null],
+    ['a ticket that expired during the session', 'tenant-admin', { ...person('tenant-admin'), ticket: { ...ticket(MFA, 1), expires: NOW } }, sso, 'any', false, false, 'E_TICKET_EXPIRED'],
   ];
   for (const [what, keyRole, p, rules, right, sensitive, steppedUp, code] of table) {
     const r = operatorRefusal({ keyRole, tenant: 'city-a', person: p, sso: rules, now: NOW, steppedUp }, { name: 'X', right, sensitive });

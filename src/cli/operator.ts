@@ -50,7 +50,7 @@ export function registerOperator(program: Command): void {
     .requiredOption('--from <route>', 'the route whose ticket ends')
     .option('--tenant <tenant>', "tenant on the vault (default: the config's tenant)")
     .option('--identity <file>', "SSH private key for the vault (default: the route's clientKey)")
-    .option('--system', 'the ticket was used on system sessions (SSH user _system)')
+    .option('--system', 'end it on a system session (SSH user _system; the default for a ticket that names no tenant)')
     .action(async (opts: RemoteOptions & { system?: boolean }, cmd: Command) => {
       const { loadTicket, removeTicket } = await import('../sso/ticket-file.js');
       const saved = loadTicket(opts.from);
@@ -64,7 +64,9 @@ export function registerOperator(program: Command): void {
         const { withRoute } = await import('../restorer/remote.js');
         const { Frame } = await import('../protocol/frames.js');
         try {
-          await withRoute(configOf(cmd).config, { ...opts, system: opts.system }, async (conn) => {
+          // a system administrator's ticket (no tenant) is ended on a system session
+          const system = opts.system ?? (saved.ticket.systemAdmin && Object.keys(saved.ticket.tenants).length === 0);
+          await withRoute(configOf(cmd).config, { ...opts, system }, async (conn) => {
             if (!conn.operator) throw new KuraError('E_TICKET_MISSING', 'the vault did not take the ticket');
             await conn.request(Frame.LOGOUT, {}, Frame.LOGGED_OUT);
           });

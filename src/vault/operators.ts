@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { parseDuration } from '../config/duration.js';
@@ -22,14 +23,39 @@ export function revocationsFile(cfg: VaultConfig): string {
  */
 export class OperatorAuthority {
   readonly key: TicketKey;
-  readonly revocations: TicketRevocations;
+  private list: TicketRevocations;
+  /** size and mtime of the revocation file when last read */
+  private seen: string;
   readonly rules: SsoRules;
 
   private constructor(private readonly cfg: VaultConfig) {
     const sso = cfg.sso!;
     this.key = TicketKey.loadOrCreate(ticketKeyFile(cfg));
-    this.revocations = new TicketRevocations(revocationsFile(cfg));
+    this.list = new TicketRevocations(revocationsFile(cfg));
+    this.seen = this.stamp();
     this.rules = { required: sso.required, levels: sso.levels, sensitive: { acr: sso.sensitive.acr, maxAge: parseDuration(sso.sensitive.maxAge)! } };
+  }
+
+  private stamp(): string {
+    try {
+      const st = statSync(revocationsFile(this.cfg));
+      return `${st.size}:${st.mtimeMs}`;
+    } catch {
+      return 'none';
+    }
+  }
+
+  /**
+   * The tickets ended by a logout: read again when the file changed, so that a logout served by
+   * another vault process (kura vault stdio next to kura vault serve) holds here too.
+   */
+  get revocations(): TicketRevocations {
+    const now = this.stamp();
+    if (now !== this.seen) {
+      this.list = new TicketRevocations(revocationsFile(this.cfg));
+      this.seen = this.stamp();
+    }
+    return this.list;
   }
 
   /** The vault's authority, or null when it has no vault.sso (it then knows SSH keys only). */

@@ -13,6 +13,7 @@ import { roleMay, type FrameRight, type Role } from './access.js';
  * - Without a ticket, `vault.sso.required` refuses operator frames (those whose right is
  *   restore, tenant-admin or system-admin): E_SSO_REQUIRED. Backup frames and frames any role
  *   may send (LIST, STATS, ...) keep working with keys alone: relays are machines.
+ * - A ticket that expires while its session is open is refused from then on (E_TICKET_EXPIRED).
  * - A sensitive frame (restore reads, DELETE, PRUNE applied, PROTECT lifting a hold) needs a
  *   ticket whose sign-in is strong and recent enough (vault.sso.sensitive): E_STEP_UP. A frame
  *   that `continues` (GET_CHUNKS) passes in a session that already passed that check, so a
@@ -50,7 +51,7 @@ export interface FrameAsk {
 }
 
 export interface Refusal {
-  code: Extract<ErrorCode, 'E_FORBIDDEN' | 'E_SSO_REQUIRED' | 'E_STEP_UP'>;
+  code: Extract<ErrorCode, 'E_FORBIDDEN' | 'E_SSO_REQUIRED' | 'E_STEP_UP' | 'E_TICKET_EXPIRED'>;
   message: string;
 }
 
@@ -74,6 +75,10 @@ export function operatorRefusal(a: RightsInput, f: FrameAsk): Refusal | null {
       return { code: 'E_SSO_REQUIRED', message: `${f.name} on this vault needs a signed-in operator (vault.sso.required), not an SSH key alone: run kura login --from ROUTE, then repeat the command` };
     }
     return null;
+  }
+  // a ticket that expires while its session is open ends there (a restore under way reads on)
+  if (a.now >= a.person.ticket.expires && !(f.continues && a.steppedUp)) {
+    return { code: 'E_TICKET_EXPIRED', message: `the operator ticket of ${personOf(a.person)} expired at ${new Date(a.person.ticket.expires).toISOString()}: sign in again with kura login --from ROUTE` };
   }
   if (!roleMay(a.person.role, f.right)) {
     const where = a.person.role === 'system-admin' ? 'system administrator of the vault' : `${a.person.role} of tenant ${a.tenant}`;
