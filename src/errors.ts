@@ -28,6 +28,7 @@ export const errorCodes = {
   E_SNAPSHOT_AMBIGUOUS: ExitStatus.USAGE,
   E_SNAPSHOT_CORRUPT: ExitStatus.DATA,
   E_SNAPSHOT_DAMAGED: ExitStatus.DATA,
+  E_SNAPSHOT_PROTECTED: ExitStatus.NO_PERM,
   E_CHUNK_MISSING: ExitStatus.DATA,
   E_CHUNK_CORRUPT: ExitStatus.DATA,
   E_CHECK_FAILED: ExitStatus.DATA,

@@ -4,12 +4,12 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ROOT } from './support/cli.js';
 import { Frame, frameName } from '../src/protocol/frames.js';
-import { roleMay, type Role } from '../src/vault/access.js';
+import { roleMay, type FrameRight, type Role } from '../src/vault/access.js';
 import { FRAMES, frameEntries } from '../src/vault/frames/index.js';
 import { encodeSnapshot, type SnapshotHeader } from '../src/repository/snapshot.js';
 import { chunkIds, flushBody, helloBody, listBody, protectBody, putRun, snapshotIdBody, snapshotRef, emptyObject, type BodySchema } from '../src/vault/frames/body.js';
 
-const ROLES: Role[] = ['backup', 'restore', 'tenant-admin'];
+const ROLES: Role[] = ['backup', 'restore', 'tenant-admin', 'system-admin'];
 
 test('every request frame has one entry, and the rights in the table are the role table of docs/protocol.md', () => {
   assert.equal(frameEntries.size, FRAMES.length, 'no frame type twice');
@@ -33,7 +33,7 @@ test('every request frame has one entry, and the rights in the table are the rol
 });
 
 test('roleMay: tenant-admin may do everything, the others what their right names, and any role what needs none', () => {
-  const table: Array<[Role, 'any' | Role, boolean]> = [
+  const table: Array<[Role, FrameRight, boolean]> = [
     ['backup', 'any', true],
     ['backup', 'backup', true],
     ['backup', 'restore', false],
@@ -45,6 +45,14 @@ test('roleMay: tenant-admin may do everything, the others what their right names
     ['tenant-admin', 'backup', true],
     ['tenant-admin', 'restore', true],
     ['tenant-admin', 'tenant-admin', true],
+    ['tenant-admin', 'system-admin', false],
+    ['system-admin', 'any', true],
+    ['system-admin', 'tenant', false],
+    ['restore', 'tenant', true],
+    ['system-admin', 'system-admin', true],
+    ['system-admin', 'restore', false],
+    ['system-admin', 'tenant-admin', false],
+    ['system-admin', 'backup', false],
   ];
   for (const [role, right, want] of table) assert.equal(roleMay(role, right), want, `${role} for ${right}`);
 });

@@ -6,6 +6,7 @@ import { registerConfig } from './config.js';
 import { registerKey } from './key.js';
 import { registerAgent } from './agent.js';
 import { registerPrune } from './prune.js';
+import { registerOperator } from './operator.js';
 import { registerRepo } from './repo.js';
 import { registerRestore } from './restore.js';
 import { registerSnapshots } from './snapshots.js';
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
   registerSnapshots(program);
   registerRestore(program);
   registerPrune(program);
+  registerOperator(program);
   registerCheck(program);
   registerRepo(program);
   registerKey(program);

@@ -84,9 +84,21 @@ export function registerPrune(program: Command): void {
     .option('--source <name...>', 'only these sources')
     .option('--gc', 'then reclaim the space (as "kura gc")')
     .option('--json', 'print the plan and result as one JSON line')
-    .action(async (opts: RepoOptions & PolicyFlags & { dryRun?: boolean; source?: string[]; gc?: boolean }, cmd: Command) => {
+    .option('--from <route>', "on the vault of this route, by the tenant's retention in the vault's config (tenant-admin; a signed-in operator: kura login)")
+    .option('--tenant <tenant>', "with --from: tenant on the vault (default: the config's tenant)")
+    .option('--identity <file>', "with --from: SSH private key for the vault (default: the route's clientKey)")
+    .action(async (opts: RepoOptions & PolicyFlags & { dryRun?: boolean; source?: string[]; gc?: boolean; from?: string; tenant?: string; identity?: string }, cmd: Command) => {
       const cfg = configOf(cmd).config;
       const flags = policyFromFlags(opts);
+      if (opts.from) {
+        if (flags) throw new KuraError('E_USAGE', "with --from the vault applies the tenant's retention from its own config (vault.tenants.<t>.retention): drop the --keep-* flags");
+        if (opts.gc) throw new KuraError('E_USAGE', 'with --from, space is reclaimed by the vault\'s own gc (vault.maintenance, or kura vault gc on the vault host): drop --gc');
+        const { remotePrune } = await import('./operator.js');
+        const report = await remotePrune(cmd, { ...opts, from: opts.from });
+        if (opts.json) printJson({ ok: true, ...report, route: opts.from });
+        else printPrune(report, `vault of route ${opts.from}:\n`);
+        return;
+      }
       const repo = await openRepo(cmd, opts, 'none');
       try {
         const { prune } = await import('../retention/prune.js');
@@ -131,7 +143,7 @@ export function registerPrune(program: Command): void {
 
   for (const on of [true, false]) {
     withRepoOptions(program.command(on ? 'protect' : 'unprotect'))
-      .description(on ? 'protect a snapshot from pruning (long-term hold), here or on the vault (--from, tenant-admin key)' : "lift a snapshot's long-term hold")
+      .description(on ? 'protect a snapshot from pruning (long-term hold), here or on the vault (--from, tenant-admin key)' : "lift a snapshot's long-term hold, here or on the vault (--from, tenant-admin; a signed-in operator with a recent strong sign-in: kura login --step-up)")
       .argument('<snapshot>', 'snapshot ID, unique prefix or latest:SOURCE')
       .option('--from <route>', "on the vault of this route (needs a tenant-admin key)")
       .option('--tenant <tenant>', "tenant on the vault (default: the config's tenant)")

@@ -3,11 +3,34 @@ import { KuraError } from '../errors.js';
 import { configOf } from './context.js';
 import { log } from '../log.js';
 import type { VaultConfig } from '../config/schema.js';
+import type { AuditEvent } from '../vault/audit.js';
+import os from 'node:os';
+import path from 'node:path';
 
 function vaultConfig(cmd: Command): VaultConfig {
   const { config, path } = configOf(cmd);
   if (!config.vault) throw new KuraError('E_CONFIG', `no vault section in the config${path ? ` (${path})` : ''}; "kura config example" shows one`);
   return config.vault;
+}
+
+/** Who runs a command by hand on the vault host (the OS user), for its audit line. */
+function osUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return process.env.USER ?? `uid ${process.getuid?.() ?? '?'}`;
+  }
+}
+
+/** An audit line of a command run by hand on the vault host: the OS user stands for the person. */
+async function auditByHand(cfg: VaultConfig, e: AuditEvent): Promise<void> {
+  const { AuditLog } = await import('../vault/audit.js');
+  const audit = new AuditLog(cfg.auditLog ?? path.join(cfg.root, 'audit.jsonl'));
+  try {
+    audit.write({ ...e, by: 'cli', user: osUser(), pid: process.pid });
+  } finally {
+    audit.close();
+  }
 }
 
 export function registerVault(program: Command): void {
@@ -46,7 +69,7 @@ export function registerVault(program: Command): void {
       if (!['backup', 'restore', 'tenant-admin'].includes(opts.role)) throw new KuraError('E_USAGE', `--role must be backup, restore or tenant-admin`);
       const { serveStdio } = await import('../vault/stdio.js');
       const full = configOf(cmd).config;
-      await serveStdio(cfg, opts.tenant, opts.role as 'backup', full.notifications, full.host);
+      await serveStdio(cfg, opts.tenant, opts.role as 'backup', full.notifications, full.host, full.timezone);
     });
 
   const tenantsOpt = (c: Command) => c.option('--tenant <tenant...>', 'only these tenants (default: all)');
@@ -82,9 +105,18 @@ export function registerVault(program: Command): void {
             });
             if (!repo) continue;
             try {
-              const r = await maintainTenant(repo, cfg, tenant, { prune: name === 'prune', gc: name === 'gc', dryRun: Boolean(opts.dryRun), timeZone: timeZoneOf(full) }).catch((e: KuraError) => {
+              const r = await maintainTenant(repo, cfg, tenant, { prune: name === 'prune', gc: name === 'gc', dryRun: Boolean(opts.dryRun), timeZone: timeZoneOf(full) }).catch(async (e: KuraError) => {
                 if (!opts.dryRun) notifier.emit(maintenanceFailed(`vault ${name}`, e, { tenant }));
+                await auditByHand(cfg, { event: name, outcome: 'error', tenant, dryRun: Boolean(opts.dryRun), code: e.code ?? 'E_INTERNAL', reason: e.message });
                 throw e;
+              });
+              await auditByHand(cfg, {
+                event: name,
+                outcome: 'ok',
+                tenant,
+                dryRun: Boolean(opts.dryRun),
+                ...(r.prune ? { kept: r.prune.kept, removed: r.prune.removed, snapshots: r.prune.decisions.filter((d) => !d.keep).map((d) => d.id) } : {}),
+                ...(r.gc ? { chunksRemoved: r.gc.chunksRemoved, bytesFreed: r.gc.bytesFreed, problems: r.gc.problems.length } : {}),
               });
               problems += r.gc?.problems.length ?? 0;
               if (opts.json) process.stdout.write(JSON.stringify({ ok: true, ...r }) + '\n');
@@ -198,12 +230,20 @@ export function registerVault(program: Command): void {
     .description('per-tenant usage for apportioning shared costs: stored, logical and received bytes, snapshots, chunks, quota, share; bytes over the wire and sent for restores, transfer share')
     .option('--period <yyyy-mm>', 'month of "received" and the wire bytes (UTC; or a year, or a day), default: the current one')
     .option('--json', 'print one JSON object')
-    .action(async (opts: { period?: string; json?: boolean }, cmd: Command) => {
-      const cfg = vaultConfig(cmd);
+    .option('--from <route>', "ask the vault of this route, on a system session (SSH user _system, a key of its vault.system.clients; a system administrator's ticket from kura login when it requires one)")
+    .option('--identity <file>', "with --from: SSH private key for the vault (default: the route's clientKey)")
+    .action(async (opts: { period?: string; json?: boolean; from?: string; identity?: string }, cmd: Command) => {
       const period = opts.period ?? new Date().toISOString().slice(0, 7);
       if (!/^\d{4}(-\d{2}(-\d{2})?)?$/.test(period)) throw new KuraError('E_USAGE', `--period must look like 2026-11 (or 2026, or 2026-11-23), not "${period}"`);
-      const { vaultUsage } = await import('../vault/maintenance.js');
-      const u = await vaultUsage(cfg, period);
+      let u: import('../vault/maintenance.js').VaultUsage;
+      if (opts.from) {
+        const { withRoute } = await import('../restorer/remote.js');
+        const { Frame, jsonOf } = await import('../protocol/frames.js');
+        u = await withRoute(configOf(cmd).config, { from: opts.from, identity: opts.identity, system: true }, async (conn) => jsonOf(await conn.request(Frame.USAGE, { period }, Frame.USAGE_REPLY)));
+      } else {
+        const { vaultUsage } = await import('../vault/maintenance.js');
+        u = await vaultUsage(vaultConfig(cmd), period);
+      }
       if (opts.json) {
         process.stdout.write(JSON.stringify(u) + '\n');
         return;
@@ -246,10 +286,7 @@ export function registerVault(program: Command): void {
         try {
           const id = repo.resolveSnapshot(ref);
           const changed = await setProtected(repo, id, on);
-          const { Vault } = await import('../vault/vault.js');
-          const v = new Vault(cfg);
-          v.audit.write({ event: on ? 'protect' : 'unprotect', outcome: 'ok', tenant: opts.tenant, snapshot: id, changed, user: process.env.USER ?? 'cli' });
-          await v.close();
+          await auditByHand(cfg, { event: on ? 'protect' : 'unprotect', outcome: 'ok', tenant: opts.tenant, snapshot: id, changed });
           process.stdout.write(`snapshot ${id} of tenant ${opts.tenant} ${changed ? (on ? 'is now protected' : 'is no longer protected') : on ? 'was already protected' : 'was not protected'}\n`);
         } finally {
           repo.close();

@@ -199,6 +199,19 @@ const vaultSchema = z.strictObject({
     .describe('tenants and the keys allowed to act on them')
     .meta({ exampleKey: 'city-a' }),
   sso: vaultSsoSchema,
+  system: z
+    .strictObject({
+      clients: z
+        .array(
+          z.strictObject({
+            key: sshKeyLine.describe('public key of a system administrator').meta({ examples: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7x6Qm2 ops@vault-a'] }),
+            networks: z.array(cidr).min(1).default(['127.0.0.0/8', '::1/128']).describe('source networks this key may connect from'),
+          }),
+        )
+        .default([]),
+    })
+    .prefault({})
+    .describe('system sessions (SSH user "_system"): the vault itself (USAGE of every tenant), never a tenant\'s contents (docs/operators.md)'),
   routes: moduleSchema('routing', 'static').describe('store-and-forward: the routing module (same routes, same options as modules.routing) this vault passes tenants\' snapshots on by (vault.tenants.<t>.forward), with relay.* timings'),
   maxClockSkew: duration.default('2s').describe('a relay whose clock (measured at HELLO) is off by more than this is a warning in kura status --vault, a metric and a notification'),
   maintenance: z

@@ -51,7 +51,7 @@ export const Frame = {
   PROTECT: 0x36, // JSON {id, protect}: set or lift a snapshot's long-term hold (tenant-admin)
   PROTECTED: 0x37, // JSON {id, protected, changed}
   PRUNE: 0x38, // JSON {dryRun, source?}: apply the tenant's retention (tenant-admin, version 5)
-  PRUNED: 0x39, // JSON {dryRun, keep, remove}
+  PRUNED: 0x39, // JSON {dryRun, decisions: [{id, tenant, source, time, keep, reasons}], kept, removed}
   DELETE: 0x3a, // JSON {id}: delete one snapshot (tenant-admin, version 5)
   DELETED: 0x3b, // JSON {id, deleted}
   STATS: 0x40, // JSON {}
@@ -62,8 +62,8 @@ export const Frame = {
   SLOT_RENEW: 0x51, // JSON {token, ttlSeconds}
   SLOT_RELEASE: 0x52, // JSON {token}
   SLOT: 0x53, // JSON {granted, token?, holders, retryAfterSeconds?} (acquire), {granted} (renew), {released} (release)
-  USAGE: 0x44, // JSON {}: every tenant's usage and quota (system-admin, version 5)
-  USAGE_REPLY: 0x45, // JSON {tenants: [{tenant, bytes, quota, snapshots}]}
+  USAGE: 0x44, // JSON {period?}: every tenant's usage and quota (system-admin, version 5)
+  USAGE_REPLY: 0x45, // JSON {period, tenants: [{tenant, storedBytes, quota, snapshots, ...}], totalStoredBytes, totalWireBytes} (as kura vault usage --json)
   ERROR: 0x7f, // JSON {code, message}; the vault closes the channel after an error
 } as const;
 

@@ -65,6 +65,8 @@ export class VaultConnection {
   private failure: Error | null = null;
   session = '';
   role = '';
+  /** the person the vault accepted in AUTH (an operator's ticket), if any */
+  operator: { subject: string; provider: string; role: string } | null = null;
   /** the protocol version the vault answered HELLO with (it may be older than this relay's) */
   protocol = PROTOCOL_VERSION;
   /** the vault's clock offset measured at HELLO (null: an older vault did not say its time) */

@@ -7,6 +7,8 @@ import { VaultConnection } from '../relay/connection.js';
 import { routesOf } from '../relay/routes.js';
 import type { MovedAnswer } from '../relay/moved.js';
 import type { SnapshotHeader } from '../repository/snapshot.js';
+import { loadTicket } from '../sso/ticket-file.js';
+import { SYSTEM_USER } from '../vault/access.js';
 
 const GET_BATCH = 64; // chunks per GET_CHUNKS request (two requests in flight)
 
@@ -16,11 +18,36 @@ export interface RemoteSnapshot extends SnapshotHeader {
   receivedSeq: number | null;
 }
 
+export interface RouteSessionOptions {
+  /** a system session (SSH user _system, a key of the vault's vault.system.clients) instead of the tenant's */
+  system?: boolean | undefined;
+  /** present the operator's saved ticket of the route (kura login) in AUTH; default true (kura login itself says false) */
+  auth?: boolean | undefined;
+}
+
 /**
- * A protocol session with the vault of a route, for reading (restore, snapshots --from). A line
- * from which nothing arrives for relay.deadAfter fails it (E_LINK_DOWN); `signal` ends it at once.
+ * A protocol session with the vault of a route, for an operator (restore, snapshots, protect,
+ * prune, delete --from). After HELLO, the ticket `kura login --from ROUTE` saved is presented in
+ * AUTH: the SSH key says which machine, the ticket which person. A saved ticket that has expired
+ * by this machine's clock is not sent (the vault would refuse it; kura login gets a new one).
+ * A line from which nothing arrives for relay.deadAfter fails it (E_LINK_DOWN); `signal` ends it.
  */
-export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string, signal?: AbortSignal): Promise<VaultConnection> {
+export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: string, identity?: string, signal?: AbortSignal, o: RouteSessionOptions = {}): Promise<VaultConnection> {
+  const conn = await openRoute(cfg, routeName, tenant, identity, signal, o.system === true);
+  try {
+    const saved = o.auth === false ? null : loadTicket(routeName);
+    if (saved && saved.ticket.expires > Date.now() && conn.protocol >= 5) {
+      const ok = jsonOf<{ subject: string; provider: string; role: string }>(await conn.request(Frame.AUTH, { ticket: saved.token }, Frame.AUTH_OK));
+      conn.operator = { subject: ok.subject, provider: ok.provider, role: ok.role };
+    }
+    return conn;
+  } catch (e) {
+    conn.close();
+    throw e;
+  }
+}
+
+async function openRoute(cfg: KuraConfig, routeName: string, tenant: string, identity: string | undefined, signal: AbortSignal | undefined, system: boolean): Promise<VaultConnection> {
   const route = routesOf(cfg)[routeName];
   if (!route) throw new KuraError('E_CONFIG', `route "${routeName}" is not in modules.routing.routes`);
   const keyFile = identity ?? route.clientKey;
@@ -33,12 +60,12 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
   }
   // a tenant that moved is followed (the MOVED answer is verified against the pinned host key
   // by the connection; the relay, not a reader, keeps the entry)
-  let endpoints = route.endpoints;
+  let endpoints = system ? route.endpoints.map((e) => ({ ...e, user: SYSTEM_USER })) : route.endpoints;
   for (let hops = 0; ; hops++) {
     try {
       return await VaultConnection.open(endpoints, {
         route: routeName,
-        tenant: route.tenant ?? tenant,
+        tenant: system ? SYSTEM_USER : (route.tenant ?? tenant),
         privateKey,
         keepaliveMs: parseDuration(cfg.relay.keepalive)!,
         readyTimeoutMs: parseDuration(cfg.relay.connectTimeout)!,
@@ -55,10 +82,10 @@ export async function connectRoute(cfg: KuraConfig, routeName: string, tenant: s
 /** Run `use` on a session with the vault of route `from`, closed afterwards whatever happens. */
 export async function withRoute<T>(
   cfg: KuraConfig,
-  o: { from: string; tenant?: string | undefined; identity?: string | undefined; signal?: AbortSignal | undefined },
+  o: { from: string; tenant?: string | undefined; identity?: string | undefined; signal?: AbortSignal | undefined } & RouteSessionOptions,
   use: (conn: VaultConnection) => Promise<T>,
 ): Promise<T> {
-  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity, o.signal);
+  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity, o.signal, o);
   try {
     return await use(conn);
   } finally {

@@ -6,7 +6,14 @@ import { isIPv4, isIPv6 } from 'node:net';
  * A key belongs to a tenant with a role and the networks it may connect from; the SSH user name
  * is the tenant it asks for. Anything else is refused with a reason for the audit log.
  */
-export type Role = 'backup' | 'restore' | 'tenant-admin';
+export type Role = 'backup' | 'restore' | 'tenant-admin' | 'system-admin';
+
+/**
+ * The SSH user name of a system session: not a tenant's (tenant names cannot begin with "_").
+ * Its keys are vault.system.clients; it serves the vault's own frames (USAGE) and reaches no
+ * tenant's repository.
+ */
+export const SYSTEM_USER = '_system';
 
 export interface ClientRule {
   key: string; // OpenSSH public key line
@@ -77,8 +84,19 @@ export function ipInNetwork(ip: string, cidr: string): boolean {
   return false;
 }
 
-export function authorize(a: AuthAttempt, tenants: TenantRules): AuthDecision {
+export function authorize(a: AuthAttempt, tenants: TenantRules, system: { clients: Array<Omit<ClientRule, 'role'>> } = { clients: [] }): AuthDecision {
   const fp = fingerprint(a.keyData);
+  if (a.username === SYSTEM_USER) {
+    const sys = system.clients.find((c) => {
+      const k = keyBlobOf(c.key);
+      return k !== null && k.algo === a.keyAlgo && k.data.equals(a.keyData);
+    });
+    if (!sys) return { ok: false, code: 'E_AUTH_DENIED', reason: 'key is not a system administrator\'s (vault.system.clients)', fingerprint: fp };
+    if (!sys.networks.some((n) => ipInNetwork(a.ip, n))) {
+      return { ok: false, code: 'E_AUTH_DENIED', reason: `address ${a.ip} is outside the key's networks (${sys.networks.join(', ')})`, fingerprint: fp };
+    }
+    return { ok: true, tenant: SYSTEM_USER, role: 'system-admin', fingerprint: fp };
+  }
   const owners: Array<{ tenant: string; rule: ClientRule }> = [];
   for (const [tenant, t] of Object.entries(tenants)) {
     for (const rule of t.clients) {
@@ -99,11 +117,16 @@ export function authorize(a: AuthAttempt, tenants: TenantRules): AuthDecision {
 
 /**
  * What a request frame asks of the session's role (each frame's entry in src/vault/frames/
- * names one): `any` role, `backup` (backup or tenant-admin), `restore` (restore or tenant-admin)
- * or `tenant-admin` alone.
+ * names one): `any` role, `tenant` (any role of a tenant's session, not a system session),
+ * `backup` (backup or tenant-admin), `restore` (restore or tenant-admin),
+ * `tenant-admin` alone, or `system-admin` alone (a system session: the vault's own frames; a
+ * system administrator reaches no tenant's frames).
  */
-export type FrameRight = 'any' | Role;
+export type FrameRight = 'any' | 'tenant' | Role;
 
 export function roleMay(role: Role, right: FrameRight): boolean {
-  return right === 'any' || role === right || role === 'tenant-admin';
+  if (right === 'any') return true;
+  if (right === 'tenant') return role !== 'system-admin';
+  if (role === 'system-admin' || right === 'system-admin') return role === right;
+  return role === right || role === 'tenant-admin';
 }

@@ -43,7 +43,7 @@ export interface TenantMaintenance {
 }
 
 /** Vault prune (then gc) of one tenant's repository, without keys. */
-export async function maintainTenant(repo: Repository, cfg: VaultConfig, tenant: string, o: { prune: boolean; gc: boolean; dryRun: boolean; timeZone: string; now?: Date }): Promise<TenantMaintenance> {
+export async function maintainTenant(repo: Repository, cfg: VaultConfig, tenant: string, o: { prune: boolean; gc: boolean; dryRun: boolean; timeZone: string; now?: Date; sources?: readonly string[] }): Promise<TenantMaintenance> {
   const out: TenantMaintenance = { tenant };
   // a forwarding tenant: whatever a next hop has not received yet is queued first, then kept
   const forward = cfg.tenants[tenant]?.forward ?? [];
@@ -52,7 +52,7 @@ export async function maintainTenant(repo: Repository, cfg: VaultConfig, tenant:
     const { moduleOf } = await import('../modules/registry.js');
     VaultRouting.catchUp(repo, moduleOf({ modules: { routing: cfg.routes } }, 'routing').routes, forward);
   }
-  if (o.prune) out.prune = await prune(repo, { policyFor: vaultPolicy(cfg), now: o.now ?? new Date(), timeZone: o.timeZone, dryRun: o.dryRun, keepUnsent: true });
+  if (o.prune) out.prune = await prune(repo, { policyFor: vaultPolicy(cfg), now: o.now ?? new Date(), timeZone: o.timeZone, dryRun: o.dryRun, keepUnsent: true, sources: o.sources });
   if (o.gc) out.gc = await collectGarbage(repo, { mode: 'vault', dryRun: o.dryRun });
   return out;
 }

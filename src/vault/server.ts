@@ -7,7 +7,7 @@ import { KuraError } from '../errors.js';
 import type { KuraConfig, VaultConfig } from '../config/schema.js';
 import { VaultRouting, vaultRoutingMetrics } from './forward.js';
 import { log } from '../log.js';
-import { authorize, fingerprint, type Role } from './access.js';
+import { SYSTEM_USER, authorize, fingerprint, type Role } from './access.js';
 import { VaultSession } from './session.js';
 import { prepareVaultStorage, Vault } from './vault.js';
 import { renderStoreMetrics } from '../store/wrappers.js';
@@ -39,6 +39,9 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   // a store that would overwrite on a create is refused before anything is served from it
   await prepareVaultStorage(cfg);
   const vault = new Vault(cfg);
+  // a ticket key that cannot be read stops the vault at start, not at an operator's first AUTH
+  const operators = vault.operators;
+  const timeZone = opts.timeZone ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC';
   const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
   if (notifier) {
     watchVault(vault, cfg, notifier);
@@ -68,7 +71,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
         if (ctx.method !== 'none') vault.audit.write({ event: 'auth', outcome: 'refused', ip, user: ctx.username, code: 'E_AUTH_DENIED', reason: `method ${ctx.method} is not accepted` });
         return ctx.reject(['publickey']);
       }
-      const d = authorize({ username: ctx.username, keyAlgo: ctx.key.algo, keyData: ctx.key.data, ip }, cfg.tenants);
+      const d = authorize({ username: ctx.username, keyAlgo: ctx.key.algo, keyData: ctx.key.data, ip }, cfg.tenants, cfg.system);
       if (!d.ok) {
         vault.audit.write({ event: 'auth', outcome: 'refused', ip, user: ctx.username, key: d.fingerprint, code: d.code, reason: d.reason });
         return ctx.reject();
@@ -106,7 +109,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           }
           const channel: ServerChannel = acceptExec();
           try {
-            const repo = await vault.repoOf(g.tenant);
+            const repo = g.tenant === SYSTEM_USER ? await vault.systemRepo() : await vault.repoOf(g.tenant);
             const s = new VaultSession(
               {
                 tenant: g.tenant,
@@ -121,6 +124,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
                 log: lg,
                 budget: vault.memory,
                 routing,
+                vault: { cfg, timeZone, operators },
                 transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
               },
               channel,

@@ -5,8 +5,11 @@ import { KuraError, isKuraError } from '../errors.js';
 import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, type RawFrame } from '../protocol/frames.js';
 import { CHANNEL_WINDOW, keepChannelWindow } from '../protocol/window.js';
 import type { Repository } from '../repository/repository.js';
-import { roleMay, type Role } from './access.js';
-import type { AuditLog } from './audit.js';
+import type { Role } from './access.js';
+import type { AuditEvent, AuditLog } from './audit.js';
+import type { VaultConfig } from '../config/schema.js';
+import { keyRefusal, operatorRefusal, type Person } from './rights.js';
+import { operatorFields, type OperatorAuthority } from './operators.js';
 import type { SlotTable } from './slots.js';
 import { TransferAccounting } from './transfer-accounting.js';
 import { frameEntries } from './frames/index.js';
@@ -35,6 +38,16 @@ export interface SessionContext {
   transport?: Writable | undefined;
   /** the vault's routing: MOVED answers, receive log, forwarding queues (vault.routes) */
   routing?: SessionRouting | undefined;
+  /** the vault's config and its operator tickets: AUTH, PRUNE, DELETE, USAGE (absent: keys only, no administration frames) */
+  vault?: VaultServices | undefined;
+}
+
+export interface VaultServices {
+  cfg: VaultConfig;
+  /** time zone of retention periods (PRUNE) */
+  timeZone: string;
+  /** vault.sso's tickets, or null without vault.sso */
+  operators: OperatorAuthority | null;
 }
 
 /** Per repository: its sessions that have not finished (their received batches may not be durable yet). */
@@ -75,6 +88,10 @@ export class VaultSession implements BudgetMember {
   readonly uploads: Uploads;
   /** snapshot files sent in WANT or COMMIT */
   readonly snapshots: Announcements;
+  /** the person acting on this session (AUTH), or null: the SSH key alone */
+  person: Person | null = null;
+  /** the session passed a step-up check (a restore goes on reading its chunks) */
+  steppedUp = false;
 
   private closed = false;
   private stopping = false;
@@ -204,13 +221,13 @@ export class VaultSession implements BudgetMember {
         if (this.inputEnded) break;
       }
       await this.uploads.drain();
-      ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ...this.ops });
+      ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ...operatorFields(this.person), ...this.ops });
     } catch (e) {
       if (e instanceof ClientGone) {
-        ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ended: e.message, ...this.ops });
+        ctx.audit.write({ event: 'session-end', outcome: 'ok', tenant: ctx.tenant, session: this.id, ended: e.message, ...operatorFields(this.person), ...this.ops });
       } else {
         const err = await refusalOf(e, ctx);
-        ctx.audit.write({ event: 'session-refused', outcome: 'refused', tenant: ctx.tenant, session: this.id, code: err.code, reason: err.message, ...ctx.peer, ...this.ops });
+        ctx.audit.write({ event: 'session-refused', outcome: 'refused', tenant: ctx.tenant, session: this.id, code: err.code, reason: err.message, ...ctx.peer, ...operatorFields(this.person), ...this.ops });
         ctx.log.warn({ tenant: ctx.tenant, session: this.id, code: err.code }, err.message);
         await this.send(Frame.ERROR, { code: err.code, message: err.message }).catch(() => {});
       }
@@ -304,22 +321,35 @@ export class VaultSession implements BudgetMember {
   }
 
   /**
-   * One request: HELLO first; then the frame's entry decides. Its role is checked, then the
-   * protocol version, then the payload's shape (a payload of the wrong shape is E_PROTOCOL,
-   * here and nowhere else), and the handler gets the parsed value.
+   * One request: HELLO first; then the frame's entry decides. The SSH key's role is checked,
+   * then the protocol version, then the payload's shape (a payload of the wrong shape is
+   * E_PROTOCOL, here and nowhere else), then the person's rights (./rights.ts: their role, a
+   * ticket that vault.sso.required asks for, a step-up for a sensitive frame), and the handler
+   * gets the parsed value.
    */
   private async dispatch(f: RawFrame): Promise<void> {
     const entry = frameEntries.get(f.type);
     if (!this.greeted && f.type !== Frame.HELLO) throw new KuraError('E_PROTOCOL', `expected HELLO, got ${frameName(f.type)}`);
     if (!entry || (this.greeted && f.type === Frame.HELLO)) throw new KuraError('E_PROTOCOL', `unexpected ${frameName(f.type)} frame`);
     const name = frameName(f.type);
-    if (!roleMay(this.ctx.role, entry.role)) {
-      throw new KuraError('E_FORBIDDEN', `role ${this.ctx.role} of tenant ${this.ctx.tenant} may not ${name}; use a key registered with a role that may (restore or tenant-admin to read, backup or tenant-admin to send)`);
-    }
+    const byKey = keyRefusal(this.ctx.role, this.ctx.tenant, { name, right: entry.role });
+    if (byKey) throw new KuraError(byKey.code, byKey.message);
     if (entry.since && this.protocol < entry.since.protocol) throw new KuraError('E_PROTOCOL', `${name} needs protocol version ${entry.since.protocol}: ${entry.since.instead}`);
     const body = entry.body.parse(f.payload);
     if (!body.ok) throw new KuraError('E_PROTOCOL', `malformed ${name} frame: ${body.problem}`);
+    const sensitive = typeof entry.sensitive === 'function' ? entry.sensitive(body.value) : entry.sensitive === true;
+    const byPerson = operatorRefusal(
+      { keyRole: this.ctx.role, tenant: this.ctx.tenant, person: this.person, sso: this.ctx.vault?.operators?.rules ?? null, now: Date.now(), steppedUp: this.steppedUp },
+      { name, right: entry.role, sensitive, continues: entry.continues },
+    );
+    if (byPerson) throw new KuraError(byPerson.code, byPerson.message);
+    if (sensitive && this.person) this.steppedUp = true;
     await entry.handle(this, body.value, f);
+  }
+
+  /** An audit line of an operator action on this session: its tenant, session and person. */
+  audit(e: { event: string; outcome?: AuditEvent['outcome'] } & Record<string, unknown>): void {
+    this.ctx.audit.write({ tenant: this.ctx.tenant, session: this.id, ...operatorFields(this.person), ...e, event: e.event, outcome: e.outcome ?? 'ok' });
   }
 
   /**

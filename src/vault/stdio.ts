@@ -14,7 +14,7 @@ import { VaultRouting } from './forward.js';
  * sshd has authenticated the key and applied its from= networks; this process is pinned to
  * the one tenant the operator wrote into that line.
  */
-export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, notifications?: NotificationsConfig, host?: string): Promise<void> {
+export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, notifications?: NotificationsConfig, host?: string, timeZone?: string): Promise<void> {
   const vault = new Vault(cfg);
   const notifier = notifications ? new Notifier(notifications, 'vault', cfg.root, host) : null;
   if (notifier) watchVault(vault, cfg, notifier);
@@ -35,6 +35,7 @@ export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, n
         log: log().child({ mode: 'vault-stdio' }),
         budget: vault.memory,
         routing: new VaultRouting(vault, cfg, null, { notifier }),
+        vault: { cfg, timeZone: timeZone ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC', operators: vault.operators },
       },
       process.stdin,
       process.stdout,

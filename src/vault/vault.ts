@@ -34,6 +34,8 @@ import { AuditLog } from './audit.js';
 import { parseSize } from '../config/size.js';
 import { MemoryBudget, type MemoryLimits } from './memory.js';
 import { SlotTable } from './slots.js';
+import { OperatorAuthority } from './operators.js';
+import { SYSTEM_USER } from './access.js';
 
 /** The vault's directory: one keyless repository per tenant, the audit log and the host key. */
 export class Vault {
@@ -59,6 +61,27 @@ export class Vault {
       this.repos.set(tenant, r);
     }
     return r;
+  }
+
+  /**
+   * A system session's repository (<root>/system, on the local file system): it holds nothing
+   * of any tenant, only what every session keeps (transfer bytes, peers' clocks).
+   */
+  systemRepo(): Promise<Repository> {
+    let r = this.repos.get(SYSTEM_USER);
+    if (!r) {
+      r = Repository.initKeyless(path.join(this.cfg.root, 'system'));
+      this.repos.set(SYSTEM_USER, r);
+    }
+    return r;
+  }
+
+  private authority: OperatorAuthority | null | undefined;
+
+  /** vault.sso's ticket key and revocations, loaded once per vault process (null: no vault.sso). */
+  get operators(): OperatorAuthority | null {
+    if (this.authority === undefined) this.authority = OperatorAuthority.of(this.cfg);
+    return this.authority;
   }
 
   private slotTable: SlotTable | null = null;

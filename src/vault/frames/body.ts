@@ -118,3 +118,6 @@ export const listBody = json(z.object({ source: z.string().optional() }), '{sour
 export const snapshotIdBody = json(z.object({ id: hex64 }), '{id}');
 export const protectBody = json(z.object({ id: hex64, protect: z.boolean() }), '{id, protect}');
 export const emptyObject = json(z.object({}), '{}');
+export const authBody = json(z.object({ ticket: z.string().min(1).max(16384) }), '{ticket}');
+export const pruneBody = json(z.object({ dryRun: z.boolean(), source: z.string().min(1).optional() }), '{dryRun, source?}');
+export const usageBody = json(z.object({ period: z.string().regex(/^\d{4}(-\d{2}(-\d{2})?)?$/, 'a period like 2026-11 (or 2026, or 2026-11-23)').optional() }), '{period?}');

@@ -19,7 +19,7 @@ export function list(s: VaultSession, b: { source?: string | undefined }): Promi
 export async function getSnapshot(s: VaultSession, b: { id: string }): Promise<void> {
   const bytes = await s.ctx.repo.store.get(snapshotName(b.id));
   if (!bytes) throw new KuraError('E_SNAPSHOT_NOT_FOUND', `snapshot ${b.id} is not in tenant ${s.ctx.tenant}'s vault repository`);
-  s.ctx.audit.write({ event: 'get-snapshot', outcome: 'ok', tenant: s.ctx.tenant, session: s.id, snapshot: b.id });
+  s.audit({ event: 'get-snapshot', snapshot: b.id });
   return s.send(Frame.SNAPSHOT, bytes);
 }
 
