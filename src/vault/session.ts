@@ -15,6 +15,7 @@ import { Announcements } from './frames/snapshots.js';
 import type { BudgetMember, Holding, MemoryBudget } from './memory.js';
 import { refusalOf } from './refusal.js';
 import type { SessionRouting } from './forward.js';
+import type { OperatorEndpoint } from './operator/endpoint.js';
 
 export interface SessionContext {
   tenant: string;
@@ -35,6 +36,8 @@ export interface SessionContext {
   transport?: Writable | undefined;
   /** the vault's routing: MOVED answers, receive log, forwarding queues (vault.routes) */
   routing?: SessionRouting | undefined;
+  /** the operator endpoint where people sign in (vault.sso; `kura vault serve` only) */
+  operator?: OperatorEndpoint | undefined;
 }
 
 /** Per repository: its sessions that have not finished (their received batches may not be durable yet). */

@@ -8,6 +8,7 @@ import { commit, want } from './snapshots.js';
 import { getChunks, getSnapshot, list, stats } from './read.js';
 import { protect } from './admin.js';
 import { routeStatus } from './routing.js';
+import { loginBegin, loginBeginBody, loginWait, loginWaitBody } from './login.js';
 import { slotAcquire, slotAcquireBody, slotRelease, slotReleaseBody, slotRenew, slotRenewBody } from './slots.js';
 
 /**
@@ -45,6 +46,8 @@ export const FRAMES: readonly FrameEntry<unknown>[] = [
   entry({ type: Frame.SLOT_ACQUIRE, role: 'backup', body: slotAcquireBody, handle: slotAcquire }),
   entry({ type: Frame.SLOT_RENEW, role: 'backup', body: slotRenewBody, handle: slotRenew }),
   entry({ type: Frame.SLOT_RELEASE, role: 'backup', body: slotReleaseBody, handle: slotRelease }),
+  entry({ type: Frame.LOGIN_BEGIN, role: 'any', since: { protocol: 5, instead: 'upgrade kura: sign-ins need protocol 5' }, body: loginBeginBody, handle: loginBegin }),
+  entry({ type: Frame.LOGIN_WAIT, role: 'any', since: { protocol: 5, instead: 'upgrade kura: sign-ins need protocol 5' }, body: loginWaitBody, handle: loginWait }),
 ];
 
 export const frameEntries: ReadonlyMap<number, FrameEntry<unknown>> = new Map(FRAMES.map((e) => [e.type, e]));
