@@ -55,7 +55,8 @@ before(async () => {
   const tenants =
     `    city-a:\n      clients:\n        - key: ${key.public}\n          role: backup\n      operators:\n` +
     `        - { claim: groups, value: city-a-admins, role: tenant-admin }\n        - { provider: saml, claim: memberOf, value: city-a-admins, role: tenant-admin }\n` +
-    `    city-b:\n      operators:\n        - { claim: groups, value: city-b-admins, role: tenant-admin }\n`;
+    `    city-b:\n      operators:\n        - { claim: groups, value: city-b-admins, role: tenant-admin }\n` +
+    `    city-c:\n      minLevel: "${MFA}"\n      operators:\n        - { provider: oidc, claim: groups, value: staff, role: restore }\n`;
   vault = await startVault(dir, tenants, sso, top);
   assert.equal(vault.operatorUrl, base);
   agentCfg = agentConfig(dir, { port: vault.port, hostKeySha256: vault.hostKeySha256, key: key.private });
@@ -142,6 +143,7 @@ describe('kura login through real identity providers and a real browser', () => 
     assert.equal(line?.subject, t.subject);
     assert.deepEqual(line?.roles, { 'city-a': 'tenant-admin' });
     assert.equal(line?.ticket, t.id);
+    assert.match(String((line?.refusedTenants as Record<string, string>)['city-c']), /needs sign-in level urn:kura:mfa/, 'below city-c\'s minimum level: not granted there');
   });
 
   it('OIDC step-up: a fresh sign-in with the OTP step yields the mfa level', async () => {
@@ -160,6 +162,7 @@ describe('kura login through real identity providers and a real browser', () => 
     const t = ticketKey().verify(loadTicket('peer-dc', { KURA_CONFIG_DIR: configDir() })!.token, Date.now());
     assert.equal(t.acr, MFA);
     assert.ok(t.authTime > firstAuthTime, 'a fresh authentication time');
+    assert.deepEqual(t.tenants, { 'city-a': 'tenant-admin', 'city-c': 'restore' }, 'the mfa level reaches city-c\'s minimum');
   });
 
   it('SAML: the IdP\'s own login page, a signed assertion posted to the ACS, a saved working ticket; step-up asks for mfa', async () => {
@@ -313,6 +316,23 @@ describe('bad answers from identity providers: a coded refusal, an audit line, a
     assert.equal(w.ok, true);
     // and its code cannot be used twice: the callback again is an answer for no open sign-in
     assert.equal((await fetch(back)).status, 400);
+  });
+
+  it('a person the claims give no role is refused, and kura login exits 77 with E_SSO_FAILED naming the reason', async () => {
+    bad.mode = 'no-role';
+    const l = login(['--provider', 'badop']);
+    const { url, code } = await l.prompt;
+    let at = url;
+    for (let i = 0; i < 3; i++) at = (await fetch(at, { redirect: 'manual' })).headers.get('location')!;
+    assert.ok(at.startsWith(`${base}/sso/badop/callback`), at);
+    assert.equal((await fetch(at)).status, 403);
+    const r = await l.done;
+    assert.equal(r.status, 77);
+    assert.match(r.err, /E_SSO_FAILED: .*mallory, who has no role on this vault/);
+    assert.equal(JSON.parse(r.out).error.code, 'E_SSO_FAILED');
+    const [line] = auditLines(code);
+    assert.equal(line?.outcome, 'refused');
+    assert.equal(line?.subject, 'mallory', 'the refusal names the person');
   });
 
   it('the vault still serves SSH sessions after all of it', async () => {

@@ -90,8 +90,15 @@ export function moduleSchema(kind: ModuleKind, defaultType: string) {
 /** Schema of a `modules.<kind>` that may also be a list of implementations (e.g. several trusted identity providers). */
 export function moduleListSchema(kind: ModuleKind, defaultType: string) {
   const one = moduleSchema(kind, defaultType);
+  const list = z.array(one.unwrap()).min(1);
+  // a union says only "Invalid input": name what is wrong in the form given (one, or a list)
+  const why = (input: unknown): string | undefined => {
+    const r = (Array.isArray(input) ? list : one).safeParse(input);
+    const i = r.success ? undefined : r.error.issues[0];
+    return i ? `${i.path.length ? `${i.path.map(String).join('.')}: ` : ''}${i.message}` : undefined;
+  };
   return z
-    .union([one, z.array(one.unwrap()).min(1)])
+    .union([one, list], { error: (iss) => (iss.code === 'invalid_union' ? why(iss.input) : undefined) })
     .prefault({ type: defaultType } as never)
     .describe(`${one.description}; or a list of them (each with its own name)`);
 }

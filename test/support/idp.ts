@@ -261,7 +261,7 @@ export async function startSamlIdp(o: { keys: SamlKeys; spEntityId: string; acs:
 
 // ---------------------------------------------------------------- bad OIDC tokens
 
-export type BadToken = 'ok' | 'wrong-issuer' | 'alg-none' | 'expired' | 'wrong-nonce' | 'wrong-audience' | 'hs256';
+export type BadToken = 'ok' | 'no-role' | 'wrong-issuer' | 'alg-none' | 'expired' | 'wrong-nonce' | 'wrong-audience' | 'hs256';
 
 /** A test-controlled OIDC issuer: discovery, JWKS, an authorize endpoint that answers at once, and a token endpoint handing out the ID token `mode` says. */
 export async function startBadIssuer(o: { clientId: string }): Promise<RunningIdp & { mode: BadToken }> {
@@ -274,7 +274,7 @@ export async function startBadIssuer(o: { clientId: string }): Promise<RunningId
   const state = { mode: 'ok' as BadToken };
   const token = async (nonce: string): Promise<string> => {
     const now = Math.floor(Date.now() / 1000);
-    const claims = { nonce: state.mode === 'wrong-nonce' ? 'not-the-nonce' : nonce, acr: PWD, auth_time: now, groups: ['city-a-admins'], name: 'Mallory' };
+    const claims = { nonce: state.mode === 'wrong-nonce' ? 'not-the-nonce' : nonce, acr: PWD, auth_time: now, groups: state.mode === 'no-role' ? ['visitors'] : ['city-a-admins'], name: 'Mallory' };
     if (state.mode === 'alg-none') {
       const b = (x: object) => Buffer.from(JSON.stringify(x)).toString('base64url');
       return `${b({ alg: 'none', typ: 'JWT' })}.${b({ ...claims, iss: issuer, aud: o.clientId, sub: 'mallory', iat: now, exp: now + 300 })}.`;

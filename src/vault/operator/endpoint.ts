@@ -58,7 +58,9 @@ export class OperatorEndpoint {
   ) {
     const vault = cfg.vault!;
     const sso = vault.sso!;
-    this.providers = new Map(modulesOf(cfg, 'sso').flatMap((m) => (m.provider ? [[m.provider.name, m.provider] as const] : [])));
+    const list = modulesOf(cfg, 'sso').flatMap((m) => (m.provider ? [m.provider] : []));
+    this.providers = new Map(list.map((p) => [p.name, p]));
+    if (this.providers.size < list.length) throw new KuraError('E_CONFIG', `two entries of modules.sso have the same name (${list.map((p) => p.name).join(', ')}): give each its own name`);
     if (this.providers.size === 0) throw new KuraError('E_CONFIG', 'vault.sso is set but modules.sso names no identity provider: add an oidc or saml entry (docs/sso.md)');
     if (!sso.tls && !isLoopback(sso.listen.host)) throw new KuraError('E_CONFIG', `vault.sso.listen.host ${sso.listen.host} is not a loopback address: set vault.sso.tls (cert and key) so that sign-ins travel over HTTPS`);
     this.key = TicketKey.loadOrCreate(sso.ticketKey ?? path.join(vault.root, 'ticket_key'));
@@ -86,6 +88,7 @@ export class OperatorEndpoint {
   }
 
   async close(): Promise<void> {
+    this.signIns.endAll('the vault is stopping: run kura login again once it is back');
     const s = this.server;
     if (!s) return;
     this.server = null;
@@ -157,10 +160,10 @@ export class OperatorEndpoint {
     const where = { tenant: p.origin.tenant, session: p.origin.session, login: p.code, provider: provider.name, ip };
     try {
       const identity = await provider.complete({ state: state!, base: this.base, params, stepUp: p.stepUp, acr: this.sso.sensitive.acr, started: p.started });
-      const issued = this.ticketFor(identity, p);
+      const { refused, ...issued } = this.ticketFor(identity, p);
       this.signIns.settle(p, issued);
       const t = issued.ticket;
-      this.audit.write({ event: 'sso-login', outcome: 'ok', ...where, subject: t.subject, display: t.display, roles: t.tenants, systemAdmin: t.systemAdmin, acr: t.acr, authTime: new Date(t.authTime).toISOString(), ticket: t.id, expires: new Date(t.expires).toISOString(), stepUp: p.stepUp });
+      this.audit.write({ event: 'sso-login', outcome: 'ok', ...where, subject: t.subject, display: t.display, roles: t.tenants, systemAdmin: t.systemAdmin, ...(Object.keys(refused).length ? { refusedTenants: refused } : {}), acr: t.acr, authTime: new Date(t.authTime).toISOString(), ticket: t.id, expires: new Date(t.expires).toISOString(), stepUp: p.stepUp });
       send(res, 200, signedInPage(t.display?.name ?? t.display?.email ?? t.subject, describeRoles(t)));
     } catch (e) {
       const err = isKuraError(e) ? e : new KuraError('E_SSO_FAILED', `sign-in at ${provider.name} failed: ${(e as Error).message}`, { reason: (e as Error).message });
@@ -170,7 +173,7 @@ export class OperatorEndpoint {
     }
   }
 
-  private ticketFor(identity: Identity, p: PendingSignIn): { token: string; ticket: OperatorTicket } {
+  private ticketFor(identity: Identity, p: PendingSignIn): { token: string; ticket: OperatorTicket; refused: Record<string, string> } {
     const sso = this.sso;
     if (p.stepUp) {
       if (identity.authTime < p.started - STEP_UP_SKEW_MS) {
@@ -186,7 +189,7 @@ export class OperatorEndpoint {
       throw new KuraError('E_SSO_FAILED', `${identity.provider} signed in ${identity.subject}, who has no role on this vault${why.length ? ` (${why.join('; ')})` : ': ask the vault\'s administrator to map your claims (vault.tenants.<t>.operators)'}`, { subject: identity.subject });
     }
     const now = Date.now();
-    return this.key.issue({
+    const issued = this.key.issue({
       subject: identity.subject,
       provider: identity.provider,
       ...(identity.display && Object.keys(identity.display).length ? { display: identity.display } : {}),
@@ -197,6 +200,7 @@ export class OperatorEndpoint {
       issued: now,
       expires: now + parseDuration(sso.ticketTtl)!,
     });
+    return { ...issued, refused: grants.refused };
   }
 }
 

@@ -78,6 +78,11 @@ export class SignIns {
     return o;
   }
 
+  /** End every open sign-in (the vault is stopping): their LOGIN_WAITs answer at once. */
+  endAll(reason: string): void {
+    for (const p of this.pending.values()) if (p.outcome === null) this.settle(p, new KuraError('E_SSO_FAILED', reason, { reason: 'stopping' }));
+  }
+
   private expire(p: PendingSignIn): void {
     if (p.outcome !== null) return;
     this.settle(p, new KuraError('E_SSO_FAILED', `the sign-in was not finished within ${Math.round(this.timeoutMs / 1000)} s (vault.sso.loginTimeout): run kura login again and complete it in the browser`, { reason: 'timeout' }));
