@@ -22,7 +22,7 @@ export function registerLogin(program: Command): void {
       const { withRoute } = await import('../restorer/remote.js');
       const { Frame, jsonOf } = await import('../protocol/frames.js');
       const { saveTicket, ticketPath } = await import('../sso/ticket-file.js');
-      const { describeRoles } = await import('../vault/operator/endpoint.js');
+      const { describeRoles } = await import('../sso/describe.js');
       const { token } = await withRoute(configOf(cmd).config, opts, async (conn) => {
         const begin: { provider?: string; stepUp?: boolean } = {};
         if (opts.provider) begin.provider = opts.provider;

@@ -14,6 +14,8 @@ import { registerModule, type IdentityProvider } from '../registry.js';
  * here: providers need not enforce acr_values).
  */
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+/** a sign-in's PKCE verifier and nonce are forgotten after this (sign-ins expire long before: vault.sso.loginTimeout) */
+const ABANDONED_MS = 24 * 3600_000;
 const providerName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/, 'a provider name: lower-case letters, digits and dashes');
 
 const options = z.strictObject({
@@ -43,7 +45,7 @@ class OidcProvider implements IdentityProvider {
   readonly callback = { method: 'GET' as const, path: 'callback' };
   private discovery: Promise<Discovery> | null = null;
   private jwks: ReturnType<typeof createRemoteJWKSet> | null = null;
-  private readonly pending = new Map<string, { verifier: string; nonce: string }>();
+  private readonly pending = new Map<string, { verifier: string; nonce: string; started: number }>();
 
   constructor(private readonly o: Options) {}
 
@@ -80,7 +82,9 @@ class OidcProvider implements IdentityProvider {
     const d = await this.discover();
     const verifier = randomBytes(32).toString('base64url');
     const nonce = randomBytes(16).toString('base64url');
-    this.pending.set(o.state, { verifier, nonce });
+    const now = Date.now();
+    for (const [k, v] of this.pending) if (now - v.started > ABANDONED_MS) this.pending.delete(k);
+    this.pending.set(o.state, { verifier, nonce, started: now });
     const u = new URL(d.authorization_endpoint);
     const scopes = new Set(['openid', ...this.o.scopes]);
     const q: Record<string, string> = {

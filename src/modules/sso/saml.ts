@@ -15,6 +15,8 @@ import { registerModule, type IdentityProvider } from '../registry.js';
  * an assertion ID is accepted once (replay cache). The subject is the NameID (persistent
  * expected), the attributes are the claims, AuthnContextClassRef is the level.
  */
+/** how long a request this vault issued may be answered (sign-ins expire earlier: vault.sso.loginTimeout) */
+const REQUEST_TTL_MS = 60 * 60_000;
 const PERSISTENT = 'urn:oasis:names:tc:SAML:2.0:nameid-format:persistent';
 
 const options = z.strictObject({
@@ -95,7 +97,7 @@ class SamlProvider implements IdentityProvider {
       wantAssertionsSigned: false, // the response or the assertion: node-saml then requires the assertion's own signature when the response has none
       wantAuthnResponseSigned: false,
       validateInResponseTo: 'always' as ValidateInResponseTo,
-      requestIdExpirationPeriodMs: 60 * 60_000,
+      requestIdExpirationPeriodMs: REQUEST_TTL_MS,
       cacheProvider: this.requests,
       acceptedClockSkewMs: this.o.clockSkew * 1000,
       disableRequestedAuthnContext: true,
@@ -111,7 +113,9 @@ class SamlProvider implements IdentityProvider {
     const id = `_${randomBytes(20).toString('hex')}`;
     const step: Partial<SamlConfig> = o.stepUp ? { forceAuthn: true, ...(o.acr ? { disableRequestedAuthnContext: false, authnContext: [o.acr], racComparison: 'minimum' } : {}) } : {};
     const url = await this.saml(o.base, { ...step, generateUniqueId: () => id }).getAuthorizeUrlAsync(o.state, undefined, {});
-    this.requests.ids.set(id, { created: Date.now(), state: o.state });
+    const now = Date.now();
+    for (const [k, r] of this.requests.ids) if (now - r.created > REQUEST_TTL_MS) this.requests.ids.delete(k);
+    this.requests.ids.set(id, { created: now, state: o.state });
     return url;
   }
 

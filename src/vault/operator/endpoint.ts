@@ -11,6 +11,7 @@ import { modulesOf } from '../../modules/index.js';
 import type { IdentityProvider } from '../../modules/registry.js';
 import { grantsOf, levelAtLeast, type Identity, type SsoPolicy } from '../../sso/roles.js';
 import { TicketKey, type OperatorTicket } from '../../sso/ticket.js';
+import { describeRoles } from '../../sso/describe.js';
 import type { AuditLog } from '../audit.js';
 import { choosePage, notFoundPage, refusedPage, signedInPage } from './pages.js';
 import { SignIns, type PendingSignIn } from './signins.js';
@@ -202,12 +203,6 @@ export class OperatorEndpoint {
     });
     return { ...issued, refused: grants.refused };
   }
-}
-
-export function describeRoles(t: Pick<OperatorTicket, 'tenants' | 'systemAdmin'>): string {
-  const roles = Object.entries(t.tenants).map(([tenant, role]) => `${role} of ${tenant}`);
-  if (t.systemAdmin) roles.unshift('system-admin');
-  return roles.join(', ') || 'no roles';
 }
 
 function send(res: ServerResponse, status: number, body: string, type = 'text/html; charset=utf-8'): void {
