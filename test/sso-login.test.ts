@@ -249,6 +249,7 @@ describe('bad answers from identity providers: a coded refusal, an audit line, a
   const samlCases: Array<[string, (req: ReturnType<typeof authnRequestOf>) => Promise<string> | string, RegExp]> = [
     ['unsigned', (q) => saml.idp.unsigned({ ...alice, inResponseTo: q.id }), /does not verify.*signature/i],
     ['signed by another key', (q) => otherIdp.signed({ ...alice, inResponseTo: q.id }), /does not verify.*signature/i],
+    ['wrong issuer', (q) => saml.idp.signed({ ...alice, inResponseTo: q.id, issuer: 'https://other-idp.example/metadata' }), /issued by https:\/\/other-idp/],
     ['wrong audience', (q) => saml.idp.signed({ ...alice, inResponseTo: q.id, audience: 'https://other-sp.example/metadata' }), /audience/i],
     ['wrong recipient', (q) => saml.idp.signed({ ...alice, inResponseTo: q.id, recipient: 'https://other-sp.example/acs' }), /Recipient/],
     ['wrong destination', (q) => saml.idp.signed({ ...alice, inResponseTo: q.id, destination: 'https://other-sp.example/acs' }), /addressed to/],

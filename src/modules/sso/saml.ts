@@ -11,9 +11,9 @@ import { registerModule, type IdentityProvider } from '../registry.js';
  * to the vault's ACS), on @node-saml/node-saml: a signed response or assertion is required (one
  * assertion only: a second, unsigned one is signature wrapping), audience, NotBefore /
  * NotOnOrAfter and InResponseTo (a request this vault issued, for this very sign-in) are checked;
- * kura adds what the library leaves out: the Destination and the Recipient must be this ACS, and
- * an assertion ID is accepted once (replay cache). The subject is the NameID (persistent
- * expected), the attributes are the claims, AuthnContextClassRef is the level.
+ * kura adds what the library leaves out: the Issuer must be the IdP's, the Destination and the
+ * Recipient this ACS, and an assertion ID is accepted once (replay cache). The subject is the
+ * NameID (persistent expected), the attributes are the claims, AuthnContextClassRef the level.
  */
 /** how long a request this vault issued may be answered (sign-ins expire earlier: vault.sso.loginTimeout) */
 const REQUEST_TTL_MS = 60 * 60_000;
@@ -142,6 +142,8 @@ class SamlProvider implements IdentityProvider {
       this.requests.ids.delete(inResponseTo!);
     }
     if (!profile) throw refuse(this.name, 'the response carries no assertion');
+    // node-saml checks the issuer of logout messages only
+    if (profile.issuer !== this.o.idpIssuer) throw refuse(this.name, `the assertion was issued by ${profile.issuer ?? 'nobody'}, not ${this.o.idpIssuer}`);
     const assertion = profile.getAssertionXml?.() ?? '';
     const recipient = attr(assertion, 'SubjectConfirmationData', 'Recipient');
     if (recipient !== this.acs(o.base)) throw refuse(this.name, `the assertion's Recipient is ${recipient ?? 'missing'}, not this vault's ACS ${this.acs(o.base)}`);
