@@ -208,9 +208,9 @@ describe('kura login through real identity providers and a real browser', () => 
 });
 
 /** A sign-in started over SSH the way kura login does, followed up to the provider's URL. */
-async function begin(provider: string) {
+async function begin(provider: string, stepUp = false) {
   const conn = await vaultSession(vault, machineKey);
-  const u = jsonOf<{ url: string; code: string }>(await conn.request(Frame.LOGIN_BEGIN, { provider }, Frame.LOGIN_URL));
+  const u = jsonOf<{ url: string; code: string }>(await conn.request(Frame.LOGIN_BEGIN, { provider, stepUp }, Frame.LOGIN_URL));
   let at = u.url;
   for (let i = 0; i < 2; i++) {
     const res = await fetch(at, { redirect: 'manual' });
@@ -286,6 +286,32 @@ describe('bad answers from identity providers: a coded refusal, an audit line, a
     assert.equal((await post(response, q.relayState!)).status, 400);
     const second = await begin('saml');
     await expectRefused(second, await post(response, authnRequestOf(second.idpUrl).relayState!), /did not issue|answered already/);
+  });
+
+  it('SAML: a response signed as a whole (the assertion unsigned) is accepted', async () => {
+    const b = await begin('saml');
+    const q = authnRequestOf(b.idpUrl);
+    const whole = new SamlIdp({ ...saml.idp.o, signWhole: true });
+    const xml = Buffer.from(await whole.signed({ ...alice, inResponseTo: q.id }), 'base64').toString('utf8');
+    assert.match(xml, /<samlp:Response [^>]*>(?:(?!<saml:Assertion)[\s\S])*<ds:Signature/, 'the response carries the signature');
+    assert.equal((await post(Buffer.from(xml).toString('base64'), q.relayState!)).status, 200);
+    const w = await b.wait;
+    b.conn.close();
+    assert.equal(w.ok, true);
+  });
+
+  it('step-up: the vault asks for the level and a fresh sign-in, and checks the answer itself (SAML, OIDC)', async () => {
+    const b = await begin('saml', true);
+    const q = authnRequestOf(b.idpUrl);
+    assert.equal(q.forceAuthn, true);
+    assert.equal(q.acr, MFA);
+    await expectRefused(b, await post(await saml.idp.signed({ ...alice, inResponseTo: q.id, acr: PWD }), q.relayState!), /step-up needs sign-in level urn:kura:mfa; saml asserted urn:kura:pwd/);
+
+    bad.mode = 'ok'; // the test issuer, like oidc-provider, does not enforce acr_values
+    const o = await begin('badop', true);
+    const asked = new URL(o.idpUrl).searchParams;
+    assert.deepEqual([asked.get('acr_values'), asked.get('max_age'), asked.get('prompt')], [MFA, '0', 'login']);
+    await expectRefused(o, await fetch((await fetch(o.idpUrl, { redirect: 'manual' })).headers.get('location')!), /step-up needs sign-in level urn:kura:mfa; badop asserted urn:kura:pwd/);
   });
 
   const oidcCases: Array<[BadToken, RegExp]> = [

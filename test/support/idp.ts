@@ -154,7 +154,7 @@ export class SamlIdp {
   private readonly sp: ReturnType<typeof samlify.ServiceProvider>;
 
   constructor(
-    readonly o: { entityId: string; keys: SamlKeys; ssoUrl: string; spEntityId: string; acs: string },
+    readonly o: { entityId: string; keys: SamlKeys; ssoUrl: string; spEntityId: string; acs: string; signWhole?: boolean },
   ) {
     this.entityId = o.entityId;
     this.idp = samlify.IdentityProvider({
@@ -165,7 +165,7 @@ export class SamlIdp {
       nameIDFormat: ['urn:oasis:names:tc:SAML:2.0:nameid-format:persistent'],
       singleSignOnService: [{ Binding: samlify.Constants.namespace.binding.redirect, Location: o.ssoUrl }],
     });
-    this.sp = samlify.ServiceProvider({ entityID: o.spEntityId, wantAssertionsSigned: true, assertionConsumerService: [{ Binding: samlify.Constants.namespace.binding.post, Location: o.acs }] });
+    this.sp = samlify.ServiceProvider({ entityID: o.spEntityId, wantAssertionsSigned: !o.signWhole, assertionConsumerService: [{ Binding: samlify.Constants.namespace.binding.post, Location: o.acs }] });
   }
 
   xml(a: AssertionSpec): string {
@@ -191,7 +191,7 @@ export class SamlIdp {
     );
   }
 
-  /** A response as the IdP sends it: base64, the assertion signed with this IdP's key. */
+  /** A response as the IdP sends it: base64, the assertion (signWhole: the response) signed with this IdP's key. */
   async signed(a: AssertionSpec): Promise<string> {
     const xml = this.xml(a);
     const r = await this.idp.createLoginResponse(this.sp, { extract: { request: { id: a.inResponseTo } } } as never, 'post', {}, { customTagReplacement: () => ({ id: 'x', context: xml }) } as never);
