@@ -119,8 +119,13 @@ class SamlProvider implements IdentityProvider {
     return url;
   }
 
+  /** The sign-in a response answers: its RelayState, or (an IdP that drops it) the request it answers. */
   stateOf(params: URLSearchParams): string | null {
-    return params.get('RelayState');
+    const relay = params.get('RelayState');
+    if (relay) return relay;
+    const xml = Buffer.from(params.get('SAMLResponse') ?? '', 'base64').toString('utf8');
+    const id = attr(xml, 'Response', 'InResponseTo');
+    return id ? (this.requests.ids.get(id)?.state ?? null) : null;
   }
 
   async complete(o: { state: string; base: string; params: URLSearchParams }): Promise<Identity> {
