@@ -77,3 +77,13 @@ test('the operator endpoint: E_CONFIG without a provider or (off loopback) witho
   );
   assert.equal(ep.signIns.open(b.id), null, 'an expired sign-in is no longer open');
 });
+
+test('kura config check names the files vault.sso and modules.sso refer to', async (t) => {
+  const dir = tempDir(t);
+  const { fileReferences } = await import('../src/config/references.js');
+  const c = cfg(dir, `    listen: { port: 0 }\n    tls: { cert: ${dir}/missing.crt, key: ${dir}/missing.key }\n`, `modules:\n  sso:\n    - { type: oidc, issuer: "http://127.0.0.1:9/", clientId: k, clientSecretFile: ${dir}/secret }\n    - { type: saml, entryPoint: "http://127.0.0.1:9/sso", idpIssuer: idp, idpCert: ${dir}/idp.crt }\n`);
+  assert.deepEqual(
+    fileReferences(c, () => 'is missing', { vault: true }).map((i) => i.path),
+    ['vault.sso.tls.cert', 'vault.sso.tls.key', 'modules.sso[0].clientSecretFile', 'modules.sso[1].idpCert'],
+  );
+});

@@ -31,6 +31,8 @@ export interface IdentityProvider {
   readonly name: string;
   readonly protocol: string;
   readonly callback: { method: 'GET' | 'POST'; path: string };
+  /** files its options name (option → file, what it is), checked by kura config check and vault serve */
+  readonly files: ReadonlyArray<{ option: string; file: string; what: string }>;
   begin(o: { state: string; base: string; stepUp: boolean; acr?: string | undefined }): Promise<string>;
   /** the sign-in an answer belongs to (OIDC state, SAML RelayState), or null */
   stateOf(params: URLSearchParams): string | null;

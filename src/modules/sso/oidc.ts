@@ -47,7 +47,11 @@ class OidcProvider implements IdentityProvider {
   private jwks: ReturnType<typeof createRemoteJWKSet> | null = null;
   private readonly pending = new Map<string, { verifier: string; nonce: string; started: number }>();
 
-  constructor(private readonly o: Options) {}
+  readonly files: ReadonlyArray<{ option: string; file: string; what: string }>;
+
+  constructor(private readonly o: Options) {
+    this.files = o.clientSecretFile ? [{ option: 'clientSecretFile', file: o.clientSecretFile, what: 'the OIDC client secret file' }] : [];
+  }
 
   get name(): string {
     return this.o.name;

@@ -69,8 +69,12 @@ class SamlProvider implements IdentityProvider {
   private readonly seen = new Map<string, number>();
   private readonly cert: string;
 
+  readonly files: ReadonlyArray<{ option: string; file: string; what: string }>;
+
   constructor(private readonly o: Options) {
-    this.cert = o.idpCert.includes('-----BEGIN') ? o.idpCert : existsSync(o.idpCert) ? readFileSync(o.idpCert, 'utf8') : o.idpCert;
+    const pem = o.idpCert.includes('-----BEGIN');
+    this.files = pem ? [] : [{ option: 'idpCert', file: o.idpCert, what: 'the SAML IdP\'s signing certificate' }];
+    this.cert = pem ? o.idpCert : existsSync(o.idpCert) ? readFileSync(o.idpCert, 'utf8') : o.idpCert;
   }
 
   get name(): string {
