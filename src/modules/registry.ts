@@ -109,7 +109,9 @@ const made = new WeakMap<object, unknown>();
 
 /** The implementation a config's `modules.<kind>` selects (made once per validated options object). */
 export function moduleOf<K extends ModuleKind>(cfg: { modules: { [k in K]: object } }, kind: K): ModuleImplementations[K] {
-  return implOf(kind, cfg.modules[kind] as { type: string } & Record<string, unknown>);
+  const options = cfg.modules[kind];
+  if (Array.isArray(options)) throw new Error(`modules.${kind} is a list: ask modulesOf(config, '${kind}')`);
+  return implOf(kind, options as { type: string } & Record<string, unknown>);
 }
 
 /** Every implementation a config's `modules.<kind>` selects (one, or each entry of a list). */
