@@ -17,7 +17,7 @@ export function registerConfig(program: Command): void {
       const { checkFiles } = await import('../config/load.js');
       checkFiles(c, { agent: Object.keys(c.sources).length > 0, relay: true, vault: Boolean(c.vault) }, path);
       if (opts.json) printJson({ ok: true, path, config: c });
-      else process.stdout.write(`${path}: ok (${Object.keys(c.sources).length} source(s), routing ${c.modules.routing.type}, sso ${c.modules.sso.type}, virtualization ${c.modules.virtualization.type})\n`);
+      else process.stdout.write(`${path}: ok (${Object.keys(c.sources).length} source(s), routing ${c.modules.routing.type}, sso ${[c.modules.sso].flat().map((m) => (m.name ? `${m.type as string}:${m.name as string}` : (m.type as string))).join(', ')}, virtualization ${c.modules.virtualization.type})\n`);
     });
 
   config

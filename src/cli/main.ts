@@ -17,6 +17,7 @@ import { registerVault } from './vault.js';
 import { registerNotify } from './notify.js';
 import { registerPlan } from './plan.js';
 import { registerLog } from './log.js';
+import { registerLogin } from './login.js';
 import { kuraVersion } from '../version.js';
 
 export function buildProgram(): Command {
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerNotify(program);
   registerPlan(program);
   registerLog(program);
+  registerLogin(program);
   // subcommands inherit exitOverride so usage errors reach our handler
   const walk = (c: Command) => c.commands.forEach((s) => (s.exitOverride(), walk(s)));
   walk(program);

@@ -46,7 +46,7 @@ export function registerVault(program: Command): void {
       const { checkFiles } = await import('../config/load.js');
       checkFiles(full, { vault: true }, cfgPath);
       const running = await serveVault(cfg, { timeZone: full.timezone, notifications: full.notifications, host: full.host, config: full });
-      process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256 }) + '\n');
+      process.stdout.write(JSON.stringify({ listening: `${cfg.listen.host}:${running.port}`, hostKeySha256: running.hostKeySha256, ...(running.operatorUrl ? { operator: running.operatorUrl } : {}) }) + '\n');
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           log().info({ signal: sig }, 'vault stopping');

@@ -35,7 +35,10 @@ function typeHint(s: JS): string {
 
 function variants(s: JS): JS[] | null {
   const v = s.oneOf ?? s.anyOf;
-  return v && v.every((x) => x.properties) ? v : null;
+  if (!v) return null;
+  // a module that may also be a list of them (modules.sso): shown as the single one
+  const objects = v.flatMap((x) => (x.properties ? [x] : (variants(x) ?? [])));
+  return objects.length > 0 && v.every((x) => x.properties || variants(x) || x.type === 'array') ? objects : null;
 }
 
 function emitObject(s: JS, indent: string, out: string[]): void {

@@ -1,7 +1,7 @@
 import { accessSync, constants } from 'node:fs';
 import type { KuraConfig } from './schema.js';
 import { uncarriedRoutes } from '../relay/route-policy.js';
-import { moduleOf } from '../modules/registry.js';
+import { moduleOf, modulesOf } from '../modules/registry.js';
 
 /**
  * What a config names beyond its own shape: routes named by sources, and the key, password and
@@ -69,6 +69,14 @@ export function fileReferences(cfg: KuraConfig, probe: FileProbe = readableFile,
   }
   if (roles.vault && cfg.vault) {
     for (const [name, route] of Object.entries(moduleOf({ modules: { routing: cfg.vault.routes } }, 'routing').routes)) files.push([`vault.routes.routes.${name}.clientKey`, route.clientKey, "the vault's SSH private key for forwarding"]);
+    const sso = cfg.vault.sso;
+    if (sso) {
+      files.push(['vault.sso.tls.cert', sso.tls?.cert, "the operator endpoint's certificate"], ['vault.sso.tls.key', sso.tls?.key, "the operator endpoint's private key"]);
+      const many = Array.isArray(cfg.modules.sso);
+      modulesOf(cfg, 'sso').forEach((m, i) => {
+        for (const f of m.provider?.files ?? []) files.push([`modules.sso${many ? `[${i}]` : ''}.${f.option}`, f.file, f.what]);
+      });
+    }
   }
   const email = (cfg.notifications as unknown as { email?: Array<{ passwordFile?: string; caFile?: string }> }).email ?? [];
   email.forEach((e, i) => {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { DEFAULT_TENANT } from './path.js';
 import { validate as validCron } from 'node-cron';
-import { moduleSchema } from '../modules/index.js';
+import { moduleListSchema, moduleSchema } from '../modules/index.js';
 import { storageSchema } from '../store/index.js';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
@@ -291,7 +291,7 @@ export const configSchema = z.strictObject({
   relay: relaySchema.prefault({}).describe('relay mode: shipping queued snapshots along modules.routing routes'),
   modules: z
     .strictObject({
-      sso: moduleSchema('sso', 'none'),
+      sso: moduleListSchema('sso', 'none'),
       routing: moduleSchema('routing', 'static'),
       virtualization: moduleSchema('virtualization', 'none'),
     })

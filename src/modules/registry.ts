@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { StaticRoute } from './routing/static.js';
 import type { BackupGroup } from './virtualization/plan.js';
+import type { Identity } from '../sso/roles.js';
 
 /**
  * Pluggable modules of the one config file: `modules.<kind>.type` selects an implementation
@@ -16,6 +17,28 @@ export interface RoutingModule {
 export interface SsoModule {
   /** whether operators must sign in through an identity provider (false: SSH keys and local accounts alone) */
   readonly signIn: boolean;
+  /** the identity provider this entry of modules.sso trusts (none: null) */
+  readonly provider: IdentityProvider | null;
+}
+
+/**
+ * One trusted identity provider, as the vault's operator endpoint uses it (src/vault/operator):
+ * `begin` gives the URL the browser goes to for a sign-in named by `state`; the provider's answer
+ * arrives at `/sso/<name>/<callback.path>` and `complete` checks it, or refuses with E_SSO_FAILED
+ * naming the reason. `base` is the endpoint's public URL (vault.sso.publicUrl).
+ */
+export interface IdentityProvider {
+  readonly name: string;
+  readonly protocol: string;
+  readonly callback: { method: 'GET' | 'POST'; path: string };
+  /** files its options name (option → file, what it is), checked by kura config check and vault serve */
+  readonly files: ReadonlyArray<{ option: string; file: string; what: string }>;
+  begin(o: { state: string; base: string; stepUp: boolean; acr?: string | undefined }): Promise<string>;
+  /** the sign-in an answer belongs to (OIDC state, SAML RelayState), or null */
+  stateOf(params: URLSearchParams): string | null;
+  complete(o: { state: string; base: string; params: URLSearchParams; stepUp: boolean; acr?: string | undefined; started: number }): Promise<Identity>;
+  /** service-provider metadata to register with the provider (SAML), served at /sso/<name>/metadata */
+  metadata?(base: string): string;
 }
 
 export interface VirtualizationModule {
@@ -66,11 +89,38 @@ export function moduleSchema(kind: ModuleKind, defaultType: string) {
   return union.prefault({ type: defaultType } as never).describe(`${kind} module: ${defs.map((d) => `${d.type} (${d.description})`).join('; ')}`);
 }
 
+/** Schema of a `modules.<kind>` that may also be a list of implementations (e.g. several trusted identity providers). */
+export function moduleListSchema(kind: ModuleKind, defaultType: string) {
+  const one = moduleSchema(kind, defaultType);
+  const list = z.array(one.unwrap()).min(1);
+  // a union says only "Invalid input": name what is wrong in the form given (one, or a list)
+  const why = (input: unknown): string | undefined => {
+    const r = (Array.isArray(input) ? list : one).safeParse(input);
+    const i = r.success ? undefined : r.error.issues[0];
+    return i ? `${i.path.length ? `${i.path.map(String).join('.')}: ` : ''}${i.message}` : undefined;
+  };
+  return z
+    .union([one, list], { error: (iss) => (iss.code === 'invalid_union' ? why(iss.input) : undefined) })
+    .prefault({ type: defaultType } as never)
+    .describe(`${one.description}; or a list of them (each with its own name)`);
+}
+
 const made = new WeakMap<object, unknown>();
 
 /** The implementation a config's `modules.<kind>` selects (made once per validated options object). */
 export function moduleOf<K extends ModuleKind>(cfg: { modules: { [k in K]: object } }, kind: K): ModuleImplementations[K] {
-  const options = cfg.modules[kind] as { type: string } & Record<string, unknown>;
+  const options = cfg.modules[kind];
+  if (Array.isArray(options)) throw new Error(`modules.${kind} is a list: ask modulesOf(config, '${kind}')`);
+  return implOf(kind, options as { type: string } & Record<string, unknown>);
+}
+
+/** Every implementation a config's `modules.<kind>` selects (one, or each entry of a list). */
+export function modulesOf<K extends ModuleKind>(cfg: { modules: { [k in K]: object | object[] } }, kind: K): Array<ModuleImplementations[K]> {
+  const v = cfg.modules[kind];
+  return (Array.isArray(v) ? v : [v]).map((o) => implOf(kind, o as { type: string } & Record<string, unknown>));
+}
+
+function implOf<K extends ModuleKind>(kind: K, options: { type: string } & Record<string, unknown>): ModuleImplementations[K] {
   const cached = made.get(options);
   if (cached) return cached as ModuleImplementations[K];
   const def = registry[kind].find((d) => d.type === options.type) as ModuleDefinition<K> | undefined;

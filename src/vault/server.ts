@@ -13,6 +13,7 @@ import { prepareVaultStorage, Vault } from './vault.js';
 import { renderStoreMetrics } from '../store/wrappers.js';
 import { loadOrCreateHostKey } from './hostkey.js';
 import { VaultMetrics } from './metrics.js';
+import { OperatorEndpoint } from './operator/endpoint.js';
 import { quotaOf } from './maintenance.js';
 import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
 import { watchVault } from './alerts.js';
@@ -27,6 +28,8 @@ export const VAULT_COMMAND = 'kura-vault';
 export interface RunningVault {
   port: number;
   hostKeySha256: string;
+  /** the operator endpoint's URL (vault.sso), where kura login sends people */
+  operatorUrl?: string | undefined;
   close(): Promise<void>;
 }
 
@@ -55,6 +58,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   const hostKeySha256 = fingerprint((Array.isArray(parsedHost) ? parsedHost[0] : parsedHost).getPublicSSH());
   const lg = log().child({ mode: 'vault' });
   const routing = new VaultRouting(vault, cfg, hostKey, { config: opts.config, notifier });
+  const operator = cfg.sso ? await startOperatorEndpoint(cfg, opts.config, vault, lg) : null;
 
   let stopping = false;
   const clients = new Set<Connection>();
@@ -125,6 +129,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
                 budget: vault.memory,
                 routing,
                 vault: { cfg, timeZone, operators },
+                operator: operator ?? undefined,
                 transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
               },
               channel,
@@ -175,8 +180,10 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   return {
     port,
     hostKeySha256,
+    operatorUrl: operator?.base,
     close: async () => {
       stopping = true;
+      await operator?.close();
       await maintenance?.stop();
       await routing.stop();
       await metricsServer?.close();
@@ -199,6 +206,15 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       await vault.close();
     },
   };
+}
+
+/** vault.sso: the operator endpoint where people sign in (kura login), closed again if the vault cannot start. */
+async function startOperatorEndpoint(cfg: VaultConfig, full: KuraConfig | undefined, vault: Vault, lg: ReturnType<typeof log>): Promise<OperatorEndpoint> {
+  if (!full) throw new KuraError('E_CONFIG', 'vault.sso needs the whole config (modules.sso names the identity providers)');
+  const op = new OperatorEndpoint({ ...full, vault: cfg }, vault.audit);
+  const port = await op.start();
+  lg.info({ url: op.base, port, providers: [...op.providers.keys()] }, 'operator endpoint listening (kura login)');
+  return op;
 }
 
 /**

@@ -18,6 +18,7 @@ import { Announcements } from './frames/snapshots.js';
 import type { BudgetMember, Holding, MemoryBudget } from './memory.js';
 import { refusalOf } from './refusal.js';
 import type { SessionRouting } from './forward.js';
+import type { OperatorEndpoint } from './operator/endpoint.js';
 
 export interface SessionContext {
   tenant: string;
@@ -40,6 +41,8 @@ export interface SessionContext {
   routing?: SessionRouting | undefined;
   /** the vault's config and its operator tickets: AUTH, PRUNE, DELETE, USAGE (absent: keys only, no administration frames) */
   vault?: VaultServices | undefined;
+  /** the operator endpoint where people sign in (vault.sso; `kura vault serve` only) */
+  operator?: OperatorEndpoint | undefined;
 }
 
 export interface VaultServices {

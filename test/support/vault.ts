@@ -21,6 +21,8 @@ export interface VaultProcess {
   child: ChildProcess;
   port: number;
   hostKeySha256: string;
+  /** the operator endpoint (vault.sso), when configured */
+  operatorUrl?: string | undefined;
   root: string;
   config: string;
   stop(): Promise<void>;
@@ -43,11 +45,12 @@ export async function startVault(dir: string, tenantsYaml: string, extra = '', t
     });
     child.once('exit', (code) => reject(new Error(`vault exited ${code}: ${err}`)));
   });
-  const info = JSON.parse(line) as { listening: string; hostKeySha256: string };
+  const info = JSON.parse(line) as { listening: string; hostKeySha256: string; operator?: string };
   return {
     child,
     port: Number(info.listening.split(':')[1]),
     hostKeySha256: info.hostKeySha256,
+    operatorUrl: info.operator,
     root,
     config,
     stop: async () => {

@@ -6,5 +6,5 @@ registerModule({
   type: 'none',
   description: 'operators are identified by their SSH keys and local accounts; no identity provider',
   options: z.strictObject({ type: z.literal('none') }),
-  create: () => ({ signIn: false }),
+  create: () => ({ signIn: false, provider: null }),
 });

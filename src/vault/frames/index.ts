@@ -9,6 +9,7 @@ import { getChunks, getSnapshot, list, stats } from './read.js';
 import { deleteSnapshot, protect, pruneTenant, usage } from './admin.js';
 import { auth, logout } from './auth.js';
 import { routeStatus } from './routing.js';
+import { loginBegin, loginBeginBody, loginWait, loginWaitBody } from './login.js';
 import { slotAcquire, slotAcquireBody, slotRelease, slotReleaseBody, slotRenew, slotRenewBody } from './slots.js';
 
 /**
@@ -60,6 +61,8 @@ export const FRAMES: readonly FrameEntry<unknown>[] = [
   entry({ type: Frame.SLOT_ACQUIRE, role: 'backup', body: slotAcquireBody, handle: slotAcquire }),
   entry({ type: Frame.SLOT_RENEW, role: 'backup', body: slotRenewBody, handle: slotRenew }),
   entry({ type: Frame.SLOT_RELEASE, role: 'backup', body: slotReleaseBody, handle: slotRelease }),
+  entry({ type: Frame.LOGIN_BEGIN, role: 'any', since: V5, body: loginBeginBody, handle: loginBegin }),
+  entry({ type: Frame.LOGIN_WAIT, role: 'any', since: V5, body: loginWaitBody, handle: loginWait }),
 ];
 
 export const frameEntries: ReadonlyMap<number, FrameEntry<unknown>> = new Map(FRAMES.map((e) => [e.type, e]));
