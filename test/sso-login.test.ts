@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import puppeteer, { type Browser } from 'puppeteer-core';
-import { spawnKura } from './support/cli.js';
+import { kuraAsync, spawnKura } from './support/cli.js';
 import { agentConfig, freePort, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
 import { MFA, PWD, SamlIdp, authnRequestOf, samlKeys, startBadIssuer, startOidcProvider, startSamlIdp, type BadToken, type RunningIdp } from './support/idp.js';
 import { Frame, jsonOf } from '../src/protocol/frames.js';
@@ -53,7 +53,7 @@ before(async () => {
     `  sso:\n    listen: { host: 127.0.0.1, port: ${ssoPort} }\n    ticketTtl: 1h\n    loginTimeout: 2m\n` +
     `    levels: ["${PWD}", "${MFA}"]\n    sensitive: { acr: "${MFA}", maxAge: 15m }\n`;
   const tenants =
-    `    city-a:\n      clients:\n        - key: ${key.public}\n          role: backup\n      operators:\n` +
+    `    city-a:\n      clients:\n        - key: ${key.public}\n          role: tenant-admin\n      retention: { keepLast: 5 }\n      operators:\n` +
     `        - { claim: groups, value: city-a-admins, role: tenant-admin }\n        - { provider: saml, claim: memberOf, value: city-a-admins, role: tenant-admin }\n` +
     `    city-b:\n      operators:\n        - { claim: groups, value: city-b-admins, role: tenant-admin }\n` +
     `    city-c:\n      minLevel: "${MFA}"\n      operators:\n        - { provider: oidc, claim: groups, value: staff, role: restore }\n`;
@@ -146,6 +146,18 @@ describe('kura login through real identity providers and a real browser', () => 
     assert.match(String((line?.refusedTenants as Record<string, string>)['city-c']), /needs sign-in level urn:kura:mfa/, 'below city-c\'s minimum level: not granted there');
   });
 
+  it('with that password-only ticket, kura prune --from may look (dry run) but applying is refused E_STEP_UP, audited with the person', async () => {
+    const env = { KURA_CONFIG_DIR: configDir() };
+    const dry = await kuraAsync(['prune', '--config', agentCfg, '--from', 'peer-dc', '--dry-run', '--json'], { env });
+    assert.equal(dry.status, 0, dry.stderr);
+    const apply = await kuraAsync(['prune', '--config', agentCfg, '--from', 'peer-dc'], { env });
+    assert.equal(apply.status, 77, apply.stderr);
+    assert.match(apply.stderr, /E_STEP_UP: .*kura login --from peer-dc --step-up/);
+    const t = ticketKey().verify(loadTicket('peer-dc', env)!.token, Date.now());
+    const refusal = vault.audit().find((e) => e.code === 'E_STEP_UP' && (e.operator as { subject?: string } | undefined)?.subject === t.subject);
+    assert.ok(refusal, 'the step-up refusal names the person');
+  });
+
   it('OIDC step-up: a fresh sign-in with the OTP step yields the mfa level', async () => {
     await new Promise((r) => setTimeout(r, 1100)); // auth_time has a resolution of seconds
     const l = login(['--step-up', '--provider', 'oidc']);
@@ -163,6 +175,16 @@ describe('kura login through real identity providers and a real browser', () => 
     assert.equal(t.acr, MFA);
     assert.ok(t.authTime > firstAuthTime, 'a fresh authentication time');
     assert.deepEqual(t.tenants, { 'city-a': 'tenant-admin', 'city-c': 'restore' }, 'the mfa level reaches city-c\'s minimum');
+  });
+
+  it('after kura login --step-up the same prune applies, and its audit line names the person (pairwise subject, provider, display name, ticket)', async () => {
+    const env = { KURA_CONFIG_DIR: configDir() };
+    const r = await kuraAsync(['prune', '--config', agentCfg, '--from', 'peer-dc', '--json'], { env });
+    assert.equal(r.status, 0, r.stderr);
+    const t = ticketKey().verify(loadTicket('peer-dc', env)!.token, Date.now());
+    const line = vault.audit().find((e) => e.event === 'prune' && e.outcome === 'ok' && (e.operator as { ticket?: string } | undefined)?.ticket === t.id);
+    assert.ok(line, 'a prune line with the ticket');
+    assert.deepEqual(line.operator, { subject: t.subject, provider: 'oidc', display: t.display, ticket: t.id, role: 'tenant-admin' });
   });
 
   it('SAML: the IdP\'s own login page, a signed assertion posted to the ACS, a saved working ticket; step-up asks for mfa', async () => {

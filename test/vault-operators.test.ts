@@ -44,7 +44,9 @@ async function world(t: { after: (fn: () => unknown) => void }): Promise<World> 
     dir,
     `    city-a:\n      clients:\n        - key: ${relayA.public}\n        - key: ${adminA.public}\n          role: tenant-admin\n      retention: { keepLast: 1 }\n` +
       `    city-b:\n      clients:\n        - key: ${adminB.public}\n          role: tenant-admin\n      retention: { keepLast: 1 }\n`,
-    `  sso:\n    required: true\n    levels: ['${PWD}', '${MFA}']\n    sensitive: { acr: '${MFA}', maxAge: 15m }\n  system:\n    clients:\n      - key: ${sys.public}\n`,
+    `  sso:\n    listen: { host: 127.0.0.1, port: 0 }\n    required: true\n    levels: ['${PWD}', '${MFA}']\n    sensitive: { acr: '${MFA}', maxAge: 15m }\n  system:\n    clients:\n      - key: ${sys.public}\n`,
+    // the tickets here are minted from the vault's key; the provider is never asked
+    `modules:\n  sso:\n    - { type: oidc, name: corp-oidc, issuer: "http://127.0.0.1:9/", clientId: kura-vault }\n`,
   );
   t.after(() => vault.stop());
   const key = TicketKey.loadOrCreate(path.join(vault.root, 'ticket_key'));
@@ -144,7 +146,7 @@ test('a tenant-admin of city-a prunes city-a remotely (dry run, step-up, apply),
   assert.equal(dry.dryRun, true);
   assert.equal(dry.removed, 1, 'keepLast 1 of 2: one would go');
   assert.equal(dry.decisions.find((d) => !d.keep)!.id, w.snapshots[0]);
-  refused(kura(['prune', '--from', 'peer-dc', ...as.identity], { env: weak }), 'E_STEP_UP', 'prune with a password-only ticket', /kura login --from ROUTE --step-up/);
+  refused(kura(['prune', '--from', 'peer-dc', ...as.identity], { env: weak }), 'E_STEP_UP', 'prune with a password-only ticket', /kura login --from peer-dc --step-up/);
   // an mfa sign-in of an hour ago is too old (sensitive.maxAge 15m)
   const old = loggedIn(w, 'old', w.mint({ authTime: Date.now() - HOUR }));
   refused(kura(['prune', '--from', 'peer-dc', ...as.identity], { env: old }), 'E_STEP_UP', 'prune with an old ticket', /within the last 15 min/);
@@ -205,7 +207,7 @@ test('system administrator: usage of every tenant on a system session, never a t
   assert.deepEqual(u.tenants.map((x) => x.tenant), ['city-a', 'city-b']);
   assert.equal(u.tenants[0]!.snapshots, 2);
   // a bare system key on a vault that requires sign-in
-  refused(kura(['vault', 'usage', '--from', 'peer-dc', '--identity', w.sys.private], { env: w.env('nobody') }), 'E_SSO_REQUIRED', 'usage without a ticket', /kura login --from ROUTE/);
+  refused(kura(['vault', 'usage', '--from', 'peer-dc', '--identity', w.sys.private], { env: w.env('nobody') }), 'E_SSO_REQUIRED', 'usage without a ticket', /kura login --from peer-dc/);
   // a tenant's ticket on a system session, a system key as a tenant, a tenant key as system
   refused(kura(['vault', 'usage', '--from', 'peer-dc', '--identity', w.sys.private], { env: loggedIn(w, 'a-admin', w.mint()) }), 'E_FORBIDDEN', 'tenant-admin ticket on a system session', /system administrator/);
   assert.equal(kura(['vault', 'usage', '--from', 'peer-dc', '--identity', w.adminA.private], { env: admin }).status, 77, 'a tenant key cannot open a system session');
@@ -250,7 +252,7 @@ test('system administrator: usage of every tenant on a system session, never a t
 test('sso.required: a restore with a bare key is refused and audited, while the relay still sends with its key', async (t) => {
   const w = await world(t);
   const env = w.env('nobody');
-  refused(kura(['restore', '--from', 'peer-dc', w.snapshots[1]!, '--to', path.join(w.dir, 'r'), '--identity', w.adminA.private], { env }), 'E_SSO_REQUIRED', 'bare-key restore', /kura login --from ROUTE/);
+  refused(kura(['restore', '--from', 'peer-dc', w.snapshots[1]!, '--to', path.join(w.dir, 'r'), '--identity', w.adminA.private], { env }), 'E_SSO_REQUIRED', 'bare-key restore', /kura login --from peer-dc/);
   refused(kura(['protect', '--from', 'peer-dc', w.snapshots[1]!, '--identity', w.adminA.private], { env }), 'E_SSO_REQUIRED', 'bare-key protect');
   const lines = w.vault.audit().filter((l) => l.code === 'E_SSO_REQUIRED');
   assert.equal(lines.length, 2, 'audited');

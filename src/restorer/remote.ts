@@ -85,11 +85,17 @@ export async function withRoute<T>(
   o: { from: string; tenant?: string | undefined; identity?: string | undefined; signal?: AbortSignal | undefined } & RouteSessionOptions,
   use: (conn: VaultConnection) => Promise<T>,
 ): Promise<T> {
-  const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity, o.signal, o);
   try {
-    return await use(conn);
-  } finally {
-    conn.close();
+    const conn = await connectRoute(cfg, o.from, o.tenant ?? cfg.tenant, o.identity, o.signal, o);
+    try {
+      return await use(conn);
+    } finally {
+      conn.close();
+    }
+  } catch (e) {
+    // the vault knows no route names: its advice (`kura login --from ROUTE …`) gets this one's
+    if (e instanceof KuraError && e.message.includes('--from ROUTE')) throw new KuraError(e.code, e.message.replaceAll('--from ROUTE', `--from ${o.from}`), e.details, { cause: e.cause });
+    throw e;
   }
 }
 
