@@ -3,6 +3,7 @@ import { KuraError } from '../errors.js';
 import { configOf } from './context.js';
 import { log } from '../log.js';
 import type { VaultConfig } from '../config/schema.js';
+import { registerVaultNodes } from './vault-nodes.js';
 
 function vaultConfig(cmd: Command): VaultConfig {
   const { config, path } = configOf(cmd);
@@ -35,6 +36,8 @@ export function registerVault(program: Command): void {
       await running.close();
     });
 
+  registerVaultNodes(vault, vaultConfig);
+
   vault
     .command('stdio')
     .description('serve the vault protocol on stdin/stdout, for OpenSSH: command="kura vault stdio --tenant X",restrict in authorized_keys')
@@ -43,6 +46,7 @@ export function registerVault(program: Command): void {
     .action(async (opts: { tenant: string; role: string }, cmd: Command) => {
       const cfg = vaultConfig(cmd);
       if (!cfg.tenants[opts.tenant]) throw new KuraError('E_CONFIG', `tenant "${opts.tenant}" is not registered under vault.tenants`);
+      if (cfg.node) throw new KuraError('E_CONFIG', `vault.node is set: tenants are served only by "kura vault serve" nodes holding their leases, not by "kura vault stdio"; point the route's endpoints at the nodes`);
       if (!['backup', 'restore', 'tenant-admin'].includes(opts.role)) throw new KuraError('E_USAGE', `--role must be backup, restore or tenant-admin`);
       const { serveStdio } = await import('../vault/stdio.js');
       const full = configOf(cmd).config;
@@ -67,6 +71,8 @@ export function registerVault(program: Command): void {
       .option('--json', 'one JSON line per tenant')
       .action(async (opts: { tenant?: string[]; dryRun?: boolean; json?: boolean }, cmd: Command) => {
         const cfg = vaultConfig(cmd);
+        // a tenant's prune and gc run only on the node holding its lease (deletes fenced by it)
+        if (cfg.node && !opts.dryRun) throw new KuraError('E_USAGE', `vault.node is set: ${name} runs inside the node holding each tenant's lease (vault.maintenance.schedule of "kura vault serve"), where its deletes are fenced by the lease; --dry-run works here`);
         const { openTenantRepo, maintainTenant } = await import('../vault/maintenance.js');
         const { printPrune, printGc, timeZoneOf } = await import('./prune.js');
         const { Notifier } = await import('../notify/notifier.js');
