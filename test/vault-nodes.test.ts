@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kuraAsync, spawnKura } from './support/cli.js';
@@ -9,7 +9,8 @@ import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
 import { ok, unsent } from './support/routing.js';
-import { sshKey, type VaultProcess } from './support/vault.js';
+import { sshKey } from './support/vault.js';
+import { BucketView } from './support/s3util.js';
 import { agentConfigFor, NODE_TENANTS, nodesView, startNode, waitForHolders } from './support/nodes.js';
 
 /**
@@ -140,4 +141,84 @@ test('kill -9 of the node holding a tenant while a relay has 3 snapshots queued:
   const venv = { KURA_CONFIG: b.config, KURA_PASSPHRASE: undefined };
   assert.equal((await okJson<{ ok: boolean }>(['check', '--vault-tenant', 'city-a'], venv, 'check the tenant on node-b')).ok, true);
   assert.equal(relay.exitCode, null, relayErr);
+});
+
+const LIBFAKETIME = ['/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1', '/usr/lib/faketime/libfaketime.so.1'].find((f) => existsSync(f));
+
+test('a node whose clock jumps 10 minutes forward (libfaketime, wall and monotonic clocks) takes no live lease: expiry is judged by the store\'s clock', { skip: !LIBFAKETIME && process.env.CI !== 'true' ? 'libfaketime is not installed (Debian package faketime; under CI=true this fails)' : false }, async (t) => {
+  if (!rgwOrSkip(t)) return;
+  assert.ok(LIBFAKETIME, 'libfaketime (Debian package faketime) is required');
+  const dir = path.join(top, 'clock');
+  mkdirSync(dir);
+  const key = sshKey(dir, 'relay');
+  // node-b's clocks follow this file (re-read every second): "+0" now, "+10m" later
+  const offset = path.join(dir, 'faketime');
+  writeFileSync(offset, '+0\n');
+  const fake = { LD_PRELOAD: LIBFAKETIME!, FAKETIME_TIMESTAMP_FILE: offset, FAKETIME_CACHE_DURATION: '1' };
+  const [a, b] = await Promise.all([startNode(dir, rgw!, 'node-a', 'nodes-clock', key), startNode(dir, rgw!, 'node-b', 'nodes-clock', key, { env: fake })]);
+  t.after(() => Promise.all([a.stop(), b.stop()]));
+  await waitForHolders(a.config, both, 'every tenant to be held');
+  const held = await waitForHolders(a.config, (h) => h['city-a'] === 'node-a' && h['city-c'] === 'node-a', 'node-a to hold city-a and city-c');
+  assert.equal(held['city-b'], 'node-b');
+  writeFileSync(offset, '+10m\n');
+  await sleep(2500); // libfaketime re-reads the file every second
+  const cfg = agentConfigFor(dir, 'city-a', key, [b, a]);
+  const env = { KURA_CONFIG: cfg };
+  await ok(kuraAsync(['repo', 'init'], { env }), 'repo init');
+  const f = path.join(dir, 'a.sql');
+  writeFileSync(f, await collect(sqlDump(9, 1 * MiB)));
+  const snap = await okJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], env, 'backup');
+  await ok(kuraAsync(['relay', 'once'], { env }), 'relay once');
+  const refusedOnB = b.audit().filter((e) => e.event === 'session-refused' && e.tenant === 'city-a');
+  assert.ok(refusedOnB.length > 0, 'node-b was asked first');
+  assert.ok(Date.parse(String(refusedOnB.at(-1)!.time)) - Date.now() > 9 * 60_000, `node-b's clock is 10 minutes ahead (${String(refusedOnB.at(-1)!.time)})`);
+  assert.match(String(refusedOnB.at(-1)!.reason), /held by node-a/);
+  assert.ok(a.audit().some((e) => e.event === 'commit' && e.snapshot === snap.id), 'node-a committed the snapshot');
+  // three more TTLs with node-b ahead: node-a keeps its tenants
+  await sleep(9000);
+  const after = await waitForHolders(a.config, both, 'every tenant held');
+  assert.equal(after['city-a'], 'node-a');
+  assert.equal(after['city-c'], 'node-a');
+  assert.deepEqual(b.audit().filter((e) => e.event === 'tenant-taken' && e.tenant !== 'city-b'), [], 'node-b took nothing of node-a\'s');
+  assert.deepEqual(a.audit().filter((e) => e.event === 'tenant-lost'), [], 'node-a lost nothing');
+});
+
+test('a node paused (SIGSTOP) mid-gc past its lease, then resumed (SIGCONT): the other node has taken the tenant, and the paused one deletes nothing more', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = path.join(top, 'pause');
+  mkdirSync(dir);
+  const key = sshKey(dir, 'relay');
+  // node-a runs prune and gc every 2 s on the tenants it holds
+  const [a, b] = await Promise.all([startNode(dir, rgw!, 'node-a', 'nodes-pause', key, { extra: '  maintenance: { schedule: "*/2 * * * * *" }\n' }), startNode(dir, rgw!, 'node-b', 'nodes-pause', key)]);
+  let stopped = false;
+  t.after(async () => {
+    if (stopped) process.kill(a.child.pid!, 'SIGCONT');
+    await Promise.all([a.stop(), b.stop()]);
+  });
+  await waitForHolders(a.config, (h) => h['city-a'] === 'node-a' && both(h), 'city-a to be held by node-a');
+  await waitFor('node-a to maintain city-a', () => a.audit().some((e) => e.event === 'maintenance' && e.tenant === 'city-a'), 20_000);
+  // 300 pack objects nothing refers to (a killed writer's): node-a's gc deletes them, one by one
+  const bucket = new BucketView(rgw!, 'nodes-pause');
+  t.after(() => bucket.close());
+  const prefix = 'dc-a/tenants/city-a/packs/';
+  const r = new Prng(3);
+  await Promise.all(Array.from({ length: 300 }, async () => {
+    const id = r.bytes(32).toString('hex');
+    await bucket.put(`${prefix}${id.slice(0, 2)}/${id}`, r.bytes(512));
+  }));
+  assert.equal((await bucket.keys(prefix)).length, 300);
+  await waitFor('node-a\'s gc to start deleting', async () => (await bucket.keys(prefix)).length < 300, 30_000, 20);
+  process.kill(a.child.pid!, 'SIGSTOP');
+  stopped = true;
+  await sleep(500); // requests already on the wire land
+  const left = (await bucket.keys(prefix)).length;
+  assert.ok(left > 0, 'node-a was paused mid-gc, with deletes still to do');
+  await waitForHolders(b.config, (h) => h['city-a'] === 'node-b', 'node-b to take city-a', 30_000);
+  process.kill(a.child.pid!, 'SIGCONT');
+  stopped = false;
+  await waitFor('node-a to notice', () => a.audit().some((e) => e.event === 'tenant-lost' && e.tenant === 'city-a'), 20_000);
+  await sleep(5000); // node-a's gc goes on, and its schedule ticks again
+  assert.equal((await bucket.keys(prefix)).length, left, 'node-a deleted nothing after its lease ran out');
+  const h = await waitForHolders(b.config, both, 'every tenant held');
+  assert.equal(h['city-a'], 'node-b', 'node-a did not take city-a back');
 });
