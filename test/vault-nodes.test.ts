@@ -222,3 +222,51 @@ test('a node paused (SIGSTOP) mid-gc past its lease, then resumed (SIGCONT): the
   const h = await waitForHolders(b.config, both, 'every tenant held');
   assert.equal(h['city-a'], 'node-b', 'node-a did not take city-a back');
 });
+
+test('the lease fence itself: a node whose event loop was blocked past its lease (no renewal could run) refuses the next delete and write before sending them; a lease taken over in the store refuses a delete though the holder still trusts it', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const { S3Backend } = await import('../src/store/s3/index.js');
+  const { openLeaseStore, leaseName } = await import('../src/vault/nodes/lease-store.js');
+  const { VaultNode } = await import('../src/vault/nodes/node.js');
+  const { withLeaseFence } = await import('../src/vault/nodes/fence.js');
+  const spec = { type: 's3', endpoint: rgw!.endpoint, bucket: 'nodes-fence', prefix: 'dc-a/' };
+  const objects = new S3Backend({ endpoint: rgw!.endpoint, bucket: 'nodes-fence', prefix: 'dc-a/tenants/city-a/', region: 'us-east-1', forcePathStyle: true });
+  await objects.ensureBucket();
+  t.after(() => objects.close());
+  const quiet = { info: () => {}, warn: () => {} };
+  const start = async (id: string) => {
+    let term = 0;
+    const node = new VaultNode(id, 2000, openLeaseStore(spec), () => ['city-a'], '127.0.0.1:0', { takeOver: async (_t, _r, tm) => void (term = tm), lost: () => {}, sessions: () => 0, log: quiet });
+    await node.start();
+    return { node, term: () => term };
+  };
+  const one = await start('node-1');
+  t.after(() => one.node.stop());
+  const term = await one.node.claim('city-a');
+  const fenced = withLeaseFence(objects, { mayWrite: () => one.node.mayWrite('city-a', term), mayDelete: () => one.node.mayDelete('city-a', term) });
+  await fenced.put('packs/aa/one', Buffer.from('x'));
+  await fenced.put('packs/aa/two', Buffer.from('y'));
+  await fenced.delete('packs/aa/one'); // held and trusted: goes through
+  assert.equal(await objects.get('packs/aa/one'), null);
+  // the event loop blocked 2.5 s (a pause): no renewal ran, and the delete is refused before it is sent
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);
+  await assert.rejects(fenced.delete('packs/aa/two'), (e: { code?: string }) => e.code === 'E_LEASE_LOST');
+  await assert.rejects(fenced.put('packs/aa/three', Buffer.from('z')), (e: { code?: string }) => e.code === 'E_LEASE_LOST');
+  assert.ok(await objects.get('packs/aa/two'), 'the object is still there');
+
+  // node-1 stops (releasing what it took back); node-2 takes city-a; then it is taken over in the
+  // store (another node's conditional write) while node-2 still trusts its lease
+  await one.node.stop();
+  const two = await start('node-2');
+  t.after(() => two.node.stop());
+  const term2 = await two.node.claim('city-a');
+  assert.equal(term2, two.term());
+  const fenced2 = withLeaseFence(objects, { mayWrite: () => two.node.mayWrite('city-a', term2), mayDelete: () => two.node.mayDelete('city-a', term2) });
+  const store = openLeaseStore(spec);
+  t.after(() => store.close());
+  const cur = (await store.read(leaseName('city-a')))!;
+  const rec = JSON.parse(cur.body.toString()) as { counter: number };
+  assert.ok(await store.write(leaseName('city-a'), Buffer.from(JSON.stringify({ ...rec, node: 'node-3', counter: rec.counter + 1, lastHolder: 'node-3' })), cur.etag), 'node-3 takes it over');
+  await assert.rejects(fenced2.delete('packs/aa/two'), (e: { code?: string }) => e.code === 'E_LEASE_LOST');
+  assert.ok(await objects.get('packs/aa/two'), 'the object is still there');
+});
