@@ -40,6 +40,8 @@ export interface RunningVault {
 export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined; config?: KuraConfig | undefined } = {}): Promise<RunningVault> {
   // a store that would overwrite on a create is refused before anything is served from it
   await prepareVaultStorage(cfg);
+  const forwarding = Object.entries(cfg.tenants).filter(([, t]) => t.forward.length > 0).map(([n]) => n);
+  if (cfg.node && forwarding.length > 0) throw new KuraError('E_CONFIG', `vault.node: store-and-forward of tenants (vault.tenants.<t>.forward: ${forwarding.join(', ')}) is not supported on vault nodes yet; forward from a single vault, or remove vault.node`);
   const vault = new Vault(cfg);
   const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
   if (notifier) {

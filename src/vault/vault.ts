@@ -63,6 +63,11 @@ export class Vault {
     return r;
   }
 
+  /** Whether this process serves the tenant (always, but on a vault node only the tenants it holds). */
+  serves(tenant: string): boolean {
+    return !this.cfg.node || this.repos.has(tenant);
+  }
+
   /** A vault node took the tenant's lease: `opening` is its repository for that lease's term. */
   adopt(tenant: string, opening: Promise<Repository>): void {
     opening.catch(() => {});
