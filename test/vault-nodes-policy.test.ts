@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { judgeLease, leaseTrusted, placementOrder, shouldTake, takeoverNeedsRebuild, type LeaseObservation, type LeaseVerdict } from '../src/vault/nodes/policy.js';
+import { endpointOrder, judgeLease, leaseTrusted, placementOrder, shouldTake, takeoverNeedsRebuild, type LeaseObservation, type LeaseVerdict } from '../src/vault/nodes/policy.js';
 import { configSchema } from '../src/config/schema.js';
 
 const lease = (node: string | null, lastModifiedMs: number, storeNowMs: number | null, o: { ttlMs?: number; lastHolder?: string; etag?: string } = {}): LeaseObservation => ({
@@ -86,6 +86,19 @@ test('placementOrder: rendezvous hashing is deterministic, spreads tenants, and 
     if (before[0] !== 'n2') assert.equal(after[0], before[0], `${t} stays where it was when n2 goes`);
     else assert.equal(after[0], before[1], `${t} goes to its second choice`);
   }
+});
+
+test('endpointOrder: a route whose endpoints all name their node is tried in the tenant\'s placement order; otherwise as configured', () => {
+  const eps = [{ host: 'a', node: 'node-a' }, { host: 'b', node: 'node-b' }];
+  const table: Array<[string, Array<{ host: string; node?: string }>, string[]]> = [
+    ['city-a', eps, ['a', 'b']], // city-a prefers node-a
+    ['city-b', eps, ['b', 'a']], // city-b prefers node-b
+    ['city-b', [{ host: 'a', node: 'node-a' }, { host: 'b' }], ['a', 'b']], // one unnamed: as configured
+    ['city-b', [{ host: 'b', node: 'node-b' }], ['b']],
+  ];
+  for (const [tenant, list, want] of table) assert.deepEqual(endpointOrder(tenant, list).map((e) => e.host), want, `${tenant} over ${JSON.stringify(list)}`);
+  assert.deepEqual(placementOrder('city-a', ['node-a', 'node-b']), ['node-a', 'node-b']);
+  assert.deepEqual(placementOrder('city-b', ['node-a', 'node-b']), ['node-b', 'node-a']);
 });
 
 test('shouldTake: only the first live node of a free tenant\'s order takes it; a node back from the dead takes nothing live', () => {

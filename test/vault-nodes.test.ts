@@ -80,6 +80,13 @@ test('two vault nodes on one bucket, three tenants: each tenant is held by exact
   assert.ok(refused.length > 0 && refused.every((e) => e.code === 'E_TENANT_ELSEWHERE'), JSON.stringify(refused));
   assert.match(String(refused[0]!.reason), /held by node-b/);
   assert.equal(sha256((await ok(kuraAsync(['restore', '--from', 'peer-dc', snap.id, '--to', '-'], { env }), 'restore')).stdout), sha256(data));
+  // endpoints that name their nodes are tried in the tenant's placement order: node-b first, no refusal
+  const refusedBefore = a.audit().filter((e) => e.event === 'session-refused' && e.tenant === 'city-b').length;
+  const named = agentConfigFor(dir, 'city-b', key, [{ ...a, node: 'node-a' }, { ...b, node: 'node-b' }], 'agent-named.yaml');
+  const second = await okJson<{ id: string }>(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc'], { KURA_CONFIG: named }, 'backup 2');
+  await ok(kuraAsync(['relay', 'once'], { env: { KURA_CONFIG: named } }), 'relay once (named endpoints)');
+  assert.ok(b.audit().some((e) => e.event === 'commit' && e.snapshot === second.id), 'node-b committed the second');
+  assert.equal(a.audit().filter((e) => e.event === 'session-refused' && e.tenant === 'city-b').length, refusedBefore, 'node-a was not asked');
   // a graceful stop releases the leases: the other node takes them at once
   await a.stop();
   await waitForHolders(b.config, (x) => NODE_TENANTS.every((t) => x[t] === 'node-b'), 'node-b to hold every tenant', 10_000);

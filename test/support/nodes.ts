@@ -49,7 +49,7 @@ export async function waitForHolders(configFile: string, want: (h: Record<string
 }
 
 /** An agent (and relay) of `tenant` whose route lists `endpoints` in that order. */
-export function agentConfigFor(dir: string, tenant: string, key: SshKey, endpoints: Array<{ port: number; hostKeySha256: string }>, name = `agent-${tenant}.yaml`): string {
+export function agentConfigFor(dir: string, tenant: string, key: SshKey, endpoints: Array<{ port: number; hostKeySha256: string; node?: string }>, name = `agent-${tenant}.yaml`): string {
   const file = path.join(dir, name);
   writeFileSync(
     file,
@@ -69,7 +69,7 @@ modules:
     routes:
       peer-dc:
         endpoints:
-${endpoints.map((e) => `          - { host: 127.0.0.1, port: ${e.port}, hostKeySha256: "${e.hostKeySha256}" }\n`).join('')}        clientKey: ${key.private}
+${endpoints.map((e) => `          - { host: 127.0.0.1, port: ${e.port}, hostKeySha256: "${e.hostKeySha256}"${e.node ? `, node: ${e.node}` : ''} }\n`).join('')}        clientKey: ${key.private}
 `,
   );
   return file;

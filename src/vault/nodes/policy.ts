@@ -96,6 +96,17 @@ export function placementOrder(tenant: string, nodes: readonly string[]): string
 }
 
 /**
+ * The order a relay tries a route's endpoints in for `tenant`: when every endpoint names its
+ * vault node, the tenant's placement order (its likely holder first, so a session is usually
+ * not refused); otherwise the route's own order (failover as configured).
+ */
+export function endpointOrder<E extends { node?: string | undefined }>(tenant: string, endpoints: readonly E[]): E[] {
+  if (endpoints.length < 2 || !endpoints.every((e) => e.node)) return [...endpoints];
+  const rank = new Map(placementOrder(tenant, endpoints.map((e) => e.node!)).map((n, i) => [n, i]));
+  return [...endpoints].sort((a, b) => rank.get(a.node!)! - rank.get(b.node!)!);
+}
+
+/**
  * Whether node `self` should take a tenant that no live node holds, now: only the first of the
  * live nodes in the tenant's placement order does (a node that came back takes nothing live,
  * and two nodes never race for a free tenant on purpose; the conditional write settles it when
