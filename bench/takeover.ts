@@ -2,7 +2,7 @@
  * bench/takeover: how long a vault node takes to take over a tenant of ~100 000 chunks from a
  * node killed with kill -9, on a real one-node Ceph RGW, two real `kura vault serve` nodes on one
  * bucket (vault.node). Prints JSON lines. Not part of npm test.
- *   npm run bench:takeover [-- --mib 400 --ttl 10s]
+ *   npm run bench:takeover [-- --mib 430 --ttl 10s]
  * - the tenant: a repository written straight into the tenant's place in the bucket
  *   (<prefix>tenants/city-a/) by `kura backup` of a `mib` MiB dump cut with 4 KiB average chunks
  * - takeover: from the kill of the holder to the audit line of the other node saying it holds the
@@ -22,7 +22,7 @@ const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? process.argv[i + 1]! : def;
 };
-const MIB = Number(arg('mib', '400'));
+const MIB = Number(arg('mib', '430'));
 const TTL = arg('ttl', '10s');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 

@@ -215,8 +215,9 @@ export class VaultNode {
     await Promise.all([...this.held.keys()].map((t) => this.renew(t).catch((e: unknown) => this.hooks.log.warn({ tenant: t }, `tenant lease renewal failed: ${(e as Error).message}`))));
     await this.writeMember().catch((e: unknown) => this.hooks.log.warn({ node: this.id }, `node record not written: ${(e as Error).message}`));
     await this.readPeers().catch(() => {});
-    // tenants nobody live holds go to the first live node of their order, once this node has seen its peers
-    if (mono() - this.startedMono < renewEvery(this.ttlMs)) return;
+    // tenants nobody live holds go to the first live node of their order, once this node has seen
+    // its peers: for a TTL after it starts, nodes started with it are still writing their records
+    if (mono() - this.startedMono < this.ttlMs) return;
     for (const t of this.tenants()) {
       if (this.stopped || this.held.has(t)) continue;
       await this.acquire(t, false).catch((e: unknown) => {
