@@ -87,6 +87,14 @@ test('two vault nodes on one bucket, three tenants: each tenant is held by exact
   await ok(kuraAsync(['relay', 'once'], { env: { KURA_CONFIG: named } }), 'relay once (named endpoints)');
   assert.ok(b.audit().some((e) => e.event === 'commit' && e.snapshot === second.id), 'node-b committed the second');
   assert.equal(a.audit().filter((e) => e.event === 'session-refused' && e.tenant === 'city-b').length, refusedBefore, 'node-a was not asked');
+  // prune and gc from the command line run under the lease of this host's node, and only there
+  const gcB = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', b.config, '--tenant', 'city-b', '--json']), 'vault gc on node-b')).out) as { tenant: string; gc: { problems: string[] } };
+  assert.equal(gcB.tenant, 'city-b');
+  assert.deepEqual(gcB.gc.problems, []);
+  const gcA = await kuraAsync(['vault', 'gc', '--config', a.config, '--tenant', 'city-b']);
+  assert.equal(gcA.status, 75, gcA.stderr);
+  assert.match(gcA.stderr, /E_TENANT_ELSEWHERE: tenant city-b is held by node-b/);
+  assert.match((await ok(kuraAsync(['vault', 'gc', '--config', a.config]), 'vault gc on node-a')).out, /held by other vault nodes \(run gc there\): city-b/);
   // a graceful stop releases the leases: the other node takes them at once
   await a.stop();
   await waitForHolders(b.config, (x) => NODE_TENANTS.every((t) => x[t] === 'node-b'), 'node-b to hold every tenant', 10_000);

@@ -71,9 +71,10 @@ export function registerVault(program: Command): void {
       .option('--json', 'one JSON line per tenant')
       .action(async (opts: { tenant?: string[]; dryRun?: boolean; json?: boolean }, cmd: Command) => {
         const cfg = vaultConfig(cmd);
-        // a tenant's prune and gc run only on the node holding its lease (deletes fenced by it)
-        if (cfg.node && !opts.dryRun) throw new KuraError('E_USAGE', `vault.node is set: ${name} runs inside the node holding each tenant's lease (vault.maintenance.schedule of "kura vault serve"), where its deletes are fenced by the lease; --dry-run works here`);
         const { openTenantRepo, maintainTenant } = await import('../vault/maintenance.js');
+        // vault nodes: a tenant's prune and gc run only under its lease, held by this host's node (deletes fenced by it)
+        const { openHeldTenant } = await import('../vault/nodes/held.js');
+        const elsewhere: string[] = [];
         const { printPrune, printGc, timeZoneOf } = await import('./prune.js');
         const { Notifier } = await import('../notify/notifier.js');
         const { maintenanceFailed } = await import('../notify/jobs.js');
@@ -82,8 +83,12 @@ export function registerVault(program: Command): void {
         let problems = 0;
         try {
           for (const tenant of await selectTenants(cfg, opts.tenant)) {
-            const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+            const repo = await (cfg.node && !opts.dryRun ? openHeldTenant(cfg, tenant) : openTenantRepo(cfg, tenant)).catch((e: unknown) => {
               if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+              if (e instanceof KuraError && e.code === 'E_TENANT_ELSEWHERE' && !opts.tenant?.length) {
+                elsewhere.push(tenant);
+                return null;
+              }
               throw e;
             });
             if (!repo) continue;
@@ -100,6 +105,7 @@ export function registerVault(program: Command): void {
               repo.close();
             }
           }
+          if (elsewhere.length > 0 && !opts.json) process.stdout.write(`held by other vault nodes (run ${name} there): ${elsewhere.join(', ')}\n`);
           if (problems > 0) {
             const e = new KuraError('E_CHECK_FAILED', `gc met ${problems} damaged pack(s); their chunks were kept. Run "kura check --repo" on the tenant's repository`, { reported: true });
             notifier.emit(maintenanceFailed('vault gc', e, {}));
