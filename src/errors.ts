@@ -53,6 +53,10 @@ export const errorCodes = {
   E_HOST_KEY: ExitStatus.NO_PERM,
   // a vault answered that the tenant lives elsewhere now (a signed MOVED): the relay follows it
   E_TENANT_MOVED: ExitStatus.TEMP_FAIL,
+  // vault nodes sharing a store: another live node holds the tenant's lease (the relay tries the route's next endpoint)
+  E_TENANT_ELSEWHERE: ExitStatus.TEMP_FAIL,
+  // this vault node no longer holds the tenant's lease (expired while paused, or taken over): nothing more is written or deleted
+  E_LEASE_LOST: ExitStatus.TEMP_FAIL,
   E_BACKLOG_LEFT: ExitStatus.TEMP_FAIL,
   E_QUOTA: ExitStatus.TEMP_FAIL,
   E_BUSY: ExitStatus.TEMP_FAIL,

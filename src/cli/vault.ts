@@ -6,6 +6,7 @@ import type { VaultConfig } from '../config/schema.js';
 import type { AuditEvent } from '../vault/audit.js';
 import os from 'node:os';
 import path from 'node:path';
+import { registerVaultNodes } from './vault-nodes.js';
 
 function vaultConfig(cmd: Command): VaultConfig {
   const { config, path } = configOf(cmd);
@@ -58,6 +59,8 @@ export function registerVault(program: Command): void {
       await running.close();
     });
 
+  registerVaultNodes(vault, vaultConfig);
+
   vault
     .command('stdio')
     .description('serve the vault protocol on stdin/stdout, for OpenSSH: command="kura vault stdio --tenant X",restrict in authorized_keys')
@@ -66,6 +69,7 @@ export function registerVault(program: Command): void {
     .action(async (opts: { tenant: string; role: string }, cmd: Command) => {
       const cfg = vaultConfig(cmd);
       if (!cfg.tenants[opts.tenant]) throw new KuraError('E_CONFIG', `tenant "${opts.tenant}" is not registered under vault.tenants`);
+      if (cfg.node) throw new KuraError('E_CONFIG', `vault.node is set: tenants are served only by "kura vault serve" nodes holding their leases, not by "kura vault stdio"; point the route's endpoints at the nodes`);
       if (!['backup', 'restore', 'tenant-admin'].includes(opts.role)) throw new KuraError('E_USAGE', `--role must be backup, restore or tenant-admin`);
       const { serveStdio } = await import('../vault/stdio.js');
       const full = configOf(cmd).config;
@@ -91,6 +95,9 @@ export function registerVault(program: Command): void {
       .action(async (opts: { tenant?: string[]; dryRun?: boolean; json?: boolean }, cmd: Command) => {
         const cfg = vaultConfig(cmd);
         const { openTenantRepo, maintainTenant } = await import('../vault/maintenance.js');
+        // vault nodes: a tenant's prune and gc run only under its lease, held by this host's node (deletes fenced by it)
+        const { openHeldTenant } = await import('../vault/nodes/held.js');
+        const elsewhere: string[] = [];
         const { printPrune, printGc, timeZoneOf } = await import('./prune.js');
         const { Notifier } = await import('../notify/notifier.js');
         const { maintenanceFailed } = await import('../notify/jobs.js');
@@ -99,8 +106,12 @@ export function registerVault(program: Command): void {
         let problems = 0;
         try {
           for (const tenant of await selectTenants(cfg, opts.tenant)) {
-            const repo = await openTenantRepo(cfg, tenant).catch((e: unknown) => {
+            const repo = await (cfg.node && !opts.dryRun ? openHeldTenant(cfg, tenant) : openTenantRepo(cfg, tenant)).catch((e: unknown) => {
               if (e instanceof KuraError && e.code === 'E_REPO_NOT_FOUND') return null;
+              if (e instanceof KuraError && e.code === 'E_TENANT_ELSEWHERE' && !opts.tenant?.length) {
+                elsewhere.push(tenant);
+                return null;
+              }
               throw e;
             });
             if (!repo) continue;
@@ -126,6 +137,7 @@ export function registerVault(program: Command): void {
               repo.close();
             }
           }
+          if (elsewhere.length > 0 && !opts.json) process.stdout.write(`held by other vault nodes (run ${name} there): ${elsewhere.join(', ')}\n`);
           if (problems > 0) {
             const e = new KuraError('E_CHECK_FAILED', `gc met ${problems} damaged pack(s); their chunks were kept. Run "kura check --repo" on the tenant's repository`, { reported: true });
             notifier.emit(maintenanceFailed('vault gc', e, {}));

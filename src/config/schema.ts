@@ -214,6 +214,19 @@ const vaultSchema = z.strictObject({
     .describe('system sessions (SSH user "_system"): the vault itself (USAGE of every tenant), never a tenant\'s contents (docs/operators.md)'),
   routes: moduleSchema('routing', 'static').describe('store-and-forward: the routing module (same routes, same options as modules.routing) this vault passes tenants\' snapshots on by (vault.tenants.<t>.forward), with relay.* timings'),
   maxClockSkew: duration.default('2s').describe('a relay whose clock (measured at HELLO) is off by more than this is a warning in kura status --vault, a metric and a notification'),
+  node: z
+    .strictObject({
+      id: name('node').describe('this node\'s name, unique among the vault nodes sharing vault.storage (written in the tenant leases it holds)').meta({ examples: ['vault-1'] }),
+      leaseTtl: duration
+        .default('30s')
+        .superRefine((v, ctx) => {
+          const ms = parseDuration(v);
+          if (ms !== null && (ms < 2000 || ms > 600_000)) ctx.addIssue({ code: 'custom', message: `vault.node.leaseTtl must be between 2s and 10m, not ${v}` });
+        })
+        .describe('how long a tenant lease lasts without renewal (renewed every third of it); a dead node\'s tenants are taken over this long (plus a second, judged by the store\'s clock) after its last renewal; 2s to 10m'),
+    })
+    .optional()
+    .describe('several `kura vault serve` processes (nodes) on one shared vault.storage (s3): each tenant is served by the one node holding its lease in the bucket; a node asked for a tenant held elsewhere refuses (E_TENANT_ELSEWHERE) and the relay tries the route\'s next endpoint. A route\'s endpoints must be nodes sharing one store'),
   maintenance: z
     .strictObject({
       schedule: cronExpr.describe('when `kura vault serve` runs prune and then gc for every tenant').meta({ examples: ['0 12 * * *'] }),

@@ -9,6 +9,7 @@ import { log } from '../log.js';
 import type { TokenBucket } from './bandwidth.js';
 import { verifyMoved, type MovedAnswer } from './moved.js';
 import { clockOffset } from './route-policy.js';
+import { endpointOrder } from '../vault/nodes/policy.js';
 import { DEFAULT_DEAD_AFTER_MS, formatQuiet, pingIntervalOf, socketProgress, watchProgress } from './liveness.js';
 
 const require = createRequire(import.meta.url);
@@ -19,6 +20,8 @@ export interface Endpoint {
   port: number;
   user?: string | undefined;
   hostKeySha256?: string | undefined;
+  /** vault.node.id of the endpoint (vault nodes sharing a store) */
+  node?: string | undefined;
 }
 
 export interface ConnectOptions {
@@ -123,7 +126,7 @@ export class VaultConnection {
   /** Try the route's endpoints in order; the first that completes the handshake is used. */
   static async open(endpoints: readonly Endpoint[], opts: ConnectOptions): Promise<VaultConnection> {
     const errors: string[] = [];
-    for (const ep of endpoints) {
+    for (const ep of endpointOrder(opts.tenant, endpoints)) {
       try {
         const conn = await VaultConnection.connectOne(ep, opts);
         // the vault's clock is read between HELLO and HELLO_OK: the offset is known to half the round trip

@@ -54,7 +54,8 @@ export function isEntryFault(e: unknown): e is KuraError {
  * line: the snapshot stays queued and goes when the vault can take it.
  */
 function isLineFault(e: unknown): boolean {
-  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_BUSY' || e.code === 'E_FRAME_TRUNCATED';
+  // a vault node that does not (or no longer) hold the tenant: another node takes it over, the route retries
+  return !isKuraError(e) || e.code === 'E_LINK_DOWN' || e.code === 'E_IO' || e.code === 'E_BUSY' || e.code === 'E_FRAME_TRUNCATED' || e.code === 'E_TENANT_ELSEWHERE' || e.code === 'E_LEASE_LOST';
 }
 
 /**

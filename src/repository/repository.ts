@@ -44,7 +44,7 @@ const CATALOGUE_FILE = 'catalogue.sqlite';
  * for the catalogue and caches plus a storage spec from the registry (`scope` separates
  * repositories sharing one store: a vault's tenants).
  */
-export type RepoLocation = string | { dir: string; storage: StorageSpec; scope?: string };
+export type RepoLocation = string | { dir: string; storage: StorageSpec; scope?: string; wrap?: (store: StoreBackend) => StoreBackend };
 
 function placeOf(loc: RepoLocation): { dir: string; spec: StorageSpec; scope: string } {
   return typeof loc === 'string' ? { dir: loc, spec: FS_SPEC, scope: '' } : { dir: loc.dir, spec: loc.storage, scope: loc.scope ?? '' };
@@ -52,7 +52,9 @@ function placeOf(loc: RepoLocation): { dir: string; spec: StorageSpec; scope: st
 
 function storeOf(loc: RepoLocation): { dir: string; spec: StorageSpec; scope: string; store: StoreBackend } {
   const p = placeOf(loc);
-  return { ...p, store: openStore(p.spec, { dir: p.dir, scope: p.scope }) };
+  const store = openStore(p.spec, { dir: p.dir, scope: p.scope });
+  // a vault node fences its tenant's writes and deletes with the tenant's lease (src/vault/nodes/fence.ts)
+  return { ...p, store: typeof loc === 'object' && loc.wrap ? loc.wrap(store) : store };
 }
 
 export class Repository {

@@ -184,6 +184,7 @@ export function routeStatusOf(tenant: string, repo: Repository, forward: readonl
 export async function vaultRoutingMetrics(vault: Vault, cfg: VaultConfig): Promise<string> {
   const rows: Array<{ tenant: string; hop: string; offsetMs: number }> = [];
   for (const tenant of Object.keys(cfg.tenants)) {
+    if (!vault.serves(tenant)) continue; // a vault node: tenants held elsewhere
     for (const c of routingRecords((await vault.repoOf(tenant)).catalogue).clocks()) rows.push({ tenant, hop: c.hop, offsetMs: c.offsetMs });
   }
   return routingMetrics(rows);

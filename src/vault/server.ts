@@ -17,6 +17,8 @@ import { OperatorEndpoint } from './operator/endpoint.js';
 import { quotaOf } from './maintenance.js';
 import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
 import { watchVault } from './alerts.js';
+import type { VaultNode } from './nodes/node.js';
+import { encodeFrame, Frame } from '../protocol/frames.js';
 
 const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
@@ -41,6 +43,8 @@ export interface RunningVault {
 export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | undefined; notifications?: NotificationsConfig | undefined; host?: string | undefined; config?: KuraConfig | undefined } = {}): Promise<RunningVault> {
   // a store that would overwrite on a create is refused before anything is served from it
   await prepareVaultStorage(cfg);
+  const forwarding = Object.entries(cfg.tenants).filter(([, t]) => t.forward.length > 0).map(([n]) => n);
+  if (cfg.node && forwarding.length > 0) throw new KuraError('E_CONFIG', `vault.node: store-and-forward of tenants (vault.tenants.<t>.forward: ${forwarding.join(', ')}) is not supported on vault nodes yet; forward from a single vault, or remove vault.node`);
   const vault = new Vault(cfg);
   // a ticket key that cannot be read stops the vault at start, not at an operator's first AUTH
   const operators = vault.operators;
@@ -61,6 +65,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   const operator = cfg.sso ? await startOperatorEndpoint(cfg, opts.config, vault, lg) : null;
 
   let stopping = false;
+  let node: VaultNode | null = null;
   const clients = new Set<Connection>();
   const sessions = new Map<VaultSession, Promise<void>>();
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
@@ -112,6 +117,19 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
             return rejectExec?.();
           }
           const channel: ServerChannel = acceptExec();
+          // vault nodes on a shared store: the tenant is served here only under its lease
+          if (node) {
+            try {
+              await node.claim(g.tenant);
+            } catch (e) {
+              const err = e instanceof KuraError ? e : new KuraError('E_IO', (e as Error).message);
+              vault.audit.write({ event: 'session-refused', outcome: 'refused', tenant: g.tenant, ip, key: g.key, code: err.code, reason: err.message });
+              channel.write(encodeFrame(Frame.ERROR, { code: err.code, message: err.message, ...(err.details?.holder ? { holder: err.details.holder } : {}) }));
+              channel.exit(1);
+              channel.close();
+              return;
+            }
+          }
           try {
             const repo = g.tenant === SYSTEM_USER ? await vault.systemRepo() : await vault.repoOf(g.tenant);
             const s = new VaultSession(
@@ -158,6 +176,20 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     server.listen(cfg.listen.port, cfg.listen.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  if (cfg.node) {
+    const { startNode } = await import('./nodes/serve.js');
+    node = await startNode(vault, cfg, {
+      listen: `${cfg.listen.host}:${port}`,
+      sessionsOf: (tenant) => [...sessions].filter(([s]) => s.ctx.tenant === tenant).map(([s, done]) => ({ fail: (e: unknown) => s.fail(e), done })),
+      sessionCount: () => sessions.size,
+      log: lg,
+    }).catch(async (e: unknown) => {
+      // a node that cannot reach its leases serves nothing: the listener goes, the process ends
+      await new Promise((r) => server.close(() => r(null)));
+      await vault.close();
+      throw e;
+    });
+  }
   lg.info({ host: cfg.listen.host, port, hostKey: hostKeySha256 }, 'vault listening');
   let metricsServer: { close: () => Promise<void> } | null = null;
   if (cfg.metrics) {
@@ -166,7 +198,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
     const { serveMetrics } = await import('../status/http.js');
     metricsServer = await serveMetrics(cfg.metrics.host, cfg.metrics.port, async () => {
       const stored = await Promise.all(
-        Object.keys(cfg.tenants).map(async (tenant) => {
+        (node ? node.holding() : Object.keys(cfg.tenants)).map(async (tenant) => {
           const c = (await vault.repoOf(tenant)).catalogue.counts();
           return { tenant, storedBytes: c.storedBytes, snapshots: c.snapshots, chunks: c.chunks };
         }),
@@ -175,7 +207,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       return metrics.render(stored, { heldBytes: m.total(), peakBytes: m.peak, limitBytes: m.limits.totalBytes, sessions: m.sessions }) + (await vaultRoutingMetrics(vault, cfg)) + renderStoreMetrics();
     });
   }
-  const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone) : null;
+  const maintenance = cfg.maintenance ? await scheduleMaintenance(vault, cfg, lg, opts.timeZone, () => node?.holding() ?? null) : null;
   await routing.start();
   return {
     port,
@@ -203,6 +235,8 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
       // sessions cut off just now finish their bookkeeping (durable batches, pack leases) before the catalogues close
       await Promise.race([ended(), new Promise((r) => setTimeout(r, Math.max(LINGER_MS, deadline - Date.now())).unref())]);
       await notifier?.close();
+      // the leases go last, once the sessions ended: another node takes the tenants at once
+      await node?.stop();
       await vault.close();
     },
   };
@@ -223,13 +257,14 @@ async function startOperatorEndpoint(cfg: VaultConfig, full: KuraConfig | undefi
  * synchronous, so sessions only ever see before or after). A run still going at the next tick
  * is logged, not doubled.
  */
-async function scheduleMaintenance(vault: Vault, cfg: VaultConfig, lg: ReturnType<typeof log>, tz: string | undefined): Promise<{ stop: () => Promise<void> }> {
+async function scheduleMaintenance(vault: Vault, cfg: VaultConfig, lg: ReturnType<typeof log>, tz: string | undefined, held: () => string[] | null): Promise<{ stop: () => Promise<void> }> {
   const cron = (await import('node-cron')).default;
   const { maintainTenant, vaultTenants } = await import('./maintenance.js');
   const timeZone = tz ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC';
   let running: Promise<void> | null = null;
   const runAll = async () => {
-    for (const tenant of vaultTenants(cfg)) {
+    // a vault node maintains only the tenants it holds, under their leases (deletes are fenced)
+    for (const tenant of held() ?? vaultTenants(cfg)) {
       try {
         const repo = await vault.repoOf(tenant);
         const r = await maintainTenant(repo, cfg, tenant, { prune: true, gc: cfg.maintenance!.gc, dryRun: false, timeZone });

@@ -56,6 +56,8 @@ export class Vault {
   repoOf(tenant: string): Promise<Repository> {
     if (!/^[a-z0-9][a-z0-9_.-]*$/i.test(tenant)) throw new KuraError('E_FORBIDDEN', `"${tenant}" is not a tenant name`);
     let r = this.repos.get(tenant);
+    // a vault node opens a tenant only when it takes its lease (nodes/serve.ts: adopt)
+    if (!r && this.cfg.node) throw new KuraError('E_LEASE_LOST', `vault node ${this.cfg.node.id} does not hold tenant ${tenant}; its clients go to the node that does`);
     if (!r) {
       r = Repository.initKeyless(tenantLocation(this.cfg, tenant));
       this.repos.set(tenant, r);
@@ -82,6 +84,24 @@ export class Vault {
   get operators(): OperatorAuthority | null {
     if (this.authority === undefined) this.authority = OperatorAuthority.of(this.cfg);
     return this.authority;
+  }
+
+  /** Whether this process serves the tenant (always, but on a vault node only the tenants it holds). */
+  serves(tenant: string): boolean {
+    return !this.cfg.node || this.repos.has(tenant);
+  }
+
+  /** A vault node took the tenant's lease: `opening` is its repository for that lease's term. */
+  adopt(tenant: string, opening: Promise<Repository>): void {
+    opening.catch(() => {});
+    this.repos.set(tenant, opening);
+  }
+
+  /** A vault node lost the tenant: the repository is no longer served (closed by the caller once its sessions ended). */
+  forget(tenant: string): Promise<Repository> | undefined {
+    const r = this.repos.get(tenant);
+    this.repos.delete(tenant);
+    return r;
   }
 
   private slotTable: SlotTable | null = null;

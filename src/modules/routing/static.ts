@@ -8,6 +8,7 @@ const endpoint = z.strictObject({
   port: z.number().int().min(1).max(65535).default(2222).describe('vault SSH port'),
   user: z.string().min(1).optional().describe('SSH user, when the vault runs behind OpenSSH (command= mode)'),
   hostKeySha256: z.string().optional().describe('pinned host key fingerprint, "SHA256:..." as ssh-keygen -lf prints it'),
+  node: z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/i, 'node names are letters, digits, ".", "-" and "_"').optional().describe('the vault.node.id of this endpoint, when the route\'s endpoints are vault nodes sharing one store: with every endpoint named, each tenant tries them in its placement order (its likely holder first)').meta({ examples: ['vault-1'] }),
 });
 
 const rate = z.string().regex(/^(unlimited|\d+(\.\d+)?\s*([kKmMgG]i?)?B\/s)$/, 'a rate like "2MB/s", "500KiB/s" or "unlimited"');
