@@ -1,6 +1,6 @@
 import { KuraError } from '../errors.js';
 import { log } from '../log.js';
-import type { LocalDisk, StoreBackend, StoreStat } from './backend.js';
+import type { LocalDisk, PutHints, StoreBackend, StoreStat } from './backend.js';
 
 /**
  * Cross-cutting behaviour as wrappers implementing StoreBackend (restic's internal/backend/retry,
@@ -23,7 +23,7 @@ abstract class Wrapper implements StoreBackend {
   abstract getRange(name: string, offset: number, length: number): Promise<Buffer | null>;
   abstract getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null>;
   abstract putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
-  abstract put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  abstract put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void>;
   abstract replace(name: string, data: Uint8Array): Promise<void>;
   abstract list(prefix: string): AsyncIterable<string>;
   abstract delete(name: string): Promise<void>;
@@ -100,8 +100,8 @@ export class RetryingStore extends Wrapper {
       return there !== null && Buffer.compare(there, data) === 0;
     });
   }
-  put(name: string, data: Uint8Array | readonly Uint8Array[]) {
-    return this.retry('put', name, () => this.inner.put(name, data));
+  put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints) {
+    return this.retry('put', name, () => this.inner.put(name, data, hints));
   }
   replace(name: string, data: Uint8Array) {
     return this.retry('put', name, () => this.inner.replace(name, data));
@@ -214,8 +214,8 @@ export class AccountingStore extends Wrapper {
     if (created) this.counters.bytesWritten += data.length;
     return created;
   }
-  async put(name: string, data: Uint8Array | readonly Uint8Array[]) {
-    await this.count('put', () => this.inner.put(name, data));
+  async put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints) {
+    await this.count('put', () => this.inner.put(name, data, hints));
     this.counters.bytesWritten += sizeOf(data);
   }
   async replace(name: string, data: Uint8Array) {
