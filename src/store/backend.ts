@@ -56,6 +56,8 @@ export interface StoreBackend {
   replace(name: string, data: Uint8Array): Promise<void>;
   /** Names under a prefix ("data/", "snapshots/"), in no particular order. */
   list(prefix: string): AsyncIterable<string>;
+  /** The same with each object's size in bytes: on an object store from the listing itself, no request per object. */
+  listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }>;
   delete(name: string): Promise<void>;
   stat(name: string): Promise<StoreStat | null>;
   /** Make every write so far durable, and the objects adopt()ed since the last sync. */

@@ -26,6 +26,7 @@ abstract class Wrapper implements StoreBackend {
   abstract put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void>;
   abstract replace(name: string, data: Uint8Array): Promise<void>;
   abstract list(prefix: string): AsyncIterable<string>;
+  abstract listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }>;
   abstract delete(name: string): Promise<void>;
   abstract stat(name: string): Promise<StoreStat | null>;
   abstract sync(): Promise<void>;
@@ -114,6 +115,14 @@ export class RetryingStore extends Wrapper {
       return out;
     });
     yield* names;
+  }
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    const objects = await this.retry('list', prefix, async () => {
+      const out: Array<{ name: string; size: number }> = [];
+      for await (const o of this.inner.listWithSizes(prefix)) out.push(o);
+      return out;
+    });
+    yield* objects;
   }
   delete(name: string) {
     return this.retry('delete', name, () => this.inner.delete(name));
@@ -226,6 +235,15 @@ export class AccountingStore extends Wrapper {
     let ok = false;
     try {
       yield* this.inner.list(prefix);
+      ok = true;
+    } finally {
+      this.counters.count('list', ok);
+    }
+  }
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    let ok = false;
+    try {
+      yield* this.inner.listWithSizes(prefix);
       ok = true;
     } finally {
       this.counters.count('list', ok);

@@ -185,7 +185,7 @@ export class S3Backend implements StoreBackend {
   }
 
   /** Objects under a prefix with their sizes, a page (up to 1000) per request. */
-  async *listObjects(prefix: string): AsyncIterable<{ name: string; size: number }> {
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
     let token: string | undefined;
     const full = this.key(prefix);
     const what = `cannot list ${prefix} in ${this.location}`;
@@ -204,7 +204,7 @@ export class S3Backend implements StoreBackend {
   }
 
   async *list(prefix: string): AsyncIterable<string> {
-    for await (const o of this.listObjects(prefix)) yield o.name;
+    for await (const o of this.listWithSizes(prefix)) yield o.name;
   }
 
   async delete(name: string): Promise<void> {
