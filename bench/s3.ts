@@ -92,17 +92,7 @@ async function backupFigures(s3cfg: (name: string, bucket: string) => string): P
 
   const view = new BucketView(rgw, 'bench');
   const packs = await view.keys('s3-repo/packs/');
-  let stored = 0;
-  // sizes from one pass over the listing (no HEAD per object)
-  {
-    const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
-    let token: string | undefined;
-    do {
-      const r = await view.client.send(new ListObjectsV2Command({ Bucket: 'bench', Prefix: 's3-repo/', ContinuationToken: token }));
-      for (const o of r.Contents ?? []) stored += o.Size ?? 0;
-      token = r.IsTruncated ? r.NextContinuationToken : undefined;
-    } while (token);
-  }
+  const stored = await view.bytes('s3-repo/');
   const objects = (await view.keys('s3-repo/')).length;
   emit({ bench: 's3', figure: 'requests', objects, packs: packs.length, storedMiB: +(stored / 2 ** 20).toFixed(1), putsPerGiBStored: +(objects / (stored / 2 ** 30)).toFixed(0), meanPackMiB: +(stored / packs.length / 2 ** 20).toFixed(2), target: 300 });
   view.close();

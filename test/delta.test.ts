@@ -8,7 +8,7 @@ import { kura, kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { agentConfig, sshKey, startVault, vaultSession } from './support/vault.js';
 import { Frame } from '../src/protocol/frames.js';
 import { KuraError } from '../src/errors.js';
-import { collect, Prng, sha256, sqlDump } from './support/generate.js';
+import { churn, collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
@@ -16,13 +16,6 @@ import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/cry
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
-
-/** Night 2 of a dump: one row in `every` gets a different income (same length), scattered over the dump. */
-function churn(night1: Buffer, every: number, salt: number): Buffer {
-  const lines = night1.toString('utf8').split('\n');
-  for (let i = 3 + salt; i < lines.length - 1; i += every) lines[i] = lines[i]!.replace(/\t(\d)(\d*)\t/, (_m, a: string, b: string) => `\t${(Number(a) + 1) % 10}${b}\t`);
-  return Buffer.from(lines.join('\n'));
-}
 
 /** What the snapshot's stored blobs are: how many are deltas, and every delta's bases. */
 async function blobKinds(repoDir: string, id: string): Promise<{ deltas: number; whole: number; bases: Set<string> }> {

@@ -274,7 +274,7 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
   const db = new Database(file, { readonly: true });
   t.after(() => db.close());
   assert.deepEqual(want(db), before);
-  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '4');
+  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '5');
   assert.equal(db.prepare(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).pluck().get(), 'view');
   const again = backupBytes(repo, dir, data);
   assert.equal(again.newChunks, 0, 'every chunk found in the migrated catalogue');
@@ -286,6 +286,27 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
   const r = kura(['snapshots', '--repo', repo]);
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /E_REPO_FORMAT.*newer kura/);
+});
+
+test('a catalogue of schema 4 moves to schema 5 on open (GC\'s condemned packs), with or without the table, keeping what was condemned', async (t) => {
+  const { dir, repo } = newRepo(t);
+  const data = await collect(sqlDump(22, 1 << 20));
+  const first = backupBytes(repo, dir, data);
+  const { default: Database } = await import('better-sqlite3');
+  const file = path.join(repo, 'catalogue.sqlite');
+  const pending = 'ab'.repeat(32);
+  for (const withTable of [false, true]) {
+    // schema 4 as released (no condemned_packs), and as kura wrote it before the version moved (table, one pack condemned)
+    const db = new Database(file);
+    db.exec(withTable ? `INSERT OR IGNORE INTO condemned_packs (pack, since, claimed) VALUES ('${pending}', 1, NULL)` : 'DROP TABLE condemned_packs');
+    db.prepare(`UPDATE meta SET value = '4' WHERE key = 'schema'`).run();
+    db.close();
+    assert.equal(kuraOk(['restore', '--repo', repo, first.id]).stdout.equals(data), true);
+    const after = new Database(file, { readonly: true });
+    assert.equal(after.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '5');
+    assert.deepEqual(after.prepare('SELECT pack FROM condemned_packs').pluck().all(), withTable ? [pending] : []);
+    after.close();
+  }
 });
 
 test('a pack written from its parts (writev, hashed piece by piece) is byte for byte the encoded pack', async (t) => {

@@ -73,6 +73,9 @@ async function contract(store: StoreBackend): Promise<void> {
   const names: string[] = [];
   for await (const n of store.list('packs/')) names.push(n);
   assert.deepEqual(names, ['packs/ab/abcd']);
+  const sized: Array<{ name: string; size: number }> = [];
+  for await (const o of store.listWithSizes('packs/')) sized.push(o);
+  assert.deepEqual(sized, [{ name: 'packs/ab/abcd', size: pack.length }]);
   await store.delete('packs/ab/abcd');
   await store.delete('packs/ab/abcd'); // absent: not an error
   assert.equal(await store.stat('packs/ab/abcd'), null);
@@ -154,6 +157,7 @@ test('retry: transient failures are retried with back-off, then a clear E_IO; ac
     },
     replace: async () => {},
     list: async function* () {},
+    listWithSizes: async function* () {},
     delete: async () => {},
     stat: async () => null,
     sync: async () => {},

@@ -9,6 +9,7 @@ import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
+import { OverwritingProxy } from './support/s3proxy.js';
 import { BucketView } from './support/s3util.js';
 import { agentConfig, freePort, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
 import { referencedChunks } from './support/snapshots.js';
@@ -116,6 +117,10 @@ test('a vault tenant on S3: a relay ships 5 nights; vault prune + gc run while a
   const venv = { KURA_CONFIG: vault.config, KURA_PASSPHRASE: undefined };
   const chk = await okJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--vault-tenant', 'city-a'], venv, 'check the tenant');
   assert.equal(chk.ok, true);
+  // usage adds up the tenant's objects from the bucket's listing
+  const usage = JSON.parse((await ok(kuraAsync(['vault', 'usage', '--config', vault.config, '--json']), 'vault usage')).out) as { tenants: Array<{ tenant: string; storedBytes: number }> };
+  const inBucket = (await bucket.bytes('dc-a/tenants/city-a/packs/')) + (await bucket.bytes('dc-a/tenants/city-a/snapshots/'));
+  assert.equal(usage.tenants.find((u) => u.tenant === 'city-a')?.storedBytes, inBucket);
   // the catalogue is a cache of the bucket: rebuilt without any key (vault stopped: it holds the catalogue open)
   await vault.stop();
   rmSync(path.join(vault.root, 'tenants', 'city-a', 'catalogue.sqlite'));
@@ -254,4 +259,37 @@ test('the gc lease invariant on S3: a session told chunks are present commits af
   const gc2 = JSON.parse((await ok(kuraAsync(['vault', 'gc', '--config', vault.config, '--json']), 'vault gc')).out) as { gc: { chunksRemoved: number; packsDeleted: number } };
   assert.equal(gc2.gc.chunksRemoved, new Set(Array.from({ length: n }, (_, i) => ids.subarray(i * 32, i * 32 + 32).toString('hex'))).size);
   assert.deepEqual(await bucket.keys('dc-a/tenants/city-a/packs/'), [], 'every pack object is gone');
+});
+
+test('vault stdio, one process per SSH session, proves conditional creates as vault serve does: a store behind a gateway that ignores If-None-Match is refused (E_STORE_UNSAFE) before the session starts', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = path.join(top, 'stdio');
+  mkdirSync(dir);
+  const key = sshKey(dir, 'relay');
+  const proxy = await new OverwritingProxy(rgw!).start();
+  t.after(() => proxy.stop());
+  const configFor = (name: string, endpoint: string) => {
+    const file = path.join(dir, `${name}.yaml`);
+    writeFileSync(file, `vault:\n  root: ${path.join(dir, name)}\n  storage:\n    type: s3\n    endpoint: ${endpoint}\n    bucket: vault-stdio\n    prefix: "${name}/"\n  tenants:\n${tenantYaml(key.public)}`);
+    return file;
+  };
+  const stdio = async (config: string) => {
+    const child = spawn(process.execPath, [KURA, 'vault', 'stdio', '--config', config, '--tenant', 'city-a'], { cwd: ROOT, env: { ...process.env, KURA_LOG_FORMAT: 'json' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.stdout.resume();
+    child.stdin.end(); // the SSH client hangs up at once: a session that started ends cleanly
+    const { code } = await exitOf(child);
+    return { code, err };
+  };
+  const unsafe = await stdio(configFor('unsafe', proxy.endpoint));
+  assert.equal(unsafe.code, 78, unsafe.err);
+  assert.match(unsafe.err, /E_STORE_UNSAFE/);
+  assert.ok(proxy.conditionalPutsIgnored >= 2, 'the probe went through the proxy');
+  const bucket = new BucketView(rgw!, 'vault-stdio');
+  t.after(() => bucket.close());
+  assert.deepEqual(await bucket.keys('unsafe/'), [], 'nothing written for the tenant, no probe object left');
+  const safe = await stdio(configFor('safe', rgw!.endpoint));
+  assert.equal(safe.code, 0, safe.err);
+  assert.doesNotMatch(safe.err, /E_STORE_UNSAFE/);
 });

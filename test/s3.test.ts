@@ -5,7 +5,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } fro
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA, ROOT, kuraAsync, type RunResult } from './support/cli.js';
-import { collect, Prng, sha256, sqlDump } from './support/generate.js';
+import { churn, collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { exitOf, waitFor } from './support/proc.js';
 import { sleep } from './support/proxy.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
@@ -128,6 +128,37 @@ test('an agent repository on S3: backup, byte-identical restore, an unchanged re
   const third = await json<{ newChunks: number }>(['backup', '--name', 'juki', '--file', file], env);
   assert.equal(third.newChunks, 0, 'dedup works from the rebuilt catalogue');
   assert.equal(sha256((await ok(['restore', first.id, '--to', '-'], env)).stdout), sha256(data));
+});
+
+test('an S3 repository stores the next night of a dump as deltas of the last, as small as on fs and far below whole chunks, and restores it byte-identical', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = dirOf('delta');
+  const small = ['--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'];
+  const s3 = { KURA_CONFIG: s3Config(dir, 'delta', 'deltas/') };
+  const whole = { KURA_CONFIG: s3Config(dirOf('delta-whole'), 'delta', 'whole/') };
+  const fsArgs = ['--repo', path.join(dir, 'fs-repo')];
+  await ok(['repo', 'init', ...small], s3);
+  await ok(['repo', 'init', ...small], whole);
+  await ok(['repo', 'init', ...fsArgs, ...small]);
+  const night1 = await collect(sqlDump(5, 3 * MiB));
+  const nights = [night1, churn(night1, 40, 0)];
+  type Stored = { id: string; newBytes: number; newChunks: number };
+  const got: Record<'s3' | 'whole' | 'fs', Stored[]> = { s3: [], whole: [], fs: [] };
+  for (const [i, data] of nights.entries()) {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    got.s3.push(await json<Stored>(['backup', '--name', 'juki', '--file', file], s3));
+    got.whole.push(await json<Stored>(['backup', '--name', 'juki', '--no-delta', '--file', file], whole));
+    got.fs.push(await json<Stored>(['backup', ...fsArgs, '--name', 'juki', '--file', file]));
+  }
+  const [s3Night2, wholeNight2, fsNight2] = [got.s3[1]!, got.whole[1]!, got.fs[1]!];
+  t.diagnostic(`night 2 stored: s3 ${s3Night2.newBytes} B (${s3Night2.newChunks} chunks), fs ${fsNight2.newBytes} B, s3 without deltas ${wholeNight2.newBytes} B`);
+  assert.ok(s3Night2.newChunks > 100, `${s3Night2.newChunks} changed chunks`);
+  assert.ok(s3Night2.newBytes * 2 < wholeNight2.newBytes, `deltas on s3: ${s3Night2.newBytes} bytes, whole chunks: ${wholeNight2.newBytes} bytes`);
+  // chunk boundaries differ by repository (each has its own gear table): comparable, not equal
+  assert.ok(s3Night2.newBytes < fsNight2.newBytes * 1.5 && fsNight2.newBytes < s3Night2.newBytes * 1.5, `s3 ${s3Night2.newBytes} bytes against fs ${fsNight2.newBytes}`);
+  for (const [i, data] of nights.entries()) assert.equal(sha256((await ok(['restore', got.s3[i]!.id, '--to', '-'], s3)).stdout), sha256(data), `night ${i + 1}`);
+  assert.equal((await json<{ ok: boolean }>(['check', '--read-data'], s3)).ok, true);
 });
 
 test('the gateway stopped in the middle of a backup: retries, then a clear E_IO and no snapshot; the next run succeeds', async (t) => {

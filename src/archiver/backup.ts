@@ -16,7 +16,7 @@ import { listFetcher } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
-import { BaseChooser, BaseLocator, PreviousRows } from './delta-bases.js';
+import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -230,8 +230,9 @@ async function runBackup(
   const ids = new ByteList();
   const sizes = new ByteList(); // the chunks' plaintext sizes, u32 each (for the list cache)
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
-  // deltas need a store the compression workers can read bases from (the local file system)
-  const rows = opts.delta === false || level <= 0 || known.length === 0 || !local ? null : new PreviousRows(known, catalogue, previous.sizes);
+  // changed chunks may be stored as deltas of the previous generation's: on a local disk the
+  // workers read the bases themselves, from an object store they are fetched for them (readBases)
+  const rows = opts.delta === false || level <= 0 || known.length === 0 ? null : new PreviousRows(known, catalogue, previous.sizes);
   const chooser = rows ? new BaseChooser(rows) : null;
   const locator = rows ? new BaseLocator(repo, rows) : null;
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
@@ -252,8 +253,10 @@ async function runBackup(
   const batchBytes = local ? BATCH_BYTES : REMOTE_BATCH_BYTES;
   const batchCapacity = batchBytes + params.maxSize;
   const uploads = new ByteBudget(UPLOAD_BYTES);
-  const freeBuffers: ArrayBuffer[] = []; // batch buffers come back from the workers for reuse
-  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new ArrayBuffer(batchCapacity)), used: 0, offsets: [0], ids: [], keys: [], bases: [] });
+  // batch buffers are shared with the workers and reused once answered: 16 MiB ArrayBuffers
+  // transferred to and fro cost the main thread a full GC every few batches (external memory)
+  const freeBuffers: ArrayBufferLike[] = [];
+  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new SharedArrayBuffer(batchCapacity)), used: 0, offsets: [0], ids: [], keys: [], bases: [] });
   let batch = newBatch();
   const ready: Batch[] = [];
 
@@ -316,17 +319,19 @@ async function runBackup(
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
     const bases = locator ? locator.locate(b.bases) : null;
-    const res = await pool.seal(level, b.data.buffer as ArrayBuffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
+    if (bases && !local) await readBases(store, bases);
+    const res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
     freeBuffers.push(res.data);
     // the store is not local: upload the pack the worker built, within the bytes-in-flight budget
     if (res.pack) {
-      const n = res.pack.byteLength;
+      const n = res.packLength;
       await uploads.acquire(n);
       try {
-        await store.put(packName(res.packId), Buffer.from(res.pack));
+        await store.put(packName(res.packId), Buffer.from(res.pack, 0, n), { sha256: res.packSha256 ?? undefined });
       } finally {
         uploads.release(n);
       }
+      pool.recycle(res.pack);
     } else local!.adopt(packName(res.packId));
     const packBytes = res.blobOffsets[b.ids.length]!;
     newBytes += packBytes + b.ids.length * PACK_ENTRY + PACK_TRAILER;

@@ -2,6 +2,8 @@ import { MAX_BASES } from '../crypto/blob.js';
 import type { ChunkLocation } from '../repository/catalogue.js';
 import type { IdSet } from '../repository/idset.js';
 import type { Repository } from '../repository/repository.js';
+import { packName, type StoreBackend } from '../store/backend.js';
+import { log } from '../log.js';
 import type { SealBases } from './seal-worker.js';
 
 /**
@@ -101,8 +103,8 @@ export class BaseChooser {
 /**
  * Where a batch's bases are stored, in the layout the seal workers take (null if none). A
  * candidate that is itself a delta is replaced by its own bases (the catalogue records them per
- * pack), so a delta never needs more than one level to be opened. The workers read the bases
- * from the local store themselves.
+ * pack), so a delta never needs more than one level to be opened. On a local disk the workers
+ * read the bases themselves; elsewhere readBases() fetches them first.
  */
 export class BaseLocator {
   /**
@@ -218,4 +220,32 @@ class Recent<K, V> {
     this.map.set(k, v);
     if (this.map.size > this.limit) this.map.delete(this.map.keys().next().value as K);
   }
+}
+
+/**
+ * The stored blobs of a batch's bases, read through the store (an object store, where the seal
+ * workers cannot read a pack themselves): one ranged read per pack, nearby blobs in one request
+ * (the backend merges close ranges). A pack that cannot be read leaves its bases null: those
+ * chunks are stored whole, as on a local disk; a delta is only ever a saving.
+ */
+export async function readBases(store: StoreBackend, bases: SealBases): Promise<void> {
+  const blobs: Array<Uint8Array | null> = new Array(bases.length.length).fill(null);
+  const byPack = new Map<number, number[]>();
+  bases.packOf.forEach((p, i) => {
+    let list = byPack.get(p);
+    if (!list) byPack.set(p, (list = []));
+    list.push(i);
+  });
+  await Promise.all(
+    [...byPack].map(async ([p, members]) => {
+      const name = packName(bases.packs[p]!);
+      try {
+        const got = await store.getRanges(name, members.map((i) => ({ offset: bases.offset[i]!, length: bases.length[i]! })));
+        if (got) members.forEach((i, k) => (blobs[i] = got[k]!.length === bases.length[i] ? got[k]! : null));
+      } catch (e) {
+        log().warn({ pack: bases.packs[p], err: (e as Error).message }, 'cannot read delta bases; those chunks are stored whole');
+      }
+    }),
+  );
+  bases.blobs = blobs;
 }

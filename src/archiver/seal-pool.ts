@@ -4,6 +4,8 @@ import { startWorker } from '../sea/worker.js';
 import { KuraError } from '../errors.js';
 import type { SealBases, SealRequest, SealResponse } from './seal-worker.js';
 
+const transferable = (b: ArrayBufferLike): ArrayBuffer[] => (b instanceof ArrayBuffer ? [b] : []);
+
 export interface SealKeys {
   dataKey: Buffer;
   idKey: Buffer;
@@ -20,6 +22,9 @@ export class SealPool {
   private readonly waiting: Array<{ req: SealRequest; resolve: (r: SealResponse) => void; reject: (e: Error) => void }> = [];
   private readonly running = new Map<Worker, { resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
   private seq = 0;
+  /** buffers of packs handed back and uploaded, for the workers to build the next ones in (no directRoot) */
+  private readonly packBuffers: SharedArrayBuffer[] = [];
+  private readonly handsBack: boolean;
 
   private keyed = false;
 
@@ -28,6 +33,7 @@ export class SealPool {
    * overlaps the key derivation (scrypt) of the repository.
    */
   constructor(keys: SealKeys | null, directRoot: string | null, size = Math.max(1, Math.min(availableParallelism(), 8))) {
+    this.handsBack = directRoot === null;
     for (let i = 0; i < size; i++) {
       const w = startWorker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
@@ -45,12 +51,18 @@ export class SealPool {
     this.pump();
   }
 
+  /** A pack's buffer (SealResponse.pack) whose upload is over: the next pack may be built in it. */
+  recycle(buf: SharedArrayBuffer): void {
+    if (this.packBuffers.length < this.workers.length * 4) this.packBuffers.push(buf);
+  }
+
   get size(): number {
     return this.workers.length;
   }
 
-  seal(level: number, data: ArrayBuffer, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null): Promise<SealResponse> {
-    const req: SealRequest = { seq: this.seq++, level, data, offsets, ids, bases };
+  /** `data`: a SharedArrayBuffer (not copied; the caller leaves it alone until the answer) or an ArrayBuffer (transferred). */
+  seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null): Promise<SealResponse> {
+    const req: SealRequest = { seq: this.seq++, level, data, offsets, ids, bases, out: null };
     return new Promise((resolve, reject) => {
       this.waiting.push({ req, resolve, reject });
       this.pump();
@@ -62,7 +74,9 @@ export class SealPool {
       const w = this.idle.pop()!;
       const job = this.waiting.shift()!;
       this.running.set(w, job);
-      w.postMessage(job.req, [job.req.data, job.req.ids]);
+      // a pack is built in the buffer of one uploaded before
+      job.req.out = this.handsBack ? (this.packBuffers.pop() ?? null) : null;
+      w.postMessage(job.req, [...transferable(job.req.data), job.req.ids as ArrayBuffer]);
     }
   }
 

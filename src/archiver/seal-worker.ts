@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 import { blobInfo, BlobSealer, CHUNK_ID_BYTES, openBaseInto } from '../crypto/blob.js';
-import { encodePack } from '../repository/pack.js';
+import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
 import { DIGEST_BYTES } from '../repository/digest.js';
 import { packName } from '../store/backend.js';
 import { getRangesSync, putObjectSync } from '../store/fs/index.js';
@@ -13,18 +14,22 @@ import { getRangesSync, putObjectSync } from '../store/fs/index.js';
 export interface SealRequest {
   seq: number;
   level: number;
-  data: ArrayBuffer;
+  /** shared (the caller's batch buffer, reused once this request is answered) or transferred */
+  data: ArrayBufferLike;
   /** chunk i is data[offsets[i] .. offsets[i+1]) */
   offsets: Uint32Array;
   ids: ArrayBuffer;
   /** base chunks for deltas against the previous generation, or null */
   bases: SealBases | null;
+  /** a shared buffer to build the pack in, when it is handed back (an earlier response's, returned) */
+  out: SharedArrayBuffer | null;
 }
 
 /**
  * The base chunks a batch may be compressed against: base b has ID ids[b] and is stored in pack
- * packs[packOf[b]] at offset/length of the local store, where the worker reads it. Chunk i may
- * use the bases refs[start[i] .. start[i+1]).
+ * packs[packOf[b]] at offset/length. The worker reads it from the local store, or takes it from
+ * `blobs` when the caller read them (an object store). Chunk i may use the bases
+ * refs[start[i] .. start[i+1]).
  */
 export interface SealBases {
   ids: Uint8Array;
@@ -34,17 +39,22 @@ export interface SealBases {
   length: Uint32Array;
   start: Uint32Array;
   refs: Uint32Array;
+  /** the bases' stored blobs, read by the caller (null: unreadable); absent: read from the local store */
+  blobs?: Array<Uint8Array | null>;
 }
 
 export interface SealResponse {
   seq: number;
   /** the request's data buffer, handed back for reuse */
-  data: ArrayBuffer;
+  data: ArrayBufferLike;
   packId: string;
   /** blob i lies at blobOffsets[i] .. blobOffsets[i+1] in the pack */
   blobOffsets: Uint32Array;
-  /** the pack's bytes, when the worker did not write it itself */
-  pack: ArrayBuffer | null;
+  /** the pack's bytes from its start, when the worker did not write it itself (the buffer may be larger: packLength) */
+  pack: SharedArrayBuffer | null;
+  packLength: number;
+  /** SHA-256 of the pack handed back, hex (an object store signs its upload with it) */
+  packSha256: string | null;
   /** delta[i] = 1: chunk i was stored as a delta */
   delta: Uint8Array;
   /** the bases of the deltas, in chunk order: baseCount[i] indexes into SealBases.ids each */
@@ -55,12 +65,18 @@ export interface SealResponse {
   error?: string;
 }
 
+/** A buffer to list for transfer: a shared one is not moved, it is already on both sides. */
+function transferable(b: ArrayBufferLike): ArrayBuffer[] {
+  return b instanceof ArrayBuffer ? [b] : [];
+}
+
 let keys: { dataKey: Buffer; idKey: Buffer } | null = null; // sent by SealPool.setKey before any request
 const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
 
 /** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack. */
 function baseBlobs(b: SealBases): Array<Buffer | undefined> {
+  if (b.blobs) return b.blobs.map((x, i) => (x && x.length === b.length[i] ? Buffer.from(x.buffer, x.byteOffset, x.length) : undefined));
   const out: Array<Buffer | undefined> = new Array(b.length.length);
   const byPack = new Map<number, number[]>();
   b.packOf.forEach((p, i) => {
@@ -188,23 +204,27 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
         blobs[i] = sealer.seal(plain, idList[i]!);
       }
     }
-    const pack = encodePack(blobs, idList);
+    // a pack handed back is built in a shared buffer: no copy when it is posted, and none of the
+    // external memory churn that costs the receiving thread a full GC every few transferred packs
+    let out = req.out;
+    if (!directRoot) {
+      const size = blobs.reduce((a, b) => a + b.length, 0) + n * PACK_ENTRY + PACK_TRAILER;
+      if (!out || out.byteLength < size) out = new SharedArrayBuffer(Math.ceil((size * 1.25) / 65536) * 65536);
+    }
+    const pack = encodePack(blobs, idList, directRoot ? null : out);
     const digests = new Uint8Array(n * DIGEST_BYTES);
     pack.entries.forEach((e, i) => digests.set(e.digest!, i * DIGEST_BYTES));
     const blobOffsets = new Uint32Array(n + 1);
     for (let i = 0; i < n; i++) blobOffsets[i] = pack.entries[i]!.offset;
     blobOffsets[n] = n > 0 ? pack.entries[n - 1]!.offset + pack.entries[n - 1]!.length : 0;
-    const transfer: ArrayBuffer[] = [req.data, blobOffsets.buffer as ArrayBuffer, digests.buffer as ArrayBuffer];
-    let bytes: ArrayBuffer | null = null;
+    const transfer: ArrayBuffer[] = [...transferable(req.data), blobOffsets.buffer as ArrayBuffer, digests.buffer as ArrayBuffer];
+    let sha256: string | null = null;
     if (directRoot) putObjectSync(directRoot, packName(pack.id), pack.bytes);
-    else {
-      bytes = pack.bytes.buffer.slice(pack.bytes.byteOffset, pack.bytes.byteOffset + pack.bytes.length) as ArrayBuffer;
-      transfer.push(bytes);
-    }
-    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: bytes, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
+    else sha256 = createHash('sha256').update(pack.bytes).digest('hex');
+    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: directRoot ? null : out, packLength: pack.bytes.length, packSha256: sha256, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), digests: new Uint8Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
-    parentPort!.postMessage(res, [req.data]);
+    const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, packLength: 0, packSha256: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), digests: new Uint8Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
+    parentPort!.postMessage(res, transferable(req.data));
   }
 });

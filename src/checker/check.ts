@@ -115,14 +115,20 @@ async function referencedBy(repo: Repository, s: DecodedSnapshot, where: Map<str
 async function readPackIndexes(repo: Repository, onBad: (pack: string, why: string) => void): Promise<Map<string, PackEntry[]>> {
   const out = new Map<string, PackEntry[]>();
   const names: string[] = [];
-  for await (const name of repo.store.list('packs/')) if (PACK_ID_RE.test(name.slice(name.lastIndexOf('/') + 1))) names.push(name);
-  const read = await mapLimit(names, PARALLEL_READS, async (name) => {
-    const st = await repo.store.stat(name);
-    if (!st) return undefined;
-    let tail = await repo.store.getRange(name, -Math.min(st.size, 16384), Math.min(st.size, 16384));
-    const need = tail ? packIndexLength(tail) : null;
-    if (tail && need !== null && need > tail.length && need <= st.size) tail = await repo.store.getRange(name, -need, need);
-    return tail ? parsePackIndex(tail, st.size) : null;
+  const sizes: number[] = [];
+  // sizes from the listing: no request per pack before its tail is read
+  for await (const { name, size } of repo.store.listWithSizes('packs/')) {
+    if (!PACK_ID_RE.test(name.slice(name.lastIndexOf('/') + 1))) continue;
+    names.push(name);
+    sizes.push(size);
+  }
+  const read = await mapLimit(names, PARALLEL_READS, async (name, i) => {
+    const size = sizes[i]!;
+    let tail = await repo.store.getRange(name, -Math.min(size, 16384), Math.min(size, 16384));
+    if (!tail) return undefined; // gone since the listing
+    const need = packIndexLength(tail);
+    if (need !== null && need > tail.length && need <= size) tail = await repo.store.getRange(name, -need, need);
+    return tail ? parsePackIndex(tail, size) : null;
   });
   names.forEach((name, i) => {
     const id = name.slice(name.lastIndexOf('/') + 1);

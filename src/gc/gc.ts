@@ -335,15 +335,14 @@ async function deleteOrphans(repo: Repository, report: GcReport): Promise<void> 
   for (const p of repo.catalogue.condemned.list()) referenced.add(p);
   const anyRow = db.prepare<[string], { x: number }>('SELECT 1 AS x FROM chunks WHERE pack = ? LIMIT 1');
   const leased = db.prepare<[string, number], { x: number }>('SELECT 1 AS x FROM pack_leases WHERE pack = ? AND expires > ?');
-  for await (const name of repo.store.list('packs/')) {
+  for await (const { name, size } of repo.store.listWithSizes('packs/')) {
     const id = name.slice(name.lastIndexOf('/') + 1);
     if (!SNAP_RE.test(id) || referenced.has(id)) continue;
-    const st = await repo.store.stat(name);
     db.transaction(() => {
       if (anyRow.get(id) || leased.get(id, Date.now())) return;
       repo.catalogue.condemned.condemn(id);
       report.orphanPacks++;
-      report.bytesFreed += st?.size ?? 0;
+      report.bytesFreed += size;
     }).immediate();
   }
 }

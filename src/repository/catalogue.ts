@@ -50,7 +50,12 @@ export interface TransferBytes {
   restoreOut: number;
 }
 
-export const SCHEMA_VERSION = 4;
+/**
+ * 4: each blob's digest (migrateDigests). 5: GC deletes packs in two phases (condemned_packs),
+ * which every writer must honour: a kura of schema 4 refuses the catalogue rather than write a
+ * pack that a GC is deleting.
+ */
+export const SCHEMA_VERSION = 5;
 
 /**
  * How long a GC's claim on a condemned pack keeps sessions from writing a pack of that name:
@@ -142,6 +147,7 @@ export class Catalogue {
       }).immediate();
     }
     this.db.prepare(`INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
+    this.migrateCondemned();
     // columns added after the first release of a table
     const cols = new Set(this.db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
     if (!cols.has('paused')) this.db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
@@ -187,6 +193,22 @@ export class Catalogue {
             UPDATE meta SET value = '${SCHEMA_VERSION}' WHERE key = 'schema' AND CAST(value AS INTEGER) < ${SCHEMA_VERSION};
           `);
         } else if (!type) this.db.exec(CHUNKS_SCHEMA);
+      })
+      .immediate();
+  }
+
+  /**
+   * Schema 5: condemned_packs (made with the other tables above; a catalogue of schema 4 may
+   * already have it, empty or not, from a kura that added it without a new version) is part of
+   * the schema; only the version moves, once.
+   */
+  private migrateCondemned(): void {
+    const version = () => Number(this.db.prepare<[], string>(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get());
+    if (version() >= SCHEMA_VERSION) return; // current: no write transaction for a mere open
+    this.db
+      .transaction(() => {
+        this.db.exec('CREATE TABLE IF NOT EXISTS condemned_packs (pack TEXT PRIMARY KEY, since INTEGER NOT NULL, claimed INTEGER)');
+        this.db.prepare(`UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?`).run(String(SCHEMA_VERSION), SCHEMA_VERSION);
       })
       .immediate();
   }

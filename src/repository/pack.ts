@@ -38,13 +38,16 @@ export function packId(bytes: Uint8Array): string {
 
 /**
  * Lay out blobs (already sealed) and their index in one buffer; returns the file bytes and its
- * ID. The blobs' digests are computed side by side in one native call (runDigests).
+ * ID. The blobs' digests are computed side by side in one native call (runDigests). `into`: a
+ * buffer to lay the pack out in from its start, when it is large enough (packs handed from
+ * thread to thread reuse a few buffers rather than each allocating its own).
  */
-export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[]): { id: string; bytes: Buffer; entries: PackEntry[] } {
+export function encodePack(blobs: readonly Uint8Array[], ids: readonly Uint8Array[], into?: ArrayBufferLike | null): { id: string; bytes: Buffer; entries: PackEntry[] } {
   const n = blobs.length;
   const lengths = blobs.map((b) => b.length);
   const data = lengths.reduce((a, b) => a + b, 0);
-  const bytes = Buffer.allocUnsafe(data + n * PACK_ENTRY + PACK_TRAILER);
+  const size = data + n * PACK_ENTRY + PACK_TRAILER;
+  const bytes = into && into.byteLength >= size ? Buffer.from(into, 0, size) : Buffer.allocUnsafe(size);
   let off = 0;
   for (const b of blobs) {
     bytes.set(b, off);

@@ -28,6 +28,12 @@ export interface LocalDisk {
   removeStaleTemps(olderThanMs: number): Promise<number>;
 }
 
+/** What the writer of an object already knows of its bytes. */
+export interface PutHints {
+  /** their SHA-256, hex: an object store signs the upload with it rather than hashing the bytes again */
+  sha256?: string | undefined;
+}
+
 export interface StoreBackend {
   /** Human-readable location for messages. */
   readonly location: string;
@@ -45,11 +51,13 @@ export interface StoreBackend {
    * The catalogue vouches for packs (rows are added only after sync()), so a pack left damaged
    * by a power cut is simply never used, and its chunks are written again by the next backup.
    */
-  put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void>;
   /** Atomic replace of a small mutable object (config, key slots). */
   replace(name: string, data: Uint8Array): Promise<void>;
   /** Names under a prefix ("data/", "snapshots/"), in no particular order. */
   list(prefix: string): AsyncIterable<string>;
+  /** The same with each object's size in bytes: on an object store from the listing itself, no request per object. */
+  listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }>;
   delete(name: string): Promise<void>;
   stat(name: string): Promise<StoreStat | null>;
   /** Make every write so far durable, and the objects adopt()ed since the last sync. */

@@ -1,6 +1,6 @@
 import { KuraError } from '../errors.js';
 import { log } from '../log.js';
-import type { LocalDisk, StoreBackend, StoreStat } from './backend.js';
+import type { LocalDisk, PutHints, StoreBackend, StoreStat } from './backend.js';
 
 /**
  * Cross-cutting behaviour as wrappers implementing StoreBackend (restic's internal/backend/retry,
@@ -23,9 +23,10 @@ abstract class Wrapper implements StoreBackend {
   abstract getRange(name: string, offset: number, length: number): Promise<Buffer | null>;
   abstract getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null>;
   abstract putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
-  abstract put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  abstract put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void>;
   abstract replace(name: string, data: Uint8Array): Promise<void>;
   abstract list(prefix: string): AsyncIterable<string>;
+  abstract listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }>;
   abstract delete(name: string): Promise<void>;
   abstract stat(name: string): Promise<StoreStat | null>;
   abstract sync(): Promise<void>;
@@ -100,8 +101,8 @@ export class RetryingStore extends Wrapper {
       return there !== null && Buffer.compare(there, data) === 0;
     });
   }
-  put(name: string, data: Uint8Array | readonly Uint8Array[]) {
-    return this.retry('put', name, () => this.inner.put(name, data));
+  put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints) {
+    return this.retry('put', name, () => this.inner.put(name, data, hints));
   }
   replace(name: string, data: Uint8Array) {
     return this.retry('put', name, () => this.inner.replace(name, data));
@@ -114,6 +115,14 @@ export class RetryingStore extends Wrapper {
       return out;
     });
     yield* names;
+  }
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    const objects = await this.retry('list', prefix, async () => {
+      const out: Array<{ name: string; size: number }> = [];
+      for await (const o of this.inner.listWithSizes(prefix)) out.push(o);
+      return out;
+    });
+    yield* objects;
   }
   delete(name: string) {
     return this.retry('delete', name, () => this.inner.delete(name));
@@ -214,8 +223,8 @@ export class AccountingStore extends Wrapper {
     if (created) this.counters.bytesWritten += data.length;
     return created;
   }
-  async put(name: string, data: Uint8Array | readonly Uint8Array[]) {
-    await this.count('put', () => this.inner.put(name, data));
+  async put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints) {
+    await this.count('put', () => this.inner.put(name, data, hints));
     this.counters.bytesWritten += sizeOf(data);
   }
   async replace(name: string, data: Uint8Array) {
@@ -226,6 +235,15 @@ export class AccountingStore extends Wrapper {
     let ok = false;
     try {
       yield* this.inner.list(prefix);
+      ok = true;
+    } finally {
+      this.counters.count('list', ok);
+    }
+  }
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    let ok = false;
+    try {
+      yield* this.inner.listWithSizes(prefix);
       ok = true;
     } finally {
       this.counters.count('list', ok);

@@ -122,7 +122,7 @@ export async function vaultUsage(cfg: VaultConfig, period: string): Promise<Vaul
     try {
       let stored = 0;
       for (const prefix of ['packs/', 'snapshots/']) {
-        for await (const name of repo.store.list(prefix)) stored += (await repo.store.stat(name))?.size ?? 0;
+        for await (const o of repo.store.listWithSizes(prefix)) stored += o.size;
       }
       const c = repo.catalogue.counts();
       let logical = 0;

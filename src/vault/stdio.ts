@@ -2,7 +2,7 @@ import type { VaultConfig } from '../config/schema.js';
 import { log } from '../log.js';
 import type { Role } from './access.js';
 import { VaultSession } from './session.js';
-import { Vault } from './vault.js';
+import { prepareVaultStorage, Vault } from './vault.js';
 import { quotaOf } from './maintenance.js';
 import { Notifier, type NotificationsConfig } from '../notify/notifier.js';
 import { watchVault } from './alerts.js';
@@ -12,9 +12,13 @@ import { VaultRouting } from './forward.js';
  * `kura vault stdio --tenant X`: the vault protocol on stdin/stdout, run by OpenSSH as the
  * forced command of a key in authorized_keys (command="kura vault stdio --tenant X",restrict).
  * sshd has authenticated the key and applied its from= networks; this process is pinned to
- * the one tenant the operator wrote into that line.
+ * the one tenant the operator wrote into that line. Each session is a process of its own, so
+ * each proves the store's conditional creates before it serves (prepareVaultStorage).
  */
 export async function serveStdio(cfg: VaultConfig, tenant: string, role: Role, notifications?: NotificationsConfig, host?: string, timeZone?: string): Promise<void> {
+  // as `vault serve` does at start: a store that overwrites on a conditional create is refused
+  // before a session can write to it (a few requests per session on an object store; none on fs)
+  await prepareVaultStorage(cfg);
   const vault = new Vault(cfg);
   const notifier = notifications ? new Notifier(notifications, 'vault', cfg.root, host) : null;
   if (notifier) watchVault(vault, cfg, notifier);

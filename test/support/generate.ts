@@ -67,3 +67,10 @@ export async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
 export function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
 }
+
+/** The next night of a dump: one row in `every` gets a different income (same length), scattered over the dump. */
+export function churn(night1: Buffer, every: number, salt: number): Buffer {
+  const lines = night1.toString('utf8').split('\n');
+  for (let i = 3 + salt; i < lines.length - 1; i += every) lines[i] = lines[i]!.replace(/\t(\d)(\d*)\t/, (_m, a: string, b: string) => `\t${(Number(a) + 1) % 10}${b}\t`);
+  return Buffer.from(lines.join('\n'));
+}

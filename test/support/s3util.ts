@@ -27,6 +27,18 @@ export class BucketView {
     return out.sort();
   }
 
+  /** Bytes of the objects under a prefix, added up. */
+  async bytes(prefix: string): Promise<number> {
+    let total = 0;
+    let token: string | undefined;
+    do {
+      const r = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
+      for (const o of r.Contents ?? []) total += o.Size ?? 0;
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return total;
+  }
+
   async get(key: string): Promise<Buffer> {
     const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
     return Buffer.from(await r.Body!.transformToByteArray());

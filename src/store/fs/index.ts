@@ -205,6 +205,13 @@ export class FsBackend implements StoreBackend, LocalDisk {
     yield* walk(base, prefix.replace(/\/?$/, '/'));
   }
 
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    for await (const name of this.list(prefix)) {
+      const st = await this.stat(name);
+      if (st) yield { name, size: st.size }; // gone meanwhile: not listed
+    }
+  }
+
   async delete(name: string): Promise<void> {
     try {
       await fsp.unlink(this.pathOf(name));

@@ -1,11 +1,6 @@
-import { createRequire } from 'node:module';
 import { z } from 'zod';
 import { registerStorage, type StorageSpec, type StoreScope } from '../registry.js';
-import type { S3Backend, S3Options } from './index.js';
-
-const require = createRequire(import.meta.url);
-/** The AWS SDK takes a while to load: only processes that use an S3 store load it. */
-const s3 = (): typeof import('./index.js') => require('./index.js') as typeof import('./index.js');
+import { S3Backend, type S3Options } from './index.js';
 
 const prefix = z
   .string()
@@ -32,9 +27,9 @@ registerStorage({
   type: 's3',
   description: 'an S3 bucket (Ceph RGW, MinIO, AWS); packs and snapshots go up as single conditional PUTs',
   options: s3Options,
-  open: (spec, where): S3Backend => new (s3().S3Backend)(optionsOf(spec, where)),
+  open: (spec, where): S3Backend => new S3Backend(optionsOf(spec, where)),
   prepare: async (spec, where) => {
-    const b = new (s3().S3Backend)(optionsOf(spec, where));
+    const b = new S3Backend(optionsOf(spec, where));
     try {
       await b.ensureBucket();
     } finally {

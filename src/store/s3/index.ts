@@ -1,19 +1,7 @@
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
-import https from 'node:https';
-import {
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  S3ServiceException,
-} from '@aws-sdk/client-s3';
 import { KuraError } from '../../errors.js';
-import type { StoreBackend, StoreStat } from '../backend.js';
+import type { PutHints, StoreBackend, StoreStat } from '../backend.js';
+import { S3Client, S3RequestError, xmlAll, xmlFirst, type S3Credentials, type S3Request, type S3Response } from './client.js';
 
 export interface S3Options {
   endpoint?: string | undefined;
@@ -28,23 +16,27 @@ export interface S3Options {
   requestTimeoutMs?: number;
 }
 
+const RETRYABLE_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED']);
+
 /** A failed request; `retryable` tells the retry wrapper whether trying again can help. */
 export function s3Error(what: string, e: unknown): KuraError {
   if (e instanceof KuraError) return e;
-  const status = e instanceof S3ServiceException ? e.$metadata.httpStatusCode : undefined;
+  const status = e instanceof S3RequestError ? e.status : undefined;
   const name = (e as { name?: string }).name ?? 'Error';
   const code = (e as { code?: string }).code;
-  const retryable =
-    status === undefined || status >= 500 || status === 429 || name === 'SlowDown' || name === 'RequestTimeout' || name === 'TimeoutError' || name === 'AbortError' || code === 'ECONNRESET' || code === 'ECONNREFUSED' || code === 'EPIPE' || code === 'ETIMEDOUT';
-  return new KuraError('E_IO', `${what}: ${name}${status ? ` (HTTP ${status})` : ''}${(e as Error).message && (e as Error).message !== name ? `: ${(e as Error).message}` : ''}`, { retryable, httpStatus: status ?? null }, { cause: e });
+  const retryable = status === undefined ? code === undefined || RETRYABLE_CODES.has(code) || name === 'TimeoutError' : status >= 500 || status === 429 || name === 'SlowDown' || name === 'RequestTimeout';
+  const message = (e as Error).message;
+  return new KuraError('E_IO', `${what}: ${name}${status ? ` (HTTP ${status})` : ''}${message && message !== name ? `: ${message}` : ''}`, { retryable, httpStatus: status ?? null }, { cause: e });
 }
 
-function statusOf(e: unknown): number | undefined {
-  return (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-}
-
-function credentialsOf(file: string | undefined) {
-  if (!file) return undefined; // the SDK's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles
+function credentialsOf(file: string | undefined): S3Credentials | KuraError {
+  if (!file) {
+    const env = process.env;
+    if (!env.AWS_ACCESS_KEY_ID || !env.AWS_SECRET_ACCESS_KEY) {
+      return new KuraError('E_CONFIG', 'no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or name a credentialsFile in the storage options');
+    }
+    return { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN || undefined };
+  }
   let parsed: { accessKeyId?: unknown; secretAccessKey?: unknown; sessionToken?: unknown };
   try {
     parsed = JSON.parse(readFileSync(file, 'utf8')) as typeof parsed;
@@ -54,7 +46,7 @@ function credentialsOf(file: string | undefined) {
   if (typeof parsed.accessKeyId !== 'string' || typeof parsed.secretAccessKey !== 'string') {
     throw new KuraError('E_CONFIG', `S3 credentials file ${file} must hold {"accessKeyId": "...", "secretAccessKey": "..."}`);
   }
-  return { accessKeyId: parsed.accessKeyId, secretAccessKey: parsed.secretAccessKey, ...(typeof parsed.sessionToken === 'string' ? { sessionToken: parsed.sessionToken } : {}) };
+  return { accessKeyId: parsed.accessKeyId, secretAccessKey: parsed.secretAccessKey, sessionToken: typeof parsed.sessionToken === 'string' ? parsed.sessionToken : undefined };
 }
 
 /** Ranges closer than this are fetched with one GET and cut apart here. */
@@ -63,27 +55,23 @@ const RANGE_GAP = 1 << 20;
 /**
  * An S3 bucket (Ceph RGW, AWS, MinIO …) under a key prefix. Every create of an immutable object
  * (packs, snapshots) is one PutObject with `If-None-Match: *`: multipart completion ignores the
- * condition on Ceph 16 and would overwrite, so objects go up whole. No retries here: the SDK
- * tries once and `withRetry` decides.
+ * condition on Ceph 16 and would overwrite, so objects go up whole. No retries here: `withRetry`
+ * decides.
  */
 export class S3Backend implements StoreBackend {
   readonly location: string;
-  readonly client: S3Client;
+  private readonly client: S3Client | null;
+  /** why there is no client (no credentials): thrown by the first request, not by opening */
+  private readonly unusable: KuraError | null = null;
 
   constructor(readonly opts: S3Options) {
-    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'; // Node 20: one stderr warning per process otherwise
     const credentials = credentialsOf(opts.credentialsFile);
-    const agentOpts = { keepAlive: true, maxSockets: 64 };
-    this.client = new S3Client({
-      region: opts.region,
-      forcePathStyle: opts.forcePathStyle,
-      ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
-      ...(credentials ? { credentials } : {}),
-      maxAttempts: 1,
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: { requestTimeout: opts.requestTimeoutMs ?? 60_000, connectionTimeout: 10_000, httpAgent: new http.Agent(agentOpts), httpsAgent: new https.Agent(agentOpts) },
-    });
+    if (credentials instanceof KuraError) {
+      this.unusable = credentials;
+      this.client = null;
+    } else {
+      this.client = new S3Client({ endpoint: opts.endpoint, region: opts.region, forcePathStyle: opts.forcePathStyle, credentials, requestTimeoutMs: opts.requestTimeoutMs ?? 60_000, connectionTimeoutMs: 10_000 });
+    }
     this.location = `s3://${opts.bucket}/${opts.prefix}${opts.endpoint ? ` at ${opts.endpoint}` : ''}`;
   }
 
@@ -91,27 +79,40 @@ export class S3Backend implements StoreBackend {
     return this.opts.prefix + name;
   }
 
-  async get(name: string): Promise<Buffer | null> {
+  /**
+   * One request in this bucket (`key` as given: with the prefix, or none for a bucket request);
+   * an answer of any status. Used here and by the vault nodes' lease objects (conditional PUTs,
+   * the store's Date and Last-Modified).
+   */
+  async send(what: string, r: Omit<S3Request, 'bucket'>): Promise<S3Response> {
+    if (!this.client) throw this.unusable!;
     try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name) }));
-      return Buffer.from(await res.Body!.transformToByteArray());
+      return await this.client.send({ ...r, bucket: this.opts.bucket });
     } catch (e) {
-      if (statusOf(e) === 404) return null;
-      throw s3Error(`cannot read ${name} in ${this.location}`, e);
+      throw s3Error(what, e);
     }
+  }
+
+  private failed(what: string, res: S3Response): KuraError {
+    return s3Error(what, S3Client.errorOf(res));
+  }
+
+  async get(name: string): Promise<Buffer | null> {
+    const what = `cannot read ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'GET', key: this.key(name) });
+    if (res.status === 404) return null;
+    if (res.status !== 200) throw this.failed(what, res);
+    return res.body;
   }
 
   /** bytes first..last inclusive (last null: to the end; first negative: a suffix of -first bytes) */
   private async fetchRange(name: string, range: string): Promise<Buffer | null> {
-    try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name), Range: range }));
-      return Buffer.from(await res.Body!.transformToByteArray());
-    } catch (e) {
-      const st = statusOf(e);
-      if (st === 404) return null;
-      if (st === 416) return Buffer.alloc(0); // wholly past the end
-      throw s3Error(`cannot read ${name} in ${this.location}`, e);
-    }
+    const what = `cannot read ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'GET', key: this.key(name), headers: { range } });
+    if (res.status === 404) return null;
+    if (res.status === 416) return Buffer.alloc(0); // wholly past the end
+    if (res.status !== 206 && res.status !== 200) throw this.failed(what, res);
+    return res.body;
   }
 
   async getRange(name: string, offset: number, length: number): Promise<Buffer | null> {
@@ -164,65 +165,65 @@ export class S3Backend implements StoreBackend {
   }
 
   /** One conditional PutObject; false when the name exists (HTTP 412). */
-  private async putConditional(name: string, body: Uint8Array): Promise<boolean> {
-    try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name), Body: body, ContentLength: body.length, IfNoneMatch: '*' }));
-      return true;
-    } catch (e) {
-      if (statusOf(e) === 412) return false;
-      throw s3Error(`cannot write ${name} in ${this.location}`, e);
-    }
+  private async putConditional(name: string, body: Uint8Array, sha256?: string): Promise<boolean> {
+    const what = `cannot write ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'PUT', key: this.key(name), body, bodySha256: sha256, headers: { 'if-none-match': '*' } });
+    if (res.status === 412) return false;
+    if (res.status !== 200) throw this.failed(what, res);
+    return true;
   }
 
   async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
     return this.putConditional(name, data);
   }
 
-  async put(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
+  async put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void> {
     // content-addressed: an existing object of this name holds these very bytes
-    await this.putConditional(name, data instanceof Uint8Array ? data : Buffer.concat(data));
+    await this.putConditional(name, data instanceof Uint8Array ? data : Buffer.concat(data), hints?.sha256);
   }
 
   async replace(name: string, data: Uint8Array): Promise<void> {
-    try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name), Body: data, ContentLength: data.length }));
-    } catch (e) {
-      throw s3Error(`cannot write ${name} in ${this.location}`, e);
-    }
+    const what = `cannot write ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'PUT', key: this.key(name), body: data });
+    if (res.status !== 200) throw this.failed(what, res);
   }
 
-  async *list(prefix: string): AsyncIterable<string> {
+  /** Objects under a prefix with their sizes, a page (up to 1000) per request. */
+  async *listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }> {
     let token: string | undefined;
     const full = this.key(prefix);
+    const what = `cannot list ${prefix} in ${this.location}`;
     do {
-      let res;
-      try {
-        res = await this.client.send(new ListObjectsV2Command({ Bucket: this.opts.bucket, Prefix: full, ContinuationToken: token, MaxKeys: 1000 }));
-      } catch (e) {
-        throw s3Error(`cannot list ${prefix} in ${this.location}`, e);
+      const query: Record<string, string> = { 'list-type': '2', prefix: full, 'max-keys': '1000' };
+      if (token) query['continuation-token'] = token;
+      const res = await this.send(what, { method: 'GET', query });
+      if (res.status !== 200) throw this.failed(what, res);
+      const xml = res.body.toString('utf8');
+      for (const c of xmlAll(xml, 'Contents')) {
+        const key = xmlFirst(c, 'Key');
+        if (key !== undefined) yield { name: key.slice(this.opts.prefix.length), size: Number(xmlFirst(c, 'Size') ?? 0) };
       }
-      for (const o of res.Contents ?? []) if (o.Key) yield o.Key.slice(this.opts.prefix.length);
-      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+      token = xmlFirst(xml, 'IsTruncated') === 'true' ? xmlFirst(xml, 'NextContinuationToken') : undefined;
     } while (token);
   }
 
+  async *list(prefix: string): AsyncIterable<string> {
+    for await (const o of this.listWithSizes(prefix)) yield o.name;
+  }
+
   async delete(name: string): Promise<void> {
-    try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name) }));
-    } catch (e) {
-      if (statusOf(e) === 404) return;
-      throw s3Error(`cannot delete ${name} in ${this.location}`, e);
-    }
+    const what = `cannot delete ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'DELETE', key: this.key(name) });
+    if (res.status !== 204 && res.status !== 200 && res.status !== 404) throw this.failed(what, res);
   }
 
   async stat(name: string): Promise<StoreStat | null> {
-    try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(name) }));
-      return { size: res.ContentLength ?? 0, mtimeMs: res.LastModified?.getTime() ?? 0 };
-    } catch (e) {
-      if (statusOf(e) === 404) return null;
-      throw s3Error(`cannot stat ${name} in ${this.location}`, e);
-    }
+    const what = `cannot stat ${name} in ${this.location}`;
+    const res = await this.send(what, { method: 'HEAD', key: this.key(name) });
+    if (res.status === 404) return null;
+    if (res.status !== 200) throw this.failed(what, res);
+    const modified = Date.parse(String(res.headers['last-modified'] ?? ''));
+    return { size: Number(res.headers['content-length'] ?? 0), mtimeMs: Number.isNaN(modified) ? 0 : modified };
   }
 
   /** A successful PUT is durable on S3: nothing to flush. */
@@ -230,22 +231,18 @@ export class S3Backend implements StoreBackend {
 
   /** Create the bucket unless it exists (repo init, a vault's first start). */
   async ensureBucket(): Promise<void> {
-    try {
-      await this.client.send(new HeadBucketCommand({ Bucket: this.opts.bucket }));
-      return;
-    } catch (e) {
-      if (statusOf(e) !== 404) throw s3Error(`cannot reach bucket ${this.opts.bucket} at ${this.opts.endpoint ?? 'AWS'}`, e);
-    }
-    try {
-      await this.client.send(new CreateBucketCommand({ Bucket: this.opts.bucket }));
-    } catch (e) {
-      const name = (e as { name?: string }).name;
-      if (name === 'BucketAlreadyOwnedByYou') return;
-      throw s3Error(`cannot create bucket ${this.opts.bucket} at ${this.opts.endpoint ?? 'AWS'}`, e);
-    }
+    const where = `bucket ${this.opts.bucket} at ${this.opts.endpoint ?? 'AWS'}`;
+    const head = await this.send(`cannot reach ${where}`, { method: 'HEAD' });
+    if (head.status === 200) return;
+    if (head.status !== 404) throw this.failed(`cannot reach ${where}`, head);
+    const res = await this.send(`cannot create ${where}`, { method: 'PUT' });
+    if (res.status === 200) return;
+    const e = S3Client.errorOf(res);
+    if (e.name === 'BucketAlreadyOwnedByYou') return;
+    throw s3Error(`cannot create ${where}`, e);
   }
 
   close(): void {
-    this.client.destroy();
+    this.client?.destroy();
   }
 }

@@ -19,6 +19,7 @@ export function withLeaseFence(inner: StoreBackend, fence: { mayWrite(): void; m
     getRange: (n, o, l) => inner.getRange(n, o, l),
     getRanges: (n, r) => inner.getRanges(n, r),
     list: (p) => inner.list(p),
+    listWithSizes: (p) => inner.listWithSizes(p),
     stat: (n) => inner.stat(n),
     sync: () => inner.sync(),
     putIfAbsent: async (n, d) => {

@@ -1,6 +1,6 @@
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { KuraError } from '../../errors.js';
 import { S3Backend, s3Error } from '../../store/s3/index.js';
+import { S3Client, type S3Response } from '../../store/s3/client.js';
 import { s3Options } from '../../store/s3/definition.js';
 import type { StorageSpec } from '../../store/registry.js';
 import type { LeaseStore, StoredObject } from './lease-store.js';
@@ -13,70 +13,41 @@ import type { LeaseStore, StoredObject } from './lease-store.js';
  */
 export class S3LeaseStore implements LeaseStore {
   private readonly backend: S3Backend;
-  private readonly bucket: string;
   private readonly prefix: string;
   readonly location: string;
 
   constructor(spec: StorageSpec) {
     const o = s3Options.parse(Object.fromEntries(Object.keys(s3Options.shape).filter((k) => k in spec).map((k) => [k, spec[k]])));
     this.prefix = `${o.prefix}nodes/`;
-    this.bucket = o.bucket;
     this.backend = new S3Backend({ endpoint: o.endpoint, bucket: o.bucket, prefix: this.prefix, region: o.region, forcePathStyle: o.forcePathStyle, credentialsFile: o.credentialsFile, requestTimeoutMs: 10_000 });
     this.location = this.backend.location;
-    // the store's clock: the Date of each response, passed on in the output
-    this.backend.client.middlewareStack.add(
-      (next) => async (args) => {
-        const out = await next(args);
-        const date = (out.response as { headers?: Record<string, string> } | undefined)?.headers?.['date'];
-        if (date) (out.output as { $storeDate?: number }).$storeDate = Date.parse(date);
-        return out;
-      },
-      // the outermost step: by then the response is parsed into the output
-      { step: 'initialize', name: 'kuraStoreDate' },
-    );
   }
 
   async read(name: string): Promise<StoredObject | null> {
-    try {
-      const res = await this.backend.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + name }));
-      const body = Buffer.from(await res.Body!.transformToByteArray());
-      const storeNow = (res as { $storeDate?: number }).$storeDate;
-      return { body, etag: unquote(res.ETag ?? ''), lastModifiedMs: res.LastModified?.getTime() ?? 0, storeNowMs: storeNow !== undefined && Number.isFinite(storeNow) ? storeNow : null };
-    } catch (e) {
-      if (statusOf(e) === 404) return null;
-      throw s3Error(`cannot read ${name} in ${this.location}`, e);
-    }
+    const what = `cannot read ${name} in ${this.location}`;
+    const res = await this.backend.send(what, { method: 'GET', key: this.prefix + name });
+    if (res.status === 404) return null;
+    if (res.status !== 200) throw s3Error(what, S3Client.errorOf(res));
+    const modified = Date.parse(String(res.headers['last-modified'] ?? ''));
+    return { body: res.body, etag: unquote(String(res.headers.etag ?? '')), lastModifiedMs: Number.isNaN(modified) ? 0 : modified, storeNowMs: storeDate(res) };
   }
 
   /** Create (`etag` null: only if absent) or replace the version `etag`; the new ETag, or null when the condition failed. */
   async write(name: string, body: Uint8Array, etag: string | null): Promise<string | null> {
-    try {
-      const res = await this.backend.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: this.prefix + name, Body: body, ContentLength: body.length, ContentType: 'application/json', ...(etag === null ? { IfNoneMatch: '*' } : { IfMatch: unquote(etag) }) }),
-      );
-      if (!res.ETag) throw new KuraError('E_STORE_UNSAFE', `${this.location} answered a conditional PUT without an ETag; tenant leases need a store that gives one (Ceph RGW, AWS, MinIO)`);
-      return unquote(res.ETag);
-    } catch (e) {
-      const st = statusOf(e);
-      // 409: a concurrent conditional write to the same key (some gateways); the loser re-reads
-      if (st === 412 || st === 409) return null;
-      throw s3Error(`cannot write ${name} in ${this.location}`, e);
-    }
+    const what = `cannot write ${name} in ${this.location}`;
+    const condition: Record<string, string> = etag === null ? { 'if-none-match': '*' } : { 'if-match': unquote(etag) };
+    const res = await this.backend.send(what, { method: 'PUT', key: this.prefix + name, body, headers: { 'content-type': 'application/json', ...condition } });
+    // 409: a concurrent conditional write to the same key (some gateways); the loser re-reads
+    if (res.status === 412 || res.status === 409) return null;
+    if (res.status !== 200) throw s3Error(what, S3Client.errorOf(res));
+    const tag = res.headers.etag;
+    if (!tag) throw new KuraError('E_STORE_UNSAFE', `${this.location} answered a conditional PUT without an ETag; tenant leases need a store that gives one (Ceph RGW, AWS, MinIO)`);
+    return unquote(String(tag));
   }
 
   async list(sub: string): Promise<string[]> {
     const out: string[] = [];
-    let token: string | undefined;
-    do {
-      let res;
-      try {
-        res = await this.backend.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + sub, ContinuationToken: token }));
-      } catch (e) {
-        throw s3Error(`cannot list ${sub} in ${this.location}`, e);
-      }
-      for (const o of res.Contents ?? []) if (o.Key) out.push(o.Key.slice(this.prefix.length));
-      token = res.IsTruncated ? res.NextContinuationToken : undefined;
-    } while (token);
+    for await (const name of this.backend.list(sub)) out.push(name);
     return out.sort();
   }
 
@@ -85,11 +56,13 @@ export class S3LeaseStore implements LeaseStore {
   }
 }
 
+/** The store's clock: the Date of its answer (null when it sends none). */
+function storeDate(res: S3Response): number | null {
+  const date = Date.parse(String(res.headers.date ?? ''));
+  return Number.isFinite(date) ? date : null;
+}
+
 /** Ceph RGW refuses If-Match with the ETag quoted as S3 returns it (../shared/docs/ceph-rgw.md). */
 function unquote(etag: string): string {
   return etag.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
-}
-
-function statusOf(e: unknown): number | undefined {
-  return (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 }
