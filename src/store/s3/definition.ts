@@ -15,7 +15,7 @@ export const s3Options = z.strictObject({
   prefix,
   region: z.string().default('us-east-1').describe('region (Ceph RGW accepts any; us-east-1 by convention)'),
   forcePathStyle: z.boolean().default(true).describe('path-style URLs (http://host/bucket/key), as Ceph RGW and MinIO expect without wildcard DNS'),
-  credentialsFile: z.string().optional().describe('JSON file {"accessKeyId": "...", "secretAccessKey": "..."}; default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment'),
+  credentialsFile: z.string().optional().describe('JSON file {"accessKeyId": "...", "secretAccessKey": "..."[, "sessionToken": "..."]}; default: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the environment'),
 });
 
 function optionsOf(spec: StorageSpec, where: StoreScope): S3Options {
