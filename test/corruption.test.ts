@@ -353,7 +353,7 @@ test('the vault stores nothing of a batch whose blob does not hash to the digest
   assert.ok(decodeSnapshot(bytes, id).listDepth >= 1);
   const local = await Repository.open(path.join(dir, 'repo'), null);
   t.after(() => local.close());
-  const conn = await vaultSession(vault, key.private);
+  const conn = await vaultSession(vault, key.private, 'city-a', 4);
   t.after(() => conn.close());
   assert.equal(conn.protocol, 4);
   const asked = parseWant((await conn.request(Frame.WANT, bytes, Frame.WANT_REPLY)).payload).ids;
