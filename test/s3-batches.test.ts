@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RemoteBatchSizer } from '../src/archiver/backup.js';
+import { RemoteBatchSizer } from '../src/archiver/upload-pacing.js';
 
 const MiB = 2 ** 20;
 

@@ -17,6 +17,7 @@ import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
+import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -57,52 +58,10 @@ const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 
 /** At most this many bytes of packs are uploading at once (4 PUTs in flight measured 191 MB/s on Ceph RGW against 105 MB/s for one). */
 const UPLOAD_BYTES = 64 << 20;
 
-/**
- * On an object store each pack is one PUT: packs of a few MiB keep the requests per GiB stored
- * low (≤ 300 wants ≥ 3.4 MiB), and Ceph RGW stores an object over 4 MiB (rgw_max_chunk_size) as
- * a head and a tail RADOS object, two writes. Packs are aimed at `target` stored bytes: each
- * batch takes as much input as the packs so far say compresses to that (measured on a 1 GiB
- * first backup to RGW: batches of 16 MiB, packs of 4.4 MiB, cost Ceph 2.3-3.9 CPU-s; of 12 MiB,
- * packs of 3.3 MiB, 2.2 s, and the backup ran 5-10 % faster).
- */
-export class RemoteBatchSizer {
-  /** stored bytes per input byte, as the recent packs got it (a first guess for a database export) */
-  private storedPerInput = 0.3;
-  constructor(
-    readonly target = 3.8 * 2 ** 20,
-    readonly min = 4 << 20,
-    readonly max = 24 << 20,
-  ) {}
-
-  /** Input bytes for the next batch. */
-  next(): number {
-    return Math.round(Math.min(this.max, Math.max(this.min, this.target / this.storedPerInput)));
-  }
-
-  /** A batch of `input` bytes became a pack of `stored` bytes. */
-  seen(input: number, stored: number): void {
-    if (input > 0) this.storedPerInput = (this.storedPerInput + stored / input) / 2;
-  }
-}
 const COMMIT_BYTES = 64 << 20; // new data between catalogue commits (each preceded by a store sync)
 // ... or this many new chunks: a night of small deltas (~300 B each) would otherwise hold every
 // row of the backup in memory until the end (27 000 rows ≈ 40 MB of small buffers, measured)
 const COMMIT_ROWS = 8192;
-
-/** Bytes in flight, bounded: acquire() waits while `limit` would be passed (one oversized request may go alone). */
-class ByteBudget {
-  private used = 0;
-  private waiting: Array<() => void> = [];
-  constructor(private readonly limit: number) {}
-  async acquire(n: number): Promise<void> {
-    while (this.used > 0 && this.used + n > this.limit) await new Promise<void>((r) => this.waiting.push(r));
-    this.used += n;
-  }
-  release(n: number): void {
-    this.used -= n;
-    for (const w of this.waiting.splice(0)) w();
-  }
-}
 
 /** Growable byte list (chunk IDs of the snapshot, 32 bytes per chunk of input). */
 class ByteList {
