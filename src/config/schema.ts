@@ -224,6 +224,13 @@ const vaultSchema = z.strictObject({
           if (ms !== null && (ms < 2000 || ms > 600_000)) ctx.addIssue({ code: 'custom', message: `vault.node.leaseTtl must be between 2s and 10m, not ${v}` });
         })
         .describe('how long a tenant lease lasts without renewal (renewed every third of it); a dead node\'s tenants are taken over this long (plus a second, judged by the store\'s clock) after its last renewal; 2s to 10m'),
+      audit: z
+        .strictObject({
+          every: duration.default('5s').describe('ordinary audit lines go up to the bucket at most this long after they were written (refusals and errors at once)'),
+          lines: z.number().int().min(1).default(500).describe('… or as soon as this many wait'),
+        })
+        .default({ every: '5s', lines: 500 })
+        .describe('this node\'s audit log is also kept in the bucket, under <prefix>nodes/audit/<id>/ (kura vault audit reads every node\'s); the file in vault.root stays the record written first'),
     })
     .optional()
     .describe('several `kura vault serve` processes (nodes) on one shared vault.storage (s3): each tenant is served by the one node holding its lease in the bucket; a node asked for a tenant held elsewhere refuses (E_TENANT_ELSEWHERE) and the relay tries the route\'s next endpoint. A route\'s endpoints must be nodes sharing one store'),

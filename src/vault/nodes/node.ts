@@ -14,6 +14,8 @@ export interface NodeHooks {
   /** sessions open now (the node's load, in its record) */
   sessions(): number;
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  /** after stop() released the leases (the audit lines of the releases ship then) */
+  stopped?: () => Promise<void>;
 }
 
 interface Held {
@@ -269,5 +271,6 @@ export class VaultNode {
     await Promise.all([...this.held.keys()].map((t) => this.release(t)));
     this.memberCounter++;
     this.store.close();
+    await this.hooks.stopped?.();
   }
 }
