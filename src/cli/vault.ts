@@ -7,6 +7,8 @@ import type { AuditEvent } from '../vault/audit.js';
 import os from 'node:os';
 import path from 'node:path';
 import { registerVaultNodes } from './vault-nodes.js';
+import { registerVaultAudit } from './vault-audit.js';
+import { hostUsageSources, usageSourcesText } from './vault-node-usage.js';
 
 function vaultConfig(cmd: Command): VaultConfig {
   const { config, path } = configOf(cmd);
@@ -60,6 +62,7 @@ export function registerVault(program: Command): void {
     });
 
   registerVaultNodes(vault, vaultConfig);
+  registerVaultAudit(vault, vaultConfig);
 
   vault
     .command('stdio')
@@ -254,7 +257,8 @@ export function registerVault(program: Command): void {
         u = await withRoute(configOf(cmd).config, { from: opts.from, identity: opts.identity, system: true }, async (conn) => jsonOf(await conn.request(Frame.USAGE, { period }, Frame.USAGE_REPLY)));
       } else {
         const { vaultUsage } = await import('../vault/maintenance.js');
-        u = await vaultUsage(vaultConfig(cmd), period);
+        const cfg = vaultConfig(cmd);
+        u = await vaultUsage(cfg, period, await hostUsageSources(cfg));
       }
       if (opts.json) {
         process.stdout.write(JSON.stringify(u) + '\n');
@@ -281,6 +285,7 @@ export function registerVault(program: Command): void {
       process.stdout.write(formatTable(rows));
       process.stdout.write(`total stored ${formatBytes(u.totalStoredBytes)} (${u.totalStoredBytes} bytes); over the wire in ${period} ${formatBytes(u.totalWireBytes)} (${u.totalWireBytes} bytes)\n`);
       process.stdout.write('shares: SHARE of the stored bytes, XFER SHARE of the wire bytes in + out (every protocol frame; RESTORED is the part sent for restores)\n');
+      process.stdout.write(usageSourcesText(u));
       process.stdout.write('rounding: tenths of a percent by largest remainder: each tenant gets the floor of its exact part, the tenths left go to the largest remainders (equal ones: the tenant listed first), so each column adds up to exactly 100.0%; exact bytes in --json\n');
     });
 

@@ -80,6 +80,21 @@ export interface TenantUsage {
   restoreBytes: number;
   /** share of all tenants' wire bytes (in + out) in the period, as sharePercent; all 0 when nothing moved */
   transferSharePercent: number;
+  /** vault nodes: where storedBytes and snapshots came from (the store's listing, when) */
+  storedFrom?: string;
+  /** vault nodes: where chunks, logical, received and wire bytes came from (the holder's catalogue), or why they are 0 */
+  catalogueFrom?: string;
+}
+
+/**
+ * Where usage comes from when the tenants' catalogues are not the truth (vault nodes: a tenant's
+ * catalogue is current only on the node holding it): stored bytes and snapshots from the store,
+ * the rest from the catalogue when this node holds the tenant.
+ */
+export interface UsageSources {
+  stored(tenant: string): Promise<{ bytes: number; snapshots: number; from: string }>;
+  /** the tenant's catalogue here, current (null: not held here, with why) */
+  catalogue(tenant: string): Promise<{ repo: Repository; from: string; close(): void } | { repo: null; from: string }>;
 }
 
 export interface VaultUsage {
@@ -95,9 +110,13 @@ export interface VaultUsage {
  * (of stored bytes, and of the period's wire bytes) are tenths of a percent, rounded by the
  * largest-remainder method so they always add up to exactly 100.0 (no tenant pays for rounding).
  */
-export async function vaultUsage(cfg: VaultConfig, period: string): Promise<VaultUsage> {
+export async function vaultUsage(cfg: VaultConfig, period: string, sources?: UsageSources): Promise<VaultUsage> {
   const rows: TenantUsage[] = [];
   for (const tenant of vaultTenants(cfg)) {
+    if (sources) {
+      rows.push(await usageFrom(sources, tenant, period, quotaOf(cfg, tenant) ?? null));
+      continue;
+    }
     const dir = path.join(cfg.root, 'tenants', tenant);
     const base: TenantUsage = {
       tenant,
@@ -152,6 +171,41 @@ export async function vaultUsage(cfg: VaultConfig, period: string): Promise<Vaul
     r.transferSharePercent = moved[i]!;
   });
   return { period, tenants: rows, totalStoredBytes: rows.reduce((a, r) => a + r.storedBytes, 0), totalWireBytes: wire.reduce((a, b) => a + b, 0) };
+}
+
+/** One tenant's usage from `sources` (vault nodes). */
+async function usageFrom(sources: UsageSources, tenant: string, period: string, quota: number | null): Promise<TenantUsage> {
+  const stored = await sources.stored(tenant);
+  const cat = await sources.catalogue(tenant);
+  const row: TenantUsage = {
+    tenant,
+    storedBytes: stored.bytes,
+    chunkBytes: 0,
+    logicalBytes: 0,
+    snapshots: stored.snapshots,
+    chunks: 0,
+    receivedBytes: 0,
+    quota,
+    sharePercent: 0,
+    wireInBytes: 0,
+    wireOutBytes: 0,
+    restoreBytes: 0,
+    transferSharePercent: 0,
+    storedFrom: stored.from,
+    catalogueFrom: cat.from,
+  };
+  if (!cat.repo) return row;
+  try {
+    const { repo } = cat;
+    const c = repo.catalogue.counts();
+    let logical = 0;
+    for (const s of repo.catalogue.snapshots()) logical += s.header.logicalBytes;
+    const moved = repo.catalogue.transferBytes(period);
+    Object.assign(row, { chunkBytes: c.storedBytes, logicalBytes: logical, chunks: c.chunks, receivedBytes: repo.catalogue.intake(period).bytes, wireInBytes: moved.wireIn, wireOutBytes: moved.wireOut, restoreBytes: moved.restoreOut });
+  } finally {
+    cat.close();
+  }
+  return row;
 }
 
 /** Shares of `weights` in percent with one decimal, by largestRemainder over 1000 tenths: they add up to 100.0 (or are all 0). */

@@ -66,6 +66,8 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
 
   let stopping = false;
   let node: VaultNode | null = null;
+  // vault nodes: usage and quotas from the store's listing (whichever node wrote it), not one node's catalogue
+  const nodeUsage = cfg.node ? await (await import('./nodes/serve.js')).nodeUsageOf(vault, cfg) : null;
   const clients = new Set<Connection>();
   const sessions = new Map<VaultSession, Promise<void>>();
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
@@ -118,7 +120,7 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
           }
           const channel: ServerChannel = acceptExec();
           // vault nodes on a shared store: the tenant is served here only under its lease
-          if (node) {
+          if (node && g.tenant !== SYSTEM_USER) {
             try {
               await node.claim(g.tenant);
             } catch (e) {
@@ -142,11 +144,12 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
                 maxFrame: cfg.maxFrame,
                 leaseTtlMs: vault.leaseTtlMs,
                 quota: quotaOf(cfg, g.tenant),
+                stored: nodeUsage && g.tenant !== SYSTEM_USER ? nodeUsage.quotaBase(g.tenant) : undefined,
                 slots: vault.slots,
                 log: lg,
                 budget: vault.memory,
                 routing,
-                vault: { cfg, timeZone, operators },
+                vault: { cfg, timeZone, operators, usage: nodeUsage?.sources },
                 operator: operator ?? undefined,
                 transport: (client as Connection & { _sock?: Writable })._sock, // (not in the typings)
               },

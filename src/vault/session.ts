@@ -8,6 +8,7 @@ import type { Repository } from '../repository/repository.js';
 import type { Role } from './access.js';
 import type { AuditEvent, AuditLog } from './audit.js';
 import type { VaultConfig } from '../config/schema.js';
+import type { UsageSources } from './maintenance.js';
 import { keyRefusal, operatorRefusal, type Person } from './rights.js';
 import { operatorFields, type OperatorAuthority } from './operators.js';
 import type { SlotTable } from './slots.js';
@@ -30,6 +31,8 @@ export interface SessionContext {
   leaseTtlMs: number;
   /** stored bytes the tenant may hold (vault.tenants.<t>.quota) */
   quota?: number | undefined;
+  /** where the quota check gets the tenant's stored bytes (vault nodes: the store's listing); absent: its catalogue */
+  stored?: QuotaBase | undefined;
   /** the backup-window slots this vault leases (modules.virtualization coordinator) */
   slots?: SlotTable | undefined;
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
@@ -45,8 +48,16 @@ export interface SessionContext {
   operator?: OperatorEndpoint | undefined;
 }
 
+/** The tenant's stored bytes as the quota counts them, and the bytes a session adds. */
+export interface QuotaBase {
+  stored(): Promise<{ bytes: number; from: string }>;
+  added(bytes: number): void;
+}
+
 export interface VaultServices {
   cfg: VaultConfig;
+  /** where USAGE takes its figures (vault nodes: the store); absent: the tenants' catalogues */
+  usage?: UsageSources | undefined;
   /** time zone of retention periods (PRUNE) */
   timeZone: string;
   /** vault.sso's tickets, or null without vault.sso */

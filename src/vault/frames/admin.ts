@@ -52,7 +52,7 @@ export async function deleteSnapshot(s: VaultSession, b: { id: string }): Promis
 export async function usage(s: VaultSession, b: { period?: string | undefined }): Promise<void> {
   const v = services(s, 'USAGE');
   const period = b.period ?? new Date().toISOString().slice(0, 7);
-  const u = await vaultUsage(v.cfg, period);
+  const u = await vaultUsage(v.cfg, period, v.usage);
   s.audit({ event: 'usage', period });
   return s.send(Frame.USAGE_REPLY, u);
 }

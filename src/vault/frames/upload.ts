@@ -35,6 +35,9 @@ export class Uploads {
   /** Stored bytes of the tenant when this session first sent data, plus what it stored since. */
   private storedBase: number | null = null;
   private storedAdded = 0;
+  /** the base being fetched (ctx.stored: the store's listing), and where it came from */
+  private baseLoading: Promise<void> | null = null;
+  private baseFrom = 'its catalogue';
 
   constructor(private readonly s: VaultSession) {}
 
@@ -62,6 +65,7 @@ export class Uploads {
   async settle(op: string): Promise<void> {
     if (this.batchSum) throw new KuraError('E_PROTOCOL', `PUT_NEXT data must be FLUSHed (with its checksum) before ${op}`);
     await this.drain();
+    await this.quotaBeforeWrite();
     await this.writePack(this.takePending());
   }
 
@@ -110,6 +114,7 @@ export class Uploads {
   async flush(seq: number, sum: string | undefined, digests: string | undefined): Promise<void> {
     if (this.flushFailure) throw this.flushFailure;
     this.checkBatchDigests(seq, digests);
+    await this.quotaBeforeWrite();
     let hashed: Blake3Hasher | undefined;
     if (this.batchSum) {
       // PUT_NEXT blobs carry no checksum each: the batch's is checked before it is written
@@ -180,16 +185,51 @@ export class Uploads {
     budget.enforce();
   }
 
+  /** A base from the store is known, and checked, before the first batch is written. */
+  private async quotaBeforeWrite(): Promise<void> {
+    if (this.storedBase !== null || this.s.ctx.quota === undefined || !this.s.ctx.stored || this.pending.length === 0) return;
+    await this.loadBase();
+    try {
+      this.checkQuota();
+    } catch (e) {
+      this.drop();
+      throw e;
+    }
+  }
+
+  /** The tenant's stored bytes from ctx.stored (vault nodes: the store's listing), once a session. */
+  private loadBase(): Promise<void> {
+    const src = this.s.ctx.stored!;
+    this.baseLoading ??= src.stored().then(
+      (b) => {
+        this.storedBase ??= b.bytes;
+        this.baseFrom = b.from;
+      },
+      (e: unknown) => {
+        this.baseLoading = null;
+        throw new KuraError('E_IO', `the quota of tenant ${this.s.ctx.tenant} cannot be checked: its stored bytes could not be listed in the store (${(e as Error).message}); the relay sends again later`, { retryable: true }, { cause: e });
+      },
+    );
+    return this.baseLoading;
+  }
+
   private checkQuota(): void {
-    const { quota, repo, tenant } = this.s.ctx;
+    const { quota, repo, tenant, stored } = this.s.ctx;
     if (quota === undefined) return;
-    this.storedBase ??= repo.catalogue.counts().storedBytes;
-    const total = this.storedBase + this.storedAdded + this.pendingBytes;
+    if (stored) {
+      // from the store: fetched at the first PUT, checked here once known (and at FLUSH before anything is written)
+      if (this.storedBase === null) {
+        this.loadBase().catch(() => {});
+        return;
+      }
+    } else this.storedBase ??= repo.catalogue.counts().storedBytes;
+    const base = this.storedBase!;
+    const total = base + this.storedAdded + this.pendingBytes;
     if (total > quota) {
       throw new KuraError(
         'E_QUOTA',
-        `tenant ${tenant} would exceed its quota of ${quota} bytes (${this.storedBase + this.storedAdded} stored, ${this.pendingBytes} more sent); the vault operator can raise vault.tenants.${tenant}.quota, or prune and gc`,
-        { quota, stored: this.storedBase + this.storedAdded },
+        `tenant ${tenant} would exceed its quota of ${quota} bytes (${base + this.storedAdded} stored, by ${this.baseFrom}${this.storedAdded ? ' and this session' : ''}; ${this.pendingBytes} more sent); the vault operator can raise vault.tenants.${tenant}.quota, or prune and gc`,
+        { quota, stored: base + this.storedAdded },
       );
     }
   }
@@ -228,6 +268,7 @@ export class Uploads {
       });
       repo.catalogue.addSessionPack(this.s.id, pack.id, rows, expires, pack.size);
       this.storedAdded += pack.size;
+      this.s.ctx.stored?.added(pack.size);
     }
     return { chunks: fresh.length, bytes };
   }

@@ -8,6 +8,11 @@ import { tenantLocation, type Vault } from '../vault.js';
 import { withLeaseFence } from './fence.js';
 import { openLeaseStore } from './lease-store.js';
 import { VaultNode } from './node.js';
+import { startAuditShipping } from './audit-store.js';
+import { StoreUsage } from './store-usage.js';
+import { servingNodeUsage } from './usage.js';
+import type { UsageSources } from '../maintenance.js';
+import type { QuotaBase } from '../session.js';
 
 /** What the node needs from the server: its sessions of a tenant (to end them when the lease goes). */
 export interface NodeServer {
@@ -61,9 +66,36 @@ export async function startNode(vault: Vault, cfg: VaultConfig, server: NodeServ
     vault.audit.write({ event: 'tenant-lost', outcome: reason === 'released' ? 'ok' : 'error', tenant, node: nodeCfg.id, reason, sessions: sessions.length });
     void closeWhenIdle(vault.forget(tenant), sessions.map((s) => s.done));
   };
-  node = new VaultNode(nodeCfg.id, ttlMs, store, () => Object.keys(cfg.tenants).sort(), server.listen, { takeOver, lost, sessions: () => server.sessionCount(), log: server.log });
-  await node.start();
+  // this node's audit lines go to the bucket too (the file in vault.root is written first): from
+  // before the node takes anything, so its takeovers are there; the last lines go at its stop
+  const shipping = startAuditShipping(cfg, vault.audit, { info: (o, m) => server.log.info(o, m), error: (o, m) => server.log.warn(o, m) });
+  node = new VaultNode(nodeCfg.id, ttlMs, store, () => Object.keys(cfg.tenants).sort(), server.listen, { takeOver, lost, sessions: () => server.sessionCount(), log: server.log, stopped: () => shipping.stop() });
+  try {
+    await node.start();
+  } catch (e) {
+    await shipping.stop();
+    throw e;
+  }
   return node;
+}
+
+/**
+ * A serving node's usage and quota figures: a tenant's stored bytes from the store's listing
+ * (every node gives the same figure, the holder or not; after a takeover, what the bucket
+ * holds), listed at most every FOOTPRINT_MAX_AGE_MS, plus what sessions here stored since.
+ */
+export async function nodeUsageOf(vault: Vault, cfg: VaultConfig): Promise<{ sources: UsageSources; quotaBase(tenant: string): QuotaBase }> {
+  const usage = new StoreUsage(cfg);
+  return {
+    sources: servingNodeUsage(cfg, usage, (t) => (vault.serves(t) ? vault.repoOf(t) : null)),
+    quotaBase: (tenant) => ({
+      stored: async () => {
+        const f = await usage.stored(tenant);
+        return { bytes: f.bytes, from: f.from };
+      },
+      added: (bytes) => usage.added(tenant, bytes),
+    }),
+  };
 }
 
 /** Close a tenant's repository once its sessions have ended (at most LOST_GRACE_MS). */
