@@ -15,18 +15,18 @@ export function tenantsYaml(key: SshKey, tenants = NODE_TENANTS): string {
 }
 
 /** A node's config file and root under `dir`; `extra` is more of the vault section (indented two spaces). */
-export function nodeConfig(dir: string, rgw: Rgw, id: string, bucket: string, key: SshKey, o: { ttl?: string; extra?: string } = {}): { root: string; config: string } {
+export function nodeConfig(dir: string, rgw: Rgw, id: string, bucket: string, key: SshKey, o: { ttl?: string; extra?: string; tenants?: string } = {}): { root: string; config: string } {
   const root = path.join(dir, id);
   mkdirSync(root, { recursive: true });
   const config = path.join(dir, `${id}.yaml`);
   writeFileSync(
     config,
-    `vault:\n  listen: { host: 127.0.0.1, port: 0 }\n  root: ${root}\n  leaseTtl: 1h\n  storage:\n    type: s3\n    endpoint: ${rgw.endpoint}\n    bucket: ${bucket}\n    prefix: "dc-a/"\n  node: { id: ${id}, leaseTtl: ${o.ttl ?? '3s'} }\n${o.extra ?? ''}  tenants:\n${tenantsYaml(key)}`,
+    `vault:\n  listen: { host: 127.0.0.1, port: 0 }\n  root: ${root}\n  leaseTtl: 1h\n  storage:\n    type: s3\n    endpoint: ${rgw.endpoint}\n    bucket: ${bucket}\n    prefix: "dc-a/"\n  node: { id: ${id}, leaseTtl: ${o.ttl ?? '3s'} }\n${o.extra ?? ''}  tenants:\n${o.tenants ?? tenantsYaml(key)}`,
   );
   return { root, config };
 }
 
-export async function startNode(dir: string, rgw: Rgw, id: string, bucket: string, key: SshKey, o: { ttl?: string; extra?: string; prefix?: string[]; env?: Record<string, string> } = {}): Promise<VaultProcess> {
+export async function startNode(dir: string, rgw: Rgw, id: string, bucket: string, key: SshKey, o: { ttl?: string; extra?: string; tenants?: string; prefix?: string[]; env?: Record<string, string> } = {}): Promise<VaultProcess> {
   return serveVaultConfig(nodeConfig(dir, rgw, id, bucket, key, o), { ...(o.prefix ? { prefix: o.prefix } : {}), ...(o.env ? { env: o.env } : {}) });
 }
 
