@@ -14,14 +14,15 @@ import type { Vault } from './vault.js';
  * a scheduled prune/gc that failed. States live in the notification queue's database, so the
  * short-lived `vault stdio` processes of OpenSSH's command= mode count together.
  */
-export function watchVault(vault: Vault, cfg: VaultConfig, notifier: Notifier): void {
+export function watchVault(vault: Vault, cfg: VaultConfig, notifier: Notifier, storedOf?: (tenant: string) => Promise<number>): void {
   if (!notifier.enabled) return;
   const n = notifier.cfg;
   const burst = { count: n.refusedLogins.count, within: parseDuration(n.refusedLogins.within)! };
   const quotaCheck = async (tenant: string, exceeded: boolean) => {
     const quota = quotaOf(cfg, tenant);
     if (quota === undefined) return;
-    const stored = (await vault.repoOf(tenant)).catalogue.counts().storedBytes;
+    // vault nodes: the figure the quota check counts (the store's listing)
+    const stored = storedOf ? await storedOf(tenant) : (await vault.repoOf(tenant)).catalogue.counts().storedBytes;
     notifier.transition<QuotaLevel>(`quota:${tenant}`, (prev) => quotaStep(prev, tenant, stored, quota, exceeded, n.quotaWarnPercent, Date.now()));
   };
   vault.audit.subscribe((e: AuditEvent) => {

@@ -49,9 +49,11 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
   // a ticket key that cannot be read stops the vault at start, not at an operator's first AUTH
   const operators = vault.operators;
   const timeZone = opts.timeZone ?? Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC';
+  // vault nodes: usage and quotas from the store's listing (whichever node wrote it), not one node's catalogue
+  const nodeUsage = cfg.node ? await (await import('./nodes/serve.js')).nodeUsageOf(vault, cfg) : null;
   const notifier = opts.notifications ? new Notifier(opts.notifications, 'vault', cfg.root, opts.host) : null;
   if (notifier) {
-    watchVault(vault, cfg, notifier);
+    watchVault(vault, cfg, notifier, nodeUsage ? async (t) => (await nodeUsage.quotaBase(t).stored()).bytes : undefined);
     notifier.start();
   }
   const hostKeyFile = cfg.hostKey ?? path.join(cfg.root, 'host_key');
@@ -66,8 +68,6 @@ export async function serveVault(cfg: VaultConfig, opts: { timeZone?: string | u
 
   let stopping = false;
   let node: VaultNode | null = null;
-  // vault nodes: usage and quotas from the store's listing (whichever node wrote it), not one node's catalogue
-  const nodeUsage = cfg.node ? await (await import('./nodes/serve.js')).nodeUsageOf(vault, cfg) : null;
   const clients = new Set<Connection>();
   const sessions = new Map<VaultSession, Promise<void>>();
   const server: SshServer = new ssh2.Server({ hostKeys: [hostKey], ident: 'kura-vault' }, (client: Connection, info) => {
