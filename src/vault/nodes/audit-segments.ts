@@ -107,7 +107,8 @@ export function mergeAuditLines(segments: ReadonlyArray<{ node: string; body: st
       }
       if (ms < from) continue;
       if (filter.tenant && o.tenant !== filter.tenant) continue;
-      lines.push({ ...o, node: typeof o.node === 'string' && o.node !== s.node ? o.node : s.node, time: o.time as string, _seq: seq++, _ms: ms });
+      // `node` is the writer (the segment's folder); a line's own field of that name is kept aside when it differs
+      lines.push({ ...o, ...(o.node !== undefined && o.node !== s.node ? { lineNode: o.node } : {}), node: s.node, time: o.time as string, _seq: seq++, _ms: ms });
     }
   }
   lines.sort((a, b) => a._ms - b._ms || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0) || a._seq - b._seq);

@@ -14,9 +14,10 @@ export interface StoredObject {
 }
 
 /**
- * Where vault nodes keep tenant leases and their own records: small objects written only by
- * conditional writes (create if absent, replace if unchanged). Names: "leases/<tenant>",
- * "members/<node>".
+ * Where vault nodes keep tenant leases and their own records (<prefix>nodes/ of the bucket):
+ * small objects written only by conditional writes (create if absent, replace if unchanged).
+ * Names: "leases/<tenant>", "members/<node>"; and each node's audit segments,
+ * "audit/<node>/<segment>.jsonl", which only that node writes (put).
  */
 export interface LeaseStore {
   readonly location: string;
@@ -24,6 +25,8 @@ export interface LeaseStore {
   /** etag null: create only if absent; else replace only that version. The new ETag, or null when the condition failed. */
   write(name: string, body: Uint8Array, etag: string | null): Promise<string | null>;
   list(prefix: string): Promise<string[]>;
+  /** Write unconditionally (objects only one node ever writes: its audit segments). */
+  put(name: string, body: Uint8Array): Promise<void>;
   close(): void;
 }
 

@@ -45,6 +45,12 @@ export class S3LeaseStore implements LeaseStore {
     return unquote(String(tag));
   }
 
+  async put(name: string, body: Uint8Array): Promise<void> {
+    const what = `cannot write ${name} in ${this.location}`;
+    const res = await this.backend.send(what, { method: 'PUT', key: this.prefix + name, body, headers: { 'content-type': 'application/x-ndjson' } });
+    if (res.status !== 200) throw s3Error(what, S3Client.errorOf(res));
+  }
+
   async list(sub: string): Promise<string[]> {
     const out: string[] = [];
     for await (const name of this.backend.list(sub)) out.push(name);
