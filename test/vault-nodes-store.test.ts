@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kuraAsync } from './support/cli.js';
@@ -205,4 +205,37 @@ test('audit lines in the store: node-a\'s sessions and a refusal are read with k
   const again = (await auditOf(['--node', 'node-a'])).lines;
   assert.equal(again.filter((l) => l.event === 'session-refused').length, 1, 'nothing shipped twice');
   assert.equal(again.filter((l) => l.event === 'session-start' && l.session === first).length, 1);
+});
+
+test('a bucket that does not answer stops no node: it serves on, the refusal it wrote meanwhile waits on its disk and goes up once the gateway is back', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = path.join(top, 'outage');
+  mkdirSync(dir);
+  const key = sshKey(dir, 'relay');
+  // a long lease: the node goes on trusting it through the outage
+  const a = await startNode(dir, rgw!, 'node-a', 'nodes-outage', key, { ttl: '60s' });
+  t.after(() => a.stop());
+  const cityA = agentConfigFor(dir, 'city-a', key, [a]);
+  await ok(kuraAsync(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: cityA } }), 'a session (city-a taken on demand)');
+  const file = path.join(a.root, 'audit.jsonl');
+  const shipped = () => (existsSync(path.join(a.root, 'audit-shipped.json')) ? (JSON.parse(readFileSync(path.join(a.root, 'audit-shipped.json'), 'utf8')) as { offset: number }).offset : 0);
+  await waitFor('node-a to have shipped its lines so far', () => shipped() === statSync(file).size, 15_000, 100);
+  const stranger = sshKey(dir, 'stranger');
+  const strangerCfg = agentConfigFor(dir, 'city-a', stranger, [a], 'stranger.yaml');
+  await rgw!.stopGateway();
+  let down = true;
+  t.after(async () => {
+    if (down) await rgw!.startGateway();
+  });
+  const refused = await kuraAsync(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: strangerCfg } });
+  assert.equal(refused.status, 77, refused.stderr);
+  await ok(kuraAsync(['snapshots', '--from', 'peer-dc'], { env: { KURA_CONFIG: cityA } }), 'node-a serves city-a with the bucket down');
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(shipped() < statSync(file).size, 'the refusal waits on node-a\'s disk');
+  assert.ok(a.audit().some((e) => e.event === 'auth' && e.outcome === 'refused'));
+  await rgw!.startGateway();
+  down = false;
+  const inStore = async () => (JSON.parse((await ok(kuraAsync(['vault', 'audit', '--config', a.config, '--json', '--node', 'node-a']), 'kura vault audit')).out) as { lines: Array<Record<string, unknown>> }).lines;
+  await waitFor('the refusal in the store', async () => (await inStore()).some((l) => l.event === 'auth' && l.outcome === 'refused'), 90_000, 500);
+  assert.equal((await inStore()).filter((l) => l.event === 'auth' && l.outcome === 'refused').length, 1);
 });
