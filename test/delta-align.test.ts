@@ -2,7 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { kuraJson, kuraOk, tempDir } from './support/cli.js';
+import Database from 'better-sqlite3';
+import { kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { chunkerFor } from '../src/agent/run.js';
+import type { SourceConfig } from '../src/config/schema.js';
 import { Prng, sha256 } from './support/generate.js';
 import { alignedBases, endPrint, EndIndex, END_BYTES } from '../src/archiver/chunk-ends.js';
 import { readCachedList, writeCachedList } from '../src/repository/list-cache.js';
@@ -142,4 +145,49 @@ test('a delta finds a moved row\'s old version in one piece (long-distance match
   // the fast strategy alone took ~950 bytes for such a chunk: the chunk's own blank runs
   // overwrote the bases' positions in its hash table
   assert.ok(d.length < 400, `delta of ${d.length} bytes`);
+});
+
+test('chunkerFor: configured sizes, else a database source keeps its last snapshot\'s, else the repository\'s', () => {
+  const pg = { type: 'postgres' } as SourceConfig;
+  const files = { type: 'command' } as unknown as SourceConfig;
+  const at4k = { minSize: 1024, avgSize: 4096, maxSize: 16384 };
+  const table: Array<[string, SourceConfig, Parameters<typeof chunkerFor>[1], number | undefined]> = [
+    ['new database source: the repository\'s', pg, undefined, undefined],
+    ['database source backed up at 4 KiB keeps them', pg, { chunker: at4k }, 4096],
+    ['database source whose last snapshot has no sizes had the old default', pg, {}, 4096],
+    ['database source at the repository\'s sizes keeps them', pg, { chunker: { minSize: 16384, avgSize: 65536, maxSize: 262144 } }, 65536],
+    ['configured wins', { ...pg, chunkAvg: 8192 } as SourceConfig, { chunker: at4k }, 8192],
+    ['other sources: the repository\'s', files, { chunker: at4k }, undefined],
+  ];
+  for (const [what, src, last, avg] of table) assert.equal(chunkerFor(src, last)?.avgSize, avg, what);
+});
+
+test('a new database source takes the repository\'s chunk sizes; one backed up at 4 KiB keeps them', async (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'app.db');
+  const db = new Database(file);
+  db.exec('CREATE TABLE accounts (aid INTEGER PRIMARY KEY, filler TEXT)');
+  const ins = db.prepare('INSERT INTO accounts (filler) VALUES (?)');
+  db.transaction(() => {
+    for (let i = 0; i < 20_000; i++) ins.run(`${i} ${' '.repeat(60)}`);
+  })();
+  db.close();
+  const repo = path.join(dir, 'repo');
+  const cfg = path.join(dir, 'kura.yaml');
+  writeFileSync(cfg, `repository:\n  path: ${repo}\nsources:\n  app:\n    type: sqlite\n    path: ${file}\n`);
+  const env = { KURA_CONFIG: cfg };
+  kuraOk(['repo', 'init'], { env });
+  // a snapshot of another source at 4 KiB, as an older kura made for database sources
+  const old = path.join(dir, 'old.sql');
+  writeFileSync(old, oltpDump(2000, new Set()).data);
+  kuraOk(['backup', '--name', 'legacy', '--file', old, '--chunk-avg', '4096'], { env });
+  writeFileSync(cfg, `repository:\n  path: ${repo}\nsources:\n  app:\n    type: sqlite\n    path: ${file}\n  legacy:\n    type: sqlite\n    path: ${file}\n`);
+  for (let night = 0; night < 2; night++) {
+    const r = await kuraAsync(['agent', 'run', '--json'], { env });
+    assert.equal(r.status, 0, r.stderr);
+  }
+  const snaps = JSON.parse(kuraOk(['snapshots', '--json'], { env }).out) as Array<{ source: string; chunker?: { avgSize: number }; header?: { chunker?: { avgSize: number } } }>;
+  const avg = (source: string) => snaps.filter((s) => s.source === source).map((s) => (s.chunker ?? s.header?.chunker)!.avgSize);
+  assert.deepEqual(avg('app'), [65536, 65536]);
+  assert.deepEqual(avg('legacy'), [4096, 4096, 4096]);
 });
