@@ -5,7 +5,14 @@
  * repository directory, so snapshot metadata and indexes are included) and repository size;
  * then a summary over the churned days.
  *
- *   npm run bench:daily [-- --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536 --save-dumps DIR]
+ *   npm run bench:daily [-- --workload municipal|oltp --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536 --save-dumps DIR]
+ *
+ * Every backup and restore runs under GNU time (Debian package `time`) for its peak RSS
+ * (`rssMiB`, the largest process of the command). Borg runs twice: its default (lz4, "borg-lz4")
+ * and `--compression zstd,3` ("borg-zstd3"). For kura each line also splits the repository's
+ * growth by part (`parts`: packs, snapshots, the catalogue, the list cache), since the catalogue
+ * and cache are local, rebuildable caches like restic's and Borg's (which live outside the
+ * repositories those tools are measured by); `storeBytes` is what a relay ships to the vault.
  *
  * The database (PostgreSQL 15, started here): residents, households, tax assessments (3 years),
  * national health insurance, payments (mostly appended) and an audit log (appended). Each day
@@ -23,9 +30,15 @@
  * `pg_dump | borg create … -` and `pg_dump | restic backup --stdin` (tools "-stream").
  * The kura-ordered line is kura (first --kura-avg) on a dump in primary-key order, as the
  * postgres source writes it with `order: primary-key`, made from the same database state.
+ *
+ * `--workload oltp` is the other kind of night: one highly compressible table (pgbench's
+ * accounts: 5 million rows × scale, blank filler, ≈100 B a row, ≈100× under zstd) where ≈1 % of
+ * the rows, picked by a hash of the row and the day, are updated each night (so the changes are
+ * spread evenly over the dump and, in heap order, move to its end), plus appended history rows.
+ * `--heavy` does not apply to it.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA } from '../test/support/cli.js';
@@ -45,6 +58,8 @@ const HEAVY = Number(arg('heavy', '5'));
 const KURA_AVGS = arg('kura-avg', '4096,65536').split(',').map(Number);
 const KURA_LEVEL = arg('kura-compression', '');
 const STREAM = argv.includes('--stream');
+const WORKLOAD = arg('workload', 'municipal');
+if (WORKLOAD !== 'municipal' && WORKLOAD !== 'oltp') throw new Error(`--workload is municipal or oltp, not ${WORKLOAD}`);
 const SAVE_DUMPS = arg('save-dumps', ''); // keep each day's dump as DIR/day<N>.sql, to replay the days by hand
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
@@ -57,6 +72,7 @@ function need(cmd: string, pkg: string): void {
 need('restic', 'restic');
 need('borg', 'borgbackup');
 need('pg_dump', 'postgresql-client-15');
+need('/usr/bin/time', 'time');
 
 function dirBytes(dir: string): number {
   let n = 0;
@@ -66,47 +82,82 @@ function dirBytes(dir: string): number {
   return n;
 }
 
-function timed(cmd: string, args: string[], env: Record<string, string> = {}, input?: string): number {
+interface Run {
+  seconds: number;
+  /** peak RSS of the command's largest process, MiB (GNU time's %M) */
+  rssMiB: number;
+}
+
+let rssFile = '';
+/** Run a command to completion under GNU time: wall seconds and peak RSS. */
+function measured(cmd: string, args: string[], env: Record<string, string> = {}, input?: string): Run {
   const t = performance.now();
-  const r = spawnSync(cmd, args, { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 28, input });
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 28, input });
+  const seconds = (performance.now() - t) / 1000;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  return (performance.now() - t) / 1000;
+  const kib = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+  return { seconds, rssMiB: +(kib / 1024).toFixed(1) };
+}
+const timed = (cmd: string, args: string[], env: Record<string, string> = {}, input?: string): number => measured(cmd, args, env, input).seconds;
+
+/** A kura repository's bytes by part: what the store holds and the local caches beside it. */
+function kuraParts(repo: string): Record<string, number> {
+  const parts: Record<string, number> = { packs: 0, snapshots: 0, catalogue: 0, cache: 0, other: 0 };
+  for (const e of readdirSync(repo, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile()) continue;
+    const rel = path.relative(repo, path.join(e.parentPath, e.name));
+    const size = statSync(path.join(e.parentPath, e.name)).size;
+    const part = rel.startsWith('packs/') ? 'packs' : rel.startsWith('snapshots/') ? 'snapshots' : rel.startsWith('catalogue.sqlite') ? 'catalogue' : rel.startsWith('cache/') ? 'cache' : 'other';
+    parts[part]! += size;
+  }
+  return parts;
 }
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-daily-'));
+rssFile = path.join(dir, 'rss');
 const pg = await startPostgres(dir);
 try {
   const sql = (q: string) => pg.psql('juki', q);
   pg.psql('postgres', 'CREATE DATABASE juki');
   const R = Math.round(200_000 * SCALE);
+  const ACCOUNTS = Math.round(5_000_000 * SCALE);
   const t0 = performance.now();
-  sql(`
-    CREATE TABLE households (id int PRIMARY KEY, district text NOT NULL, address text NOT NULL, created date NOT NULL);
-    CREATE TABLE residents (id int PRIMARY KEY, household_id int NOT NULL REFERENCES households(id), family_name text NOT NULL, given_name text NOT NULL,
-      kana text NOT NULL, birth date NOT NULL, gender char(1) NOT NULL, status text NOT NULL, moved_in date, updated timestamptz NOT NULL);
-    CREATE TABLE tax_assessments (resident_id int NOT NULL, fiscal_year int NOT NULL, income bigint NOT NULL, deductions bigint NOT NULL, tax bigint NOT NULL,
-      PRIMARY KEY (resident_id, fiscal_year));
-    CREATE TABLE insurance (id int PRIMARY KEY, resident_id int NOT NULL, plan text NOT NULL, premium int NOT NULL, since date NOT NULL);
-    CREATE TABLE payments (id bigserial PRIMARY KEY, resident_id int NOT NULL, kind text NOT NULL, amount bigint NOT NULL, paid_on date NOT NULL, channel text NOT NULL);
-    CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL, actor text NOT NULL, action text NOT NULL, target text NOT NULL);
-    INSERT INTO households SELECT i, '第' || (1 + i % 40) || '地区', '緑町' || (i % 97) || '丁目' || (i % 31) || '番' || (i % 17) || '号', date '1990-01-01' + (i % 12000)
-      FROM generate_series(1, ${Math.round(R * 0.4)}) i;
-    INSERT INTO residents SELECT i, 1 + (i * 7) % ${Math.round(R * 0.4)}, (ARRAY['佐藤','鈴木','高橋','田中','伊藤','渡辺','山本','中村','小林','加藤'])[1 + i % 10],
-      (ARRAY['太郎','花子','一郎','美咲','健太','陽子','翔','結衣'])[1 + (i / 10) % 8], 'ｶﾅ' || md5(i::text)::varchar(12), date '1930-01-01' + (i * 13) % 33000,
-      (ARRAY['M','F'])[1 + i % 2], 'resident', date '1990-01-01' + (i * 3) % 12000, timestamptz '2026-01-01' + (i % 1000) * interval '1 hour'
-      FROM generate_series(1, ${R}) i;
-    INSERT INTO tax_assessments SELECT r, y, 2000000 + (r::bigint * 7919) % 8000000, 380000 + (r % 7) * 10000, (2000000 + (r::bigint * 7919) % 8000000) / 10
-      FROM generate_series(1, ${R}) r, generate_series(2024, 2026) y;
-    INSERT INTO insurance SELECT i, i, (ARRAY['一般','退職','後期高齢'])[1 + i % 3], 3000 + (i * 31) % 20000, date '2000-04-01' + (i % 9000)
-      FROM generate_series(1, ${Math.round(R * 0.75)}) i;
-    INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13) % ${R}, (ARRAY['住民税','国保','固定資産税','軽自動車税'])[1 + i % 4],
-      1000 + (i * 37) % 90000, date '2024-04-01' + (i / 3000), (ARRAY['窓口','口座振替','コンビニ','スマホ決済'])[1 + (i / 7) % 4]
-      FROM generate_series(1, ${R * 5}) i;
-    INSERT INTO audit_log (at, actor, action, target) SELECT timestamptz '2025-01-01' + i * interval '20 seconds', 'clerk' || (i % 150),
-      (ARRAY['view','update','print','export'])[1 + i % 4], 'resident/' || (1 + (i * 17) % ${R}) FROM generate_series(1, ${R * 5}) i;
-  `);
-  sql('VACUUM ANALYZE');
-  emit({ bench: 'daily-setup', residents: R, seconds: +((performance.now() - t0) / 1000).toFixed(1) });
+  if (WORKLOAD === 'municipal') {
+    sql(`
+      CREATE TABLE households (id int PRIMARY KEY, district text NOT NULL, address text NOT NULL, created date NOT NULL);
+      CREATE TABLE residents (id int PRIMARY KEY, household_id int NOT NULL REFERENCES households(id), family_name text NOT NULL, given_name text NOT NULL,
+        kana text NOT NULL, birth date NOT NULL, gender char(1) NOT NULL, status text NOT NULL, moved_in date, updated timestamptz NOT NULL);
+      CREATE TABLE tax_assessments (resident_id int NOT NULL, fiscal_year int NOT NULL, income bigint NOT NULL, deductions bigint NOT NULL, tax bigint NOT NULL,
+        PRIMARY KEY (resident_id, fiscal_year));
+      CREATE TABLE insurance (id int PRIMARY KEY, resident_id int NOT NULL, plan text NOT NULL, premium int NOT NULL, since date NOT NULL);
+      CREATE TABLE payments (id bigserial PRIMARY KEY, resident_id int NOT NULL, kind text NOT NULL, amount bigint NOT NULL, paid_on date NOT NULL, channel text NOT NULL);
+      CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL, actor text NOT NULL, action text NOT NULL, target text NOT NULL);
+      INSERT INTO households SELECT i, '第' || (1 + i % 40) || '地区', '緑町' || (i % 97) || '丁目' || (i % 31) || '番' || (i % 17) || '号', date '1990-01-01' + (i % 12000)
+        FROM generate_series(1, ${Math.round(R * 0.4)}) i;
+      INSERT INTO residents SELECT i, 1 + (i * 7) % ${Math.round(R * 0.4)}, (ARRAY['佐藤','鈴木','高橋','田中','伊藤','渡辺','山本','中村','小林','加藤'])[1 + i % 10],
+        (ARRAY['太郎','花子','一郎','美咲','健太','陽子','翔','結衣'])[1 + (i / 10) % 8], 'ｶﾅ' || md5(i::text)::varchar(12), date '1930-01-01' + (i * 13) % 33000,
+        (ARRAY['M','F'])[1 + i % 2], 'resident', date '1990-01-01' + (i * 3) % 12000, timestamptz '2026-01-01' + (i % 1000) * interval '1 hour'
+        FROM generate_series(1, ${R}) i;
+      INSERT INTO tax_assessments SELECT r, y, 2000000 + (r::bigint * 7919) % 8000000, 380000 + (r % 7) * 10000, (2000000 + (r::bigint * 7919) % 8000000) / 10
+        FROM generate_series(1, ${R}) r, generate_series(2024, 2026) y;
+      INSERT INTO insurance SELECT i, i, (ARRAY['一般','退職','後期高齢'])[1 + i % 3], 3000 + (i * 31) % 20000, date '2000-04-01' + (i % 9000)
+        FROM generate_series(1, ${Math.round(R * 0.75)}) i;
+      INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13) % ${R}, (ARRAY['住民税','国保','固定資産税','軽自動車税'])[1 + i % 4],
+        1000 + (i * 37) % 90000, date '2024-04-01' + (i / 3000), (ARRAY['窓口','口座振替','コンビニ','スマホ決済'])[1 + (i / 7) % 4]
+        FROM generate_series(1, ${R * 5}) i;
+      INSERT INTO audit_log (at, actor, action, target) SELECT timestamptz '2025-01-01' + i * interval '20 seconds', 'clerk' || (i % 150),
+        (ARRAY['view','update','print','export'])[1 + i % 4], 'resident/' || (1 + (i * 17) % ${R}) FROM generate_series(1, ${R * 5}) i;
+    `);
+    sql('VACUUM ANALYZE');
+  } else {
+    sql(`
+      CREATE TABLE accounts (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84));
+      CREATE TABLE history (tid int NOT NULL, bid int NOT NULL, aid int NOT NULL, delta int NOT NULL, mtime timestamp NOT NULL, filler char(22));
+      INSERT INTO accounts SELECT i, 1 + (i - 1) / 100000, 0, '' FROM generate_series(1, ${ACCOUNTS}) i;
+    `);
+    sql('VACUUM ANALYZE');
+  }
+  emit({ bench: 'daily-setup', workload: WORKLOAD, ...(WORKLOAD === 'oltp' ? { accounts: ACCOUNTS } : { residents: R }), seconds: +((performance.now() - t0) / 1000).toFixed(1) });
 
   // the tools' repositories
   const dumpDir = path.join(dir, 'dump');
@@ -135,9 +186,13 @@ try {
   const resticRepo = path.join(dir, 'restic');
   const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
   timed('restic', ['-r', resticRepo, 'init'], resticEnv);
-  const borgRepo = path.join(dir, 'borg');
   const borgEnv = { BORG_PASSPHRASE: 'bench', BORG_BASE_DIR: path.join(dir, 'borg-base') };
-  timed('borg', ['init', '--encryption=repokey', borgRepo], borgEnv);
+  // Borg's default compression (lz4) and zstd at restic's and kura's level
+  const borgRepos = [
+    { tool: 'borg-lz4', repo: path.join(dir, 'borg'), compression: 'lz4' },
+    { tool: 'borg-zstd3', repo: path.join(dir, 'borg-zstd3'), compression: 'zstd,3' },
+  ];
+  for (const b of borgRepos) timed('borg', ['init', '--encryption=repokey', b.repo], borgEnv);
 
   // production-style: the export streamed into each tool
   const streamDir = path.join(dir, 'stream');
@@ -159,13 +214,28 @@ try {
   }
   const pgDumpCmd = `pg_dump --no-password --format=plain --dbname='${pg.uri('juki')}'`;
 
-  const totals = new Map<string, { bytes: number; seconds: number; days: number }>();
-  const record = (day: number, tool: string, seconds: number, before: number, repo: string) => {
+  const totals = new Map<string, { bytes: number; seconds: number; days: number; storeBytes: number }>();
+  const firstNight = new Map<string, { seconds: number; repoBytes: number; rssMiB: number }>();
+  const peakRss = new Map<string, number>();
+  const partsBefore = new Map<string, Record<string, number>>();
+  const record = (day: number, tool: string, run: Run | number, before: number, repo: string) => {
+    const { seconds, rssMiB } = typeof run === 'number' ? { seconds: run, rssMiB: null } : run;
     const after = dirBytes(repo);
-    emit({ bench: 'daily', day, tool, seconds: +seconds.toFixed(2), newBytes: after - before, repoBytes: after });
+    const line: Record<string, unknown> = { bench: 'daily', workload: WORKLOAD, day, tool, seconds: +seconds.toFixed(2), newBytes: after - before, repoBytes: after, rssMiB };
+    if (tool.startsWith('kura')) {
+      const parts = kuraParts(repo);
+      const was = partsBefore.get(tool) ?? {};
+      line.parts = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, v - (was[k] ?? 0)]));
+      line.storeBytes = parts.packs! + parts.snapshots! + parts.other! - ((was.packs ?? 0) + (was.snapshots ?? 0) + (was.other ?? 0));
+      partsBefore.set(tool, parts);
+    }
+    emit(line);
+    if (rssMiB !== null) peakRss.set(tool, Math.max(peakRss.get(tool) ?? 0, rssMiB));
+    if (day === 1) firstNight.set(tool, { seconds: +seconds.toFixed(2), repoBytes: after, rssMiB: rssMiB ?? 0 });
     if (day > 1) {
-      const t = totals.get(tool) ?? { bytes: 0, seconds: 0, days: 0 };
+      const t = totals.get(tool) ?? { bytes: 0, seconds: 0, days: 0, storeBytes: 0 };
       t.bytes += after - before;
+      t.storeBytes += typeof line.storeBytes === 'number' ? line.storeBytes : after - before;
       t.seconds += seconds;
       t.days++;
       totals.set(tool, t);
@@ -183,19 +253,28 @@ try {
   for (let day = 1; day <= DAYS; day++) {
     if (day > 1) {
       const tc = performance.now();
-      sql(`
-        UPDATE residents SET status = (ARRAY['moved','resident','deceased','abroad'])[1 + (id + ${day}) % 4], updated = now()
-          WHERE (id * 2654435761::bigint + ${day * 7919}) % 1000 < 2;
-        UPDATE insurance SET premium = premium + 100 WHERE (id * 40503::bigint + ${day * 31}) % 1000 < 1;
-        INSERT INTO households SELECT (SELECT max(id) FROM households) + i, '第1地区', '新町' || i || '番', current_date FROM generate_series(1, ${Math.round(20 * SCALE)}) i;
-        INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13 + ${day}) % ${R}, '住民税', 1000 + i % 9000, current_date, '口座振替'
-          FROM generate_series(1, ${Math.round(R * 0.02)}) i;
-        INSERT INTO audit_log (at, actor, action, target) SELECT now() + i * interval '1 second', 'clerk' || (i % 150), 'view', 'resident/' || (1 + (i * 31 + ${day}) % ${R})
-          FROM generate_series(1, ${Math.round(R * 0.03)}) i;
-        DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log ORDER BY id LIMIT ${Math.round(R * 0.01)});
-        ${day === HEAVY ? 'UPDATE tax_assessments SET tax = tax + tax / 100, deductions = deductions + 1000 WHERE fiscal_year = 2026;' : ''}
-      `);
-      emit({ bench: 'daily-churn', day, heavy: day === HEAVY, seconds: +((performance.now() - tc) / 1000).toFixed(1) });
+      if (WORKLOAD === 'municipal') {
+        sql(`
+          UPDATE residents SET status = (ARRAY['moved','resident','deceased','abroad'])[1 + (id + ${day}) % 4], updated = now()
+            WHERE (id * 2654435761::bigint + ${day * 7919}) % 1000 < 2;
+          UPDATE insurance SET premium = premium + 100 WHERE (id * 40503::bigint + ${day * 31}) % 1000 < 1;
+          INSERT INTO households SELECT (SELECT max(id) FROM households) + i, '第1地区', '新町' || i || '番', current_date FROM generate_series(1, ${Math.round(20 * SCALE)}) i;
+          INSERT INTO payments (resident_id, kind, amount, paid_on, channel) SELECT 1 + (i * 13 + ${day}) % ${R}, '住民税', 1000 + i % 9000, current_date, '口座振替'
+            FROM generate_series(1, ${Math.round(R * 0.02)}) i;
+          INSERT INTO audit_log (at, actor, action, target) SELECT now() + i * interval '1 second', 'clerk' || (i % 150), 'view', 'resident/' || (1 + (i * 31 + ${day}) % ${R})
+            FROM generate_series(1, ${Math.round(R * 0.03)}) i;
+          DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log ORDER BY id LIMIT ${Math.round(R * 0.01)});
+          ${day === HEAVY ? 'UPDATE tax_assessments SET tax = tax + tax / 100, deductions = deductions + 1000 WHERE fiscal_year = 2026;' : ''}
+        `);
+      } else {
+        // ≈1 % of the accounts, spread evenly by a hash of the row and the day; history appended
+        sql(`
+          UPDATE accounts SET abalance = abalance + (hashint4(aid + ${day}) % 5000) WHERE hashint4(aid * 7 + ${day * 1000003}) % 100 = 0;
+          INSERT INTO history SELECT i, 1 + i % 50, 1 + (hashint4(i + ${day})::bigint & 2147483647) % ${ACCOUNTS}, hashint4(i) % 5000, timestamp '2026-01-01' + ${day} * interval '1 day' + i * interval '1 second', ''
+            FROM generate_series(1, ${Math.round(ACCOUNTS / 100)}) i;
+        `);
+      }
+      emit({ bench: 'daily-churn', day, heavy: WORKLOAD === 'municipal' && day === HEAVY, seconds: +((performance.now() - tc) / 1000).toFixed(1) });
       // the night's batch jobs and maintenance are over before the backup window: the churn's
       // dead rows are vacuumed (autovacuum would have, during the day) and a checkpoint written,
       // so that no tool is timed against that work (the first one after a heavy day would be)
@@ -209,21 +288,21 @@ try {
     }
     for (const k of kuraRepos) {
       const before = dirBytes(k.repo);
-      record(day, `kura-avg${k.avg}`, timed(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile, ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, k.repo);
+      record(day, `kura-avg${k.avg}`, measured(process.execPath, [KURA, 'backup', '--repo', k.repo, '--name', 'juki', '--file', dumpFile, ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, k.repo);
     }
     {
       const orderedSeconds = await writeOrdered();
       emit({ bench: 'daily-dump-ordered', day, seconds: +orderedSeconds.toFixed(2), bytes: statSync(orderedFile).size });
       const before = dirBytes(orderedRepo);
-      record(day, 'kura-ordered', timed(process.execPath, [KURA, 'backup', '--repo', orderedRepo, '--name', 'juki', '--file', orderedFile, '--chunk-avg', String(KURA_AVGS[0]!), ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, orderedRepo);
+      record(day, 'kura-ordered', measured(process.execPath, [KURA, 'backup', '--repo', orderedRepo, '--name', 'juki', '--file', orderedFile, '--chunk-avg', String(KURA_AVGS[0]!), ...(KURA_LEVEL ? ['--compression', KURA_LEVEL] : [])], kuraEnv), before, orderedRepo);
     }
     {
       const before = dirBytes(resticRepo);
-      record(day, 'restic', timed('restic', ['-r', resticRepo, 'backup', '--host', 'bench', dumpFile], resticEnv), before, resticRepo);
+      record(day, 'restic', measured('restic', ['-r', resticRepo, 'backup', '--host', 'bench', dumpFile], resticEnv), before, resticRepo);
     }
-    {
-      const before = dirBytes(borgRepo);
-      record(day, 'borg', timed('borg', ['create', `${borgRepo}::day${day}`, dumpFile], borgEnv), before, borgRepo);
+    for (const b of borgRepos) {
+      const before = dirBytes(b.repo);
+      record(day, b.tool, measured('borg', ['create', '--compression', b.compression, `${b.repo}::day${day}`, dumpFile], borgEnv), before, b.repo);
     }
     if (STREAM) {
       let before = dirBytes(agentRepo);
@@ -240,32 +319,43 @@ try {
   // tool verifies what it reads: kura each chunk's tag and ID, restic blob IDs, Borg chunk IDs)
   const restoreTo = path.join(dir, 'restored.sql');
   const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-  const restores: Array<[string, () => number]> = [
-    ...kuraRepos.map((k): [string, () => number] => [`kura-avg${k.avg}`, () => timed(process.execPath, [KURA, 'restore', '--repo', k.repo, 'latest:juki', '--to', restoreTo], kuraEnv)]),
-    ['restic', () => timed('bash', ['-o', 'pipefail', '-c', `restic -r ${resticRepo} dump latest ${dumpFile} > ${restoreTo}`], resticEnv)],
-    ['borg', () => timed('bash', ['-o', 'pipefail', '-c', `borg extract --stdout ${borgRepo}::day${DAYS} > ${restoreTo}`], borgEnv)],
+  const restores: Array<[string, () => Run]> = [
+    ...kuraRepos.map((k): [string, () => Run] => [`kura-avg${k.avg}`, () => measured(process.execPath, [KURA, 'restore', '--repo', k.repo, 'latest:juki', '--to', restoreTo], kuraEnv)]),
+    ['restic', () => measured('bash', ['-o', 'pipefail', '-c', `restic -r ${resticRepo} dump latest ${dumpFile} > ${restoreTo}`], resticEnv)],
+    ...borgRepos.map((b): [string, () => Run] => [b.tool, () => measured('bash', ['-o', 'pipefail', '-c', `borg extract --stdout ${b.repo}::day${DAYS} > ${restoreTo}`], borgEnv)]),
   ];
   const restoreSeconds: Record<string, number> = {};
+  const restoreRss: Record<string, number> = {};
   for (const [tool, run] of restores) {
-    const runs: number[] = [];
+    const runs: Run[] = [];
     for (let i = 0; i < 3; i++) {
       rmSync(restoreTo, { force: true });
       runs.push(run());
       if (statSync(restoreTo).size !== statSync(dumpFile).size) throw new Error(`${tool}: the restored file is not the size of the last dump`);
     }
-    restoreSeconds[tool] = +median(runs).toFixed(2);
-    emit({ bench: 'daily-restore', day: DAYS, tool, seconds: restoreSeconds[tool], runs: runs.map((r) => +r.toFixed(2)), bytes: statSync(dumpFile).size });
+    restoreSeconds[tool] = +median(runs.map((r) => r.seconds)).toFixed(2);
+    restoreRss[tool] = Math.max(...runs.map((r) => r.rssMiB));
+    emit({ bench: 'daily-restore', workload: WORKLOAD, day: DAYS, tool, seconds: restoreSeconds[tool], runs: runs.map((r) => +r.seconds.toFixed(2)), rssMiB: restoreRss[tool], bytes: statSync(dumpFile).size });
   }
   rmSync(restoreTo, { force: true });
-  const summary: Record<string, unknown> = { bench: 'daily-summary', churnedDays: DAYS - 1, restoreSeconds };
-  for (const [tool, t] of totals) summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2) };
-  const restic = totals.get('restic')!;
-  const peers = ['restic', 'borg'].map((p) => totals.get(p)!.seconds / totals.get(p)!.days);
+  const summary: Record<string, unknown> = { bench: 'daily-summary', workload: WORKLOAD, churnedDays: DAYS - 1, restoreSeconds, restoreRssMiB: restoreRss };
+  for (const [tool, t] of totals) {
+    summary[tool] = { meanNewBytes: Math.round(t.bytes / t.days), meanStoreBytes: Math.round(t.storeBytes / t.days), meanSeconds: +(t.seconds / t.days).toFixed(2), backupPeakRssMiB: peakRss.get(tool), firstNight: firstNight.get(tool) };
+  }
+  const peerTools = ['restic', ...borgRepos.map((b) => b.tool)];
+  const bestPeerBytes = Math.min(...peerTools.map((p) => totals.get(p)!.bytes));
+  const fastestPeer = Math.min(...peerTools.map((p) => totals.get(p)!.seconds / totals.get(p)!.days));
+  const fastestPeerRestore = Math.min(...peerTools.map((p) => restoreSeconds[p]!));
+  const borgLz4First = firstNight.get('borg-lz4')!;
   for (const k of [...kuraRepos.map((r) => `kura-avg${r.avg}`), 'kura-ordered']) {
     const t = totals.get(k)!;
-    summary[`${k}-vs-restic-bytes`] = +(t.bytes / restic.bytes).toFixed(3);
-    summary[`${k}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / Math.min(...peers)).toFixed(3);
-    if (restoreSeconds[k] !== undefined) summary[`${k}-vs-fastest-peer-restore`] = +(restoreSeconds[k]! / Math.min(restoreSeconds.restic!, restoreSeconds.borg!)).toFixed(3);
+    summary[`${k}-vs-restic-bytes`] = +(t.bytes / totals.get('restic')!.bytes).toFixed(3);
+    summary[`${k}-vs-best-peer-bytes`] = +(t.bytes / bestPeerBytes).toFixed(3);
+    summary[`${k}-store-vs-best-peer-bytes`] = +(t.storeBytes / bestPeerBytes).toFixed(3);
+    summary[`${k}-vs-fastest-peer-seconds`] = +(t.seconds / t.days / fastestPeer).toFixed(3);
+    summary[`${k}-first-vs-borg-lz4-seconds`] = +(firstNight.get(k)!.seconds / borgLz4First.seconds).toFixed(3);
+    summary[`${k}-first-vs-borg-zstd3-repo`] = +(firstNight.get(k)!.repoBytes / firstNight.get('borg-zstd3')!.repoBytes).toFixed(3);
+    if (restoreSeconds[k] !== undefined) summary[`${k}-vs-fastest-peer-restore`] = +(restoreSeconds[k]! / fastestPeerRestore).toFixed(3);
   }
   if (STREAM) {
     const k = totals.get('kura-agent-stream')!;

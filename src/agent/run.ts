@@ -87,7 +87,7 @@ export async function runSource(repo: Repository, cfg: KuraConfig, name: string,
       delta: src.delta,
       private: { export: opened.facts },
       routes: base.routes,
-      chunker: chunkerFor(src),
+      chunker: chunkerFor(src, repo.catalogue.snapshots({ source: name }).at(-1)?.header),
     });
     const h = res.header;
     cat.ops.finishJob(job, { result: 'ok', snapshot: res.id, newBytes: h.newBytes });
@@ -142,10 +142,18 @@ export async function localGc(repo: Repository): Promise<GcReport | null> {
   }
 }
 
-/** Chunk sizes of a source: its chunkAvg, else small chunks for database exports, else the repository's. */
-export function chunkerFor(src: SourceConfig): ChunkerParams | undefined {
+/**
+ * Chunk sizes of a source: its chunkAvg; else, for a database export backed up before, the sizes
+ * of its `last` snapshot's header (4 KiB was the database default until deltas found their old version by
+ * how chunks end, so existing sources keep them rather than store everything anew once); else
+ * the repository's (64 KiB on average by default: bench/daily measured it storing less than 4 KiB
+ * chunks on both a municipal dump with clustered changes and an OLTP table with spread ones).
+ */
+export function chunkerFor(src: SourceConfig, last: { chunker?: ChunkerParams | undefined } | undefined): ChunkerParams | undefined {
   if (src.chunkAvg) return chunkerParamsForAverage(src.chunkAvg);
-  return src.type === 'postgres' || src.type === 'mariadb' || src.type === 'mysql' || src.type === 'sqlite' ? databaseChunkerParams : undefined;
+  const database = src.type === 'postgres' || src.type === 'mariadb' || src.type === 'mysql' || src.type === 'sqlite';
+  if (!database || !last) return undefined;
+  return last.chunker ?? databaseChunkerParams;
 }
 
 async function* guard(input: AsyncIterable<Buffer>, name: string): AsyncIterable<Buffer> {

@@ -12,6 +12,7 @@ import { log } from '../log.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
 import { IdSet } from '../repository/idset.js';
 import { readCachedList, writeCachedList } from '../repository/list-cache.js';
+import { alignedBases, endPrint, EndIndex } from './chunk-ends.js';
 import { listFetcher } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
@@ -106,23 +107,24 @@ async function previousChunks(repo: Repository, source: string): Promise<Previou
   try {
     const snap = await repo.readSnapshot(last.id);
     const cached = await readCachedList(repo.root, snap);
-    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks), sizes: cached.sizes };
+    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks), sizes: cached.sizes, ends: cached.ends };
     const blocks: Buffer[] = [];
     const set = new IdSet(await snapshotChunkIds(snap, listFetcher(repo), (id) => blocks.push(id)));
-    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)), sizes: null };
+    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)), sizes: null, ends: null };
   } catch {
     return empty; // unreadable: every lookup goes to the catalogue, as without it
   }
 }
 
-/** The previous generation: its chunks in list order, the blocks of its chunk list, and the chunks' sizes if known. */
+/** The previous generation: its chunks in list order, the blocks of its chunk list, and the chunks' sizes and end fingerprints if known. */
 interface Previous {
   set: IdSet;
   blocks: IdSet;
   sizes: Uint32Array | null;
+  ends: Uint32Array | null;
 }
 
-const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)), sizes: null };
+const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)), sizes: null, ends: null };
 
 /**
  * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 → skip known chunks →
@@ -213,12 +215,15 @@ async function runBackup(
 
   const ids = new ByteList();
   const sizes = new ByteList(); // the chunks' plaintext sizes, u32 each (for the list cache)
+  const endPrints = new ByteList(); // the fingerprints of the chunks' ends, u32 each (for the list cache)
   // `known`, the previous generation's chunks, answers most dedup lookups without a catalogue query
   // changed chunks may be stored as deltas of the previous generation's: on a local disk the
   // workers read the bases themselves, from an object store they are fetched for them (readBases)
   const rows = opts.delta === false || level <= 0 || known.length === 0 ? null : new PreviousRows(known, catalogue, previous.sizes);
   const chooser = rows ? new BaseChooser(rows) : null;
   const locator = rows ? new BaseLocator(repo, rows) : null;
+  // a changed chunk ending as an old one did replaces it (and those since the last match)
+  const ends = rows && previous.ends ? new EndIndex(previous.ends) : null;
   // where the last chunk found unchanged ends: in bytes here, as a chunk index in the previous generation
   let anchorBytes = 0;
   let anchorOld = 0;
@@ -249,7 +254,15 @@ async function runBackup(
   const quarantined = new Set([...catalogue.quarantine.chunkIds()].map((hex) => Buffer.from(hex, 'hex').toString('base64')));
 
   /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
-  const onNewChunk = (chunk: Buffer, id: Buffer, at: number) => {
+  const onNewChunk = (chunk: Buffer, id: Buffer, at: number, endPrint: number) => {
+    // its bases: the old chunks up to the one that ended the same way, else those at its estimated place
+    let candidates: number[] = [];
+    const match = ends ? ends.find(endPrint, anchorOld) : -1;
+    if (match >= 0) {
+      candidates = alignedBases(anchorOld, match);
+      anchorOld = match + 1;
+      anchorBytes = at + chunk.length;
+    } else if (chooser) candidates = chooser.choose(anchorOld, at - anchorBytes);
     const key = id.toString('base64');
     if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return;
     inFlightKeys.add(key);
@@ -258,7 +271,7 @@ async function runBackup(
     batch.offsets.push(batch.used);
     batch.ids.push(id);
     batch.keys.push(key);
-    batch.bases.push(chooser && !quarantined.has(key) ? chooser.choose(anchorOld, at - anchorBytes) : []);
+    batch.bases.push(chooser && !quarantined.has(key) ? candidates : []);
     if (batch.used >= batch.limit) {
       ready.push(batch);
       batch = newBatch();
@@ -270,8 +283,13 @@ async function runBackup(
     const { cuts, data } = seg;
     const n = cuts.length / 2;
     const lengths = new Uint32Array(n);
-    for (let i = 0; i < n; i++) lengths[i] = cuts[2 * i + 1]!;
+    const prints = new Uint32Array(n);
+    for (let i = 0; i < n; i++) {
+      lengths[i] = cuts[2 * i + 1]!;
+      prints[i] = endPrint(data, cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!);
+    }
     sizes.append(Buffer.from(lengths.buffer));
+    endPrints.append(Buffer.from(prints.buffer));
     chunkCount += n;
     const words = seg.ids.byteOffset % 4 === 0 ? new Int32Array(seg.ids.buffer, seg.ids.byteOffset, seg.ids.length / 4) : null;
     for (let i = 0; i < n; i++) {
@@ -285,7 +303,7 @@ async function runBackup(
         continue;
       }
       const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
-      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at);
+      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at, prints[i]!);
     }
     opts.progress?.(logicalBytes, newBytes);
   };
@@ -407,7 +425,7 @@ async function runBackup(
     catalogue.addSnapshot(snap.id, header);
     for (const r of opts.routes ?? []) catalogue.ops.enqueue(snap.id, r, header.source, header.endTime);
   })();
-  await writeCachedList(repo.root, opts.source, snap.id, ids.bytes(), sizes.bytes());
+  await writeCachedList(repo.root, opts.source, snap.id, ids.bytes(), sizes.bytes(), endPrints.bytes());
   return { id: snap.id, header, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 

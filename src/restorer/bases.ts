@@ -6,6 +6,8 @@ import { openingAddon } from '../native.js';
 export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
 
 const CACHE_BYTES = 32 << 20;
+/** bases are opened in this many pieces side by side on libuv's pool (as a segment's chunks are) */
+const OPEN_PIECES = 2;
 
 /**
  * Opens blobs, deltas included: `prepare` fetches (through the same source, between two of its
@@ -47,19 +49,28 @@ export class DeltaOpener {
       }
       got.push({ id, blob });
     }
-    // opened together off the main thread; one that does not open is opened here for its error
+    // opened off the main thread in pieces side by side; a piece that does not open is opened
+    // here, blob by blob, for the error of the damaged one
     const native = got.length > 1 ? openingAddon() : null;
-    const plains = native ? await native.openBlobs(this.keys.dataKey, this.keys.idKey, got.map((g) => g.blob), Buffer.concat(got.map((g) => g.id)), null) : null;
-    let at = 0;
-    for (const { id, blob } of got) {
-      let plain: Buffer;
-      if (plains && typeof plains !== 'number') {
-        const n = blobInfo(blob)!.plainLength;
-        plain = Buffer.from(plains.subarray(at, (at += n))); // its own memory: the cache drops bases one by one
-      } else plain = openBlob(blob, id, this.keys);
-      this.cache.set(id.toString('base64'), plain);
-      this.cached += plain.length;
-    }
+    const size = Math.ceil(got.length / OPEN_PIECES);
+    const pieces: Array<Array<{ id: Buffer; blob: Buffer }>> = [];
+    for (let at = 0; at < got.length; at += size) pieces.push(got.slice(at, at + size));
+    const opened = await Promise.all(
+      pieces.map((piece) => (native && piece.length > 1 ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null) : Promise.resolve(null))),
+    );
+    pieces.forEach((piece, i) => {
+      const plains = opened[i];
+      let at = 0;
+      for (const { id, blob } of piece) {
+        let plain: Buffer;
+        if (plains && typeof plains !== 'number') {
+          const n = blobInfo(blob)!.plainLength;
+          plain = Buffer.from(plains.subarray(at, (at += n))); // its own memory: the cache drops bases one by one
+        } else plain = openBlob(blob, id, this.keys);
+        this.cache.set(id.toString('base64'), plain);
+        this.cached += plain.length;
+      }
+    });
   }
 
   isDelta(blob: Buffer): boolean {
