@@ -1,14 +1,13 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { KURA, ROOT, kuraAsync, type RunResult } from './support/cli.js';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
-import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
+import { rgwOrSkip, type Rgw, useRgw } from './support/rgw.js';
 import { OverwritingProxy } from './support/s3proxy.js';
 import { BucketView } from './support/s3util.js';
 import { agentConfig, freePort, sshKey, startVault, vaultSession, type VaultProcess } from './support/vault.js';
@@ -23,17 +22,9 @@ const MiB = 1 << 20;
 let rgw: Rgw | null = null;
 let top = '';
 
-before(async () => {
-  top = mkdtempSync(path.join(tmpdir(), 'kura-s3v-'));
-  if (rgwAvailable()) {
-    rgw = await startRgw(path.join(top, 'ceph'));
-    Object.assign(process.env, rgw.env); // the vault processes read the AWS variables
-  }
-});
-
-after(async () => {
-  await rgw?.stop();
-  rmSync(top, { recursive: true, force: true });
+useRgw('kura-s3v-', (r, d) => {
+  rgw = r;
+  top = d;
 });
 
 function storageYaml(bucket: string): string {

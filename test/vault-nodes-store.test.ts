@@ -1,12 +1,11 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { kuraAsync } from './support/cli.js';
 import { Prng } from './support/generate.js';
 import { exitOf, waitFor } from './support/proc.js';
-import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
+import { rgwOrSkip, type Rgw, useRgw } from './support/rgw.js';
 import { ok, serveVaultConfig } from './support/routing.js';
 import { sshKey, type SshKey } from './support/vault.js';
 import { BucketView } from './support/s3util.js';
@@ -22,17 +21,9 @@ const MiB = 1 << 20;
 let rgw: Rgw | null = null;
 let top = '';
 
-before(async () => {
-  top = mkdtempSync(path.join(tmpdir(), 'kura-nodes-store-'));
-  if (rgwAvailable()) {
-    rgw = await startRgw(path.join(top, 'ceph'));
-    Object.assign(process.env, rgw.env); // the vault processes read the AWS variables
-  }
-});
-
-after(async () => {
-  await rgw?.stop();
-  rmSync(top, { recursive: true, force: true });
+useRgw('kura-nodes-store-', (r, d) => {
+  rgw = r;
+  top = d;
 });
 
 const held = (h: Record<string, string | null>) => NODE_TENANTS.every((t) => h[t] !== null && h[t] !== undefined);

@@ -1,13 +1,12 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { kuraAsync, spawnKura } from './support/cli.js';
 import { collect, Prng, sha256, sqlDump } from './support/generate.js';
 import { exitOf, waitFor } from './support/proc.js';
 import { LinkProxy, sleep } from './support/proxy.js';
-import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
+import { rgwOrSkip, type Rgw, useRgw } from './support/rgw.js';
 import { ok, unsent } from './support/routing.js';
 import { sshKey } from './support/vault.js';
 import { BucketView } from './support/s3util.js';
@@ -22,17 +21,9 @@ const MiB = 1 << 20;
 let rgw: Rgw | null = null;
 let top = '';
 
-before(async () => {
-  top = mkdtempSync(path.join(tmpdir(), 'kura-nodes-'));
-  if (rgwAvailable()) {
-    rgw = await startRgw(path.join(top, 'ceph'));
-    Object.assign(process.env, rgw.env); // the vault processes read the AWS variables
-  }
-});
-
-after(async () => {
-  await rgw?.stop();
-  rmSync(top, { recursive: true, force: true });
+useRgw('kura-nodes-', (r, d) => {
+  rgw = r;
+  top = d;
 });
 
 async function okJson<T>(args: string[], env: Record<string, string | undefined>, what: string): Promise<T> {

@@ -1,8 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 
 /**
  * A one-node Ceph cluster with a RADOS Gateway, started by a test inside its own directory
@@ -214,4 +216,27 @@ log file = ${d('log')}/rgw.log
     const log = (f: string) => (existsSync(d('log', f)) ? readFileSync(d('log', f), 'utf8').split('\n').slice(-15).join('\n') : '');
     throw new Error(`${(e as Error).message}\n--- rgw.log ---\n${log('rgw.log')}\n--- osd.0.log ---\n${log('osd.0.log')}`);
   }
+}
+
+/**
+ * One gateway for a test file: before its tests, a scratch directory (named from `prefix`) and,
+ * where Ceph is installed, a gateway in it whose AWS variables the processes the tests start
+ * inherit; after them, both gone. `set` is told the gateway (null without Ceph: the tests skip,
+ * or fail under CI, through rgwOrSkip) and the directory.
+ */
+export function useRgw(prefix: string, set: (rgw: Rgw | null, dir: string) => void): void {
+  let rgw: Rgw | null = null;
+  let dir = '';
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), prefix));
+    if (rgwAvailable()) {
+      rgw = await startRgw(path.join(dir, 'ceph'));
+      Object.assign(process.env, rgw.env);
+    }
+    set(rgw, dir);
+  });
+  after(async () => {
+    await rgw?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
 }
