@@ -339,7 +339,7 @@ test('the cached chunk list of the last snapshot is used only when it rebuilds t
   const first = backupBytes(repo, dir, night1);
   const cacheFile = path.join(repo, 'cache', 'lists', 'db');
   const valid = readFileSync(cacheFile);
-  assert.equal(valid.length, 8 + 32 + first.chunks * 36, "the cache holds the flat list of the last snapshot and its chunks' sizes");
+  assert.equal(valid.length, 8 + 32 + first.chunks * 40, "the cache holds the flat list of the last snapshot, its chunks' sizes and end fingerprints");
   assert.equal(valid.subarray(8, 40).toString('hex'), first.id);
   // the same night 2 in a copy: the chunks it needs that night 1 does not have
   const copy = path.join(dir, 'copy');
@@ -347,7 +347,7 @@ test('the cached chunk list of the last snapshot is used only when it rebuilds t
   const inCopy = backupBytes(copy, dir, night2);
   assert.ok(inCopy.newChunks > 0);
   const night2List = readFileSync(path.join(copy, 'cache', 'lists', 'db')).subarray(40, 40 + inCopy.chunks * 32);
-  // plant night 2's chunk IDs as if they were night 1's list (same length, night 1's sizes):
+  // plant night 2's chunk IDs as if they were night 1's list (same length, night 1's sizes and ends):
   // trusted, they would all count as stored
   const planted = Buffer.concat([night2List, Buffer.alloc(first.chunks * 32)]).subarray(0, first.chunks * 32);
   writeFileSync(cacheFile, Buffer.concat([valid.subarray(0, 40), planted, valid.subarray(40 + first.chunks * 32)]));
