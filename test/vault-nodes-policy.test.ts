@@ -10,6 +10,8 @@ import { AuditShipper } from '../src/vault/nodes/audit-ship.js';
 import { footprintFresh } from '../src/vault/nodes/store-usage.js';
 import { AuditLog } from '../src/vault/audit.js';
 import { waitFor } from './support/proc.js';
+import { sinceOf } from '../src/cli/vault-audit.js';
+import { KuraError } from '../src/errors.js';
 
 const lease = (node: string | null, lastModifiedMs: number, storeNowMs: number | null, o: { ttlMs?: number; lastHolder?: string; etag?: string } = {}): LeaseObservation => ({
   record: { tenant: 't', node, counter: 7, ttlMs: o.ttlMs ?? 5000, lastHolder: o.lastHolder ?? node, writtenAt: '2026-12-05T00:00:00Z' },
@@ -239,4 +241,19 @@ test('AuditShipper: a bucket that fails keeps the lines on disk and ships them l
   assert.deepEqual(put[1]!.body.trim().split('\n').map((l) => (JSON.parse(l) as { event: string }).event), ['session-end'], 'only what was not shipped');
   assert.notEqual(put[1]!.key, put[0]!.key);
   await shipper.stop();
+});
+
+test('kura vault audit --since: an ISO time, a date, or a duration back from now; anything else is E_USAGE', () => {
+  const now = Date.parse('2026-12-05T18:00:00Z');
+  const table: Array<[string | undefined, string | undefined]> = [
+    [undefined, undefined],
+    ['30m', '2026-12-05T17:30:00.000Z'],
+    ['2h', '2026-12-05T16:00:00.000Z'],
+    ['7d', '2026-11-28T18:00:00.000Z'],
+    ['45s', '2026-12-05T17:59:15.000Z'],
+    ['2026-12-05T12:00:00Z', '2026-12-05T12:00:00.000Z'],
+    ['2026-12-04', '2026-12-04T00:00:00.000Z'],
+  ];
+  for (const [v, want] of table) assert.equal(sinceOf(v, now), want, String(v));
+  for (const bad of ['yesterday', '3w', '']) assert.throws(() => sinceOf(bad, now), (e: unknown) => e instanceof KuraError && e.code === 'E_USAGE', bad);
 });
