@@ -65,7 +65,10 @@ export class DeltaOpener {
         let plain: Buffer;
         if (plains && typeof plains !== 'number') {
           const n = blobInfo(blob)!.plainLength;
-          plain = Buffer.from(plains.subarray(at, (at += n))); // its own memory: the cache drops bases one by one
+          // a view of the piece's buffer, not a copy (copying every base was a fifth of a restore's
+          // memory traffic): the cache drops bases oldest first, so a piece's buffer is freed
+          // soon after its last base, and the 32 MiB bound overshoots by at most a piece
+          plain = plains.subarray(at, (at += n));
         } else plain = openBlob(blob, id, this.keys);
         this.cache.set(id.toString('base64'), plain);
         this.cached += plain.length;
@@ -86,7 +89,7 @@ export class DeltaOpener {
       if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
       return p;
     });
-    return plains.length === 1 ? plains[0]! : Buffer.concat(plains);
+    return plains.length === 1 ? plains[0]! : (side(plains) ?? Buffer.concat(plains));
   }
 
   /** Open a blob whose bases (if any) were prepared. */
@@ -104,4 +107,15 @@ export class DeltaOpener {
       }),
     );
   }
+}
+
+/** One view over buffers that lie back to back in one allocation (bases opened together usually do), else null. */
+function side(parts: Buffer[]): Buffer | null {
+  const first = parts[0]!;
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < parts.length; i++) {
+    if (parts[i]!.buffer !== first.buffer || parts[i]!.byteOffset !== end) return null;
+    end += parts[i]!.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
 }
