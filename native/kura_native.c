@@ -620,8 +620,21 @@ static void open_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value open_blobs(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  if (!args(env, info, 5, argv, "kura_native.openBlobs takes 5 arguments")) return NULL;
+  napi_value argv[6];
+  size_t argc = 6;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs takes 5 or 6 arguments");
+    return NULL;
+  }
+  /* the 6th, optional: a buffer to open into (at least the plaintexts' total), reused by the caller */
+  napi_valuetype ot = napi_undefined;
+  if (argc >= 6 && napi_typeof(env, argv[5], &ot) != napi_ok) return NULL;
+  uint8_t *given = NULL;
+  size_t givenLen = 0;
+  if (ot != napi_undefined && ot != napi_null && !typed(env, argv[5], napi_uint8_array, (void **)&given, &givenLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs: the output is not a Buffer");
+    return NULL;
+  }
   uint8_t *key, *idKey, *ids;
   size_t keyLen, idKeyLen, idsLen;
   uint32_t n = 0;
@@ -703,7 +716,13 @@ static napi_value open_blobs(napi_env env, napi_callback_info info) {
     free_job(j);
     return promise;
   }
-  if (napi_create_buffer(env, total, (void **)&j->out, &outBuf) != napi_ok || napi_create_array_with_length(env, 5, &keep) != napi_ok) {
+  bool made;
+  if (given && givenLen >= total) {
+    j->out = given;
+    outBuf = argv[5];
+    made = true;
+  } else made = napi_create_buffer(env, total, (void **)&j->out, &outBuf) == napi_ok;
+  if (!made || napi_create_array_with_length(env, 5, &keep) != napi_ok) {
     free_job(j);
     napi_throw_error(env, "E_NATIVE", "kura_native.openBlobs: out of memory");
     return NULL;

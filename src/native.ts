@@ -25,9 +25,11 @@ export interface NativeAddon {
    * Opens chunk blobs (decrypt, decompress, re-hash against `ids`, 32 bytes each side by side) on a
    * thread of libuv's pool: their plaintexts back to back in one Buffer, or, when one does not open,
    * its index * 8 + a reason (open it alone for the error). `dicts`: for each delta, its bases'
-   * plaintexts concatenated.
+   * plaintexts concatenated. `into`: a buffer to open them into when it is large enough (it is
+   * then what the promise gives, whole: the plaintexts are its first bytes); the caller does not
+   * touch it until the promise settles.
    */
-  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null): Promise<Buffer | number>;
+  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null, into?: Buffer): Promise<Buffer | number>;
 }
 
 let cached: NativeAddon | null | undefined;

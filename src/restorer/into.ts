@@ -92,8 +92,9 @@ class ClientSink extends Writable {
         child.on('close', (code) => resolve(code));
       });
     }
-    if (this.child.stdin!.write(chunk)) cb();
-    else this.child.stdin!.once('drain', () => cb());
+    // done once the pipe has taken the bytes (the restore reuses a written chunk's memory); a
+    // client that died is reported by its exit status, not here
+    this.child.stdin!.write(chunk, () => cb());
   }
 
   override _final(cb: (e?: Error | null) => void): void {

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { promises as fsp, createWriteStream } from 'node:fs';
+import { promises as fsp, createWriteStream, fdatasync, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
@@ -82,8 +82,35 @@ function openHere(ctx: SegmentContext, b: Blob, offset: number): Buffer {
   }
 }
 
-async function write(out: Writable, b: Buffer): Promise<void> {
-  if (!out.write(b)) await once(out, 'drain'); // rejects if the stream errors meanwhile
+/** Write `b`; `written` is called once the stream is done with its bytes (never if it fails). */
+async function write(out: Writable, b: Buffer, written?: () => void): Promise<void> {
+  const more = written ? out.write(b, (e) => e || written()) : out.write(b);
+  if (!more) await once(out, 'drain'); // rejects if the stream errors meanwhile
+}
+
+/** A piece of a segment opened: its plaintexts, and the pooled buffer they lie in (null: not pooled). */
+type Opened = { plain: Buffer; buffer: Buffer | null };
+
+/**
+ * The buffers pieces are opened into, given back once their bytes were written and taken again
+ * for later pieces. Fresh buffers for every piece (a restore's whole size again in new memory)
+ * cost page faults and, as external memory, a major GC of the heap every few tens of MiB.
+ * At most `keep` are kept; the pipeline holds at most SEGMENTS_AHEAD segments of PARTS pieces.
+ */
+class BufferPool {
+  private readonly free: Buffer[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  take(bytes: number): Buffer {
+    const i = this.free.findIndex((b) => b.length >= bytes);
+    if (i >= 0) return this.free.splice(i, 1)[0]!;
+    return Buffer.allocUnsafeSlow(Math.max(1, Math.ceil(bytes / (1 << 20))) * (1 << 20));
+  }
+
+  give(b: Buffer): void {
+    if (this.free.length < this.keep) this.free.push(b);
+  }
 }
 
 /** Without the native addon: every chunk opened on the main thread, in turn. */
@@ -108,20 +135,23 @@ const plainLength = (blob: Buffer) => blobInfo(blob)?.plainLength ?? 0;
  * piece that does not open is opened again here, blob by blob, for the error of the first damaged
  * chunk with its offset (`start`: the offset of the segment's first byte).
  */
-function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], start: number): Promise<Buffer[]> {
+function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], start: number, pool: BufferPool): Promise<Opened[]> {
   const size = Math.ceil(segment.length / PARTS);
-  const pieces: Promise<Buffer>[] = [];
+  const pieces: Promise<Opened>[] = [];
   let offset = start;
   for (let at = 0; at < segment.length; at += size) {
     const piece = segment.slice(at, at + size);
     const pieceStart = offset;
     for (const b of piece) offset += plainLength(b.blob);
+    const bytes = offset - pieceStart;
     const dicts = piece.some((b) => ctx.opener.isDelta(b.blob)) ? piece.map((b) => ctx.opener.dictOf(b.blob)) : null;
     const ids = Buffer.allocUnsafe(piece.length * CHUNK_ID_BYTES);
     piece.forEach((b, i) => b.id.copy(ids, i * CHUNK_ID_BYTES));
+    const buffer = pool.take(bytes);
     pieces.push(
-      native.openBlobs(ctx.keys.dataKey, ctx.keys.idKey, piece.map((b) => b.blob), ids, dicts).then((r) => {
-        if (typeof r !== 'number') return r;
+      native.openBlobs(ctx.keys.dataKey, ctx.keys.idKey, piece.map((b) => b.blob), ids, dicts, buffer).then((r) => {
+        if (typeof r !== 'number') return { plain: r.subarray(0, bytes), buffer: r === buffer ? buffer : null };
+        pool.give(buffer);
         let at = pieceStart;
         for (const b of piece) at += openHere(ctx, b, at).length; // throws at the damaged one
         throw new KuraError('E_CHUNK_CORRUPT', `a chunk of snapshot ${ctx.snapshotId} near offset ${pieceStart} did not open (reason ${r & 7}), yet opens on a second try; run "kura check --read-data"`, { snapshot: ctx.snapshotId });
@@ -136,7 +166,8 @@ function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], 
  * segment n-1 is written. Output order is the snapshot's; the first error stops both ends.
  */
 async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext, native: NativeAddon): Promise<number> {
-  const opened: Array<Promise<Buffer[]>> = [];
+  const opened: Array<Promise<Opened[]>> = [];
+  const pool = new BufferPool((SEGMENTS_AHEAD + 1) * PARTS);
   const wake: { room?: () => void; more?: () => void } = {};
   let readerDone = false;
   let failed: unknown = null;
@@ -145,7 +176,7 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
       let start = 0;
       for (let at = 0; at < ids.length && failed === null; at += perSegment) {
         const segment = await readSegment(blobs, ids.slice(at, at + perSegment), ctx);
-        const p = openSegment(native, ctx, segment, start);
+        const p = openSegment(native, ctx, segment, start, pool);
         p.catch(() => {}); // awaited by the writer
         for (const b of segment) start += plainLength(b.blob);
         opened.push(p);
@@ -167,9 +198,9 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
       const next = opened.shift();
       if (!next) break;
       wake.room?.();
-      for (const plain of await next) {
+      for (const { plain, buffer } of await next) {
         bytes += plain.length;
-        await write(out, plain);
+        await write(out, plain, buffer ? () => pool.give(buffer) : undefined);
         ctx.progress?.(bytes, ctx.total);
       }
     }

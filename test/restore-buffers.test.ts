@@ -1,0 +1,69 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { churn, collect, sqlDump } from './support/generate.js';
+import { Repository } from '../src/repository/repository.js';
+import { restoreTo } from '../src/restorer/restore.js';
+import { openingAddon } from '../src/native.js';
+
+const MiB = 1 << 20;
+
+/**
+ * A reader that takes its time: each chunk is hashed only when the reader acknowledges it, a
+ * few milliseconds after it was written, and until then the chunk and those queued behind it stay
+ * referenced. A restore that handed a chunk's memory to the next piece before the write was done
+ * would show here as other bytes.
+ */
+class SlowReader extends Writable {
+  private readonly hash = createHash('sha256');
+  bytes = 0;
+  writes = 0;
+  constructor() {
+    super({ highWaterMark: 4 * MiB });
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    this.writes++;
+    setTimeout(() => {
+      this.hash.update(chunk);
+      this.bytes += chunk.length;
+      cb();
+    }, 3);
+  }
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+test('a restore reuses the buffers it opens chunks into only after the reader is done with them: a slow reader gets every byte, plain and delta nights alike', async (t) => {
+  assert.ok(openingAddon(), 'the native addon opens blobs off the main thread (the path that pools its buffers)');
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  // 40 MiB: about 20 segments of 2 MiB, so every pooled buffer is taken again many times
+  const night1 = await collect(sqlDump(21, 40 * MiB));
+  const night2 = churn(night1, 40, 1); // every chunk changed: the second night is all deltas
+  const ids: string[] = [];
+  for (const [i, night] of [night1, night2].entries()) {
+    const file = path.join(dir, `night${i + 1}.sql`);
+    writeFileSync(file, night);
+    ids.push(kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'db', '--file', file, '--json']).id);
+  }
+  const r = await Repository.open(repo, { passphrase: 'correct horse' });
+  try {
+    for (const [i, want] of [night1, night2].entries()) {
+      const reader = new SlowReader();
+      const res = await restoreTo(r, ids[i]!, reader);
+      await new Promise<void>((resolve, reject) => reader.end((e?: Error | null) => (e ? reject(e) : resolve())));
+      assert.equal(res.bytes, want.length);
+      assert.equal(reader.bytes, want.length);
+      assert.ok(reader.writes >= 20, `written in pieces (${reader.writes})`);
+      assert.equal(reader.digest(), createHash('sha256').update(want).digest('hex'), `night ${i + 1} arrives byte for byte`);
+    }
+  } finally {
+    r.close();
+  }
+});
