@@ -231,13 +231,16 @@ export async function restoreToFile(target: string, run: (out: Writable) => Prom
   const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o640 });
   let writeError: Error | null = null;
   ws.on('error', (e) => (writeError ??= e));
+  let fd: number;
   try {
-    await once(ws, 'open');
+    [fd] = (await once(ws, 'open')) as [number];
   } catch (e) {
     throw ioError(`cannot create ${tmp}`, e);
   }
+  const behind = new WriteBehind(ws, fd);
   try {
     const r = await run(ws);
+    await behind.stop();
     ws.end();
     await once(ws, 'finish');
     const fh = await fsp.open(tmp, 'r');
@@ -246,6 +249,7 @@ export async function restoreToFile(target: string, run: (out: Writable) => Prom
     await fsp.rename(tmp, target);
     return r;
   } catch (e) {
+    await behind.stop();
     if (!ws.closed) {
       const closed = once(ws, 'close').catch(() => {});
       ws.destroy();
@@ -255,5 +259,46 @@ export async function restoreToFile(target: string, run: (out: Writable) => Prom
     // the file could not be written (a full disk, say): that, not the stream's state, is the news
     if (writeError && !(e instanceof KuraError)) throw ioError(`cannot write ${tmp}`, writeError);
     throw e;
+  }
+}
+
+const BEHIND_BYTES = 64 << 20; // written and not yet flushed before a flush starts
+const BEHIND_CHECK_MS = 100;
+
+/**
+ * Flushes a file being written every BEHIND_BYTES, one fdatasync at a time on libuv's pool, while
+ * the writing goes on: the disk writes the restored bytes while the next ones are opened, and the
+ * fsync before the rename waits only for the tail (a 480 MiB restore: the final fsync took about
+ * as long as a third of the restore when everything was left to it). A failed flush is no news
+ * here: the final fsync reports it.
+ */
+class WriteBehind {
+  private flushed = 0;
+  private inFlight: Promise<void> | null = null;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly ws: WriteStream,
+    private readonly fd: number,
+  ) {
+    this.timer = setInterval(() => this.check(), BEHIND_CHECK_MS);
+  }
+
+  private check(): void {
+    const written = this.ws.bytesWritten;
+    if (this.inFlight || written - this.flushed < BEHIND_BYTES || this.ws.closed) return;
+    this.inFlight = new Promise<void>((resolve) =>
+      fdatasync(this.fd, () => {
+        this.flushed = written;
+        this.inFlight = null;
+        resolve();
+      }),
+    );
+  }
+
+  /** No more flushes; waits for one under way (the file is closed or removed only after it). */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.inFlight;
   }
 }
