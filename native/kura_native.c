@@ -533,6 +533,7 @@ typedef struct {
   uint8_t *out;
   size_t *outOff; /* n + 1 */
   int64_t bad; /* -1, or index * 8 + reason */
+  bool rehash; /* re-hash each plaintext against its ID (false: the GCM tag alone, for a delta's bases) */
 } OpenJob;
 
 static void free_job(OpenJob *j) {
@@ -594,6 +595,7 @@ static void open_execute(napi_env env, void *data) {
       size_t r = ZSTD_decompress_usingDict(dctx, dst, plainLen, body, bodyLen, j->dict[i], j->dictLen[i]);
       if (ZSTD_isError(r) || r != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
     }
+    if (!j->rehash) continue;
     blake3_hasher h;
     blake3_hasher_init_keyed(&h, j->idKey);
     blake3_hasher_update(&h, dst, plainLen);
@@ -620,12 +622,16 @@ static void open_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value open_blobs(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
-  size_t argc = 6;
+  napi_value argv[7];
+  size_t argc = 7;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) {
-    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs takes 5 or 6 arguments");
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.openBlobs takes 5 to 7 arguments");
     return NULL;
   }
+  /* the 7th, optional: false to skip the re-hash (the tag still authenticates every blob) */
+  bool rehash = true;
+  napi_valuetype rt = napi_undefined;
+  if (argc >= 7 && napi_typeof(env, argv[6], &rt) == napi_ok && rt == napi_boolean) napi_get_value_bool(env, argv[6], &rehash);
   /* the 6th, optional: a buffer to open into (at least the plaintexts' total), reused by the caller */
   napi_valuetype ot = napi_undefined;
   if (argc >= 6 && napi_typeof(env, argv[5], &ot) != napi_ok) return NULL;
@@ -667,6 +673,7 @@ static napi_value open_blobs(napi_env env, napi_callback_info info) {
   }
   memcpy(j->key, key, 32);
   memcpy(j->idKey, idKey, 32);
+  j->rehash = rehash;
   j->ids = ids;
   int64_t bad = -1;
   size_t total = 0;

@@ -27,9 +27,10 @@ export interface NativeAddon {
    * its index * 8 + a reason (open it alone for the error). `dicts`: for each delta, its bases'
    * plaintexts concatenated. `into`: a buffer to open them into when it is large enough (it is
    * then what the promise gives, whole: the plaintexts are its first bytes); the caller does not
-   * touch it until the promise settles.
+   * touch it until the promise settles. `rehash` false: the plaintexts are not re-hashed against
+   * their IDs (each blob's tag, whose AAD holds its ID, still authenticates it).
    */
-  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null, into?: Buffer): Promise<Buffer | number>;
+  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null, into?: Buffer, rehash?: boolean): Promise<Buffer | number>;
 }
 
 let cached: NativeAddon | null | undefined;

@@ -50,13 +50,16 @@ export class DeltaOpener {
       got.push({ id, blob });
     }
     // opened off the main thread in pieces side by side; a piece that does not open is opened
-    // here, blob by blob, for the error of the damaged one
+    // here, blob by blob, for the error of the damaged one. Bases are authenticated by their tags
+    // (whose AAD holds their IDs) and not re-hashed: what a delta makes of them is, against the
+    // delta's own ID, so a base that opened to other bytes fails there (as the backup's seal
+    // workers treat bases)
     const native = got.length > 1 ? openingAddon() : null;
     const size = Math.ceil(got.length / OPEN_PIECES);
     const pieces: Array<Array<{ id: Buffer; blob: Buffer }>> = [];
     for (let at = 0; at < got.length; at += size) pieces.push(got.slice(at, at + size));
     const opened = await Promise.all(
-      pieces.map((piece) => (native && piece.length > 1 ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null) : Promise.resolve(null))),
+      pieces.map((piece) => (native && piece.length > 1 ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null, undefined, false) : Promise.resolve(null))),
     );
     pieces.forEach((piece, i) => {
       const plains = opened[i];
