@@ -5,6 +5,7 @@ import { parseRate, rateAt, TokenBucket, type Clock } from '../src/relay/bandwid
 import { backoffDelay } from '../src/relay/backoff.js';
 import { encodeFrame, FrameParser } from '../src/protocol/frames.js';
 import { KuraError } from '../src/errors.js';
+import { sealWorkers } from '../src/archiver/seal-pool.js';
 
 test('ipInNetwork: IPv4, IPv6 and IPv4-mapped addresses', () => {
   const table: Array<[string, string, boolean]> = [
@@ -121,4 +122,17 @@ test('frames parse across arbitrary splits, and an oversized length is refused b
   const q = new FrameParser(1 << 20);
   q.push(encodeFrame(0x12, Buffer.alloc(10)).subarray(0, 8));
   assert.equal(q.pending, 8, 'a truncated frame is visible at end of stream');
+});
+
+test('sealWorkers: one core is left to the main thread and the chunking worker, at least one worker, at most 8', () => {
+  const table: Array<[number, number]> = [
+    [1, 1],
+    [2, 1],
+    [3, 2],
+    [4, 3],
+    [8, 7],
+    [9, 8],
+    [64, 8],
+  ];
+  for (const [cores, want] of table) assert.equal(sealWorkers(cores), want, `${cores} cores`);
 });
