@@ -9,6 +9,10 @@ import { churn, collect, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
 import { restoreTo } from '../src/restorer/restore.js';
 import { openingAddon } from '../src/native.js';
+import { DeltaOpener } from '../src/restorer/bases.js';
+import { readBlobs } from '../src/repository/reader.js';
+import { snapshotChunkIds } from '../src/repository/snapshot.js';
+import { idsOf } from '../src/repository/chunklist.js';
 
 const MiB = 1 << 20;
 
@@ -54,6 +58,29 @@ test('a restore reuses the buffers it opens chunks into only after the reader is
   }
   const r = await Repository.open(repo, { passphrase: 'correct horse' });
   try {
+    // a delta's bases, held (pinned) while a job reads them, keep their bytes though the cache
+    // drops them and later bases are opened into pooled buffers: without the pin the first
+    // bases' buffer would be taken again and overwritten
+    const snap = await r.readSnapshot(ids[1]!);
+    const source = (want: Buffer[], what: string) => readBlobs(r, want, what);
+    const chunks = [...idsOf(await snapshotChunkIds(snap, source))];
+    const blobsOf = async (some: Buffer[]) => {
+      const out: Array<{ id: Buffer; blob: Buffer }> = [];
+      for await (const b of source(some, 'test')) out.push(b);
+      return out;
+    };
+    const opener = new DeltaOpener(r.keys, source);
+    const first = await blobsOf(chunks.slice(0, 16));
+    await opener.prepare(first, 'the first 16 chunks');
+    const deltas = first.filter((b) => opener.isDelta(b.blob));
+    assert.ok(deltas.length >= 8, `the second night is deltas (${deltas.length} of 16)`);
+    const views = deltas.flatMap((b) => opener.basesOf(b.blob)!);
+    const copies = views.map((v) => Buffer.from(v));
+    const release = opener.pin(deltas.map((b) => b.blob));
+    for (let at = 16; at < chunks.length; at += 16) await opener.prepare(await blobsOf(chunks.slice(at, at + 16)), `chunks from ${at}`);
+    views.forEach((v, i) => assert.ok(v.equals(copies[i]!), `pinned base ${i} kept its bytes while ${chunks.length - 16} more chunks' bases were opened`));
+    release();
+
     for (const [i, want] of [night1, night2].entries()) {
       const reader = new SlowReader();
       const res = await restoreTo(r, ids[i]!, reader);

@@ -1,6 +1,7 @@
 import { blobInfo, openBlob } from '../crypto/blob.js';
 import { KuraError } from '../errors.js';
 import { openingAddon } from '../native.js';
+import { BufferPool } from './buffers.js';
 
 /** Anything that yields blobs of `ids` in order: the local store, or a vault over SSH. */
 export type BlobSource = (ids: Buffer[], what: string) => AsyncIterable<{ id: Buffer; blob: Buffer }>;
@@ -20,9 +21,21 @@ const OPEN_PIECES = 2;
  * streams) the base chunks a group of blobs needs and keeps their plaintexts, oldest dropped first
  * beyond CACHE_BYTES, so neighbouring deltas of one base read it once.
  */
+/** A pooled buffer bases were opened into: `refs` counts the cached bases in it and the jobs reading them. */
+type Held = { buffer: Buffer; refs: number };
+
+/** Pooled base buffers kept for reuse (a restore holds a few segments' bases at a time). */
+const BASE_BUFFERS = 8;
+
 export class DeltaOpener {
-  private readonly cache = new Map<string, Buffer>();
+  private readonly cache = new Map<string, { plain: Buffer; held: Held | null }>();
   private cached = 0;
+  /**
+   * The buffers bases are opened into, taken again once no cached base and no running job is in
+   * them: bases in fresh memory (a night of deltas opens as many bytes of bases as it restores)
+   * cost page faults and external memory that V8 answers with full collections.
+   */
+  private readonly pool = new BufferPool(BASE_BUFFERS);
 
   constructor(
     private readonly keys: { dataKey: Buffer; idKey: Buffer },
@@ -45,7 +58,8 @@ export class DeltaOpener {
       if (this.cached <= CACHE_BYTES) break;
       if (needed.has(k)) continue;
       this.cache.delete(k);
-      this.cached -= v.length;
+      this.cached -= v.plain.length;
+      this.drop(v.held);
     }
     const got: Array<{ id: Buffer; blob: Buffer }> = [];
     for await (const { id, blob } of this.source(fetch, `base chunks of ${what}`)) {
@@ -64,11 +78,14 @@ export class DeltaOpener {
     const size = Math.ceil(got.length / OPEN_PIECES);
     const pieces: Array<Array<{ id: Buffer; blob: Buffer }>> = [];
     for (let at = 0; at < got.length; at += size) pieces.push(got.slice(at, at + size));
+    const buffers = pieces.map((piece) => (native && piece.length > 1 ? this.pool.take(piece.reduce((n, g) => n + (blobInfo(g.blob)?.plainLength ?? 0), 0)) : null));
     const opened = await Promise.all(
-      pieces.map((piece) => (native && piece.length > 1 ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null, undefined, false) : Promise.resolve(null))),
+      pieces.map((piece, i) => (native && buffers[i] ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null, buffers[i]!, false) : Promise.resolve(null))),
     );
     pieces.forEach((piece, i) => {
       const plains = opened[i];
+      const held: Held | null = plains && plains === buffers[i] ? { buffer: plains, refs: 0 } : null;
+      if (buffers[i] && !held) this.pool.give(buffers[i]!); // not opened into it: free at once
       let at = 0;
       for (const { id, blob } of piece) {
         let plain: Buffer;
@@ -79,43 +96,73 @@ export class DeltaOpener {
           // soon after its last base, and the CACHE_BYTES bound overshoots by at most a piece
           plain = plains.subarray(at, (at += n));
         } else plain = openBlob(blob, id, this.keys);
-        this.cache.set(id.toString('base64'), plain);
+        const k = id.toString('base64');
+        const old = this.cache.get(k);
+        if (old) {
+          this.cached -= old.plain.length;
+          this.drop(old.held);
+        }
+        const mine = plains && typeof plains !== 'number' ? held : null;
+        this.cache.set(k, { plain, held: mine });
+        if (mine) mine.refs++;
         this.cached += plain.length;
       }
     });
+  }
+
+  private drop(held: Held | null): void {
+    if (held && --held.refs === 0) this.pool.give(held.buffer);
+  }
+
+  /**
+   * Keeps the buffers of these blobs' prepared bases from reuse, though the bases leave the cache,
+   * until the returned function is called: a job that reads them as dictionaries is running.
+   */
+  pin(blobs: readonly Buffer[]): () => void {
+    const held: Held[] = [];
+    for (const blob of blobs) {
+      for (const b of blobInfo(blob)?.bases ?? []) {
+        const e = this.cache.get(b.toString('base64'));
+        if (e?.held) {
+          e.held.refs++;
+          held.push(e.held);
+        }
+      }
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const h of held) this.drop(h);
+    };
   }
 
   isDelta(blob: Buffer): boolean {
     return (blobInfo(blob)?.bases.length ?? 0) > 0;
   }
 
-  /** A prepared delta's bases' plaintexts, concatenated (its zstd dictionary); null for a blob that is no delta. */
-  dictOf(blob: Buffer): Buffer | null {
+  /** A prepared delta's bases' plaintexts, in its order; null for a blob that is no delta. */
+  basesOf(blob: Buffer): Buffer[] | null {
     const bases = blobInfo(blob)?.bases ?? [];
     if (bases.length === 0) return null;
-    const plains = bases.map((b) => {
+    return bases.map((b) => {
       const p = this.cache.get(b.toString('base64'));
       if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
-      return p;
+      return p.plain;
     });
-    return plains.length === 1 ? plains[0]! : (side(plains) ?? Buffer.concat(plains));
   }
 
-  /** Open a blob whose bases (if any) were prepared. */
-  open(blob: Buffer, id: Buffer): Buffer {
-    const bases = blobInfo(blob)?.bases ?? [];
-    if (bases.length === 0) return openBlob(blob, id, this.keys);
-    return openBlob(
-      blob,
-      id,
-      this.keys,
-      bases.map((b) => {
-        const p = this.cache.get(b.toString('base64'));
-        if (!p) throw new Error(`base chunk ${b.toString('hex')} was not prepared`);
-        return p;
-      }),
-    );
+  /** Open a blob with these bases, or (null) those prepared for it. */
+  open(blob: Buffer, id: Buffer, bases: Buffer[] | null = null): Buffer {
+    const mine = bases ?? this.basesOf(blob);
+    return mine ? openBlob(blob, id, this.keys, mine) : openBlob(blob, id, this.keys);
   }
+}
+
+/** A delta's zstd dictionary: its bases' plaintexts concatenated (null for no delta). */
+export function dictionaryOf(bases: Buffer[] | null): Buffer | null {
+  if (!bases) return null;
+  return bases.length === 1 ? bases[0]! : (side(bases) ?? Buffer.concat(bases));
 }
 
 /** One view over buffers that lie back to back in one allocation (bases opened together usually do), else null. */

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { KuraError, ioError } from '../errors.js';
-import { DeltaOpener, type BlobSource } from './bases.js';
+import { DeltaOpener, dictionaryOf, type BlobSource } from './bases.js';
+import { BufferPool } from './buffers.js';
 import { readBlobs } from '../repository/reader.js';
 import type { RepoKeys } from '../crypto/keys.js';
 import type { Repository } from '../repository/repository.js';
@@ -72,10 +73,10 @@ async function readSegment(blobs: BlobSource, ids: Buffer[], ctx: SegmentContext
   return segment;
 }
 
-/** Open one blob on this thread; a failure names the snapshot and the offset of the chunk. */
-function openHere(ctx: SegmentContext, b: Blob, offset: number): Buffer {
+/** Open one blob on this thread (with these bases, or those prepared); a failure names the snapshot and the offset of the chunk. */
+function openHere(ctx: SegmentContext, b: Blob, offset: number, bases: Buffer[] | null = null): Buffer {
   try {
-    return ctx.opener.open(b.blob, b.id);
+    return ctx.opener.open(b.blob, b.id, bases);
   } catch (e) {
     if (e instanceof KuraError) throw new KuraError(e.code, `${e.message} (snapshot ${ctx.snapshotId}, offset ${offset})`, { ...e.details, snapshot: ctx.snapshotId });
     throw e;
@@ -90,28 +91,6 @@ async function write(out: Writable, b: Buffer, written?: () => void): Promise<vo
 
 /** A piece of a segment opened: its plaintexts, and the pooled buffer they lie in (null: not pooled). */
 type Opened = { plain: Buffer; buffer: Buffer | null };
-
-/**
- * The buffers pieces are opened into, given back once their bytes were written and taken again
- * for later pieces. Fresh buffers for every piece (a restore's whole size again in new memory)
- * cost page faults and, as external memory, a major GC of the heap every few tens of MiB.
- * At most `keep` are kept; the pipeline holds at most SEGMENTS_AHEAD segments of PARTS pieces.
- */
-class BufferPool {
-  private readonly free: Buffer[] = [];
-
-  constructor(private readonly keep: number) {}
-
-  take(bytes: number): Buffer {
-    const i = this.free.findIndex((b) => b.length >= bytes);
-    if (i >= 0) return this.free.splice(i, 1)[0]!;
-    return Buffer.allocUnsafeSlow(Math.max(1, Math.ceil(bytes / (1 << 20))) * (1 << 20));
-  }
-
-  give(b: Buffer): void {
-    if (this.free.length < this.keep) this.free.push(b);
-  }
-}
 
 /** Without the native addon: every chunk opened on the main thread, in turn. */
 async function oneByOne(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext): Promise<number> {
@@ -144,18 +123,24 @@ function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], 
     const pieceStart = offset;
     for (const b of piece) offset += plainLength(b.blob);
     const bytes = offset - pieceStart;
-    const dicts = piece.some((b) => ctx.opener.isDelta(b.blob)) ? piece.map((b) => ctx.opener.dictOf(b.blob)) : null;
+    // the deltas' bases, held from reuse until this piece's job and its error path are done
+    const bases = piece.some((b) => ctx.opener.isDelta(b.blob)) ? piece.map((b) => ctx.opener.basesOf(b.blob)) : null;
+    const dicts = bases ? bases.map(dictionaryOf) : null;
+    const release = bases ? ctx.opener.pin(piece.map((b) => b.blob)) : () => {};
     const ids = Buffer.allocUnsafe(piece.length * CHUNK_ID_BYTES);
     piece.forEach((b, i) => b.id.copy(ids, i * CHUNK_ID_BYTES));
     const buffer = pool.take(bytes);
     pieces.push(
-      native.openBlobs(ctx.keys.dataKey, ctx.keys.idKey, piece.map((b) => b.blob), ids, dicts, buffer).then((r) => {
-        if (typeof r !== 'number') return { plain: r.subarray(0, bytes), buffer: r === buffer ? buffer : null };
-        pool.give(buffer);
-        let at = pieceStart;
-        for (const b of piece) at += openHere(ctx, b, at).length; // throws at the damaged one
-        throw new KuraError('E_CHUNK_CORRUPT', `a chunk of snapshot ${ctx.snapshotId} near offset ${pieceStart} did not open (reason ${r & 7}), yet opens on a second try; run "kura check --read-data"`, { snapshot: ctx.snapshotId });
-      }),
+      native
+        .openBlobs(ctx.keys.dataKey, ctx.keys.idKey, piece.map((b) => b.blob), ids, dicts, buffer)
+        .then((r) => {
+          if (typeof r !== 'number') return { plain: r.subarray(0, bytes), buffer: r === buffer ? buffer : null };
+          pool.give(buffer);
+          let at = pieceStart;
+          piece.forEach((b, j) => (at += openHere(ctx, b, at, bases?.[j] ?? null).length)); // throws at the damaged one
+          throw new KuraError('E_CHUNK_CORRUPT', `a chunk of snapshot ${ctx.snapshotId} near offset ${pieceStart} did not open (reason ${r & 7}), yet opens on a second try; run "kura check --read-data"`, { snapshot: ctx.snapshotId });
+        })
+        .finally(release),
     );
   }
   return Promise.all(pieces);
