@@ -16,17 +16,17 @@ const CACHE_BYTES = 4 << 20;
 /** bases are opened in this many pieces side by side on libuv's pool (as a segment's chunks are) */
 const OPEN_PIECES = 2;
 
-/**
- * Opens blobs, deltas included: `prepare` fetches (through the same source, between two of its
- * streams) the base chunks a group of blobs needs and keeps their plaintexts, oldest dropped first
- * beyond CACHE_BYTES, so neighbouring deltas of one base read it once.
- */
 /** A pooled buffer bases were opened into: `refs` counts the cached bases in it and the jobs reading them. */
 type Held = { buffer: Buffer; refs: number };
 
 /** Pooled base buffers kept for reuse (a restore holds a few segments' bases at a time). */
 const BASE_BUFFERS = 8;
 
+/**
+ * Opens blobs, deltas included: `prepare` fetches (through the same source, between two of its
+ * streams) the base chunks a group of blobs needs and keeps their plaintexts, oldest dropped first
+ * beyond CACHE_BYTES, so neighbouring deltas of one base read it once.
+ */
 export class DeltaOpener {
   private readonly cache = new Map<string, { plain: Buffer; held: Held | null }>();
   private cached = 0;
@@ -102,9 +102,8 @@ export class DeltaOpener {
           this.cached -= old.plain.length;
           this.drop(old.held);
         }
-        const mine = plains && typeof plains !== 'number' ? held : null;
-        this.cache.set(k, { plain, held: mine });
-        if (mine) mine.refs++;
+        this.cache.set(k, { plain, held });
+        if (held) held.refs++;
         this.cached += plain.length;
       }
     });
