@@ -1,5 +1,8 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scrypt, scryptSync, type ScryptOptions } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scryptSync } from 'node:crypto';
 import { KuraError } from '../errors.js';
+import { scryptAsync, scryptOptions, takeAhead, type ScryptParams } from './kdf-ahead.js';
+
+export type { ScryptParams };
 
 /**
  * Key hierarchy (docs/format.md): a random 64-byte master key, wrapped in one or more key
@@ -20,14 +23,6 @@ export interface RepoKeys {
 export function deriveKeys(master: Buffer, repositoryId: string): RepoKeys {
   const derive = (info: string) => Buffer.from(hkdfSync('sha256', master, Buffer.from(repositoryId, 'utf8'), `kura v1 ${info}`, 32));
   return { idKey: derive('chunk id key'), dataKey: derive('data key'), gearSeed: derive('gear seed') };
-}
-
-export interface ScryptParams {
-  name: 'scrypt';
-  N: number;
-  r: number;
-  p: number;
-  salt: string; // base64
 }
 
 /** A key slot as stored under keys/<id> in the repository. */
@@ -58,19 +53,13 @@ function slotAad(repositoryId: string, slotId: string): Buffer {
   return Buffer.from(`kura key slot v1:${repositoryId}:${slotId}`, 'utf8');
 }
 
-function scryptOptions(kdf: ScryptParams): ScryptOptions {
-  return { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r + (1 << 20) };
-}
-
 function kek(passphrase: string, kdf: ScryptParams): Buffer {
   return scryptSync(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, scryptOptions(kdf));
 }
 
-/** scrypt off the main thread: a backup's workers start while the key is being derived. */
+/** The derivation bin/kura started ahead for this passphrase and slot, or a new one (both off the main thread). */
 function kekAsync(passphrase: string, kdf: ScryptParams): Promise<Buffer> {
-  return new Promise((resolve, reject) =>
-    scrypt(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, scryptOptions(kdf), (err, key) => (err ? reject(err) : resolve(key))),
-  );
+  return takeAhead(passphrase, kdf) ?? scryptAsync(passphrase, kdf);
 }
 
 export function newMasterKey(): Buffer {

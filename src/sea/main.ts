@@ -4,6 +4,7 @@
  * async I/O, which happens only once main() runs.
  */
 import { KuraError } from '../errors.js';
+import { deriveAhead } from '../crypto/kdf-ahead.js';
 
 process.env.UV_THREADPOOL_SIZE ??= '16';
 // a reader that went away (`kura snapshots | head`) ends the output, not in a stack trace
@@ -18,6 +19,8 @@ function kuraErrorIn(e: unknown): KuraError | null {
   return null;
 }
 
+// the repository key's derivation runs in the thread pool while the command's code loads
+deriveAhead(process.argv.slice(2), process.env);
 import('../cli/main.js')
   .then(({ main }) => main(process.argv))
   .then(
