@@ -40,6 +40,14 @@
  *   decompress to its length, 4 content does not match its ID, 5 a delta without its bases): the
  *   caller opens that blob again by itself for the full error. A restore runs two of these side
  *   by side while the main thread reads the next segment and writes the last one.
+ *
+ * sealWhole(dataKey, level, data, offsets, idx, ids, nonces, out, ends) -> Promise<number>: seals
+ *   the chunks idx[k] (data[offsets[i]..offsets[i + 1]), ID ids[32i..]) as whole blobs (zstd at
+ *   `level` when that makes them smaller, else as they are: BlobSealer's rule) with the nonces
+ *   given, back to back into out, blob k ending at ends[k], on a thread of libuv's pool. A batch's
+ *   seal worker starts two of these side by side. Resolves with -1, or the position k of the
+ *   chunk that could not be sealed (out too small, zstd or OpenSSL failed): the caller seals the
+ *   rest itself.
  */
 #include <node_api.h>
 #include <stdbool.h>
@@ -744,6 +752,123 @@ static napi_value open_blobs(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* ---- sealWhole: chunks stored whole (compression 0 or 1), sealed off the main thread ---- */
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref keep; /* the argument array: its buffers stay alive while the work runs */
+  uint8_t key[32];
+  int level;
+  const uint8_t *data;
+  const uint32_t *offsets, *idx;
+  uint32_t count;
+  const uint8_t *ids, *nonces;
+  uint8_t *out;
+  size_t outLen;
+  uint32_t *ends;
+  int64_t bad; /* -1, or the position in idx of the chunk that could not be sealed */
+} SealJob;
+
+static void seal_execute(napi_env env, void *data) {
+  (void)env;
+  SealJob *j = data;
+  /* the pool's threads live as long as the process: each keeps its contexts (and zstd's
+     workspace, already faulted in) from one batch to the next */
+  static _Thread_local EVP_CIPHER_CTX *enc;
+  static _Thread_local ZSTD_CCtx *zctx;
+  j->bad = 0;
+  if (!enc && (enc = EVP_CIPHER_CTX_new()) && EVP_EncryptInit_ex(enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+    EVP_CIPHER_CTX_free(enc);
+    enc = NULL;
+  }
+  if (!zctx && j->level > 0) zctx = ZSTD_createCCtx();
+  ZSTD_CCtx *cctx = j->level > 0 ? zctx : NULL;
+  if (!enc || (j->level > 0 && !cctx)) return;
+  if (cctx && (!zok(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)) || !zok(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, j->level)))) return;
+  size_t at = 0;
+  for (uint32_t k = 0; k < j->count; k++) {
+    j->bad = k;
+    uint32_t i = j->idx[k];
+    const uint8_t *plain = j->data + j->offsets[i];
+    size_t plainLen = j->offsets[i + 1] - j->offsets[i];
+    if (at + BLOB_HEADER + GCM_NONCE + plainLen + GCM_TAG > j->outLen) return;
+    uint8_t *b = j->out + at, *body = b + BLOB_HEADER + GCM_NONCE;
+    size_t bodyLen = plainLen;
+    uint8_t comp = 0;
+    /* as BlobSealer: zstd when the frame is smaller than the chunk, the chunk as it is otherwise */
+    if (cctx && plainLen > 0) {
+      size_t z = ZSTD_compress2(cctx, body, plainLen - 1, plain, plainLen);
+      if (!ZSTD_isError(z)) {
+        comp = 1;
+        bodyLen = z;
+      } else if (ZSTD_getErrorCode(z) != ZSTD_error_dstSize_tooSmall) return;
+    }
+    if (comp == 0) memcpy(body, plain, plainLen);
+    b[0] = BLOB_FORMAT;
+    b[1] = comp;
+    b[2] = (uint8_t)plainLen, b[3] = (uint8_t)(plainLen >> 8), b[4] = (uint8_t)(plainLen >> 16), b[5] = (uint8_t)(plainLen >> 24);
+    memcpy(b + BLOB_HEADER, j->nonces + GCM_NONCE * (size_t)k, GCM_NONCE);
+    int n = 0, m = 0;
+    if (EVP_EncryptInit_ex(enc, NULL, NULL, j->key, b + BLOB_HEADER) != 1 || EVP_EncryptUpdate(enc, NULL, &n, b, BLOB_HEADER) != 1 ||
+        EVP_EncryptUpdate(enc, NULL, &n, j->ids + 32 * (size_t)i, 32) != 1 || (bodyLen > 0 && EVP_EncryptUpdate(enc, body, &n, body, (int)bodyLen) != 1) ||
+        EVP_EncryptFinal_ex(enc, body + n, &m) != 1 || EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_GCM_GET_TAG, GCM_TAG, body + bodyLen) != 1)
+      return;
+    at += BLOB_HEADER + GCM_NONCE + bodyLen + GCM_TAG;
+    j->ends[k] = (uint32_t)at;
+  }
+  j->bad = -1;
+}
+
+static void seal_complete(napi_env env, napi_status status, void *data) {
+  SealJob *j = data;
+  napi_value result = NULL;
+  napi_create_int64(env, status == napi_ok ? j->bad : 0, &result);
+  napi_resolve_deferred(env, j->deferred, result);
+  napi_delete_reference(env, j->keep);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value seal_whole(napi_env env, napi_callback_info info) {
+  napi_value argv[9];
+  if (!args(env, info, 9, argv, "kura_native.sealWhole takes 9 arguments")) return NULL;
+  uint8_t *key, *data, *ids, *nonces, *out;
+  uint32_t *offsets, *idx, *ends, level;
+  size_t keyLen, dataLen, idsLen, noncesLen, outLen, offLen, idxLen, endsLen;
+  if (!typed(env, argv[0], napi_uint8_array, (void **)&key, &keyLen) || !u32(env, argv[1], &level) || !typed(env, argv[2], napi_uint8_array, (void **)&data, &dataLen) ||
+      !typed(env, argv[3], napi_uint32_array, (void **)&offsets, &offLen) || !typed(env, argv[4], napi_uint32_array, (void **)&idx, &idxLen) ||
+      !typed(env, argv[5], napi_uint8_array, (void **)&ids, &idsLen) || !typed(env, argv[6], napi_uint8_array, (void **)&nonces, &noncesLen) ||
+      !typed(env, argv[7], napi_uint8_array, (void **)&out, &outLen) || !typed(env, argv[8], napi_uint32_array, (void **)&ends, &endsLen)) {
+    napi_throw_type_error(env, "E_NATIVE", "kura_native.sealWhole: wrong argument types");
+    return NULL;
+  }
+  bool ok = keyLen == 32 && level <= (uint32_t)ZSTD_maxCLevel() && offLen >= 1 && idsLen == 32 * (offLen - 1) && noncesLen == GCM_NONCE * idxLen && endsLen == idxLen;
+  for (size_t k = 0; ok && k < idxLen; k++) ok = idx[k] < offLen - 1 && offsets[idx[k]] <= offsets[idx[k] + 1] && offsets[idx[k] + 1] <= dataLen && offsets[idx[k] + 1] - offsets[idx[k]] <= MAX_BLOB_PLAIN;
+  if (!ok) {
+    napi_throw_range_error(env, "E_NATIVE", "kura_native.sealWhole: argument out of range");
+    return NULL;
+  }
+  SealJob *j = calloc(1, sizeof *j);
+  napi_value promise, keep, name;
+  if (!j || napi_create_promise(env, &j->deferred, &promise) != napi_ok || napi_create_array_with_length(env, 9, &keep) != napi_ok) {
+    free(j);
+    napi_throw_error(env, "E_NATIVE", "kura_native.sealWhole: out of memory");
+    return NULL;
+  }
+  memcpy(j->key, key, 32);
+  j->level = (int)level;
+  j->data = data, j->offsets = offsets, j->idx = idx, j->count = (uint32_t)idxLen;
+  j->ids = ids, j->nonces = nonces, j->out = out, j->outLen = outLen, j->ends = ends;
+  for (uint32_t i = 0; i < 9; i++) napi_set_element(env, keep, i, argv[i]);
+  if (napi_create_reference(env, keep, 1, &j->keep) != napi_ok || napi_create_string_utf8(env, "kura_native.sealWhole", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, seal_execute, seal_complete, j, &j->work) != napi_ok || napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_throw_error(env, "E_NATIVE", "kura_native.sealWhole: could not start the work");
+    return NULL;
+  }
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "cut", NAPI_AUTO_LENGTH, cut, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "cut", fn) != napi_ok) return NULL;
@@ -753,6 +878,7 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_create_function(env, "openBody", NAPI_AUTO_LENGTH, open_body, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBody", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "deltaCompress", NAPI_AUTO_LENGTH, delta_compress, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "deltaCompress", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "openBlobs", NAPI_AUTO_LENGTH, open_blobs, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBlobs", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "sealWhole", NAPI_AUTO_LENGTH, seal_whole, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "sealWhole", fn) != napi_ok) return NULL;
   return exports;
 }
 

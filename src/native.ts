@@ -31,6 +31,13 @@ export interface NativeAddon {
    * their IDs (each blob's tag, whose AAD holds its ID, still authenticates it).
    */
   openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null, into?: Buffer, rehash?: boolean): Promise<Buffer | number>;
+  /**
+   * Seals chunks idx[k] (data[offsets[i] .. offsets[i+1]), ID ids[32i ..]) as whole blobs (zstd at
+   * `level` when smaller, else as they are) with `nonces` (12 bytes each), back to back into `out`,
+   * blob k ending at ends[k], on a thread of libuv's pool. Resolves with -1, or the position of the
+   * first chunk it could not seal (`out` too small, zstd or OpenSSL failed). Absent from older builds.
+   */
+  sealWhole?(dataKey: Uint8Array, level: number, data: Uint8Array, offsets: Uint32Array, idx: Uint32Array, ids: Uint8Array, nonces: Uint8Array, out: Uint8Array, ends: Uint32Array): Promise<number>;
 }
 
 let cached: NativeAddon | null | undefined;

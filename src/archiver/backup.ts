@@ -236,7 +236,7 @@ async function runBackup(
   let pendingRows: Array<ChunkRow & { key: string }> = [];
   let pendingRowBytes = 0;
   const running = new Set<Promise<void>>();
-  const maxRunning = pool.size * 2;
+  const maxRunning = pool.slots + 1; // one batch waits, so that no worker waits for the next
   let failure: unknown = null;
 
   const sizer = local ? null : new RemoteBatchSizer();

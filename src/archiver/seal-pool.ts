@@ -24,15 +24,25 @@ export function sealWorkers(cores: number): number {
 }
 
 /**
+ * Requests a worker holds at once: while one batch's pack is encoded and written on the
+ * worker's thread, the addon's threads compress and seal the next batch's whole chunks
+ * (seal-whole.ts). With one, they waited for each other: a first backup took longer than
+ * with the worker's own zstd.
+ */
+const REQUESTS_PER_WORKER = 2;
+
+/**
  * Worker threads that compress and encrypt batches of new chunks while the main thread chunks,
  * hashes and deduplicates. Measured here (2 cores): workers beat the libuv pool because zstd-napi
  * and AES-GCM are synchronous calls; batches of ~2 MiB amortise the message cost.
  */
 export class SealPool {
   private readonly workers: Worker[] = [];
+  /** a worker once for each request it may take more (REQUESTS_PER_WORKER at most) */
   private readonly idle: Worker[] = [];
   private readonly waiting: Array<{ req: SealRequest; resolve: (r: SealResponse) => void; reject: (e: Error) => void }> = [];
-  private readonly running = new Map<Worker, { resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
+  /** by request seq */
+  private readonly running = new Map<number, { w: Worker; resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
   private seq = 0;
   /** buffers of packs handed back and uploaded, for the workers to build the next ones in (no directRoot) */
   private readonly packBuffers: SharedArrayBuffer[] = [];
@@ -51,7 +61,7 @@ export class SealPool {
       w.on('message', (res: SealResponse) => this.done(w, res));
       w.on('error', (err) => this.fail(w, err));
       this.workers.push(w);
-      this.idle.push(w);
+      for (let r = 0; r < REQUESTS_PER_WORKER; r++) this.idle.push(w);
     }
     if (keys) this.setKey(keys);
   }
@@ -72,6 +82,11 @@ export class SealPool {
     return this.workers.length;
   }
 
+  /** Requests the workers hold at once. */
+  get slots(): number {
+    return this.workers.length * REQUESTS_PER_WORKER;
+  }
+
   /** `data`: a SharedArrayBuffer (not copied; the caller leaves it alone until the answer) or an ArrayBuffer (transferred). */
   seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null): Promise<SealResponse> {
     const req: SealRequest = { seq: this.seq++, level, data, offsets, ids, bases, out: null };
@@ -83,9 +98,9 @@ export class SealPool {
 
   private pump(): void {
     while (this.keyed && this.idle.length > 0 && this.waiting.length > 0) {
-      const w = this.idle.pop()!;
+      const w = this.idle.shift()!;
       const job = this.waiting.shift()!;
-      this.running.set(w, job);
+      this.running.set(job.req.seq, { ...job, w });
       // a pack is built in the buffer of one uploaded before
       job.req.out = this.handsBack ? (this.packBuffers.pop() ?? null) : null;
       w.postMessage(job.req, [...transferable(job.req.data), job.req.ids as ArrayBuffer]);
@@ -93,8 +108,8 @@ export class SealPool {
   }
 
   private done(w: Worker, res: SealResponse): void {
-    const job = this.running.get(w);
-    this.running.delete(w);
+    const job = this.running.get(res.seq);
+    this.running.delete(res.seq);
     this.idle.push(w);
     if (job) {
       if (res.error) job.reject(new KuraError('E_IO', `storing new chunks failed: ${res.error} (check disk space and permissions, then rerun)`));
@@ -104,9 +119,11 @@ export class SealPool {
   }
 
   private fail(w: Worker, err: Error): void {
-    const job = this.running.get(w);
-    this.running.delete(w);
-    job?.reject(new KuraError('E_INTERNAL', `compression worker crashed: ${err.message}`));
+    for (const [seq, job] of this.running) {
+      if (job.w !== w) continue;
+      this.running.delete(seq);
+      job.reject(new KuraError('E_INTERNAL', `compression worker crashed: ${err.message}`));
+    }
   }
 
   async close(): Promise<void> {

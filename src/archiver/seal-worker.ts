@@ -5,6 +5,8 @@ import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
 import { DIGEST_BYTES } from '../repository/digest.js';
 import { packName } from '../store/backend.js';
 import { getRangesSync, putObjectSync } from '../store/fs/index.js';
+import { nativeAddon } from '../native.js';
+import { WholeSealer } from './seal-whole.js';
 
 /**
  * Compresses and encrypts one batch of new chunks into one pack, in a worker thread. With a
@@ -73,6 +75,7 @@ function transferable(b: ArrayBufferLike): ArrayBuffer[] {
 let keys: { dataKey: Buffer; idKey: Buffer } | null = null; // sent by SealPool.setKey before any request
 const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
+const whole = WholeSealer.of(nativeAddon());
 
 /** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack. */
 function baseBlobs(b: SealBases): Array<Buffer | undefined> {
@@ -173,7 +176,8 @@ function baseSets(refs: number[]): number[][] {
   return [refs];
 }
 
-parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
+// one request at a time (SealPool): the handler awaits only the addon's sealing of whole chunks
+parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
   if ('key' in msg) {
     keys = { dataKey: Buffer.from(msg.key), idKey: Buffer.from(msg.idKey) };
     sealers.clear();
@@ -181,6 +185,8 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
   }
   const req = msg;
   const n = req.offsets.length - 1;
+  let sealing: ReturnType<WholeSealer['seal']> | null = null;
+  let release = () => {};
   try {
     let sealer = sealers.get(req.level);
     if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(keys!.dataKey, req.level)));
@@ -193,10 +199,15 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
     const usedBases: number[] = [];
     const b = req.bases;
     const opener = b ? baseOpener(b) : null;
+    const hasBases = (i: number) => b !== null && b.start[i + 1]! > b.start[i]!;
+    // chunks with no bases to try go to the addon's threads while this one makes the deltas
+    const wholeIdx = whole ? Uint32Array.from({ length: n }, (_, i) => i).filter((i) => !hasBases(i)) : new Uint32Array(0);
+    sealing = wholeIdx.length > 0 ? whole!.seal(keys!.dataKey, req.level, data, req.offsets, ids, wholeIdx) : null;
     for (let i = 0; i < n; i++) {
       idList[i] = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
       const plain = data.subarray(req.offsets[i]!, req.offsets[i + 1]!);
-      if (b && opener && b.start[i + 1]! > b.start[i]!) {
+      if (sealing && !hasBases(i)) continue;
+      if (b && opener && hasBases(i)) {
         // the bases that could be opened, in order; the chunk's row records exactly these
         const refs = [...b.refs.subarray(b.start[i]!, b.start[i + 1]!)].filter((r) => opener.base(r) !== undefined);
         const sets = refs.length === 0 ? [] : baseSets(refs);
@@ -215,6 +226,11 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
         blobs[i] = sealer.seal(plain, idList[i]!);
       }
     }
+    if (sealing) {
+      const sealed = await sealing;
+      release = sealed.release;
+      wholeIdx.forEach((i, k) => (blobs[i] = sealed.blobs[k] ?? sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), idList[i]!)));
+    }
     // a pack handed back is built in a shared buffer: no copy when it is posted, and none of the
     // external memory churn that costs the receiving thread a full GC every few transferred packs
     let out = req.out;
@@ -223,6 +239,7 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
       if (!out || out.byteLength < size) out = new SharedArrayBuffer(Math.ceil((size * 1.25) / 65536) * 65536);
     }
     const pack = encodePack(blobs, idList, directRoot ? null : out);
+    release(); // the pack holds its own copy of the blobs
     const digests = new Uint8Array(n * DIGEST_BYTES);
     pack.entries.forEach((e, i) => digests.set(e.digest!, i * DIGEST_BYTES));
     const blobOffsets = new Uint32Array(n + 1);
@@ -234,6 +251,8 @@ parentPort!.on('message', (msg: SealRequest | { key: Uint8Array; idKey: Uint8Arr
     else sha256 = createHash('sha256').update(pack.bytes).digest('hex');
     parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: directRoot ? null : out, packLength: pack.bytes.length, packSha256: sha256, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
   } catch (e) {
+    // the addon's threads write into this worker's buffers: they are done before these are reused
+    await sealing?.then((s) => s.release()).catch(() => {});
     const err = e as NodeJS.ErrnoException;
     const res: SealResponse = { seq: req.seq, data: req.data, packId: '', blobOffsets: new Uint32Array(0), pack: null, packLength: 0, packSha256: null, delta: new Uint8Array(0), baseCount: new Uint8Array(0), usedBases: new Uint32Array(0), digests: new Uint8Array(0), error: `${err.code ? err.code + ': ' : ''}${err.message}` };
     parentPort!.postMessage(res, transferable(req.data));

@@ -1,0 +1,86 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/crypto/blob.js';
+import { nativeAddon } from '../src/native.js';
+import { splitByBytes, WholeSealer } from '../src/archiver/seal-whole.js';
+import { collect, Prng, sqlDump } from './support/generate.js';
+
+const keys = { dataKey: randomBytes(32), idKey: randomBytes(32) };
+
+/** A batch as the backup hands it to a seal worker: chunks back to back, their offsets and IDs. */
+function batch(chunks: Buffer[]) {
+  const data = Buffer.concat(chunks);
+  const offsets = new Uint32Array(chunks.length + 1);
+  chunks.forEach((c, i) => (offsets[i + 1] = offsets[i]! + c.length));
+  const ids = Buffer.concat(chunks.map((c) => chunkId(keys.idKey, c)));
+  return { data, offsets, ids };
+}
+
+test('sealWhole: the blobs BlobSealer makes (but the nonces), on the pool threads, each opening to its chunk', async () => {
+  const native = nativeAddon();
+  if (!native && process.env.CI === 'true') assert.fail('the native addon is missing under CI=true');
+  const whole = WholeSealer.of(native);
+  assert.ok(whole, 'this build of the addon has sealWhole');
+  const dump = await collect(sqlDump(3, 1 << 20));
+  const chunks = [
+    dump.subarray(0, 65536), // a dump's text: zstd
+    new Prng(1).bytes(65536), // random: stored as it is
+    Buffer.alloc(0), // empty
+    Buffer.from('x'), // shorter than any zstd frame
+    dump.subarray(65536, 65536 + (256 << 10)), // the largest chunk a repository cuts
+    Buffer.alloc(70000, 0x20), // blank filler
+  ];
+  const { data, offsets, ids } = batch(chunks);
+  for (const level of [3, 1, 0]) {
+    const sealer = new BlobSealer(keys.dataKey, level);
+    const idx = Uint32Array.from(chunks.keys());
+    const { blobs, release } = await whole.seal(keys.dataKey, level, data, offsets, ids, idx);
+    chunks.forEach((c, i) => {
+      const id = ids.subarray(32 * i, 32 * (i + 1));
+      const got = blobs[i];
+      assert.ok(got, `chunk ${i} sealed at level ${level}`);
+      const want = sealer.seal(c, id);
+      assert.equal(got.length, want.length, `chunk ${i} level ${level}: the same size as BlobSealer's`);
+      assert.ok(got.subarray(0, 6).equals(want.subarray(0, 6)), `chunk ${i} level ${level}: the same header`);
+      assert.ok(openBlob(Buffer.from(got), id, keys).equals(c), `chunk ${i} level ${level} opens to its bytes`);
+    });
+    if (level === 3) {
+      assert.equal(blobInfo(blobs[0]!)!.compression, Compression.ZSTD);
+      assert.equal(blobInfo(blobs[1]!)!.compression, Compression.NONE);
+      assert.equal(blobInfo(blobs[2]!)!.compression, Compression.NONE);
+    }
+    // a blob bound to another ID does not open: the tag covers the chunk ID
+    assert.throws(() => openBlob(Buffer.from(blobs[0]!), ids.subarray(32, 64), keys), { code: 'E_CHUNK_CORRUPT' });
+    release();
+  }
+
+  // an output too small: the chunks before the one that did not fit are sealed, the caller seals the rest
+  const idx = Uint32Array.from(chunks.keys());
+  const out = Buffer.alloc(offsets[2]! + 100);
+  const ends = new Uint32Array(chunks.length);
+  const bad = await native!.sealWhole!(keys.dataKey, 3, data, offsets, idx, ids, randomBytes(12 * chunks.length), out, ends);
+  assert.ok(bad >= 1 && bad < chunks.length, `stopped at ${bad}`);
+  assert.ok(openBlob(out.subarray(0, ends[0]), ids.subarray(0, 32), keys).equals(chunks[0]!));
+  // arguments that do not fit each other are refused before any thread touches them
+  assert.throws(() => native!.sealWhole!(keys.dataKey, 3, data, offsets, Uint32Array.of(chunks.length), ids, randomBytes(12), out, new Uint32Array(1)), /out of range/);
+  assert.throws(() => native!.sealWhole!(keys.dataKey, 3, data, offsets, idx, ids, randomBytes(12), out, ends), /out of range/);
+});
+
+test('splitByBytes: runs of about equal bytes, none empty, covering every chunk in order', () => {
+  const offs = (sizes: number[]) => Uint32Array.from([0, ...sizes.map((_, i) => sizes.slice(0, i + 1).reduce((a, b) => a + b, 0))]);
+  const table: Array<[number[], number[] | null, number, Array<[number, number]>]> = [
+    [[10, 10, 10, 10], null, 2, [[0, 2], [2, 4]]],
+    [[30, 10, 10, 10], null, 2, [[0, 1], [1, 4]]],
+    [[10], null, 2, [[0, 1]]],
+    [[], null, 2, []],
+    [[10, 10, 10, 10, 10, 10], [1, 3, 5], 2, [[0, 2], [2, 3]]],
+    [[5, 5, 5, 5, 5, 5], null, 3, [[0, 2], [2, 4], [4, 6]]],
+    [[1, 1, 100], null, 2, [[0, 3]]],
+    [[100, 1, 1], null, 2, [[0, 1], [1, 3]]],
+  ];
+  for (const [sizes, pick, parts, want] of table) {
+    const idx = pick ? Uint32Array.from(pick) : Uint32Array.from(sizes.keys());
+    assert.deepEqual(splitByBytes(offs(sizes), idx, parts), want, `${JSON.stringify(sizes)} ${JSON.stringify(pick)} in ${parts}`);
+  }
+});
