@@ -35,7 +35,8 @@
  *   (format 1: decrypt, decompress, re-hash against the ID) on a thread of libuv's pool, the
  *   plaintexts back to back in one new Buffer, in order. blobs is an array of Buffers, ids their
  *   32-byte IDs side by side, dicts null or an array with, for each delta, its bases' plaintexts
- *   concatenated (anything for the others). Resolves with the Buffer, or when a blob does not
+ *   concatenated, or an array of them (at most 8) that the pool thread joins (anything for the
+ *   others). Resolves with the Buffer, or when a blob does not
  *   open with index * 8 + reason (1 not a blob of format 1, 2 does not authenticate, 3 does not
  *   decompress to its length, 4 content does not match its ID, 5 a delta without its bases): the
  *   caller opens that blob again by itself for the full error. A restore runs two of these side
@@ -525,6 +526,7 @@ static napi_value delta_compress(napi_env env, napi_callback_info info) {
 #define BLOB_FORMAT 1
 #define BLOB_HEADER 6
 #define MAX_BLOB_PLAIN (64u << 20)
+#define MAX_DICT_PARTS 8 /* a delta has at most 8 bases (format.md) */
 
 typedef struct {
   napi_async_work work;
@@ -535,8 +537,11 @@ typedef struct {
   uint32_t n;
   const uint8_t **blob;
   size_t *blobLen;
-  const uint8_t **dict;
-  size_t *dictLen;
+  /* blob i's dictionary: parts dictFirst[i] .. + dictCount[i] of part/partLen, concatenated */
+  uint32_t *dictFirst, *dictCount;
+  const uint8_t **part;
+  size_t *partLen;
+  uint32_t parts;
   const uint8_t *ids;
   uint8_t *out;
   size_t *outOff; /* n + 1 */
@@ -547,8 +552,10 @@ typedef struct {
 static void free_job(OpenJob *j) {
   free(j->blob);
   free(j->blobLen);
-  free(j->dict);
-  free(j->dictLen);
+  free(j->dictFirst);
+  free(j->dictCount);
+  free(j->part);
+  free(j->partLen);
   free(j->outOff);
   free(j);
 }
@@ -558,8 +565,8 @@ static void open_execute(napi_env env, void *data) {
   OpenJob *j = data;
   EVP_CIPHER_CTX *dec = EVP_CIPHER_CTX_new();
   ZSTD_DCtx *dctx = ZSTD_createDCtx();
-  uint8_t *scratch = NULL;
-  size_t scratchLen = 0;
+  uint8_t *scratch = NULL, *joined = NULL;
+  size_t scratchLen = 0, joinedLen = 0;
   j->bad = -1;
   if (!dec || !dctx || EVP_DecryptInit_ex(dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
     j->bad = 2; /* reported for the first blob: the caller's own open says what is wrong */
@@ -599,8 +606,27 @@ static void open_execute(napi_env env, void *data) {
       size_t r = ZSTD_decompressDCtx(dctx, dst, plainLen, body, bodyLen);
       if (ZSTD_isError(r) || r != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
     } else if (comp == 2) {
-      if (!j->dict || !j->dict[i]) { j->bad = (int64_t)i * 8 + 5; break; }
-      size_t r = ZSTD_decompress_usingDict(dctx, dst, plainLen, body, bodyLen, j->dict[i], j->dictLen[i]);
+      if (j->dictCount[i] == 0) { j->bad = (int64_t)i * 8 + 5; break; }
+      /* bases given as pieces are joined here, off the main thread */
+      const uint8_t *dict = j->part[j->dictFirst[i]];
+      size_t dictLen = j->partLen[j->dictFirst[i]];
+      if (j->dictCount[i] > 1) {
+        dictLen = 0;
+        for (uint32_t k = 0; k < j->dictCount[i]; k++) dictLen += j->partLen[j->dictFirst[i] + k];
+        if (joinedLen < dictLen) {
+          free(joined);
+          joinedLen = dictLen;
+          joined = malloc(joinedLen);
+          if (!joined) { joinedLen = 0; j->bad = (int64_t)i * 8 + 5; break; }
+        }
+        size_t at = 0;
+        for (uint32_t k = 0; k < j->dictCount[i]; k++) {
+          memcpy(joined + at, j->part[j->dictFirst[i] + k], j->partLen[j->dictFirst[i] + k]);
+          at += j->partLen[j->dictFirst[i] + k];
+        }
+        dict = joined;
+      }
+      size_t r = ZSTD_decompress_usingDict(dctx, dst, plainLen, body, bodyLen, dict, dictLen);
       if (ZSTD_isError(r) || r != plainLen) { j->bad = (int64_t)i * 8 + 3; break; }
     }
     if (!j->rehash) continue;
@@ -613,6 +639,7 @@ static void open_execute(napi_env env, void *data) {
   }
 done:
   free(scratch);
+  free(joined);
   ZSTD_freeDCtx(dctx);
   EVP_CIPHER_CTX_free(dec);
 }
@@ -670,11 +697,13 @@ static napi_value open_blobs(napi_env env, napi_callback_info info) {
     j->n = n;
     j->blob = calloc(n ? n : 1, sizeof *j->blob);
     j->blobLen = calloc(n ? n : 1, sizeof *j->blobLen);
-    j->dict = calloc(n ? n : 1, sizeof *j->dict);
-    j->dictLen = calloc(n ? n : 1, sizeof *j->dictLen);
+    j->dictFirst = calloc(n ? n : 1, sizeof *j->dictFirst);
+    j->dictCount = calloc(n ? n : 1, sizeof *j->dictCount);
+    j->part = calloc(n ? (size_t)n * MAX_DICT_PARTS : 1, sizeof *j->part);
+    j->partLen = calloc(n ? (size_t)n * MAX_DICT_PARTS : 1, sizeof *j->partLen);
     j->outOff = calloc((size_t)n + 1, sizeof *j->outOff);
   }
-  if (!j || !j->blob || !j->blobLen || !j->dict || !j->dictLen || !j->outOff) {
+  if (!j || !j->blob || !j->blobLen || !j->dictFirst || !j->dictCount || !j->part || !j->partLen || !j->outOff) {
     if (j) free_job(j);
     napi_throw_error(env, "E_NATIVE", "kura_native.openBlobs: out of memory");
     return NULL;
@@ -709,13 +738,21 @@ static napi_value open_blobs(napi_env env, napi_callback_info info) {
     if (bad < 0) total += plain;
     j->outOff[i + 1] = total;
     if (bad < 0 && b[1] == 2 && dictArr) {
-      napi_value d;
+      /* a delta's dictionary: one Buffer, or an array of its bases' Buffers to join */
+      napi_value d = NULL, el2 = NULL;
       uint8_t *dp;
       size_t dl;
-      if (napi_get_element(env, argv[4], i, &d) == napi_ok && typed(env, d, napi_uint8_array, (void **)&dp, &dl)) {
-        j->dict[i] = dp;
-        j->dictLen[i] = dl;
+      bool pieces = false;
+      uint32_t m = 1;
+      j->dictFirst[i] = j->parts;
+      if (napi_get_element(env, argv[4], i, &d) == napi_ok && napi_is_array(env, d, &pieces) == napi_ok && pieces && napi_get_array_length(env, d, &m) != napi_ok) m = 0;
+      for (uint32_t k = 0; k < m && m <= MAX_DICT_PARTS; k++) {
+        if (pieces ? (napi_get_element(env, d, k, &el2) != napi_ok || !typed(env, el2, napi_uint8_array, (void **)&dp, &dl)) : !typed(env, d, napi_uint8_array, (void **)&dp, &dl)) break;
+        j->part[j->parts] = dp;
+        j->partLen[j->parts++] = dl;
+        j->dictCount[i]++;
       }
+      if (j->dictCount[i] != m) j->dictCount[i] = 0; /* reported as a delta without its bases */
     }
     if (bad >= 0) break;
   }

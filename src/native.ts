@@ -25,12 +25,12 @@ export interface NativeAddon {
    * Opens chunk blobs (decrypt, decompress, re-hash against `ids`, 32 bytes each side by side) on a
    * thread of libuv's pool: their plaintexts back to back in one Buffer, or, when one does not open,
    * its index * 8 + a reason (open it alone for the error). `dicts`: for each delta, its bases'
-   * plaintexts concatenated. `into`: a buffer to open them into when it is large enough (it is
+   * plaintexts concatenated, or an array of them (at most 8) that the pool thread joins. `into`: a buffer to open them into when it is large enough (it is
    * then what the promise gives, whole: the plaintexts are its first bytes); the caller does not
    * touch it until the promise settles. `rehash` false: the plaintexts are not re-hashed against
    * their IDs (each blob's tag, whose AAD holds its ID, still authenticates it).
    */
-  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | null> | null, into?: Buffer, rehash?: boolean): Promise<Buffer | number>;
+  openBlobs(dataKey: Uint8Array, idKey: Uint8Array, blobs: readonly Uint8Array[], ids: Uint8Array, dicts: ReadonlyArray<Uint8Array | readonly Uint8Array[] | null> | null, into?: Buffer, rehash?: boolean): Promise<Buffer | number>;
   /**
    * Seals chunks idx[k] (data[offsets[i] .. offsets[i+1]), ID ids[32i ..]) as whole blobs (zstd at
    * `level` when smaller, else as they are) with `nonces` (12 bytes each), back to back into `out`,

@@ -158,10 +158,14 @@ export class DeltaOpener {
   }
 }
 
-/** A delta's zstd dictionary: its bases' plaintexts concatenated (null for no delta). */
-export function dictionaryOf(bases: Buffer[] | null): Buffer | null {
+/**
+ * A delta's dictionary as the addon's openBlobs takes it: one view when its bases lie back to
+ * back, else the bases themselves, joined on the pool thread. Joining them here was a tenth of
+ * a restore of deltas: 4 454 chunks, ~130 KiB of bases each, copied on the main thread.
+ */
+export function dictionaryPieces(bases: Buffer[] | null): Buffer | Buffer[] | null {
   if (!bases) return null;
-  return bases.length === 1 ? bases[0]! : (side(bases) ?? Buffer.concat(bases));
+  return bases.length === 1 ? bases[0]! : (side(bases) ?? bases);
 }
 
 /** One view over buffers that lie back to back in one allocation (bases opened together usually do), else null. */

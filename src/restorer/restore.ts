@@ -4,7 +4,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { KuraError, ioError } from '../errors.js';
-import { DeltaOpener, dictionaryOf, type BlobSource } from './bases.js';
+import { DeltaOpener, dictionaryPieces, type BlobSource } from './bases.js';
 import { BufferPool } from './buffers.js';
 import { readBlobs } from '../repository/reader.js';
 import type { RepoKeys } from '../crypto/keys.js';
@@ -125,7 +125,7 @@ function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], 
     const bytes = offset - pieceStart;
     // the deltas' bases, held from reuse until this piece's job and its error path are done
     const bases = piece.some((b) => ctx.opener.isDelta(b.blob)) ? piece.map((b) => ctx.opener.basesOf(b.blob)) : null;
-    const dicts = bases ? bases.map(dictionaryOf) : null;
+    const dicts = bases ? bases.map(dictionaryPieces) : null;
     const release = bases ? ctx.opener.pin(piece.map((b) => b.blob)) : () => {};
     const ids = Buffer.allocUnsafe(piece.length * CHUNK_ID_BYTES);
     piece.forEach((b, i) => b.id.copy(ids, i * CHUNK_ID_BYTES));

@@ -84,3 +84,33 @@ test('splitByBytes: runs of about equal bytes, none empty, covering every chunk 
     assert.deepEqual(splitByBytes(offs(sizes), idx, parts), want, `${JSON.stringify(sizes)} ${JSON.stringify(pick)} in ${parts}`);
   }
 });
+
+test('openBlobs: a delta opens with its bases given as one buffer or as pieces joined on the pool thread; wrong or missing bases fail it', async () => {
+  const native = nativeAddon();
+  if (!native && process.env.CI === 'true') assert.fail('the native addon is missing under CI=true');
+  assert.ok(native);
+  const dump = await collect(sqlDump(5, 1 << 20));
+  const bases = [dump.subarray(0, 60000), dump.subarray(60000, 130000), dump.subarray(130000, 200000)].map((b) => Buffer.from(b));
+  // the chunk: the middle base with a few rows changed
+  const chunk = Buffer.from(bases[1]!);
+  for (let at = 1000; at < chunk.length; at += 9000) chunk.write('CHANGED', at);
+  const baseIds = bases.map((b) => chunkId(keys.idKey, b));
+  const id = chunkId(keys.idKey, chunk);
+  const { blob, chosen } = new BlobSealer(keys.dataKey, 3).sealBest(chunk, id, [{ ids: baseIds, plain: Buffer.concat(bases) }]);
+  assert.equal(chosen, 0);
+  assert.equal(blobInfo(blob)!.compression, Compression.DELTA);
+  const open = (dicts: Array<Buffer | Buffer[] | null>) => native.openBlobs(keys.dataKey, keys.idKey, [blob], id, dicts);
+
+  const joined = await open([Buffer.concat(bases)]);
+  assert.ok(Buffer.isBuffer(joined) && joined.equals(chunk));
+  const pieces = await open([bases]);
+  assert.ok(Buffer.isBuffer(pieces) && pieces.equals(chunk), 'bases given as pieces');
+  // the bases in another order are another dictionary: the delta does not open to its chunk
+  const swapped = await open([[bases[1]!, bases[0]!, bases[2]!]]);
+  assert.equal(typeof swapped, 'number');
+  assert.ok([3, 4].includes((swapped as number) & 7), `reason ${(swapped as number) & 7}`);
+  // no bases, or more pieces than a delta can have: a delta without its bases (reason 5)
+  assert.equal(await open([null]), 5);
+  assert.equal(await open([[]]), 5);
+  assert.equal(await open([Array.from({ length: 9 }, () => bases[0]!)]), 5);
+});
