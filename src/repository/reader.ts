@@ -65,8 +65,16 @@ function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Genera
  * The stored blobs of `ids`, in order, read from their packs with coalesced range reads and a
  * small read-ahead (bounded memory whatever the number of chunks).
  */
-export function readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
-  return readBlobsAt(repo, located(repo, ids, what), what);
+export function readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string, how: ReadOptions = {}): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  return readBlobsAt(repo, located(repo, ids, what), what, how);
+}
+
+export interface ReadOptions {
+  /**
+   * On a local disk, read on the calling thread (a restore: its reads run ahead of the pool
+   * threads that open them, and the thread has nothing else to do meanwhile). Not for a server.
+   */
+  blocking?: boolean;
 }
 
 /**
@@ -84,8 +92,8 @@ export function listFetcher(repo: Repository): (ids: Buffer[], what: string) => 
 }
 
 /** Like readBlobs, for chunks already located (sorted by pack and offset, they read in long runs). */
-export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
-  for await (const run of readRunsAt(repo, chunks, what)) {
+export async function* readBlobsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string, how: ReadOptions = {}): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  for await (const run of readRunsAt(repo, chunks, what, how)) {
     let off = 0;
     for (let i = 0; i < run.ids.length; i++) yield { id: run.ids[i]!, blob: run.bytes.subarray(off, (off += run.lengths[i]!)) };
   }
@@ -108,7 +116,8 @@ export function readRuns(repo: Repository, ids: Iterable<Buffer>, what: string):
   return readRunsAt(repo, located(repo, ids, what), what);
 }
 
-async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string): AsyncGenerator<BlobRun> {
+async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string, how: ReadOptions = {}): AsyncGenerator<BlobRun> {
+  const blocking = how.blocking ? repo.store.local : null;
   const groups = groupRuns(planRuns(chunks));
   const readAhead = repo.store.local ? READ_AHEAD : REMOTE_READ_AHEAD;
   // one run, read again chunk by chunk: a GC may have moved them since the run was planned
@@ -132,7 +141,8 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     return bytes;
   };
   const fetch = async (group: Run[]) => {
-    const got = group.length === 1 ? [await repo.store.getRange(packName(group[0]!.pack), group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(packName(group[0]!.pack), group);
+    const name = packName(group[0]!.pack);
+    const got = blocking ? blocking.getRangesSync(name, group) : group.length === 1 ? [await repo.store.getRange(name, group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(name, group);
     return Promise.all(group.map(async (run, i) => ({ run, bytes: await refetch(run, got?.[i] ?? null) })));
   };
   const queue: Array<Promise<Array<{ run: Run; bytes: Buffer }>>> = [];

@@ -202,7 +202,7 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
 
 export async function restoreTo(repo: Repository, snapshotId: string, out: Writable, progress?: Progress): Promise<RestoreResult> {
   const snap = await repo.readSnapshot(snapshotId);
-  return restoreStream(snap, repo.keys, (ids, what) => readBlobs(repo, ids, what), out, progress);
+  return restoreStream(snap, repo.keys, (ids, what) => readBlobs(repo, ids, what, { blocking: true }), out, progress);
 }
 
 /**

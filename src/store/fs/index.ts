@@ -152,6 +152,14 @@ export class FsBackend implements StoreBackend, LocalDisk {
     }
   }
 
+  getRangesSync(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Buffer[] | null {
+    try {
+      return getRangesSync(this.root, name, ranges);
+    } catch (e) {
+      throw ioError(`cannot read ${name} in ${this.root}`, e);
+    }
+  }
+
   async getRange(name: string, offset: number, length: number): Promise<Buffer | null> {
     return (await this.getRanges(name, [{ offset, length }]))?.[0] ?? null;
   }
