@@ -1,7 +1,7 @@
 import { KuraError } from '../../errors.js';
 import { CHUNK_ID_BYTES } from '../../crypto/blob.js';
 import { Frame } from '../../protocol/frames.js';
-import { readChunk } from '../../repository/reader.js';
+import { readBlobs } from '../../repository/reader.js';
 import { snapshotName } from '../../store/backend.js';
 import type { VaultSession } from '../session.js';
 
@@ -23,13 +23,16 @@ export async function getSnapshot(s: VaultSession, b: { id: string }): Promise<v
   return s.send(Frame.SNAPSHOT, bytes);
 }
 
-/** GET_CHUNKS: one CHUNK frame per ID, in order. */
+/**
+ * GET_CHUNKS: one CHUNK frame per ID, in order. The blobs are read as a local restore reads
+ * them (runs of neighbours in a pack in one read, a few reads ahead): one open and read per
+ * chunk made a restore over SSH 2-3 times the local one.
+ */
 export async function getChunks(s: VaultSession, ids: Buffer): Promise<void> {
-  for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
+  const list: Buffer[] = [];
+  for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) list.push(ids.subarray(o, o + CHUNK_ID_BYTES));
+  for await (const { id, blob } of readBlobs(s.ctx.repo, list, `tenant ${s.ctx.tenant}'s vault repository`)) {
     if (s.isStopping) return; // the client reads the rest from a vault that runs
-    const id = ids.subarray(o, o + CHUNK_ID_BYTES);
-    const blob = await readChunk(s.ctx.repo, id);
-    if (!blob) throw new KuraError('E_CHUNK_MISSING', `chunk ${id.toString('hex')} is not in tenant ${s.ctx.tenant}'s vault repository`);
     await s.send(Frame.CHUNK, Buffer.concat([id, blob]));
   }
 }
