@@ -176,7 +176,8 @@ function baseSets(refs: number[]): number[][] {
   return [refs];
 }
 
-// one request at a time (SealPool): the handler awaits only the addon's sealing of whole chunks
+// up to two requests at once (SealPool): they interleave only where one awaits the addon's sealing
+// of its whole chunks (its deltas are made by then), and each has its own buffers
 parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
   if ('key' in msg) {
     keys = { dataKey: Buffer.from(msg.key), idKey: Buffer.from(msg.idKey) };
