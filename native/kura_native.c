@@ -62,6 +62,7 @@
 #include "zstd.h"
 #include "zstd_errors.h"
 #include <openssl/evp.h>
+#include <pthread.h>
 
 /* Fetch argc arguments; false (with a JS exception pending) if there are not exactly that many. */
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *what) {
@@ -560,18 +561,54 @@ static void free_job(OpenJob *j) {
   free(j);
 }
 
+/* A restore's decompression and cipher contexts, kept from one job to the next (as SealCtx). */
+typedef struct OpenCtx {
+  EVP_CIPHER_CTX *dec;
+  ZSTD_DCtx *dctx;
+  struct OpenCtx *next;
+} OpenCtx;
+static pthread_mutex_t openLock = PTHREAD_MUTEX_INITIALIZER;
+static OpenCtx *openFree;
+
+static OpenCtx *open_ctx_take(void) {
+  pthread_mutex_lock(&openLock);
+  OpenCtx *c = openFree;
+  if (c) openFree = c->next;
+  pthread_mutex_unlock(&openLock);
+  if (c) return c;
+  c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->dec = EVP_CIPHER_CTX_new();
+  c->dctx = ZSTD_createDCtx();
+  if (!c->dec || !c->dctx || EVP_DecryptInit_ex(c->dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+    EVP_CIPHER_CTX_free(c->dec);
+    ZSTD_freeDCtx(c->dctx);
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static void open_ctx_give(OpenCtx *c) {
+  pthread_mutex_lock(&openLock);
+  c->next = openFree;
+  openFree = c;
+  pthread_mutex_unlock(&openLock);
+}
+
 static void open_execute(napi_env env, void *data) {
   (void)env;
   OpenJob *j = data;
-  EVP_CIPHER_CTX *dec = EVP_CIPHER_CTX_new();
-  ZSTD_DCtx *dctx = ZSTD_createDCtx();
+  OpenCtx *c = open_ctx_take();
   uint8_t *scratch = NULL, *joined = NULL;
   size_t scratchLen = 0, joinedLen = 0;
   j->bad = -1;
-  if (!dec || !dctx || EVP_DecryptInit_ex(dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+  if (!c) {
     j->bad = 2; /* reported for the first blob: the caller's own open says what is wrong */
-    goto done;
+    return;
   }
+  EVP_CIPHER_CTX *dec = c->dec;
+  ZSTD_DCtx *dctx = c->dctx;
   for (uint32_t i = 0; i < j->n; i++) {
     const uint8_t *b = j->blob[i];
     size_t len = j->blobLen[i];
@@ -637,11 +674,9 @@ static void open_execute(napi_env env, void *data) {
     blake3_hasher_finalize(&h, got, 32);
     if (memcmp(got, id, 32) != 0) { j->bad = (int64_t)i * 8 + 4; break; }
   }
-done:
   free(scratch);
   free(joined);
-  ZSTD_freeDCtx(dctx);
-  EVP_CIPHER_CTX_free(dec);
+  open_ctx_give(c);
 }
 
 static void open_complete(napi_env env, napi_status status, void *data) {
@@ -807,21 +842,61 @@ typedef struct {
   int64_t bad; /* -1, or the position in idx of the chunk that could not be sealed */
 } SealJob;
 
+/*
+ * Contexts of the jobs running on the pool: zstd's and the cipher's, with zstd's workspace
+ * (~1.3 MiB at level 3, already faulted in) kept from one job to the next. A free list, not one
+ * per pool thread: libuv runs a job on any of its (up to 16) threads, and as many contexts exist
+ * as jobs ever ran at once.
+ */
+typedef struct SealCtx {
+  EVP_CIPHER_CTX *enc;
+  ZSTD_CCtx *zctx;
+  struct SealCtx *next;
+} SealCtx;
+static pthread_mutex_t sealLock = PTHREAD_MUTEX_INITIALIZER;
+static SealCtx *sealFree;
+
+static SealCtx *seal_ctx_take(void) {
+  pthread_mutex_lock(&sealLock);
+  SealCtx *c = sealFree;
+  if (c) sealFree = c->next;
+  pthread_mutex_unlock(&sealLock);
+  if (c) return c;
+  c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->enc = EVP_CIPHER_CTX_new();
+  c->zctx = ZSTD_createCCtx();
+  if (!c->enc || !c->zctx || EVP_EncryptInit_ex(c->enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+    EVP_CIPHER_CTX_free(c->enc);
+    ZSTD_freeCCtx(c->zctx);
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static void seal_ctx_give(SealCtx *c) {
+  pthread_mutex_lock(&sealLock);
+  c->next = sealFree;
+  sealFree = c;
+  pthread_mutex_unlock(&sealLock);
+}
+
+static void seal_run(SealJob *j, SealCtx *c);
+
 static void seal_execute(napi_env env, void *data) {
   (void)env;
   SealJob *j = data;
-  /* the pool's threads live as long as the process: each keeps its contexts (and zstd's
-     workspace, already faulted in) from one batch to the next */
-  static _Thread_local EVP_CIPHER_CTX *enc;
-  static _Thread_local ZSTD_CCtx *zctx;
   j->bad = 0;
-  if (!enc && (enc = EVP_CIPHER_CTX_new()) && EVP_EncryptInit_ex(enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
-    EVP_CIPHER_CTX_free(enc);
-    enc = NULL;
-  }
-  if (!zctx && j->level > 0) zctx = ZSTD_createCCtx();
-  ZSTD_CCtx *cctx = j->level > 0 ? zctx : NULL;
-  if (!enc || (j->level > 0 && !cctx)) return;
+  SealCtx *c = seal_ctx_take();
+  if (!c) return;
+  seal_run(j, c);
+  seal_ctx_give(c);
+}
+
+static void seal_run(SealJob *j, SealCtx *c) {
+  EVP_CIPHER_CTX *enc = c->enc;
+  ZSTD_CCtx *cctx = j->level > 0 ? c->zctx : NULL;
   if (cctx && (!zok(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)) || !zok(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, j->level)))) return;
   size_t at = 0;
   for (uint32_t k = 0; k < j->count; k++) {
@@ -848,7 +923,7 @@ static void seal_execute(napi_env env, void *data) {
     memcpy(b + BLOB_HEADER, j->nonces + GCM_NONCE * (size_t)k, GCM_NONCE);
     int n = 0, m = 0;
     if (EVP_EncryptInit_ex(enc, NULL, NULL, j->key, b + BLOB_HEADER) != 1 || EVP_EncryptUpdate(enc, NULL, &n, b, BLOB_HEADER) != 1 ||
-        EVP_EncryptUpdate(enc, NULL, &n, j->ids + 32 * (size_t)i, 32) != 1 || (bodyLen > 0 && EVP_EncryptUpdate(enc, body, &n, body, (int)bodyLen) != 1) ||
+        EVP_EncryptUpdate(enc, NULL, &n, j->ids + 32 * (size_t)i, 32) != 1 || (n = 0, bodyLen > 0 && EVP_EncryptUpdate(enc, body, &n, body, (int)bodyLen) != 1) ||
         EVP_EncryptFinal_ex(enc, body + n, &m) != 1 || EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_GCM_GET_TAG, GCM_TAG, body + bodyLen) != 1)
       return;
     at += BLOB_HEADER + GCM_NONCE + bodyLen + GCM_TAG;
