@@ -82,30 +82,31 @@ export function registerBackup(program: Command): void {
         input = process.stdin;
         what = 'standard input';
       }
-      // the key derivation (scrypt, off the main thread) starts first: everything below overlaps
-      // it, and so does the backup's reading of the previous snapshot (backup() awaits the keys)
-      const opening = openRepo(cmd, opts, 'deferred');
-      opening.catch(() => {}); // awaited below
       const { backup, SealPool, ChunkPipeline } = await import('../archiver/backup.js');
       let pool: InstanceType<typeof SealPool> | null = null;
       let pipeline: InstanceType<typeof ChunkPipeline> | null = null;
+      let opening: ReturnType<typeof openRepo> | null = null;
       let repo: Awaited<ReturnType<typeof openRepo>>;
       let tenant: string;
       try {
+        // the compression and chunking workers start first (each is a Node isolate to boot, ~0.1 s):
+        // the catalogue's opening and the key derivation (scrypt, off the main thread) overlap
+        // their start, and so does the backup's reading of the previous snapshot (backup() awaits the keys)
+        pool = new SealPool(null, directRootOf(repoLocationOf(cmd, opts)));
+        pipeline = new ChunkPipeline();
+        opening = openRepo(cmd, opts, 'deferred');
+        opening.catch(() => {}); // awaited below
         if (opts.route.length > 0) {
           const { routesOf } = await import('../relay/routes.js');
           const known = routesOf(configOf(cmd).config);
           for (const r of opts.route) if (!known[r]) throw new KuraError('E_CONFIG', `route "${r}" is not in modules.routing.routes of the config; known: ${Object.keys(known).join(', ') || 'none'}`);
         }
-        // compression and chunking workers start while the key is derived
-        pool = new SealPool(null, directRootOf(repoLocationOf(cmd, opts)));
-        pipeline = new ChunkPipeline();
         tenant = opts.tenant ?? tenantOf(cmd);
         repo = await opening;
       } catch (e) {
         await pool?.close();
         await pipeline?.close();
-        await opening.then((r) => r.close()).catch(() => {});
+        await opening?.then((r) => r.close()).catch(() => {});
         throw e;
       }
       const job = repo.catalogue.ops.startJob(opts.name);
