@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
 
@@ -76,9 +76,22 @@ test('--repo and the key can come from the config', (t) => {
   const repo = path.join(dir, 'repo');
   const pass = path.join(dir, 'pass');
   writeFileSync(pass, 'from the config file\n');
-  const f = configFile(dir, `tenant: city-a\nrepository:\n  path: ${repo}\n  passphraseFile: ${pass}\n`);
+  const f = configFile(dir, `tenant: city-a\nrepository:\n  path: ${repo}\n  passphraseFile: ${pass}\n  compression: 7\n`);
   const env = { KURA_PASSPHRASE: undefined, KURA_CONFIG: f };
   kuraOk(['repo', 'init'], { env });
+  // the repository the config names gets its compression level; --compression, or --repo, does not take it
+  const levelOf = (r: string) => (JSON.parse(readFileSync(path.join(r, 'config'), 'utf8')) as { compression: { level: number } }).compression.level;
+  assert.equal(levelOf(repo), 7);
+  kuraOk(['repo', 'init', '--repo', path.join(dir, 'other'), '--passphrase-file', pass], { env });
+  assert.equal(levelOf(path.join(dir, 'other')), 3);
+  kuraOk(['repo', 'init', '--repo', path.join(dir, 'third'), '--passphrase-file', pass, '--compression', '1'], { env });
+  assert.equal(levelOf(path.join(dir, 'third')), 1);
+  const bad = kura(['repo', 'init', '--repo', path.join(dir, 'bad'), '--passphrase-file', pass, '--compression', '23'], { env });
+  assert.equal(bad.status, 64);
+  assert.match(bad.stderr, /E_USAGE.*0 \(none\) to 22/);
+  const badConfig = kura(['config', 'check'], { env: { KURA_CONFIG: configFile(path.join(dir, 'bad-config'), `repository:\n  path: ${repo}\n  compression: 23\n`) } });
+  assert.notEqual(badConfig.status, 0);
+  assert.match(badConfig.stderr + badConfig.out, /repository\.compression/);
   const id = kuraOk(['backup', '--name', 'x', '--stdin'], { env, input: 'hello' }).out.trim();
   const rows = kuraJson<Array<{ id: string; tenant: string }>>(['snapshots'], { env });
   assert.deepEqual(rows.map((r) => [r.id, r.tenant]), [[id, 'city-a']]);

@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
+import { compressionLevelProblem } from '../repository/compression-level.js';
 import { FileInput, inputFailed } from '../archiver/input.js';
 import { chunkerParamsForAverage, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { parseSize } from '../config/size.js';
@@ -53,7 +54,8 @@ export function registerBackup(program: Command): void {
       let level: number | undefined;
       if (opts.compression !== undefined) {
         level = Number(opts.compression);
-        if (!Number.isInteger(level) || level < 0 || level > 22) throw new KuraError('E_USAGE', `--compression must be 0..22, got "${opts.compression}"`);
+        const problem = compressionLevelProblem(level);
+        if (problem) throw new KuraError('E_USAGE', `--compression ${problem.replace(/got .*$/, `got "${opts.compression}"`)}`);
       }
       let chunker: ChunkerParams | undefined;
       if (opts.chunkAvg !== undefined) {

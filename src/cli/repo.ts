@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { Repository } from '../repository/repository.js';
 import { defaultChunkerParams } from '../chunker/fastcdc.js';
-import { keySourceOf, openRepo, printJson, repoLocationOf, withRepoOptions, type RepoOptions } from './context.js';
+import { configOf, keySourceOf, openRepo, printJson, repoLocationOf, withRepoOptions, type RepoOptions } from './context.js';
+import { COMPRESSION_LEVEL } from '../repository/compression-level.js';
 
 function intOption(v: string, what: string): number {
   const n = Number(v);
@@ -22,17 +23,19 @@ export function registerRepo(program: Command): void {
 
   withRepoOptions(repo.command('init'))
     .description('create a new repository (needs KURA_PASSPHRASE, --passphrase-file, or --key-file PATH to create a key file)')
-    .option('--compression <level>', 'default zstd level for new chunks (0 = none)', '3')
+    .option('--compression <level>', `default zstd level for new chunks (0 = none; default: repository.compression from the config, else ${COMPRESSION_LEVEL.default})`)
     .option('--chunk-min <size>', 'FastCDC minimum chunk size', String(defaultChunkerParams.minSize))
     .option('--chunk-avg <size>', 'FastCDC average chunk size (power of two)', String(defaultChunkerParams.avgSize))
     .option('--chunk-max <size>', 'FastCDC maximum chunk size', String(defaultChunkerParams.maxSize))
     .option('--json', 'print the result as one JSON line')
-    .action(async (opts: RepoOptions & { compression: string; chunkMin: string; chunkAvg: string; chunkMax: string }, cmd: Command) => {
+    .action(async (opts: RepoOptions & { compression?: string; chunkMin: string; chunkAvg: string; chunkMax: string }, cmd: Command) => {
       const loc = repoLocationOf(cmd, opts);
       const keys = keySourceOf(cmd, opts);
+      // the config's level applies to the repository it names, not to one given with --repo
+      const configured = opts.repo || opts.vaultTenant ? undefined : configOf(cmd).config.repository?.compression;
       const { repo: r, keyFileWritten } = await Repository.init(loc, {
         keys,
-        compressionLevel: intOption(opts.compression, '--compression'),
+        compressionLevel: opts.compression !== undefined ? intOption(opts.compression, '--compression') : (configured ?? COMPRESSION_LEVEL.default),
         chunker: { minSize: sizeOption(opts.chunkMin, '--chunk-min'), avgSize: sizeOption(opts.chunkAvg, '--chunk-avg'), maxSize: sizeOption(opts.chunkMax, '--chunk-max') },
       });
       const dir = r.location;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { COMPRESSION_LEVEL } from '../repository/compression-level.js';
 import { DEFAULT_TENANT } from './path.js';
 import { validate as validCron } from 'node-cron';
 import { moduleListSchema, moduleSchema } from '../modules/index.js';
@@ -22,7 +23,7 @@ const duration = z.string().superRefine((v, ctx) => {
   if (parseDuration(v) === null) ctx.addIssue({ code: 'custom', message: `invalid duration ${JSON.stringify(v)} (use e.g. "90s", "30m", "2h", "7d")` });
 });
 
-const compressionLevel = z.number().int().min(0).max(22).describe('zstd level 1..22, 0 = store uncompressed');
+const compressionLevel = z.number().int().min(COMPRESSION_LEVEL.min).max(COMPRESSION_LEVEL.max).describe(`zstd level 1..${COMPRESSION_LEVEL.max}, 0 = store uncompressed`);
 
 const size = z.union([z.number().int().min(0), z.string()]).superRefine((v, ctx) => {
   if (parseSize(v) === null) ctx.addIssue({ code: 'custom', message: `invalid size ${JSON.stringify(v)} (use e.g. "500GiB", "2TB" or a number of bytes)` });
@@ -302,7 +303,7 @@ export const configSchema = z.strictObject({
     path: z.string().describe('local (on-site) repository directory; with type s3 it holds the catalogue and caches, the objects go to the bucket').meta({ examples: ['/var/lib/kura/repo'] }),
     passphraseFile: z.string().optional().describe('file holding the repository passphrase (or set KURA_PASSPHRASE)'),
     keyFile: z.string().optional().describe('key file from `kura repo init --key-file` / `kura key export` (or set KURA_KEY_FILE)'),
-    compression: compressionLevel.default(3),
+    compression: compressionLevel.default(COMPRESSION_LEVEL.default).describe(`zstd level of new chunks of a repository \`kura repo init\` creates (1..${COMPRESSION_LEVEL.max}, 0 = uncompressed); --compression overrides it`),
   })
     .optional()
     .describe('the local repository every command uses unless --repo is given'),

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { KuraError } from '../errors.js';
+import { COMPRESSION_LEVEL, compressionLevelProblem } from './compression-level.js';
 import type { ChunkerParams } from '../chunker/fastcdc.js';
 import { defaultChunkerParams, validateChunkerParams } from '../chunker/fastcdc.js';
 import { deriveKeys, newMasterKey, parseKeyFile, parseKeySlot, unwrapMasterKey, wrapMasterKey, type KeyFile, type KeySlot, type RepoKeys } from '../crypto/keys.js';
@@ -86,8 +87,9 @@ export class Repository {
     const chunker = opts.chunker ?? defaultChunkerParams;
     const problem = validateChunkerParams(chunker);
     if (problem) throw new KuraError('E_USAGE', `chunker parameters: ${problem}`);
-    const level = opts.compressionLevel ?? 3;
-    if (!Number.isInteger(level) || level < 0 || level > 22) throw new KuraError('E_USAGE', `compression level ${level} is out of range (0 = none, 1..22 zstd)`);
+    const level = opts.compressionLevel ?? COMPRESSION_LEVEL.default;
+    const levelProblem = compressionLevelProblem(level);
+    if (levelProblem) throw new KuraError('E_USAGE', `compression level ${levelProblem}`);
     if (!opts.keys.passphrase && !opts.keys.keyFile) {
       throw new KuraError('E_KEY_MISSING', 'a new repository needs a key: set KURA_PASSPHRASE, give --passphrase-file, or --key-file PATH to create a key file');
     }
@@ -134,7 +136,7 @@ export class Repository {
     const { dir, store } = storeOf(loc);
     if (!(await store.stat('config'))) {
       await makeLayout(dir, store);
-      const config: RepoConfig = { ...newConfig(defaultChunkerParams, 3), keyless: true };
+      const config: RepoConfig = { ...newConfig(defaultChunkerParams, COMPRESSION_LEVEL.default), keyless: true };
       await store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
       await store.sync();
     }
