@@ -522,6 +522,47 @@ static napi_value delta_compress(napi_env env, napi_callback_info info) {
 }
 
 
+/*
+ * The zstd and cipher contexts of jobs on libuv's pool (openBlobs, sealWhole), kept from one
+ * job to the next with zstd's workspace already faulted in (~1.3 MiB to compress at level 3). A
+ * free list, not one set per pool thread: libuv runs a job on any of its (up to 16) threads, and
+ * as many sets exist as jobs ever ran at once. Each context is made when a job first needs it.
+ */
+typedef struct JobCtx {
+  EVP_CIPHER_CTX *enc, *dec;
+  ZSTD_CCtx *cctx;
+  ZSTD_DCtx *dctx;
+  struct JobCtx *next;
+} JobCtx;
+static pthread_mutex_t jobCtxLock = PTHREAD_MUTEX_INITIALIZER;
+static JobCtx *jobCtxFree;
+
+static JobCtx *job_ctx_take(void) {
+  pthread_mutex_lock(&jobCtxLock);
+  JobCtx *c = jobCtxFree;
+  if (c) jobCtxFree = c->next;
+  pthread_mutex_unlock(&jobCtxLock);
+  return c ? c : calloc(1, sizeof *c);
+}
+
+static void job_ctx_give(JobCtx *c) {
+  pthread_mutex_lock(&jobCtxLock);
+  c->next = jobCtxFree;
+  jobCtxFree = c;
+  pthread_mutex_unlock(&jobCtxLock);
+}
+
+/* An AES-256-GCM context for encrypting (or decrypting), made on first use; NULL when it cannot be. */
+static EVP_CIPHER_CTX *job_cipher(EVP_CIPHER_CTX **slot, bool encrypt) {
+  if (*slot) return *slot;
+  EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+  if (x && (encrypt ? EVP_EncryptInit_ex(x, EVP_aes_256_gcm(), NULL, NULL, NULL) : EVP_DecryptInit_ex(x, EVP_aes_256_gcm(), NULL, NULL, NULL)) != 1) {
+    EVP_CIPHER_CTX_free(x);
+    x = NULL;
+  }
+  return *slot = x;
+}
+
 /* ---- openBlobs: a segment of a restore, opened off the main thread ---- */
 
 #define BLOB_FORMAT 1
@@ -561,54 +602,20 @@ static void free_job(OpenJob *j) {
   free(j);
 }
 
-/* A restore's decompression and cipher contexts, kept from one job to the next (as SealCtx). */
-typedef struct OpenCtx {
-  EVP_CIPHER_CTX *dec;
-  ZSTD_DCtx *dctx;
-  struct OpenCtx *next;
-} OpenCtx;
-static pthread_mutex_t openLock = PTHREAD_MUTEX_INITIALIZER;
-static OpenCtx *openFree;
-
-static OpenCtx *open_ctx_take(void) {
-  pthread_mutex_lock(&openLock);
-  OpenCtx *c = openFree;
-  if (c) openFree = c->next;
-  pthread_mutex_unlock(&openLock);
-  if (c) return c;
-  c = calloc(1, sizeof *c);
-  if (!c) return NULL;
-  c->dec = EVP_CIPHER_CTX_new();
-  c->dctx = ZSTD_createDCtx();
-  if (!c->dec || !c->dctx || EVP_DecryptInit_ex(c->dec, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
-    EVP_CIPHER_CTX_free(c->dec);
-    ZSTD_freeDCtx(c->dctx);
-    free(c);
-    return NULL;
-  }
-  return c;
-}
-
-static void open_ctx_give(OpenCtx *c) {
-  pthread_mutex_lock(&openLock);
-  c->next = openFree;
-  openFree = c;
-  pthread_mutex_unlock(&openLock);
-}
-
 static void open_execute(napi_env env, void *data) {
   (void)env;
   OpenJob *j = data;
-  OpenCtx *c = open_ctx_take();
+  JobCtx *c = job_ctx_take();
   uint8_t *scratch = NULL, *joined = NULL;
   size_t scratchLen = 0, joinedLen = 0;
   j->bad = -1;
-  if (!c) {
+  EVP_CIPHER_CTX *dec = c ? job_cipher(&c->dec, false) : NULL;
+  ZSTD_DCtx *dctx = c ? (c->dctx ? c->dctx : (c->dctx = ZSTD_createDCtx())) : NULL;
+  if (!dec || !dctx) {
     j->bad = 2; /* reported for the first blob: the caller's own open says what is wrong */
+    if (c) job_ctx_give(c);
     return;
   }
-  EVP_CIPHER_CTX *dec = c->dec;
-  ZSTD_DCtx *dctx = c->dctx;
   for (uint32_t i = 0; i < j->n; i++) {
     const uint8_t *b = j->blob[i];
     size_t len = j->blobLen[i];
@@ -676,7 +683,7 @@ static void open_execute(napi_env env, void *data) {
   }
   free(scratch);
   free(joined);
-  open_ctx_give(c);
+  job_ctx_give(c);
 }
 
 static void open_complete(napi_env env, napi_status status, void *data) {
@@ -842,61 +849,22 @@ typedef struct {
   int64_t bad; /* -1, or the position in idx of the chunk that could not be sealed */
 } SealJob;
 
-/*
- * Contexts of the jobs running on the pool: zstd's and the cipher's, with zstd's workspace
- * (~1.3 MiB at level 3, already faulted in) kept from one job to the next. A free list, not one
- * per pool thread: libuv runs a job on any of its (up to 16) threads, and as many contexts exist
- * as jobs ever ran at once.
- */
-typedef struct SealCtx {
-  EVP_CIPHER_CTX *enc;
-  ZSTD_CCtx *zctx;
-  struct SealCtx *next;
-} SealCtx;
-static pthread_mutex_t sealLock = PTHREAD_MUTEX_INITIALIZER;
-static SealCtx *sealFree;
-
-static SealCtx *seal_ctx_take(void) {
-  pthread_mutex_lock(&sealLock);
-  SealCtx *c = sealFree;
-  if (c) sealFree = c->next;
-  pthread_mutex_unlock(&sealLock);
-  if (c) return c;
-  c = calloc(1, sizeof *c);
-  if (!c) return NULL;
-  c->enc = EVP_CIPHER_CTX_new();
-  c->zctx = ZSTD_createCCtx();
-  if (!c->enc || !c->zctx || EVP_EncryptInit_ex(c->enc, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
-    EVP_CIPHER_CTX_free(c->enc);
-    ZSTD_freeCCtx(c->zctx);
-    free(c);
-    return NULL;
-  }
-  return c;
-}
-
-static void seal_ctx_give(SealCtx *c) {
-  pthread_mutex_lock(&sealLock);
-  c->next = sealFree;
-  sealFree = c;
-  pthread_mutex_unlock(&sealLock);
-}
-
-static void seal_run(SealJob *j, SealCtx *c);
+static void seal_run(SealJob *j, JobCtx *c);
 
 static void seal_execute(napi_env env, void *data) {
   (void)env;
   SealJob *j = data;
   j->bad = 0;
-  SealCtx *c = seal_ctx_take();
+  JobCtx *c = job_ctx_take();
   if (!c) return;
   seal_run(j, c);
-  seal_ctx_give(c);
+  job_ctx_give(c);
 }
 
-static void seal_run(SealJob *j, SealCtx *c) {
-  EVP_CIPHER_CTX *enc = c->enc;
-  ZSTD_CCtx *cctx = j->level > 0 ? c->zctx : NULL;
+static void seal_run(SealJob *j, JobCtx *c) {
+  EVP_CIPHER_CTX *enc = job_cipher(&c->enc, true);
+  ZSTD_CCtx *cctx = j->level > 0 ? (c->cctx ? c->cctx : (c->cctx = ZSTD_createCCtx())) : NULL;
+  if (!enc || (j->level > 0 && !cctx)) return;
   if (cctx && (!zok(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)) || !zok(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, j->level)))) return;
   size_t at = 0;
   for (uint32_t k = 0; k < j->count; k++) {
