@@ -35,7 +35,7 @@ export function registerRepo(program: Command): void {
       const configured = opts.repo || opts.vaultTenant ? undefined : configOf(cmd).config.repository?.compression;
       const { repo: r, keyFileWritten } = await Repository.init(loc, {
         keys,
-        compressionLevel: opts.compression !== undefined ? intOption(opts.compression, '--compression') : (configured ?? COMPRESSION_LEVEL.default),
+        compressionLevel: opts.compression !== undefined ? intOption(opts.compression, '--compression') : configured, // else Repository.init's default
         chunker: { minSize: sizeOption(opts.chunkMin, '--chunk-min'), avgSize: sizeOption(opts.chunkAvg, '--chunk-avg'), maxSize: sizeOption(opts.chunkMax, '--chunk-max') },
       });
       const dir = r.location;

@@ -2,7 +2,7 @@ import { scrypt, type ScryptOptions } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
-/**
+/*
  * A passphrase slot's key derivation, started before the command's modules are loaded.
  *
  * scrypt takes ~0.15 s here and loading kura's modules ~0.2 s. `kura restore --repo DIR` used to
@@ -15,6 +15,8 @@ import path from 'node:path';
  * that does not match (another slot, a key file given too) costs one derivation in the thread
  * pool, nothing else: nothing here decides whether a key opens the repository.
  */
+
+/** A key slot's scrypt parameters, as stored in keys/<id>. */
 export interface ScryptParams {
   name: 'scrypt';
   N: number;
