@@ -52,7 +52,11 @@ test('agent → vault A → vault B over five nights, A→B down for three: B ge
     const res = JSON.parse(kuraOk(['backup', '--name', 'juki', '--file', f, '--route', 'peer-dc', '--json'], { env }).out.trim().split('\n').pop()!) as { id: string };
     ids.push(res.id);
     await ok(kuraAsync(['relay', 'once'], { env }), `relay once, night ${n}`);
-    if (n === 1) await waitFor('night 1 to reach B', () => received(bTenant).length === 1, 30_000);
+    if (n === 1) {
+      await waitFor('night 1 to reach B', () => received(bTenant).length === 1, 30_000);
+      // B's commit and A's record of it are two steps: the link goes down only once A has marked night 1 sent
+      await waitFor('A to record night 1 as sent to B', () => unsent(aTenant, 'dc-b') === 0, 30_000);
+    }
     if (n >= 2 && n <= 4) {
       // the vault's nightly maintenance while B is unreachable: retention would keep one, forwarding keeps all B lacks
       await ok(kuraAsync(['vault', 'prune', '--config', a.config]), 'vault prune on A');
