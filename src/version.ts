@@ -53,6 +53,8 @@ export interface VersionReport {
   commit: string;
   dirty: boolean;
   executable: 'single' | 'checkout';
+  /** how the code was loaded: embedded in the executable, a checkout's dist/kura.cjs, or its modules one by one */
+  code: 'embedded' | 'bundle' | 'modules';
   formats: {
     repository: { reads: number[]; writes: number };
     snapshot: { reads: number[]; writes: number };
@@ -90,6 +92,7 @@ export async function versionReport(): Promise<VersionReport> {
     commit,
     dirty,
     executable: m ? 'single' : 'checkout',
+    code: m ? 'embedded' : (globalThis as Record<symbol, unknown>)[Symbol.for('kura.startup')] === 'bundle' ? 'bundle' : 'modules',
     formats: {
       repository: { reads: [REPO_FORMAT], writes: REPO_FORMAT },
       snapshot: { reads: [...READABLE_FORMATS].sort(), writes: SNAPSHOT_FORMAT },

@@ -1,7 +1,8 @@
 /**
- * Entry of the single executable (scripts/package.mjs bundles it, as CommonJS, with everything it
- * imports): what bin/kura does for a checkout. The threadpool size must be set before the first
- * async I/O, which happens only once main() runs.
+ * Entry of the bundles (as CommonJS, with everything it imports): the single executable's
+ * (scripts/package.mjs) and a checkout's dist/kura.cjs (scripts/bundle.mjs), which bin/kura runs
+ * when it is current; without it bin/kura does the same itself. The threadpool size must be set
+ * before the first async I/O, which happens only once main() runs.
  */
 import { KuraError } from '../errors.js';
 import { deriveAhead } from '../crypto/kdf-ahead.js';

@@ -1,10 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { SAML, type CacheProvider, type Profile, type SamlConfig, type ValidateInResponseTo } from '@node-saml/node-saml';
+import { createRequire } from 'node:module';
+import type { CacheProvider, Profile, SAML, SamlConfig, ValidateInResponseTo } from '@node-saml/node-saml';
 import { z } from 'zod';
 import { KuraError } from '../../errors.js';
 import type { Identity } from '../../sso/roles.js';
 import { registerModule, type IdentityProvider } from '../registry.js';
+
+// loaded when a SAML login is handled, not with every command: the library and its XML stack are a
+// third of kura's code
+const require = createRequire(import.meta.url);
 
 /**
  * SAML 2.0 service provider (SP-initiated; AuthnRequest by HTTP-Redirect, Response by HTTP-POST
@@ -90,6 +95,7 @@ class SamlProvider implements IdentityProvider {
   }
 
   private saml(base: string, extra: Partial<SamlConfig> = {}): SAML {
+    const { SAML } = require('@node-saml/node-saml') as typeof import('@node-saml/node-saml');
     return new SAML({
       callbackUrl: this.acs(base),
       entryPoint: this.o.entryPoint,
