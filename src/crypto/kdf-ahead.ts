@@ -25,7 +25,11 @@ export interface ScryptParams {
   salt: string; // base64
 }
 
-const ahead = new Map<string, Promise<Buffer>>();
+/**
+ * Derivations started ahead, process-wide: bin/kura starts one before it loads the bundle
+ * (dist/kura.cjs), whose own copy of this module takes it.
+ */
+const ahead: Map<string, Promise<Buffer>> = ((globalThis as Record<symbol, unknown>)[Symbol.for('kura.kdf-ahead')] ??= new Map()) as Map<string, Promise<Buffer>>;
 
 const aheadKey = (passphrase: string, kdf: ScryptParams) => JSON.stringify([passphrase.normalize('NFC'), kdf.salt, kdf.N, kdf.r, kdf.p]);
 
@@ -71,9 +75,11 @@ export function deriveAhead(argv: readonly string[], env: NodeJS.ProcessEnv): bo
       if (!first || s.created.localeCompare(first.created) < 0) first = { created: s.created, kdf: kdf as ScryptParams };
     }
     if (!first) return false;
+    const k = aheadKey(passphrase, first.kdf);
+    if (ahead.has(k)) return true; // started already (bin/kura, then the bundle's entry)
     const derivation = scryptAsync(passphrase, first.kdf);
     derivation.catch(() => {}); // the unlock derives again and reports what is wrong
-    ahead.set(aheadKey(passphrase, first.kdf), derivation);
+    ahead.set(k, derivation);
     return true;
   } catch {
     return false; // the command reads the same files itself and says what is wrong with them
