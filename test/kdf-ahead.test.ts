@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { scryptSync } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { kuraOk, tempDir } from './support/cli.js';
 import { deriveAhead, takeAhead } from '../src/crypto/kdf-ahead.js';
@@ -60,4 +61,8 @@ test('deriveAhead: the first slot of the repository on the command line, taken o
   assert.equal(deriveAhead(['restore', '--repo', path.join(dir, 'nothing')], { KURA_PASSPHRASE: PASS }), false);
   assert.equal(deriveAhead(['restore', '--', '--repo', repo], { KURA_PASSPHRASE: PASS }), false);
   assert.equal(deriveAhead(['restore', '--repo', repo, '--passphrase-file', path.join(dir, 'absent')], { KURA_PASSPHRASE: PASS }), false);
+  // a pipe gives its passphrase once, and that is the command's: never read ahead (nor waited on)
+  const fifo = path.join(dir, 'pass.fifo');
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  assert.equal(deriveAhead(['restore', '--repo', repo, '--passphrase-file', fifo], { KURA_PASSPHRASE: PASS }), false);
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, readFileSync, readdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ROOT, kuraJson, tempDir } from './support/cli.js';
 
@@ -19,7 +19,7 @@ function copyCheckout(dir: string): string {
   cpSync(path.join(ROOT, 'bin'), path.join(root, 'bin'), { recursive: true, preserveTimestamps: true });
   cpSync(path.join(ROOT, 'package.json'), path.join(root, 'package.json'), { preserveTimestamps: true });
   cpSync(path.join(ROOT, 'dist', 'src'), path.join(root, 'dist', 'src'), { recursive: true, preserveTimestamps: true });
-  for (const f of ['kura.cjs', 'kura.cjs.cache', 'kura.json']) cpSync(path.join(ROOT, 'dist', f), path.join(root, 'dist', f), { preserveTimestamps: true });
+  for (const f of ['kura.cjs', 'kura.json']) cpSync(path.join(ROOT, 'dist', f), path.join(root, 'dist', f), { preserveTimestamps: true });
   symlinkSync(path.join(ROOT, 'node_modules'), path.join(root, 'node_modules'));
   symlinkSync(path.join(ROOT, 'build'), path.join(root, 'build'));
   return root;
@@ -44,16 +44,52 @@ test('bin/kura runs the bundle of the build, and the modules themselves once a f
   assert.ok(made.files.every(([f]) => !f.includes('node_modules/better-sqlite3/')), 'a library that loads an addon by path stays outside');
 });
 
-test('bin/kura writes the code cache when it has none or V8 refuses it, and runs either way', (t) => {
+test('bin/kura writes the code cache of its bundle when it has none or V8 refuses it, and runs either way', (t) => {
   const root = copyCheckout(tempDir(t));
-  const cache = path.join(root, 'dist', 'kura.cjs.cache');
-  rmSync(cache);
+  const caches = () => readdirSync(path.join(root, 'dist')).filter((f) => /^kura\.cjs\..*\.cache$/.test(f));
+  // the build's cache is named after the build's bundle: a copy of the bundle starts without one
+  assert.deepEqual(caches(), []);
   assert.equal(versionOf(root).code, 'bundle');
-  assert.ok(existsSync(cache), 'written at exit');
-  writeFileSync(cache, Buffer.from('not a code cache'));
+  const [cache] = caches();
+  assert.ok(cache, 'written at exit');
+  writeFileSync(path.join(root, 'dist', cache), Buffer.from('not a code cache'));
   assert.equal(versionOf(root).code, 'bundle');
-  assert.notEqual(readFileSync(cache, 'utf8'), 'not a code cache', 'a refused cache is replaced');
+  assert.notEqual(readFileSync(path.join(root, 'dist', cache), 'utf8'), 'not a code cache', 'a refused cache is replaced');
+  // V8 compares a cache with its source by length alone: the same bytes written again make
+  // another bundle as far as the cache goes, so it gets a cache of its own
+  const bundle = path.join(root, 'dist', 'kura.cjs');
+  const later = new Date(Date.now() + 5000);
+  utimesSync(bundle, later, later);
   assert.equal(versionOf(root).code, 'bundle');
+  assert.equal(caches().length, 2);
+  assert.ok(!caches().some((f) => f.includes('.tmp') || /\.\d+$/.test(f)), 'no temporary file is left');
+});
+
+test('kura runs with the thread pool size bin/kura sets, on both paths (it must be set before the first async I/O)', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraJson(['repo', 'init', '--repo', repo]);
+  // libuv starts all its pool threads at its first job (here the key derivation): a backup that
+  // waits on standard input shows them. With Node's default of 4 the process has 13 threads.
+  const { UV_THREADPOOL_SIZE: _fromTheRunner, ...env } = process.env;
+  for (const bundle of ['1', '0']) {
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kura'), 'backup', '--repo', repo, '--name', `stdin-${bundle}`, '--stdin'], {
+      env: { ...env, KURA_PASSPHRASE: 'correct horse', KURA_BUNDLE: bundle },
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    let threads = 0;
+    for (const end = Date.now() + 15_000; Date.now() < end && threads <= 16; await new Promise((r) => setTimeout(r, 100))) {
+      try {
+        threads = readdirSync(`/proc/${child.pid}/task`).length;
+      } catch {
+        break; // it exited: the assertion below says so
+      }
+    }
+    child.stdin.end('rows\n');
+    assert.equal(await exited, 0, `the backup (KURA_BUNDLE=${bundle}) failed`);
+    assert.ok(threads > 16, `KURA_BUNDLE=${bundle}: ${threads} threads, so fewer than 16 in libuv's pool`);
+  }
 });
 
 test('the bundle loads what it keeps outside only when a command needs it, through bin/kura', (t) => {

@@ -1,5 +1,5 @@
 import { scrypt, type ScryptOptions } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 /*
@@ -62,6 +62,8 @@ export function deriveAhead(argv: readonly string[], env: NodeJS.ProcessEnv): bo
     const repo = optionValue(argv, '--repo');
     if (!repo || optionValue(argv, '--key-file') !== undefined || env.KURA_KEY_FILE || optionValue(argv, '--vault-tenant') !== undefined) return false;
     const passFile = optionValue(argv, '--passphrase-file');
+    // a regular file only: a pipe (a FIFO, /dev/stdin) gives its passphrase once, to the command
+    if (passFile !== undefined && !statSync(passFile).isFile()) return false;
     const passphrase = passFile !== undefined ? readFileSync(passFile, 'utf8').replace(/\r?\n$/, '') : env.KURA_PASSPHRASE;
     if (!passphrase) return false;
     const dir = path.join(repo, 'keys');
@@ -76,7 +78,6 @@ export function deriveAhead(argv: readonly string[], env: NodeJS.ProcessEnv): bo
     }
     if (!first) return false;
     const k = aheadKey(passphrase, first.kdf);
-    if (ahead.has(k)) return true; // started already (bin/kura, then the bundle's entry)
     const derivation = scryptAsync(passphrase, first.kdf);
     derivation.catch(() => {}); // the unlock derives again and reports what is wrong
     ahead.set(k, derivation);

@@ -20,8 +20,9 @@ function kuraErrorIn(e: unknown): KuraError | null {
   return null;
 }
 
-// the repository key's derivation runs in the thread pool while the command's code loads
-deriveAhead(process.argv.slice(2), process.env);
+// the repository key's derivation runs in the thread pool while the command's code loads (bin/kura
+// started it already when it runs this as a checkout's bundle)
+if ((globalThis as Record<symbol, unknown>)[Symbol.for('kura.startup')] !== 'bundle') deriveAhead(process.argv.slice(2), process.env);
 import('../cli/main.js')
   .then(({ main }) => main(process.argv))
   .then(
