@@ -168,6 +168,8 @@ test('audit lines in the store: node-a\'s sessions and a refusal are read with k
   a.child.kill('SIGKILL');
   await exitOf(a.child);
 
+  // node-b ships its own ordinary lines within 5 s (the default): the commands above can take less
+  await waitFor('node-b\'s own lines in the store', async () => (await auditOf()).nodes.includes('node-b'), 15_000, 250);
   const all = await auditOf();
   assert.deepEqual(all.nodes, ['node-a', 'node-b']);
   const fromA = all.lines.filter((l) => l.node === 'node-a');
