@@ -142,7 +142,7 @@ try {
 if (warm.status !== 0 || ran !== 'bundle' || caches().length !== 1) {
   removeBundle();
   const why = warm.status !== 0 ? warm.stderr.trim() || `exit ${warm.status}` : ran !== 'bundle' ? `it ran the ${ran || 'unknown'} code` : `it wrote ${caches().length} code caches`;
-  console.error(`bundle: kura did not run from the new bundle (${why}); removed it, kura loads its modules one by one`);
+  console.error(`bundle: kura did not run from the new bundle (${why}); removed it, kura loads its modules one by one (KURA_BUNDLE=0 still works; "npm run build" tries again)`);
   process.exit(process.env.CI === 'true' ? 1 : 0);
 }
 console.error(`bundle: dist/kura.cjs from ${files.length} files, ${(statSync(out).size / 1048576).toFixed(1)} MiB, code cache ${(statSync(path.join(dist, caches()[0])).size / 1048576).toFixed(1)} MiB`);

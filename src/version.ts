@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { embeddedManifest, addonEvents } from './sea/embedded.js';
+import { embeddedManifest, addonEvents, fromCheckoutBundle } from './sea/embedded.js';
 
 /**
  * What `kura --version --json` reports, from the single executable's manifest (written by
@@ -92,7 +92,7 @@ export async function versionReport(): Promise<VersionReport> {
     commit,
     dirty,
     executable: m ? 'single' : 'checkout',
-    code: m ? 'embedded' : (globalThis as Record<symbol, unknown>)[Symbol.for('kura.startup')] === 'bundle' ? 'bundle' : 'modules',
+    code: m ? 'embedded' : fromCheckoutBundle() ? 'bundle' : 'modules',
     formats: {
       repository: { reads: [REPO_FORMAT], writes: REPO_FORMAT },
       snapshot: { reads: [...READABLE_FORMATS].sort(), writes: SNAPSHOT_FORMAT },

@@ -48,6 +48,15 @@ test('deriveAhead: the first slot of the repository on the command line, taken o
   assert.ok(await unwrapMasterKey(first, PASS, repositoryId));
   assert.equal(await unwrapMasterKey(first, 'wrong', repositoryId), null);
 
+  // another copy of the module (the bundle's, beside the one bin/kura loaded) takes what this one
+  // started, once
+  const copy = (await import(`../src/crypto/kdf-ahead.js?copy=${Date.now()}`)) as typeof import('../src/crypto/kdf-ahead.js');
+  assert.notEqual(copy.takeAhead, takeAhead, 'a second copy');
+  assert.equal(deriveAhead(['restore', '--repo', repo], { KURA_PASSPHRASE: PASS }), true);
+  const taken = copy.takeAhead(PASS, first.kdf);
+  assert.ok(taken && (await taken).equals(want));
+  assert.equal(takeAhead(PASS, first.kdf), undefined);
+
   // --passphrase-file wins over the environment, as on the command line
   assert.equal(deriveAhead(['restore', '--repo', repo, '--passphrase-file', pf], { KURA_PASSPHRASE: PASS }), true);
   assert.equal(takeAhead(PASS, first.kdf), undefined);

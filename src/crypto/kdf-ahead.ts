@@ -77,10 +77,9 @@ export function deriveAhead(argv: readonly string[], env: NodeJS.ProcessEnv): bo
       if (!first || s.created.localeCompare(first.created) < 0) first = { created: s.created, kdf: kdf as ScryptParams };
     }
     if (!first) return false;
-    const k = aheadKey(passphrase, first.kdf);
     const derivation = scryptAsync(passphrase, first.kdf);
     derivation.catch(() => {}); // the unlock derives again and reports what is wrong
-    ahead.set(k, derivation);
+    ahead.set(aheadKey(passphrase, first.kdf), derivation);
     return true;
   } catch {
     return false; // the command reads the same files itself and says what is wrong with them

@@ -28,6 +28,11 @@ export const MANIFEST_ASSET = 'manifest.json';
 
 let manifest: EmbeddedManifest | null | undefined;
 
+/** Whether bin/kura runs this as a checkout's bundle (dist/kura.cjs; it sets the mark before it runs it). */
+export function fromCheckoutBundle(): boolean {
+  return (globalThis as Record<symbol, unknown>)[Symbol.for('kura.startup')] === 'bundle';
+}
+
 /** The manifest of the running single executable, or null when kura runs from a checkout. */
 export function embeddedManifest(): EmbeddedManifest | null {
   if (manifest !== undefined) return manifest;

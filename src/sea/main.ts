@@ -6,6 +6,7 @@
  */
 import { KuraError } from '../errors.js';
 import { deriveAhead } from '../crypto/kdf-ahead.js';
+import { fromCheckoutBundle } from './embedded.js';
 
 process.env.UV_THREADPOOL_SIZE ??= '16';
 // a reader that went away (`kura snapshots | head`) ends the output, not in a stack trace
@@ -22,7 +23,7 @@ function kuraErrorIn(e: unknown): KuraError | null {
 
 // the repository key's derivation runs in the thread pool while the command's code loads (bin/kura
 // started it already when it runs this as a checkout's bundle)
-if ((globalThis as Record<symbol, unknown>)[Symbol.for('kura.startup')] !== 'bundle') deriveAhead(process.argv.slice(2), process.env);
+if (!fromCheckoutBundle()) deriveAhead(process.argv.slice(2), process.env);
 import('../cli/main.js')
   .then(({ main }) => main(process.argv))
   .then(
