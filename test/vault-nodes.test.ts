@@ -89,7 +89,8 @@ test('two vault nodes on one bucket, three tenants: each tenant is held by exact
   // a graceful stop releases the leases: the other node takes them at once
   await a.stop();
   await waitForHolders(b.config, (x) => NODE_TENANTS.every((t) => x[t] === 'node-b'), 'node-b to hold every tenant', 10_000);
-  assert.ok(b.audit().some((e) => e.event === 'tenant-taken' && e.tenant === 'city-a'));
+  // the lease shows in the bucket before the node has opened the tenant's catalogue and said so
+  await waitFor('node-b to have opened city-a', () => b.audit().some((e) => e.event === 'tenant-taken' && e.tenant === 'city-a'), 20_000);
 });
 
 test('kill -9 of the node holding a tenant while a relay has 3 snapshots queued: the relay moves to the other node, which takes the tenant once the lease expired and rebuilt its catalogue; all 3 arrive in order, restore byte-identical, nothing committed is sent twice', async (t) => {
