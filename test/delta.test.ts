@@ -167,12 +167,12 @@ test('the catalogue records a delta\'s bases by 8-byte ID prefix: all chunks of 
     { id: other, pack, offset: 20, storedSize: 10, plainSize: 40 },
     { id: delta, pack: 'b'.repeat(64), offset: 0, storedSize: 5, plainSize: 40, bases: [base, gone] },
   ]);
-  assert.deepEqual(cat.chunksWithPrefix(base.subarray(0, 8)).map((b) => b.toString('hex')).sort(), [base, twin].map((b) => b.toString('hex')).sort());
-  const needed = cat.basesNeeded([delta]);
+  assert.deepEqual(cat.bases.chunksWithPrefix(base.subarray(0, 8)).map((b) => b.toString('hex')).sort(), [base, twin].map((b) => b.toString('hex')).sort());
+  const needed = cat.bases.needed([delta]);
   assert.deepEqual(needed.found.map((b) => b.toString('hex')).sort(), [base, twin].map((b) => b.toString('hex')).sort(), 'a shared prefix keeps both chunks (the safe side)');
   assert.deepEqual(needed.missing.map((b) => b.toString('hex')), [gone.subarray(0, 8).toString('hex')]);
-  assert.deepEqual(cat.basesNeeded([other]), { found: [], missing: [] }, 'a whole chunk needs no bases');
-  assert.deepEqual(cat.basesNeeded([delta, base, twin]).found, [], 'bases in the list itself are not added again');
+  assert.deepEqual(cat.bases.needed([other]), { found: [], missing: [] }, 'a whole chunk needs no bases');
+  assert.deepEqual(cat.bases.needed([delta, base, twin]).found, [], 'bases in the list itself are not added again');
 });
 
 test('agent sources store deltas by default; `delta: false` in a source stores its changed chunks whole', async (t) => {

@@ -208,7 +208,7 @@ test('two-phase deletes: a condemned pack answers no chunk present, a session wr
     assert.equal(cat.condemned.claim('p1'), false, 'a pack in use is not deleted');
     assert.deepEqual(cat.condemned.list(), ['p2']);
     // a session about to write p2 takes it back before any GC claimed it
-    assert.equal(cat.leasePack('p2', 's1', Date.now() + 60_000), true);
+    assert.equal(cat.vault.leasePack('p2', 's1', Date.now() + 60_000), true);
     assert.deepEqual(cat.condemned.list(), []);
     assert.equal(cat.condemned.claim('p2'), false);
     // condemned and claimed: the session must wait until the delete has landed
@@ -216,17 +216,17 @@ test('two-phase deletes: a condemned pack answers no chunk present, a session wr
     assert.equal(cat.condemned.claim('p3'), true);
     assert.equal(cat.condemned.claim('p3'), true, 'the next GC (GCs exclude each other) takes over a killed one\'s claim');
     const gc = cat.acquireLock('gc', ['gc']); // the claimer is running
-    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), false);
+    assert.equal(cat.vault.leasePack('p3', 's2', Date.now() + 60_000), false);
     cat.condemned.forget('p3');
     gc.release();
-    assert.equal(cat.leasePack('p3', 's2', Date.now() + 60_000), true);
+    assert.equal(cat.vault.leasePack('p3', 's2', Date.now() + 60_000), true);
     // a leased pack condemned by a stale proof is not claimed
     cat.db.transaction(() => cat.condemned.condemn('p3'))();
     assert.equal(cat.condemned.claim('p3'), false);
     // a claim whose GC is gone (no gc lock held) does not hold a session up
     cat.db.transaction(() => cat.condemned.condemn('p5'))();
     assert.equal(cat.condemned.claim('p5'), true);
-    assert.equal(cat.leasePack('p5', 's3', Date.now() + 60_000), true);
+    assert.equal(cat.vault.leasePack('p5', 's3', Date.now() + 60_000), true);
     assert.ok(!cat.condemned.list().includes('p5'));
     // a failed delete releases its claim: the next GC (or a session) may go on
     cat.db.transaction(() => cat.condemned.condemn('p4'))();

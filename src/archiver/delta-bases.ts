@@ -127,12 +127,12 @@ export class BaseLocator {
     if (own !== undefined) return own;
     const catalogue = this.repo.catalogue;
     let d = this.deltasOf.get(loc.pack);
-    if (d === undefined) this.deltasOf.set(loc.pack, (d = catalogue.packDeltas(loc.pack)));
+    if (d === undefined) this.deltasOf.set(loc.pack, (d = catalogue.bases.ofPack(loc.pack)));
     const prefixes = d?.get(loc.offset);
     own = null;
     if (prefixes) {
       own = [];
-      for (const id of prefixes.flatMap((prefix) => catalogue.chunksWithPrefix(prefix))) {
+      for (const id of prefixes.flatMap((prefix) => catalogue.bases.chunksWithPrefix(prefix))) {
         const l = catalogue.location(id);
         if (l) own.push({ id, loc: l });
       }

@@ -195,7 +195,7 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
     let ids: Buffer[];
     try {
       ids = await referencedBy(repo, s, where, (data) => {
-        const bases = repo.catalogue.basesNeeded(data);
+        const bases = repo.catalogue.bases.needed(data);
         for (const prefix of bases.missing) {
           problems.push({ kind: 'chunk-missing', message: `a base chunk (ID ${prefix.toString('hex')}…) of a delta of snapshot ${s.id} is in no pack of the store`, chunk: prefix.toString('hex'), snapshots: [s.id] });
         }

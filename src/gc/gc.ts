@@ -111,7 +111,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     const out: Buffer[] = [];
     for (const row of deltaPacks.all()) {
       const deltas = packDeltas(row);
-      for (const o of offsetsIn(row.pack)) for (const prefix of deltas.get(o) ?? []) out.push(...cat.chunksWithPrefix(prefix));
+      for (const o of offsetsIn(row.pack)) for (const prefix of deltas.get(o) ?? []) out.push(...cat.bases.chunksWithPrefix(prefix));
     }
     return out;
   };
@@ -273,7 +273,7 @@ async function rewritePending(repo: Repository, report: GcReport, packBytes: num
       db.transaction(() => {
         pack.entries.forEach((e, i) => move.run(pack.id, e.offset, e.digest, e.id, out[i]!.from));
         // the new pack needs the bases of exactly the deltas it holds
-        cat.addPackBases(
+        cat.bases.addPack(
           pack.id,
           pack.entries.map((e, i) => ({ offset: e.offset, bases: blobInfo(out[i]!.blob)?.bases.map((b) => Buffer.from(b)) ?? [] })).filter((d) => d.bases.length > 0),
         );

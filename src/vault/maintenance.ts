@@ -146,7 +146,7 @@ export async function vaultUsage(cfg: VaultConfig, period: string, sources?: Usa
       const c = repo.catalogue.counts();
       let logical = 0;
       for (const s of repo.catalogue.snapshots()) logical += s.header.logicalBytes;
-      const moved = repo.catalogue.transferBytes(period);
+      const moved = repo.catalogue.vault.transferBytes(period);
       rows.push({
         ...base,
         storedBytes: stored,
@@ -154,7 +154,7 @@ export async function vaultUsage(cfg: VaultConfig, period: string, sources?: Usa
         logicalBytes: logical,
         snapshots: c.snapshots,
         chunks: c.chunks,
-        receivedBytes: repo.catalogue.intake(period).bytes,
+        receivedBytes: repo.catalogue.vault.intake(period).bytes,
         wireInBytes: moved.wireIn,
         wireOutBytes: moved.wireOut,
         restoreBytes: moved.restoreOut,
@@ -200,8 +200,8 @@ async function usageFrom(sources: UsageSources, tenant: string, period: string, 
     const c = repo.catalogue.counts();
     let logical = 0;
     for (const s of repo.catalogue.snapshots()) logical += s.header.logicalBytes;
-    const moved = repo.catalogue.transferBytes(period);
-    Object.assign(row, { chunkBytes: c.storedBytes, logicalBytes: logical, chunks: c.chunks, receivedBytes: repo.catalogue.intake(period).bytes, wireInBytes: moved.wireIn, wireOutBytes: moved.wireOut, restoreBytes: moved.restoreOut });
+    const moved = repo.catalogue.vault.transferBytes(period);
+    Object.assign(row, { chunkBytes: c.storedBytes, logicalBytes: logical, chunks: c.chunks, receivedBytes: repo.catalogue.vault.intake(period).bytes, wireInBytes: moved.wireIn, wireOutBytes: moved.wireOut, restoreBytes: moved.restoreOut });
   } finally {
     cat.close();
   }

@@ -145,7 +145,7 @@ export class VaultSession implements BudgetMember {
 
   constructor(readonly ctx: SessionContext, private readonly input: Readable, private readonly output: Writable) {
     this.finished = new Promise<void>((r) => (this.finish = r));
-    this.transfer = new TransferAccounting(ctx.repo.catalogue, (e) => ctx.log.warn({ tenant: ctx.tenant, session: this.id }, `transfer bytes not recorded yet: ${(e as Error).message}`));
+    this.transfer = new TransferAccounting(ctx.repo.catalogue.vault, (e) => ctx.log.warn({ tenant: ctx.tenant, session: this.id }, `transfer bytes not recorded yet: ${(e as Error).message}`));
     this.uploads = new Uploads(this);
     this.snapshots = new Announcements(this);
     this.parser = new FrameParser(ctx.maxFrame);
@@ -435,7 +435,7 @@ export class VaultSession implements BudgetMember {
 
 function dropPackLeasesQuietly(repo: Repository, session: string): void {
   try {
-    repo.catalogue.dropPackLeases(session);
+    repo.catalogue.vault.dropPackLeases(session);
   } catch {
     // the catalogue is closing; the leases expire on their own
   }

@@ -9,7 +9,7 @@ import type { VaultSession } from '../session.js';
 export function list(s: VaultSession, b: { source?: string | undefined }): Promise<void> {
   const { catalogue } = s.ctx.repo;
   const rows = catalogue.snapshots(b.source ? { source: b.source } : {}).map((r) => {
-    const received = catalogue.receivedAt(r.id);
+    const received = catalogue.vault.receivedAt(r.id);
     return { id: r.id, ...r.header, receivedAt: received?.at ?? null, receivedSeq: received?.seq ?? null };
   });
   return s.send(Frame.LIST_REPLY, rows);

@@ -67,7 +67,7 @@ export class Announcements {
     const { ops } = this.s;
     const expires = Date.now() + leaseTtlMs;
     const absent = (ids: Buffer[]): Buffer[] => {
-      const bitmap = repo.catalogue.hasAndLease(this.s.id, Buffer.concat(ids), CHUNK_ID_BYTES, expires);
+      const bitmap = repo.catalogue.vault.hasAndLease(this.s.id, Buffer.concat(ids), CHUNK_ID_BYTES, expires);
       ops.has += ids.length;
       const out = ids.filter((_, i) => !(bitmap[i >> 3]! & (1 << (i & 7))));
       ops.present += ids.length - out.length;
@@ -88,7 +88,7 @@ export class Announcements {
     // what was present when asked before in this session is leased: only the rest is asked again
     a.open = absent(a.open);
     if (a.open.length > 0) return { ids: a.open.slice(0, WANT_MAX), prefixes: [] };
-    const prefixes = repo.catalogue.basesNeeded(a.data).missing;
+    const prefixes = repo.catalogue.bases.needed(a.data).missing;
     a.complete = prefixes.length === 0;
     return { ids: [], prefixes };
   }
@@ -100,7 +100,7 @@ export class Announcements {
     // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
     const ids = [...idsOf(await snapshotChunkIds(snap, listFetcher(repo)))];
     for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
-    for (const prefix of repo.catalogue.basesNeeded(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
+    for (const prefix of repo.catalogue.bases.needed(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
     return missing;
   }
 }
@@ -133,7 +133,7 @@ export async function commit(s: VaultSession, ref: SnapshotRef): Promise<void> {
   if (missing.length > 0) throw new KuraError('E_CHUNK_MISSING', `snapshot ${id} refers to ${missing.length} chunk(s) this vault does not hold (first ${missing[0]}); send them and commit again (a kura relay does so on its next attempt; if it keeps failing, run "kura check" on the sending repository)`, { missing: missing.length });
   const existed = !(await repo.store.putIfAbsent(snapshotName(id), bytes));
   await repo.store.sync();
-  repo.catalogue.commitSnapshot(s.id, id, snap.header);
+  repo.catalogue.vault.commitSnapshot(s.id, id, snap.header);
   a.committed = true;
   s.ops.commits++;
   s.ctx.audit.write({ event: 'commit', outcome: 'ok', tenant, session: s.id, snapshot: id, source: snap.header.source, existed });

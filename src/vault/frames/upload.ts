@@ -259,14 +259,14 @@ export class Uploads {
       // the pack lease keeps a concurrent GC off the file until its chunks are recorded
       const lease = async (id: string) => {
         // a GC deleting an object of this very name right now: wait for its delete to land
-        while (!repo.catalogue.leasePack(id, this.s.id, expires)) await new Promise((r) => setTimeout(r, 50));
+        while (!repo.catalogue.vault.leasePack(id, this.s.id, expires)) await new Promise((r) => setTimeout(r, 50));
       };
       const pack = await storePack(repo.store, fresh, lease, fresh.length === batch.length ? blobsHashed : undefined);
       const rows = pack.entries.map((e, i) => {
         const info = blobInfo(fresh[i]!.blob)!;
         return { id: e.id, pack: pack.id, offset: e.offset, storedSize: e.length, plainSize: info.plainLength, bases: info.bases.map((b) => Buffer.from(b)), digest: e.digest };
       });
-      repo.catalogue.addSessionPack(this.s.id, pack.id, rows, expires, pack.size);
+      repo.catalogue.vault.addSessionPack(this.s.id, pack.id, rows, expires, pack.size);
       this.storedAdded += pack.size;
       this.s.ctx.stored?.added(pack.size);
     }
@@ -279,7 +279,7 @@ export async function has(s: VaultSession, ids: Buffer): Promise<void> {
   await s.othersLanded();
   const n = ids.length / CHUNK_ID_BYTES;
   // what this session is told is present stays until it commits or the lease ends
-  const bitmap = s.ctx.repo.catalogue.hasAndLease(s.id, ids, CHUNK_ID_BYTES, Date.now() + s.ctx.leaseTtlMs);
+  const bitmap = s.ctx.repo.catalogue.vault.hasAndLease(s.id, ids, CHUNK_ID_BYTES, Date.now() + s.ctx.leaseTtlMs);
   let present = 0;
   for (let i = 0; i < n; i++) if (bitmap[i >> 3]! & (1 << (i & 7))) present++;
   s.ops.has += n;

@@ -1,0 +1,112 @@
+import type Database from 'better-sqlite3';
+import type { ChunkRow } from './catalogue.js';
+import { BASE_PREFIX, packDeltas } from './catalogue-schema.js';
+
+/**
+ * The catalogue's record of which base chunks the deltas in each pack need (table pack_bases,
+ * see catalogue-schema.ts): written with the chunk rows of a pack, read by GC (to keep bases in
+ * use), the relay (to offer them) and restore and check (to fetch them).
+ */
+export class PackBases {
+  private prefixStmt: Database.Statement<[Buffer, Buffer], Buffer> | undefined;
+
+  constructor(private readonly db: Database.Database) {}
+
+  /** Record the bases the deltas among `rows` need, per pack (call inside the rows' transaction). */
+  addRows(rows: ReadonlyArray<ChunkRow>): void {
+    const byPack = new Map<string, Array<{ offset: number; bases: readonly Buffer[] }>>();
+    for (const r of rows) {
+      if (!r.bases?.length) continue;
+      let list = byPack.get(r.pack);
+      if (!list) byPack.set(r.pack, (list = []));
+      list.push({ offset: r.offset, bases: r.bases });
+    }
+    for (const [pack, deltas] of byPack) this.addPack(pack, deltas);
+  }
+
+  /** Record deltas of `pack` (a pack already in the catalogue) with their bases (IDs or prefixes). */
+  addPack(pack: string, deltas: ReadonlyArray<{ offset: number; bases: readonly Buffer[] }>): void {
+    if (deltas.length === 0) return;
+    const n = this.db.prepare<[string], { n: number }>('SELECT n FROM packs WHERE name = ?').get(pack)?.n;
+    if (n === undefined) return;
+    const old = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(n);
+    const all = old ? packDeltas(old) : new Map<number, Buffer[]>();
+    for (const d of deltas) all.set(d.offset, [...d.bases]);
+    const index = new Map<string, number>();
+    const ids: Buffer[] = [];
+    const records: Buffer[] = [];
+    for (const [offset, bases] of all) {
+      const rec = Buffer.allocUnsafe(5 + 2 * bases.length);
+      rec.writeUInt32LE(offset, 0);
+      rec[4] = bases.length;
+      bases.forEach((b, i) => {
+        const prefix = b.subarray(0, BASE_PREFIX);
+        const k = prefix.toString('base64');
+        let at = index.get(k);
+        if (at === undefined) {
+          index.set(k, (at = ids.length));
+          ids.push(prefix);
+        }
+        rec.writeUInt16LE(at, 5 + 2 * i);
+      });
+      records.push(rec);
+    }
+    this.db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(n, Buffer.concat(ids), Buffer.concat(records));
+  }
+
+  /** The deltas of a pack: offset → bases; null if it holds none. */
+  ofPack(pack: string): Map<number, Buffer[]> | null {
+    const row = this.db
+      .prepare<[string], { bases: Buffer; deltas: Buffer }>('SELECT b.bases, b.deltas FROM pack_bases b JOIN packs p ON p.n = b.pack WHERE p.name = ?')
+      .get(pack);
+    return row ? packDeltas(row) : null;
+  }
+
+  /** Every stored chunk whose ID starts with `prefix` (one, but for a 64-bit collision). */
+  chunksWithPrefix(prefix: Buffer): Buffer[] {
+    const lo = Buffer.alloc(32, 0);
+    const hi = Buffer.alloc(32, 0xff);
+    prefix.copy(lo);
+    prefix.copy(hi);
+    return (this.prefixStmt ??= this.db.prepare<[Buffer, Buffer], Buffer>('SELECT id FROM chunk_rows WHERE id >= ? AND id <= ?').pluck()).all(lo, hi);
+  }
+
+  /**
+   * The base chunks the deltas among `ids` need, beyond `ids` themselves: `found` stored here,
+   * `missing` the prefixes no stored chunk has.
+   */
+  needed(ids: Iterable<Buffer>): { found: Buffer[]; missing: Buffer[] } {
+    const found = new Map<string, Buffer>();
+    const missing = new Map<string, Buffer>();
+    if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return { found: [], missing: [] };
+    const rowOf = this.db.prepare<[Buffer], { pack: number; offset: number }>('SELECT pack, offset FROM chunk_rows WHERE id = ?');
+    const deltasOf = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?');
+    const inList = new Set<string>();
+    const offsets = new Map<number, number[]>();
+    for (const id of ids) {
+      inList.add(id.subarray(0, BASE_PREFIX).toString('base64'));
+      const r = rowOf.get(id);
+      if (!r) continue;
+      let list = offsets.get(r.pack);
+      if (!list) offsets.set(r.pack, (list = []));
+      list.push(r.offset);
+    }
+    const seen = new Set<string>();
+    for (const [pack, offs] of offsets) {
+      const row = deltasOf.get(pack);
+      if (!row) continue;
+      const deltas = packDeltas(row);
+      for (const o of offs) {
+        for (const prefix of deltas.get(o) ?? []) {
+          const k = prefix.toString('base64');
+          if (inList.has(k) || seen.has(k)) continue;
+          seen.add(k);
+          const ids = this.chunksWithPrefix(prefix);
+          if (ids.length === 0) missing.set(k, Buffer.from(prefix));
+          for (const id of ids) found.set(id.toString('base64'), id);
+        }
+      }
+    }
+    return { found: [...found.values()], missing: [...missing.values()] };
+  }
+}
