@@ -13,6 +13,7 @@ import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
 import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/crypto/blob.js';
+import { keepDelta, REBASE_AT, wholeEstimate, worthTryingWhole } from '../src/crypto/delta-policy.js';
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
@@ -282,4 +283,51 @@ test('sealBest keeps the delta that costs least with its header: bases that add 
   const whole = sealer.sealBest(other, idOf(other), [all, one]);
   assert.equal(whole.chosen, -1);
   assert.notEqual(blobInfo(whole.blob)!.compression, Compression.DELTA);
+});
+
+test('whole or delta (table): a chunk changed for the first time keeps its delta unless whole is smaller by a tenth; one changed again is stored whole once its delta costs half; the chunk is compressed alone only when that may change the choice', () => {
+  const rows: Array<{ delta: number; plain: number; estimate: number | null; again: boolean; tryWhole: boolean; whole?: number; keep?: boolean; why: string }> = [
+    { delta: 300, plain: 120_000, estimate: 1400, again: true, tryWhole: false, why: 'changed again, a fifth of what its bases take: no compression more' },
+    { delta: 600, plain: 120_000, estimate: 1400, again: true, tryWhole: true, whole: 1400, keep: true, why: 'changed again, near half: compressed alone, and the delta still costs less than half' },
+    { delta: 900, plain: 120_000, estimate: 1400, again: true, tryWhole: true, whole: 1400, keep: false, why: 'changed again, grown past half: stored whole, so the next nights\' deltas start from it' },
+    { delta: 900, plain: 120_000, estimate: 1400, again: true, tryWhole: true, whole: 3700, keep: true, why: 'the bases flattered the chunk: whole it takes 3 700 B, the delta is kept' },
+    { delta: 900, plain: 120_000, estimate: 1400, again: false, tryWhole: false, why: 'a first change (a heavy night): a delta under a sixth of the chunk is kept untried' },
+    { delta: 900, plain: 120_000, estimate: null, again: true, tryWhole: false, why: 'no estimate (bases of unknown size): kept untried, as a first change' },
+    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 1000, keep: true, why: 'a first change over a sixth of a small chunk: tried, and whole is not smaller by a tenth' },
+    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 850, keep: false, why: 'a first change: whole smaller by more than a tenth is stored whole' },
+    { delta: 600, plain: 4096, estimate: 1000, again: true, tryWhole: true, whole: 1000, keep: false, why: 'a small chunk changed again: whole once the delta costs half' },
+    { delta: 100, plain: 4096, estimate: 0, again: true, tryWhole: false, why: 'an estimate of 0 counts as none' },
+  ];
+  for (const r of rows) {
+    assert.equal(worthTryingWhole(r.delta, r.plain, r.estimate, r.again), r.tryWhole, r.why);
+    if (r.whole !== undefined) assert.equal(keepDelta(r.delta, r.whole, r.again), r.keep, r.why);
+  }
+  assert.equal(wholeEstimate(60_000, 2800, 240_000), 700, 'bases of 240 000 B stored in 2 800: a chunk of 60 000 B in ~700');
+  assert.equal(wholeEstimate(60_000, undefined, 240_000), null);
+  assert.equal(REBASE_AT, 0.5);
+});
+
+test('sealBest stores a chunk changed again whole once its delta costs half of what it takes whole; a small change stays a delta; a first change of the same size keeps its delta', () => {
+  const keys = { dataKey: Buffer.alloc(32, 5), idKey: Buffer.alloc(32, 6) };
+  const sealer = new BlobSealer(keys.dataKey, 3);
+  const r = new Prng(11);
+  const values = Array.from({ length: 3000 }, () => r.next() % 1_000_000);
+  const text = (vals: number[]) => Buffer.from(vals.map((v, i) => `${i + 1}\t1\t${v}\t${' '.repeat(20)}\n`).join(''));
+  const base = text(values);
+  const changed = (share: number) => text(values.map((v, i) => ((i * 2654435761) >>> 0) % 1000 < share * 1000 ? (v + 1 + (r.next() % 999_983)) % 1_000_000 : v));
+  const idOf = (b: Buffer) => chunkId(keys.idKey, b);
+  const baseStored = sealer.sealBest(base, idOf(base), []).blob.length;
+  const alternatives = [{ ids: [idOf(base)], plain: base, stored: baseStored }];
+  for (const [share, delta] of [[0.05, true], [0.7, false]] as const) {
+    const plain = changed(share);
+    const again = sealer.sealBest(plain, idOf(plain), alternatives, { again: true });
+    assert.equal(blobInfo(again.blob)!.compression === Compression.DELTA, delta, `${share * 100} % of the rows changed`);
+    assert.equal(again.chosen, delta ? 0 : -1);
+    assert.ok(openBlob(again.blob, idOf(plain), keys, delta ? [base] : undefined).equals(plain));
+    if (!delta) {
+      const first = sealer.sealBest(plain, idOf(plain), alternatives);
+      assert.equal(blobInfo(first.blob)!.compression, Compression.DELTA, 'a first change keeps the delta');
+      assert.ok(again.blob.length > first.blob.length, 'whole costs more tonight; the nights after it save');
+    }
+  }
 });

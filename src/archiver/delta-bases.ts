@@ -158,6 +158,7 @@ export class BaseLocator {
       return at;
     };
     const byPlace = new Map<number, number>(); // candidate place → its index in this batch's bases
+    const again = new Uint8Array(candidates.length);
     candidates.forEach((cands, i) => {
       const mine: number[] = [];
       for (const k of cands) {
@@ -165,6 +166,7 @@ export class BaseLocator {
         const loc = this.rows.location(k);
         if (!loc) continue;
         const own = this.basesOf(k, loc);
+        if (own) again[i] = 1;
         if (!own) {
           let at = byPlace.get(k);
           if (at === undefined) byPlace.set(k, (at = intern(this.rows.previous.idAt(k), loc)));
@@ -196,7 +198,7 @@ export class BaseLocator {
       offset[i] = loc.offset;
       length[i] = loc.length;
     });
-    return { ids: Buffer.concat(ids), packs, packOf, offset, length, start, refs: Uint32Array.from(refs) };
+    return { ids: Buffer.concat(ids), packs, packOf, offset, length, start, refs: Uint32Array.from(refs), again };
   }
 }
 

@@ -41,6 +41,8 @@ export interface SealBases {
   length: Uint32Array;
   start: Uint32Array;
   refs: Uint32Array;
+  /** again[i] = 1: chunk i's old version at its place was itself a delta (it changes night after night) */
+  again: Uint8Array;
   /** the bases' stored blobs, read by the caller (null: unreadable); absent: read from the local store */
   blobs?: Array<Uint8Array | null>;
 }
@@ -215,7 +217,8 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
         const { blob, chosen } = sealer.sealBest(
           plain,
           idList[i]!,
-          sets.map((set) => ({ ids: set.map((r) => b.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)), plain: opener.dict(set) })),
+          sets.map((set) => ({ ids: set.map((r) => b.ids.subarray(r * CHUNK_ID_BYTES, (r + 1) * CHUNK_ID_BYTES)), plain: opener.dict(set), stored: set.reduce((n, r) => n + b.length[r]!, 0) })),
+          { again: b.again[i] === 1 },
         );
         blobs[i] = blob;
         if (chosen >= 0) {

@@ -3,6 +3,7 @@ import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { createRequire } from 'node:module';
 import { KuraError } from '../errors.js';
 import { nativeAddon } from '../native.js';
+import { keepDelta, wholeEstimate, wholeSample, worthTryingWhole } from './delta-policy.js';
 
 const require = createRequire(import.meta.url);
 // zstd-napi is CommonJS; a native binding without zstd-codec's fixed 16 MiB heap.
@@ -63,6 +64,8 @@ const NONCE_BATCH = 1024;
 export interface DeltaBase {
   ids: readonly Uint8Array[];
   plain: Uint8Array;
+  /** the bases' stored bytes (their blobs' lengths), when known: what they take judges what the chunk would whole */
+  stored?: number;
 }
 
 export class BlobSealer {
@@ -93,10 +96,13 @@ export class BlobSealer {
 
   /**
    * Seal one chunk as the smallest of its deltas against each of `alternatives` (sets of bases,
-   * counting the 32 bytes each base adds to the blob's header), or whole if that is no smaller
-   * (as `seal`). `chosen` is the alternative the blob is a delta of, -1 if stored whole.
+   * counting the 32 bytes each base adds to the blob's header), or whole if that is smaller by a
+   * tenth (as `seal`); `again`: the chunk's old version was a delta too, and it is stored whole
+   * once the delta costs half of that (delta-policy.ts). `chosen` is the alternative the blob is a
+   * delta of, -1 if stored whole.
    */
-  sealBest(plain: Uint8Array, id: Uint8Array, alternatives: readonly DeltaBase[]): { blob: Buffer; chosen: number } {
+  sealBest(plain: Uint8Array, id: Uint8Array, alternatives: readonly DeltaBase[], opts: { again?: boolean } = {}): { blob: Buffer; chosen: number } {
+    const again = opts.again === true;
     let body: Uint8Array = plain;
     let compression: number = Compression.NONE;
     let baseIds: readonly Uint8Array[] = [];
@@ -114,9 +120,9 @@ export class BlobSealer {
       }
     }
     const base = chosen >= 0 ? alternatives[chosen] : undefined;
-    // a delta under a sixth of the chunk is kept without trying the chunk alone (zstd does not
-    // shrink a dump's 4 KiB chunks that far): the common case costs no compression more
-    if (delta && delta.length * 6 < plain.length) {
+    // a delta well under what the chunk would take whole is kept without compressing the chunk
+    // alone: the common case costs no compression more (delta-policy.ts)
+    if (delta && this.keepUntried(cost(delta, base!), plain, base!, again)) {
       body = delta;
       compression = Compression.DELTA;
       baseIds = base!.ids;
@@ -127,7 +133,7 @@ export class BlobSealer {
         body = z;
         compression = Compression.ZSTD;
       }
-      if (delta && delta.length + 1 + base!.ids.length * CHUNK_ID_BYTES < body.length * 0.9) {
+      if (delta && keepDelta(cost(delta, base!), body.length, again)) {
         body = delta;
         compression = Compression.DELTA;
         baseIds = base!.ids;
@@ -138,6 +144,20 @@ export class BlobSealer {
   }
 
   /** The chunk compressed against `dict` (null when it cannot be a delta of it). */
+  /**
+   * Whether a delta is kept without compressing the chunk alone: judged by what its bases take
+   * stored and, for a large chunk that may be stored whole, by a sample of it compressed (a
+   * chunk's content drifts from its bases': on bench/daily's spread updates a chunk whole took
+   * 2-3 times what its bases judged, and compressing every such chunk alone cost 20 % of a night).
+   */
+  private keepUntried(deltaCost: number, plain: Uint8Array, base: DeltaBase, again: boolean): boolean {
+    if (!worthTryingWhole(deltaCost, plain.length, wholeEstimate(plain.length, base.stored, base.plain.length), again)) return true;
+    const sample = again && this.compressor ? wholeSample(plain.length) : null;
+    if (sample === null) return false;
+    const z = this.compressor!.compress(plain.subarray(0, sample)).length;
+    return !worthTryingWhole(deltaCost, plain.length, wholeEstimate(plain.length, z, sample), again);
+  }
+
   private deltaOf(plain: Uint8Array, dict: Uint8Array): Buffer | null {
     const native = nativeAddon();
     if (native) return native.deltaCompress(plain, dict, Math.max(this.level, DELTA_MIN_LEVEL));

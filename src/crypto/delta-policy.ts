@@ -1,0 +1,46 @@
+/**
+ * Whole or delta: what a changed chunk is stored as. Pure rules, table-tested (test/delta.test.ts).
+ *
+ * A delta is made against the previous generation's whole chunks (a delta is never a base: restore
+ * opens one level). A chunk changed for the first time since its base keeps its delta unless whole
+ * is smaller by a tenth: one change (a heavy night's recalculation) need not recur.
+ *
+ * A chunk that changes night after night stays a delta of the same old base, and its delta grows
+ * with every change since: on bench/daily's evenly spread updates (every 64 KiB chunk changes
+ * each night) from ~300 B the first night to ~1 300 B the sixth. Storing such a chunk whole once its
+ * delta costs REBASE_AT of that resets the growth: the next nights' deltas are against the new
+ * whole chunk. Paying W once every P nights, with deltas growing by c a night, costs
+ * (W + c·P(P-1)/2)/P a night, least at P = √(2W/c), where the delta is about half of W.
+ */
+export const REBASE_AT = 0.5;
+/** a first change: the delta is kept unless whole is smaller by a tenth */
+const KEEP_FIRST_DELTA_BELOW = 0.9;
+
+/**
+ * Before the chunk is compressed alone (a compression more, for each changed chunk): whether that
+ * can change the choice. `estimate` is what the chunk would take whole judged by its bases (their
+ * stored bytes scaled to its length), null when unknown. For a first change, or without an
+ * estimate, a delta under a sixth of the chunk is kept untried (zstd does not shrink a dump's
+ * chunks that far).
+ */
+export function worthTryingWhole(deltaCost: number, plainLength: number, estimate: number | null, again: boolean): boolean {
+  if (again && estimate !== null && estimate > 0) return deltaCost >= REBASE_AT * estimate * 0.8;
+  return deltaCost * 6 >= plainLength;
+}
+
+/** With both sizes known: whether the delta is kept. */
+export function keepDelta(deltaCost: number, wholeCost: number, again: boolean): boolean {
+  return deltaCost < (again ? REBASE_AT : KEEP_FIRST_DELTA_BELOW) * wholeCost;
+}
+
+/** What a chunk of `plainLength` bytes would take whole, judged by its bases: `stored` bytes for `basePlain` bytes of theirs. */
+export function wholeEstimate(plainLength: number, stored: number | undefined, basePlain: number): number | null {
+  if (stored === undefined || !(stored > 0) || !(basePlain > 0)) return null;
+  return (stored * plainLength) / basePlain;
+}
+
+/** the bytes of a chunk compressed alone to judge the whole of it, for a chunk at least four times as large (else null: the whole chunk is compressed) */
+export const SAMPLE_BYTES = 16 << 10;
+export function wholeSample(plainLength: number): number | null {
+  return plainLength >= 4 * SAMPLE_BYTES ? SAMPLE_BYTES : null;
+}
