@@ -13,7 +13,7 @@ import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
 import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/crypto/blob.js';
-import { keepDelta, REBASE_AT, wholeEstimate, worthTryingWhole } from '../src/crypto/delta-policy.js';
+import { keepDelta, REBASE_AT, wholeEstimate, wholeSample, worthTryingWhole } from '../src/crypto/delta-policy.js';
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
@@ -304,6 +304,8 @@ test('whole or delta (table): a chunk changed for the first time keeps its delta
   }
   assert.equal(wholeEstimate(60_000, 2800, 240_000), 700, 'bases of 240 000 B stored in 2 800: a chunk of 60 000 B in ~700');
   assert.equal(wholeEstimate(60_000, undefined, 240_000), null);
+  assert.equal(wholeSample(120_000), 16 << 10, 'a large chunk is judged by 16 KiB of it first');
+  assert.equal(wholeSample(60_000), null, 'a smaller one is compressed whole');
   assert.equal(REBASE_AT, 0.5);
 });
 
@@ -330,4 +332,61 @@ test('sealBest stores a chunk changed again whole once its delta costs half of w
       assert.ok(again.blob.length > first.blob.length, 'whole costs more tonight; the nights after it save');
     }
   }
+});
+
+test('a chunk that changes night after night is stored whole once its delta costs half of it, and the next night is a small delta of that; a chunk changed a little each night stays a delta; every night restores', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const r = new Prng(23);
+  const rows = 120_000;
+  // a table whose first half changes heavily every night (70 % of its values) and second half lightly (2 %)
+  let values = Array.from({ length: rows }, () => r.next() % 1_000_000);
+  const dump = (vals: number[]) => Buffer.from(vals.map((v, i) => `${i + 1}\t${i % 7}\t${v}\t${' '.repeat(30)}\n`).join(''));
+  const nights: Buffer[] = [dump(values)];
+  for (let n = 1; n <= 3; n++) {
+    values = values.map((v, i) => (r.next() % 1000 < (i < rows / 2 ? 700 : 20) ? r.next() % 1_000_000 : v));
+    nights.push(dump(values));
+  }
+  const snaps = nights.map((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    return kuraJson<{ id: string; newBytes: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', file]).id;
+  });
+  const half = nights[0]!.length / 2;
+  /** The kinds of the chunks night k stored anew, in the dump's heavily changed first half and in its second. */
+  const stored = async (k: number) => {
+    const before = new Set((await referencedChunks(repo, snaps[k - 1]!)).map((c) => c.toString('hex')));
+    const ids = await referencedChunks(repo, snaps[k]!);
+    const repoObj = await Repository.open(repo, null);
+    try {
+      const out = { heavy: { deltas: 0, whole: 0 }, light: { deltas: 0, whole: 0 } };
+      let at = 0;
+      const isNew = ids.map((c) => !before.has(c.toString('hex')));
+      const kinds = new Map<string, boolean>();
+      for await (const { id, blob } of readBlobs(repoObj, ids.filter((_, i) => isNew[i]), snaps[k]!)) kinds.set(id.toString('hex'), blobInfo(blob)!.compression === Compression.DELTA);
+      const sizes = new Map<string, number>();
+      for await (const { id, blob } of readBlobs(repoObj, ids, snaps[k]!)) sizes.set(id.toString('hex'), blobInfo(blob)!.plainLength);
+      for (const c of ids) {
+        const hex = c.toString('hex');
+        const side = at < half ? out.heavy : out.light;
+        at += sizes.get(hex)!;
+        if (!kinds.has(hex)) continue;
+        if (kinds.get(hex)) side.deltas++;
+        else side.whole++;
+      }
+      return out;
+    } finally {
+      repoObj.close();
+    }
+  };
+  const n1 = await stored(1);
+  const n2 = await stored(2);
+  const n3 = await stored(3);
+  t.diagnostic(JSON.stringify({ n1, n2, n3 }));
+  assert.ok(n1.heavy.deltas > 5 * Math.max(1, n1.heavy.whole), `night 1, a first change: deltas (${JSON.stringify(n1.heavy)})`);
+  assert.ok(n2.heavy.whole > 5 * Math.max(1, n2.heavy.deltas), `night 2, changed again and grown past half: whole (${JSON.stringify(n2.heavy)})`);
+  assert.ok(n3.heavy.deltas > 5 * Math.max(1, n3.heavy.whole), `night 3: deltas again, of night 2's whole chunks (${JSON.stringify(n3.heavy)})`);
+  for (const n of [n1, n2, n3]) assert.ok(n.light.deltas > 5 * Math.max(1, n.light.whole), `lightly changed: deltas every night (${JSON.stringify(n.light)})`);
+  snaps.forEach((id, i) => assert.equal(sha256(kuraOk(['restore', '--repo', repo, id, '--to', '-']).stdout), sha256(nights[i]!)));
 });
