@@ -96,9 +96,9 @@ export class BlobSealer {
 
   /**
    * Seal one chunk as the smallest of its deltas against each of `alternatives` (sets of bases,
-   * counting the 32 bytes each base adds to the blob's header), or whole if that is smaller by a
-   * tenth (as `seal`); `again`: the chunk's old version was a delta too, and it is stored whole
-   * once the delta costs half of that (delta-policy.ts). `chosen` is the alternative the blob is a
+   * counting the 32 bytes each base adds to the blob's header), kept while it costs under 90 % of
+   * the chunk compressed alone (as `seal`); `again`: the chunk's old version was a delta too, and it
+   * is stored whole once the delta costs half of that (delta-policy.ts). `chosen` is the alternative the blob is a
    * delta of, -1 if stored whole.
    */
   sealBest(plain: Uint8Array, id: Uint8Array, alternatives: readonly DeltaBase[], opts: { again?: boolean } = {}): { blob: Buffer; chosen: number } {
@@ -143,7 +143,6 @@ export class BlobSealer {
     return { blob: this.sealed(plain.length, id, compression, baseIds, body), chosen };
   }
 
-  /** The chunk compressed against `dict` (null when it cannot be a delta of it). */
   /**
    * Whether a delta is kept without compressing the chunk alone: judged by what its bases take
    * stored and, for a large chunk that may be stored whole, by a sample of it compressed (a
@@ -158,6 +157,7 @@ export class BlobSealer {
     return !worthTryingWhole(deltaCost, plain.length, wholeEstimate(plain.length, z, sample), again);
   }
 
+  /** The chunk compressed against `dict` (null when it cannot be a delta of it). */
   private deltaOf(plain: Uint8Array, dict: Uint8Array): Buffer | null {
     const native = nativeAddon();
     if (native) return native.deltaCompress(plain, dict, Math.max(this.level, DELTA_MIN_LEVEL));

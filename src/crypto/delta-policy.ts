@@ -2,8 +2,8 @@
  * Whole or delta: what a changed chunk is stored as. Pure rules, table-tested (test/delta.test.ts).
  *
  * A delta is made against the previous generation's whole chunks (a delta is never a base: restore
- * opens one level). A chunk changed for the first time since its base keeps its delta unless whole
- * is smaller by a tenth: one change (a heavy night's recalculation) need not recur.
+ * opens one level). A chunk changed for the first time since its base keeps its delta while it costs
+ * under 90 % of the chunk whole: one change (a heavy night's recalculation) need not recur.
  *
  * A chunk that changes night after night stays a delta of the same old base, and its delta grows
  * with every change since: on bench/daily's evenly spread updates (every 64 KiB chunk changes
@@ -13,7 +13,7 @@
  * (W + c·P(P-1)/2)/P a night, least at P = √(2W/c), where the delta is about half of W.
  */
 export const REBASE_AT = 0.5;
-/** a first change: the delta is kept unless whole is smaller by a tenth */
+/** a first change: the delta is kept while it costs under this share of the chunk whole */
 const KEEP_FIRST_DELTA_BELOW = 0.9;
 
 /**
