@@ -285,7 +285,7 @@ test('sealBest keeps the delta that costs least with its header: bases that add 
   assert.notEqual(blobInfo(whole.blob)!.compression, Compression.DELTA);
 });
 
-test('whole or delta (table): a chunk changed for the first time keeps its delta unless whole is smaller by a tenth; one changed again is stored whole once its delta costs half; the chunk is compressed alone only when that may change the choice', () => {
+test('whole or delta (table): a chunk changed for the first time keeps its delta while it costs under 90 % of the chunk whole; one changed again is stored whole once its delta costs half; the chunk is compressed alone only when that may change the choice', () => {
   const rows: Array<{ delta: number; plain: number; estimate: number | null; again: boolean; tryWhole: boolean; whole?: number; keep?: boolean; why: string }> = [
     { delta: 300, plain: 120_000, estimate: 1400, again: true, tryWhole: false, why: 'changed again, a fifth of what its bases take: no compression more' },
     { delta: 600, plain: 120_000, estimate: 1400, again: true, tryWhole: true, whole: 1400, keep: true, why: 'changed again, near half: compressed alone, and the delta still costs less than half' },
@@ -293,8 +293,8 @@ test('whole or delta (table): a chunk changed for the first time keeps its delta
     { delta: 900, plain: 120_000, estimate: 1400, again: true, tryWhole: true, whole: 3700, keep: true, why: 'the bases flattered the chunk: whole it takes 3 700 B, the delta is kept' },
     { delta: 900, plain: 120_000, estimate: 1400, again: false, tryWhole: false, why: 'a first change (a heavy night): a delta under a sixth of the chunk is kept untried' },
     { delta: 900, plain: 120_000, estimate: null, again: true, tryWhole: false, why: 'no estimate (bases of unknown size): kept untried, as a first change' },
-    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 1000, keep: true, why: 'a first change over a sixth of a small chunk: tried, and whole is not smaller by a tenth' },
-    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 850, keep: false, why: 'a first change: whole smaller by more than a tenth is stored whole' },
+    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 1000, keep: true, why: 'a first change over a sixth of a small chunk: tried, and the delta costs under 90 % of the chunk whole' },
+    { delta: 800, plain: 4096, estimate: null, again: false, tryWhole: true, whole: 850, keep: false, why: 'a first change: a delta at 94 % of the chunk whole is not kept' },
     { delta: 600, plain: 4096, estimate: 1000, again: true, tryWhole: true, whole: 1000, keep: false, why: 'a small chunk changed again: whole once the delta costs half' },
     { delta: 100, plain: 4096, estimate: 0, again: true, tryWhole: false, why: 'an estimate of 0 counts as none' },
   ];
