@@ -166,13 +166,13 @@ export class BaseLocator {
         const loc = this.rows.location(k);
         if (!loc) continue;
         const own = this.basesOf(k, loc);
-        if (own) again[i] = 1;
         if (!own) {
           let at = byPlace.get(k);
           if (at === undefined) byPlace.set(k, (at = intern(this.rows.previous.idAt(k), loc)));
           if (!mine.includes(at)) mine.push(at);
           continue;
         }
+        again[i] = 1; // the old version is itself a delta: the chunk changes night after night
         for (const b of own) {
           if (mine.length >= MAX_BASES) break;
           const at = intern(b.id, b.loc);

@@ -15,6 +15,8 @@
 export const REBASE_AT = 0.5;
 /** a first change: the delta is kept while it costs under this share of the chunk whole */
 const KEEP_FIRST_DELTA_BELOW = 0.9;
+/** an estimate may be this much high (a chunk whole is judged by its bases or by a sample): tried from there */
+const ESTIMATE_SLACK = 0.8;
 
 /**
  * Before the chunk is compressed alone (a compression more, for each changed chunk): whether that
@@ -24,7 +26,7 @@ const KEEP_FIRST_DELTA_BELOW = 0.9;
  * chunks that far).
  */
 export function worthTryingWhole(deltaCost: number, plainLength: number, estimate: number | null, again: boolean): boolean {
-  if (again && estimate !== null && estimate > 0) return deltaCost >= REBASE_AT * estimate * 0.8;
+  if (again && estimate !== null && estimate > 0) return deltaCost >= REBASE_AT * estimate * ESTIMATE_SLACK;
   return deltaCost * 6 >= plainLength;
 }
 
