@@ -41,7 +41,7 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
   openSnapshotPrivate(snap, keys.dataKey); // authenticates header + chunk list
   const ids = [...idsOf(await snapshotChunkIds(snap, blobs))];
   const opener = new DeltaOpener(keys, blobs);
-  const perSegment = Math.max(16, Math.min(4096, Math.floor(SEGMENT_BYTES / (snap.header.chunker?.maxSize ?? 1 << 20))));
+  const perSegment = chunksPerSegment(snap.header.chunker?.maxSize);
   const ctx: SegmentContext = { snapshotId, keys, opener, what: `snapshot ${snapshotId}`, progress, total: snap.header.logicalBytes };
   progress?.(0, ctx.total);
   const native = openingAddon();
@@ -50,6 +50,15 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
   }
   return { id: snapshotId, bytes, chunks: ids.length, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
+/**
+ * Chunks a segment holds: SEGMENT_BYTES of chunk capacity, at least two (one per piece at PARTS
+ * 2), at most 4096. Sixteen at least held 16 chunks of 4 MiB capacity per segment: restoring a
+ * repository of 1 MiB chunks peaked at 550-600 MB of RSS.
+ */
+export function chunksPerSegment(maxChunkSize = 1 << 20): number {
+  return Math.max(PARTS, Math.min(4096, Math.floor(SEGMENT_BYTES / maxChunkSize)));
 }
 
 /** Told the bytes written so far and the snapshot's size, after each write (a progress meter). */
