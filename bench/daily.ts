@@ -5,7 +5,7 @@
  * repository directory, so snapshot metadata and indexes are included) and repository size;
  * then a summary over the churned days.
  *
- *   npm run bench:daily [-- --workload municipal|oltp --scale 1 --days 7 --heavy 5 --kura-avg 8192,65536 --save-dumps DIR]
+ *   npm run bench:daily [-- --workload municipal|oltp --scale 1 --days 7 --heavy 5 --kura-avg 262144,65536 --save-dumps DIR]
  *
  * Every backup and restore runs under GNU time (Debian package `time`) for its peak RSS
  * (`rssMiB`, the largest process of the command). Borg runs twice: its default (lz4, "borg-lz4")
@@ -22,7 +22,8 @@
  * VACUUM ANALYZE and a checkpoint (and waits for any autovacuum worker): the night's batch and its
  * maintenance are over before the backup window, and no tool is timed against them.
  *
- * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4);
+ * --kura-avg lists the kura chunk averages to compare (min = avg/4, max = avg*4; default 262144,
+ * the repository default, and 65536, the default before it);
  * --kura-compression sets kura's zstd level (default: the repository's, 3).
  * --stream also times the whole nightly job as it runs in production, export included:
  * `kura agent run` (kura runs pg_dump itself and reads its output as it comes; "kura-agent-stream")
@@ -55,7 +56,7 @@ const arg = (name: string, def: string) => {
 const SCALE = Number(arg('scale', '1'));
 const DAYS = Number(arg('days', '7'));
 const HEAVY = Number(arg('heavy', '5'));
-const KURA_AVGS = arg('kura-avg', '4096,65536').split(',').map(Number);
+const KURA_AVGS = arg('kura-avg', '262144,65536').split(',').map(Number);
 const KURA_LEVEL = arg('kura-compression', '');
 const STREAM = argv.includes('--stream');
 const WORKLOAD = arg('workload', 'municipal');

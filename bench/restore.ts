@@ -63,7 +63,7 @@ if (!dumps) {
   dumps = path.join(dir, 'dumps');
   mkdirSync(dumps);
   const pass = ['workload', 'days', 'scale'].flatMap((k) => (argv.includes(`--${k}`) ? [`--${k}`, arg(k, '')] : []));
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'dist/bench/daily.js'), '--workload', 'oltp', '--days', '5', ...pass, '--kura-avg', '65536', '--save-dumps', dumps], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'dist/bench/daily.js'), '--workload', 'oltp', '--days', '5', ...pass, '--kura-avg', '262144', '--save-dumps', dumps], { stdio: ['ignore', 'ignore', 'inherit'] });
   if (r.status !== 0) throw new Error(`bench/daily (making the dumps) exited ${r.status}`);
 }
 const nights = readdirSync(dumps)

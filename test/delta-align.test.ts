@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
+import { kura, kuraAsync, kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { chunkerFor } from '../src/agent/run.js';
 import type { SourceConfig } from '../src/config/schema.js';
 import { Prng, sha256 } from './support/generate.js';
@@ -11,6 +11,7 @@ import { alignedBases, endPrint, EndIndex, END_BYTES } from '../src/archiver/chu
 import { readCachedList, writeCachedList } from '../src/repository/list-cache.js';
 import { nativeAddon } from '../src/native.js';
 import { Repository } from '../src/repository/repository.js';
+import { defaultChunkerParams } from '../src/chunker/fastcdc.js';
 
 test('a chunk end fingerprint is of its last bytes only', () => {
   const a = Buffer.from('x'.repeat(100) + 'the same last thirty-two bytes!!');
@@ -188,6 +189,30 @@ test('a new database source takes the repository\'s chunk sizes; one backed up a
   }
   const snaps = JSON.parse(kuraOk(['snapshots', '--json'], { env }).out) as Array<{ source: string; chunker?: { avgSize: number }; header?: { chunker?: { avgSize: number } } }>;
   const avg = (source: string) => snaps.filter((s) => s.source === source).map((s) => (s.chunker ?? s.header?.chunker)!.avgSize);
-  assert.deepEqual(avg('app'), [65536, 65536]);
+  assert.deepEqual(avg('app'), [defaultChunkerParams.avgSize, defaultChunkerParams.avgSize]);
   assert.deepEqual(avg('legacy'), [4096, 4096, 4096]);
+});
+
+test('repo init: 256 KiB chunks by default; --chunk-avg alone sets min and max around it; given sizes are kept; bad ones refused', (t) => {
+  const dir = tempDir(t);
+  const table: Array<[string, string[], { minSize: number; avgSize: number; maxSize: number } | null]> = [
+    ['the default', [], { minSize: 65536, avgSize: 262144, maxSize: 1048576 }],
+    ['--chunk-avg alone', ['--chunk-avg', '4096'], { minSize: 1024, avgSize: 4096, maxSize: 16384 }],
+    ['--chunk-avg 1MiB', ['--chunk-avg', '1MiB'], { minSize: 262144, avgSize: 1048576, maxSize: 4194304 }],
+    ['all three', ['--chunk-min', '16384', '--chunk-avg', '65536', '--chunk-max', '131072'], { minSize: 16384, avgSize: 65536, maxSize: 131072 }],
+    ['a maximum alone', ['--chunk-max', '2MiB'], { minSize: 65536, avgSize: 262144, maxSize: 2097152 }],
+    ['a minimum above the average', ['--chunk-avg', '4096', '--chunk-min', '8192'], null],
+    ['an average that is no power of two', ['--chunk-avg', '5000'], null],
+  ];
+  table.forEach(([what, args, want], i) => {
+    const repo = path.join(dir, `r${i}`);
+    if (want === null) {
+      const r = kura(['repo', 'init', '--repo', repo, ...args]);
+      assert.equal(r.status, 64, `${what}: ${r.stderr}`);
+      assert.match(r.stderr, /E_USAGE/, what);
+      return;
+    }
+    const { chunker } = kuraJson<{ chunker: { minSize: number; avgSize: number; maxSize: number } }>(['repo', 'init', '--repo', repo, '--json', ...args]);
+    assert.deepEqual({ minSize: chunker.minSize, avgSize: chunker.avgSize, maxSize: chunker.maxSize }, want, what);
+  });
 });

@@ -146,8 +146,8 @@ export async function localGc(repo: Repository): Promise<GcReport | null> {
  * Chunk sizes of a source: its chunkAvg; else, for a database export backed up before, the sizes
  * of its `last` snapshot's header (4 KiB was the database default until deltas found their old version by
  * how chunks end, so existing sources keep them rather than store everything anew once); else
- * the repository's (64 KiB on average by default: bench/daily measured it storing less than 4 KiB
- * chunks on both a municipal dump with clustered changes and an OLTP table with spread ones).
+ * the repository's (256 KiB on average by default: bench/daily measured it storing less than 4 or
+ * 64 KiB chunks on both a municipal dump with clustered changes and an OLTP table with spread ones).
  */
 export function chunkerFor(src: SourceConfig, last: { chunker?: ChunkerParams | undefined } | undefined): ChunkerParams | undefined {
   if (src.chunkAvg) return chunkerParamsForAverage(src.chunkAvg);

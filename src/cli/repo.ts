@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { Repository } from '../repository/repository.js';
-import { defaultChunkerParams } from '../chunker/fastcdc.js';
+import { chunkerParamsForAverage, defaultChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { configOf, keySourceOf, openRepo, printJson, repoLocationOf, withRepoOptions, type RepoOptions } from './context.js';
 import { COMPRESSION_LEVEL } from '../repository/compression-level.js';
 
@@ -18,17 +18,28 @@ function sizeOption(v: string, what: string): number {
   return Number(m[1]) * mult;
 }
 
+/** `repo init`'s chunk sizes: those given; a minimum or maximum not given follows the average as `--chunk-avg` alone sets it (avg/4, avg×4). */
+function chunkerOptions(opts: { chunkMin?: string | undefined; chunkAvg?: string | undefined; chunkMax?: string | undefined }): ChunkerParams {
+  const avg = opts.chunkAvg === undefined ? defaultChunkerParams.avgSize : sizeOption(opts.chunkAvg, '--chunk-avg');
+  const around = opts.chunkAvg === undefined ? defaultChunkerParams : chunkerParamsForAverage(avg);
+  return {
+    minSize: opts.chunkMin === undefined ? around.minSize : sizeOption(opts.chunkMin, '--chunk-min'),
+    avgSize: avg,
+    maxSize: opts.chunkMax === undefined ? around.maxSize : sizeOption(opts.chunkMax, '--chunk-max'),
+  };
+}
+
 export function registerRepo(program: Command): void {
   const repo = program.command('repo').description('create and maintain repositories');
 
   withRepoOptions(repo.command('init'))
     .description('create a new repository (needs KURA_PASSPHRASE, --passphrase-file, or --key-file PATH to create a key file)')
     .option('--compression <level>', `default zstd level for new chunks (0 = none; default: repository.compression from the config, else ${COMPRESSION_LEVEL.default})`)
-    .option('--chunk-min <size>', 'FastCDC minimum chunk size', String(defaultChunkerParams.minSize))
-    .option('--chunk-avg <size>', 'FastCDC average chunk size (power of two)', String(defaultChunkerParams.avgSize))
-    .option('--chunk-max <size>', 'FastCDC maximum chunk size', String(defaultChunkerParams.maxSize))
+    .option('--chunk-avg <size>', `FastCDC average chunk size, a power of two (default ${defaultChunkerParams.avgSize})`)
+    .option('--chunk-min <size>', 'FastCDC minimum chunk size (default: a quarter of the average)')
+    .option('--chunk-max <size>', 'FastCDC maximum chunk size (default: four times the average)')
     .option('--json', 'print the result as one JSON line')
-    .action(async (opts: RepoOptions & { compression?: string; chunkMin: string; chunkAvg: string; chunkMax: string }, cmd: Command) => {
+    .action(async (opts: RepoOptions & { compression?: string; chunkMin?: string; chunkAvg?: string; chunkMax?: string }, cmd: Command) => {
       const loc = repoLocationOf(cmd, opts);
       const keys = keySourceOf(cmd, opts);
       // the config's level applies to the repository it names, not to one given with --repo
@@ -36,7 +47,7 @@ export function registerRepo(program: Command): void {
       const { repo: r, keyFileWritten } = await Repository.init(loc, {
         keys,
         compressionLevel: opts.compression !== undefined ? intOption(opts.compression, '--compression') : configured, // else Repository.init's default
-        chunker: { minSize: sizeOption(opts.chunkMin, '--chunk-min'), avgSize: sizeOption(opts.chunkAvg, '--chunk-avg'), maxSize: sizeOption(opts.chunkMax, '--chunk-max') },
+        chunker: chunkerOptions(opts),
       });
       const dir = r.location;
       const result = { repository: dir, id: r.config.id, chunker: r.config.chunker, compression: r.config.compression, keyFile: keyFileWritten ?? null };

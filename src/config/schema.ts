@@ -67,7 +67,7 @@ const sourceCommon = {
     .max(1 << 26)
     .refine((n) => (n & (n - 1)) === 0, 'chunkAvg must be a power of two')
     .optional()
-    .describe('average chunk size in bytes (min = avg/4, max = avg×4); default the repository\'s (64 KiB unless set at init). A database source first backed up when 4096 was the database default keeps the sizes of its last snapshot')
+    .describe('average chunk size in bytes (min = avg/4, max = avg×4); default the repository\'s (256 KiB unless set at init). A database source first backed up when 4096 was the database default keeps the sizes of its last snapshot')
     .meta({ examples: [4096] }),
 };
 
