@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import { kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { churn, collect, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
-import { restoreTo } from '../src/restorer/restore.js';
+import { chunksPerSegment, restoreTo } from '../src/restorer/restore.js';
 import { openingAddon } from '../src/native.js';
 import { DeltaOpener } from '../src/restorer/bases.js';
 import { readBlobs } from '../src/repository/reader.js';
@@ -93,4 +93,17 @@ test('a restore reuses the buffers it opens chunks into only after the reader is
   } finally {
     r.close();
   }
+});
+
+test('a restore segment holds 8 MiB of chunk capacity: at least two chunks, at most 4096', () => {
+  const table: Array<[string, number | undefined, number]> = [
+    ['4 KiB repository (16 KiB at most)', 16 << 10, 512],
+    ['64 KiB repository (256 KiB at most)', 256 << 10, 32],
+    ['the default, 256 KiB (1 MiB at most)', 1 << 20, 8],
+    ['1 MiB chunks (4 MiB at most)', 4 << 20, 2],
+    ['chunks larger than a segment', 64 << 20, 2],
+    ['the smallest chunks (1 KiB at most)', 1024, 4096],
+    ['a header without sizes (an older kura: 256 KiB at most)', undefined, 32],
+  ];
+  for (const [what, max, want] of table) assert.equal(chunksPerSegment(max), want, what);
 });

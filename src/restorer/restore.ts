@@ -55,9 +55,10 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
 /**
  * Chunks a segment holds: SEGMENT_BYTES of chunk capacity, at least two (one per piece at PARTS
  * 2), at most 4096. Sixteen at least held 16 chunks of 4 MiB capacity per segment: restoring a
- * repository of 1 MiB chunks peaked at 550-600 MB of RSS.
+ * repository of 1 MiB chunks peaked at 550-600 MB of RSS. A snapshot whose header has no sizes
+ * is of a kura whose chunks were at most 256 KiB.
  */
-export function chunksPerSegment(maxChunkSize = 1 << 20): number {
+export function chunksPerSegment(maxChunkSize = 256 << 10): number {
   return Math.max(PARTS, Math.min(4096, Math.floor(SEGMENT_BYTES / maxChunkSize)));
 }
 
