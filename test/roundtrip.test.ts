@@ -248,7 +248,7 @@ test('snapshot references: unique prefix, latest:SOURCE, ambiguity and unknown I
 
 test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open: the same rows, restores and dedup work, a newer schema is refused', async (t) => {
   const { dir, repo } = newRepo(t);
-  const data = await collect(sqlDump(21, 2 << 20));
+  const data = await collect(sqlDump(21, 4 << 20));
   const first = backupBytes(repo, dir, data);
   const { default: Database } = await import('better-sqlite3');
   const file = path.join(repo, 'catalogue.sqlite');
