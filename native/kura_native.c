@@ -63,6 +63,9 @@
 #include "zstd_errors.h"
 #include <openssl/evp.h>
 #include <pthread.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 /* Fetch argc arguments; false (with a JS exception pending) if there are not exactly that many. */
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *what) {
@@ -951,6 +954,14 @@ static napi_value seal_whole(napi_env env, napi_callback_info info) {
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
+#if defined(__GLIBC__)
+  /* Two malloc arenas for the process. glibc gives threads that allocate at once arenas of their
+   * own, up to eight per core, each kept at its high-water mark; kura runs 16 threads in libuv's
+   * pool beside V8's. bin/kura loads the addon before those threads first allocate. Measured on
+   * a restore of 485 MiB of 256 KiB deltas (3 runs each): peak RSS 162-172 MB against 200-207,
+   * 1.16-1.24 s against 1.38-1.52 s; a night's backup of the same 190-191 MiB against 193-195. */
+  mallopt(M_ARENA_MAX, 2);
+#endif
   if (napi_create_function(env, "cut", NAPI_AUTO_LENGTH, cut, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "cut", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashChunks", NAPI_AUTO_LENGTH, hash_chunks, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashChunks", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashPrefixed", NAPI_AUTO_LENGTH, hash_prefixed, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashPrefixed", fn) != napi_ok) return NULL;

@@ -7,8 +7,11 @@
 import { KuraError } from '../errors.js';
 import { deriveAhead } from '../crypto/kdf-ahead.js';
 import { fromCheckoutBundle } from './embedded.js';
+import { nativeAddon } from '../native.js';
 
 process.env.UV_THREADPOOL_SIZE ??= '16';
+// the native addon limits glibc's malloc arenas as it loads: before other threads first allocate (bin/kura loaded it already for a checkout's bundle)
+if (!fromCheckoutBundle()) nativeAddon();
 // a reader that went away (`kura snapshots | head`) ends the output, not in a stack trace
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(141);
