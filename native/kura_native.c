@@ -958,7 +958,7 @@ static napi_value init(napi_env env, napi_value exports) {
   /* Two malloc arenas for the process. glibc gives threads that allocate at once arenas of their
    * own, up to eight per core, each kept at its high-water mark; kura runs 16 threads in libuv's
    * pool beside V8's. bin/kura loads the addon before those threads first allocate. Measured on
-   * a restore of 485 MiB of 256 KiB deltas (3 runs each): peak RSS 162-172 MB against 200-207,
+   * a restore of 485 MiB of 256 KiB deltas (3 runs each): peak RSS 158-168 MiB against 196-202,
    * 1.16-1.24 s against 1.38-1.52 s; a night's backup of the same 190-191 MiB against 193-195. */
   mallopt(M_ARENA_MAX, 2);
 #endif

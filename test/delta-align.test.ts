@@ -210,6 +210,7 @@ test('repo init: 256 KiB chunks by default; --chunk-avg alone sets min and max a
       const r = kura(['repo', 'init', '--repo', repo, ...args]);
       assert.equal(r.status, 64, `${what}: ${r.stderr}`);
       assert.match(r.stderr, /E_USAGE/, what);
+      assert.match(r.stderr, /--chunk-avg alone \(a power of two\) sets min to a quarter/, `${what}: says what to give instead`);
       return;
     }
     const { chunker } = kuraJson<{ chunker: { minSize: number; avgSize: number; maxSize: number } }>(['repo', 'init', '--repo', repo, '--json', ...args]);

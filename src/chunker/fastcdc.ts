@@ -27,7 +27,7 @@ export interface ChunkerParams {
  * changed, not the chunk's size; larger chunks give zstd more of the dump in one frame and
  * cost fewer blobs. bench/daily, the same dumps replayed at 64 and 256 KiB (7 nights): OLTP
  * first night 6.82 → 5.83 MB, nights 2-7 24.7 → 19.1 MB; municipal first night 28.1 → 27.6 MB,
- * nights 2-7 2.56 → 2.17 MB, the heavy night the same. At 1 MiB both stored a little less again but
+ * nights 2-7 2.57 → 2.17 MB, the heavy night the same. At 1 MiB both stored a little less again but
  * a restore peaked at 350-380 MiB of RSS and a night of deltas above 220 MiB. Repositories made
  * before keep their sizes (the repository's config holds them).
  */

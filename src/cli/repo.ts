@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KuraError } from '../errors.js';
 import { Repository } from '../repository/repository.js';
-import { chunkerParamsForAverage, defaultChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
+import { chunkerParamsForAverage, defaultChunkerParams, validateChunkerParams, type ChunkerParams } from '../chunker/fastcdc.js';
 import { configOf, keySourceOf, openRepo, printJson, repoLocationOf, withRepoOptions, type RepoOptions } from './context.js';
 import { COMPRESSION_LEVEL } from '../repository/compression-level.js';
 
@@ -20,13 +20,15 @@ function sizeOption(v: string, what: string): number {
 
 /** `repo init`'s chunk sizes: those given; a minimum or maximum not given follows the average as `--chunk-avg` alone sets it (avg/4, avg×4). */
 function chunkerOptions(opts: { chunkMin?: string | undefined; chunkAvg?: string | undefined; chunkMax?: string | undefined }): ChunkerParams {
-  const avg = opts.chunkAvg === undefined ? defaultChunkerParams.avgSize : sizeOption(opts.chunkAvg, '--chunk-avg');
-  const around = opts.chunkAvg === undefined ? defaultChunkerParams : chunkerParamsForAverage(avg);
-  return {
+  const around = opts.chunkAvg === undefined ? defaultChunkerParams : chunkerParamsForAverage(sizeOption(opts.chunkAvg, '--chunk-avg'));
+  const p = {
     minSize: opts.chunkMin === undefined ? around.minSize : sizeOption(opts.chunkMin, '--chunk-min'),
-    avgSize: avg,
+    avgSize: around.avgSize,
     maxSize: opts.chunkMax === undefined ? around.maxSize : sizeOption(opts.chunkMax, '--chunk-max'),
   };
+  const problem = validateChunkerParams(p);
+  if (problem) throw new KuraError('E_USAGE', `chunk sizes min ${p.minSize}, avg ${p.avgSize}, max ${p.maxSize}: ${problem}; --chunk-avg alone (a power of two) sets min to a quarter and max to four times it`);
+  return p;
 }
 
 export function registerRepo(program: Command): void {

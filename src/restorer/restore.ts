@@ -55,7 +55,7 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
 /**
  * Chunks a segment holds: SEGMENT_BYTES of chunk capacity, at least two (one per piece at PARTS
  * 2), at most 4096. Sixteen at least held 16 chunks of 4 MiB capacity per segment: restoring a
- * repository of 1 MiB chunks peaked at 550-600 MB of RSS. A snapshot whose header has no sizes
+ * repository of 1 MiB chunks peaked at 537-581 MiB of RSS. A snapshot whose header has no sizes
  * is of a kura whose chunks were at most 256 KiB.
  */
 export function chunksPerSegment(maxChunkSize = 256 << 10): number {
