@@ -22,29 +22,37 @@ export function endPrint(data: Uint8Array, start: number, end: number): number {
   return h >>> 0;
 }
 
-/** The previous generation's chunks by end fingerprint (8 bytes a chunk, sorted; no per-entry objects). */
+/**
+ * The previous generation's chunks by end fingerprint (8 bytes a chunk: fingerprints sorted, with
+ * each one's place beside it; no per-entry objects). Lookups allocate nothing: with 64-bit keys
+ * every comparison made a BigInt, 226 MB of garbage in a night of 73 000 4 KiB chunks (measured).
+ */
 export class EndIndex {
-  private readonly sorted: BigUint64Array;
+  private readonly prints: Uint32Array;
+  private readonly places: Uint32Array;
 
   constructor(ends: Uint32Array) {
-    this.sorted = new BigUint64Array(ends.length);
-    for (let i = 0; i < ends.length; i++) this.sorted[i] = (BigInt(ends[i]!) << 32n) | BigInt(i);
-    this.sorted.sort();
+    const order = new Uint32Array(ends.length);
+    for (let i = 0; i < order.length; i++) order[i] = i;
+    order.sort((a, b) => ends[a]! - ends[b]! || a - b);
+    this.places = order;
+    this.prints = new Uint32Array(order.length);
+    for (let i = 0; i < order.length; i++) this.prints[i] = ends[order[i]!]!;
   }
 
   /** The old chunk ending with fingerprint `fp`: of several, the one nearest `near`; -1 if none. */
   find(fp: number, near: number): number {
-    const key = BigInt(fp) << 32n;
+    const key = fp >>> 0;
     let lo = 0;
-    let hi = this.sorted.length;
+    let hi = this.prints.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.sorted[mid]! < key) lo = mid + 1;
+      if (this.prints[mid]! < key) lo = mid + 1;
       else hi = mid;
     }
     let best = -1;
-    for (let i = lo; i < this.sorted.length && this.sorted[i]! >> 32n === BigInt(fp); i++) {
-      const k = Number(this.sorted[i]! & 0xffffffffn);
+    for (let i = lo; i < this.prints.length && this.prints[i] === key; i++) {
+      const k = this.places[i]!;
       if (best < 0 || Math.abs(k - near) < Math.abs(best - near)) best = k;
     }
     return best;
