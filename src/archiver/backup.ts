@@ -19,6 +19,7 @@ import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPri
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
+import { holdYoungGeneration } from './young-generation.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -133,6 +134,15 @@ const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdS
  * unreferenced packs; a failed input leaves no snapshot.
  */
 export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions): Promise<BackupResult> {
+  const young = holdYoungGeneration();
+  try {
+    return await backupHeld(repo, input, opts);
+  } finally {
+    young();
+  }
+}
+
+async function backupHeld(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions): Promise<BackupResult> {
   const previous = previousChunks(repo, opts.source);
   // a GC of this repository must not remove chunks this backup counts as already stored
   let lock: { release: () => void };
