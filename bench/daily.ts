@@ -39,7 +39,7 @@
  * `--heavy` does not apply to it.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA } from '../test/support/cli.js';
@@ -47,6 +47,7 @@ import { startPostgres } from '../test/support/db.js';
 import { orderedDump } from '../src/agent/pg-ordered.js';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
+import { measurer, needCommands, type Run } from './measure.js';
 
 const argv = process.argv;
 const arg = (name: string, def: string) => {
@@ -64,16 +65,12 @@ if (WORKLOAD !== 'municipal' && WORKLOAD !== 'oltp') throw new Error(`--workload
 const SAVE_DUMPS = arg('save-dumps', ''); // keep each day's dump as DIR/day<N>.sql, to replay the days by hand
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
-function need(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
-    process.stderr.write(`bench/daily needs ${cmd} (Debian package ${pkg}): apt-get install ${pkg}\n`);
-    process.exit(69);
-  }
-}
-need('restic', 'restic');
-need('borg', 'borgbackup');
-need('pg_dump', 'postgresql-client-15');
-need('/usr/bin/time', 'time');
+needCommands('bench/daily', [
+  ['restic', 'restic'],
+  ['borg', 'borgbackup'],
+  ['pg_dump', 'postgresql-client-15'],
+  ['/usr/bin/time', 'time'],
+]);
 
 function dirBytes(dir: string): number {
   let n = 0;
@@ -83,23 +80,6 @@ function dirBytes(dir: string): number {
   return n;
 }
 
-interface Run {
-  seconds: number;
-  /** peak RSS of the command's largest process, MiB (GNU time's %M) */
-  rssMiB: number;
-}
-
-let rssFile = '';
-/** Run a command to completion under GNU time: wall seconds and peak RSS. */
-function measured(cmd: string, args: string[], env: Record<string, string> = {}, input?: string): Run {
-  const t = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 28, input });
-  const seconds = (performance.now() - t) / 1000;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  const kib = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-  return { seconds, rssMiB: +(kib / 1024).toFixed(1) };
-}
-const timed = (cmd: string, args: string[], env: Record<string, string> = {}, input?: string): number => measured(cmd, args, env, input).seconds;
 
 /** A kura repository's bytes by part: what the store holds and the local caches beside it. */
 function kuraParts(repo: string): Record<string, number> {
@@ -115,7 +95,8 @@ function kuraParts(repo: string): Record<string, number> {
 }
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-daily-'));
-rssFile = path.join(dir, 'rss');
+const measured = measurer(path.join(dir, 'rss'));
+const timed = (cmd: string, args: string[], env: Record<string, string> = {}, input?: string): number => measured(cmd, args, env, input).seconds;
 const pg = await startPostgres(dir);
 try {
   const sql = (q: string) => pg.psql('juki', q);

@@ -17,12 +17,13 @@
  * targets name (`--from` to local, `--into` to psql alone).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA, ROOT } from '../test/support/cli.js';
 import { startPostgres } from '../test/support/db.js';
 import { agentConfig, sshKey, startVault } from '../test/support/vault.js';
+import { measurer, needCommands, type Run } from './measure.js';
 
 const argv = process.argv;
 const arg = (name: string, def: string) => {
@@ -31,31 +32,14 @@ const arg = (name: string, def: string) => {
 };
 const RUNS = Number(arg('runs', '3'));
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
-for (const [cmd, pkg] of [
+needCommands('bench/restore', [
   ['/usr/bin/time', 'time'],
   ['psql', 'postgresql-client-15'],
   ['ssh-keygen', 'openssh-client'],
-]) {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
-    process.stderr.write(`bench/restore needs ${cmd} (Debian package ${pkg}): apt-get install ${pkg}\n`);
-    process.exit(69);
-  }
-}
+]);
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-restore-'));
-const rssFile = path.join(dir, 'rss');
-interface Run {
-  seconds: number;
-  rssMiB: number;
-}
-/** A command to completion under GNU time: wall seconds and the peak RSS of its largest process. */
-function measured(cmd: string, args: string[], env: Record<string, string> = {}): Run {
-  const t = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 26 });
-  const seconds = (performance.now() - t) / 1000;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  return { seconds, rssMiB: +(Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop()) / 1024).toFixed(1) };
-}
+const measured = measurer(path.join(dir, 'rss'));
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 
 let dumps = arg('dumps', '');

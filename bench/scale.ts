@@ -19,6 +19,7 @@ import { closeSync, linkSync, mkdirSync, mkdtempSync, openSync, readFileSync, rm
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA } from '../test/support/cli.js';
+import { measurer, needCommands, type Run } from './measure.js';
 
 const argv = process.argv;
 const arg = (name: string, def: string) => {
@@ -37,31 +38,15 @@ if (COPIES.some((n) => !Number.isInteger(n) || n < 1)) {
   process.stderr.write(`--copies takes whole numbers from 1, comma-separated, not ${arg('copies', '')}\n`);
   process.exit(64);
 }
-for (const [cmd, pkg] of [
+needCommands('bench/scale', [
   ['restic', 'restic'],
   ['borg', 'borgbackup'],
   ['/usr/bin/time', 'time'],
-]) {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
-    process.stderr.write(`bench/scale needs ${cmd} (Debian package ${pkg}): apt-get install ${pkg}\n`);
-    process.exit(69);
-  }
-}
+]);
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kura-bench-scale-'));
-const rssFile = path.join(dir, 'rss');
-interface Run {
-  seconds: number;
-  rssMiB: number;
-}
-/** A command to completion under GNU time: wall seconds and the peak RSS of its largest process. */
-function measured(cmd: string, args: string[], env: Record<string, string> = {}): Run {
-  const t = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 26 });
-  const seconds = (performance.now() - t) / 1000;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  return { seconds: +seconds.toFixed(2), rssMiB: +(Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop()) / 1024).toFixed(1) };
-}
+const measured = measurer(path.join(dir, 'rss'));
+const rounded = (r: Run) => ({ ...r, seconds: +r.seconds.toFixed(2) });
 const shell = (line: string, env: Record<string, string> = {}) => measured('bash', ['-o', 'pipefail', '-c', line], env);
 
 /** `copies` copies of `from`, each line prefixed by `c<copy> `, written to `to`, flushed to disk. */
@@ -135,10 +120,10 @@ try {
         rmSync(file, { force: true });
         linkSync(nights[night - 1]!, file);
         runs[`night${night}`] = t.backup(repo, night, file);
-        emit({ copies, tool: t.tool, step: `backup night ${night}`, dumpBytes: bytes[night - 1], ...runs[`night${night}`] });
+        emit({ copies, tool: t.tool, step: `backup night ${night}`, dumpBytes: bytes[night - 1], ...rounded(runs[`night${night}`]!) });
       }
       runs.restore = t.restore(repo, path.join(dir, 'current.sql'));
-      emit({ copies, tool: t.tool, step: 'restore night 2', dumpBytes: bytes[1], ...runs.restore });
+      emit({ copies, tool: t.tool, step: 'restore night 2', dumpBytes: bytes[1], ...rounded(runs.restore) });
       const peak = Math.max(...Object.values(runs).map((r) => r.rssMiB));
       (peaks[t.tool] ??= {})[`${(bytes[1]! / 1e9).toFixed(1)} GB`] = peak;
       rmSync(repo, { recursive: true, force: true });

@@ -1,0 +1,32 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+/** What the benches share: the commands they need, and a command's wall time and peak RSS. */
+
+/** Exits 69 naming the Debian package of the first of `commands` that is not installed. */
+export function needCommands(bench: string, commands: ReadonlyArray<readonly [command: string, debianPackage: string]>): void {
+  for (const [cmd, pkg] of commands) {
+    if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
+      process.stderr.write(`${bench} needs ${cmd} (Debian package ${pkg}): apt-get install ${pkg}\n`);
+      process.exit(69);
+    }
+  }
+}
+
+export interface Run {
+  seconds: number;
+  /** peak RSS of the command's largest process, MiB (GNU time's %M) */
+  rssMiB: number;
+}
+
+/** Runs a command to completion under GNU time (its report in `rssFile`): wall seconds and peak RSS. */
+export function measurer(rssFile: string): (cmd: string, args: string[], env?: Record<string, string>, input?: string) => Run {
+  return (cmd, args, env = {}, input) => {
+    const t = performance.now();
+    const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 1 << 28, input });
+    const seconds = (performance.now() - t) / 1000;
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
+    const kib = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+    return { seconds, rssMiB: +(kib / 1024).toFixed(1) };
+  };
+}
