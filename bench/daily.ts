@@ -80,7 +80,6 @@ function dirBytes(dir: string): number {
   return n;
 }
 
-
 /** A kura repository's bytes by part: what the store holds and the local caches beside it. */
 function kuraParts(repo: string): Record<string, number> {
   const parts: Record<string, number> = { packs: 0, snapshots: 0, catalogue: 0, cache: 0, other: 0 };
