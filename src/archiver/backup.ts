@@ -19,7 +19,7 @@ import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPri
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
-import { holdYoungGeneration } from './young-generation.js';
+import { holdHeapGrowth } from './heap-growth.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -134,11 +134,11 @@ const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdS
  * unreferenced packs; a failed input leaves no snapshot.
  */
 export async function backup(repo: Repository, input: AsyncIterable<Uint8Array> | Fillable, opts: BackupOptions): Promise<BackupResult> {
-  const young = holdYoungGeneration();
+  const held = holdHeapGrowth();
   try {
     return await backupHeld(repo, input, opts);
   } finally {
-    young();
+    held();
   }
 }
 

@@ -43,7 +43,11 @@ export interface Segment {
   ids: Buffer;
 }
 
-const SEGMENT = 4 << 20; // input bytes per segment
+// input bytes per segment. Three segments of 2 MiB (each with its carry area) instead of 4 took 5-7
+// MiB off a backup's peak RSS in the same time, alternated: a 488 MB night 172-175 MiB against
+// 179-182 (four runs each), a first backup of it 132-133 MiB against 137-139 (1.04-1.06 s against
+// 1.04-1.10 s in the quiet runs).
+const SEGMENT = 2 << 20;
 const SEGMENTS = 3; // one being read, one being cut, one being hashed
 
 /**
