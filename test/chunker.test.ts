@@ -156,8 +156,8 @@ test('the two-thread pipeline gives the same chunks and IDs as one thread, howev
   const cases: Array<[string, Buffer, typeof SMALL]> = [
     ['empty', Buffer.alloc(0), db],
     ['one byte', Buffer.from('x'), db],
-    ['exactly one segment (4 MiB)', new Prng(1).bytes(4 * MiB), db],
-    ['exactly two segments', new Prng(2).bytes(8 * MiB), db],
+    ['exactly one segment (2 MiB)', new Prng(1).bytes(2 * MiB), db],
+    ['exactly two segments', new Prng(2).bytes(4 * MiB), db],
     ['a 9 MiB dump, 4 KiB chunks', text, db],
     ['the smallest chunks the format allows (64 B)', new Prng(3).bytes(5 * MiB), { minSize: 64, avgSize: 256, maxSize: 1024 }],
     ['64 KiB chunks', text, AT_64K],
@@ -172,7 +172,7 @@ test('the two-thread pipeline gives the same chunks and IDs as one thread, howev
       const how = native ? 'native' : 'TypeScript';
       const fromFile = await viaPipeline(new FileInput(file), params, key, native);
       assert.deepEqual(fromFile.chunks, want, `${what} (${how}): read straight into the segments`);
-      assert.equal(fromFile.segments, Math.floor(data.length / (4 * MiB)) + 1, `${what}: segments`);
+      assert.equal(fromFile.segments, Math.floor(data.length / (2 * MiB)) + 1, `${what}: segments`);
       for (const sizes of [[65536], [1, 4095, 70000, 4 * MiB + 1]]) {
         const streamed = await viaPipeline(pieces(data, sizes), params, key, native);
         assert.deepEqual(streamed.chunks, want, `${what} (${how}): streamed in pieces of ${sizes.join('/')}`);
