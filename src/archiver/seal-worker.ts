@@ -79,7 +79,7 @@ const directRoot = workerData.directRoot as string | null;
 const sealers = new Map<number, BlobSealer>();
 const whole = WholeSealer.of(nativeAddon());
 
-/** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack. */
+/** The stored blobs of the batch's bases (undefined: unreadable), read pack by pack into one buffer reused by the next batch. */
 function baseBlobs(b: SealBases): Array<Buffer | undefined> {
   if (b.blobs) return b.blobs.map((x, i) => (x && x.length === b.length[i] ? Buffer.from(x.buffer, x.byteOffset, x.length) : undefined));
   const out: Array<Buffer | undefined> = new Array(b.length.length);
@@ -89,6 +89,8 @@ function baseBlobs(b: SealBases): Array<Buffer | undefined> {
     if (!list) byPack.set(p, (list = []));
     list.push(i);
   });
+  const reads: Array<{ pack: number; ranges: Array<{ offset: number; length: number; members: number[] }> }> = [];
+  let total = 0;
   for (const [p, members] of byPack) {
     // neighbours (gaps under GAP_READ) are read in one range, scattered ones each on their own
     members.sort((x, y) => b.offset[x]! - b.offset[y]!);
@@ -101,9 +103,16 @@ function baseBlobs(b: SealBases): Array<Buffer | undefined> {
         last.members.push(i);
       } else ranges.push({ offset: b.offset[i]!, length: b.length[i]!, members: [i] });
     }
+    for (const r of ranges) total += r.length;
+    reads.push({ pack: p, ranges });
+  }
+  const into = readBuffer.of(total);
+  let at = 0;
+  for (const { pack, ranges } of reads) {
+    const room = into.subarray(at, (at += ranges.reduce((n, r) => n + r.length, 0)));
     let got: Buffer[] | null = null;
     try {
-      got = getRangesSync(directRoot!, packName(b.packs[p]!), ranges);
+      got = getRangesSync(directRoot!, packName(b.packs[pack]!), ranges, room);
     } catch {
       // unreadable: those chunks are stored whole
     }
@@ -121,15 +130,20 @@ function baseBlobs(b: SealBases): Array<Buffer | undefined> {
 const GAP_READ = 16 << 10;
 
 /**
- * The buffer a batch's base plaintexts are opened into, kept for the next batch: a batch is sealed
- * in one synchronous turn and nothing of its bases outlives it. A new one each batch (4–12 MiB
- * of external memory the worker's GC frees late) took ~60 MB of a churned night's peak RSS.
+ * A buffer kept for the next batch: a batch's bases are read and opened in one synchronous turn
+ * (before it awaits the addon's sealing of its whole chunks), and nothing of them outlives it. A
+ * new one each batch is external memory the worker's GC frees late: for the base plaintexts (4-12
+ * MiB a batch) that took ~60 MB of a churned night's peak RSS.
  */
-let arenaBuffer: Buffer | null = null;
-function arenaOf(bytes: number): Buffer {
-  if (!arenaBuffer || arenaBuffer.length < bytes) arenaBuffer = Buffer.allocUnsafeSlow(Math.ceil((bytes * 1.25) / 65536) * 65536);
-  return arenaBuffer.subarray(0, bytes);
+class ReusedBuffer {
+  private buf: Buffer | null = null;
+  of(bytes: number): Buffer {
+    if (!this.buf || this.buf.length < bytes) this.buf = Buffer.allocUnsafeSlow(Math.ceil((bytes * 1.25) / 65536) * 65536);
+    return this.buf.subarray(0, bytes);
+  }
 }
+const readBuffer = new ReusedBuffer(); // the stored blobs of the bases
+const arenaBuffer = new ReusedBuffer(); // their plaintexts
 
 /**
  * Plaintexts of the batch's base chunks, opened on first use into one buffer for the whole batch
@@ -142,7 +156,7 @@ function baseOpener(b: SealBases): { base: (i: number) => Buffer | undefined; di
   const infos = blobs.map((blob) => (blob ? blobInfo(blob) : null));
   const at = new Float64Array(n + 1);
   for (let i = 0; i < n; i++) at[i + 1] = at[i]! + (infos[i] && infos[i]!.bases.length === 0 ? infos[i]!.plainLength : 0);
-  const arena = arenaOf(at[n]!);
+  const arena = arenaBuffer.of(at[n]!);
   const state = new Uint8Array(n); // 0 not opened yet, 1 opened, 2 unusable
   const base = (i: number): Buffer | undefined => {
     if (state[i] === 0) {

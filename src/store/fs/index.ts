@@ -21,9 +21,10 @@ function tempName(dir: string): string {
  */
 /**
  * Ranges of one object, read synchronously (compression workers reading delta bases); null
- * when the object is absent.
+ * when the object is absent. `into`: a buffer at least as long as the ranges together, that they
+ * are read into back to back (else each gets a buffer of its own).
  */
-export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Buffer[] | null {
+export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Buffer[] | null {
   let fd: number;
   try {
     fd = openSync(path.join(root, ...name.split('/')), 'r');
@@ -32,8 +33,9 @@ export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<
     throw e;
   }
   try {
+    let at = 0;
     return ranges.map(({ offset, length }) => {
-      const buf = Buffer.allocUnsafe(length);
+      const buf = into ? into.subarray(at, (at += length)) : Buffer.allocUnsafe(length);
       let got = 0;
       while (got < length) {
         const n = readSync(fd, buf, got, length - got, offset + got);
