@@ -952,6 +952,36 @@ static napi_value seal_whole(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* trimMalloc(): returns the free pages of every malloc arena to the system (malloc_trim(0) releases
+ * whole free pages inside the arenas too, not only their tops); true if it released any. */
+static napi_value trim_malloc(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r;
+#if defined(__GLIBC__)
+  napi_get_boolean(env, malloc_trim(0) == 1, &r);
+#else
+  napi_get_boolean(env, false, &r);
+#endif
+  return r;
+}
+
+/* fixMallocMmapThreshold(bytes): blocks from `bytes` up are mapped on their own and unmapped when
+ * freed, for the rest of the process. glibc otherwise raises that threshold to the size of each
+ * mapped block freed (up to 32 MiB), and later blocks below it land in the arenas; true if set. */
+static napi_value fix_malloc_mmap_threshold(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], r;
+  double bytes = 0;
+  bool ok = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1 && napi_get_value_double(env, argv[0], &bytes) == napi_ok && bytes >= 0 && bytes <= 32.0 * 1024 * 1024) {
+#if defined(__GLIBC__)
+    ok = mallopt(M_MMAP_THRESHOLD, (int)bytes) == 1;
+#endif
+  }
+  napi_get_boolean(env, ok, &r);
+  return r;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
 #if defined(__GLIBC__)
@@ -970,6 +1000,8 @@ static napi_value init(napi_env env, napi_value exports) {
   if (napi_create_function(env, "deltaCompress", NAPI_AUTO_LENGTH, delta_compress, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "deltaCompress", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "openBlobs", NAPI_AUTO_LENGTH, open_blobs, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "openBlobs", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "sealWhole", NAPI_AUTO_LENGTH, seal_whole, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "sealWhole", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "fixMallocMmapThreshold", NAPI_AUTO_LENGTH, fix_malloc_mmap_threshold, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "fixMallocMmapThreshold", fn) != napi_ok) return NULL;
   return exports;
 }
 

@@ -38,6 +38,10 @@ export interface NativeAddon {
    * first chunk it could not seal (`out` too small, zstd or OpenSSL failed). Absent from older builds.
    */
   sealWhole?(dataKey: Uint8Array, level: number, data: Uint8Array, offsets: Uint32Array, idx: Uint32Array, ids: Uint8Array, nonces: Uint8Array, out: Uint8Array, ends: Uint32Array): Promise<number>;
+  /** Returns the free pages of every malloc arena to the system (glibc); true if any were. Absent from older builds. */
+  trimMalloc?(): boolean;
+  /** Blocks of `bytes` and more are mapped on their own and unmapped when freed, for the rest of the process (glibc); true if set. Absent from older builds. */
+  fixMallocMmapThreshold?(bytes: number): boolean;
 }
 
 let cached: NativeAddon | null | undefined;

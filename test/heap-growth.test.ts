@@ -9,13 +9,13 @@ import { collect, sqlDump } from './support/generate.js';
 const mod = new URL('../src/archiver/heap-growth.js', import.meta.url).href;
 
 /** Runs `body` (an ES module's lines, with holdHeapGrowth and space(name), a V8 heap space's size, in scope) in a node of its own (the flags are the process's); what it prints, parsed. */
-function inOwnProcess<T>(body: string): T {
+function inOwnProcess<T>(body: string, nodeArgs: string[] = []): T {
   const script = `
     import { getHeapSpaceStatistics } from 'node:v8';
     import { holdHeapGrowth } from ${JSON.stringify(mod)};
     const space = (name) => getHeapSpaceStatistics().find((s) => s.space_name === name).space_size;
     ${body}`;
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...nodeArgs, '--input-type=module', '-e', script], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout) as T;
 }
@@ -68,6 +68,34 @@ test('a backup keeps the old generation near what it keeps alive', () => {
   const held = largest('holdHeapGrowth()');
   const youngOnly = largest("(setFlagsFromString('--semi-space-growth-factor=1'), () => {})");
   assert.ok(held <= 0.6 * youngOnly, `held, the old space reached ${held} bytes; with the young generation held alone, ${youngOnly}`);
+});
+
+/**
+ * And to the C heap: buffers freed among ones still held leave free pages inside malloc's arenas,
+ * which it does not return by itself. 125 MiB of 64 KiB buffers, seven in eight freed: the hold
+ * returns them within its first second (measured here: 174 MiB of RSS before, 66 MiB held).
+ */
+test('a backup returns the free pages of the C heap to the system while it runs', () => {
+  const { before, held } = inOwnProcess<{ before: number; held: number }>(
+    `
+    const rss = () => process.memoryUsage.rss();
+    let all = [];
+    for (let i = 0; i < 2000; i++) all.push(Buffer.allocUnsafeSlow(64 << 10).fill(i & 255));
+    const kept = all.filter((_, i) => i % 8 === 0);
+    all = null;
+    globalThis.gc();
+    await new Promise((r) => setTimeout(r, 200)); // backing stores are freed behind the collection
+    globalThis.gc();
+    const before = rss();
+    const release = holdHeapGrowth();
+    await new Promise((r) => setTimeout(r, 1500));
+    const held = rss();
+    release();
+    console.log(JSON.stringify({ before, held, kept: kept.length }));
+  `,
+    ['--expose-gc'],
+  );
+  assert.ok(before - held >= 50 << 20, `RSS ${before >> 20} MiB before the hold, ${held >> 20} MiB a second and a half into it`);
 });
 
 /**
