@@ -18,16 +18,15 @@ import { nativeAddon } from '../native.js';
  *   it collects again. On the 8 GB night the main thread's heap rose from 21 to 36 MiB while what
  *   it kept alive stayed at 10-15 MiB (sampled with a full collection every 2 s). The growing
  *   factor is read at each full collection, so a backup holds it at 1.2. Measured, alternated,
- *   three runs each: the 8 GB night 2 at 202-207 MiB against 212-217, in the same time.
- *
+ *   three runs each: the 8 GB night 2 at 201-207 MiB against 212-217, in the same time.
  * - The C heap. What the threads free goes back to malloc's arenas, which return to the system
  *   only what lies at their tops. At the 8 GB night's peak the arenas held 56 MiB, of which 29 MiB
  *   were free, and glibc had raised its mapping threshold to the size of a freed buffer (up to
  *   32 MiB), so more and more buffers landed in the arenas. A backup fixes that threshold at 1 MiB
  *   (for the rest of the process: glibc has no way back to its own rule) and returns the arenas'
- *   free pages to the system every second. Measured, with the V8 holds: a 488 MB night 163-166
- *   MiB against 171-176, in the same time (3.2-3.5 s against 3.1-3.7, alternated four times);
- *   the 8 GB night 2 185-190 MiB against 194-200. A restore with the same fixed threshold took
+ *   free pages to the system every second. Measured, with the V8 holds, alternated three times: a
+ *   488 MB night 163-169 MiB against 171-178 (3.2-4.2 s against 3.1-4.2, 0.1-0.2 s more system
+ *   time); the 8 GB night 2 192-195 MiB against 195-198 (about 1 s more system time). A restore with the same fixed threshold took
  *   1.17-1.35 s against 1.01-1.16 s, so the threshold is left as it is until a backup runs.
  *
  * Not for restores: a restore's chunks in flight then survive into the old generation (with a held
