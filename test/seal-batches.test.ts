@@ -1,0 +1,41 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { kuraOk, tempDir } from './support/cli.js';
+import { sqlDump } from './support/generate.js';
+import { Repository } from '../src/repository/repository.js';
+import { backup, SealPool } from '../src/archiver/backup.js';
+
+const MiB = 1 << 20;
+
+/** A real pool that notes how many batches it held at once. */
+class CountingPool extends SealPool {
+  held = 0;
+  peak = 0;
+  calls = 0;
+  override seal(...args: Parameters<SealPool['seal']>): ReturnType<SealPool['seal']> {
+    this.calls++;
+    this.peak = Math.max(this.peak, ++this.held);
+    return super.seal(...args).finally(() => this.held--);
+  }
+}
+
+/**
+ * On a local disk each seal worker holds two requests, so a third batch waiting in the pool keeps
+ * no worker busier; it only holds its 4 MiB (and the worker's output) in memory.
+ */
+test('on a local disk a backup gives the seal workers as many batches as they hold, and none waits besides', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const r = await Repository.open(repo, { passphrase: 'correct horse' });
+  try {
+    const pool = new CountingPool(null, r.store.local!.root);
+    const res = await backup(r, sqlDump(7, 48 * MiB), { source: 'db', tenant: 'default', pool });
+    assert.ok(pool.calls >= 8, `${pool.calls} batches`);
+    assert.equal(pool.peak, pool.slots, `${pool.peak} batches held at once by a pool that takes ${pool.slots}`);
+    assert.equal(res.header.chunkCount > 0, true);
+  } finally {
+    r.close();
+  }
+});
