@@ -44,6 +44,21 @@ function agentYaml(dir: string, sources: string, extra = ''): { cfg: string; rep
   return { cfg, repo, env: { KURA_CONFIG: cfg } };
 }
 
+/** Whether a run holds `source`'s lock in the repository's catalogue. */
+function sourceLocked(repo: string, source: string): boolean {
+  let db: Database.Database;
+  try {
+    db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
+  } catch {
+    return false;
+  }
+  try {
+    return db.prepare('SELECT 1 FROM locks WHERE kind = ?').get(`source:${source}`) !== undefined;
+  } finally {
+    db.close();
+  }
+}
+
 /** Row count and a content checksum per table, as PostgreSQL sees them. */
 function pgState(pg: Awaited<ReturnType<typeof startPostgres>>, db: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -276,9 +291,9 @@ test('file sources: a directory is archived in name order (tar), one file as its
   writeFileSync(path.join(data, 'b.csv'), 'b\n'.repeat(1000));
   writeFileSync(path.join(data, 'a.csv'), 'a\n'.repeat(3000));
   writeFileSync(path.join(data, 'sub', 'c.dat'), Buffer.alloc(70_000, 7));
-  const { env } = agentYaml(
+  const { env, repo } = agentYaml(
     dir,
-    `  exports:\n    type: file\n    paths: [${data}]\n  one:\n    type: file\n    paths: [${path.join(data, 'a.csv')}]\n  long:\n    type: command\n    command: sh\n    args: ["-c", "sleep 3; echo done"]\n`,
+    `  exports:\n    type: file\n    paths: [${data}]\n  one:\n    type: file\n    paths: [${path.join(data, 'a.csv')}]\n  long:\n    type: command\n    command: sh\n    args: ["-c", "sleep 5; echo done"]\n`,
   );
   kuraOk(['repo', 'init'], { env });
   const res = lines(await kuraAsync(['agent', 'run', '--json', '--source', 'exports', 'one'], { env }));
@@ -297,7 +312,8 @@ test('file sources: a directory is archived in name order (tar), one file as its
   assert.equal(kuraOk(['restore', res[1]!.snapshot!], { env }).out, 'a\n'.repeat(3000));
 
   const a = kuraAsync(['agent', 'run', '--json', '--source', 'long'], { env });
-  await sleep(1200);
+  // the second run starts once the first holds the source (its export then runs 5 s more)
+  await waitFor('the first run to hold source long', () => sourceLocked(repo, 'long'), 30_000);
   const b = await kuraAsync(['agent', 'run', '--json', '--source', 'long'], { env });
   assert.equal(b.status, 75, b.stderr);
   assert.equal(lines(b)[0]!.result, 'locked');

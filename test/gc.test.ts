@@ -242,20 +242,24 @@ test('kill -9 at random moments of a gc: no chunk of a kept snapshot is lost, an
   // how long an undisturbed gc works, to spread the kills over it
   const probe = path.join(dir, 'probe');
   cpSync(pristine, probe, { recursive: true });
-  const work = kuraJson<{ seconds: number }>(['gc', '--repo', probe]).seconds * 1000;
+  let work = kuraJson<{ seconds: number }>(['gc', '--repo', probe]).seconds * 1000;
   const r = new Prng(77);
   let killedMidRun = 0;
   const trials = 8;
   for (let trial = 0; trial < trials; trial++) {
     const repo = path.join(dir, `trial${trial}`);
     cpSync(pristine, repo, { recursive: true });
-    const gc = spawnKura(['gc', '--repo', repo]);
+    const gc = spawnKura(['gc', '--repo', repo, '--json']);
+    let out = '';
+    gc.stdout.on('data', (d) => (out += d));
     for (let i = 0; i < 2000 && gc.exitCode === null && !gcRunning(repo); i++) await sleep(2);
     await sleep(r.next() % Math.max(1, Math.round(work)));
     const code = gc.exitCode;
     gc.kill('SIGKILL');
     await exitOf(gc);
     if (code === null) killedMidRun++;
+    // one timed probe is a poor guess on a loaded machine: a gc that finished first says how long one takes
+    else if (code === 0) work = Math.min(work, (JSON.parse(out) as { seconds: number }).seconds * 1000);
     // whatever state it was left in: the kept snapshots restore, and a rerun completes
     for (const n of kept) assert.equal(sha256(kuraOk(['restore', '--repo', repo, n.id, '--to', '-']).stdout), n.sha, `trial ${trial}`);
     kuraOk(['gc', '--repo', repo]);
@@ -265,6 +269,6 @@ test('kill -9 at random moments of a gc: no chunk of a kept snapshot is lost, an
     assert.deepEqual([...chunksInPacks(repo)].sort(), wantChunks, `trial ${trial}`);
     rmSync(repo, { recursive: true, force: true });
   }
-  t.diagnostic(`gc works ${Math.round(work)} ms undisturbed; ${killedMidRun} of ${trials} kills landed while it ran`);
+  t.diagnostic(`gc works ${Math.round(work)} ms undisturbed (the fastest run seen); ${killedMidRun} of ${trials} kills landed while it ran`);
   assert.ok(killedMidRun >= trials / 2, `most kills landed mid-run (${killedMidRun}/${trials})`);
 });

@@ -17,7 +17,9 @@ const require = createRequire(import.meta.url);
 const ssh2 = require('ssh2') as typeof import('ssh2');
 
 const FRAMES_WANTED = 100_000; // mutated frames the vault must have taken
-const TIME_LIMIT_MS = 150_000; // fails if 100 000 take longer: about a minute on 2 idle cores, 2-3 on a machine loaded 8-16 deep
+// fails if 100 000 take longer: about a minute on 2 idle cores (49-62 s; one CI run here 104 s),
+// 2-3 on a machine loaded 8-16 deep; a bound on a hang, not a rate the vault must reach
+const TIME_LIMIT_MS = 300_000;
 const SESSION_BOUND_MS = 35_000; // a session answers or closes within this after the client's EOF (a WANT may wait 30 s for another session's data to land)
 const PER_SESSION = 64; // mutated frames at most in one session
 const CONNECTIONS = 4; // of the tenant-admin key, and one each of a backup and a restore key
