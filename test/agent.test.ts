@@ -9,6 +9,7 @@ import { kura, kuraAsync, kuraJson, kuraOk, spawnKura, tempDir, type RunResult }
 import { startMariaDb, startPostgres } from './support/db.js';
 import { exitOf, waitFor } from './support/proc.js';
 import { sleep } from './support/proxy.js';
+import { lockHeld } from './support/locks.js';
 
 interface Line {
   source: string;
@@ -42,21 +43,6 @@ function agentYaml(dir: string, sources: string, extra = ''): { cfg: string; rep
     `tenant: city-a\nrepository:\n  path: ${repo}\nmodules:\n  routing:\n    type: static\n    routes:\n      peer-dc:\n        endpoints: [{ host: 127.0.0.1, port: 9 }]\n${extra}sources:\n${sources}`,
   );
   return { cfg, repo, env: { KURA_CONFIG: cfg } };
-}
-
-/** Whether a run holds `source`'s lock in the repository's catalogue. */
-function sourceLocked(repo: string, source: string): boolean {
-  let db: Database.Database;
-  try {
-    db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
-  } catch {
-    return false;
-  }
-  try {
-    return db.prepare('SELECT 1 FROM locks WHERE kind = ?').get(`source:${source}`) !== undefined;
-  } finally {
-    db.close();
-  }
 }
 
 /** Row count and a content checksum per table, as PostgreSQL sees them. */
@@ -313,7 +299,7 @@ test('file sources: a directory is archived in name order (tar), one file as its
 
   const a = kuraAsync(['agent', 'run', '--json', '--source', 'long'], { env });
   // the second run starts once the first holds the source (its export then runs 5 s more)
-  await waitFor('the first run to hold source long', () => sourceLocked(repo, 'long'), 30_000);
+  await waitFor('the first run to hold source long', () => lockHeld(repo, 'source:long'), 30_000);
   const b = await kuraAsync(['agent', 'run', '--json', '--source', 'long'], { env });
   assert.equal(b.status, 75, b.stderr);
   assert.equal(lines(b)[0]!.result, 'locked');

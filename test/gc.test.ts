@@ -9,6 +9,7 @@ import { exitOf, waitFor } from './support/proc.js';
 import { sleep } from './support/proxy.js';
 import { parsePackIndex } from '../src/repository/pack.js';
 import { referencedChunks } from './support/snapshots.js';
+import { lockHeld } from './support/locks.js';
 
 const MiB = 1 << 20;
 
@@ -214,22 +215,6 @@ function gcRunning(repo: string): boolean {
   return lockHeld(repo, 'gc');
 }
 
-/** Whether a process of `kind` holds a lock on `repo`. */
-function lockHeld(repo: string, kind: string): boolean {
-  let db: Database.Database;
-  try {
-    db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true, fileMustExist: true });
-  } catch {
-    return false;
-  }
-  try {
-    return db.prepare(`SELECT 1 FROM locks WHERE kind = ?`).get(kind) !== undefined;
-  } catch {
-    return false; // the table may not exist yet
-  } finally {
-    db.close();
-  }
-}
 
 test('kill -9 at random moments of a gc: no chunk of a kept snapshot is lost, and a rerun finishes', async (t) => {
   const dir = tempDir(t);
