@@ -27,10 +27,11 @@ class CountingPool extends SealPool {
 }
 
 /**
- * On a local disk each seal worker holds two requests, so a third batch waiting in the pool keeps
- * no worker busier; it only holds its 4 MiB (and the worker's output) in memory.
+ * Each seal worker holds two requests, so a third batch waiting in the pool keeps no worker
+ * busier; it only holds its batch (4 MiB on a local disk, up to 24 MiB for an object store) and
+ * then its output in memory. The rule is the same for every store; a local one is tested here.
  */
-test('on a local disk a backup gives the seal workers as many batches as they hold, and none waits besides', async (t) => {
+test('a backup gives the seal workers as many batches as they hold, and none waits besides', async (t) => {
   const dir = tempDir(t);
   const repo = path.join(dir, 'repo');
   kuraOk(['repo', 'init', '--repo', repo]);
