@@ -336,24 +336,25 @@ test('sealBest stores a chunk changed again whole once its delta costs half of w
 
 test('a chunk that changes night after night is stored whole once its delta costs half of it, and the next night is a small delta of that; a chunk changed a little each night stays a delta; every night restores', async (t) => {
   const dir = tempDir(t);
-  /** The three nights in a repository of their own; throws what it found wrong. */
+  const r = new Prng(23);
+  const rows = 120_000;
+  // a table whose first half changes heavily every night (70 % of its values) and second half lightly (2 %)
+  let values = Array.from({ length: rows }, () => r.next() % 1_000_000);
+  const dump = (vals: number[]) => Buffer.from(vals.map((v, i) => `${i + 1}\t${i % 7}\t${v}\t${' '.repeat(30)}\n`).join(''));
+  const nights: Buffer[] = [dump(values)];
+  for (let n = 1; n <= 3; n++) {
+    values = values.map((v, i) => (r.next() % 1000 < (i < rows / 2 ? 700 : 20) ? r.next() % 1_000_000 : v));
+    nights.push(dump(values));
+  }
+  const files = nights.map((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    return file;
+  });
+  /** The nights backed up into a repository of their own; throws what it found wrong. */
   const nightsIn = async (repo: string) => {
     kuraOk(['repo', 'init', '--repo', repo]);
-    const r = new Prng(23);
-    const rows = 120_000;
-    // a table whose first half changes heavily every night (70 % of its values) and second half lightly (2 %)
-    let values = Array.from({ length: rows }, () => r.next() % 1_000_000);
-    const dump = (vals: number[]) => Buffer.from(vals.map((v, i) => `${i + 1}\t${i % 7}\t${v}\t${' '.repeat(30)}\n`).join(''));
-    const nights: Buffer[] = [dump(values)];
-    for (let n = 1; n <= 3; n++) {
-      values = values.map((v, i) => (r.next() % 1000 < (i < rows / 2 ? 700 : 20) ? r.next() % 1_000_000 : v));
-      nights.push(dump(values));
-    }
-    const snaps = nights.map((data, i) => {
-      const file = path.join(dir, `night${i}.sql`);
-      writeFileSync(file, data);
-      return kuraJson<{ id: string; newBytes: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', file]).id;
-    });
+    const snaps = files.map((file) => kuraJson<{ id: string; newBytes: number }>(['backup', '--repo', repo, '--name', 'juki', '--file', file]).id);
     const half = nights[0]!.length / 2;
     /** The kinds of the chunks night k stored anew, in the dump's heavily changed first half and in its second. */
     const stored = async (k: number) => {

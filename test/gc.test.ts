@@ -215,7 +215,6 @@ function gcRunning(repo: string): boolean {
   return lockHeld(repo, 'gc');
 }
 
-
 test('kill -9 at random moments of a gc: no chunk of a kept snapshot is lost, and a rerun finishes', async (t) => {
   const dir = tempDir(t);
   const pristine = path.join(dir, 'pristine');

@@ -26,8 +26,9 @@ import { nativeAddon } from '../native.js';
  *   (for the rest of the process: glibc has no way back to its own rule) and returns the arenas'
  *   free pages to the system every second. Measured, with the V8 holds, alternated three times: a
  *   488 MB night 163-169 MiB against 171-178 (3.2-4.2 s against 3.1-4.2, 0.1-0.2 s more system
- *   time); the 8 GB night 2 192-195 MiB against 195-198 (about 1 s more system time). A restore with the same fixed threshold took
- *   1.17-1.35 s against 1.01-1.16 s, so the threshold is left as it is until a backup runs.
+ *   time); the 8 GB night 2 192-195 MiB against 195-198 (about 1 s more system time). A restore
+ *   with the same fixed threshold took 1.17-1.35 s against 1.01-1.16 s, so the threshold is left
+ *   as it is until a backup runs.
  *
  * Not for restores: a restore's chunks in flight then survive into the old generation (with a held
  * young generation a 4 KiB restore peaked at 179 MiB instead of 156-158, and took 3.5 s instead
