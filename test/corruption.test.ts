@@ -267,6 +267,10 @@ test('deltas whose base rots are not reused: the next backup stores their chunks
   const [base] = [...need.keys()].filter((b) => !night2Chunks.has(b));
   assert.ok(base, `night 2 has deltas (${need.size} bases)`);
   flip(blobsIn(packFiles(repo), 'data').find((b) => b.id === base)!);
+  // check --read-data fetches the bases of a pack's deltas a group at a time: the damage is the
+  // base's and named as such, not that of the deltas grouped with the deltas that need it
+  const found = JSON.parse(kura(['check', '--repo', repo, '--read-data', '--json']).out) as { chunksRead: number; problems: Array<{ kind: string; chunk?: string }> };
+  assert.deepEqual(found.problems.filter((p) => p.chunk).map((p) => [p.kind, p.chunk]), [['chunk-corrupt', base]]);
 
   // night 2 again: the base is quarantined; the deltas that need it are whole but cannot be
   // opened, so their chunks are stored anew rather than reused

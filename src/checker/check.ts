@@ -75,6 +75,36 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, 
   return out;
 }
 
+/** Plaintext of the deltas whose bases are fetched together (a group of ranged reads, not one read each). */
+const BASES_AHEAD_BYTES = 4 << 20;
+
+/**
+ * Fetches the bases of the next deltas of a pack in one go, from `hexes[at]` on, up to
+ * BASES_AHEAD_BYTES of their plaintext; returns where that group ends. A delta's base fetched on
+ * its own cost one request each: on Ceph RGW, 4 866 deltas took 235 s to check. A group whose
+ * bases cannot all be read is left to the blob-by-blob reads, which name the one at fault.
+ */
+async function basesAhead(opener: DeltaOpener, bytes: Buffer, hexes: readonly string[], at: number, what: string, where: Map<string, Located>): Promise<number> {
+  const group: Array<{ id: Buffer; blob: Buffer }> = [];
+  let plain = 0;
+  let end = at;
+  for (; end < hexes.length && plain < BASES_AHEAD_BYTES; end++) {
+    const loc = where.get(hexes[end]!)!;
+    const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
+    const info = isListBlob(blob) ? null : blobInfo(blob);
+    if (!info || info.bases.length === 0) continue;
+    plain += info.plainLength;
+    group.push({ id: Buffer.from(hexes[end]!, 'hex'), blob });
+  }
+  if (group.length < 2) return end;
+  try {
+    await opener.prepare(group, `the deltas of ${what}`);
+  } catch (e) {
+    if (!(e instanceof KuraError)) throw e;
+  }
+  return end;
+}
+
 function packFetcher(repo: Repository, where: Map<string, Located>): BlobFetcher {
   return async function* (ids, what) {
     // one ranged read per pack (getRanges coalesces nearby blobs), packs read side by side
@@ -237,7 +267,9 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
       }
       // a pack that holds a quarantined copy no longer matches its ID: that damage is known
       if (packId(bytes) !== pack && !inQuarantine.has(pack)) problems.push({ kind: 'pack-corrupt', message: `pack ${pack} does not match its ID (damaged file)`, pack });
-      for (const hex of hexes) {
+      let ahead = 0; // hexes[.. ahead) have had their bases fetched, if any
+      for (const [at, hex] of hexes.entries()) {
+        if (opener && at === ahead) ahead = await basesAhead(opener, bytes, hexes, at, `pack ${pack}`, where);
         const loc = where.get(hex)!;
         chunksRead++;
         const blob = bytes.subarray(loc.offset, loc.offset + loc.length);
