@@ -161,6 +161,55 @@ test('an S3 repository stores the next night of a dump as deltas of the last, as
   assert.equal((await json<{ ok: boolean }>(['check', '--read-data'], s3)).ok, true);
 });
 
+test('a dump that compresses to little is stored in packs of a few MiB, not one small pack per batch: gathered, read back, checked, and its next night too', async (t) => {
+  if (!rgwOrSkip(t)) return;
+  const dir = dirOf('gather');
+  const env = { KURA_CONFIG: s3Config(dir, 'gather', 'g/') };
+  await ok(['repo', 'init', '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384'], env);
+  // 40 MiB of rows that compress ~20:1: five batches or more (RemoteBatchSizer's ceiling is 8 MiB)
+  const dump = (night: number) => {
+    const rows: string[] = [];
+    const r = new Prng(7);
+    for (let id = 1, size = 0; size < 40 * MiB; id++) {
+      const row = `${id}\t${r.next() % 9000}\t${id % 50 === 0 ? night : 0}\tactive\t${'municipal ledger entry, no remarks '.repeat(3)}\n`;
+      rows.push(row);
+      size += row.length;
+    }
+    return Buffer.from(rows.join(''));
+  };
+  const bucket = new BucketView(rgw!, 'gather');
+  t.after(() => bucket.close());
+  const packsOf = async () => {
+    const packs = await bucket.keys('g/packs/');
+    for (const k of packs) {
+      const bytes = await bucket.get(k);
+      assert.ok(parsePackIndex(bytes, bytes.length), `${k} is a pack`);
+    }
+    return packs;
+  };
+  const nights: Buffer[] = [];
+  const ids: string[] = [];
+  let before = 0;
+  for (const night of [1, 2]) {
+    const data = dump(night);
+    nights.push(data);
+    const file = path.join(dir, `night${night}.sql`);
+    writeFileSync(file, data);
+    const r = await json<{ id: string; newChunks: number; newBytes: number }>(['backup', '--name', 'juki', '--file', file], env);
+    ids.push(r.id);
+    const packs = await packsOf();
+    const added = packs.length - before;
+    before = packs.length;
+    t.diagnostic(`night ${night}: ${r.newChunks} new chunks, ${r.newBytes} B stored in ${added} pack(s)`);
+    assert.ok(r.newChunks > 1000, `${r.newChunks} new chunks`);
+    assert.ok(r.newBytes < 3.8 * MiB, `${r.newBytes} B: all of it fits one pack`);
+    // the night's chunks in one gathered pack, its chunk list in another
+    assert.ok(added <= 2, `night ${night} stored ${added} packs`);
+  }
+  for (const [i, data] of nights.entries()) assert.equal(sha256((await ok(['restore', ids[i]!, '--to', '-'], env)).stdout), sha256(data), `night ${i + 1}`);
+  assert.equal((await json<{ ok: boolean }>(['check', '--read-data'], env)).ok, true);
+});
+
 test('the gateway stopped in the middle of a backup: retries, then a clear E_IO and no snapshot; the next run succeeds', async (t) => {
   if (!rgwOrSkip(t)) return;
   const dir = dirOf('outage');

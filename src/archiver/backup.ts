@@ -19,6 +19,8 @@ import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPri
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
+import { PackMerger, type MergedPack } from './pack-merge.js';
+import type { SealBases, SealResponse } from './seal-worker.js';
 import { holdHeapGrowth } from './heap-growth.js';
 
 export { SealPool, ChunkPipeline };
@@ -81,6 +83,13 @@ class ByteList {
   bytes(): Buffer {
     return this.buf.subarray(0, this.length);
   }
+}
+
+/** A batch sealed, waiting in a pack gathered from small ones to be stored. */
+interface Sealed {
+  b: Batch;
+  res: SealResponse;
+  bases: SealBases | null;
 }
 
 interface Batch {
@@ -252,11 +261,13 @@ async function runBackup(
   // 7 2.61-2.88 s at 157-159 MiB against 2.77-2.85 s at 162-164; the 8 GB night 2, 2 runs,
   // 24.7-24.9 s at 180-181 MiB against 24.5-24.9 s at 185-190. To Ceph RGW, 3 runs each: the
   // 488 MB first backup 1.58-1.90 s against 1.57-1.80 s, at 160-164 MiB either way; its night 2
-  // 2.70-3.49 s (median 3.01) at 226-229 MiB against 2.58-3.02 s (2.87) at 250-255
+  // 2.70-3.49 s (median 3.01) at 226-229 MiB against 2.58-3.02 s (2.87) at 250-255 (batches of
+  // up to 24 MiB then, see RemoteBatchSizer)
   const maxRunning = pool.slots;
   let failure: unknown = null;
 
   const sizer = local ? null : new RemoteBatchSizer();
+  const merger = sizer ? new PackMerger<Sealed>(sizer.target) : null;
   const batchCapacity = (local ? BATCH_BYTES : sizer!.max) + params.maxSize; // (pages past what a batch fills are never touched)
   const uploads = new ByteBudget(UPLOAD_BYTES);
   // batch buffers are shared with the workers and reused once answered: 16 MiB ArrayBuffers
@@ -335,31 +346,22 @@ async function runBackup(
     for (const r of rows) inFlightKeys.delete(r.key);
   };
 
-  const sealAndStore = async (b: Batch) => {
-    const idBuf = Buffer.concat(b.ids);
-    const bases = locator ? locator.locate(b.bases) : null;
-    if (bases && !local) await readBases(store, bases);
-    const res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
-    freeBuffers.push(res.data);
-    // the store is not local: upload the pack the worker built, within the bytes-in-flight budget
-    if (res.pack) {
-      const n = res.packLength;
-      await uploads.acquire(n);
-      try {
-        await store.put(packName(res.packId), Buffer.from(res.pack, 0, n), { sha256: res.packSha256 ?? undefined });
-      } finally {
-        uploads.release(n);
-      }
-      pool.recycle(res.pack);
-    } else local!.adopt(packName(res.packId));
-    const packBytes = res.blobOffsets[b.ids.length]!;
-    sizer?.seen(b.used, packBytes);
-    newBytes += packBytes + b.ids.length * PACK_ENTRY + PACK_TRAILER;
-    newChunks += b.ids.length;
-    pendingRowBytes += packBytes;
+  /** Bytes of packs uploading at once stay within UPLOAD_BYTES. */
+  const upload = async (packId: string, data: Uint8Array | Uint8Array[], size: number, sha256?: string) => {
+    await uploads.acquire(size);
+    try {
+      await store.put(packName(packId), data, { sha256 });
+    } finally {
+      uploads.release(size);
+    }
+  };
+
+  /** The catalogue rows of a batch's chunks, now that its blobs are stored in `packId` from `at`. */
+  const stored = async (b: Batch, res: SealResponse, bases: SealBases | null, packId: string, at: number) => {
+    pendingRowBytes += res.blobOffsets[b.ids.length]!;
     let used = 0;
     b.ids.forEach((id, i) => {
-      const offset = res.blobOffsets[i]!;
+      const offset = at + res.blobOffsets[i]!;
       const rowBases: Buffer[] = [];
       for (let k = 0; k < res.baseCount[i]!; k++) {
         const r = res.usedBases[used++]!;
@@ -367,9 +369,45 @@ async function runBackup(
       }
       const digest = Buffer.from(res.digests.buffer, res.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES);
       const replace = unusable.size > 0 && unusable.has(b.keys[i]!);
-      pendingRows.push({ id, pack: res.packId, offset, storedSize: res.blobOffsets[i + 1]! - offset, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest, replace });
+      pendingRows.push({ id, pack: packId, offset, storedSize: res.blobOffsets[i + 1]! - res.blobOffsets[i]!, plainSize: b.offsets[i + 1]! - b.offsets[i]!, key: b.keys[i]!, bases: rowBases, digest, replace });
     });
     if (pendingRowBytes >= COMMIT_BYTES || pendingRows.length >= COMMIT_ROWS) await commitRows();
+  };
+
+  /** A pack gathered from small ones (object stores): one PUT, then the rows of every batch in it. */
+  const storeMerged = async (m: MergedPack<Sealed>) => {
+    await upload(m.id, m.parts, m.size);
+    merger!.release(m);
+    newBytes += PACK_TRAILER;
+    for (const { tag, at } of m.members) await stored(tag.b, tag.res, tag.bases, m.id, at);
+  };
+
+  const sealAndStore = async (b: Batch) => {
+    const idBuf = Buffer.concat(b.ids);
+    const bases = locator ? locator.locate(b.bases) : null;
+    if (bases && !local) await readBases(store, bases);
+    const res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
+    freeBuffers.push(res.data);
+    const packBytes = res.blobOffsets[b.ids.length]!;
+    sizer?.seen(b.used, packBytes);
+    newBytes += packBytes + b.ids.length * PACK_ENTRY;
+    newChunks += b.ids.length;
+    if (!res.pack) {
+      local!.adopt(packName(res.packId));
+      newBytes += PACK_TRAILER;
+      return stored(b, res, bases, res.packId, 0);
+    }
+    // the store is not local: upload the pack the worker built, or gather it with others if small
+    const run = { blobs: new Uint8Array(res.pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
+    if (merger!.alone(run)) {
+      await upload(res.packId, Buffer.from(res.pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
+      pool.recycle(res.pack);
+      newBytes += PACK_TRAILER;
+      return stored(b, res, bases, res.packId, 0);
+    }
+    const full = merger!.add(run, { b, res, bases });
+    pool.recycle(res.pack);
+    if (full) await storeMerged(full);
   };
 
   const dispatch = async (b: Batch) => {
@@ -392,6 +430,8 @@ async function runBackup(
     while (ready.length > 0) await dispatch(ready.shift()!);
     await Promise.all(running);
     if (failure) throw failure;
+    const last = merger?.take();
+    if (last) await storeMerged(last);
     await commitRows();
   } catch (e) {
     // keep what is already durable so a rerun does not redo it; the snapshot is not written

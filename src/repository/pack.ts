@@ -5,7 +5,8 @@ import { blobDigest, DIGEST_BYTES, runDigests } from './digest.js';
 
 /**
  * Pack file, pack format 2 (docs/format.md). New chunk blobs are written in packs, one
- * per compression batch (~2 MiB of input), so the store holds hundreds of objects per GiB rather
+ * per compression batch (4 MiB of input), or on an object store gathered to a few MiB from the
+ * batches (archiver/pack-merge.ts), so the store holds hundreds of objects per GiB rather
  * than tens of thousands: file creation, listing, GC and S3 requests all scale with packs.
  *
  *   blob_0 | blob_1 | ... | blob_{n-1} | index | u32 n | u32 format | "KURAPACK"
@@ -138,6 +139,21 @@ export async function storePack(
   await store.put(packName(pack.id), pack.parts);
   await store.sync();
   return { id: pack.id, size: pack.size, entries: pack.entries };
+}
+
+/**
+ * The same file as encodePack, for blobs already lying side by side in `data` (their lengths in
+ * order) with their digests already known (DIGEST_BYTES each, in order): the index and trailer
+ * are one more part, and the pack ID hashes `data` in one call rather than blob by blob.
+ */
+export function packOfRun(data: Uint8Array, lengths: readonly number[], ids: readonly Uint8Array[], digests: Uint8Array): { id: string; parts: Uint8Array[]; size: number; entries: PackEntry[] } {
+  const n = ids.length;
+  const tail = Buffer.allocUnsafe(n * PACK_ENTRY + PACK_TRAILER);
+  const entries = writeIndex(tail, ids, lengths, (i) => digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+  const h = new Blake3Hasher();
+  h.update(data);
+  h.update(tail);
+  return { id: h.digestBuffer().toString('hex'), parts: [data, tail], size: data.length + tail.length, entries };
 }
 
 /**

@@ -1,0 +1,90 @@
+import { DIGEST_BYTES } from '../repository/digest.js';
+import { packOfRun, type PackEntry } from '../repository/pack.js';
+
+/** The sealed blobs of one batch as its worker laid them out: side by side from offset 0. */
+export interface SealedRun {
+  blobs: Uint8Array;
+  /** blob i lies at blobOffsets[i] .. blobOffsets[i+1] */
+  blobOffsets: Uint32Array;
+  ids: readonly Uint8Array[];
+  /** DIGEST_BYTES per blob, in order */
+  digests: Uint8Array;
+}
+
+export interface MergedPack<T> {
+  id: string;
+  parts: Uint8Array[];
+  size: number;
+  entries: PackEntry[];
+  /** the runs in it: each one's tag and where its first blob lies in the pack */
+  members: Array<{ tag: T; at: number }>;
+  /** the buffer its blobs were gathered in, for release() once stored */
+  buffer: Buffer;
+}
+
+/**
+ * Small packs gathered into one for an object store. A batch of new chunks that compresses well
+ * (a night of deltas: 24 MiB of changed chunks made packs of 0.3-1 MiB) would need tens of MiB of
+ * input per batch to make a pack worth one PUT, and every batch in flight holds its input, on the
+ * main thread and in the worker with its bases. Batches stay small instead, and their sealed
+ * blobs are copied here until about `target` bytes are gathered; the pack is then laid out once
+ * (its index and trailer one more part, its ID hashed over the gathered bytes in one call).
+ */
+export class PackMerger<T> {
+  private data: Buffer | null = null;
+  /** buffers of packs stored, gathered in again (a new one each pack is external memory the GC frees late) */
+  private readonly free: Buffer[] = [];
+  private used = 0;
+  private lengths: number[] = [];
+  private ids: Uint8Array[] = [];
+  private digests: Uint8Array[] = [];
+  private members: Array<{ tag: T; at: number }> = [];
+
+  constructor(readonly target: number) {}
+
+  /** Whether a run's pack is near enough the target to be stored on its own, as its worker laid it out. */
+  alone(run: Pick<SealedRun, 'blobOffsets' | 'ids'>): boolean {
+    return run.blobOffsets[run.ids.length]! >= this.target * 0.8;
+  }
+
+  /** Copies the run's blobs in; returns the gathered pack once it reached the target. */
+  add(run: SealedRun, tag: T): MergedPack<T> | null {
+    const n = run.ids.length;
+    const size = run.blobOffsets[n]!;
+    if (!this.data && this.free.length > 0) this.data = this.free.pop()!;
+    if (!this.data || this.used + size > this.data.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(Math.ceil(this.target * 1.5), (this.used + size) * 2));
+      if (this.data) this.data.copy(grown, 0, 0, this.used);
+      this.data = grown;
+    }
+    this.data.set(run.blobs.subarray(0, size), this.used);
+    this.members.push({ tag, at: this.used });
+    this.used += size;
+    for (let i = 0; i < n; i++) {
+      this.lengths.push(run.blobOffsets[i + 1]! - run.blobOffsets[i]!);
+      this.ids.push(run.ids[i]!);
+    }
+    this.digests.push(run.digests.slice(0, n * DIGEST_BYTES));
+    return this.used >= this.target ? this.take() : null;
+  }
+
+  /** The pack of what is gathered (null: nothing), and a fresh start. */
+  take(): MergedPack<T> | null {
+    if (this.used === 0) return null;
+    const pack = packOfRun(this.data!.subarray(0, this.used), this.lengths, this.ids, Buffer.concat(this.digests));
+    const members = this.members;
+    const buffer = this.data!;
+    this.data = null;
+    this.used = 0;
+    this.lengths = [];
+    this.ids = [];
+    this.digests = [];
+    this.members = [];
+    return { ...pack, members, buffer };
+  }
+
+  /** A pack taken is stored: its buffer may gather the next. */
+  release(pack: MergedPack<T>): void {
+    if (this.free.length < 2) this.free.push(pack.buffer);
+  }
+}
