@@ -1,5 +1,5 @@
 import { DIGEST_BYTES } from '../repository/digest.js';
-import { packOfRun, type PackEntry } from '../repository/pack.js';
+import { PACK_ENTRY, PACK_TRAILER, packOfRun, type PackEntry } from '../repository/pack.js';
 
 /** The sealed blobs of one batch as its worker laid them out: side by side from offset 0. */
 export interface SealedRun {
@@ -52,8 +52,10 @@ export class PackMerger<T> {
     const n = run.ids.length;
     const size = run.blobOffsets[n]!;
     if (!this.data && this.free.length > 0) this.data = this.free.pop()!;
-    if (!this.data || this.used + size > this.data.length) {
-      const grown = Buffer.allocUnsafeSlow(Math.max(Math.ceil(this.target * 1.5), (this.used + size) * 2));
+    // room for the index too (PACK_ENTRY a blob), so the pack goes up as one buffer
+    const room = this.used + size + (this.ids.length + n) * PACK_ENTRY + PACK_TRAILER;
+    if (!this.data || room > this.data.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(Math.ceil(this.target * 1.5), room * 2));
       if (this.data) this.data.copy(grown, 0, 0, this.used);
       this.data = grown;
     }
@@ -71,7 +73,7 @@ export class PackMerger<T> {
   /** The pack of what is gathered (null: nothing), and a fresh start. */
   take(): MergedPack<T> | null {
     if (this.used === 0) return null;
-    const pack = packOfRun(this.data!.subarray(0, this.used), this.lengths, this.ids, Buffer.concat(this.digests));
+    const pack = packOfRun(this.data!, this.used, this.lengths, this.ids, Buffer.concat(this.digests));
     const members = this.members;
     const buffer = this.data!;
     this.data = null;

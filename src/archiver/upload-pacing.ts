@@ -11,11 +11,13 @@
  *
  * Up to `max`: input that compresses better than that makes packs under the target, which
  * PackMerger gathers into one. Every batch in flight holds its input (and a worker its bases),
- * so a high ceiling is paid in peak RSS: on Ceph RGW, 2 runs each, alternated, a 488 MB OLTP
- * night of deltas peaked at 172-191 MiB with 8 MiB against 227-245 with 24 MiB and no gathering
- * (2.55-2.83 s against 2.83-3.54 s); its first backup at 146 against 161 MiB; a 165 MB municipal
- * first backup at 162-168 against 205-211 MiB in the same 2.0-2.2 s. 4 MiB took 4.1-4.5 s for
- * the night (a batch's bases are fetched per batch), 12 MiB peaked at 187-206 MiB.
+ * so a high ceiling is paid in peak RSS. On Ceph RGW, 2 runs each, alternated:
+ * - a 488 MB OLTP dump (~100:1): first backup 140-142 MiB with 8 MiB, 140-154 with 12, 161 with
+ *   24 and no gathering; its nights of deltas 170-186 MiB (2.3-2.8 s), 185-202, 224-245 (2.5-3.5 s)
+ * - a 488 MiB dump that compresses 3.6:1, default chunks: first backup 155 MiB (4.0 s) with 8,
+ *   164-165 (3.3-4.4 s) with 12, 171 (3.8-3.9 s) with 24; a night of one row in 40 changed
+ *   222-230 MiB (5.9 s), 241-252 (5.2-5.6 s), 307-322 (4.9-6.6 s)
+ * - 4 MiB took 4.1-4.5 s for the OLTP night (a batch's bases are fetched per batch)
  */
 export class RemoteBatchSizer {
   /** stored bytes per input byte, as the recent packs got it (a first guess for a database export) */

@@ -142,18 +142,23 @@ export async function storePack(
 }
 
 /**
- * The same file as encodePack, for blobs already lying side by side in `data` (their lengths in
- * order) with their digests already known (DIGEST_BYTES each, in order): the index and trailer
- * are one more part, and the pack ID hashes `data` in one call rather than blob by blob.
+ * The same file as encodePack, for blobs already lying side by side at the start of `buf` (the
+ * first `dataLength` bytes; their lengths in order) with their digests already known
+ * (DIGEST_BYTES each, in order). The index and trailer follow them in `buf` when it has room
+ * (one part, so an upload need not join parts), else in a part of their own; the pack ID hashes
+ * the blobs in one call rather than blob by blob.
  */
-export function packOfRun(data: Uint8Array, lengths: readonly number[], ids: readonly Uint8Array[], digests: Uint8Array): { id: string; parts: Uint8Array[]; size: number; entries: PackEntry[] } {
+export function packOfRun(buf: Buffer, dataLength: number, lengths: readonly number[], ids: readonly Uint8Array[], digests: Uint8Array): { id: string; parts: Uint8Array[]; size: number; entries: PackEntry[] } {
   const n = ids.length;
-  const tail = Buffer.allocUnsafe(n * PACK_ENTRY + PACK_TRAILER);
+  const tailLength = n * PACK_ENTRY + PACK_TRAILER;
+  const inPlace = buf.length >= dataLength + tailLength;
+  const tail = inPlace ? buf.subarray(dataLength, dataLength + tailLength) : Buffer.allocUnsafe(tailLength);
   const entries = writeIndex(tail, ids, lengths, (i) => digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+  const data = buf.subarray(0, dataLength);
   const h = new Blake3Hasher();
   h.update(data);
   h.update(tail);
-  return { id: h.digestBuffer().toString('hex'), parts: [data, tail], size: data.length + tail.length, entries };
+  return { id: h.digestBuffer().toString('hex'), parts: inPlace ? [buf.subarray(0, dataLength + tailLength)] : [data, tail], size: dataLength + tailLength, entries };
 }
 
 /**

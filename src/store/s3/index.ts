@@ -179,7 +179,7 @@ export class S3Backend implements StoreBackend {
 
   async put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void> {
     // content-addressed: an existing object of this name holds these very bytes
-    await this.putConditional(name, data instanceof Uint8Array ? data : Buffer.concat(data), hints?.sha256);
+    await this.putConditional(name, data instanceof Uint8Array ? data : data.length === 1 ? data[0]! : Buffer.concat(data), hints?.sha256);
   }
 
   async replace(name: string, data: Uint8Array): Promise<void> {
