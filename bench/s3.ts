@@ -3,8 +3,11 @@
  * local directory, printed as JSON lines (one per figure). Not part of npm test.
  *   npm run bench:s3 [-- --mib 1024 --rebuild-mib 400]
  * - backup: first backup of a generated SQL dump (`mib` MiB) with `kura backup --file`, wall time
- *   of the process and MB/s, fs then s3; the ratio s3/fs
+ *   of the process, MB/s and peak RSS (GNU time), fs then s3; the ratio s3/fs
  * - rerun: the same dump again (nothing new to store)
+ * - night: the same dump with one row in 40 changed all through it (a night of spread updates,
+ *   stored as deltas), backed up after the first: wall time, peak RSS, MiB stored, and on s3 the
+ *   packs it added and their mean size (small packs of deltas are gathered before their PUT)
  * - restore: `kura restore --to -` into /dev/null, MB/s
  * - requests: PUT requests per GiB stored on s3, counted as the objects in the bucket (each went
  *   up as one PUT; the store's own counters live in the kura process), and the mean pack size
@@ -16,12 +19,12 @@
  * the backup's; a gateway in service is warm. --warm-mib 0 measures the cold one.
  */
 import { spawn } from 'node:child_process';
-import { createWriteStream, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KURA, ROOT } from '../test/support/cli.js';
-import { sqlDump } from '../test/support/generate.js';
+import { churn, sqlDump } from '../test/support/generate.js';
 import { startRgw, type Rgw } from '../test/support/rgw.js';
 import { BucketView } from '../test/support/s3util.js';
 
@@ -37,9 +40,11 @@ const SKIP_REBUILD = process.argv.includes('--skip-rebuild');
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 const MB = 1e6;
 
-async function kura(args: string[], env: Record<string, string | undefined>, stdout: 'pipe' | 'ignore' = 'pipe'): Promise<{ out: string; seconds: number }> {
+/** A kura command run to completion under GNU time: its output, wall seconds and peak RSS (MiB). */
+async function kura(args: string[], env: Record<string, string | undefined>, stdout: 'pipe' | 'ignore' = 'pipe'): Promise<{ out: string; seconds: number; rssMiB: number }> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [KURA, ...args], { cwd: ROOT, env: { ...process.env, KURA_PASSPHRASE: 'correct horse', KURA_LOG_FORMAT: 'json', ...env }, stdio: ['ignore', stdout, 'pipe'] });
+  const rssFile = path.join(dir, 'time.out');
+  const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, KURA, ...args], { cwd: ROOT, env: { ...process.env, KURA_PASSPHRASE: 'correct horse', KURA_LOG_FORMAT: 'json', ...env }, stdio: ['ignore', stdout, 'pipe'] });
   let out = '';
   let err = '';
   child.stdout?.on('data', (d) => (out += d));
@@ -47,12 +52,16 @@ async function kura(args: string[], env: Record<string, string | undefined>, std
   const [code] = (await once(child, 'exit')) as [number | null];
   const seconds = (performance.now() - t0) / 1000;
   if (code !== 0) throw new Error(`kura ${args.join(' ')} exited ${code}: ${err.slice(-2000)}`);
-  return { out, seconds };
+  return { out, seconds, rssMiB: +(Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop()) / 1024).toFixed(1) };
 }
 
-async function writeDump(file: string, mib: number, seed: number): Promise<void> {
+/** The dump of `seed`; with `changeEvery`, one row in that many has another income (the same length). */
+async function writeDump(file: string, mib: number, seed: number, changeEvery = 0): Promise<void> {
   const ws = createWriteStream(file);
-  for await (const b of sqlDump(seed, mib << 20)) if (!ws.write(b)) await once(ws, 'drain');
+  for await (let b of sqlDump(seed, mib << 20)) {
+    if (changeEvery > 0) b = churn(b, changeEvery, 0);
+    if (!ws.write(b)) await once(ws, 'drain');
+  }
   ws.end();
   await once(ws, 'finish');
 }
@@ -96,7 +105,10 @@ async function warmUp(gw: Rgw): Promise<void> {
 async function backupFigures(s3cfg: (name: string, bucket: string) => string): Promise<void> {
   const dump = path.join(dir, 'dump.sql');
   await writeDump(dump, MIB, 7);
+  const night = path.join(dir, 'night.sql');
+  await writeDump(night, MIB, 7, 40);
   const bytes = statSync(dump).size;
+  const view = new BucketView(rgw, 'bench');
   const targets: Array<{ backend: string; env: Record<string, string | undefined>; args: string[] }> = [
     { backend: 'fs', env: {}, args: ['--repo', path.join(dir, 'fs-repo')] },
     { backend: 's3', env: { ...rgw.env, KURA_CONFIG: s3cfg('s3-repo', 'bench') }, args: [] },
@@ -107,22 +119,27 @@ async function backupFigures(s3cfg: (name: string, bucket: string) => string): P
     const b = await kura(['backup', ...t.args, '--name', 'dump', '--file', dump, '--json'], t.env);
     const r = JSON.parse(b.out.trim().split('\n').pop()!) as { id: string; newBytes: number; chunks: number; seconds: number };
     first[t.backend] = bytes / MB / b.seconds;
-    emit({ bench: 's3', figure: 'first-backup', backend: t.backend, inputMiB: MIB, wallSeconds: +b.seconds.toFixed(2), MBps: +(bytes / MB / b.seconds).toFixed(1), storedMiB: +(r.newBytes / 2 ** 20).toFixed(1), chunks: r.chunks });
+    emit({ bench: 's3', figure: 'first-backup', backend: t.backend, inputMiB: MIB, wallSeconds: +b.seconds.toFixed(2), MBps: +(bytes / MB / b.seconds).toFixed(1), rssMiB: b.rssMiB, storedMiB: +(r.newBytes / 2 ** 20).toFixed(1), chunks: r.chunks });
     const again = await kura(['backup', ...t.args, '--name', 'dump', '--file', dump, '--json'], t.env);
     const r2 = JSON.parse(again.out.trim().split('\n').pop()!) as { newBytes: number };
     emit({ bench: 's3', figure: 'unchanged-rerun', backend: t.backend, wallSeconds: +again.seconds.toFixed(2), MBps: +(bytes / MB / again.seconds).toFixed(1), newBytes: r2.newBytes });
+    const packsBefore = t.backend === 's3' ? (await view.keys('s3-repo/packs/')).length : 0;
+    const n = await kura(['backup', ...t.args, '--name', 'dump', '--file', night, '--json'], t.env);
+    const rn = JSON.parse(n.out.trim().split('\n').pop()!) as { newBytes: number };
+    const packs = t.backend === 's3' ? (await view.keys('s3-repo/packs/')).length - packsBefore : undefined;
+    emit({ bench: 's3', figure: 'night', backend: t.backend, wallSeconds: +n.seconds.toFixed(2), rssMiB: n.rssMiB, storedMiB: +(rn.newBytes / 2 ** 20).toFixed(2), packs, meanPackMiB: packs ? +(rn.newBytes / packs / 2 ** 20).toFixed(2) : undefined });
     const rs = await kura(['restore', ...t.args, r.id, '--to', '-'], t.env, 'ignore');
     emit({ bench: 's3', figure: 'restore', backend: t.backend, wallSeconds: +rs.seconds.toFixed(2), MBps: +(bytes / MB / rs.seconds).toFixed(1) });
   }
   emit({ bench: 's3', figure: 'first-backup-ratio', s3OverFs: +(first.s3! / first.fs!).toFixed(2), target: 0.7 });
 
-  const view = new BucketView(rgw, 'bench');
   const packs = await view.keys('s3-repo/packs/');
   const stored = await view.bytes('s3-repo/');
   const objects = (await view.keys('s3-repo/')).length;
   emit({ bench: 's3', figure: 'requests', objects, packs: packs.length, storedMiB: +(stored / 2 ** 20).toFixed(1), putsPerGiBStored: +(objects / (stored / 2 ** 30)).toFixed(0), meanPackMiB: +(stored / packs.length / 2 ** 20).toFixed(2), target: 300 });
   view.close();
   rmSync(dump);
+  rmSync(night);
 }
 
 /** rebuild of a repository of ~100 000 chunks, from the bucket alone */
