@@ -400,7 +400,7 @@ async function runBackup(
     }
     // the store is not local: upload the pack the worker built, or gather it with others if small
     const run = { blobs: new Uint8Array(res.pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
-    if (merger!.alone(run)) {
+    if (!merger || merger.alone(run)) {
       await upload(res.packId, Buffer.from(res.pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
       pool.recycle(res.pack);
       newBytes += PACK_TRAILER;
@@ -409,8 +409,9 @@ async function runBackup(
     // a batch may wait in a gathered pack till the end of a night of deltas: it keeps its bases'
     // IDs for its rows, not the blobs read for the worker (a whole previous generation, 141 MB
     // for a 488 MB night, measured)
-    const full = merger!.add(run, { b, res, baseIds: bases?.ids ?? null });
+    const full = merger.add(run, { b, res, baseIds: bases?.ids ?? null });
     pool.recycle(res.pack);
+    res.pack = null; // the worker builds its next packs in it
     if (full) await storeMerged(full);
   };
 

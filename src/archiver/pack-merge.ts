@@ -27,8 +27,9 @@ export interface MergedPack<T> {
  * (a night of deltas: 24 MiB of changed chunks made packs of 0.3-1 MiB) would need tens of MiB of
  * input per batch to make a pack worth one PUT, and every batch in flight holds its input, on the
  * main thread and in the worker with its bases. Batches stay small instead, and their sealed
- * blobs are copied here until about `target` bytes are gathered; the pack is then laid out once
- * (its index and trailer one more part, its ID hashed over the gathered bytes in one call).
+ * blobs are copied here until at least `target` bytes are gathered (a batch under
+ * PackMerger.alone's bound may take it to about 1.8 times that); the pack is then laid out once,
+ * its index after its blobs in the same buffer and its ID hashed over them in one call.
  */
 export class PackMerger<T> {
   private data: Buffer | null = null;
@@ -55,7 +56,8 @@ export class PackMerger<T> {
     // room for the index too (PACK_ENTRY a blob), so the pack goes up as one buffer
     const room = this.used + size + (this.ids.length + n) * PACK_ENTRY + PACK_TRAILER;
     if (!this.data || room > this.data.length) {
-      const grown = Buffer.allocUnsafeSlow(Math.max(Math.ceil(this.target * 1.5), room * 2));
+      // twice the target holds any pack gathered (under it, plus one batch under alone()'s bound)
+      const grown = Buffer.allocUnsafeSlow(Math.max(this.target * 2 + (1 << 20), room));
       if (this.data) this.data.copy(grown, 0, 0, this.used);
       this.data = grown;
     }
