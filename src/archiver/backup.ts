@@ -10,18 +10,18 @@ import { quarantineBlobs, type DamagedBlob } from '../repository/quarantine.js';
 import { scrubPacks } from '../checker/scrub.js';
 import { log } from '../log.js';
 import { buildListTree, LIST_BLOB_HEADER, sealListBlock } from '../repository/chunklist.js';
-import { IdSet } from '../repository/idset.js';
-import { readCachedList, writeCachedList } from '../repository/list-cache.js';
+import { writeCachedList } from '../repository/list-cache.js';
 import { alignedBases, endPrint, EndIndex } from './chunk-ends.js';
-import { listFetcher } from '../repository/reader.js';
 import type { Repository } from '../repository/repository.js';
-import { encodeSnapshot, snapshotChunkIds, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
+import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 import { PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
 import { holdHeapGrowth } from './heap-growth.js';
+import { ByteList } from './byte-list.js';
+import { NO_PREVIOUS, previousChunks, type Previous } from './previous.js';
 
 export { SealPool, ChunkPipeline };
 
@@ -67,24 +67,6 @@ const COMMIT_BYTES = 64 << 20; // new data between catalogue commits (each prece
 // row of the backup in memory until the end (27 000 rows ≈ 40 MB of small buffers, measured)
 const COMMIT_ROWS = 8192;
 
-/** Growable byte list (chunk IDs of the snapshot, 32 bytes per chunk of input). */
-class ByteList {
-  private buf = Buffer.allocUnsafe(64 * CHUNK_ID_BYTES);
-  length = 0;
-  append(b: Uint8Array): void {
-    if (this.length + b.length > this.buf.length) {
-      const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + b.length));
-      this.buf.copy(next, 0, 0, this.length);
-      this.buf = next;
-    }
-    this.buf.set(b, this.length);
-    this.length += b.length;
-  }
-  bytes(): Buffer {
-    return this.buf.subarray(0, this.length);
-  }
-}
-
 /** A batch sealed, waiting in a pack gathered from small ones to be stored. */
 interface Sealed {
   b: Batch;
@@ -104,38 +86,6 @@ interface Batch {
   /** per chunk, the chunks of the previous generation it may be stored as a delta of (their places in it) */
   bases: number[][];
 }
-
-/**
- * The chunk IDs of the source's latest snapshot (empty if none or unreadable), and which snapshot
- * that is. Its chunk list is plaintext: it is read while the key is still being derived, before
- * the backup's lock; runBackup keeps it only if the snapshot is still there once the lock is
- * held (then no GC can have removed its chunks, and none can until the backup ends).
- */
-async function previousChunks(repo: Repository, source: string): Promise<Previous & { id: string | null }> {
-  const empty = { id: null, ...NO_PREVIOUS };
-  const last = repo.catalogue.snapshots({ source }).at(-1);
-  if (!last) return empty;
-  try {
-    const snap = await repo.readSnapshot(last.id);
-    const cached = await readCachedList(repo.root, snap);
-    if (cached) return { id: last.id, set: new IdSet(cached.ids), blocks: new IdSet(cached.blocks), sizes: cached.sizes, ends: cached.ends };
-    const blocks: Buffer[] = [];
-    const set = new IdSet(await snapshotChunkIds(snap, listFetcher(repo), (id) => blocks.push(id)));
-    return { id: last.id, set, blocks: new IdSet(Buffer.concat(blocks)), sizes: null, ends: null };
-  } catch {
-    return empty; // unreadable: every lookup goes to the catalogue, as without it
-  }
-}
-
-/** The previous generation: its chunks in list order, the blocks of its chunk list, and the chunks' sizes and end fingerprints if known. */
-interface Previous {
-  set: IdSet;
-  blocks: IdSet;
-  sizes: Uint32Array | null;
-  ends: Uint32Array | null;
-}
-
-const NO_PREVIOUS: Previous = { set: new IdSet(Buffer.alloc(0)), blocks: new IdSet(Buffer.alloc(0)), sizes: null, ends: null };
 
 /**
  * The backup pipeline: input → FastCDC (own thread) → keyed BLAKE3 → skip known chunks →
