@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RemoteBatchSizer } from '../src/archiver/upload-pacing.js';
 import { PackMerger } from '../src/archiver/pack-merge.js';
+import { SharedRooms } from '../src/archiver/delta-bases.js';
+import { bytesRead } from '../src/store/s3/scavenge.js';
 import { CHUNK_ID_BYTES } from '../src/crypto/blob.js';
 import { encodePack, parsePackIndex } from '../src/repository/pack.js';
 import { Prng } from './support/generate.js';
@@ -57,4 +59,40 @@ test('small packs gathered for one PUT make the very pack that sealing all their
   assert.equal(last.buffer, m.buffer, 'the released buffer, not a new one');
   assert.equal(last.id, encodePack(runs[1]!.blobs, runs[1]!.ids).id);
   assert.ok(merger.alone({ blobOffsets: Uint32Array.of(0, merger.target), ids: [r.bytes(CHUNK_ID_BYTES)] }), 'a pack at the target goes alone');
+});
+
+test('the bases a batch reads from an object store go into buffers shared with the workers, reused batch after batch, the smallest dropped beyond the number kept', () => {
+  const rooms = new SharedRooms(2);
+  const a = rooms.take(3 * MiB);
+  assert.ok(a.buffer instanceof SharedArrayBuffer, 'shared: a message to a worker names it, and copies nothing');
+  assert.equal(a.length, 3 * MiB);
+  rooms.give(a);
+  const b = rooms.take(1 * MiB);
+  assert.equal(b.buffer, a.buffer, 'a smaller batch reads into the same buffer');
+  const c = rooms.take(2 * MiB);
+  assert.notEqual(c.buffer, a.buffer, 'one in use is not handed out twice');
+  const d = rooms.take(5 * MiB);
+  rooms.give(b);
+  rooms.give(c);
+  rooms.give(d);
+  const kept = [rooms.take(1), rooms.take(1), rooms.take(1)].map((x) => x.buffer);
+  assert.ok(kept.includes(d.buffer) && kept.includes(a.buffer), 'the two largest are kept');
+  assert.ok(!kept.includes(c.buffer), 'the smallest was dropped');
+});
+
+test('bytes read from sockets have the young generation collected every few MiB: buffers nobody holds are freed without waiting for V8', async () => {
+  const answers = () => {
+    for (let i = 0; i < 128; i++) Buffer.alloc(64 << 10); // 8 MiB of socket buffers, read and dropped
+  };
+  let held = 0;
+  // V8 may collect on its own meanwhile (other tests' garbage): then once more
+  for (let tries = 0; tries < 5 && held <= 7 * MiB; tries++) {
+    answers();
+    held = process.memoryUsage().arrayBuffers;
+  }
+  assert.ok(held > 7 * MiB, `V8 left the dead buffers alone (${(held / MiB).toFixed(1)} MiB): what this test is about`);
+  for (let i = 0; i < 8; i++) bytesRead(1 * MiB);
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  const after = process.memoryUsage().arrayBuffers;
+  assert.ok(held - after > 6 * MiB, `external memory ${(held / MiB).toFixed(1)} MiB, then ${(after / MiB).toFixed(1)} MiB`);
 });

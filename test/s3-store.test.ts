@@ -64,6 +64,26 @@ async function contract(store: StoreBackend): Promise<void> {
     { offset: pack.length - 4, length: 8 },
   ]);
   assert.deepEqual(rs, [pack.subarray(2_900_000, 2_900_100), pack.subarray(5, 8), pack.subarray(6, 16), pack.subarray(pack.length - 4)]);
+  // read into a buffer of the caller's, back to back: the same bytes, the gaps between ranges
+  // fetched together left out, a range past the end short; a buffer too small is no harm
+  const wanted = [
+    { offset: 600_000, length: 70_000 },
+    { offset: 100_000, length: 50 },
+    { offset: 100_010, length: 20 },
+    { offset: 2_000_000, length: 300_000 },
+    { offset: pack.length - 4, length: 8 },
+  ];
+  const expect = wanted.map((r) => pack.subarray(r.offset, Math.min(pack.length, r.offset + r.length)));
+  const into = Buffer.alloc(wanted.reduce((n, r) => n + r.length, 0) + 5, 0xee);
+  const inInto = await store.getRanges('packs/ab/abcd', wanted, into);
+  assert.deepEqual(inInto, expect);
+  let at = 0;
+  inInto!.forEach((b, i) => {
+    assert.ok(b.buffer === into.buffer && b.byteOffset === into.byteOffset + at, `range ${i} lies in the buffer at ${at}`);
+    at += wanted[i]!.length;
+  });
+  assert.deepEqual(into.subarray(at), Buffer.alloc(5, 0xee), 'nothing written past the ranges');
+  assert.deepEqual(await store.getRanges('packs/ab/abcd', wanted, Buffer.alloc(10)), expect);
   assert.equal(await store.getRanges('packs/ab/none', [{ offset: 0, length: 1 }]), null);
   assert.equal((await store.stat('packs/ab/abcd'))?.size, pack.length);
   assert.equal(await store.stat('packs/ab/none'), null);

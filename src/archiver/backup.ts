@@ -15,7 +15,7 @@ import { alignedBases, endPrint, EndIndex } from './chunk-ends.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
-import { BaseChooser, BaseLocator, PreviousRows, readBases } from './delta-bases.js';
+import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBases } from './delta-bases.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 import { PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
@@ -221,6 +221,7 @@ async function runBackup(
   const merger = sizer ? new PackMerger<Sealed>(sizer.target) : null;
   const batchCapacity = (local ? BATCH_BYTES : sizer!.max) + params.maxSize; // (pages past what a batch fills are never touched)
   const uploads = new ByteBudget(UPLOAD_BYTES);
+  const rooms = new SharedRooms(pool.slots);
   // batch buffers are shared with the workers and reused once answered: 16 MiB ArrayBuffers
   // transferred to and fro cost the main thread a full GC every few batches (external memory)
   const freeBuffers: ArrayBufferLike[] = [];
@@ -336,8 +337,14 @@ async function runBackup(
   const sealAndStore = async (b: Batch) => {
     const idBuf = Buffer.concat(b.ids);
     const bases = locator ? locator.locate(b.bases) : null;
-    if (bases && !local) await readBases(store, bases);
-    const res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
+    const room = bases && !local ? rooms.take(basesBytes(bases)) : null;
+    let res: SealResponse;
+    try {
+      if (room) await readBases(store, bases!, room);
+      res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
+    } finally {
+      if (room) rooms.give(room);
+    }
     freeBuffers.push(res.data);
     const packBytes = res.blobOffsets[b.ids.length]!;
     sizer?.seen(b.used, packBytes);

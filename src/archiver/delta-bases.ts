@@ -225,12 +225,38 @@ class Recent<K, V> {
 }
 
 /**
- * The stored blobs of a batch's bases, read through the store (an object store, where the seal
- * workers cannot read a pack themselves): one ranged read per pack, nearby blobs in one request
- * (the backend merges close ranges). A pack that cannot be read leaves its bases null: those
- * chunks are stored whole, as on a local disk; a delta is only ever a saving.
+ * Buffers shared with the seal workers that batches' bases are read into, each reused once its
+ * batch is sealed. Read into buffers of their own, the bases were copied again into the worker
+ * (a message copies the buffers it names), and both threads freed them only at their next GC.
  */
-export async function readBases(store: StoreBackend, bases: SealBases): Promise<void> {
+export class SharedRooms {
+  private readonly free: SharedArrayBuffer[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  /** A buffer of at least `bytes`, shared with the workers (not copied into their messages). */
+  take(bytes: number): Buffer {
+    const i = this.free.findIndex((b) => b.byteLength >= bytes);
+    const room = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(Math.ceil((bytes * 1.25) / 65536) * 65536);
+    return Buffer.from(room, 0, bytes);
+  }
+
+  /** Done with: the next batch may read into it (the smallest is dropped beyond `keep`). */
+  give(b: Buffer): void {
+    this.free.push(b.buffer as SharedArrayBuffer);
+    this.free.sort((x, y) => y.byteLength - x.byteLength);
+    if (this.free.length > this.keep) this.free.pop();
+  }
+}
+
+/**
+ * The stored blobs of a batch's bases, read through the store (an object store, where the seal
+ * workers cannot read a pack themselves) into `into`, one room per pack: one ranged read per
+ * pack, nearby blobs in one request (the backend merges close ranges). A pack that cannot be read
+ * leaves its bases null: those chunks are stored whole, as on a local disk; a delta is only ever
+ * a saving. `into` is at least basesBytes(bases) long.
+ */
+export async function readBases(store: StoreBackend, bases: SealBases, into: Buffer): Promise<void> {
   const blobs: Array<Uint8Array | null> = new Array(bases.length.length).fill(null);
   const byPack = new Map<number, number[]>();
   bases.packOf.forEach((p, i) => {
@@ -238,11 +264,13 @@ export async function readBases(store: StoreBackend, bases: SealBases): Promise<
     if (!list) byPack.set(p, (list = []));
     list.push(i);
   });
+  let at = 0;
   await Promise.all(
     [...byPack].map(async ([p, members]) => {
       const name = packName(bases.packs[p]!);
+      const room = into.subarray(at, (at += members.reduce((n, i) => n + bases.length[i]!, 0)));
       try {
-        const got = await store.getRanges(name, members.map((i) => ({ offset: bases.offset[i]!, length: bases.length[i]! })));
+        const got = await store.getRanges(name, members.map((i) => ({ offset: bases.offset[i]!, length: bases.length[i]! })), room);
         if (got) members.forEach((i, k) => (blobs[i] = got[k]!.length === bases.length[i] ? got[k]! : null));
       } catch (e) {
         log().warn({ pack: bases.packs[p], err: (e as Error).message }, 'cannot read delta bases; those chunks are stored whole');
@@ -250,4 +278,11 @@ export async function readBases(store: StoreBackend, bases: SealBases): Promise<
     }),
   );
   bases.blobs = blobs;
+}
+
+/** The stored bytes of a batch's bases together: the room readBases needs. */
+export function basesBytes(bases: SealBases): number {
+  let n = 0;
+  for (const l of bases.length) n += l;
+  return n;
 }

@@ -46,8 +46,12 @@ export interface StoreBackend {
   get(name: string): Promise<Buffer | null>;
   /** `length` bytes at `offset` (a negative offset counts from the end); null when absent. */
   getRange(name: string, offset: number, length: number): Promise<Buffer | null>;
-  /** Several ranges of one object (opened once; offsets as for getRange); null when absent, a short buffer past its end. */
-  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null>;
+  /**
+   * Several ranges of one object (opened once; offsets as for getRange); null when absent, a short
+   * buffer past its end. `into`, a buffer at least as long as the ranges together: the ranges may
+   * be read into it back to back (a reader that reuses one buffer); the answer says where they are.
+   */
+  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null>;
   /** Atomic and durable create: true if written, false if the name already existed (never overwrites). */
   putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
   /**

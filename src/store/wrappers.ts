@@ -21,7 +21,7 @@ abstract class Wrapper implements StoreBackend {
   }
   abstract get(name: string): Promise<Buffer | null>;
   abstract getRange(name: string, offset: number, length: number): Promise<Buffer | null>;
-  abstract getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null>;
+  abstract getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null>;
   abstract putIfAbsent(name: string, data: Uint8Array): Promise<boolean>;
   abstract put(name: string, data: Uint8Array | readonly Uint8Array[], hints?: PutHints): Promise<void>;
   abstract replace(name: string, data: Uint8Array): Promise<void>;
@@ -85,8 +85,8 @@ export class RetryingStore extends Wrapper {
   getRange(name: string, offset: number, length: number) {
     return this.retry('get', name, () => this.inner.getRange(name, offset, length));
   }
-  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>) {
-    return this.retry('get', name, () => this.inner.getRanges(name, ranges));
+  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer) {
+    return this.retry('get', name, () => this.inner.getRanges(name, ranges, into));
   }
   async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
     // a create whose answer was lost may have landed: a refusal on a retry is ours when the
@@ -215,8 +215,8 @@ export class AccountingStore extends Wrapper {
   getRange(name: string, offset: number, length: number) {
     return this.count('get', () => this.inner.getRange(name, offset, length), (b) => b?.length ?? 0);
   }
-  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>) {
-    return this.count('get', () => this.inner.getRanges(name, ranges), (bs) => (bs ?? []).reduce((n, b) => n + b.length, 0));
+  getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer) {
+    return this.count('get', () => this.inner.getRanges(name, ranges, into), (bs) => (bs ?? []).reduce((n, b) => n + b.length, 0));
   }
   async putIfAbsent(name: string, data: Uint8Array) {
     const created = await this.count('put', () => this.inner.putIfAbsent(name, data));

@@ -124,7 +124,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
     return tmp;
   }
 
-  async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null> {
+  async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null> {
     let fh: fsp.FileHandle;
     try {
       fh = await fsp.open(this.pathOf(name), 'r');
@@ -134,10 +134,12 @@ export class FsBackend implements StoreBackend, LocalDisk {
     }
     try {
       const size = ranges.some((r) => r.offset < 0) ? (await fh.stat()).size : 0;
+      const fits = into !== undefined && ranges.reduce((n, r) => n + r.length, 0) <= into.length;
+      let at = 0;
       return await Promise.all(
         ranges.map(async ({ offset, length }) => {
           const pos = offset < 0 ? Math.max(0, size + offset) : offset;
-          const buf = Buffer.allocUnsafe(length);
+          const buf = fits ? into.subarray(at, (at += length)) : Buffer.allocUnsafe(length);
           let got = 0;
           while (got < length) {
             const { bytesRead } = await fh.read(buf, got, length - got, pos + got);

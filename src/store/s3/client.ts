@@ -1,6 +1,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import { bytesRead } from './scavenge.js';
 
 /**
  * The few S3 requests kura makes, signed with AWS Signature Version 4, on node:http. Chosen over
@@ -43,6 +44,12 @@ export interface S3Request {
   body?: Uint8Array;
   /** hex SHA-256 of body, when the caller has it (else computed here) */
   bodySha256?: string | undefined;
+  /**
+   * Where a successful (2xx) answer's body goes, piece by piece as it arrives (`at`: the piece's
+   * offset in the body), instead of into S3Response.body (then empty): a reader that keeps only
+   * parts of the bytes, in a buffer of its own, allocates nothing per answer.
+   */
+  onData?: ((piece: Buffer, at: number) => void) | undefined;
 }
 
 export interface S3Response {
@@ -211,21 +218,24 @@ export class S3Client {
         (res) => {
           const status = res.statusCode ?? 0;
           const length = Number(res.headers['content-length']);
+          const sink = r.onData && status >= 200 && status < 300 ? r.onData : null;
           // one buffer of the announced length: a pack's bytes are not gathered and copied again
-          const whole = Number.isSafeInteger(length) && length >= 0 && r.method !== 'HEAD' ? Buffer.allocUnsafe(length) : null;
+          const whole = sink ? Buffer.alloc(0) : Number.isSafeInteger(length) && length >= 0 && r.method !== 'HEAD' ? Buffer.allocUnsafe(length) : null;
           const parts: Buffer[] = [];
           let got = 0;
           res.on('data', (c: Buffer) => {
-            if (whole && got + c.length <= whole.length) c.copy(whole, got);
+            if (sink) sink(c, got);
+            else if (whole && got + c.length <= whole.length) c.copy(whole, got);
             else if (!whole) parts.push(c);
             got += c.length;
           });
           res.on('error', (e: NodeJS.ErrnoException) => fail(new S3RequestError(e.message, 'Error', undefined, e.code ?? 'ECONNRESET')));
           res.on('close', () => {
-            if (!res.complete || (whole && got !== whole.length)) fail(new S3RequestError(`the answer was cut off (${got}${whole ? ` of ${whole.length}` : ''} bytes)`, 'Error', undefined, 'ECONNRESET'));
+            if (!res.complete || (!sink && whole && got !== whole.length)) fail(new S3RequestError(`the answer was cut off (${got}${Number.isSafeInteger(length) ? ` of ${length}` : ''} bytes)`, 'Error', undefined, 'ECONNRESET'));
           });
           res.on('end', () => {
-            if (settled || (whole && got !== whole.length)) return;
+            bytesRead(got);
+            if (settled || (!sink && whole && got !== whole.length)) return;
             answer = { status, headers: res.headers, body: whole ?? Buffer.concat(parts) };
             done();
           });

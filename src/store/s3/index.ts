@@ -106,9 +106,9 @@ export class S3Backend implements StoreBackend {
   }
 
   /** bytes first..last inclusive (last null: to the end; first negative: a suffix of -first bytes) */
-  private async fetchRange(name: string, range: string): Promise<Buffer | null> {
+  private async fetchRange(name: string, range: string, onData?: (piece: Buffer, at: number) => void): Promise<Buffer | null> {
     const what = `cannot read ${name} in ${this.location}`;
-    const res = await this.send(what, { method: 'GET', key: this.key(name), headers: { range } });
+    const res = await this.send(what, { method: 'GET', key: this.key(name), headers: { range }, onData });
     if (res.status === 404) return null;
     if (res.status === 416) return Buffer.alloc(0); // wholly past the end
     if (res.status !== 206 && res.status !== 200) throw this.failed(what, res);
@@ -119,7 +119,7 @@ export class S3Backend implements StoreBackend {
     return (await this.getRanges(name, [{ offset, length }]))?.[0] ?? null;
   }
 
-  async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<Buffer[] | null> {
+  async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null> {
     if (ranges.length === 0) return (await this.stat(name)) ? [] : null;
     let resolved = ranges.map((r) => ({ ...r }));
     if (ranges.some((r) => r.offset < 0)) {
@@ -146,6 +146,11 @@ export class S3Backend implements StoreBackend {
       } else spans.push({ start: r.offset, end: r.offset + r.length, members: [r] });
     }
     const out: Buffer[] = new Array(ranges.length);
+    // with `into`, the ranges' bytes are copied there back to back as they arrive (the gaps
+    // between them dropped), and no buffer is allocated for an answer
+    const place = new Float64Array(ranges.length);
+    if (into) for (let i = 1; i < ranges.length; i++) place[i] = place[i - 1]! + ranges[i - 1]!.length;
+    const fits = into !== undefined && place[ranges.length - 1]! + ranges.at(-1)!.length <= into.length;
     let missing = false;
     await Promise.all(
       spans.map(async (s) => {
@@ -153,12 +158,27 @@ export class S3Backend implements StoreBackend {
           for (const m of s.members) out[m.i] = Buffer.alloc(0);
           return;
         }
-        const bytes = await this.fetchRange(name, `bytes=${s.start}-${s.end - 1}`);
+        let got = 0;
+        const sink = fits
+          ? (piece: Buffer, at: number) => {
+              got = at + piece.length;
+              for (const m of s.members) {
+                const from = Math.max(m.offset - s.start, at);
+                const to = Math.min(m.offset - s.start + m.length, got);
+                if (from < to) piece.copy(into!, place[m.i]! + from - (m.offset - s.start), from - at, to - at);
+              }
+            }
+          : undefined;
+        const bytes = await this.fetchRange(name, `bytes=${s.start}-${s.end - 1}`, sink);
         if (!bytes) {
           missing = true;
           return;
         }
-        for (const m of s.members) out[m.i] = bytes.subarray(m.offset - s.start, Math.min(bytes.length, m.offset - s.start + m.length));
+        if (!sink) got = bytes.length;
+        for (const m of s.members) {
+          const length = Math.max(0, Math.min(m.length, got - (m.offset - s.start)));
+          out[m.i] = sink ? into!.subarray(place[m.i]!, place[m.i]! + length) : bytes.subarray(m.offset - s.start, m.offset - s.start + length);
+        }
       }),
     );
     return missing ? null : out;

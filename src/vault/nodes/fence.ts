@@ -17,7 +17,7 @@ export function withLeaseFence(inner: StoreBackend, fence: { mayWrite(): void; m
     },
     get: (n) => inner.get(n),
     getRange: (n, o, l) => inner.getRange(n, o, l),
-    getRanges: (n, r) => inner.getRanges(n, r),
+    getRanges: (n, r, i) => inner.getRanges(n, r, i),
     list: (p) => inner.list(p),
     listWithSizes: (p) => inner.listWithSizes(p),
     stat: (n) => inner.stat(n),
