@@ -8,7 +8,8 @@
  * - night: the same dump with one row in 40 changed all through it (a night of spread updates,
  *   stored as deltas), backed up after the first: wall time, peak RSS, MiB stored, and on s3 the
  *   packs it added and their mean size (small packs of deltas are gathered before their PUT)
- * - restore: `kura restore --to -` into /dev/null, MB/s
+ * - restore: `kura restore --to -` of the first backup into /dev/null, MB/s and peak RSS
+ * - restore-night: the same of the night (its changed chunks deltas, their bases the first's)
  * - requests: PUT requests per GiB stored on s3, counted as the objects in the bucket (each went
  *   up as one PUT; the store's own counters live in the kura process), and the mean pack size
  * - rebuild: `kura repo rebuild-index` of an s3 repository of ~100 000 chunks (a dump of
@@ -125,11 +126,13 @@ async function backupFigures(s3cfg: (name: string, bucket: string) => string): P
     emit({ bench: 's3', figure: 'unchanged-rerun', backend: t.backend, wallSeconds: +again.seconds.toFixed(2), MBps: +(bytes / MB / again.seconds).toFixed(1), newBytes: r2.newBytes });
     const packsBefore = t.backend === 's3' ? (await view.keys('s3-repo/packs/')).length : 0;
     const n = await kura(['backup', ...t.args, '--name', 'dump', '--file', night, '--json'], t.env);
-    const rn = JSON.parse(n.out.trim().split('\n').pop()!) as { newBytes: number };
+    const rn = JSON.parse(n.out.trim().split('\n').pop()!) as { id: string; newBytes: number };
     const packs = t.backend === 's3' ? (await view.keys('s3-repo/packs/')).length - packsBefore : undefined;
     emit({ bench: 's3', figure: 'night', backend: t.backend, wallSeconds: +n.seconds.toFixed(2), rssMiB: n.rssMiB, storedMiB: +(rn.newBytes / 2 ** 20).toFixed(2), packs, meanPackMiB: packs ? +(rn.newBytes / packs / 2 ** 20).toFixed(2) : undefined });
     const rs = await kura(['restore', ...t.args, r.id, '--to', '-'], t.env, 'ignore');
-    emit({ bench: 's3', figure: 'restore', backend: t.backend, wallSeconds: +rs.seconds.toFixed(2), MBps: +(bytes / MB / rs.seconds).toFixed(1) });
+    emit({ bench: 's3', figure: 'restore', backend: t.backend, wallSeconds: +rs.seconds.toFixed(2), MBps: +(bytes / MB / rs.seconds).toFixed(1), rssMiB: rs.rssMiB });
+    const rsn = await kura(['restore', ...t.args, rn.id, '--to', '-'], t.env, 'ignore');
+    emit({ bench: 's3', figure: 'restore-night', backend: t.backend, wallSeconds: +rsn.seconds.toFixed(2), MBps: +(statSync(night).size / MB / rsn.seconds).toFixed(1), rssMiB: rsn.rssMiB });
   }
   emit({ bench: 's3', figure: 'first-backup-ratio', s3OverFs: +(first.s3! / first.fs!).toFixed(2), target: 0.7 });
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { kuraOk, tempDir } from './support/cli.js';
 import { collect, sqlDump } from './support/generate.js';
 
-const mod = new URL('../src/archiver/heap-growth.js', import.meta.url).href;
+const mod = new URL('../src/heap-growth.js', import.meta.url).href;
 
 /** Runs `body` (an ES module's lines, with holdHeapGrowth and space(name), a V8 heap space's size, in scope) in a node of its own (the flags are the process's); what it prints, parsed. */
 function inOwnProcess<T>(body: string, nodeArgs: string[] = []): T {

@@ -1,18 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { churn, collect, sqlDump } from './support/generate.js';
 import { Repository } from '../src/repository/repository.js';
-import { chunksPerSegment, restoreTo } from '../src/restorer/restore.js';
+import { chunksPerSegment, restoreStream, restoreTo } from '../src/restorer/restore.js';
 import { openingAddon } from '../src/native.js';
 import { DeltaOpener } from '../src/restorer/bases.js';
 import { readBlobs } from '../src/repository/reader.js';
 import { snapshotChunkIds } from '../src/repository/snapshot.js';
 import { idsOf } from '../src/repository/chunklist.js';
+import { blobInfo, Compression } from '../src/crypto/blob.js';
+import { KuraError } from '../src/errors.js';
 
 const MiB = 1 << 20;
 
@@ -106,4 +108,69 @@ test('a restore segment holds 8 MiB of chunk capacity: at least two chunks, at m
     ['a header without sizes (an older kura: 256 KiB at most)', undefined, 32],
   ];
   for (const [what, max, want] of table) assert.equal(chunksPerSegment(max), want, what);
+});
+
+test('a restore that reads many segments ahead, each a pack at a time (as from an object store), writes the bytes one that reads them in turn does; a damaged chunk still fails it, naming the snapshot and the offset', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo, '--chunk-avg', '4096']);
+  // 4 KiB chunks, 512 a segment: 8 segments, and a few chunks in each changed each night, so the
+  // third night's chunks alternate between the three nights' packs
+  const night1 = await collect(sqlDump(33, 16 * MiB));
+  const night2 = churn(night1, 1500, 1);
+  const nights = [night1, night2, churn(night2, 1100, 7)];
+  const ids: string[] = [];
+  for (const [i, night] of nights.entries()) {
+    const file = path.join(dir, `night${i + 1}.sql`);
+    writeFileSync(file, night);
+    ids.push(kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'db', '--file', file, '--json']).id);
+  }
+  const r = await Repository.open(repo, { passphrase: 'correct horse' });
+  try {
+    const snap = await r.readSnapshot(ids[2]!);
+    const chunks = [...idsOf(await snapshotChunkIds(snap, (w, what) => readBlobs(r, w, what)))];
+    const inRuns: Array<{ id: Buffer; blob: Buffer }> = [];
+    const byPack: Array<{ id: Buffer; blob: Buffer }> = [];
+    for await (const b of readBlobs(r, chunks, 'night 3')) inRuns.push(b);
+    for await (const b of readBlobs(r, chunks, 'night 3', { byPack: true })) byPack.push(b);
+    assert.equal(byPack.length, chunks.length);
+    byPack.forEach((b, i) => assert.ok(b.id.equals(inRuns[i]!.id) && b.blob.equals(inRuns[i]!.blob), `blob ${i} of ${chunks.length} read a pack at a time is the one read in runs`));
+    const packs = chunks.map((id) => r.catalogue.location(id)!.pack);
+    const switches = packs.filter((p, i) => i > 0 && p !== packs[i - 1]).length;
+    assert.ok(new Set(packs).size >= 3 && switches >= 10, `the night's chunks lie in ${new Set(packs).size} packs, ${switches} switches between them`);
+
+    const want = createHash('sha256').update(nights[2]!).digest('hex');
+    for (const reading of [1, 2, 6]) {
+      const reader = new SlowReader();
+      const res = await restoreStream(snap, r.keys, (w, what) => readBlobs(r, w, what, { byPack: true }), reader, undefined, { reading });
+      await new Promise<void>((resolve, reject) => reader.end((e?: Error | null) => (e ? reject(e) : resolve())));
+      assert.equal(res.bytes, nights[2]!.length);
+      assert.equal(reader.digest(), want, `${reading} segment(s) read at once: night 3 arrives byte for byte`);
+    }
+
+    // a delta of night 3 past its middle damaged: the restore stops there, with where it was
+    let offset = 0;
+    let at = -1;
+    for (let i = 0; i < inRuns.length; i++) {
+      const info = blobInfo(inRuns[i]!.blob)!;
+      if (i >= inRuns.length / 2 && info.compression === Compression.DELTA && chunks.findIndex((c) => c.equals(chunks[i]!)) === i) {
+        at = i;
+        break;
+      }
+      offset += info.plainLength;
+    }
+    assert.ok(at > 0, 'night 3 holds deltas past its middle');
+    const loc = r.catalogue.location(chunks[at]!)!;
+    const packFile = path.join(repo, 'packs', loc.pack.slice(0, 2), loc.pack);
+    const bytes = readFileSync(packFile);
+    bytes[loc.offset + loc.length - 3]! ^= 0x40;
+    writeFileSync(packFile, bytes);
+    await assert.rejects(restoreStream(snap, r.keys, (w, what) => readBlobs(r, w, what, { byPack: true }), new SlowReader(), undefined, { reading: 6 }), (e: unknown) => {
+      assert.ok(e instanceof KuraError && e.code === 'E_CHUNK_CORRUPT', String(e));
+      assert.match(e.message, new RegExp(`snapshot ${ids[2]}, offset ${offset}\\)`));
+      return true;
+    });
+  } finally {
+    r.close();
+  }
 });

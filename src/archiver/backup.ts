@@ -19,7 +19,7 @@ import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBa
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 import { PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
-import { holdHeapGrowth } from './heap-growth.js';
+import { holdHeapGrowth } from '../heap-growth.js';
 import { ByteList } from './byte-list.js';
 import { NO_PREVIOUS, previousChunks, type Previous } from './previous.js';
 

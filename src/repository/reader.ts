@@ -75,6 +75,14 @@ export interface ReadOptions {
    * threads that open them, and the thread has nothing else to do meanwhile). Not for a server.
    */
   blocking?: boolean;
+  /**
+   * Read every blob asked for from one pack with one getRanges call (the store joins near ranges
+   * into one request), all the packs side by side, and yield them in the order asked: for an
+   * object store, where each request waits a round trip, and a snapshot of many nights' small
+   * chunks alternates between packs every few chunks. Holds all the blobs asked for at once: ask
+   * for a segment at a time.
+   */
+  byPack?: boolean;
 }
 
 /**
@@ -140,11 +148,19 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     }
     return bytes;
   };
+  const byPackReads = how.byPack && !blocking;
   const fetch = async (group: Run[]) => {
     const name = packName(group[0]!.pack);
-    const got = blocking ? blocking.getRangesSync(name, group) : group.length === 1 ? [await repo.store.getRange(name, group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(name, group);
+    // a pack's runs read into one buffer of their size: the store joins near ranges into one
+    // request, and the bytes between them are not kept with the runs
+    const into = byPackReads ? Buffer.allocUnsafe(group.reduce((n, r) => n + r.length, 0)) : undefined;
+    const got = blocking ? blocking.getRangesSync(name, group) : group.length === 1 && !into ? [await repo.store.getRange(name, group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(name, group, into);
     return Promise.all(group.map(async (run, i) => ({ run, bytes: await refetch(run, got?.[i] ?? null) })));
   };
+  if (byPackReads) {
+    yield* byPack([...planRuns(chunks)], fetch, readAhead);
+    return;
+  }
   const queue: Array<Promise<Array<{ run: Run; bytes: Buffer }>>> = [];
   const fill = () => {
     while (queue.length < readAhead) {
@@ -160,6 +176,46 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     const done = await queue.shift()!;
     fill();
     for (const { run, bytes } of done) yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
+  }
+}
+
+/**
+ * Runs read a pack at a time (every run of one pack in one fetch, up to `inFlight` fetches at
+ * once, packs in the order first needed) and yielded in their order: a run waits only for its
+ * own pack's fetch.
+ */
+async function* byPack(runs: Run[], fetch: (group: Run[]) => Promise<Array<{ run: Run; bytes: Buffer }>>, inFlight: number): AsyncGenerator<BlobRun> {
+  const packs = new Map<string, Run[]>();
+  const place = new Map<Run, number>(); // a run's place in its pack's fetch
+  for (const run of runs) {
+    let group = packs.get(run.pack);
+    if (!group) packs.set(run.pack, (group = []));
+    place.set(run, group.length);
+    group.push(run);
+  }
+  const order = [...packs.values()];
+  const fetched = new Map<Run[], Promise<Array<{ run: Run; bytes: Buffer }>>>();
+  let next = 0;
+  let running = 0;
+  const start = () => {
+    const group = order[next++]!;
+    running++;
+    const p = fetch(group);
+    fetched.set(group, p);
+    p.catch(() => {}).finally(() => {
+      running--;
+      fill();
+    });
+  };
+  const fill = () => {
+    while (next < order.length && running < inFlight) start();
+  };
+  fill();
+  for (const run of runs) {
+    const group = packs.get(run.pack)!;
+    while (!fetched.has(group)) start(); // needed now, whatever else is being read
+    const { bytes } = (await fetched.get(group)!)[place.get(run)!]!;
+    yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
   }
 }
 

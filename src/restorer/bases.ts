@@ -25,7 +25,8 @@ const BASE_BUFFERS = 8;
 /**
  * Opens blobs, deltas included: `prepare` fetches (through the same source, between two of its
  * streams) the base chunks a group of blobs needs and keeps their plaintexts, oldest dropped first
- * beyond CACHE_BYTES, so neighbouring deltas of one base read it once.
+ * beyond CACHE_BYTES, so neighbouring deltas of one base read it once. A source that serves
+ * several streams at once (a store) may have them read ahead (`fetch`) and handed to `prepare`.
  */
 export class DeltaOpener {
   private readonly cache = new Map<string, { plain: Buffer; held: Held | null }>();
@@ -42,18 +43,50 @@ export class DeltaOpener {
     private readonly source: BlobSource,
   ) {}
 
-  async prepare(blobs: ReadonlyArray<{ id: Buffer; blob: Buffer }>, what: string): Promise<void> {
-    const needed = new Set<string>();
+  /** The bases `blobs` need that are not prepared now, by ID (base64) in first-use order. */
+  private missing(blobs: ReadonlyArray<{ blob: Buffer }>, needed = new Set<string>(), besides?: ReadonlySet<string>): Buffer[] {
     const fetch: Buffer[] = [];
     for (const { blob } of blobs) {
       for (const b of blobInfo(blob)?.bases ?? []) {
         const k = b.toString('base64');
         if (needed.has(k)) continue;
         needed.add(k);
-        if (!this.cache.has(k)) fetch.push(Buffer.from(b));
+        if (!this.cache.has(k) && !besides?.has(k)) fetch.push(Buffer.from(b));
       }
     }
-    if (fetch.length === 0) return;
+    return fetch;
+  }
+
+  /** The stored bases of `ids`, read through the source; a base that is itself a delta is damage. */
+  private async read(ids: Buffer[], what: string): Promise<Array<{ id: Buffer; blob: Buffer }>> {
+    const got: Array<{ id: Buffer; blob: Buffer }> = [];
+    if (ids.length === 0) return got;
+    for await (const { id, blob } of this.source(ids, `base chunks of ${what}`)) {
+      if (blobInfo(blob)?.bases.length) {
+        const hex = id.toString('hex');
+        throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex} is a base of a delta but is itself a delta (kura never writes that); run "kura check"`, { chunk: hex });
+      }
+      got.push({ id, blob });
+    }
+    return got;
+  }
+
+  /**
+   * Read ahead the stored bases `blobs` will need that are not prepared now (the cache is left
+   * alone): for `prepare`, later, while other groups are read and opened. Only for a source that
+   * serves several streams at once.
+   */
+  fetch(blobs: ReadonlyArray<{ id: Buffer; blob: Buffer }>, what: string): Promise<Array<{ id: Buffer; blob: Buffer }>> {
+    return this.read(this.missing(blobs), what);
+  }
+
+  /** Make the bases `blobs` need ready to open them: those `fetched` ahead, and any other not prepared (read now). */
+  async prepare(blobs: ReadonlyArray<{ id: Buffer; blob: Buffer }>, what: string, fetched: ReadonlyArray<{ id: Buffer; blob: Buffer }> = []): Promise<void> {
+    const needed = new Set<string>();
+    const ahead = new Set(fetched.map((g) => g.id.toString('base64')));
+    // dropped from the cache since they were read ahead, or never read ahead
+    const fetch = this.missing(blobs, needed, ahead);
+    if (fetch.length === 0 && fetched.length === 0) return;
     for (const [k, v] of this.cache) {
       if (this.cached <= CACHE_BYTES) break;
       if (needed.has(k)) continue;
@@ -61,14 +94,10 @@ export class DeltaOpener {
       this.cached -= v.plain.length;
       this.drop(v.held);
     }
-    const got: Array<{ id: Buffer; blob: Buffer }> = [];
-    for await (const { id, blob } of this.source(fetch, `base chunks of ${what}`)) {
-      if (blobInfo(blob)?.bases.length) {
-        const hex = id.toString('hex');
-        throw new KuraError('E_CHUNK_CORRUPT', `chunk ${hex} is a base of a delta but is itself a delta (kura never writes that); run "kura check"`, { chunk: hex });
-      }
-      got.push({ id, blob });
-    }
+    // those read ahead that an earlier group prepared meanwhile are not opened twice
+    const got = fetched.filter((g) => !this.cache.has(g.id.toString('base64')));
+    if (fetch.length > 0) got.push(...(await this.read(fetch, what)));
+    if (got.length === 0) return;
     // opened off the main thread in pieces side by side; a piece that does not open is opened
     // here, blob by blob, for the error of the damaged one. Bases are authenticated by their tags
     // (whose AAD holds their IDs) and not re-hashed: what a delta makes of them is, against the

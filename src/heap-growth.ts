@@ -1,5 +1,5 @@
 import { setFlagsFromString } from 'node:v8';
-import { nativeAddon } from '../native.js';
+import { nativeAddon } from './native.js';
 
 /**
  * How far V8's heaps and the C heap may grow while a backup runs. Their own rules make a long
@@ -30,9 +30,12 @@ import { nativeAddon } from '../native.js';
  *   with the same fixed threshold took 1.17-1.35 s against 1.01-1.16 s, so the threshold is left
  *   as it is until a backup runs.
  *
- * Not for restores: a restore's chunks in flight then survive into the old generation (with a held
- * young generation a 4 KiB restore peaked at 179 MiB instead of 156-158, and took 3.5 s instead
- * of 2.9). A V8 that ignores a value (later ones bound the young generation's factor below by 2)
+ * Not for restores from a directory: a restore's chunks in flight then survive into the old
+ * generation (with a held young generation a 4 KiB restore peaked at 179 MiB instead of 156-158,
+ * and took 3.5 s instead of 2.9). A restore from an object store reads many segments ahead
+ * (restorer/restore.ts), and without the holds its heaps grew with them: a 488 MB dump's fourth
+ * night in 4 KiB chunks from Ceph RGW peaked at 227-238 MiB reading 8 segments at once, 264-270
+ * reading 24; held, 160-170 and 176-178, in 5.2-5.4 s instead of 4.8-4.9. A V8 that ignores a value (later ones bound the young generation's factor below by 2)
  * only leaves that heap to grow, as before; without the native addon the C heap is left as it is.
  */
 const DEFAULT_FLAGS = '--semi-space-growth-factor=2 --heap-growing-percent=0'; // 0: V8 chooses, by GC speed
