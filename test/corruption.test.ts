@@ -16,6 +16,7 @@ import { blobDigest, digestVerdicts, DIGEST_BYTES, DIGEST_KEY, runDigests } from
 import { PACK_TRAILER, parsePackIndex } from '../src/repository/pack.js';
 import { listFetcher, readRuns } from '../src/repository/reader.js';
 import { Repository } from '../src/repository/repository.js';
+import { check } from '../src/checker/check.js';
 import { decodeSnapshot, snapshotChunkIds } from '../src/repository/snapshot.js';
 import { Frame } from '../src/protocol/frames.js';
 import { isEntryFault } from '../src/relay/relay.js';
@@ -285,6 +286,41 @@ test('deltas whose base rots are not reused: the next backup stores their chunks
   run(night1);
   assert.ok(kuraOk(['restore', '--repo', repo, n1.id]).stdout.equals(night1));
   kuraOk(['check', '--repo', repo, '--read-data']);
+});
+
+test('check --read-data whose store fails to give a delta\'s base stops with E_IO: the delta is neither passed unverified nor reported damaged', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo, ...SMALL_CHUNKS]);
+  const night1 = await collect(sqlDump(73, 512 * KiB));
+  const lines = night1.toString('utf8').split('\n');
+  for (let i = 3; i < lines.length - 1; i += 40) lines[i] = lines[i]!.replace(/\t(\d)(\d*)\t/, (_m, a: string, b: string) => `\t${(Number(a) + 1) % 10}${b}\t`);
+  for (const [i, data] of [night1, Buffer.from(lines.join('\n'))].entries()) {
+    const f = path.join(dir, `night${i + 1}.sql`);
+    writeFileSync(f, data);
+    kuraOk(['backup', '--repo', repo, '--name', 'juki', '--file', f]);
+  }
+  const bases = new Set<string>();
+  for (const d of blobsIn(packFiles(repo), 'data')) for (const b of blobInfo(readFileSync(d.file).subarray(d.offset, d.offset + d.length))?.bases ?? []) bases.add(b.toString('hex'));
+  assert.ok(bases.size > 0, 'night 2 holds deltas');
+  const r = await Repository.open(repo, { passphrase: 'correct horse' });
+  try {
+    assert.equal((await check(r, { readData: true })).problems.length, 0, 'the repository is sound');
+    // the store answers everything but reads of the bases (a gateway that fails mid-check, say)
+    const at = new Set([...bases].map((b) => {
+      const loc = r.catalogue.location(Buffer.from(b, 'hex'))!;
+      return `${loc.pack}@${loc.offset}`;
+    }));
+    const store = r.store as { getRanges: typeof r.store.getRanges };
+    const inner = store.getRanges.bind(r.store);
+    store.getRanges = (name, ranges, into) => {
+      if (ranges.some((x) => at.has(`${name.split('/').pop()}@${x.offset}`))) return Promise.reject(new KuraError('E_IO', `cannot read ${name}: the gateway is gone`));
+      return inner(name, ranges, into);
+    };
+    await assert.rejects(check(r, { readData: true }), (e: unknown) => e instanceof KuraError && e.code === 'E_IO');
+  } finally {
+    r.close();
+  }
 });
 
 test('a repository written by kura with pack format 1 (no digests) is still read, restored and checked, with and without the key; new packs beside it carry digests, and the relay ships its old blobs saying they were unverified', async (t) => {

@@ -232,7 +232,7 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
         return bases.found;
       });
     } catch (e) {
-      if (!(e instanceof KuraError)) throw e;
+      if (!(e instanceof KuraError) || e.code === 'E_IO') throw e; // a store that fails to answer is no damage
       // the list tree itself is damaged or incomplete: what is known of it still counts
       const hex = (e.details?.chunk as string | undefined) ?? '';
       if (hex) missing.add(hex);
@@ -289,8 +289,9 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
               await opener.prepare([{ id, blob }], `chunk ${hex}`);
             } catch (e) {
               // a base that is missing or damaged is reported as itself (bases are referenced too);
-              // this blob may well be whole
-              if (e instanceof KuraError) continue;
+              // this blob may well be whole. A store that fails to answer is no damage: the check
+              // stops, and says so
+              if (e instanceof KuraError && e.code !== 'E_IO') continue;
               throw e;
             }
             opener.open(blob, id);
@@ -299,7 +300,7 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
             chunksUnverified++;
           }
         } catch (e) {
-          if (!(e instanceof KuraError)) throw e;
+          if (!(e instanceof KuraError) || e.code === 'E_IO') throw e;
           damaged(e.message);
         }
       }
