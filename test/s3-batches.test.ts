@@ -76,6 +76,7 @@ test('the bases a batch reads from an object store go into buffers shared with t
   rooms.give(c);
   rooms.give(d);
   const kept = [rooms.take(1), rooms.take(1), rooms.take(1)].map((x) => x.buffer);
+  assert.equal(kept[0], a.buffer, 'a small batch takes the smallest room that fits');
   assert.ok(kept.includes(d.buffer) && kept.includes(a.buffer), 'the two largest are kept');
   assert.ok(!kept.includes(c.buffer), 'the smallest was dropped');
 });

@@ -236,7 +236,7 @@ export class SharedRooms {
 
   /** A buffer of at least `bytes`, shared with the workers (not copied into their messages). */
   take(bytes: number): Buffer {
-    const i = this.free.findIndex((b) => b.byteLength >= bytes);
+    const i = this.free.findIndex((b) => b.byteLength >= bytes); // the smallest that fits (smallest first)
     const room = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(Math.ceil((bytes * 1.25) / 65536) * 65536);
     return Buffer.from(room, 0, bytes);
   }
@@ -244,8 +244,8 @@ export class SharedRooms {
   /** Done with: the next batch may read into it (the smallest is dropped beyond `keep`). */
   give(b: Buffer): void {
     this.free.push(b.buffer as SharedArrayBuffer);
-    this.free.sort((x, y) => y.byteLength - x.byteLength);
-    if (this.free.length > this.keep) this.free.pop();
+    this.free.sort((x, y) => x.byteLength - y.byteLength);
+    if (this.free.length > this.keep) this.free.shift();
   }
 }
 

@@ -213,7 +213,7 @@ export async function check(repo: Repository, opts: { readData: boolean; repair?
       if (repo.hasKeys) openSnapshotPrivate(s, repo.keys.dataKey);
       snaps.push(s);
     } catch (e) {
-      if (!(e instanceof KuraError)) throw e;
+      if (!(e instanceof KuraError) || e.code === 'E_IO') throw e; // a store that fails to answer is no damage
       problems.push({ kind: 'snapshot-corrupt', message: e.message, snapshot: id });
     }
   }

@@ -207,15 +207,20 @@ async function* byPack(runs: Run[], fetch: (group: Run[]) => Promise<Array<{ run
       fill();
     });
   };
+  let stopped = false; // the reader failed or stopped early: no more packs are started
   const fill = () => {
-    while (next < order.length && running < inFlight) start();
+    while (!stopped && next < order.length && running < inFlight) start();
   };
-  fill();
-  for (const run of runs) {
-    const group = packs.get(run.pack)!;
-    while (!fetched.has(group)) start(); // needed now, whatever else is being read
-    const { bytes } = (await fetched.get(group)!)[place.get(run)!]!;
-    yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
+  try {
+    fill();
+    for (const run of runs) {
+      const group = packs.get(run.pack)!;
+      while (!fetched.has(group)) start(); // needed now, whatever else is being read
+      const { bytes } = (await fetched.get(group)!)[place.get(run)!]!;
+      yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
+    }
+  } finally {
+    stopped = true;
   }
 }
 

@@ -204,9 +204,10 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
   let readFrom = 0;
   // stored bytes of the segments read so far (their bases too), for the next ones' estimate
   const seen = { bytes: 0, segments: 0 };
-  const estimate = () => (seen.segments === 0 ? SEGMENT_BYTES / 4 : seen.bytes / seen.segments);
+  // (until one is read, a segment is taken to hold its whole chunk capacity)
+  const estimate = () => (seen.segments === 0 ? SEGMENT_BYTES : seen.bytes / seen.segments);
   const readAhead = () => {
-    while (reads.length < reading && readFrom < ids.length && (reads.length === 0 || (reads.length + 1) * estimate() <= READING_BYTES)) {
+    while (failed === null && reads.length < reading && readFrom < ids.length && (reads.length === 0 || (reads.length + 1) * estimate() <= READING_BYTES)) {
       const segmentIds = ids.slice(readFrom, (readFrom += perSegment));
       const p = (async () => {
         const segment: Blob[] = [];
@@ -241,6 +242,8 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
     } catch (e) {
       failed ??= e;
     } finally {
+      // reads under way when the restore stops are waited for: none outlives the restore
+      await Promise.allSettled(reads);
       readerDone = true;
       wake.more?.();
     }

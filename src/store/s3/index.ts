@@ -152,7 +152,9 @@ export class S3Backend implements StoreBackend {
     if (into) for (let i = 1; i < ranges.length; i++) place[i] = place[i - 1]! + ranges[i - 1]!.length;
     const fits = into !== undefined && place[ranges.length - 1]! + ranges.at(-1)!.length <= into.length;
     let missing = false;
-    await Promise.all(
+    // every span settled before the answer: a caller that reuses `into` once this returns (or
+    // throws) must find no request still writing into it
+    const settled = await Promise.allSettled(
       spans.map(async (s) => {
         if (s.end <= s.start) {
           for (const m of s.members) out[m.i] = Buffer.alloc(0);
@@ -181,6 +183,8 @@ export class S3Backend implements StoreBackend {
         }
       }),
     );
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
     return missing ? null : out;
   }
 
