@@ -44,6 +44,15 @@ class SlowReader extends Writable {
   }
 }
 
+/** Each night backed up in turn from a file beside the repository; their snapshot IDs. */
+function backUp(dir: string, repo: string, nights: Buffer[]): string[] {
+  return nights.map((night, i) => {
+    const file = path.join(dir, `night${i + 1}.sql`);
+    writeFileSync(file, night);
+    return kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'db', '--file', file, '--json']).id;
+  });
+}
+
 test('a restore reuses the buffers it opens chunks into only after the reader is done with them: a slow reader gets every byte, plain and delta nights alike', async (t) => {
   assert.ok(openingAddon(), 'the native addon opens blobs off the main thread (the path that pools its buffers)');
   const dir = tempDir(t);
@@ -52,12 +61,7 @@ test('a restore reuses the buffers it opens chunks into only after the reader is
   // 40 MiB: about 20 segments of 2 MiB, so every pooled buffer is taken again many times
   const night1 = await collect(sqlDump(21, 40 * MiB));
   const night2 = churn(night1, 40, 1); // every chunk changed: the second night is all deltas
-  const ids: string[] = [];
-  for (const [i, night] of [night1, night2].entries()) {
-    const file = path.join(dir, `night${i + 1}.sql`);
-    writeFileSync(file, night);
-    ids.push(kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'db', '--file', file, '--json']).id);
-  }
+  const ids = backUp(dir, repo, [night1, night2]);
   const r = await Repository.open(repo, { passphrase: 'correct horse' });
   try {
     // a delta's bases, held (pinned) while a job reads them, keep their bytes though the cache
@@ -119,12 +123,7 @@ test('a restore that reads many segments ahead, each a pack at a time (as from a
   const night1 = await collect(sqlDump(33, 16 * MiB));
   const night2 = churn(night1, 1500, 1);
   const nights = [night1, night2, churn(night2, 1100, 7)];
-  const ids: string[] = [];
-  for (const [i, night] of nights.entries()) {
-    const file = path.join(dir, `night${i + 1}.sql`);
-    writeFileSync(file, night);
-    ids.push(kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'db', '--file', file, '--json']).id);
-  }
+  const ids = backUp(dir, repo, nights);
   const r = await Repository.open(repo, { passphrase: 'correct horse' });
   try {
     const snap = await r.readSnapshot(ids[2]!);
