@@ -16,7 +16,8 @@ export interface SnapshotRow {
   header: SnapshotHeader;
 }
 
-const LOCATE_BATCH = 500; // chunk IDs looked up by one statement
+/** chunk IDs looked up by one statement: the largest a batch fills, down to one */
+const LOCATE_SIZES = [500, 64, 16, 4, 1];
 
 export interface ChunkLocation {
   pack: string;
@@ -141,27 +142,33 @@ export class Catalogue {
   }
 
   /**
-   * The locations of many chunks (undefined for one not held), LOCATE_BATCH IDs a statement: a
-   * restore looks up every chunk, and one lookup a call cost twice the CPU time.
+   * The locations of many chunks (undefined for one not held), up to 500 IDs a statement (LOCATE_SIZES):
+   * a restore looks up every chunk, and one lookup a call cost twice the CPU time. A batch takes
+   * the largest statement it fills (a vault's requests of 64 chunks, padded to 500, spent a tenth
+   * of its restore time here).
    */
   locations(ids: readonly Buffer[]): Array<ChunkLocation | undefined> {
     const out = new Array<ChunkLocation | undefined>(ids.length);
-    const args = new Array<Buffer>(LOCATE_BATCH);
-    for (let at = 0; at < ids.length; at += LOCATE_BATCH) {
-      const n = Math.min(LOCATE_BATCH, ids.length - at);
-      for (let i = 0; i < LOCATE_BATCH; i++) args[i] = ids[at + (i < n ? i : 0)]!; // a short batch repeats its first ID
+    for (let at = 0; at < ids.length; ) {
+      const size = LOCATE_SIZES.find((k) => k <= ids.length - at)!;
       const found = new Map<string, ChunkLocation>();
-      for (const [id, pack, offset, length, digest] of (this.locManyStmt ??= this.prepareLocMany()).all(...args)) found.set(id.toString('latin1'), { pack, offset, length, digest });
-      for (let i = 0; i < n; i++) out[at + i] = found.get(ids[at + i]!.toString('latin1'));
+      for (const [id, pack, offset, length, digest] of this.locManyStmt(size).all(...ids.slice(at, at + size))) found.set(id.toString('latin1'), { pack, offset, length, digest });
+      for (let i = at; i < at + size; i++) out[i] = found.get(ids[i]!.toString('latin1'));
+      at += size;
     }
     return out;
   }
 
-  private locManyStmt: Database.Statement<Buffer[], [Buffer, string, number, number, Buffer | null]> | undefined;
-  private prepareLocMany() {
-    return this.db
-      .prepare<Buffer[], [Buffer, string, number, number, Buffer | null]>(`SELECT c.id, p.name, c.offset, c.stored_size, c.digest FROM chunk_rows c JOIN packs p ON p.n = c.pack WHERE c.id IN (${new Array(LOCATE_BATCH).fill('?').join(',')})`)
-      .raw();
+  private readonly locMany = new Map<number, Database.Statement<Buffer[], [Buffer, string, number, number, Buffer | null]>>();
+  private locManyStmt(size: number) {
+    let stmt = this.locMany.get(size);
+    if (!stmt) {
+      stmt = this.db
+        .prepare<Buffer[], [Buffer, string, number, number, Buffer | null]>(`SELECT c.id, p.name, c.offset, c.stored_size, c.digest FROM chunk_rows c JOIN packs p ON p.n = c.pack WHERE c.id IN (${new Array(size).fill('?').join(',')})`)
+        .raw();
+      this.locMany.set(size, stmt);
+    }
+    return stmt;
   }
 
   /**
