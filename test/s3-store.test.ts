@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { openStore, prepareStore, type StorageSpec } from '../src/store/index.js';
@@ -8,6 +8,7 @@ import { S3Backend } from '../src/store/s3/index.js';
 import { probeConditionalPut } from '../src/store/probe.js';
 import { withRetry, withAccounting, StoreCounters, renderStoreMetrics } from '../src/store/wrappers.js';
 import type { StoreBackend } from '../src/store/backend.js';
+import { spansOf } from '../src/store/spans.js';
 import { KuraError } from '../src/errors.js';
 import { rgwAvailable, rgwOrSkip, startRgw, type Rgw } from './support/rgw.js';
 import { OverwritingProxy } from './support/s3proxy.js';
@@ -88,8 +89,10 @@ async function contract(store: StoreBackend): Promise<void> {
   assert.equal((await store.stat('packs/ab/abcd'))?.size, pack.length);
   assert.equal(await store.stat('packs/ab/none'), null);
   await store.replace('config', Buffer.from('one'));
+  assert.equal((await store.getRange('config', 0, 3))?.toString(), 'one');
   await store.replace('config', Buffer.from('two'));
   assert.equal((await store.get('config'))?.toString(), 'two');
+  assert.equal((await store.getRange('config', 0, 3))?.toString(), 'two', 'a range read after a replace reads the new object');
   const names: string[] = [];
   for await (const n of store.list('packs/')) names.push(n);
   assert.deepEqual(names, ['packs/ab/abcd']);
@@ -99,12 +102,47 @@ async function contract(store: StoreBackend): Promise<void> {
   await store.delete('packs/ab/abcd');
   await store.delete('packs/ab/abcd'); // absent: not an error
   assert.equal(await store.stat('packs/ab/abcd'), null);
+  assert.equal(await store.getRange('packs/ab/abcd', 0, 4), null, 'a deleted object reads as absent');
 }
 
 test('an fs store keeps the StoreBackend contract', async () => {
   const store = openStore({ type: 'fs' }, { dir: path.join(dir, 'fs-contract'), scope: '' });
   await contract(store);
   assert.ok(store.local, 'fs offers local-disk abilities');
+});
+
+test('spansOf: ranges at most the gap apart, overlapping or not, are read as one span; the others alone', () => {
+  const cases: Array<{ ranges: Array<[number, number]>; gap: number; spans: Array<[number, number, number[]]>; why: string }> = [
+    { ranges: [], gap: 10, spans: [], why: 'nothing to read' },
+    { ranges: [[100, 10]], gap: 10, spans: [[100, 110, [0]]], why: 'one range' },
+    { ranges: [[0, 10], [20, 5]], gap: 10, spans: [[0, 25, [0, 1]]], why: 'a gap of exactly the limit joins' },
+    { ranges: [[0, 10], [21, 5]], gap: 10, spans: [[0, 10, [0]], [21, 26, [1]]], why: 'one byte more does not' },
+    { ranges: [[50, 10], [0, 10], [12, 3]], gap: 5, spans: [[0, 15, [1, 2]], [50, 60, [0]]], why: 'in offset order, each range keeps its place' },
+    { ranges: [[0, 100], [10, 5], [90, 30]], gap: 0, spans: [[0, 120, [0, 1, 2]]], why: 'ranges inside or over the span so far join it' },
+  ];
+  for (const c of cases) {
+    const got = spansOf(c.ranges.map(([offset, length]) => ({ offset, length })), c.gap).map((sp) => [sp.start, sp.end, sp.members.map((m) => m.i)]);
+    assert.deepEqual(got, c.spans, c.why);
+  }
+});
+
+test('an fs store keeps read handles open between reads only for a moment, and never more than 64', async () => {
+  const root = path.join(dir, 'fs-handles');
+  const store = openStore({ type: 'fs' }, { dir: root, scope: '' });
+  const openHere = () => readdirSync('/proc/self/fd').filter((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`).startsWith(root); } catch { return false; } }).length;
+  const names = Array.from({ length: 80 }, (_, i) => `packs/${(i % 4).toString(16).padStart(2, '0')}/p${i}`);
+  for (const n of names) await store.put(n, Buffer.from(n));
+  for (const n of names) assert.equal((await store.getRange(n, 0, n.length))?.toString(), n);
+  const held = openHere();
+  assert.ok(held > 0 && held <= 64, `after reading 80 objects, ${held} handles are open`);
+  for (let i = 0; i < 50 && openHere() > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(openHere(), 0, 'unused for a moment, every handle is closed');
+  // one read again opens again; closing the store closes it at once
+  assert.equal((await store.getRange(names[0]!, 0, 4))?.toString(), names[0]!.slice(0, 4));
+  assert.equal(openHere(), 1);
+  store.close?.();
+  for (let i = 0; i < 20 && openHere() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(openHere(), 0);
 });
 
 test('an s3 store on Ceph RGW keeps the StoreBackend contract', async (t) => {

@@ -4,6 +4,11 @@ import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
 import type { LocalDisk, StoreBackend, StoreStat } from '../backend.js';
+import { ReadHandles } from './handles.js';
+import { spansOf } from '../spans.js';
+
+/** ranges at most this far apart are read together (the bytes between are read and dropped) */
+const JOIN_GAP = 64 << 10;
 
 const TMP_PREFIX = '.tmp-';
 
@@ -84,6 +89,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
   /** a local directory: seal workers may write packs straight into it */
   readonly local: LocalDisk = this;
   private readonly touchedDirs = new Set<string>();
+  private readonly handles = new ReadHandles();
 
   constructor(readonly root: string) {
     this.location = root;
@@ -124,35 +130,39 @@ export class FsBackend implements StoreBackend, LocalDisk {
     return tmp;
   }
 
+  /**
+   * Ranges within JOIN_GAP of each other are read with one read (a vault answering a restore reads
+   * a pack's few chunks of each request, a few KiB apart), and copied out of it.
+   */
   async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null> {
-    let fh: fsp.FileHandle;
     try {
-      fh = await fsp.open(this.pathOf(name), 'r');
+      return await this.handles.use(this.pathOf(name), async (fh) => {
+        const size = ranges.some((r) => r.offset < 0) ? (await fh.stat()).size : 0;
+        const resolved = ranges.map(({ offset, length }) => ({ offset: offset < 0 ? Math.max(0, size + offset) : offset, length }));
+        const fits = into !== undefined && ranges.reduce((n, r) => n + r.length, 0) <= into.length;
+        const place = new Array<number>(ranges.length);
+        for (let i = 0, at = 0; i < ranges.length; at += ranges[i]!.length, i++) place[i] = at;
+        const out = new Array<Buffer>(ranges.length);
+        await Promise.all(
+          spansOf(resolved, JOIN_GAP).map(async (s) => {
+            const alone = s.members.length === 1;
+            const m0 = s.members[0]!;
+            // a range alone is read where it goes; a span into a buffer of its own, then copied out
+            const buf = alone ? (fits ? into.subarray(place[m0.i]!, place[m0.i]! + m0.length) : Buffer.allocUnsafe(m0.length)) : Buffer.allocUnsafe(s.end - s.start);
+            const got = await readFully(fh, buf, s.start);
+            for (const m of s.members) {
+              const length = Math.max(0, Math.min(m.length, got - (m.offset - s.start)));
+              if (alone) out[m.i] = buf.subarray(0, length);
+              else if (fits) out[m.i] = into.subarray(place[m.i]!, place[m.i]! + buf.copy(into, place[m.i]!, m.offset - s.start, m.offset - s.start + length));
+              else out[m.i] = buf.subarray(m.offset - s.start, m.offset - s.start + length);
+            }
+          }),
+        );
+        return out;
+      });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw ioError(`cannot read ${name} in ${this.root}`, e);
-    }
-    try {
-      const size = ranges.some((r) => r.offset < 0) ? (await fh.stat()).size : 0;
-      const fits = into !== undefined && ranges.reduce((n, r) => n + r.length, 0) <= into.length;
-      let at = 0;
-      return await Promise.all(
-        ranges.map(async ({ offset, length }) => {
-          const pos = offset < 0 ? Math.max(0, size + offset) : offset;
-          const buf = fits ? into.subarray(at, (at += length)) : Buffer.allocUnsafe(length);
-          let got = 0;
-          while (got < length) {
-            const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
-            if (bytesRead === 0) break;
-            got += bytesRead;
-          }
-          return got === length ? buf : buf.subarray(0, got);
-        }),
-      );
-    } catch (e) {
-      throw ioError(`cannot read ${name} in ${this.root}`, e);
-    } finally {
-      await fh.close();
     }
   }
 
@@ -194,6 +204,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
     try {
       const tmp = await this.writeTemp(dir, data); // fdatasync'd
       await fsp.rename(tmp, target);
+      this.handles.forget(target);
       this.touchedDirs.add(dir);
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
@@ -206,6 +217,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
     try {
       const tmp = await this.writeTemp(dir, data);
       await fsp.rename(tmp, target);
+      this.handles.forget(target);
       await fsyncDir(dir);
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
@@ -225,6 +237,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
   }
 
   async delete(name: string): Promise<void> {
+    this.handles.forget(this.pathOf(name));
     try {
       await fsp.unlink(this.pathOf(name));
       this.touchedDirs.add(path.dirname(this.pathOf(name)));
@@ -244,6 +257,11 @@ export class FsBackend implements StoreBackend, LocalDisk {
     }
   }
 
+  /** Close the read handles kept open. */
+  close(): void {
+    this.handles.closeAll();
+  }
+
   adopt(name: string): void {
     this.touchedDirs.add(path.dirname(this.pathOf(name)));
   }
@@ -261,6 +279,17 @@ export class FsBackend implements StoreBackend, LocalDisk {
       throw ioError(`cannot make writes in ${this.root} durable`, e);
     }
   }
+}
+
+/** Read into all of `buf` from `pos`, or up to the end of the file: the bytes read. */
+async function readFully(fh: fsp.FileHandle, buf: Buffer, pos: number): Promise<number> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, pos + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 /** writev of all `parts`, continuing after short writes (IOV_MAX: at most 1024 buffers a call). */

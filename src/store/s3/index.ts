@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { KuraError } from '../../errors.js';
 import type { PutHints, StoreBackend, StoreStat } from '../backend.js';
+import { spansOf } from '../spans.js';
 import { S3Client, S3RequestError, xmlAll, xmlFirst, type S3Credentials, type S3Request, type S3Response } from './client.js';
 
 export interface S3Options {
@@ -136,15 +137,7 @@ export class S3Backend implements StoreBackend {
       resolved = ranges.map((r) => (r.offset < 0 ? { offset: Math.max(0, st.size + r.offset), length: r.length } : { ...r }));
     }
     // coalesce nearby ranges into spans: one GET per span
-    const order = resolved.map((r, i) => ({ ...r, i })).sort((a, b) => a.offset - b.offset);
-    const spans: Array<{ start: number; end: number; members: typeof order }> = [];
-    for (const r of order) {
-      const last = spans.at(-1);
-      if (last && r.offset <= last.end + RANGE_GAP) {
-        last.end = Math.max(last.end, r.offset + r.length);
-        last.members.push(r);
-      } else spans.push({ start: r.offset, end: r.offset + r.length, members: [r] });
-    }
+    const spans = spansOf(resolved, RANGE_GAP);
     const out: Buffer[] = new Array(ranges.length);
     // with `into`, the ranges' bytes are copied there back to back as they arrive (the gaps
     // between them dropped), and no buffer is allocated for an answer
