@@ -80,9 +80,19 @@ export interface RawFrame {
 export function encodeFrame(type: number, payload: Uint8Array | string | object = Buffer.alloc(0)): Buffer {
   const body = typeof payload === 'string' ? Buffer.from(payload) : payload instanceof Uint8Array ? payload : Buffer.from(JSON.stringify(payload));
   const out = Buffer.allocUnsafe(5 + body.length);
-  out.writeUInt32BE(1 + body.length, 0);
-  out[4] = type;
+  writeFrameHead(out, type, body.length);
   out.set(body, 5);
+  return out;
+}
+
+/** The 5 bytes before a frame's payload of `length` bytes, for a frame written in parts. */
+export function frameHead(type: number, length: number): Buffer {
+  return writeFrameHead(Buffer.allocUnsafe(5), type, length);
+}
+
+function writeFrameHead(out: Buffer, type: number, length: number): Buffer {
+  out.writeUInt32BE(1 + length, 0);
+  out[4] = type;
   return out;
 }
 

@@ -20,7 +20,8 @@ interface Run {
   digests: Array<Buffer | null>;
 }
 
-function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
+/** `ids` with their locations, looked up LOCATE_AHEAD at a time; a chunk not held fails (E_CHUNK_MISSING). */
+export function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
   const batch: Buffer[] = [];
   const flush = function* () {
     const locs = repo.catalogue.locations(batch);

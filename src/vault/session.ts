@@ -361,6 +361,12 @@ export class VaultSession implements BudgetMember {
     await entry.handle(this, body.value, f);
   }
 
+  /** The frames received after the one being handled, as long as they are of `type` (a restore's GET_CHUNKS read ahead). */
+  following(type: number): RawFrame[] {
+    const n = this.queue.findIndex((f) => f.type !== type);
+    return this.queue.slice(0, n < 0 ? this.queue.length : n);
+  }
+
   /** An audit line of an operator action on this session: its tenant, session and person. */
   audit(e: { event: string; outcome?: AuditEvent['outcome'] } & Record<string, unknown>): void {
     this.ctx.audit.write({ tenant: this.ctx.tenant, session: this.id, ...operatorFields(this.person), ...e, event: e.event, outcome: e.outcome ?? 'ok' });
@@ -369,12 +375,16 @@ export class VaultSession implements BudgetMember {
   /**
    * Write one frame to the client, then wait until it has gone: the channel's buffer drained (the
    * SSH window is open) and the connection is not backed up. So a handler that answers frame after
-   * frame (GET_CHUNKS) reads the next blob from storage only once the client has taken the last.
+   * frame (GET_CHUNKS) reads from storage only a bounded read-ahead beyond what the client took.
    */
-  async send(type: number, payload?: Uint8Array | object): Promise<void> {
+  send(type: number, payload?: Uint8Array | object): Promise<void> {
+    return this.sendEncoded(type, encodeFrame(type, payload));
+  }
+
+  /** Like send, for frames of `type` already encoded back to back in `frames`: one write for many small answers (GET_CHUNKS). */
+  async sendEncoded(type: number, frame: Buffer): Promise<void> {
     const out = this.output;
     if (this.closed || this.outputClosed || out.destroyed || out.writableEnded) throw new ClientGone('the client closed the channel');
-    const frame = encodeFrame(type, payload);
     this.transfer.wrote(type, frame.length);
     out.write(frame);
     if (type === Frame.ERROR) return; // the session ends now: no waiting for a client that may not read

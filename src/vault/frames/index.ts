@@ -5,7 +5,8 @@ import { anyBytes, atLeast, authBody, chunkIds, emptyObject, flushBody, helloBod
 import { hello } from './hello.js';
 import { flush, has, put, putNext, putRun } from './upload.js';
 import { commit, want } from './snapshots.js';
-import { getChunks, getSnapshot, list, stats } from './read.js';
+import { getChunks } from './chunks.js';
+import { getSnapshot, list, stats } from './read.js';
 import { deleteSnapshot, protect, pruneTenant, usage } from './admin.js';
 import { auth, logout } from './auth.js';
 import { routeStatus } from './routing.js';
