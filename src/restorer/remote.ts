@@ -10,7 +10,17 @@ import type { SnapshotHeader } from '../repository/snapshot.js';
 import { loadTicket } from '../sso/ticket-file.js';
 import { SYSTEM_USER } from '../vault/access.js';
 
-const GET_BATCH = 64; // chunks per GET_CHUNKS request (two requests in flight)
+const GET_BATCH = 64; // chunks per GET_CHUNKS request
+const IN_FLIGHT = 32; // requests sent and not yet answered (a vault on an object store reads them ahead)
+/**
+ * How far a restore from a vault reads ahead (restoreStream's options): as many segments as an
+ * object store's restore, as long as their chunks fit in the requests kept in flight. The
+ * segments' requests queue behind each other on the one session, so the vault always has the
+ * next ones to read. A 488 MB dump's fourth night from a vault on Ceph RGW: 12.75 s one segment
+ * at a time, 1.75-1.94 s so (0.95 s restored locally); in 4 KiB chunks 98 s, 8.9-9.6 s (2.8 s).
+ * From a vault on a directory in 4 KiB chunks: 12 s before, 3.7-3.9 s (2.9-3.7 s locally).
+ */
+export const VAULT_READING = { reading: 24, readingChunks: IN_FLIGHT * GET_BATCH };
 
 export interface RemoteSnapshot extends SnapshotHeader {
   id: string;
@@ -121,24 +131,90 @@ export async function remoteSnapshotBytes(conn: VaultConnection, id: string): Pr
   return (await conn.request(Frame.GET_SNAPSHOT, { id }, Frame.SNAPSHOT)).payload;
 }
 
-/** Blobs of `ids` from the vault in order, two requests in flight, verified by the caller. */
-export function remoteBlobs(conn: VaultConnection) {
-  return async function* (ids: Buffer[]): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
-    const batches: Buffer[][] = [];
-    for (let i = 0; i < ids.length; i += GET_BATCH) batches.push(ids.slice(i, i + GET_BATCH));
-    let requested = 0;
-    const request = async () => {
-      if (requested < batches.length) await conn.send(Frame.GET_CHUNKS, Buffer.concat(batches[requested++]!));
-    };
-    await request();
-    await request();
-    for (let b = 0; b < batches.length; b++) {
-      for (const id of batches[b]!) {
-        const f = await conn.expect(Frame.CHUNK);
-        if (!f.payload.subarray(0, 32).equals(id)) throw new KuraError('E_PROTOCOL', `the vault sent chunk ${f.payload.subarray(0, 32).toString('hex')} instead of ${id.toString('hex')}`);
-        yield { id, blob: f.payload.subarray(32) };
-      }
-      await request();
+/**
+ * Blobs from the vault over one session, verified by the caller. The vault answers its requests in
+ * the order sent, so several readers may ask at once (a restore reading segments ahead): their
+ * requests of GET_BATCH chunks queue in the order asked, IN_FLIGHT at most are sent and not yet
+ * answered, and each answer goes to the reader whose request it is. A reader's blobs wait for it
+ * until it takes them (the restore bounds how much it asks ahead); a reader that stops early has
+ * its requests not yet sent dropped and the rest of its answers discarded.
+ */
+export function remoteBlobs(conn: VaultConnection): (ids: Buffer[]) => AsyncGenerator<{ id: Buffer; blob: Buffer }> {
+  const unsent: Request[] = [];
+  const sent: Request[] = [];
+  let failure: unknown = null;
+  let receiving = false;
+  let sending: Promise<void> = Promise.resolve();
+  const fail = (e: unknown) => {
+    failure ??= e;
+    for (const r of [...sent, ...unsent]) r.reader.wake();
+  };
+  const pump = () => {
+    while (failure === null && sent.length < IN_FLIGHT && unsent.length > 0) {
+      const r = unsent.shift()!;
+      if (r.reader.stopped) continue;
+      sent.push(r);
+      // one after the other: the vault answers in the order the requests arrive
+      sending = sending.then(() => conn.send(Frame.GET_CHUNKS, Buffer.concat(r.ids))).catch(fail);
+    }
+    if (!receiving && sent.length > 0 && failure === null) {
+      receiving = true;
+      receive()
+        .catch(fail)
+        .finally(() => {
+          receiving = false;
+          pump();
+        });
     }
   };
+  const receive = async () => {
+    while (sent.length > 0 && failure === null) {
+      const r = sent[0]!;
+      const f = await conn.expect(Frame.CHUNK);
+      const id = r.ids[r.answered]!;
+      if (!f.payload.subarray(0, 32).equals(id)) throw new KuraError('E_PROTOCOL', `the vault sent chunk ${f.payload.subarray(0, 32).toString('hex')} instead of ${id.toString('hex')}`);
+      if (!r.reader.stopped) r.reader.got.push({ id, blob: f.payload.subarray(32) });
+      if (++r.answered === r.ids.length) {
+        sent.shift();
+        r.reader.answered++;
+        pump();
+      }
+      r.reader.wake();
+    }
+  };
+  return async function* (ids: Buffer[]) {
+    if (failure !== null) throw failure;
+    const reader: Reader = { got: [], taken: 0, requests: 0, answered: 0, stopped: false, wake: () => {} };
+    for (let i = 0; i < ids.length; i += GET_BATCH) unsent.push({ reader, ids: ids.slice(i, i + GET_BATCH), answered: 0 });
+    reader.requests = Math.ceil(ids.length / GET_BATCH);
+    pump();
+    try {
+      for (;;) {
+        while (reader.taken < reader.got.length) yield reader.got[reader.taken++]!;
+        reader.got.length = reader.taken = 0;
+        if (failure !== null) throw failure;
+        if (reader.answered === reader.requests) return;
+        await new Promise<void>((r) => (reader.wake = r));
+      }
+    } finally {
+      reader.stopped = true;
+      reader.got.length = 0;
+    }
+  };
+}
+
+interface Reader {
+  /** blobs answered and not yet taken */
+  got: Array<{ id: Buffer; blob: Buffer }>;
+  taken: number;
+  requests: number;
+  answered: number;
+  stopped: boolean;
+  wake: () => void;
+}
+
+interface Request {
+  reader: Reader;
+  ids: Buffer[];
+  answered: number;
 }

@@ -41,8 +41,10 @@ const REMOTE_SEGMENTS_READING = 24;
 const READING_BYTES = 32 << 20;
 
 export interface RestoreOptions {
-  /** segments the source may be reading at once (1: one stream at a time, as a vault session serves them) */
+  /** segments the source may be reading at once (1: one stream at a time) */
   reading?: number | undefined;
+  /** chunks those segments may ask for together (a vault's requests in flight); default: no limit */
+  readingChunks?: number | undefined;
 }
 
 /**
@@ -63,7 +65,8 @@ export async function restoreStream(snap: DecodedSnapshot, keys: RepoKeys, blobs
   const ctx: SegmentContext = { snapshotId, keys, opener, what: `snapshot ${snapshotId}`, progress, total: snap.header.logicalBytes };
   progress?.(0, ctx.total);
   const native = openingAddon();
-  const bytes = native ? await pipelined(ids, perSegment, blobs, out, ctx, native, Math.max(1, o.reading ?? 1)) : await oneByOne(ids, perSegment, blobs, out, ctx);
+  const reading = { segments: Math.max(1, o.reading ?? 1), chunks: o.readingChunks ?? Infinity };
+  const bytes = native ? await pipelined(ids, perSegment, blobs, out, ctx, native, reading) : await oneByOne(ids, perSegment, blobs, out, ctx);
   if (bytes !== snap.header.logicalBytes) {
     throw new KuraError('E_SNAPSHOT_CORRUPT', `snapshot ${snapshotId} restored ${bytes} bytes but records ${snap.header.logicalBytes}`);
   }
@@ -194,7 +197,8 @@ function openSegment(native: NativeAddon, ctx: SegmentContext, segment: Blob[], 
  * `reading` above 1, that many segments are read at once (their chunks, then their bases), each
  * prepared in turn once read.
  */
-async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext, native: NativeAddon, reading: number): Promise<number> {
+async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, out: Writable, ctx: SegmentContext, native: NativeAddon, limits: { segments: number; chunks: number }): Promise<number> {
+  const reading = limits.segments;
   const opened: Array<Promise<Opened[]>> = [];
   const pool = new BufferPool((SEGMENTS_AHEAD + 1) * PARTS);
   const wake: { room?: () => void; more?: () => void } = {};
@@ -202,13 +206,15 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
   let failed: unknown = null;
   const reads: Array<Promise<{ segment: Blob[]; bases: Blob[] }>> = [];
   let readFrom = 0;
+  let chunksReading = 0; // chunks of the segments in `reads`
   // stored bytes of the segments read so far (their bases too), for the next ones' estimate
   const seen = { bytes: 0, segments: 0 };
   // (until one is read, a segment is taken to hold its whole chunk capacity)
   const estimate = () => (seen.segments === 0 ? SEGMENT_BYTES : seen.bytes / seen.segments);
   const readAhead = () => {
-    while (failed === null && reads.length < reading && readFrom < ids.length && (reads.length === 0 || (reads.length + 1) * estimate() <= READING_BYTES)) {
+    while (failed === null && reads.length < reading && readFrom < ids.length && (reads.length === 0 || ((reads.length + 1) * estimate() <= READING_BYTES && chunksReading + perSegment <= limits.chunks))) {
       const segmentIds = ids.slice(readFrom, (readFrom += perSegment));
+      chunksReading += segmentIds.length;
       const p = (async () => {
         const segment: Blob[] = [];
         for await (const b of blobs(segmentIds, ctx.what)) segment.push(b);
@@ -230,6 +236,7 @@ async function pipelined(ids: Buffer[], perSegment: number, blobs: BlobSource, o
         const read = reads.shift();
         if (!read) break;
         const { segment, bases } = await read;
+        chunksReading -= segment.length;
         if (reading > 1) readAhead();
         await ctx.opener.prepare(segment, ctx.what, bases);
         const p = openSegment(native, ctx, segment, start, pool);
