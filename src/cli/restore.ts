@@ -80,13 +80,20 @@ async function fromVault<T>(ref: string, opts: RouteOptions, cmd: Command, use: 
   process.once('SIGINT', onInt);
   try {
     const { restoreStream } = await import('../restorer/restore.js');
+    const { holdHeapGrowth } = await import('../heap-growth.js');
     const { VAULT_READING, remoteBlobs, remoteList, remoteSnapshotBytes, resolveRemote, withRoute } = await import('../restorer/remote.js');
     const { decodeSnapshot } = await import('../repository/snapshot.js');
     const keys = await keysFor(cmd, opts);
     return await withRoute(configOf(cmd).config, { ...opts, signal: stop.signal }, async (conn) => {
       const id = resolveRemote(await remoteList(conn), ref);
       const snap = decodeSnapshot(await remoteSnapshotBytes(conn, id), id);
-      return metered(opts as ProgressFlags, id, (progress) => use((out) => restoreStream(snap, keys, remoteBlobs(conn), out, progress, VAULT_READING)));
+      // segments read ahead: heaps held as for a restore from an object store (heap-growth.ts)
+      const release = holdHeapGrowth();
+      try {
+        return await metered(opts as ProgressFlags, id, (progress) => use((out) => restoreStream(snap, keys, remoteBlobs(conn), out, progress, VAULT_READING)));
+      } finally {
+        release();
+      }
     });
   } finally {
     process.off('SIGTERM', onTerm);
