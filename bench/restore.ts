@@ -6,13 +6,13 @@
  * every night); and into PostgreSQL (`--into`), beside PostgreSQL's own ingest of the same dump
  * (`psql -f` of the restored file into a fresh database: the floor `--into` can reach).
  *
- *   npm run bench:restore [-- --dumps DIR --runs 3]
+ *   npm run bench:restore [-- --dumps DIR --runs 3 --chunk-avg BYTES]
  *
  * DIR holds the nights as day1.sql, day2.sql, … (plain pg_dump output, as `npm run bench:daily --
  * --save-dumps DIR` leaves them); without --dumps this bench makes them with bench/daily's OLTP
  * workload (`--workload`, `--days`, `--scale` are passed on). Every night is backed up by
- * `kura backup --file` into one repository (the repository's defaults), so the last night is a
- * chain of deltas like a production one. Prints JSON lines: one per way (median seconds of
+ * `kura backup --file` into one repository (the repository's defaults, or chunks of `--chunk-avg`
+ * bytes on average), so the last night is a chain of deltas like a production one. Prints JSON lines: one per way (median seconds of
  * --runs, each run, peak RSS in MiB from GNU time, MiB/s), then a summary with the ratios the
  * targets name (`--from` to local, `--into` to psql alone).
  */
@@ -31,6 +31,7 @@ const arg = (name: string, def: string) => {
   return i > 0 ? argv[i + 1]! : def;
 };
 const RUNS = Number(arg('runs', '3'));
+const chunkAvg = argv.includes('--chunk-avg') ? ['--chunk-avg', arg('chunk-avg', '')] : [];
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 needCommands('bench/restore', [
   ['/usr/bin/time', 'time'],
@@ -66,12 +67,12 @@ try {
   measured(process.execPath, [KURA, 'repo', 'init'], env);
   let id = '';
   for (const night of nights) {
-    const r = spawnSync(process.execPath, [KURA, 'backup', '--name', 'juki', '--file', night, '--route', 'peer-dc', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [KURA, 'backup', '--name', 'juki', '--file', night, '--route', 'peer-dc', '--json', ...chunkAvg], { env: { ...process.env, ...env }, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`kura backup ${night}: ${r.stderr}`);
     id = (JSON.parse(r.stdout) as { id: string }).id;
   }
   const relay = measured(process.execPath, [KURA, 'relay', 'once'], env);
-  emit({ bench: 'restore-setup', nights: nights.length, bytes, relaySeconds: +relay.seconds.toFixed(2) });
+  emit({ bench: 'restore-setup', nights: nights.length, bytes, chunkAvg: chunkAvg[1] ?? 'default', relaySeconds: +relay.seconds.toFixed(2) });
 
   const out = path.join(dir, 'restored.sql');
   writeFileSync(path.join(dir, 'pgpw'), pg.password + '\n', { mode: 0o600 });
