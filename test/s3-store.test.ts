@@ -112,16 +112,18 @@ test('an fs store keeps the StoreBackend contract', async () => {
 });
 
 test('spansOf: ranges at most the gap apart, overlapping or not, are read as one span; the others alone', () => {
-  const cases: Array<{ ranges: Array<[number, number]>; gap: number; spans: Array<[number, number, number[]]>; why: string }> = [
+  const cases: Array<{ ranges: Array<[number, number]>; gap: number; max?: number; spans: Array<[number, number, number[]]>; why: string }> = [
     { ranges: [], gap: 10, spans: [], why: 'nothing to read' },
     { ranges: [[100, 10]], gap: 10, spans: [[100, 110, [0]]], why: 'one range' },
     { ranges: [[0, 10], [20, 5]], gap: 10, spans: [[0, 25, [0, 1]]], why: 'a gap of exactly the limit joins' },
     { ranges: [[0, 10], [21, 5]], gap: 10, spans: [[0, 10, [0]], [21, 26, [1]]], why: 'one byte more does not' },
     { ranges: [[50, 10], [0, 10], [12, 3]], gap: 5, spans: [[0, 15, [1, 2]], [50, 60, [0]]], why: 'in offset order, each range keeps its place' },
     { ranges: [[0, 100], [10, 5], [90, 30]], gap: 0, spans: [[0, 120, [0, 1, 2]]], why: 'ranges inside or over the span so far join it' },
+    { ranges: [[0, 10], [15, 10], [30, 10]], gap: 10, max: 25, spans: [[0, 25, [0, 1]], [30, 40, [2]]], why: 'a span stops before it would pass the longest read' },
+    { ranges: [[0, 50]], gap: 10, max: 25, spans: [[0, 50, [0]]], why: 'a range longer than that is read alone' },
   ];
   for (const c of cases) {
-    const got = spansOf(c.ranges.map(([offset, length]) => ({ offset, length })), c.gap).map((sp) => [sp.start, sp.end, sp.members.map((m) => m.i)]);
+    const got = spansOf(c.ranges.map(([offset, length]) => ({ offset, length })), c.gap, c.max).map((sp) => [sp.start, sp.end, sp.members.map((m) => m.i)]);
     assert.deepEqual(got, c.spans, c.why);
   }
 });

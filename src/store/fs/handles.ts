@@ -39,6 +39,9 @@ export class ReadHandles {
     e.users++;
     try {
       return await read(await e.fh);
+    } catch (err) {
+      if (this.open.get(file) === e) this.forget(file); // a handle that failed a read (EIO, ESTALE) is not used again
+      throw err;
     } finally {
       e.users--;
       e.lastUsed = Date.now();

@@ -7,8 +7,9 @@ import type { LocalDisk, StoreBackend, StoreStat } from '../backend.js';
 import { ReadHandles } from './handles.js';
 import { spansOf } from '../spans.js';
 
-/** ranges at most this far apart are read together (the bytes between are read and dropped) */
+/** ranges at most this far apart are read together (the bytes between are read and dropped), in reads of at most MAX_SPAN */
 const JOIN_GAP = 64 << 10;
+const MAX_SPAN = 1 << 20;
 
 const TMP_PREFIX = '.tmp-';
 
@@ -131,8 +132,9 @@ export class FsBackend implements StoreBackend, LocalDisk {
   }
 
   /**
-   * Ranges within JOIN_GAP of each other are read with one read (a vault answering a restore reads
-   * a pack's few chunks of each request, a few KiB apart), and copied out of it.
+   * Ranges within JOIN_GAP of each other are read with one read of at most MAX_SPAN (a vault
+   * answering a restore reads a pack's few chunks of each request, a few KiB apart), and copied out
+   * of it.
    */
   async getRanges(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>, into?: Buffer): Promise<Buffer[] | null> {
     try {
@@ -143,8 +145,9 @@ export class FsBackend implements StoreBackend, LocalDisk {
         const place = new Array<number>(ranges.length);
         for (let i = 0, at = 0; i < ranges.length; at += ranges[i]!.length, i++) place[i] = at;
         const out = new Array<Buffer>(ranges.length);
-        await Promise.all(
-          spansOf(resolved, JOIN_GAP).map(async (s) => {
+        // every span settled before the answer: nothing still writes into `into` once this returns or throws
+        const settled = await Promise.allSettled(
+          spansOf(resolved, JOIN_GAP, MAX_SPAN).map(async (s) => {
             const alone = s.members.length === 1;
             const m0 = s.members[0]!;
             // a range alone is read where it goes; a span into a buffer of its own, then copied out
@@ -158,6 +161,8 @@ export class FsBackend implements StoreBackend, LocalDisk {
             }
           }),
         );
+        const failed = settled.find((r) => r.status === 'rejected');
+        if (failed) throw (failed as PromiseRejectedResult).reason;
         return out;
       });
     } catch (e) {
