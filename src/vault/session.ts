@@ -2,18 +2,18 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
 import { KuraError, isKuraError } from '../errors.js';
-import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, frameName, type RawFrame } from '../protocol/frames.js';
+import { Frame, FrameParser, PROTOCOL_VERSION, encodeFrame, type RawFrame } from '../protocol/frames.js';
 import { CHANNEL_WINDOW, keepChannelWindow } from '../protocol/window.js';
 import type { Repository } from '../repository/repository.js';
 import type { Role } from './access.js';
 import type { AuditEvent, AuditLog } from './audit.js';
 import type { VaultConfig } from '../config/schema.js';
 import type { UsageSources } from './maintenance.js';
-import { keyRefusal, operatorRefusal, type Person } from './rights.js';
+import type { Person } from './rights.js';
 import { operatorFields, type OperatorAuthority } from './operators.js';
 import type { SlotTable } from './slots.js';
 import { TransferAccounting } from './transfer-accounting.js';
-import { frameEntries } from './frames/index.js';
+import { dispatch } from './frames/dispatch.js';
 import { Uploads } from './frames/upload.js';
 import { Announcements } from './frames/snapshots.js';
 import type { BudgetMember, Holding, MemoryBudget } from './memory.js';
@@ -89,7 +89,8 @@ class ClientGone extends Error {}
  * One authenticated protocol session on a tenant's repository. Whatever a client sends, it only
  * reaches `ctx.repo` (its own tenant's), only through the operations its role allows, and every
  * refusal ends the session with an ERROR frame and an audit line. What each request needs and
- * does is its entry in ./frames/ (role, payload schema, handler); this loop checks and dispatches.
+ * does is its entry in ./frames/ (role, payload schema, handler); ./frames/dispatch.ts checks it and
+ * calls it, one frame at a time, from this loop.
  */
 export class VaultSession implements BudgetMember {
   readonly id = randomBytes(8).toString('hex');
@@ -221,7 +222,7 @@ export class VaultSession implements BudgetMember {
           const f = queue.shift()!;
           this.queuedBytes -= (this.handlingBytes = 5 + f.payload.length);
           this.ops.frames++;
-          await this.dispatch(f);
+          await dispatch(this, f);
           this.handlingBytes = 0;
           this.transfer.handled(f.type);
           this.flow();
@@ -332,33 +333,6 @@ export class VaultSession implements BudgetMember {
       this.input.pause();
       this.reading = false;
     }
-  }
-
-  /**
-   * One request: HELLO first; then the frame's entry decides. The SSH key's role is checked,
-   * then the protocol version, then the payload's shape (a payload of the wrong shape is
-   * E_PROTOCOL, here and nowhere else), then the person's rights (./rights.ts: their role, a
-   * ticket that vault.sso.required asks for, a step-up for a sensitive frame), and the handler
-   * gets the parsed value.
-   */
-  private async dispatch(f: RawFrame): Promise<void> {
-    const entry = frameEntries.get(f.type);
-    if (!this.greeted && f.type !== Frame.HELLO) throw new KuraError('E_PROTOCOL', `expected HELLO, got ${frameName(f.type)}`);
-    if (!entry || (this.greeted && f.type === Frame.HELLO)) throw new KuraError('E_PROTOCOL', `unexpected ${frameName(f.type)} frame`);
-    const name = frameName(f.type);
-    const byKey = keyRefusal(this.ctx.role, this.ctx.tenant, { name, right: entry.role });
-    if (byKey) throw new KuraError(byKey.code, byKey.message);
-    if (entry.since && this.protocol < entry.since.protocol) throw new KuraError('E_PROTOCOL', `${name} needs protocol version ${entry.since.protocol}: ${entry.since.instead}`);
-    const body = entry.body.parse(f.payload);
-    if (!body.ok) throw new KuraError('E_PROTOCOL', `malformed ${name} frame: ${body.problem}`);
-    const sensitive = typeof entry.sensitive === 'function' ? entry.sensitive(body.value) : entry.sensitive === true;
-    const byPerson = operatorRefusal(
-      { keyRole: this.ctx.role, tenant: this.ctx.tenant, person: this.person, sso: this.ctx.vault?.operators?.rules ?? null, now: Date.now(), steppedUp: this.steppedUp },
-      { name, right: entry.role, sensitive, continues: entry.continues },
-    );
-    if (byPerson) throw new KuraError(byPerson.code, byPerson.message);
-    if (sensitive && this.person) this.steppedUp = true;
-    await entry.handle(this, body.value, f);
   }
 
   /** The frames received after the one being handled, as long as they are of `type` (a restore's GET_CHUNKS read ahead). */
