@@ -333,7 +333,8 @@ test('a repository written by kura with pack format 1 (no digests) is still read
   assert.deepEqual(snaps.map((s) => s.id.slice(0, 8)), ['eb09fa76', '2862c2e8', 'e5af472c']);
   for (const [s, want] of [[snaps[0]!, night1], [snaps[1]!, night2], [snaps[2]!, notes]] as const) assert.ok(kuraOk(['restore', '--repo', repo, s.id]).stdout.equals(want), `${s.id} restores`);
   const db = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true });
-  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '5', 'the catalogue was migrated');
+  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '6', 'the catalogue was migrated');
+  assert.equal(db.prepare(`SELECT count(*) FROM sqlite_master WHERE name = 'leases'`).pluck().get(), 0, 'its leases became sets');
   assert.equal(db.prepare('SELECT count(*) FROM chunk_rows WHERE digest IS NOT NULL').pluck().get(), 0, 'old blobs have no digest');
   db.close();
   const withKey = kuraJson<{ ok: boolean; chunksRead: number; chunksUnverified: number }>(['check', '--repo', repo, '--read-data']);

@@ -393,3 +393,71 @@ test('a local gc that rewrites the packs a running relay is reading from does no
   assert.equal(sha256(restored.stdout), sha256(data));
   assert.equal(kuraJson<{ ok: boolean; chunksUnreferenced: number }>(['check', '--read-data'], { env }).chunksUnreferenced, 0);
 });
+
+test('leases are sets of chunks: one row an answer or pack; gc keeps what a live set holds and frees it once the set is dropped or expired; a schema 5 catalogue\'s lease rows become sets on open', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const f = path.join(dir, 'juki.sql');
+  writeFileSync(f, await collect(sqlDump(23, 2 * MiB)));
+  const a = kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'juki', '--file', f]);
+  const ids = await referencedChunks(repo, a.id);
+  assert.ok(ids.length > 4);
+  const file = path.join(repo, 'catalogue.sqlite');
+
+  // a session's HAS answer and an uploaded pack, each one set; a chunk it does not hold is not leased
+  const { Catalogue } = await import('../src/repository/catalogue.js');
+  const stranger = Buffer.alloc(32, 0xab);
+  let cat = new Catalogue(file);
+  const half = Math.floor(ids.length / 2);
+  const bitmap = cat.vault.hasAndLease('s1', Buffer.concat([...ids.slice(0, half), stranger]), 32, Date.now() + 3_600_000);
+  for (let i = 0; i < half; i++) assert.ok(bitmap[i >> 3]! & (1 << (i & 7)), `chunk ${i} present`);
+  assert.equal(bitmap[half >> 3]! & (1 << (half & 7)), 0, 'a chunk not held is absent');
+  const rows = cat.db.prepare('SELECT session, length(ids) AS bytes FROM lease_sets').all() as Array<{ session: string; bytes: number }>;
+  assert.deepEqual(rows, [{ session: 's1', bytes: 32 * half }], 'one row for the answer, holding exactly the present chunks');
+  cat.close();
+
+  // the snapshot goes; the leased half stays through gc, the rest is freed
+  kuraOk(['prune', '--repo', repo, '--keep-last', '0']);
+  const gc1 = kuraJson<{ chunksRemoved: number }>(['gc', '--repo', repo]);
+  const leased = new Set(ids.slice(0, half).map((id) => id.toString('hex')));
+  assert.ok(gc1.chunksRemoved > 0);
+  const left = () => {
+    const db = new Database(file, { readonly: true });
+    try {
+      return new Set((db.prepare('SELECT id FROM chunk_rows').pluck().all() as Buffer[]).map((b) => b.toString('hex')));
+    } finally {
+      db.close();
+    }
+  };
+  assert.deepEqual([...left()].sort(), [...leased].sort(), 'gc freed every chunk but the leased ones');
+
+  // as a schema 5 catalogue held them: a row per chunk, two sessions, one lease already expired
+  const db = new Database(file);
+  const now = Date.now();
+  db.exec(`DROP TABLE lease_sets; CREATE TABLE leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
+    CREATE INDEX leases_by_chunk ON leases (chunk, expires); UPDATE meta SET value = '5' WHERE key = 'schema';`);
+  const put = db.prepare('INSERT INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
+  const live = ids.slice(0, half);
+  live.forEach((id, i) => put.run(i % 2 ? 's2' : 's3', id, now + 3_600_000));
+  db.close();
+  cat = new Catalogue(file);
+  assert.equal(cat.db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '6');
+  assert.equal(cat.db.prepare(`SELECT count(*) FROM sqlite_master WHERE name IN ('leases', 'leases_by_chunk')`).pluck().get(), 0, 'the old table is gone');
+  assert.deepEqual(cat.db.prepare('SELECT session FROM lease_sets ORDER BY session').pluck().all(), ['s2', 's3'], 'one set per session and expiry');
+  cat.db.exec('CREATE TEMP TABLE held (id BLOB PRIMARY KEY) WITHOUT ROWID');
+  assert.equal(cat.vault.copyLeased(now, 'temp.held'), new Set(live.map((id) => id.toString('hex'))).size, 'every migrated lease is live');
+  cat.db.exec('DELETE FROM temp.held');
+  assert.equal(cat.vault.copyLeased(now + 3_600_001, 'temp.held'), 0, 'and none after its expiry');
+  cat.close();
+  assert.equal(kuraJson<{ chunksRemoved: number }>(['gc', '--repo', repo]).chunksRemoved, 0, 'gc honours the migrated leases');
+
+  // a session that ends drops its sets; gc then frees what they held
+  cat = new Catalogue(file);
+  cat.vault.dropLeases('s2');
+  cat.vault.dropLeases('s3');
+  assert.equal(cat.db.prepare('SELECT count(*) FROM lease_sets').pluck().get(), 0);
+  cat.close();
+  assert.equal(kuraJson<{ chunksRemoved: number }>(['gc', '--repo', repo]).chunksRemoved, leased.size);
+  assert.equal(left().size, 0, 'no chunk row is left');
+});

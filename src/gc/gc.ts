@@ -100,13 +100,19 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   db.exec(`
     CREATE TEMP TABLE IF NOT EXISTS gc_mark (id BLOB PRIMARY KEY) WITHOUT ROWID;
     CREATE TEMP TABLE IF NOT EXISTS gc_dead (id BLOB PRIMARY KEY) WITHOUT ROWID;
-    DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;
+    CREATE TEMP TABLE IF NOT EXISTS gc_leased (id BLOB PRIMARY KEY) WITHOUT ROWID;
+    DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead; DELETE FROM temp.gc_leased;
   `);
+  /** the chunks leases live at `now` hold, into temp.gc_leased (afresh) */
+  const readLeases = (now: number) => {
+    db.exec('DELETE FROM temp.gc_leased');
+    cat.vault.copyLeased(now, 'temp.gc_leased');
+  };
   const insertMark = db.prepare('INSERT OR IGNORE INTO temp.gc_mark (id) VALUES (?)');
   // the bases of the deltas that are marked (or, in the sweep, leased), pack by pack
   const deltaPacks = db.prepare<[], { pack: number; bases: Buffer; deltas: Buffer }>('SELECT pack, bases, deltas FROM pack_bases');
   const markedOffsets = db.prepare<[number], number>('SELECT c.offset FROM chunk_rows c JOIN temp.gc_mark m ON m.id = c.id WHERE c.pack = ?').pluck();
-  const leasedOffsets = db.prepare<[number, number], number>('SELECT c.offset FROM chunk_rows c JOIN leases l ON l.chunk = c.id WHERE c.pack = ? AND l.expires > ?').pluck();
+  const leasedOffsets = db.prepare<[number], number>('SELECT c.offset FROM chunk_rows c JOIN temp.gc_leased l ON l.id = c.id WHERE c.pack = ?').pluck();
   const basesOf = (offsetsIn: (pack: number) => number[]): Buffer[] => {
     const out: Buffer[] = [];
     for (const row of deltaPacks.all()) {
@@ -175,13 +181,14 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
 
   // 2. candidates
   const now = Date.now();
-  db.prepare('DELETE FROM leases WHERE expires <= ?').run(now);
+  cat.vault.dropExpiredLeases(now);
   db.prepare('DELETE FROM pack_leases WHERE expires <= ?').run(now);
-  db.prepare(
+  readLeases(now);
+  db.exec(
     `INSERT INTO temp.gc_dead (id) SELECT c.id FROM chunks c
      WHERE NOT EXISTS (SELECT 1 FROM temp.gc_mark m WHERE m.id = c.id)
-       AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.chunk = c.id AND l.expires > ?)`,
-  ).run(now);
+       AND NOT EXISTS (SELECT 1 FROM temp.gc_leased l WHERE l.id = c.id)`,
+  );
   report.chunksStored = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM chunks').get()!.n;
 
   if (opts.dryRun) {
@@ -206,9 +213,10 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
           return;
         }
       }
-      const t = Date.now();
-      db.prepare('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT chunk FROM leases WHERE expires > ?)').run(t);
-      for (const b of basesOf((pack) => leasedOffsets.all(pack, t))) undead.run(b);
+      // the leases as they are now, inside the transaction that decides
+      readLeases(Date.now());
+      db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
+      for (const b of basesOf((pack) => leasedOffsets.all(pack))) undead.run(b);
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
@@ -219,7 +227,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   }
   report.snapshots = marked.size;
   report.chunksReferenced = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM temp.gc_mark').get()!.n;
-  db.exec('DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead;');
+  db.exec('DELETE FROM temp.gc_mark; DELETE FROM temp.gc_dead; DELETE FROM temp.gc_leased;');
 
   // 4. packs
   await rewritePending(repo, report, opts.packBytes ?? DEFAULT_PACK_BYTES);

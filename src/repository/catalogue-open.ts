@@ -5,9 +5,10 @@ import { BASES_SCHEMA, CHUNK_VIEW, CHUNKS_SCHEMA } from './catalogue-schema.js';
 /**
  * 4: each blob's digest (migrateDigests). 5: GC deletes packs in two phases (condemned_packs),
  * which every writer must honour: a kura of schema 4 refuses the catalogue rather than write a
- * pack that a GC is deleting.
+ * pack that a GC is deleting. 6: a vault session's leases are sets of chunks (lease_sets,
+ * migrateLeases), which a GC of schema 5 would not see: it refuses the catalogue.
  */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /**
  * The catalogue's tables, made or brought to SCHEMA_VERSION on open: each migration runs in one
@@ -22,9 +23,11 @@ export function prepareSchema(db: Database.Database, path: string): void {
       end_time TEXT NOT NULL, header TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS snapshots_by_source ON snapshots (source, end_time);
     CREATE TABLE IF NOT EXISTS received (snapshot TEXT PRIMARY KEY, at TEXT NOT NULL, seq INTEGER NOT NULL);
-    -- vault: chunks a live session was told are present or uploaded; GC must keep them
-    CREATE TABLE IF NOT EXISTS leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS leases_by_chunk ON leases (chunk, expires);
+    -- vault: chunks a live session was told are present or uploaded; GC must keep them. One row
+    -- per answer or pack, its chunk IDs side by side (a row per chunk cost a catch-up in 4 KiB
+    -- chunks a sixth of its time in B-tree writes)
+    CREATE TABLE IF NOT EXISTS lease_sets (n INTEGER PRIMARY KEY, session TEXT NOT NULL, expires INTEGER NOT NULL, ids BLOB NOT NULL);
+    CREATE INDEX IF NOT EXISTS lease_sets_by_session ON lease_sets (session);
     -- relay: one entry per snapshot per route, durable before the backup reports success
     CREATE TABLE IF NOT EXISTS queue (
       snapshot TEXT NOT NULL, route TEXT NOT NULL, source TEXT NOT NULL, end_time TEXT NOT NULL,
@@ -68,6 +71,7 @@ export function prepareSchema(db: Database.Database, path: string): void {
   }
   db.prepare(`INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
   migrateCondemned(db);
+  migrateLeases(db);
   // columns added after the first release of a table
   const cols = new Set(db.prepare<[], { name: string }>(`PRAGMA table_info(route_state)`).all().map((c) => c.name));
   if (!cols.has('paused')) db.exec('ALTER TABLE route_state ADD COLUMN paused INTEGER NOT NULL DEFAULT 0');
@@ -116,6 +120,32 @@ function migrateCondemned(db: Database.Database): void {
     .transaction(() => {
       db.exec('CREATE TABLE IF NOT EXISTS condemned_packs (pack TEXT PRIMARY KEY, since INTEGER NOT NULL, claimed INTEGER)');
       db.prepare(`UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?`).run(String(SCHEMA_VERSION), SCHEMA_VERSION);
+    })
+    .immediate();
+}
+
+/**
+ * Schema 6 keeps leases as sets (lease_sets): the rows of a schema-5 catalogue's leases table
+ * become one set per session and expiry, and the table goes, in one transaction. Live sessions
+ * of a vault of schema 5 cannot have run since: it refuses the catalogue once migrateCondemned
+ * raised the version.
+ */
+function migrateLeases(db: Database.Database): void {
+  const old = () => db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'`).get() !== undefined;
+  if (!old()) return;
+  db
+    .transaction(() => {
+      if (!old()) return;
+      const sets = new Map<string, { session: string; expires: number; ids: Buffer[] }>();
+      for (const r of db.prepare<[], { session: string; chunk: Buffer; expires: number }>('SELECT session, chunk, expires FROM leases').all()) {
+        const k = `${r.expires} ${r.session}`;
+        let set = sets.get(k);
+        if (!set) sets.set(k, (set = { session: r.session, expires: r.expires, ids: [] }));
+        set.ids.push(r.chunk);
+      }
+      const add = db.prepare('INSERT INTO lease_sets (session, expires, ids) VALUES (?, ?, ?)');
+      for (const s of sets.values()) add.run(s.session, s.expires, Buffer.concat(s.ids));
+      db.exec('DROP INDEX IF EXISTS leases_by_chunk; DROP TABLE leases;');
     })
     .immediate();
 }

@@ -44,16 +44,17 @@ export class VaultLedger {
   hasAndLease(session: string, ids: Buffer, idBytes: number, expires: number): Buffer {
     const n = ids.length / idBytes;
     const bitmap = Buffer.alloc(Math.ceil(n / 8));
-    const st = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
     this.db
       .transaction(() => {
+        const present: Buffer[] = [];
         for (let i = 0; i < n; i++) {
           const id = ids.subarray(i * idBytes, (i + 1) * idBytes);
           if (this.owner.hasChunk(id)) {
             bitmap[i >> 3]! |= 1 << (i & 7);
-            st.run(session, id, expires);
+            present.push(id);
           }
         }
+        this.lease(session, present, expires);
       })
       .immediate();
     return bitmap;
@@ -91,12 +92,15 @@ export class VaultLedger {
 
   /** Vault: record a written pack's chunks, lease them to the session, end the pack's lease; one transaction. */
   addSessionPack(session: string, pack: string, rows: ReadonlyArray<ChunkRow>, expires: number, bytes: number): void {
-    const lease = this.db.prepare('INSERT OR REPLACE INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
     const day = new Date().toISOString().slice(0, 10);
     this.db
       .transaction(() => {
         this.owner.insertRows(rows);
-        for (const r of rows) lease.run(session, r.id, expires);
+        this.lease(
+          session,
+          rows.map((r) => r.id),
+          expires,
+        );
         this.owner.bases.addRows(rows);
         this.db.prepare('DELETE FROM pack_leases WHERE pack = ?').run(pack);
         this.db
@@ -136,6 +140,30 @@ export class VaultLedger {
 
 
   dropLeases(session: string): void {
-    this.db.prepare('DELETE FROM leases WHERE session = ?').run(session);
+    this.db.prepare('DELETE FROM lease_sets WHERE session = ?').run(session);
+  }
+
+  /** Lease `ids` to the session until `expires` (ms): one set, written inside the caller's transaction. */
+  private lease(session: string, ids: readonly Buffer[], expires: number): void {
+    if (ids.length > 0) this.db.prepare('INSERT INTO lease_sets (session, expires, ids) VALUES (?, ?, ?)').run(session, expires, Buffer.concat(ids));
+  }
+
+  /**
+   * GC: every chunk a lease live at `now` holds, into `into` (a table with one column, id). Read
+   * inside the GC's sweep transaction, so a session's HAS (one write transaction) either came
+   * before and is seen here, or comes after and finds the chunks gone.
+   */
+  copyLeased(now: number, into: string): number {
+    const add = this.db.prepare(`INSERT OR IGNORE INTO ${into} (id) VALUES (?)`);
+    let n = 0;
+    for (const ids of this.db.prepare<[number], Buffer>('SELECT ids FROM lease_sets WHERE expires > ?').pluck().all(now)) {
+      for (let at = 0; at + 32 <= ids.length; at += 32) n += add.run(ids.subarray(at, at + 32)).changes;
+    }
+    return n;
+  }
+
+  /** GC: forget the leases that ended before `now`. */
+  dropExpiredLeases(now: number): void {
+    this.db.prepare('DELETE FROM lease_sets WHERE expires <= ?').run(now);
   }
 }
