@@ -1,15 +1,20 @@
 /**
  * bench/relay: relay → vault figures over loopback SSH, printed as JSON lines.
- *   npm run bench:relay [-- --mib 256 --runs 3]
+ *   npm run bench:relay [-- --mib 256 --runs 3 --dumps DIR --chunk-avg BYTES]
  * - unlimited: wire MB/s of a first full send (incompressible data, so the wire carries it all),
  *   over the whole `relay once` process and over the transfer alone (first WANT to COMMITTED);
  *   each of `runs` runs and their median, after one warm-up send to the (long-running) vault
  * - limited: the same with the route capped at 10 MB/s (share of the cap achieved)
  * - churned day: bytes that crossed the link (counted by a TCP proxy, SSH included) for a day's
  *   increment of a SQL-like dump, against the new bytes the backup stored
+ * - catch-up (with --dumps DIR: day1.sql, day2.sql, … as bench/daily --save-dumps leaves them):
+ *   every night of DIR backed up and queued while the line is down, then one `relay once`
+ *   ships them all in order, straight to the vault's port; its seconds, the nights' chunks
+ *   and the bytes on the wire. At --chunk-avg 4096 this is where the vault's per-chunk
+ *   bookkeeping (presence checks, leases, commit checks) shows.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -25,6 +30,8 @@ const arg = (name: string, def: number) => {
 };
 const sizeMiB = arg('mib', 256);
 const runs = arg('runs', 3);
+const dumps = process.argv.includes('--dumps') ? process.argv[process.argv.indexOf('--dumps') + 1]! : '';
+const chunkAvg = process.argv.includes('--chunk-avg') ? ['--chunk-avg', String(arg('chunk-avg', 0))] : [];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
 
@@ -119,6 +126,24 @@ try {
     const sent = JSON.parse((await run(['relay', 'once', '--json'], env)).out) as { bytesOnWire: number };
     const wire = link.bytesUp - before;
     emit({ case: `churned day (${mode === 'delta' ? 'changed chunks as deltas' : 'changed chunks whole, --no-delta'})`, chunks: b.chunks, newBytesStored: b.newBytes, protocolBytes: sent.bytesOnWire, bytesOnLink: wire, ratio: Number((wire / b.newBytes).toFixed(4)), target: 1.02 });
+  }
+  // 4. catch-up: the saved nights of --dumps, queued while the line was down, shipped by one relay
+  if (dumps) {
+    const env = await setup('catch-up', undefined, true);
+    const nights = readdirSync(dumps)
+      .filter((f) => /^day\d+\.sql$/.test(f))
+      .sort((a, b) => Number(a.slice(3, -4)) - Number(b.slice(3, -4)));
+    let chunks = 0;
+    let stored = 0;
+    for (const night of nights) {
+      const b = JSON.parse((await run(['backup', '--name', 'juki', '--file', path.join(dumps, night), '--route', 'peer-dc', '--json', ...chunkAvg], env)).out) as { chunks: number; newBytes: number };
+      chunks += b.chunks;
+      stored += b.newBytes;
+    }
+    spawnSync('sync'); // the backups' writes are not timed with the relay
+    const r = await run(['relay', 'once', '--json'], env);
+    const rep = JSON.parse(r.out) as { bytesOnWire: number; sendingSeconds: number };
+    emit({ case: 'catch-up (queued nights, one relay once)', nights: nights.length, chunkAvg: chunkAvg[1] ?? 'default', chunks, newBytesStored: stored, bytesOnWire: rep.bytesOnWire, seconds: Number(r.seconds.toFixed(2)), sendingSeconds: rep.sendingSeconds });
   }
   await link.close();
   await vault.stop();
