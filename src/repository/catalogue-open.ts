@@ -126,9 +126,10 @@ function migrateCondemned(db: Database.Database): void {
 
 /**
  * Schema 6 keeps leases as sets (lease_sets): the rows of a schema-5 catalogue's leases table
- * become one set per session and expiry, and the table goes, in one transaction. Live sessions
- * of a vault of schema 5 cannot have run since: it refuses the catalogue once migrateCondemned
- * raised the version.
+ * become one set per session and expiry, and the table goes, in one transaction. A kura of
+ * schema 5 opening the catalogue afterwards refuses it (migrateCondemned raised the version);
+ * one that had it open already finds no leases table, so its sessions fail (their relays retry)
+ * rather than hold leases a GC would not see.
  */
 function migrateLeases(db: Database.Database): void {
   const old = () => db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'`).get() !== undefined;
