@@ -5,6 +5,7 @@ import path from 'node:path';
 import { kura, kuraJson, kuraOk, tempDir } from './support/cli.js';
 import { collect, Prng, sqlDump } from './support/generate.js';
 import { parsePackIndex } from '../src/repository/pack.js';
+import { SCHEMA_VERSION } from '../src/repository/catalogue-open.js';
 
 interface BackupJson {
   id: string;
@@ -274,7 +275,7 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
   const db = new Database(file, { readonly: true });
   t.after(() => db.close());
   assert.deepEqual(want(db), before);
-  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '5');
+  assert.equal(db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), String(SCHEMA_VERSION));
   assert.equal(db.prepare(`SELECT type FROM sqlite_master WHERE name = 'chunks'`).pluck().get(), 'view');
   const again = backupBytes(repo, dir, data);
   assert.equal(again.newChunks, 0, 'every chunk found in the migrated catalogue');
@@ -288,7 +289,7 @@ test('a catalogue of schema 1 (pack name in every chunk row) is migrated on open
   assert.match(r.stderr, /E_REPO_FORMAT.*newer kura/);
 });
 
-test('a catalogue of schema 4 moves to schema 5 on open (GC\'s condemned packs), with or without the table, keeping what was condemned', async (t) => {
+test('a catalogue of schema 4 moves to the current schema on open (5 brought GC\'s condemned packs), with or without the table, keeping what was condemned', async (t) => {
   const { dir, repo } = newRepo(t);
   const data = await collect(sqlDump(22, 1 << 20));
   const first = backupBytes(repo, dir, data);
@@ -303,7 +304,7 @@ test('a catalogue of schema 4 moves to schema 5 on open (GC\'s condemned packs),
     db.close();
     assert.equal(kuraOk(['restore', '--repo', repo, first.id]).stdout.equals(data), true);
     const after = new Database(file, { readonly: true });
-    assert.equal(after.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), '5');
+    assert.equal(after.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get(), String(SCHEMA_VERSION));
     assert.deepEqual(after.prepare('SELECT pack FROM condemned_packs').pluck().all(), withTable ? [pending] : []);
     after.close();
   }

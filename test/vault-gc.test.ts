@@ -432,7 +432,7 @@ test('leases are sets of chunks: one row an answer or pack; gc keeps what a live
   };
   assert.deepEqual([...left()].sort(), [...leased].sort(), 'gc freed every chunk but the leased ones');
 
-  // as a schema 5 catalogue held them: a row per chunk, two sessions, one lease already expired
+  // as a schema 5 catalogue held them: a row per chunk, for two sessions
   const db = new Database(file);
   const now = Date.now();
   db.exec(`DROP TABLE lease_sets; CREATE TABLE leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
