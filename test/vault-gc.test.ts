@@ -415,12 +415,24 @@ test('leases are sets of chunks: one row an answer or pack; gc keeps what a live
   assert.equal(bitmap[half >> 3]! & (1 << (half & 7)), 0, 'a chunk not held is absent');
   const rows = cat.db.prepare('SELECT session, length(ids) AS bytes FROM lease_sets').all() as Array<{ session: string; bytes: number }>;
   assert.deepEqual(rows, [{ session: 's1', bytes: 32 * half }], 'one row for the answer, holding exactly the present chunks');
+  // a pack the session uploaded (here: rows of chunks of the next quarter, recorded again) is one set too
+  const uploaded = ids.slice(half, half + Math.max(1, Math.floor(ids.length / 4)));
+  const packRows = uploaded.map((id) => {
+    const [n, offset, storedSize, plainSize] = cat.chunkRow(id)!;
+    return { id, pack: cat.packNameOf(n)!, offset, storedSize, plainSize };
+  });
+  cat.vault.addSessionPack('s1', packRows[0]!.pack, packRows, Date.now() + 3_600_000, 0);
+  assert.deepEqual(
+    cat.db.prepare('SELECT length(ids) FROM lease_sets ORDER BY n').pluck().all(),
+    [32 * half, 32 * uploaded.length],
+    'the uploaded pack added one set of its chunks',
+  );
   cat.close();
 
   // the snapshot goes; the leased half stays through gc, the rest is freed
   kuraOk(['prune', '--repo', repo, '--keep-last', '0']);
   const gc1 = kuraJson<{ chunksRemoved: number }>(['gc', '--repo', repo]);
-  const leased = new Set(ids.slice(0, half).map((id) => id.toString('hex')));
+  const leased = new Set([...ids.slice(0, half), ...uploaded].map((id) => id.toString('hex')));
   assert.ok(gc1.chunksRemoved > 0);
   const left = () => {
     const db = new Database(file, { readonly: true });
@@ -438,7 +450,7 @@ test('leases are sets of chunks: one row an answer or pack; gc keeps what a live
   db.exec(`DROP TABLE lease_sets; CREATE TABLE leases (session TEXT NOT NULL, chunk BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (session, chunk)) WITHOUT ROWID;
     CREATE INDEX leases_by_chunk ON leases (chunk, expires); UPDATE meta SET value = '5' WHERE key = 'schema';`);
   const put = db.prepare('INSERT INTO leases (session, chunk, expires) VALUES (?, ?, ?)');
-  const live = ids.slice(0, half);
+  const live = [...leased].map((hex) => Buffer.from(hex, 'hex'));
   live.forEach((id, i) => put.run(i % 2 ? 's2' : 's3', id, now + 3_600_000));
   db.close();
   cat = new Catalogue(file);

@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import type { Catalogue, ChunkRow } from './catalogue.js';
 import type { SnapshotHeader } from './snapshot.js';
 
@@ -157,7 +158,7 @@ export class VaultLedger {
     const add = this.db.prepare(`INSERT OR IGNORE INTO ${into} (id) VALUES (?)`);
     let n = 0;
     for (const ids of this.db.prepare<[number], Buffer>('SELECT ids FROM lease_sets WHERE expires > ?').pluck().all(now)) {
-      for (let at = 0; at + 32 <= ids.length; at += 32) n += add.run(ids.subarray(at, at + 32)).changes;
+      for (let at = 0; at + CHUNK_ID_BYTES <= ids.length; at += CHUNK_ID_BYTES) n += add.run(ids.subarray(at, at + CHUNK_ID_BYTES)).changes;
     }
     return n;
   }
