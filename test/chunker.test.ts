@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chunkLengths, defaultChunkerParams, FastCdc, gearTable, validateChunkerParams } from '../src/chunker/fastcdc.js';
 import { chunkId } from '../src/crypto/blob.js';
-import { ChunkPipeline } from '../src/chunker/pipeline.js';
+import { ChunkPipeline, HELD_MAX } from '../src/chunker/pipeline.js';
 import { nativeAddon } from '../src/native.js';
 import { IdSet } from '../src/repository/idset.js';
 import { FileInput, ReadAhead } from '../src/archiver/input.js';
@@ -211,6 +211,69 @@ test('a failing input fails the pipeline run with its own error and stops the st
   );
   await p.close();
   assert.ok(closed, 'the input was closed');
+});
+
+test('a held segment keeps its chunks while the pipeline reads on; at most HELD_MAX are held, and released ones are read into again', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'kura-hold-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const MiB = 1 << 20;
+  const params = { minSize: 1024, avgSize: 4096, maxSize: 16384 };
+  const key = Buffer.alloc(32, 3);
+  const data = new Prng(11).bytes(40 * MiB + 777); // 21 segments
+  const want = reference(data, params, key);
+  const file = path.join(dir, 'in');
+  writeFileSync(file, data);
+  for (const native of nativeAddon() ? [true, false] : [false]) {
+    const p = new ChunkPipeline();
+    try {
+      p.start(params, SEED, key, { native });
+      // every other segment is held till the end (as batches waiting to be sealed hold them), the
+      // rest for one segment more; each held chunk is checked against its ID when released
+      const got: Array<[number, string]> = [];
+      const held: Array<{ views: Buffer[]; ids: string[]; release: () => void }> = [];
+      let refused = 0;
+      let segments = 0;
+      const check = (h: (typeof held)[number], what: string) => h.views.forEach((v, i) => assert.equal(chunkId(key, v).toString('hex'), h.ids[i], `${what}: a held chunk was overwritten`));
+      let short: (typeof held)[number] | null = null;
+      await p.run(new FileInput(file), (s) => {
+        const views: Buffer[] = [];
+        const ids: string[] = [];
+        for (let i = 0; i < s.cuts.length / 2; i++) {
+          got.push([s.cuts[2 * i + 1]!, s.ids.subarray(32 * i, 32 * i + 32).toString('hex')]);
+          views.push(s.data.subarray(s.cuts[2 * i]!, s.cuts[2 * i]! + s.cuts[2 * i + 1]!));
+          ids.push(s.ids.subarray(32 * i, 32 * i + 32).toString('hex'));
+        }
+        if (short) {
+          check(short, `segment ${segments - 1}`);
+          short.release();
+          short = null;
+        }
+        const release = s.hold();
+        if (!release) refused++;
+        else if (segments % 2 === 0) held.push({ views, ids, release });
+        else short = { views, ids, release };
+        segments++;
+      });
+      assert.deepEqual(got, want, 'the same chunks and IDs with segments held');
+      assert.equal(held.length, HELD_MAX, 'every other segment held till the end, as many as HELD_MAX allows');
+      assert.ok(refused > 0, 'holds beyond HELD_MAX are refused (the caller copies instead)');
+      for (const h of held) {
+        check(h, 'at the end');
+        h.release();
+        h.release(); // a second release changes nothing
+      }
+      (short as { release: () => void } | null)?.release();
+      // released, they serve the next run (no more holds outstanding)
+      const again = await p.run(new FileInput(file), (s) => {
+        const r = s.hold();
+        assert.ok(r, 'a hold is granted once the earlier ones are released');
+        r!();
+      });
+      assert.equal(again, undefined);
+    } finally {
+      await p.close();
+    }
+  }
 });
 
 test('IdSet: every listed chunk ID is found, others are not, duplicates are counted once', () => {

@@ -59,6 +59,13 @@ export interface BackupResult {
 }
 
 const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 and 1 MiB measured slower
+/**
+ * A segment whose new chunks make at least this share of its bytes is held for the seal workers
+ * to read them where they are; fewer are copied into the batch's buffer (a night's scattered
+ * changes would otherwise hold a segment per chunk or two).
+ */
+const HOLD_SHARE = 0.5;
+const NO_BUFFER = new SharedArrayBuffer(0);
 /** At most this many bytes of packs are uploading at once (4 PUTs in flight measured 191 MB/s on Ceph RGW against 105 MB/s for one). */
 const UPLOAD_BYTES = 64 << 20;
 
@@ -75,12 +82,28 @@ interface Sealed {
   baseIds: Uint8Array | null;
 }
 
+/**
+ * New chunks for one seal request (one pack). A chunk lies in the batch's own buffer (copied
+ * there: a few new chunks of a segment) or is left in its segment, which the batch holds till
+ * the answer (most of a segment new: a first backup, a heavy night).
+ */
 interface Batch {
-  data: Buffer;
+  /** the copied chunks, side by side (allocated at the first) */
+  data: Buffer | null;
+  copied: number;
   /** input bytes at which the batch is full */
   limit: number;
+  /** input bytes in the batch; chunk i has offsets[i+1] - offsets[i] of them */
   used: number;
   offsets: number[];
+  /** chunk i is in segments[src[i] - 1] from at[i] when src[i] > 0, else in data from at[i] */
+  src: number[];
+  at: number[];
+  segments: SharedArrayBuffer[];
+  /** the segment held for the last chunks taken from one, and its number in `segments` */
+  lastSegment: Segment | null;
+  /** each segment's hold, released once the batch is answered */
+  releases: Array<() => void>;
   ids: Buffer[];
   keys: string[];
   /** per chunk, the chunks of the previous generation it may be stored as a delta of (their places in it) */
@@ -225,7 +248,31 @@ async function runBackup(
   // batch buffers are shared with the workers and reused once answered: 16 MiB ArrayBuffers
   // transferred to and fro cost the main thread a full GC every few batches (external memory)
   const freeBuffers: ArrayBufferLike[] = [];
-  const newBatch = (): Batch => ({ data: Buffer.from(freeBuffers.pop() ?? new SharedArrayBuffer(batchCapacity)), limit: sizer ? sizer.next() : BATCH_BYTES, used: 0, offsets: [0], ids: [], keys: [], bases: [] });
+  const newBatch = (): Batch => ({ data: null, copied: 0, limit: sizer ? sizer.next() : BATCH_BYTES, used: 0, offsets: [0], src: [], at: [], segments: [], lastSegment: null, releases: [], ids: [], keys: [], bases: [] });
+  /** Where a new chunk goes: left in its held segment (`seg`), else copied into the batch's buffer. */
+  const place = (b: Batch, chunk: Buffer, seg: Segment | null) => {
+    if (seg && b.lastSegment !== seg) {
+      const release = seg.hold();
+      if (release) {
+        b.releases.push(release);
+        b.segments.push(seg.data.buffer as SharedArrayBuffer);
+        b.lastSegment = seg;
+      }
+    }
+    if (seg && b.lastSegment === seg) {
+      b.src.push(b.segments.length);
+      b.at.push(chunk.byteOffset);
+      return;
+    }
+    b.data ??= Buffer.from(freeBuffers.pop() ?? new SharedArrayBuffer(batchCapacity));
+    chunk.copy(b.data, b.copied);
+    b.src.push(0);
+    b.at.push(b.copied);
+    b.copied += chunk.length;
+  };
+  const releaseSegments = (b: Batch) => {
+    for (const r of b.releases.splice(0)) r();
+  };
   let batch = newBatch();
   const ready: Batch[] = [];
 
@@ -233,8 +280,8 @@ async function runBackup(
   // deltas stored before may name them as their base
   const quarantined = new Set([...catalogue.quarantine.chunkIds()].map((hex) => Buffer.from(hex, 'hex').toString('base64')));
 
-  /** A chunk that is not in the previous generation: stored unless the catalogue has it. */
-  const onNewChunk = (chunk: Buffer, id: Buffer, at: number, endPrint: number) => {
+  /** A chunk that is not in the previous generation: stored unless the catalogue has it (then false). */
+  const onNewChunk = (chunk: Buffer, id: Buffer, at: number, endPrint: number, seg: Segment | null): boolean => {
     // its bases: the old chunks up to the one that ended the same way, else those at its estimated place
     let candidates: number[] = [];
     const match = ends ? ends.find(endPrint, anchorOld) : -1;
@@ -244,9 +291,9 @@ async function runBackup(
       anchorBytes = at + chunk.length;
     } else if (chooser) candidates = chooser.choose(anchorOld, at - anchorBytes);
     const key = id.toString('base64');
-    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return;
+    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return false;
     inFlightKeys.add(key);
-    chunk.copy(batch.data, batch.used);
+    place(batch, chunk, seg);
     batch.used += chunk.length;
     batch.offsets.push(batch.used);
     batch.ids.push(id);
@@ -256,6 +303,7 @@ async function runBackup(
       ready.push(batch);
       batch = newBatch();
     }
+    return true;
   };
 
   const onSegment = (seg: Segment) => {
@@ -272,18 +320,27 @@ async function runBackup(
     endPrints.append(Buffer.from(prints.buffer));
     chunkCount += n;
     const words = seg.ids.byteOffset % 4 === 0 ? new Int32Array(seg.ids.buffer, seg.ids.byteOffset, seg.ids.length / 4) : null;
+    const knownAt = (i: number) => (words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES));
+    // mostly new (a first backup, a heavy night): the seal workers read the new chunks where they are
+    let all = 0;
+    let fresh = 0;
+    for (let i = 0; i < n; i++) {
+      all += cuts[2 * i + 1]!;
+      if (known.length === 0 || knownAt(i) < 0) fresh += cuts[2 * i + 1]!;
+    }
+    const holdable = fresh > 0 && fresh >= HOLD_SHARE * all ? seg : null;
     for (let i = 0; i < n; i++) {
       const at = logicalBytes;
       logicalBytes += cuts[2 * i + 1]!;
       // most chunks are last night's: one probe of the in-memory set, nothing allocated
-      const old = words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
+      const old = knownAt(i);
       if (old >= 0 && (unusable.size === 0 || !unusable.has(seg.ids.toString('base64', i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)))) {
         anchorBytes = logicalBytes;
         anchorOld = old + 1;
         continue;
       }
       const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
-      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at, prints[i]!);
+      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at, prints[i]!, holdable);
     }
     opts.progress?.(logicalBytes, newBytes);
   };
@@ -341,11 +398,13 @@ async function runBackup(
     let res: SealResponse;
     try {
       if (room) await readBases(store, bases!, room);
-      res = await pool.seal(level, b.data.buffer, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases);
+      const elsewhere = b.segments.length > 0 ? { buffers: b.segments, src: Uint8Array.from(b.src), at: Uint32Array.from(b.at) } : null;
+      res = await pool.seal(level, b.data?.buffer ?? NO_BUFFER, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
     } finally {
       if (room) rooms.give(room);
+      releaseSegments(b);
     }
-    freeBuffers.push(res.data);
+    if (res.data.byteLength > 0) freeBuffers.push(res.data);
     const packBytes = res.blobOffsets[b.ids.length]!;
     sizer?.seen(b.used, packBytes);
     newBytes += packBytes + b.ids.length * PACK_ENTRY;

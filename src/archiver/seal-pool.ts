@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../sea/worker.js';
 import { KuraError } from '../errors.js';
-import type { SealBases, SealRequest, SealResponse } from './seal-worker.js';
+import type { ChunkPlaces, SealBases, SealRequest, SealResponse } from './seal-worker.js';
 
 const transferable = (b: ArrayBufferLike): ArrayBuffer[] => (b instanceof ArrayBuffer ? [b] : []);
 
@@ -89,9 +89,13 @@ export class SealPool {
     return this.workers.length * REQUESTS_PER_WORKER;
   }
 
-  /** `data`: a SharedArrayBuffer (not copied; the caller leaves it alone until the answer) or an ArrayBuffer (transferred). */
-  seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null): Promise<SealResponse> {
-    const req: SealRequest = { seq: this.seq++, level, data, offsets, ids, bases, out: null };
+  /**
+   * `data`: a SharedArrayBuffer (not copied; the caller leaves it alone until the answer) or an
+   * ArrayBuffer (transferred); `elsewhere`: chunks that lie in other shared buffers, left alone
+   * till the answer as well.
+   */
+  seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null, elsewhere: ChunkPlaces | null = null): Promise<SealResponse> {
+    const req: SealRequest = { seq: this.seq++, level, data, offsets, elsewhere, ids, bases, out: null };
     return new Promise((resolve, reject) => {
       this.waiting.push({ req, resolve, reject });
       this.pump();

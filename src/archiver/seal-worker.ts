@@ -18,13 +18,25 @@ export interface SealRequest {
   level: number;
   /** shared (the caller's batch buffer, reused once this request is answered) or transferred */
   data: ArrayBufferLike;
-  /** chunk i is data[offsets[i] .. offsets[i+1]) */
+  /** chunk i is data[offsets[i] .. offsets[i+1]), unless `elsewhere` says where it lies */
   offsets: Uint32Array;
+  /** chunks left where they were read (segments of the chunking pipeline, held by the caller till the answer) */
+  elsewhere?: ChunkPlaces | null;
   ids: ArrayBuffer;
   /** base chunks for deltas against the previous generation, or null */
   bases: SealBases | null;
   /** a shared buffer to build the pack in, when it is handed back (an earlier response's, returned) */
   out: SharedArrayBuffer | null;
+}
+
+/**
+ * Where a batch's chunks lie when not all in its own buffer: chunk i is buffers[src[i] - 1][at[i]
+ * ..] when src[i] > 0, else data[at[i] ..]; offsets[i+1] - offsets[i] bytes either way.
+ */
+export interface ChunkPlaces {
+  buffers: SharedArrayBuffer[];
+  src: Uint8Array;
+  at: Uint32Array;
 }
 
 /**
@@ -192,6 +204,85 @@ function baseSets(refs: number[]): number[][] {
   return [refs];
 }
 
+/** The plaintexts of a request's chunks, wherever they lie. */
+class BatchChunks {
+  private readonly sources: Buffer[];
+  private readonly src: Uint8Array | null;
+  private readonly at: Uint32Array;
+
+  constructor(req: SealRequest) {
+    const places = req.elsewhere ?? null;
+    this.sources = [Buffer.from(req.data), ...(places?.buffers ?? []).map((b) => Buffer.from(b))];
+    this.src = places?.src ?? null;
+    this.at = places?.at ?? req.offsets;
+    this.offsets = req.offsets;
+  }
+
+  private readonly offsets: Uint32Array;
+
+  length(i: number): number {
+    return this.offsets[i + 1]! - this.offsets[i]!;
+  }
+
+  source(i: number): Buffer {
+    return this.sources[this.src ? this.src[i]! : 0]!;
+  }
+
+  plain(i: number): Buffer {
+    return this.source(i).subarray(this.at[i]!, this.at[i]! + this.length(i));
+  }
+
+  /** Whether chunk j follows chunk i in the same buffer, byte for byte. */
+  follows(i: number, j: number): boolean {
+    return (this.src ? this.src[i] === this.src[j] : true) && this.at[j] === this.at[i]! + this.length(i);
+  }
+}
+
+/**
+ * The whole chunks `idx` (in order) sealed by the addon, one call for each run of the batch's
+ * chunks that lie side by side in one buffer: the batch's own (copied) chunks are one run, and a
+ * batch taken straight from the pipeline's segments has one or a few a segment. blobs[k] is chunk
+ * idx[k]'s blob, undefined if the addon could not seal it.
+ */
+async function sealWholeRuns(w: WholeSealer, dataKey: Buffer, level: number, chunks: BatchChunks, n: number, ids: Buffer, idx: Uint32Array): Promise<{ blobs: Array<Buffer | undefined>; release: () => void }> {
+  const runs: Array<[number, number]> = []; // chunk indexes [from, to)
+  for (let i = 0; i < n; i++) {
+    const last = runs.at(-1);
+    if (last && chunks.follows(i - 1, i)) last[1] = i + 1;
+    else runs.push([i, i + 1]);
+  }
+  const calls: Array<{ ks: number[]; sealed: ReturnType<WholeSealer['seal']> }> = [];
+  let k = 0;
+  for (const [from, to] of runs) {
+    const ks: number[] = [];
+    const at: number[] = [];
+    for (; k < idx.length && idx[k]! < to; k++) {
+      ks.push(k);
+      at.push(idx[k]! - from);
+    }
+    if (ks.length === 0) continue;
+    const offsets = new Uint32Array(to - from + 1);
+    offsets[0] = chunks.plain(from).byteOffset;
+    for (let i = from; i < to; i++) offsets[i - from + 1] = offsets[i - from]! + chunks.length(i);
+    calls.push({ ks, sealed: w.seal(dataKey, level, chunks.source(from), offsets, ids.subarray(from * CHUNK_ID_BYTES, to * CHUNK_ID_BYTES), Uint32Array.from(at)) });
+  }
+  const settled = await Promise.allSettled(calls.map((c) => c.sealed));
+  const releases: Array<() => void> = [];
+  for (const r of settled) if (r.status === 'fulfilled') releases.push(r.value.release);
+  const release = () => releases.forEach((r) => r());
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) {
+    release();
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  const blobs: Array<Buffer | undefined> = new Array(idx.length);
+  settled.forEach((r, c) => {
+    const sealed = (r as PromiseFulfilledResult<{ blobs: Array<Buffer | undefined> }>).value.blobs;
+    calls[c]!.ks.forEach((k, j) => (blobs[k] = sealed[j]));
+  });
+  return { blobs, release };
+}
+
 // up to two requests at once (SealPool): they interleave only where one awaits the addon's sealing
 // of its whole chunks (its deltas are made by then), and each has its own buffers
 parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
@@ -202,12 +293,12 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
   }
   const req = msg;
   const n = req.offsets.length - 1;
-  let sealing: ReturnType<WholeSealer['seal']> | null = null;
+  let sealing: ReturnType<typeof sealWholeRuns> | null = null;
   let release = () => {};
   try {
     let sealer = sealers.get(req.level);
     if (!sealer) sealers.set(req.level, (sealer = new BlobSealer(keys!.dataKey, req.level)));
-    const data = Buffer.from(req.data);
+    const chunks = new BatchChunks(req);
     const ids = Buffer.from(req.ids);
     const blobs: Buffer[] = new Array(n);
     const idList: Buffer[] = new Array(n);
@@ -219,11 +310,11 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
     const hasBases = (i: number) => b !== null && b.start[i + 1]! > b.start[i]!;
     // chunks with no bases to try go to the addon's threads while this one makes the deltas
     const wholeIdx = whole ? Uint32Array.from({ length: n }, (_, i) => i).filter((i) => !hasBases(i)) : new Uint32Array(0);
-    sealing = wholeIdx.length > 0 ? whole!.seal(keys!.dataKey, req.level, data, req.offsets, ids, wholeIdx) : null;
+    sealing = wholeIdx.length > 0 ? sealWholeRuns(whole!, keys!.dataKey, req.level, chunks, n, ids, wholeIdx) : null;
     for (let i = 0; i < n; i++) {
       idList[i] = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-      const plain = data.subarray(req.offsets[i]!, req.offsets[i + 1]!);
       if (sealing && !hasBases(i)) continue;
+      const plain = chunks.plain(i);
       if (b && opener && hasBases(i)) {
         // the bases that could be opened, in order; the chunk's row records exactly these
         const refs = [...b.refs.subarray(b.start[i]!, b.start[i + 1]!)].filter((r) => opener.base(r) !== undefined);
@@ -247,7 +338,7 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
     if (sealing) {
       const sealed = await sealing;
       release = sealed.release;
-      wholeIdx.forEach((i, k) => (blobs[i] = sealed.blobs[k] ?? sealer.seal(data.subarray(req.offsets[i]!, req.offsets[i + 1]!), idList[i]!)));
+      wholeIdx.forEach((i, k) => (blobs[i] = sealed.blobs[k] ?? sealer.seal(chunks.plain(i), idList[i]!)));
     }
     // a pack handed back is built in a shared buffer: no copy when it is posted, and none of the
     // external memory churn that costs the receiving thread a full GC every few transferred packs

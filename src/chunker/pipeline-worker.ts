@@ -42,6 +42,12 @@ parentPort!.on('message', (m: PipelineMessage) => {
     } else cdc = new FastCdc(i.params, i.seed);
     return;
   }
+  if ('add' in m) {
+    // a segment more: the others are held by batches being sealed
+    data.push(Buffer.from(m.add.data));
+    ids.push(Buffer.from(m.add.ids));
+    return;
+  }
   received++;
   try {
     const seg = data[m.seg]!;

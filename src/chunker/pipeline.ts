@@ -23,7 +23,7 @@ export interface PipelineInit {
   native: boolean;
 }
 
-export type PipelineMessage = { init: PipelineInit } | { seg: number; len: number; finish: boolean };
+export type PipelineMessage = { init: PipelineInit } | { add: { data: SharedArrayBuffer; ids: SharedArrayBuffer } } | { seg: number; len: number; finish: boolean };
 
 export interface PipelineReply {
   seg: number;
@@ -34,13 +34,19 @@ export interface PipelineReply {
   error?: string;
 }
 
-/** One segment's chunks, valid during the onSegment call only. */
+/** One segment's chunks, valid during the onSegment call only, unless it is held. */
 export interface Segment {
-  /** the segment's buffer: chunk i is data[cuts[2i] .. cuts[2i] + cuts[2i+1]) */
+  /** the segment's buffer (a view of its whole SharedArrayBuffer): chunk i is data[cuts[2i] .. cuts[2i] + cuts[2i+1]) */
   data: Buffer;
   cuts: Uint32Array;
   /** chunk i's ID is ids[32i .. 32i + 32) */
   ids: Buffer;
+  /**
+   * Keeps `data` as it is after the onSegment call, until the function returned is called (once
+   * per hold); the pipeline reads on into other segments meanwhile. Null when HELD_MAX segments
+   * are held already: the caller copies what it keeps instead.
+   */
+  hold(): (() => void) | null;
 }
 
 // input bytes per segment. Three segments of 2 MiB (each with its carry area) instead of 4 took 5-7
@@ -49,6 +55,12 @@ export interface Segment {
 // 1.04-1.10 s in the quiet runs).
 const SEGMENT = 2 << 20;
 const SEGMENTS = 3; // one being read, one being cut, one being hashed
+/**
+ * Segments held at most (Segment.hold) besides: a first backup's new chunks go to the seal workers
+ * straight from the segments they were read into, not copied into batch buffers. Four batches of
+ * 4 MiB in flight span about eight.
+ */
+export const HELD_MAX = 8;
 
 /**
  * Content-defined chunks and their keyed BLAKE3 IDs, on two threads. The input goes into shared
@@ -66,6 +78,14 @@ export class ChunkPipeline {
   private readonly worker: Worker;
   private readonly views: Buffer[] = [];
   private readonly idViews: Buffer[] = [];
+  /** per segment: holds not yet released, and whether the pipeline is done with it (then it is free once they are) */
+  private holds: number[] = [];
+  private handedOn: boolean[] = [];
+  private free: number[] = [];
+  private held = 0;
+  private maxChunks = 0;
+  /** start()s so far: a hold of an earlier run is released into nothing */
+  private generation = 0;
   private hasher: Blake3Hasher | null = null;
   private idKey = Buffer.alloc(0);
   private readonly posted = new Int32Array(new SharedArrayBuffer(4));
@@ -97,17 +117,59 @@ export class ChunkPipeline {
     this.idKey = Buffer.from(idKey);
     this.native = (opts.native ?? true) && nativeAddon() !== null;
     this.dataAt = params.maxSize;
-    const maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2;
+    const maxChunks = (this.maxChunks = Math.ceil((SEGMENT + params.maxSize) / params.minSize) + 2);
+    this.views.length = this.idViews.length = this.holds.length = this.handedOn.length = 0;
+    this.free = [];
+    this.held = 0;
+    this.generation++;
     const data: SharedArrayBuffer[] = [];
     const ids: SharedArrayBuffer[] = [];
     for (let i = 0; i < SEGMENTS; i++) {
-      data.push(new SharedArrayBuffer(this.dataAt + SEGMENT));
-      this.views.push(Buffer.from(data[i]!));
-      ids.push(new SharedArrayBuffer(maxChunks * 32));
-      this.idViews.push(Buffer.from(ids[i]!));
+      const s = this.newSegment();
+      data.push(s.data);
+      ids.push(s.ids);
     }
     const init: PipelineInit = { params, seed: new Uint8Array(seed), data, ids, idKey: new Uint8Array(idKey), posted: this.posted.buffer as SharedArrayBuffer, dataAt: this.dataAt, maxChunks, native: this.native };
     this.worker.postMessage({ init } satisfies PipelineMessage);
+  }
+
+  private newSegment(): { data: SharedArrayBuffer; ids: SharedArrayBuffer } {
+    const data = new SharedArrayBuffer(this.dataAt + SEGMENT);
+    const ids = new SharedArrayBuffer(this.maxChunks * 32);
+    this.free.push(this.views.length);
+    this.views.push(Buffer.from(data));
+    this.idViews.push(Buffer.from(ids));
+    this.holds.push(0);
+    this.handedOn.push(false);
+    return { data, ids };
+  }
+
+  /** A segment to read into: a free one, else a new one (the others are held). */
+  private takeFree(): number {
+    if (this.free.length === 0) this.worker.postMessage({ add: this.newSegment() } satisfies PipelineMessage);
+    const seg = this.free.shift()!;
+    this.handedOn[seg] = false;
+    return seg;
+  }
+
+  /** The pipeline is done with `seg`: it is free now, or when its last hold is released. */
+  private handOn(seg: number): void {
+    this.handedOn[seg] = true;
+    if (this.holds[seg] === 0) this.free.push(seg);
+  }
+
+  private hold(seg: number): (() => void) | null {
+    if (this.held >= HELD_MAX) return null;
+    if (this.holds[seg]!++ === 0) this.held++;
+    const generation = this.generation;
+    let released = false;
+    return () => {
+      if (released || generation !== this.generation) return;
+      released = true;
+      if (--this.holds[seg]! > 0) return;
+      this.held--;
+      if (this.handedOn[seg]) this.free.push(seg);
+    };
   }
 
   private post(seg: number, len: number, finish: boolean): Promise<PipelineReply> {
@@ -140,18 +202,17 @@ export class ChunkPipeline {
   async run(input: AsyncIterable<Uint8Array> | Fillable, onSegment: (s: Segment) => void | Promise<void>): Promise<void> {
     if (!this.hasher) throw new Error('ChunkPipeline.start() first');
     const src = 'fill' in input ? input : copier(input);
-    const free = this.views.map((_, i) => i);
     const pending: Array<Promise<PipelineReply>> = [];
     const consumeOldest = async () => {
       const r = await pending.shift()!;
       const view = this.views[r.seg]!;
       const ids = this.idViews[r.seg]!.subarray(0, (r.cuts.length / 2) * 32);
       if (!r.hashed) this.hash(view, r.cuts, ids);
-      await onSegment({ data: view, cuts: r.cuts, ids });
-      free.push(r.seg);
+      await onSegment({ data: view, cuts: r.cuts, ids, hold: () => this.hold(r.seg) });
+      this.handOn(r.seg);
     };
     // one segment is read while the worker cuts the one before and this thread hashes the oldest
-    let cur = free.shift()!;
+    let cur = this.takeFree();
     const at = this.dataAt;
     let reading = src.fill(this.views[cur]!.subarray(at, at + SEGMENT));
     try {
@@ -162,8 +223,8 @@ export class ChunkPipeline {
         const end = len < SEGMENT;
         pending.push(this.post(cur, len, end));
         if (end) break;
-        if (free.length === 0) await consumeOldest();
-        cur = free.shift()!;
+        if (this.free.length === 0) await consumeOldest();
+        cur = this.takeFree();
         reading = src.fill(this.views[cur]!.subarray(at, at + SEGMENT));
       }
       while (pending.length > 0) await consumeOldest();
