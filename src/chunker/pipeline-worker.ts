@@ -7,8 +7,9 @@ import type { PipelineInit, PipelineMessage, PipelineReply } from './pipeline.js
  * The chunking thread of ChunkPipeline (pipeline.ts): finds the chunk boundaries of each segment
  * while the main thread hashes and deduplicates the segment before; with the native addon it
  * hashes a segment too when no other one waits to be cut. The unfinished chunk
- * of the segment before is copied into the carry area just in front of this segment's data, so
- * every chunk starts at a boundary and lies whole inside one segment. Boundaries come from the
+ * of the segment before is copied from there into the carry area just in front of this segment's
+ * data, so every chunk starts at a boundary and lies whole inside one segment (the main thread
+ * does not reuse a segment before the reply for the next one says its tail was copied). Boundaries come from the
  * native addon when it is built, else from FastCdc (the same cuts).
  */
 let init: PipelineInit | null = null;
@@ -17,8 +18,8 @@ let cdc: FastCdc | null = null;
 let gear: Int32Array = new Int32Array(256);
 let masks = { maskS: 0, maskL: 0 };
 let cuts = new Uint32Array(0);
-let carry = Buffer.alloc(0);
-let carryLen = 0;
+/** the unfinished chunk: data[tail.seg][tail.from .. tail.to), copied in front of the next segment */
+let tail: { seg: number; from: number; to: number } | null = null;
 let data: Buffer[] = [];
 let ids: Buffer[] = [];
 let idKey: Buffer = Buffer.alloc(0);
@@ -33,7 +34,7 @@ parentPort!.on('message', (m: PipelineMessage) => {
     idKey = Buffer.from(i.idKey);
     posted = new Int32Array(i.posted);
     cuts = new Uint32Array(2 * i.maxChunks);
-    carry = Buffer.allocUnsafe(i.params.maxSize);
+    tail = null;
     native = i.native ? nativeAddon() : null;
     if (i.native && !native) throw new Error('the native addon did not load in the chunking thread');
     if (native) {
@@ -52,14 +53,16 @@ parentPort!.on('message', (m: PipelineMessage) => {
   try {
     const seg = data[m.seg]!;
     const at = init!.dataAt;
-    carry.copy(seg, at - carryLen, 0, carryLen);
+    const carryLen = tail ? tail.to - tail.from : 0;
+    if (tail) data[tail.seg]!.copy(seg, at - carryLen, tail.from, tail.to);
+    tail = null;
     const start = at - carryLen;
     const end = at + m.len;
     const n = native ? cutNative(seg, start, end, m.finish) : cutTs(seg, start, end, m.finish);
     const done = n > 0 ? cuts[2 * n - 2]! + cuts[2 * n - 1]! : start;
-    carryLen = end - done; // shorter than maxSize: a chunk is cut whenever that much is there
-    if (carryLen > carry.length || (m.finish && carryLen > 0)) throw new Error(`chunking left ${carryLen} bytes uncut`);
-    seg.copy(carry, 0, done, end);
+    // shorter than maxSize: a chunk is cut whenever that much is there
+    if (end - done > init!.params.maxSize || (m.finish && end > done)) throw new Error(`chunking left ${end - done} bytes uncut`);
+    if (end > done) tail = { seg: m.seg, from: done, to: end };
     // hash it here when no other segment waits to be cut: the main thread is the slower one then
     const hashed = native !== null && Atomics.load(posted, 0) === received;
     if (hashed) native!.hashChunks(seg, cuts, n, idKey, ids[m.seg]!);

@@ -54,7 +54,7 @@ export interface Segment {
 // 179-182 (four runs each), a first backup of it 132-133 MiB against 137-139 (1.04-1.06 s against
 // 1.04-1.10 s in the quiet runs).
 const SEGMENT = 2 << 20;
-const SEGMENTS = 3; // one being read, one being cut, one being hashed
+const SEGMENTS = 4; // one being read, one being cut, one being hashed, one whose tail the next one takes
 /**
  * Segments held at most (Segment.hold) besides: a first backup's new chunks go to the seal workers
  * straight from the segments they were read into, not copied into batch buffers. Four batches of
@@ -203,13 +203,18 @@ export class ChunkPipeline {
     if (!this.hasher) throw new Error('ChunkPipeline.start() first');
     const src = 'fill' in input ? input : copier(input);
     const pending: Array<Promise<PipelineReply>> = [];
+    // the segment handed on last: its tail is copied by the worker when it cuts the next one, so
+    // it is reused only once the next one's reply came
+    let last = -1;
     const consumeOldest = async () => {
       const r = await pending.shift()!;
+      if (last >= 0) this.handOn(last);
+      last = -1;
       const view = this.views[r.seg]!;
       const ids = this.idViews[r.seg]!.subarray(0, (r.cuts.length / 2) * 32);
       if (!r.hashed) this.hash(view, r.cuts, ids);
       await onSegment({ data: view, cuts: r.cuts, ids, hold: () => this.hold(r.seg) });
-      this.handOn(r.seg);
+      last = r.seg;
     };
     // one segment is read while the worker cuts the one before and this thread hashes the oldest
     let cur = this.takeFree();
@@ -228,6 +233,7 @@ export class ChunkPipeline {
         reading = src.fill(this.views[cur]!.subarray(at, at + SEGMENT));
       }
       while (pending.length > 0) await consumeOldest();
+      if (last >= 0) this.handOn(last);
     } finally {
       await reading.catch(() => 0);
       await src.close?.();
