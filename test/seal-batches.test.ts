@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { kuraOk, tempDir } from './support/cli.js';
-import { collect, sqlDump } from './support/generate.js';
+import { collect, Prng, sqlDump } from './support/generate.js';
+import { chunkId, openBlob } from '../src/crypto/blob.js';
+import { packName } from '../src/store/backend.js';
 import { Repository } from '../src/repository/repository.js';
 import { backup, SealPool } from '../src/archiver/backup.js';
 import { FileInput } from '../src/archiver/input.js';
@@ -107,4 +109,69 @@ test('new chunks left in their segments and copied ones are stored alike: a firs
     assert.ok(readFileSync(out).equals(data), `night ${night + 1} restores byte for byte`);
   }
   kuraOk(['check', '--repo', repo, '--read-data'], { env: { KURA_PASSPHRASE: 'correct horse' } });
+});
+
+/**
+ * The seal worker takes each chunk from where the batch says it lies: the batch's own buffer, or
+ * one of several segments, with gaps between them (chunks the catalogue had), interleaved, and
+ * some chunks going the delta way (bases given, none readable: stored whole by the worker's own
+ * thread) so the addon's runs have holes. Every blob must open to its chunk's bytes, with the
+ * addon and without it.
+ */
+test('a seal request takes each chunk from its own place: the batch buffer or segments, with gaps, interleaved, some via the delta path', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const r = await Repository.open(repo, { passphrase: 'correct horse' });
+  t.after(() => r.close());
+  const rng = new Prng(42);
+  const segments = [new SharedArrayBuffer(1 << 20), new SharedArrayBuffer(1 << 20)];
+  for (const s of segments) Buffer.from(s).set(rng.bytes(s.byteLength));
+  const own = Buffer.from(new SharedArrayBuffer(1 << 20));
+  // 90 chunks: 0 = copied into the batch's buffer, 1 and 2 = left in segment 1 or 2
+  const chunks: Array<{ src: number; at: number; plain: Buffer }> = [];
+  const next = [0, 0, 0];
+  for (let i = 0; i < 90; i++) {
+    const src = [0, 1, 1, 2, 1, 2, 2, 0, 1][i % 9]!;
+    const len = 200 + (rng.next() % 3000);
+    if (src > 0 && i % 5 === 0) next[src]! += 100 + (rng.next() % 500); // a gap: a chunk skipped there
+    const at = next[src]!;
+    next[src]! += len;
+    let plain: Buffer;
+    if (src === 0) {
+      own.set(rng.bytes(len), at);
+      plain = own.subarray(at, at + len);
+    } else plain = Buffer.from(segments[src - 1]!).subarray(at, at + len);
+    chunks.push({ src, at, plain: Buffer.from(plain) });
+  }
+  const offsets = new Uint32Array(chunks.length + 1);
+  chunks.forEach((c, i) => (offsets[i + 1] = offsets[i]! + c.plain.length));
+  const ids = chunks.map((c) => chunkId(r.keys.idKey, c.plain));
+  // every fourth chunk has a base to try (unreadable: it is stored whole, by the worker itself)
+  const start = new Uint32Array(chunks.length + 1);
+  const refs: number[] = [];
+  chunks.forEach((_, i) => {
+    if (i % 4 === 3) refs.push(0);
+    start[i + 1] = refs.length;
+  });
+  const bases = { ids: new Uint8Array(32).fill(7), packs: ['0'.repeat(64)], packOf: new Uint32Array([0]), offset: new Float64Array([0]), length: new Uint32Array([100]), start, refs: Uint32Array.from(refs), again: new Uint8Array(chunks.length), blobs: [null] };
+  const elsewhere = { buffers: segments, src: Uint8Array.from(chunks.map((c) => c.src)), at: Uint32Array.from(chunks.map((c) => c.at)) };
+  for (const native of [true, false]) {
+    const was = process.env.KURA_NATIVE;
+    if (!native) process.env.KURA_NATIVE = '0'; // the worker starts without the addon
+    const pool = new SealPool(r.keys, r.store.local!.root, 1);
+    if (!native) process.env.KURA_NATIVE = was;
+    try {
+      const idBuf = Buffer.concat(ids);
+      const res = await pool.seal(3, own.buffer, offsets, idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
+      const pack = readFileSync(path.join(r.store.local!.root, ...packName(res.packId).split('/')));
+      chunks.forEach((c, i) => {
+        const blob = pack.subarray(res.blobOffsets[i]!, res.blobOffsets[i + 1]!);
+        assert.ok(openBlob(blob, ids[i]!, r.keys).equals(c.plain), `chunk ${i} (${c.src === 0 ? 'copied' : `segment ${c.src}`}, ${native ? 'addon' : 'no addon'}) opens to its bytes`);
+      });
+      assert.equal(res.delta.reduce((a, b) => a + b, 0), 0, 'no base could be read: nothing stored as a delta');
+    } finally {
+      await pool.close();
+    }
+  }
 });

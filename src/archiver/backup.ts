@@ -82,6 +82,14 @@ interface Sealed {
   baseIds: Uint8Array | null;
 }
 
+/** A new chunk to store: its bytes (a view of its segment), its ID, and the old chunks it may be a delta of. */
+interface NewChunk {
+  chunk: Buffer;
+  id: Buffer;
+  key: string;
+  bases: number[];
+}
+
 /**
  * New chunks for one seal request (one pack). A chunk lies in the batch's own buffer (copied
  * there: a few new chunks of a segment) or is left in its segment, which the batch holds till
@@ -280,8 +288,8 @@ async function runBackup(
   // deltas stored before may name them as their base
   const quarantined = new Set([...catalogue.quarantine.chunkIds()].map((hex) => Buffer.from(hex, 'hex').toString('base64')));
 
-  /** A chunk that is not in the previous generation: stored unless the catalogue has it (then false). */
-  const onNewChunk = (chunk: Buffer, id: Buffer, at: number, endPrint: number, seg: Segment | null): boolean => {
+  /** A chunk that is not in the previous generation: to be stored (with its candidate bases) unless the catalogue has it. */
+  const onNewChunk = (chunk: Buffer, id: Buffer, at: number, endPrint: number): NewChunk | null => {
     // its bases: the old chunks up to the one that ended the same way, else those at its estimated place
     let candidates: number[] = [];
     const match = ends ? ends.find(endPrint, anchorOld) : -1;
@@ -291,19 +299,23 @@ async function runBackup(
       anchorBytes = at + chunk.length;
     } else if (chooser) candidates = chooser.choose(anchorOld, at - anchorBytes);
     const key = id.toString('base64');
-    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return false;
+    if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return null;
     inFlightKeys.add(key);
-    place(batch, chunk, seg);
-    batch.used += chunk.length;
+    return { chunk, id, key, bases: chooser && !quarantined.has(key) ? candidates : [] };
+  };
+
+  /** Into the batch; `seg`: the chunk may be left there (held) rather than copied. */
+  const addToBatch = (c: NewChunk, seg: Segment | null) => {
+    place(batch, c.chunk, seg);
+    batch.used += c.chunk.length;
     batch.offsets.push(batch.used);
-    batch.ids.push(id);
-    batch.keys.push(key);
-    batch.bases.push(chooser && !quarantined.has(key) ? candidates : []);
+    batch.ids.push(c.id);
+    batch.keys.push(c.key);
+    batch.bases.push(c.bases);
     if (batch.used >= batch.limit) {
       ready.push(batch);
       batch = newBatch();
     }
-    return true;
   };
 
   const onSegment = (seg: Segment) => {
@@ -320,28 +332,28 @@ async function runBackup(
     endPrints.append(Buffer.from(prints.buffer));
     chunkCount += n;
     const words = seg.ids.byteOffset % 4 === 0 ? new Int32Array(seg.ids.buffer, seg.ids.byteOffset, seg.ids.length / 4) : null;
-    const knownAt = (i: number) => (words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES));
-    // mostly new (a first backup, a heavy night): the seal workers read the new chunks where they are
-    let all = 0;
-    let fresh = 0;
-    for (let i = 0; i < n; i++) {
-      all += cuts[2 * i + 1]!;
-      if (known.length === 0 || knownAt(i) < 0) fresh += cuts[2 * i + 1]!;
-    }
-    const holdable = fresh > 0 && fresh >= HOLD_SHARE * all ? seg : null;
+    const start = logicalBytes;
+    const fresh: NewChunk[] = [];
+    let freshBytes = 0;
     for (let i = 0; i < n; i++) {
       const at = logicalBytes;
       logicalBytes += cuts[2 * i + 1]!;
       // most chunks are last night's: one probe of the in-memory set, nothing allocated
-      const old = knownAt(i);
+      const old = words ? known.indexAtWords(words, i * 8) : known.indexAt(seg.ids, i * CHUNK_ID_BYTES);
       if (old >= 0 && (unusable.size === 0 || !unusable.has(seg.ids.toString('base64', i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)))) {
         anchorBytes = logicalBytes;
         anchorOld = old + 1;
         continue;
       }
       const id = Buffer.from(seg.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
-      onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at, prints[i]!, holdable);
+      const c = onNewChunk(data.subarray(cuts[2 * i]!, cuts[2 * i]! + cuts[2 * i + 1]!), id, at, prints[i]!);
+      if (!c) continue;
+      fresh.push(c);
+      freshBytes += c.chunk.length;
     }
+    // mostly new (a first backup, a heavy night): the seal workers read the new chunks where they are
+    const holdable = freshBytes > 0 && freshBytes >= HOLD_SHARE * (logicalBytes - start) ? seg : null;
+    for (const c of fresh) addToBatch(c, holdable);
     opts.progress?.(logicalBytes, newBytes);
   };
 
@@ -402,8 +414,10 @@ async function runBackup(
       res = await pool.seal(level, b.data?.buffer ?? NO_BUFFER, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
     } finally {
       if (room) rooms.give(room);
-      releaseSegments(b);
     }
+    // answered: the worker is done with them. (A batch that failed keeps its segments: the addon
+    // may still be reading them, and the backup stops.)
+    releaseSegments(b);
     if (res.data.byteLength > 0) freeBuffers.push(res.data);
     const packBytes = res.blobOffsets[b.ids.length]!;
     sizer?.seen(b.used, packBytes);

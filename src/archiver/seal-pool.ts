@@ -33,7 +33,7 @@ const REQUESTS_PER_WORKER = 2;
 
 /**
  * Worker threads that compress and encrypt batches of new chunks into packs while the main
- * thread chunks, hashes and deduplicates; batches of ~2 MiB amortise the message cost. A worker
+ * thread chunks, hashes and deduplicates; batches of 4 MiB amortise the message cost. A worker
  * makes a batch's deltas itself (reading their bases) and hands its whole chunks to the native
  * addon, which seals them on two threads of libuv's pool (seal-whole.ts); without the addon it
  * seals them itself.

@@ -37,26 +37,27 @@ export class WholeSealer {
     const blobs: Array<Buffer | undefined> = new Array(idx.length);
     const taken: Buffer[] = [];
     const release = () => void this.spare.push(...taken.splice(0));
-    try {
-      await Promise.all(
-        groups.map(async ([from, to]) => {
-          const part = idx.subarray(from, to);
-          let bytes = 0;
-          for (const i of part) bytes += offsets[i + 1]! - offsets[i]! + BLOB_OVERHEAD;
-          const at = this.spare.findIndex((b) => b.length >= bytes);
-          const out = at >= 0 ? this.spare.splice(at, 1)[0]! : Buffer.allocUnsafe(Math.ceil((bytes * 1.25) / 65536) * 65536);
-          taken.push(out);
-          const nonces = randomFillSync(Buffer.allocUnsafe(12 * part.length));
-          const ends = new Uint32Array(part.length);
-          const bad = await this.native.sealWhole(dataKey, level, data, offsets, part, ids, nonces, out, ends);
-          const sealed = bad < 0 ? part.length : bad;
-          for (let k = 0; k < sealed; k++) blobs[from + k] = out.subarray(k === 0 ? 0 : ends[k - 1]!, ends[k]!);
-        }),
-      );
-    } catch (e) {
-      // a part that threw left the others running: their buffers are not handed out again
-      taken.splice(0);
-      throw e;
+    // every part settles before this does: the addon's threads read `data` till then (a batch's
+    // segments are reused once the request is answered)
+    const settled = await Promise.allSettled(
+      groups.map(async ([from, to]) => {
+        const part = idx.subarray(from, to);
+        let bytes = 0;
+        for (const i of part) bytes += offsets[i + 1]! - offsets[i]! + BLOB_OVERHEAD;
+        const at = this.spare.findIndex((b) => b.length >= bytes);
+        const out = at >= 0 ? this.spare.splice(at, 1)[0]! : Buffer.allocUnsafe(Math.ceil((bytes * 1.25) / 65536) * 65536);
+        taken.push(out);
+        const nonces = randomFillSync(Buffer.allocUnsafe(12 * part.length));
+        const ends = new Uint32Array(part.length);
+        const bad = await this.native.sealWhole(dataKey, level, data, offsets, part, ids, nonces, out, ends);
+        const sealed = bad < 0 ? part.length : bad;
+        for (let k = 0; k < sealed; k++) blobs[from + k] = out.subarray(k === 0 ? 0 : ends[k - 1]!, ends[k]!);
+      }),
+    );
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      release();
+      throw failed.reason;
     }
     return { blobs, release };
   }

@@ -34,6 +34,7 @@ export interface SealRequest {
  * ..] when src[i] > 0, else data[at[i] ..]; offsets[i+1] - offsets[i] bytes either way.
  */
 export interface ChunkPlaces {
+  /** at most 255 (src is a byte): a batch holds at most HELD_MAX segments (chunker/pipeline.ts) */
   buffers: SharedArrayBuffer[];
   src: Uint8Array;
   at: Uint32Array;
@@ -209,6 +210,7 @@ class BatchChunks {
   private readonly sources: Buffer[];
   private readonly src: Uint8Array | null;
   private readonly at: Uint32Array;
+  private readonly offsets: Uint32Array;
 
   constructor(req: SealRequest) {
     const places = req.elsewhere ?? null;
@@ -217,8 +219,6 @@ class BatchChunks {
     this.at = places?.at ?? req.offsets;
     this.offsets = req.offsets;
   }
-
-  private readonly offsets: Uint32Array;
 
   length(i: number): number {
     return this.offsets[i + 1]! - this.offsets[i]!;
@@ -240,9 +240,10 @@ class BatchChunks {
 
 /**
  * The whole chunks `idx` (in order) sealed by the addon, one call for each run of the batch's
- * chunks that lie side by side in one buffer: the batch's own (copied) chunks are one run, and a
- * batch taken straight from the pipeline's segments has one or a few a segment. blobs[k] is chunk
- * idx[k]'s blob, undefined if the addon could not seal it.
+ * consecutive chunks that lie side by side in one buffer (a batch of copied chunks is one run; one
+ * left in the pipeline's segments has a run for each segment, and more where chunks the
+ * catalogue had already are skipped). blobs[k] is chunk idx[k]'s blob, undefined if the addon
+ * could not seal it. Settles only once every call has.
  */
 async function sealWholeRuns(w: WholeSealer, dataKey: Buffer, level: number, chunks: BatchChunks, n: number, ids: Buffer, idx: Uint32Array): Promise<{ blobs: Array<Buffer | undefined>; release: () => void }> {
   const runs: Array<[number, number]> = []; // chunk indexes [from, to)
@@ -284,7 +285,8 @@ async function sealWholeRuns(w: WholeSealer, dataKey: Buffer, level: number, chu
 }
 
 // up to two requests at once (SealPool): they interleave only where one awaits the addon's sealing
-// of its whole chunks (its deltas are made by then), and each has its own buffers
+// of its whole chunks (its deltas are made by then), and each has its own output buffers (both
+// may read one segment of the pipeline)
 parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Uint8Array }) => {
   if ('key' in msg) {
     keys = { dataKey: Buffer.from(msg.key), idKey: Buffer.from(msg.idKey) };

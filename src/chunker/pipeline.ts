@@ -43,8 +43,8 @@ export interface Segment {
   ids: Buffer;
   /**
    * Keeps `data` as it is after the onSegment call, until the function returned is called (once
-   * per hold); the pipeline reads on into other segments meanwhile. Null when HELD_MAX segments
-   * are held already: the caller copies what it keeps instead.
+   * per hold); the pipeline reads on into other segments meanwhile. Call it during onSegment.
+   * Null when HELD_MAX other segments are held already: the caller copies what it keeps instead.
    */
   hold(): (() => void) | null;
 }
@@ -56,9 +56,11 @@ export interface Segment {
 const SEGMENT = 2 << 20;
 const SEGMENTS = 4; // one being read, one being cut, one being hashed, one whose tail the next one takes
 /**
- * Segments held at most (Segment.hold) besides: a first backup's new chunks go to the seal workers
- * straight from the segments they were read into, not copied into batch buffers. Four batches of
- * 4 MiB in flight span about eight.
+ * Segments held at once at most (Segment.hold), beside those the pipeline rotates: a first
+ * backup's new chunks go to the seal workers straight from the segments they were read into, not
+ * copied into batch buffers. On two cores (one seal worker taking two batches of 4 MiB, a third
+ * being filled) about six are held; more seal workers, or an object store's larger batches, make
+ * the batches beyond copy their chunks as before.
  */
 export const HELD_MAX = 8;
 
@@ -159,7 +161,8 @@ export class ChunkPipeline {
   }
 
   private hold(seg: number): (() => void) | null {
-    if (this.held >= HELD_MAX) return null;
+    // (once handed on, a segment may be read into again: too late to hold it)
+    if (this.handedOn[seg] || (this.holds[seg] === 0 && this.held >= HELD_MAX)) return null;
     if (this.holds[seg]!++ === 0) this.held++;
     const generation = this.generation;
     let released = false;
