@@ -13,7 +13,7 @@ import { Repository } from '../src/repository/repository.js';
 import { Catalogue } from '../src/repository/catalogue.js';
 import { readBlobs } from '../src/repository/reader.js';
 import { BlobSealer, blobInfo, chunkId, Compression, openBlob } from '../src/crypto/blob.js';
-import { keepDelta, REBASE_AT, wholeEstimate, wholeSample, worthTryingWhole } from '../src/crypto/delta-policy.js';
+import { basesWorthTrying, keepDelta, MAX_BASES_PER_CHUNK, REBASE_AT, wholeEstimate, wholeSample, worthTryingWhole } from '../src/crypto/delta-policy.js';
 import { referencedChunks } from './support/snapshots.js';
 
 const MiB = 1 << 20;
@@ -307,6 +307,42 @@ test('whole or delta (table): a chunk changed for the first time keeps its delta
   assert.equal(wholeSample(120_000), 16 << 10, 'a large chunk is judged by 16 KiB of it first');
   assert.equal(wholeSample(60_000), null, 'a smaller one is compressed whole');
   assert.equal(REBASE_AT, 0.5);
+});
+
+test('bases worth trying (table): a delta is tried against bases of up to 64 times the chunk\'s bytes, which one chunk size never exceeds', () => {
+  const KiB = 1024;
+  const table: Array<[number, number, boolean, string]> = [
+    [4 * KiB, 3 * 4 * KiB, true, 'three bases of its own size'],
+    [64 * KiB, 3 * MiB, true, 'the smallest 256 KiB-average chunk beside three of the largest (48 times)'],
+    [KiB, 3 * 16 * KiB, true, 'the smallest 4 KiB-average chunk beside three of the largest (48 times)'],
+    [4 * KiB, MAX_BASES_PER_CHUNK * 4 * KiB, true, 'exactly 64 times'],
+    [4 * KiB, MAX_BASES_PER_CHUNK * 4 * KiB + 1, false, 'a byte beyond'],
+    [4 * KiB, 3 * 256 * KiB, false, 'a source lowered from 256 KiB to 4 KiB chunks: its old chunks as bases'],
+    [256 * KiB, 3 * 4 * KiB, true, 'a source raised from 4 KiB: small bases cost little'],
+    [0, 64, true, 'an empty chunk against 64 bytes'],
+    [0, 65, false, 'an empty chunk against more'],
+  ];
+  for (const [plain, bases, want, why] of table) assert.equal(basesWorthTrying(plain, bases), want, why);
+});
+
+test('a source whose chunk size was lowered stores that night whole, not as deltas of its far larger old chunks; the night after makes deltas of its own size', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]); // 256 KiB chunks on average
+  const nights = [await collect(sqlDump(6, 4 * MiB))];
+  nights.push(churn(nights[0]!, 40, 0), churn(churn(nights[0]!, 40, 0), 55, 7));
+  const ids: string[] = [];
+  nights.forEach((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    ids.push(kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'juki', '--file', file, ...(i > 0 ? ['--chunk-avg', '4096'] : [])]).id);
+  });
+  const lowered = await blobKinds(repo, ids[1]!);
+  // (a chunk or two at the end may be a delta of the old generation's short last chunk)
+  assert.ok(lowered.whole > 500 && lowered.deltas * 100 < lowered.whole, `the night the chunk size went from 256 KiB to 4 KiB stored ${lowered.whole} chunks whole and ${lowered.deltas} as deltas of the old chunks`);
+  const after = await blobKinds(repo, ids[2]!);
+  assert.ok(after.deltas > 50, `the night after stored ${after.deltas} deltas of 4 KiB chunks`);
+  nights.forEach((data, i) => assert.equal(sha256(kuraOk(['restore', '--repo', repo, ids[i]!, '--to', '-']).stdout), sha256(data), `night ${i + 1} restores`));
 });
 
 test('sealBest stores a chunk changed again whole once its delta costs half of what it takes whole; a small change stays a delta; a first change of the same size keeps its delta', () => {

@@ -16,6 +16,7 @@ import type { Repository } from '../repository/repository.js';
 import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../repository/snapshot.js';
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBases } from './delta-bases.js';
+import { basesWorthTrying } from '../crypto/delta-policy.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 import { PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
@@ -298,6 +299,8 @@ async function runBackup(
       anchorOld = match + 1;
       anchorBytes = at + chunk.length;
     } else if (chooser) candidates = chooser.choose(anchorOld, at - anchorBytes);
+    // old chunks far larger than this one (the source's chunk size was lowered): stored whole
+    if (candidates.length > 0 && !basesWorthTrying(chunk.length, candidates.reduce((n, k) => n + rows!.plainSize(k), 0))) candidates = [];
     const key = id.toString('base64');
     if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return null;
     inFlightKeys.add(key);
