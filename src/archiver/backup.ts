@@ -17,6 +17,7 @@ import { encodeSnapshot, type SnapshotHeader, type SnapshotPrivate } from '../re
 import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBases } from './delta-bases.js';
 import { basesWorthTrying } from '../crypto/delta-policy.js';
+import { Batches, holdable, type Batch, type NewChunk } from './batch.js';
 import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
 import { PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
@@ -60,13 +61,6 @@ export interface BackupResult {
 }
 
 const BATCH_BYTES = 4 << 20; // new chunks per worker message (and per pack); 2 and 1 MiB measured slower
-/**
- * A segment whose new chunks make at least this share of its bytes is held for the seal workers
- * to read them where they are; fewer are copied into the batch's buffer (a night's scattered
- * changes would otherwise hold a segment per chunk or two).
- */
-const HOLD_SHARE = 0.5;
-const NO_BUFFER = new SharedArrayBuffer(0);
 /** At most this many bytes of packs are uploading at once (4 PUTs in flight measured 191 MB/s on Ceph RGW against 105 MB/s for one). */
 const UPLOAD_BYTES = 64 << 20;
 
@@ -81,42 +75,6 @@ interface Sealed {
   res: SealResponse;
   /** the IDs of the bases its deltas may name (SealBases.ids) */
   baseIds: Uint8Array | null;
-}
-
-/** A new chunk to store: its bytes (a view of its segment), its ID, and the old chunks it may be a delta of. */
-interface NewChunk {
-  chunk: Buffer;
-  id: Buffer;
-  key: string;
-  bases: number[];
-}
-
-/**
- * New chunks for one seal request (one pack). A chunk lies in the batch's own buffer (copied
- * there: a few new chunks of a segment) or is left in its segment, which the batch holds till
- * the answer (most of a segment new: a first backup, a heavy night).
- */
-interface Batch {
-  /** the copied chunks, side by side (allocated at the first) */
-  data: Buffer | null;
-  copied: number;
-  /** input bytes at which the batch is full */
-  limit: number;
-  /** input bytes in the batch; chunk i has offsets[i+1] - offsets[i] of them */
-  used: number;
-  offsets: number[];
-  /** chunk i is in segments[src[i] - 1] from at[i] when src[i] > 0, else in data from at[i] */
-  src: number[];
-  at: number[];
-  segments: SharedArrayBuffer[];
-  /** the segment held for the last chunks taken from one, and its number in `segments` */
-  lastSegment: Segment | null;
-  /** each segment's hold, released once the batch is answered */
-  releases: Array<() => void>;
-  ids: Buffer[];
-  keys: string[];
-  /** per chunk, the chunks of the previous generation it may be stored as a delta of (their places in it) */
-  bases: number[][];
 }
 
 /**
@@ -254,34 +212,8 @@ async function runBackup(
   const batchCapacity = (local ? BATCH_BYTES : sizer!.max) + params.maxSize; // (pages past what a batch fills are never touched)
   const uploads = new ByteBudget(UPLOAD_BYTES);
   const rooms = new SharedRooms(pool.slots);
-  // batch buffers are shared with the workers and reused once answered: 16 MiB ArrayBuffers
-  // transferred to and fro cost the main thread a full GC every few batches (external memory)
-  const freeBuffers: ArrayBufferLike[] = [];
-  const newBatch = (): Batch => ({ data: null, copied: 0, limit: sizer ? sizer.next() : BATCH_BYTES, used: 0, offsets: [0], src: [], at: [], segments: [], lastSegment: null, releases: [], ids: [], keys: [], bases: [] });
-  /** Where a new chunk goes: left in its held segment (`seg`), else copied into the batch's buffer. */
-  const place = (b: Batch, chunk: Buffer, seg: Segment | null) => {
-    if (seg && b.lastSegment !== seg) {
-      const release = seg.hold();
-      if (release) {
-        b.releases.push(release);
-        b.segments.push(seg.data.buffer as SharedArrayBuffer);
-        b.lastSegment = seg;
-      }
-    }
-    if (seg && b.lastSegment === seg) {
-      b.src.push(b.segments.length);
-      b.at.push(chunk.byteOffset);
-      return;
-    }
-    b.data ??= Buffer.from(freeBuffers.pop() ?? new SharedArrayBuffer(batchCapacity));
-    chunk.copy(b.data, b.copied);
-    b.src.push(0);
-    b.at.push(b.copied);
-    b.copied += chunk.length;
-  };
-  const releaseSegments = (b: Batch) => {
-    for (const r of b.releases.splice(0)) r();
-  };
+  const batches = new Batches(batchCapacity);
+  const newBatch = () => batches.create(sizer ? sizer.next() : BATCH_BYTES);
   let batch = newBatch();
   const ready: Batch[] = [];
 
@@ -305,20 +237,6 @@ async function runBackup(
     if (inFlightKeys.has(key) || (catalogue.hasChunk(id) && (unusable.size === 0 || !unusable.has(key)))) return null;
     inFlightKeys.add(key);
     return { chunk, id, key, bases: chooser && !quarantined.has(key) ? candidates : [] };
-  };
-
-  /** Into the batch; `seg`: the chunk may be left there (held) rather than copied. */
-  const addToBatch = (c: NewChunk, seg: Segment | null) => {
-    place(batch, c.chunk, seg);
-    batch.used += c.chunk.length;
-    batch.offsets.push(batch.used);
-    batch.ids.push(c.id);
-    batch.keys.push(c.key);
-    batch.bases.push(c.bases);
-    if (batch.used >= batch.limit) {
-      ready.push(batch);
-      batch = newBatch();
-    }
   };
 
   const onSegment = (seg: Segment) => {
@@ -355,8 +273,12 @@ async function runBackup(
       freshBytes += c.chunk.length;
     }
     // mostly new (a first backup, a heavy night): the seal workers read the new chunks where they are
-    const holdable = freshBytes > 0 && freshBytes >= HOLD_SHARE * (logicalBytes - start) ? seg : null;
-    for (const c of fresh) addToBatch(c, holdable);
+    const where = holdable(seg, freshBytes, logicalBytes - start);
+    for (const c of fresh) {
+      if (!batches.add(batch, c, where)) continue;
+      ready.push(batch);
+      batch = newBatch();
+    }
     opts.progress?.(logicalBytes, newBytes);
   };
 
@@ -413,15 +335,12 @@ async function runBackup(
     let res: SealResponse;
     try {
       if (room) await readBases(store, bases!, room);
-      const elsewhere = b.segments.length > 0 ? { buffers: b.segments, src: Uint8Array.from(b.src), at: Uint32Array.from(b.at) } : null;
-      res = await pool.seal(level, b.data?.buffer ?? NO_BUFFER, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
+      const { data, elsewhere } = Batches.request(b);
+      res = await pool.seal(level, data, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
     } finally {
       if (room) rooms.give(room);
     }
-    // answered: the worker is done with them. (A batch that failed keeps its segments: the addon
-    // may still be reading them, and the backup stops.)
-    releaseSegments(b);
-    if (res.data.byteLength > 0) freeBuffers.push(res.data);
+    batches.answered(b, res.data);
     const packBytes = res.blobOffsets[b.ids.length]!;
     sizer?.seen(b.used, packBytes);
     newBytes += packBytes + b.ids.length * PACK_ENTRY;
