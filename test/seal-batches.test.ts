@@ -210,3 +210,94 @@ test('a pack that cannot be written fails the backup with E_IO and no snapshot w
   assert.ok(readFileSync(out).equals(dump), 'the rerun restores byte for byte');
   kuraOk(['check', '--repo', repo, '--read-data']);
 });
+
+/** A real pool that notes, for each batch, whether its worker was asked to write the pack itself. */
+class WritesPool extends SealPool {
+  asked: boolean[] = [];
+  override seal(...args: Parameters<SealPool['seal']>): ReturnType<SealPool['seal']> {
+    this.asked.push(args[6]?.write ?? this.writes);
+    return super.seal(...args);
+  }
+}
+
+const packFiles = (repo: string) => readdirSync(path.join(repo, 'packs')).flatMap((d) => readdirSync(path.join(repo, 'packs', d)).filter((f) => !f.startsWith('.tmp-')));
+
+/**
+ * On a local disk the packs of batches that compress well are gathered into packs of about 3.8
+ * MiB (one file each, not one per 4 MiB batch); a batch of small chunks (more than 256) has its
+ * worker write its own pack. Both kinds of snapshot restore byte for byte and pass a check.
+ */
+test('on a local disk small packs are gathered into one file; batches of small chunks write their own; both restore', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const big = await collect(sqlDump(11, 48 * MiB));
+  const small = await collect(sqlDump(12, 12 * MiB));
+  const runs: Array<{ source: string; data: Buffer; chunker?: { minSize: number; avgSize: number; maxSize: number } }> = [
+    { source: 'big', data: big },
+    { source: 'small', data: small, chunker: { minSize: 1024, avgSize: 4096, maxSize: 16384 } },
+  ];
+  const ids: string[] = [];
+  const made: Array<{ batches: number; writes: number; packs: number; stored: number }> = [];
+  for (const run of runs) {
+    const file = path.join(dir, `${run.source}.sql`);
+    writeFileSync(file, run.data);
+    const before = packFiles(repo).length;
+    const r = await Repository.open(repo, { passphrase: 'correct horse' });
+    try {
+      const pool = new WritesPool(null, r.store.local!.root);
+      const res = await backup(r, new FileInput(file), { source: run.source, tenant: 'default', pool, ...(run.chunker ? { chunker: run.chunker } : {}) });
+      ids.push(res.id);
+      made.push({ batches: pool.asked.length, writes: pool.asked.filter((w) => w).length, packs: packFiles(repo).length - before, stored: res.header.newBytes });
+    } finally {
+      r.close();
+    }
+  }
+  const [gathered, own] = made as [(typeof made)[0], (typeof made)[0]];
+  t.diagnostic(`default chunks: ${gathered.batches} batches, ${gathered.packs} packs for ${gathered.stored} bytes; 4 KiB chunks: ${own.batches} batches, ${own.packs} packs`);
+  assert.ok(gathered.batches >= 12, `${gathered.batches} batches of 4 MiB`);
+  assert.equal(gathered.writes, 0, 'no worker was asked to write a pack of a batch of large chunks');
+  // every pack but the last (and the list blocks') holds at least 3.8 MiB, one more pack may be stored alone
+  assert.ok(gathered.packs <= Math.ceil(gathered.stored / (3.8 * MiB)) + 2, `${gathered.packs} packs for ${gathered.stored} bytes stored`);
+  assert.ok(gathered.packs < gathered.batches / 2, `${gathered.packs} packs from ${gathered.batches} batches`);
+  assert.equal(own.writes, own.batches, 'every batch of 4 KiB chunks had its worker write its pack');
+  assert.ok(own.packs >= own.batches, `${own.packs} packs from ${own.batches} batches`);
+  for (const [k, run] of runs.entries()) {
+    const out = path.join(dir, `restored-${run.source}`);
+    kuraOk(['restore', '--repo', repo, ids[k]!, '--to', out], { env: { KURA_PASSPHRASE: 'correct horse' } });
+    assert.ok(readFileSync(out).equals(run.data), `${run.source} restores byte for byte`);
+  }
+  kuraOk(['check', '--repo', repo, '--read-data'], { env: { KURA_PASSPHRASE: 'correct horse' } });
+});
+
+/**
+ * A gathered pack that cannot be written (every fan-out directory is a file) fails the backup with
+ * E_IO and no snapshot, though its batches were answered long before; the rerun completes.
+ */
+test('a gathered pack that cannot be written fails the backup with E_IO and no snapshot; the rerun completes', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo]);
+  const file = path.join(dir, 'dump.sql');
+  const dump = await collect(sqlDump(13, 32 * MiB));
+  writeFileSync(file, dump);
+  const packs = path.join(repo, 'packs');
+  const dirs = readdirSync(packs);
+  for (const d of dirs) {
+    rmSync(path.join(packs, d), { recursive: true });
+    writeFileSync(path.join(packs, d), 'not a directory');
+  }
+  const failed = kura(['backup', '--repo', repo, '--name', 'db', '--file', file]);
+  assert.notEqual(failed.status, 0, 'the backup failed');
+  assert.match(failed.stderr, /E_IO/, failed.stderr);
+  assert.deepEqual(readdirSync(path.join(repo, 'snapshots')), [], 'no snapshot was written');
+  for (const d of dirs) {
+    rmSync(path.join(packs, d));
+    mkdirSync(path.join(packs, d));
+  }
+  const id = kuraOk(['backup', '--repo', repo, '--name', 'db', '--file', file]).stdout.toString().trim();
+  const out = path.join(dir, 'restored');
+  kuraOk(['restore', '--repo', repo, id, '--to', out]);
+  assert.ok(readFileSync(out).equals(dump), 'the rerun restores byte for byte');
+  kuraOk(['check', '--repo', repo, '--read-data']);
+});

@@ -18,8 +18,8 @@ import { SealPool } from './seal-pool.js';
 import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBases } from './delta-bases.js';
 import { basesWorthTrying } from '../crypto/delta-policy.js';
 import { Batches, holdable, type Batch, type NewChunk } from './batch.js';
-import { ByteBudget, RemoteBatchSizer } from './upload-pacing.js';
-import { PackMerger, type MergedPack } from './pack-merge.js';
+import { ByteBudget, PACK_TARGET, RemoteBatchSizer } from './upload-pacing.js';
+import { PackMerger, writesOwnPack, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
 import { holdHeapGrowth } from '../heap-growth.js';
 import { ByteList } from './byte-list.js';
@@ -208,7 +208,7 @@ async function runBackup(
   let failure: unknown = null;
 
   const sizer = local ? null : new RemoteBatchSizer();
-  const merger = sizer ? new PackMerger<Sealed>(sizer.target) : null;
+  const merger = new PackMerger<Sealed>(sizer ? sizer.target : PACK_TARGET);
   const batchCapacity = (local ? BATCH_BYTES : sizer!.max) + params.maxSize; // (pages past what a batch fills are never touched)
   const uploads = new ByteBudget(UPLOAD_BYTES);
   const rooms = new SharedRooms(pool.slots);
@@ -323,7 +323,7 @@ async function runBackup(
   /** A pack gathered from small ones (object stores): one PUT, then the rows of every batch in it. */
   const storeMerged = async (m: MergedPack<Sealed>) => {
     await upload(m.id, m.parts, m.size);
-    merger!.release(m);
+    merger.release(m);
     newBytes += PACK_TRAILER;
     for (const { tag, at } of m.members) await stored(tag.b, tag.res, tag.baseIds, m.id, at);
   };
@@ -336,7 +336,7 @@ async function runBackup(
     try {
       if (room) await readBases(store, bases!, room);
       const { data, elsewhere } = Batches.request(b);
-      res = await pool.seal(level, data, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere);
+      res = await pool.seal(level, data, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere, { write: pool.writes && writesOwnPack(b.ids.length), sha256: !local });
     } finally {
       if (room) rooms.give(room);
     }
@@ -350,9 +350,9 @@ async function runBackup(
       newBytes += PACK_TRAILER;
       return stored(b, res, bases?.ids ?? null, res.packId, 0);
     }
-    // the store is not local: upload the pack the worker built, or gather it with others if small
+    // the pack the worker handed back: stored alone if large enough, else gathered with others
     const run = { blobs: new Uint8Array(res.pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
-    if (!merger || merger.alone(run)) {
+    if (merger.alone(run)) {
       await upload(res.packId, Buffer.from(res.pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
       pool.recycle(res.pack);
       newBytes += PACK_TRAILER;
@@ -387,7 +387,7 @@ async function runBackup(
     while (ready.length > 0) await dispatch(ready.shift()!);
     await Promise.all(running);
     if (failure) throw failure;
-    const last = merger?.take();
+    const last = merger.take();
     if (last) await storeMerged(last);
     await commitRows();
   } catch (e) {

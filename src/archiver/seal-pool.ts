@@ -46,9 +46,10 @@ export class SealPool {
   /** by request seq */
   private readonly running = new Map<number, { w: Worker; resolve: (r: SealResponse) => void; reject: (e: Error) => void }>();
   private seq = 0;
-  /** buffers of packs handed back and uploaded, for the workers to build the next ones in (no directRoot) */
+  /** buffers of packs handed back and stored, for the workers to build the next ones in */
   private readonly packBuffers: SharedArrayBuffer[] = [];
-  private readonly handsBack: boolean;
+  /** the workers may write packs into this local store themselves */
+  readonly writes: boolean;
 
   private keyed = false;
 
@@ -57,7 +58,7 @@ export class SealPool {
    * overlaps the key derivation (scrypt) of the repository.
    */
   constructor(keys: SealKeys | null, directRoot: string | null, size = sealWorkers(availableParallelism())) {
-    this.handsBack = directRoot === null;
+    this.writes = directRoot !== null;
     for (let i = 0; i < size; i++) {
       const w = startWorker(new URL('./seal-worker.js', import.meta.url), { workerData: { directRoot } });
       w.on('message', (res: SealResponse) => this.done(w, res));
@@ -92,10 +93,13 @@ export class SealPool {
   /**
    * `data`: a SharedArrayBuffer (not copied; the caller leaves it alone until the answer) or an
    * ArrayBuffer (transferred); `elsewhere`: chunks that lie in other shared buffers, left alone
-   * till the answer as well.
+   * till the answer as well. `write`: the worker writes the pack into the local store itself
+   * (the default when there is one), else hands it back (`sha256`: with its SHA-256).
    */
-  seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null, elsewhere: ChunkPlaces | null = null): Promise<SealResponse> {
-    const req: SealRequest = { seq: this.seq++, level, data, offsets, elsewhere, ids, bases, out: null };
+  seal(level: number, data: ArrayBufferLike, offsets: Uint32Array, ids: ArrayBuffer, bases: SealBases | null = null, elsewhere: ChunkPlaces | null = null, how: { write?: boolean; sha256?: boolean } = {}): Promise<SealResponse> {
+    const write = how.write ?? this.writes;
+    if (write && !this.writes) return Promise.reject(new KuraError('E_INTERNAL', 'a pack cannot be written by the seal workers: the store is not a local directory'));
+    const req: SealRequest = { seq: this.seq++, level, data, offsets, elsewhere, ids, bases, write, sha256: !write && (how.sha256 ?? !this.writes), out: null };
     return new Promise((resolve, reject) => {
       this.waiting.push({ req, resolve, reject });
       this.pump();
@@ -107,8 +111,8 @@ export class SealPool {
       const w = this.idle.shift()!;
       const job = this.waiting.shift()!;
       this.running.set(job.req.seq, { ...job, w });
-      // a pack is built in the buffer of one uploaded before
-      job.req.out = this.handsBack ? (this.packBuffers.pop() ?? null) : null;
+      // a pack handed back is built in the buffer of one stored before
+      job.req.out = job.req.write ? null : (this.packBuffers.pop() ?? null);
       w.postMessage(job.req, [...transferable(job.req.data), job.req.ids as ArrayBuffer]);
     }
   }

@@ -19,11 +19,14 @@
  *   222-230 MiB (5.9 s), 241-252 (5.2-5.6 s), 307-322 (4.9-6.6 s)
  * - 4 MiB took 4.1-4.5 s for the OLTP night (a batch's bases are fetched per batch)
  */
+/** Stored bytes a pack is aimed at (packs of small batches are gathered to about this size: pack-merge.ts). */
+export const PACK_TARGET = 3.8 * 2 ** 20;
+
 export class RemoteBatchSizer {
   /** stored bytes per input byte, as the recent packs got it (a first guess for a database export) */
   private storedPerInput = 0.3;
   constructor(
-    readonly target = 3.8 * 2 ** 20,
+    readonly target = PACK_TARGET,
     readonly min = 4 << 20,
     readonly max = 8 << 20,
   ) {}
