@@ -4,7 +4,8 @@
  *   npm run bench:first -- --file DUMP [--runs 7] [--chunk-avg BYTES]
  * (a saved night: `npm run bench:daily -- --workload oltp --save-dumps DIR`, then DIR/day1.sql).
  * Each run backs up into a fresh copy of a repository initialized before the clock starts (for
- * Borg with its cache directory). Needs borgbackup and GNU time. Prints one JSON object per run
+ * Borg with its cache directory), every tool in the same small environment (measure.ts toolEnv).
+ * Needs borgbackup and GNU time. Prints one JSON object per run
  * (wall and CPU seconds, peak RSS of the largest process, repository bytes: for kura also the store
  * alone, without the catalogue and list cache beside it), then a summary: each tool's medians, and
  * kura's time against Borg lz4's and its repository against Borg zstd,3's, round by round and
@@ -15,7 +16,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { needCommands } from './measure.js';
+import { needCommands, toolEnv } from './measure.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const KURA = path.join(ROOT, 'bin', 'kura');
@@ -49,14 +50,14 @@ function bytesBelow(dir: string, skip: ReadonlySet<string> = new Set()): number 
 }
 
 function run(cmd: string, args: string[], env: Record<string, string>): void {
-  const r = spawnSync(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnSync(cmd, args, { env: toolEnv(env), stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
 }
 
 /** One command under GNU time: wall seconds, CPU seconds (user + system) and peak RSS in MiB. */
 function timed(cmd: string, args: string[], env: Record<string, string>): { seconds: number; cpuSeconds: number; rssMiB: number } {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', 'bench-first %U %S %M', cmd, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/time', ['-f', 'bench-first %U %S %M', cmd, ...args], { env: toolEnv(env), stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
   const m = /bench-first ([\d.]+) ([\d.]+) (\d+)/.exec(r.stderr);
