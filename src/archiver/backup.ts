@@ -19,7 +19,7 @@ import { BaseChooser, BaseLocator, PreviousRows, SharedRooms, basesBytes, readBa
 import { basesWorthTrying } from '../crypto/delta-policy.js';
 import { Batches, holdable, type Batch, type NewChunk } from './batch.js';
 import { ByteBudget, PACK_TARGET, RemoteBatchSizer } from './upload-pacing.js';
-import { PackMerger, writesOwnPack, type MergedPack } from './pack-merge.js';
+import { gathered, PackMerger, type MergedPack } from './pack-merge.js';
 import type { SealResponse } from './seal-worker.js';
 import { holdHeapGrowth } from '../heap-growth.js';
 import { ByteList } from './byte-list.js';
@@ -166,7 +166,7 @@ async function runBackup(
   const level = opts.compressionLevel ?? repo.config.compression.level;
   const params = opts.chunker ?? repo.config.chunker;
   pipeline.start(params, keys.gearSeed, keys.idKey);
-  // on a local disk the workers write packs themselves; elsewhere they hand them back for upload
+  // the workers hand each pack back to be stored here; on a local disk they read delta bases themselves
   const local = repo.store.local ?? null;
   const pool = opts.pool ?? new SealPool(keys, local?.root ?? null, opts.workers);
   if (opts.pool) pool.setKey(keys);
@@ -320,7 +320,7 @@ async function runBackup(
     if (pendingRowBytes >= COMMIT_BYTES || pendingRows.length >= COMMIT_ROWS) await commitRows();
   };
 
-  /** A pack gathered from small ones (object stores): one PUT, then the rows of every batch in it. */
+  /** A pack gathered from small ones: one file or PUT, then the rows of every batch in it. */
   const storeMerged = async (m: MergedPack<Sealed>) => {
     await upload(m.id, m.parts, m.size);
     merger.release(m);
@@ -336,7 +336,7 @@ async function runBackup(
     try {
       if (room) await readBases(store, bases!, room);
       const { data, elsewhere } = Batches.request(b);
-      res = await pool.seal(level, data, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere, { write: pool.writes && writesOwnPack(b.ids.length), sha256: !local });
+      res = await pool.seal(level, data, Uint32Array.from(b.offsets), idBuf.buffer.slice(idBuf.byteOffset, idBuf.byteOffset + idBuf.length) as ArrayBuffer, bases, elsewhere, { sha256: !local });
     } finally {
       if (room) rooms.give(room);
     }
@@ -345,16 +345,12 @@ async function runBackup(
     sizer?.seen(b.used, packBytes);
     newBytes += packBytes + b.ids.length * PACK_ENTRY;
     newChunks += b.ids.length;
-    if (!res.pack) {
-      local!.adopt(packName(res.packId));
-      newBytes += PACK_TRAILER;
-      return stored(b, res, bases?.ids ?? null, res.packId, 0);
-    }
-    // the pack the worker handed back: stored alone if large enough, else gathered with others
-    const run = { blobs: new Uint8Array(res.pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
-    if (merger.alone(run)) {
-      await upload(res.packId, Buffer.from(res.pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
-      pool.recycle(res.pack);
+    // the pack the worker handed back: stored alone if large enough or of many small chunks, else gathered with others
+    const pack = res.pack!;
+    const run = { blobs: new Uint8Array(pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
+    if (merger.alone(run) || !gathered(b.ids.length)) {
+      await upload(res.packId, Buffer.from(pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
+      pool.recycle(pack);
       newBytes += PACK_TRAILER;
       return stored(b, res, bases?.ids ?? null, res.packId, 0);
     }
@@ -362,7 +358,7 @@ async function runBackup(
     // IDs for its rows, not the blobs read for the worker (a whole previous generation, 141 MB
     // for a 488 MB night, measured)
     const full = merger.add(run, { b, res, baseIds: bases?.ids ?? null });
-    pool.recycle(res.pack);
+    pool.recycle(pack);
     res.pack = null; // the worker builds its next packs in it
     if (full) await storeMerged(full);
   };

@@ -12,20 +12,20 @@ export interface SealedRun {
 }
 
 /**
- * On a local disk, a batch of at most this many new chunks hands its pack back to be gathered with
- * others; a batch of more has its seal worker write its pack itself. Gathering costs the main
- * thread per blob (copied, listed in the index), writing costs a file per pack (created, synced,
- * renamed, an inode allocated). A 488 MB first backup at the default chunk size made 110 packs of
- * about 50 KB (the dump compresses 100 times); gathered, 3 packs, and the backup took 4 % less
- * time (1.43 s against 1.49 s, medians of 7), its second night of deltas 3.5 % less, at 64 KiB
- * chunks 4 % less. At 4 KiB chunks (a thousand blobs a batch) gathering took 5 % more time
- * and 20 MiB more memory, so those batches' workers go on writing their own packs.
+ * A small pack of a batch of at most this many new chunks is gathered with others; one of a
+ * batch of more is stored alone. Gathering costs the main thread per blob (copied, listed in the
+ * index), a pack stored alone costs a store object: a file (created, synced, renamed, an inode
+ * allocated) or a PUT. On a local disk a 488 MB first backup at the default chunk size made 110
+ * packs of about 50 KB (the dump compresses 100 times); gathered, 3 packs, and the backup took
+ * 4 % less time (1.43 s against 1.49 s, medians of 7), its second night of deltas 3.5 % less, at
+ * 64 KiB chunks 4 % less. At 4 KiB chunks (a thousand blobs a batch) gathering took 5 % more
+ * time and 20 MiB more memory.
  */
 export const GATHERED_BATCH_BLOBS = 256;
 
-/** Whether the seal worker of a batch of `blobs` new chunks writes its pack itself (a local store). */
-export function writesOwnPack(blobs: number): boolean {
-  return blobs > GATHERED_BATCH_BLOBS;
+/** Whether a small pack of a batch of `blobs` new chunks is gathered with others (else stored alone). */
+export function gathered(blobs: number): boolean {
+  return blobs <= GATHERED_BATCH_BLOBS;
 }
 
 export interface MergedPack<T> {

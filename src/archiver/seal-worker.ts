@@ -4,15 +4,14 @@ import { blobInfo, BlobSealer, CHUNK_ID_BYTES, openBaseInto } from '../crypto/bl
 import { encodePack, PACK_ENTRY, PACK_TRAILER } from '../repository/pack.js';
 import { DIGEST_BYTES } from '../repository/digest.js';
 import { packName } from '../store/backend.js';
-import { getRangesSync, putObjectSync } from '../store/fs/index.js';
+import { getRangesSync } from '../store/fs/index.js';
 import { nativeAddon } from '../native.js';
 import { WholeSealer } from './seal-whole.js';
 
 /**
- * Compresses and encrypts one batch of new chunks into one pack, in a worker thread. Asked to
- * (`write`, a local store), it also writes the pack itself (durable at the main thread's next
- * store sync); otherwise it hands the pack back, for the main thread to store alone or gathered
- * with others.
+ * Compresses and encrypts one batch of new chunks into one pack, in a worker thread, and hands the
+ * pack back (built in a buffer shared with the main thread) for the main thread to store alone or
+ * gathered with others. With a local store (workerData.directRoot) it reads delta bases from there.
  */
 export interface SealRequest {
   seq: number;
@@ -26,11 +25,9 @@ export interface SealRequest {
   ids: ArrayBuffer;
   /** base chunks for deltas against the previous generation, or null */
   bases: SealBases | null;
-  /** the worker writes the pack into its local store (workerData.directRoot) itself; else it hands the pack back */
-  write: boolean;
-  /** with the pack handed back, its SHA-256 too (an object store signs an upload of it alone with it) */
+  /** the pack's SHA-256 too (an object store signs an upload of it alone with it) */
   sha256: boolean;
-  /** a shared buffer to build the pack in, when it is handed back (an earlier response's, returned) */
+  /** a shared buffer to build the pack in (an earlier response's, returned), or null */
   out: SharedArrayBuffer | null;
 }
 
@@ -72,7 +69,7 @@ export interface SealResponse {
   packId: string;
   /** blob i lies at blobOffsets[i] .. blobOffsets[i+1] in the pack */
   blobOffsets: Uint32Array;
-  /** the pack's bytes from its start, when the worker did not write it itself (the buffer may be larger: packLength) */
+  /** the pack's bytes from its start (the buffer may be larger: packLength); null in an answer with an error */
   pack: SharedArrayBuffer | null;
   packLength: number;
   /** SHA-256 of the pack handed back, hex (an object store signs its upload with it) */
@@ -347,15 +344,12 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
       release = sealed.release;
       wholeIdx.forEach((i, k) => (blobs[i] = sealed.blobs[k] ?? sealer.seal(chunks.plain(i), idList[i]!)));
     }
-    // a pack handed back is built in a shared buffer: no copy when it is posted, and none of the
+    // the pack is built in a shared buffer: no copy when it is posted, and none of the
     // external memory churn that costs the receiving thread a full GC every few transferred packs
-    if (req.write && !directRoot) throw new Error('asked to write a pack without a local store');
     let out = req.out;
-    if (!req.write) {
-      const size = blobs.reduce((a, b) => a + b.length, 0) + n * PACK_ENTRY + PACK_TRAILER;
-      if (!out || out.byteLength < size) out = new SharedArrayBuffer(Math.ceil((size * 1.25) / 65536) * 65536);
-    }
-    const pack = encodePack(blobs, idList, req.write ? null : out);
+    const size = blobs.reduce((a, b) => a + b.length, 0) + n * PACK_ENTRY + PACK_TRAILER;
+    if (!out || out.byteLength < size) out = new SharedArrayBuffer(Math.ceil((size * 1.25) / 65536) * 65536);
+    const pack = encodePack(blobs, idList, out);
     release(); // the pack holds its own copy of the blobs
     const digests = new Uint8Array(n * DIGEST_BYTES);
     pack.entries.forEach((e, i) => digests.set(e.digest!, i * DIGEST_BYTES));
@@ -364,9 +358,8 @@ parentPort!.on('message', async (msg: SealRequest | { key: Uint8Array; idKey: Ui
     blobOffsets[n] = n > 0 ? pack.entries[n - 1]!.offset + pack.entries[n - 1]!.length : 0;
     const transfer: ArrayBuffer[] = [...transferable(req.data), blobOffsets.buffer as ArrayBuffer, digests.buffer as ArrayBuffer];
     let sha256: string | null = null;
-    if (req.write) putObjectSync(directRoot!, packName(pack.id), pack.bytes);
-    else if (req.sha256) sha256 = createHash('sha256').update(pack.bytes).digest('hex');
-    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: req.write ? null : out, packLength: pack.bytes.length, packSha256: sha256, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
+    if (req.sha256) sha256 = createHash('sha256').update(pack.bytes).digest('hex');
+    parentPort!.postMessage({ seq: req.seq, data: req.data, packId: pack.id, blobOffsets, pack: out, packLength: pack.bytes.length, packSha256: sha256, delta, baseCount, usedBases: Uint32Array.from(usedBases), digests } satisfies SealResponse, transfer);
   } catch (e) {
     // the addon's threads write into this worker's buffers: they are done before these are reused
     await sealing?.then((s) => s.release()).catch(() => {});

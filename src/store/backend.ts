@@ -13,17 +13,12 @@ export interface StoreStat {
 
 /**
  * What only a local directory can do, offered by the fs backend and used by the pipeline when
- * present: compression workers write packs straight into `root` (and read delta bases from it)
- * without a round trip through the main thread, and temp files of killed writers are cleaned up.
+ * present: compression workers read delta bases straight from `root` without a round trip
+ * through the main thread, and temp files of killed writers are cleaned up.
  */
 export interface LocalDisk {
   /** the directory objects live in ("packs/ab/<id>" is a file under it) */
   readonly root: string;
-  /**
-   * An object a worker thread wrote straight into root (its bytes flushed there): the next
-   * sync() makes its name durable too.
-   */
-  adopt(name: string): void;
   /** Remove temp files left by killed writers, those older than `olderThanMs`; how many. */
   removeStaleTemps(olderThanMs: number): Promise<number>;
   /**
@@ -69,7 +64,7 @@ export interface StoreBackend {
   listWithSizes(prefix: string): AsyncIterable<{ name: string; size: number }>;
   delete(name: string): Promise<void>;
   stat(name: string): Promise<StoreStat | null>;
-  /** Make every write so far durable, and the objects adopt()ed since the last sync. */
+  /** Make every write so far durable. */
   sync(): Promise<void>;
   /** Abilities of a local directory; undefined on object stores. */
   readonly local?: LocalDisk | undefined;

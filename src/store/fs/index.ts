@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
+import { promises as fsp, constants as fsc, closeSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { ioError } from '../../errors.js';
@@ -18,13 +18,6 @@ function tempName(dir: string): string {
   return path.join(dir, `${TMP_PREFIX}${process.pid}-${threadId}-${(tempCounter++).toString(36)}`);
 }
 
-/**
- * put() of a pack, synchronous so compression workers can write their own output without a
- * round trip through the main thread and the libuv pool (which cost a third of the main
- * thread's time in profiles): temp file, fdatasync, rename. Its name is durable after the main
- * thread's FsBackend.adopt() and sync(). Only this file is flushed: syncfs(2) of the whole file
- * system would also flush whatever else the server is writing (its database, say).
- */
 /**
  * Ranges of one object, read synchronously (compression workers reading delta bases); null
  * when the object is absent. `into`: a buffer at least as long as the ranges together, that they
@@ -55,41 +48,21 @@ export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<
   }
 }
 
-export function putObjectSync(root: string, name: string, data: Uint8Array): void {
-  const target = path.join(root, ...name.split('/'));
-  const dir = path.dirname(target);
-  const tmp = tempName(dir);
-  let fd: number;
-  try {
-    fd = openSync(tmp, 'wx', 0o640);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    mkdirSync(dir, { recursive: true });
-    fd = openSync(tmp, 'wx', 0o640);
-  }
-  try {
-    for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off);
-    fdatasyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, target);
-}
-
 /**
  * Local directory backend.
  * - putIfAbsent (snapshots, keys): temp file → fdatasync → link to the final name (link fails if
  *   it exists: a true put-if-absent) → unlink temp → directory fsync in sync().
- * - put (packs, main thread): temp file → fdatasync → rename; sync() fsyncs the directory.
- * - putObjectSync (packs written by compression workers): temp file → fdatasync → rename in
- *   the worker; the main thread adopt()s the name and sync() fsyncs its directory before the
- *   catalogue records anything the workers wrote.
+ * - put (packs): temp file → fdatasync → rename; sync() fsyncs the directory before the
+ *   catalogue records anything in the pack.
+ * Only kura's own files are flushed: syncfs(2) of the whole file system would also flush
+ * whatever else the server is writing (its database, say).
  */
 export class FsBackend implements StoreBackend, LocalDisk {
   readonly location: string;
-  /** a local directory: seal workers may write packs straight into it */
+  /** a local directory: seal workers read delta bases straight from it */
   readonly local: LocalDisk = this;
-  private readonly touchedDirs = new Set<string>();
+  /** directories whose entries changed since their last fsync, and how often (a sync forgets one only if unchanged meanwhile) */
+  private readonly touchedDirs = new Map<string, number>();
   private readonly handles = new ReadHandles();
 
   constructor(readonly root: string) {
@@ -196,7 +169,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
       } finally {
         await fsp.unlink(tmp).catch(() => {});
       }
-      this.touchedDirs.add(dir);
+      this.touch(dir);
       return true;
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
@@ -210,7 +183,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
       const tmp = await this.writeTemp(dir, data); // fdatasync'd
       await fsp.rename(tmp, target);
       this.handles.forget(target);
-      this.touchedDirs.add(dir);
+      this.touch(dir);
     } catch (e) {
       throw ioError(`cannot write ${name} in ${this.root}`, e);
     }
@@ -245,7 +218,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
     this.handles.forget(this.pathOf(name));
     try {
       await fsp.unlink(this.pathOf(name));
-      this.touchedDirs.add(path.dirname(this.pathOf(name)));
+      this.touch(path.dirname(this.pathOf(name)));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw ioError(`cannot delete ${name} in ${this.root}`, e);
@@ -267,22 +240,27 @@ export class FsBackend implements StoreBackend, LocalDisk {
     this.handles.closeAll();
   }
 
-  adopt(name: string): void {
-    this.touchedDirs.add(path.dirname(this.pathOf(name)));
-  }
-
   removeStaleTemps(olderThanMs: number): Promise<number> {
     return removeStaleTemps(this.root, olderThanMs);
   }
 
+  private touch(dir: string): void {
+    this.touchedDirs.set(dir, (this.touchedDirs.get(dir) ?? 0) + 1);
+  }
+
+  /**
+   * A directory is forgotten only once its fsync succeeded and nothing was renamed into it
+   * meanwhile: a sync that starts while another is flushing the same directory flushes it too
+   * rather than return early, and a failed fsync is tried again by the next sync.
+   */
   async sync(): Promise<void> {
     const dirs = [...this.touchedDirs];
-    this.touchedDirs.clear();
     try {
-      await Promise.all(dirs.map(fsyncDir));
+      await Promise.all(dirs.map(([dir]) => fsyncDir(dir)));
     } catch (e) {
       throw ioError(`cannot make writes in ${this.root} durable`, e);
     }
+    for (const [dir, n] of dirs) if (this.touchedDirs.get(dir) === n) this.touchedDirs.delete(dir);
   }
 }
 
