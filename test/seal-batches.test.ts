@@ -176,26 +176,25 @@ test('a seal request takes each chunk from its own place: the batch buffer or se
 });
 
 /**
- * A pack that cannot be written fails the backup while other batches hold segments of the
- * pipeline: it stops with E_IO and writes no snapshot (it does not hang on the segments those
- * batches keep), and the rerun stores what is missing and restores byte for byte.
+ * A backup whose packs cannot all be written (fan-out directories of the repository replaced by
+ * files: a pack named into one is not written, even by root) fails with E_IO naming the pack and
+ * writes no snapshot; with the directories back, the rerun completes and restores byte for byte.
  */
-test('a pack that cannot be written fails the backup with E_IO and no snapshot while segments are held; the rerun completes', async (t) => {
+async function failedPackWrite(t: import('node:test').TestContext, o: { seed: number; bytes: number; args: string[]; blocked: (i: number) => boolean }): Promise<void> {
   const dir = tempDir(t);
   const repo = path.join(dir, 'repo');
   kuraOk(['repo', 'init', '--repo', repo]);
   const file = path.join(dir, 'dump.sql');
-  const dump = await collect(sqlDump(8, 64 * MiB));
+  const dump = await collect(sqlDump(o.seed, o.bytes));
   writeFileSync(file, dump);
-  // half the packs' fan-out directories are files: a pack named into one is not written, even by root
-  // (16 packs of 4 MiB: all of them landing in the other half has odds of 1 in 65 536)
   const packs = path.join(repo, 'packs');
-  const blocked = readdirSync(packs).filter((_, i) => i % 2 === 0);
+  const blocked = readdirSync(packs).filter((_, i) => o.blocked(i));
   for (const d of blocked) {
     rmSync(path.join(packs, d), { recursive: true });
     writeFileSync(path.join(packs, d), 'not a directory');
   }
-  const failed = kura(['backup', '--repo', repo, '--name', 'db', '--file', file, '--chunk-avg', '4096']);
+  const backupArgs = ['backup', '--repo', repo, '--name', 'db', '--file', file, ...o.args];
+  const failed = kura(backupArgs);
   assert.notEqual(failed.status, 0, 'the backup failed');
   assert.match(failed.stderr, /E_IO[^]*cannot write packs\//, failed.stderr);
   assert.deepEqual(readdirSync(path.join(repo, 'snapshots')), [], 'no snapshot was written');
@@ -203,12 +202,24 @@ test('a pack that cannot be written fails the backup with E_IO and no snapshot w
     rmSync(path.join(packs, d));
     mkdirSync(path.join(packs, d));
   }
-  const id = kuraOk(['backup', '--repo', repo, '--name', 'db', '--file', file, '--chunk-avg', '4096']).stdout.toString().trim();
+  const id = kuraOk(backupArgs).stdout.toString().trim();
   const out = path.join(dir, 'restored');
   kuraOk(['restore', '--repo', repo, id, '--to', out]);
   assert.ok(readFileSync(out).equals(dump), 'the rerun restores byte for byte');
   kuraOk(['check', '--repo', repo, '--read-data']);
-});
+}
+
+/**
+ * A pack that cannot be written fails the backup while other batches hold segments of the
+ * pipeline (it does not hang on the segments those batches keep). Half the fan-out directories
+ * are files: 16 packs of 4 KiB chunks all landing in the other half has odds of 1 in 65 536.
+ */
+test('a pack that cannot be written fails the backup with E_IO and no snapshot while segments are held; the rerun completes', (t) =>
+  failedPackWrite(t, { seed: 8, bytes: 64 * MiB, args: ['--chunk-avg', '4096'], blocked: (i) => i % 2 === 0 }));
+
+/** The same for a pack gathered from batches answered long before (every fan-out directory is a file). */
+test('a gathered pack that cannot be written fails the backup with E_IO and no snapshot; the rerun completes', (t) =>
+  failedPackWrite(t, { seed: 13, bytes: 32 * MiB, args: [], blocked: () => true }));
 
 const packFiles = (repo: string) => readdirSync(path.join(repo, 'packs')).flatMap((d) => readdirSync(path.join(repo, 'packs', d)).filter((f) => !f.startsWith('.tmp-')));
 
@@ -270,35 +281,3 @@ test('on a local disk small packs are gathered into one file; batches of small c
   kuraOk(['check', '--repo', repo, '--read-data'], { env: { KURA_PASSPHRASE: 'correct horse' } });
 });
 
-/**
- * A gathered pack that cannot be written (every fan-out directory is a file) fails the backup with
- * E_IO naming the pack and no snapshot, though its batches were answered long before; the rerun
- * completes.
- */
-test('a gathered pack that cannot be written fails the backup with E_IO and no snapshot; the rerun completes', async (t) => {
-  const dir = tempDir(t);
-  const repo = path.join(dir, 'repo');
-  kuraOk(['repo', 'init', '--repo', repo]);
-  const file = path.join(dir, 'dump.sql');
-  const dump = await collect(sqlDump(13, 32 * MiB));
-  writeFileSync(file, dump);
-  const packs = path.join(repo, 'packs');
-  const dirs = readdirSync(packs);
-  for (const d of dirs) {
-    rmSync(path.join(packs, d), { recursive: true });
-    writeFileSync(path.join(packs, d), 'not a directory');
-  }
-  const failed = kura(['backup', '--repo', repo, '--name', 'db', '--file', file]);
-  assert.notEqual(failed.status, 0, 'the backup failed');
-  assert.match(failed.stderr, /E_IO[^]*cannot write packs\//, failed.stderr);
-  assert.deepEqual(readdirSync(path.join(repo, 'snapshots')), [], 'no snapshot was written');
-  for (const d of dirs) {
-    rmSync(path.join(packs, d));
-    mkdirSync(path.join(packs, d));
-  }
-  const id = kuraOk(['backup', '--repo', repo, '--name', 'db', '--file', file]).stdout.toString().trim();
-  const out = path.join(dir, 'restored');
-  kuraOk(['restore', '--repo', repo, id, '--to', out]);
-  assert.ok(readFileSync(out).equals(dump), 'the rerun restores byte for byte');
-  kuraOk(['check', '--repo', repo, '--read-data']);
-});
