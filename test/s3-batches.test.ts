@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RemoteBatchSizer } from '../src/archiver/upload-pacing.js';
-import { PackMerger } from '../src/archiver/pack-merge.js';
+import { gathered, GATHERED_BATCH_BLOBS, PackMerger } from '../src/archiver/pack-merge.js';
 import { SharedRooms } from '../src/archiver/delta-bases.js';
 import { bytesRead } from '../src/store/s3/scavenge.js';
 import { CHUNK_ID_BYTES } from '../src/crypto/blob.js';
@@ -96,4 +96,19 @@ test('bytes read from sockets have the young generation collected every few MiB:
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   const after = process.memoryUsage().arrayBuffers;
   assert.ok(held - after > 6 * MiB, `external memory ${(held / MiB).toFixed(1)} MiB, then ${(after / MiB).toFixed(1)} MiB`);
+});
+
+/** A PUT costs a round trip, a file on a local disk less than gathering a thousand small blobs on the main thread. */
+test('small packs are gathered on an object store whatever their batch, on a local disk only from batches of at most 256 chunks', () => {
+  const table: Array<[blobs: number, localDisk: boolean, gathered: boolean]> = [
+    [1, true, true],
+    [16, true, true],
+    [GATHERED_BATCH_BLOBS, true, true],
+    [GATHERED_BATCH_BLOBS + 1, true, false],
+    [2000, true, false],
+    [1, false, true],
+    [GATHERED_BATCH_BLOBS + 1, false, true],
+    [2000, false, true],
+  ];
+  for (const [blobs, localDisk, want] of table) assert.equal(gathered(blobs, localDisk), want, `${blobs} blobs on ${localDisk ? 'a local disk' : 'an object store'}`);
 });

@@ -348,7 +348,7 @@ async function runBackup(
     // the pack the worker handed back: stored alone if large enough or of many small chunks, else gathered with others
     const pack = res.pack!;
     const run = { blobs: new Uint8Array(pack, 0, packBytes), blobOffsets: res.blobOffsets, ids: b.ids, digests: res.digests };
-    if (merger.alone(run) || !gathered(b.ids.length)) {
+    if (merger.alone(run) || !gathered(b.ids.length, local !== null)) {
       await upload(res.packId, Buffer.from(pack, 0, res.packLength), res.packLength, res.packSha256 ?? undefined);
       pool.recycle(pack);
       newBytes += PACK_TRAILER;

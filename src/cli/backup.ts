@@ -42,7 +42,7 @@ export function registerBackup(program: Command): void {
     .option('--tag <tag>', 'label stored in the snapshot header (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--compression <level>', 'zstd level for new chunks (default: the repository\'s)')
     .option('--no-delta', 'store every changed chunk whole, not as a delta of the previous generation\'s (restores read fewer chunks; more bytes stored)')
-    .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s). 4096 suits database dumps')
+    .option('--chunk-avg <bytes>', 'average chunk size, a power of two (min = avg/4, max = avg×4; default: the repository\'s, 256 KiB unless set at init: on the database dumps measured it stores the least per night, smaller chunks more)')
     .option('--scrub <size>', 'stored bytes of packs read and verified before the backup deduplicates against them (default 4GiB; the next backup goes on where this one stopped); 0: none, damage is then found by the relay or kura check')
     .option('--route <name>', 'queue the snapshot for this route of modules.routing (repeatable); the relay ships it', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print one JSON line: id, logical bytes, new bytes stored, chunks, new chunks, seconds')
