@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { openStore, prepareStore, type StorageSpec } from '../src/store/index.js';
 import { S3Backend } from '../src/store/s3/index.js';
+import { FsBackend } from '../src/store/fs/index.js';
 import { probeConditionalPut } from '../src/store/probe.js';
 import { withRetry, withAccounting, StoreCounters, renderStoreMetrics } from '../src/store/wrappers.js';
 import type { StoreBackend } from '../src/store/backend.js';
@@ -145,6 +146,30 @@ test('an fs store keeps read handles open between reads only for a moment, and n
   store.close?.();
   for (let i = 0; i < 20 && openHere() > 0; i++) await new Promise((r) => setTimeout(r, 10));
   assert.equal(openHere(), 0);
+});
+
+/**
+ * sync() makes the directory entries of the packs put so far durable before the catalogue records
+ * them: a directory is forgotten only once its fsync succeeded and nothing was renamed into it
+ * meanwhile, so a failed fsync is tried again by the next sync and a pack renamed in during one is
+ * flushed by the next.
+ */
+test('an fs store forgets a directory to sync only once its fsync succeeded and nothing was renamed into it meanwhile', async () => {
+  const root = path.join(dir, 'fs-sync');
+  const store = new FsBackend(root);
+  const unsynced = () => [...(store as unknown as { touchedDirs: Map<string, number> }).touchedDirs.keys()].map((d) => path.relative(root, d));
+  await store.put('packs/ab/one', Buffer.from('1'));
+  assert.deepEqual(unsynced(), ['packs/ab']);
+  const first = store.sync();
+  await store.put('packs/ab/two', Buffer.from('2'));
+  await first;
+  assert.deepEqual(unsynced(), ['packs/ab'], 'a pack renamed in while the directory was being flushed: flushed again by the next sync');
+  await store.sync();
+  assert.deepEqual(unsynced(), []);
+  await store.put('packs/cd/three', Buffer.from('3'));
+  rmSync(path.join(root, 'packs', 'cd'), { recursive: true });
+  await assert.rejects(store.sync(), (e: KuraError) => e.code === 'E_IO' && /cannot make writes in .* durable/.test(e.message));
+  assert.deepEqual(unsynced(), ['packs/cd'], 'a directory whose fsync failed is tried again');
 });
 
 test('an s3 store on Ceph RGW keeps the StoreBackend contract', async (t) => {

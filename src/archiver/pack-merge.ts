@@ -17,11 +17,11 @@ export interface SealedRun {
  * (copied, listed in the index), a pack stored alone costs a file (created, synced, renamed, an
  * inode allocated). On an object store every small pack is gathered: a PUT each costs a round
  * trip and a request, and objects under a few MiB make a bucket's listing and GC slow (the 4 KiB
- * chunks of a 40 MiB dump: 2 packs gathered, not 6). On a local disk a 488 MB first backup at the default chunk size made 110
- * packs of about 50 KB (the dump compresses 100 times); gathered, 3 packs, and the backup took
- * 4 % less time (1.43 s against 1.49 s, medians of 7), its second night of deltas 3.5 % less, at
- * 64 KiB chunks 4 % less. At 4 KiB chunks (a thousand blobs a batch) gathering took 5 % more
- * time and 20 MiB more memory.
+ * chunks of a 40 MiB dump: 2 packs gathered, not 6). On a local disk a 488 MB first backup at
+ * the default chunk size made 110 packs of about 50 KB (the dump compresses 100 times); gathered,
+ * 3 packs, and the backup took 4 % less time (1.43 s against 1.49 s, medians of 7), its second
+ * night of deltas 3.5 % less, at 64 KiB chunks 4 % less. At 4 KiB chunks (a thousand blobs a
+ * batch) gathering took 5 % more time and 20 MiB more memory.
  */
 export const GATHERED_BATCH_BLOBS = 256;
 
@@ -43,10 +43,10 @@ export interface MergedPack<T> {
 
 /**
  * Small packs gathered into one: one PUT to an object store, one file on a local disk. A batch of
- * new chunks that compresses well (a night of deltas: 24 MiB of changed chunks made packs of 0.3-1 MiB) would need tens of MiB of
- * input per batch to make a pack worth one PUT, and every batch in flight holds its input, on the
- * main thread and in the worker with its bases. Batches stay small instead, and their sealed
- * blobs are copied here until at least `target` bytes are gathered (a batch under
+ * new chunks that compresses well (a night of deltas: 24 MiB of changed chunks made packs of
+ * 0.3-1 MiB) would need tens of MiB of input per batch to make a pack worth one PUT, and every
+ * batch in flight holds its input, on the main thread and in the worker with its bases. Batches
+ * stay small instead, and their sealed blobs are copied here until at least `target` bytes are gathered (a batch under
  * PackMerger.alone's bound may take it to about 1.8 times that); the pack is then laid out once,
  * its index after its blobs in the same buffer and its ID hashed over them in one call.
  */

@@ -24,9 +24,9 @@ export function sealWorkers(cores: number): number {
 }
 
 /**
- * Requests a worker holds at once: while one batch's pack is encoded on the worker's thread, the addon's threads compress and seal the next batch's whole chunks
- * (seal-whole.ts). With one, they waited for each other: a first backup took longer than
- * with the worker's own zstd.
+ * Requests a worker holds at once: while one batch's pack is encoded on the worker's thread, the
+ * addon's threads compress and seal the next batch's whole chunks (seal-whole.ts). With one, they
+ * waited for each other: a first backup took longer than with the worker's own zstd.
  */
 const REQUESTS_PER_WORKER = 2;
 
