@@ -16,7 +16,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { needCommands, toolEnv } from './measure.js';
+import { measurer, needCommands, toolEnv, type Run } from './measure.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const KURA = path.join(ROOT, 'bin', 'kura');
@@ -54,18 +54,8 @@ function run(cmd: string, args: string[], env: Record<string, string>): void {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
 }
 
-/** One command under GNU time: wall seconds, CPU seconds (user + system) and peak RSS in MiB. */
-function timed(cmd: string, args: string[], env: Record<string, string>): { seconds: number; cpuSeconds: number; rssMiB: number } {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', 'bench-first %U %S %M', cmd, ...args], { env: toolEnv(env), stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  const m = /bench-first ([\d.]+) ([\d.]+) (\d+)/.exec(r.stderr);
-  if (!m) throw new Error(`no figures from GNU time: ${r.stderr.slice(-500)}`);
-  return { seconds, cpuSeconds: Number(m[1]) + Number(m[2]), rssMiB: +(Number(m[3]) / 1024).toFixed(1) };
-}
-
 const work = mkdtempSync(path.join(tmpdir(), 'kura-bench-first-'));
+const timed = measurer(path.join(work, 'time'));
 const kuraEnv = { KURA_PASSPHRASE: 'bench', KURA_LOG_LEVEL: 'warn' };
 const borgEnv = (base: string) => ({ BORG_PASSPHRASE: 'bench', BORG_BASE_DIR: base, BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes' });
 try {
@@ -81,13 +71,13 @@ try {
     if (name !== 'kura') run('cp', ['-a', path.join(tpl, 'borg-base'), path.join(dir, 'base')], {});
     return dir;
   };
-  const tools: Record<string, (dir: string) => { seconds: number; cpuSeconds: number; rssMiB: number }> = {
+  const tools: Record<string, (dir: string) => Run> = {
     kura: (dir) => timed(process.execPath, [KURA, 'backup', '--repo', path.join(dir, 'repo'), '--name', 'dump', '--file', file, ...(chunkAvg ? ['--chunk-avg', chunkAvg] : [])], kuraEnv),
     'borg-lz4': (dir) => timed('borg', ['create', '--compression', 'lz4', `${path.join(dir, 'repo')}::first`, file], borgEnv(path.join(dir, 'base'))),
     'borg-zstd3': (dir) => timed('borg', ['create', '--compression', 'zstd,3', `${path.join(dir, 'repo')}::first`, file], borgEnv(path.join(dir, 'base'))),
   };
   const names = Object.keys(tools);
-  const results: Record<string, Array<{ seconds: number; cpuSeconds: number; rssMiB: number; repoBytes: number }>> = Object.fromEntries(names.map((n) => [n, []]));
+  const results: Record<string, Array<Run & { repoBytes: number }>> = Object.fromEntries(names.map((n) => [n, []]));
   for (let round = 0; round < runs; round++) {
     // the order turns each round: no tool always runs right after another
     for (let k = 0; k < names.length; k++) {

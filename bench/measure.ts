@@ -28,18 +28,20 @@ export function toolEnv(extra: Record<string, string> = {}): Record<string, stri
 
 export interface Run {
   seconds: number;
+  /** user + system CPU seconds (GNU time's %U + %S) */
+  cpuSeconds: number;
   /** peak RSS of the command's largest process, MiB (GNU time's %M) */
   rssMiB: number;
 }
 
-/** Runs a command to completion under GNU time (its report in `rssFile`), in toolEnv(env): wall seconds and peak RSS. */
+/** Runs a command to completion under GNU time (its report in `rssFile`), in toolEnv(env): wall and CPU seconds and peak RSS. */
 export function measurer(rssFile: string): (cmd: string, args: string[], env?: Record<string, string>, input?: string) => Run {
   return (cmd, args, env = {}, input) => {
     const t = performance.now();
-    const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], { env: toolEnv(env), encoding: 'utf8', maxBuffer: 1 << 28, input });
+    const r = spawnSync('/usr/bin/time', ['-f', '%U %S %M', '-o', rssFile, cmd, ...args], { env: toolEnv(env), encoding: 'utf8', maxBuffer: 1 << 28, input });
     const seconds = (performance.now() - t) / 1000;
     if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-    const kib = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-    return { seconds, rssMiB: +(kib / 1024).toFixed(1) };
+    const [user, system, kib] = readFileSync(rssFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number) as [number, number, number];
+    return { seconds, cpuSeconds: user + system, rssMiB: +(kib / 1024).toFixed(1) };
   };
 }
