@@ -16,8 +16,15 @@ export interface SnapshotRow {
   header: SnapshotHeader;
 }
 
-/** chunk IDs looked up by one statement: the largest a batch fills, down to one */
-const LOCATE_SIZES = [500, 64, 16, 4, 1];
+/** chunk IDs looked up by one statement at most */
+const LOCATE_MAX = 4096;
+
+/** IDs as a JSON array of hex strings (for json_each) */
+function hexArray(ids: readonly Buffer[]): string {
+  let s = '[';
+  for (let i = 0; i < ids.length; i++) s += (i === 0 ? '"' : ',"') + ids[i]!.toString('hex') + '"';
+  return s + ']';
+}
 
 export interface ChunkLocation {
   pack: string;
@@ -86,6 +93,17 @@ export class Catalogue {
     prepareSchema(this.db, path);
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length, digest FROM chunks WHERE id = ?');
+    // a row for every ID (the LEFT JOINs), with its place in the array (the key): placed by it, not by the row order
+    this.locManyStmt = this.db
+      .prepare<[string], [number, string | null, number | null, number | null, Buffer | null]>(
+        'SELECT j.key, p.name, c.offset, c.stored_size, c.digest FROM json_each(?) j LEFT JOIN chunk_rows c ON c.id = unhex(j.value) LEFT JOIN packs p ON p.n = c.pack',
+      )
+      .raw();
+    this.locManyBareStmt = this.db
+      .prepare<[string], [number, string | null, number | null, number | null, Buffer | null]>(
+        'SELECT j.key, p.name, c.offset, c.stored_size, NULL FROM json_each(?) j LEFT JOIN chunk_rows c ON c.id = unhex(j.value) LEFT JOIN packs p ON p.n = c.pack',
+      )
+      .raw();
     this.rowStmt = this.db.prepare<[Buffer], [number, number, number, number]>('SELECT pack, offset, stored_size, plain_size FROM chunk_rows WHERE id = ?').raw();
     this.packNameStmt = this.db.prepare<[number], string>('SELECT name FROM packs WHERE n = ?').pluck();
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
@@ -142,34 +160,28 @@ export class Catalogue {
   }
 
   /**
-   * The locations of many chunks (undefined for one not held), up to 500 IDs a statement (LOCATE_SIZES):
-   * a restore looks up every chunk, and one lookup a call cost twice the CPU time. A batch takes
-   * the largest statement it fills (a vault's requests of 64 chunks, padded to 500, spent a tenth
-   * of its restore time here).
+   * The locations of many chunks, in the order asked (undefined for one not held), by one
+   * statement: the IDs go in as one JSON array of hex strings and each row comes back with its
+   * place in it, so no ID is bound or returned one by one. A restore looks up every chunk and every
+   * delta's base: 132 000 lookups of a 4 KiB-chunk night took 1.3 s of its main thread with up
+   * to 500 IDs bound a statement (small batches, a segment's bases, fell to statements of 64, 16,
+   * 4 and 1), each row returning its ID to be matched by a map. Without `digests` (a reader that
+   * opens the blobs, whose tags and IDs verify them) the recorded digests are not read: each cost a
+   * Buffer, a fifth of a lookup.
    */
-  locations(ids: readonly Buffer[]): Array<ChunkLocation | undefined> {
+  locations(ids: readonly Buffer[], digests = true): Array<ChunkLocation | undefined> {
     const out = new Array<ChunkLocation | undefined>(ids.length);
-    for (let at = 0; at < ids.length; ) {
-      const size = LOCATE_SIZES.find((k) => k <= ids.length - at)!;
-      const found = new Map<string, ChunkLocation>();
-      for (const [id, pack, offset, length, digest] of this.locManyStmt(size).all(...ids.slice(at, at + size))) found.set(id.toString('latin1'), { pack, offset, length, digest });
-      for (let i = at; i < at + size; i++) out[i] = found.get(ids[i]!.toString('latin1'));
-      at += size;
+    const stmt = digests ? this.locManyStmt : this.locManyBareStmt;
+    for (let at = 0; at < ids.length; at += LOCATE_MAX) {
+      const part = ids.slice(at, at + LOCATE_MAX);
+      const rows = stmt.all(hexArray(part));
+      for (const [key, pack, offset, length, digest] of rows) if (pack !== null) out[at + key] = { pack, offset: offset!, length: length!, digest };
     }
     return out;
   }
 
-  private readonly locMany = new Map<number, Database.Statement<Buffer[], [Buffer, string, number, number, Buffer | null]>>();
-  private locManyStmt(size: number) {
-    let stmt = this.locMany.get(size);
-    if (!stmt) {
-      stmt = this.db
-        .prepare<Buffer[], [Buffer, string, number, number, Buffer | null]>(`SELECT c.id, p.name, c.offset, c.stored_size, c.digest FROM chunk_rows c JOIN packs p ON p.n = c.pack WHERE c.id IN (${new Array(size).fill('?').join(',')})`)
-        .raw();
-      this.locMany.set(size, stmt);
-    }
-    return stmt;
-  }
+  private readonly locManyStmt: Database.Statement<[string], [number, string | null, number | null, number | null, Buffer | null]>;
+  private readonly locManyBareStmt: Database.Statement<[string], [number, string | null, number | null, number | null, Buffer | null]>;
 
   /**
    * A chunk's row with its pack by number: [pack number, offset, stored size, plain size]. The

@@ -2,6 +2,7 @@ import { KuraError } from '../errors.js';
 import { packName } from '../store/backend.js';
 import type { Repository } from './repository.js';
 import type { ChunkLocation } from './catalogue.js';
+import type { LocalDisk } from '../store/backend.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
@@ -20,11 +21,15 @@ interface Run {
   digests: Array<Buffer | null>;
 }
 
-/** `ids` with their locations, looked up LOCATE_AHEAD at a time; a chunk not held fails (E_CHUNK_MISSING). */
-export function* located(repo: Repository, ids: Iterable<Buffer>, what: string): Generator<{ id: Buffer; loc: ChunkLocation }> {
+/**
+ * `ids` with their locations, looked up LOCATE_AHEAD at a time; a chunk not held fails
+ * (E_CHUNK_MISSING). `digests: false`: without the digests recorded (null), for a reader that opens
+ * the blobs.
+ */
+export function* located(repo: Repository, ids: Iterable<Buffer>, what: string, digests = true): Generator<{ id: Buffer; loc: ChunkLocation }> {
   const batch: Buffer[] = [];
   const flush = function* () {
-    const locs = repo.catalogue.locations(batch);
+    const locs = repo.catalogue.locations(batch, digests);
     for (let i = 0; i < batch.length; i++) {
       const id = batch[i]!;
       const loc = locs[i];
@@ -67,7 +72,7 @@ function* planRuns(chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>): Genera
  * small read-ahead (bounded memory whatever the number of chunks).
  */
 export function readBlobs(repo: Repository, ids: Iterable<Buffer>, what: string, how: ReadOptions = {}): AsyncGenerator<{ id: Buffer; blob: Buffer }> {
-  return readBlobsAt(repo, located(repo, ids, what), what, how);
+  return readBlobsAt(repo, located(repo, ids, what, false), what, how); // blobs only: their digests are not passed on
 }
 
 export interface ReadOptions {
@@ -93,7 +98,7 @@ export interface ReadOptions {
  */
 export function listFetcher(repo: Repository): (ids: Buffer[], what: string) => AsyncGenerator<{ id: Buffer; blob: Buffer }> {
   return async function* (ids, what) {
-    const sorted = [...located(repo, ids, what)].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset));
+    const sorted = [...located(repo, ids, what, false)].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset));
     const got = new Map<string, Buffer>();
     for await (const { id, blob } of readBlobsAt(repo, sorted, what)) got.set(id.toString('base64'), blob);
     for (const id of ids) yield { id, blob: got.get(id.toString('base64'))! };
@@ -149,13 +154,23 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     }
     return bytes;
   };
-  const byPackReads = how.byPack && !blocking;
+  if (blocking) {
+    // on this thread, through windows of each pack (a pread each, not one for every few chunks)
+    const windows = new ReadWindows(blocking);
+    for (const run of planRuns(chunks)) {
+      const got = windows.read(packName(run.pack), run.offset, run.length);
+      const bytes = got && got.length === run.length ? got : await refetch(run, got);
+      yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
+    }
+    return;
+  }
+  const byPackReads = how.byPack;
   const fetch = async (group: Run[]) => {
     const name = packName(group[0]!.pack);
     // a pack's runs read into one buffer of their size: the store joins near ranges into one
     // request, and the bytes between them are not kept with the runs
     const into = byPackReads ? Buffer.allocUnsafe(group.reduce((n, r) => n + r.length, 0)) : undefined;
-    const got = blocking ? blocking.getRangesSync(name, group) : group.length === 1 && !into ? [await repo.store.getRange(name, group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(name, group, into);
+    const got = group.length === 1 && !into ? [await repo.store.getRange(name, group[0]!.offset, group[0]!.length)] : await repo.store.getRanges(name, group, into);
     return Promise.all(group.map(async (run, i) => ({ run, bytes: await refetch(run, got?.[i] ?? null) })));
   };
   if (byPackReads) {
@@ -177,6 +192,36 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     const done = await queue.shift()!;
     fill();
     for (const { run, bytes } of done) yield { ids: run.ids, lengths: run.lengths, bytes, digests: run.digests, pack: run.pack, offset: run.offset };
+  }
+}
+
+const WINDOW_BYTES = 32 << 10;
+const WINDOWS = 8;
+
+/**
+ * Blocking reads of a local disk through a window of each of the last WINDOWS packs read: a
+ * range outside its pack's window reads the WINDOW_BYTES from its start (or the range, if
+ * longer). A snapshot of small chunks from many nights alternates between packs every few
+ * chunks, each pack's chunks in rising offsets: one pread for every few chunks becomes one a
+ * window. A window's buffer stays alive while blobs read from it do.
+ */
+class ReadWindows {
+  private readonly byName = new Map<string, { start: number; bytes: Buffer }>();
+
+  constructor(private readonly disk: LocalDisk) {}
+
+  /** The bytes of a range (shorter at the object's end), or null when the object is absent. */
+  read(name: string, offset: number, length: number): Buffer | null {
+    let w = this.byName.get(name);
+    if (!w || offset < w.start || offset + length > w.start + w.bytes.length) {
+      const got = this.disk.getRangesSync(name, [{ offset, length: Math.max(length, WINDOW_BYTES) }]);
+      if (!got) return null;
+      w = { start: offset, bytes: got[0]! };
+      if (this.byName.size >= WINDOWS && !this.byName.has(name)) this.byName.delete(this.byName.keys().next().value!);
+    }
+    this.byName.delete(name); // most recently used last
+    this.byName.set(name, w);
+    return w.bytes.subarray(offset - w.start, offset - w.start + length);
   }
 }
 

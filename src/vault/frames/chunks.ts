@@ -141,7 +141,7 @@ class ReadAhead {
     let bytes = 0;
     let end = at + list.length * CHUNK_ID_BYTES;
     try {
-      const chunks = [...located(repo, list, what)];
+      const chunks = [...located(repo, list, what, false)]; // blobs sent by ID: their digests are not passed on
       let n = 0;
       while (n < chunks.length && (n === 0 || bytes + chunks[n]!.loc.length <= SLICE_BYTES)) bytes += chunks[n++]!.loc.length;
       chunks.length = n;
