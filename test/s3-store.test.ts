@@ -148,6 +148,39 @@ test('an fs store keeps read handles open between reads only for a moment, and n
   assert.equal(openHere(), 0);
 });
 
+test('an fs store reads ranges on the calling thread through the same kept handles: near ones at once, a replaced or deleted object anew', async () => {
+  const root = path.join(dir, 'fs-handles-sync');
+  const store = new FsBackend(root);
+  const openHere = () => readdirSync('/proc/self/fd').filter((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`).startsWith(root); } catch { return false; } }).length;
+  const big = Buffer.alloc(3 << 20);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  await store.put('packs/ab/big', big);
+  // near ranges (one span), one far away (its own read), one running past the end (short), in any order
+  const ranges = [{ offset: 2 << 20, length: 64 }, { offset: 8, length: 16 }, { offset: 100, length: 40 }, { offset: (3 << 20) - 10, length: 30 }, { offset: 40_000, length: 8 }];
+  const got = store.getRangesSync('packs/ab/big', ranges)!;
+  assert.deepEqual(got.map((b) => b.length), [64, 16, 40, 10, 8]);
+  ranges.forEach((r, i) => assert.ok(got[i]!.equals(big.subarray(r.offset, r.offset + r.length)), `range ${i}`));
+  assert.equal(store.getRangesSync('packs/ab/absent', [{ offset: 0, length: 4 }]), null, 'an absent object reads as absent');
+  const names = Array.from({ length: 80 }, (_, i) => `packs/${(i % 4).toString(16).padStart(2, '0')}/s${i}`);
+  for (const n of names) await store.put(n, Buffer.from(n));
+  for (const n of names) assert.equal(store.getRangesSync(n, [{ offset: 0, length: n.length }])![0]!.toString(), n);
+  const held = openHere();
+  assert.ok(held > 0 && held <= 64, `after reading 80 objects, ${held} descriptors are open`);
+  assert.equal(store.getRangesSync(names[79]!, [{ offset: 0, length: 3 }])![0]!.toString(), 'pac');
+  assert.equal(openHere(), held, 'a second read of an object uses its open descriptor');
+  // this process replacing or deleting an object drops its descriptor: the next read sees the new bytes, or nothing
+  await store.put(names[79]!, Buffer.from('replaced'));
+  assert.equal(store.getRangesSync(names[79]!, [{ offset: 0, length: 8 }])![0]!.toString(), 'replaced');
+  await store.delete(names[79]!);
+  assert.equal(store.getRangesSync(names[79]!, [{ offset: 0, length: 8 }]), null);
+  for (let i = 0; i < 50 && openHere() > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(openHere(), 0, 'unused for a moment, every descriptor is closed');
+  store.getRangesSync(names[0]!, [{ offset: 0, length: 1 }]);
+  assert.equal(openHere(), 1);
+  store.close();
+  assert.equal(openHere(), 0, 'closing the store closes its descriptors at once');
+});
+
 /**
  * sync() makes the directory entries of the packs put so far durable before the catalogue records
  * them: a directory is forgotten only once its fsync succeeded and nothing was renamed into it

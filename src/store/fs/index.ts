@@ -144,10 +144,30 @@ export class FsBackend implements StoreBackend, LocalDisk {
     }
   }
 
+  /**
+   * getRanges on the calling thread, the file kept open between calls as for getRanges, and
+   * ranges within JOIN_GAP of each other read at once (a restore's runs of one pack lie near
+   * each other when a night's chunks alternate with older ones): one pread a span, and each
+   * range a view of it.
+   */
   getRangesSync(name: string, ranges: ReadonlyArray<{ offset: number; length: number }>): Buffer[] | null {
     try {
-      return getRangesSync(this.root, name, ranges);
+      return this.handles.useSync(this.pathOf(name), (fd) => {
+        const out = new Array<Buffer>(ranges.length);
+        for (const s of spansOf(ranges, JOIN_GAP, MAX_SPAN)) {
+          const buf = Buffer.allocUnsafe(s.end - s.start);
+          let got = 0;
+          while (got < buf.length) {
+            const n = readSync(fd, buf, got, buf.length - got, s.start + got);
+            if (n === 0) break;
+            got += n;
+          }
+          for (const m of s.members) out[m.i] = buf.subarray(m.offset - s.start, Math.max(m.offset - s.start, Math.min(m.offset - s.start + m.length, got)));
+        }
+        return out;
+      });
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw ioError(`cannot read ${name} in ${this.root}`, e);
     }
   }
