@@ -78,11 +78,11 @@ test('a restore reuses the buffers it opens chunks into only after the reader is
     const opener = new DeltaOpener(r.keys, source);
     const first = await blobsOf(chunks.slice(0, 16));
     await opener.prepare(first, 'the first 16 chunks');
-    const deltas = first.filter((b) => opener.isDelta(b.blob));
+    const deltas = first.map((b) => blobInfo(b.blob)).filter((info) => (info?.bases.length ?? 0) > 0);
     assert.ok(deltas.length >= 8, `the second night is deltas (${deltas.length} of 16)`);
-    const views = deltas.flatMap((b) => opener.basesOf(b.blob)!);
+    const views = deltas.flatMap((info) => opener.basesOf(info)!);
     const copies = views.map((v) => Buffer.from(v));
-    const release = opener.pin(deltas.map((b) => b.blob));
+    const release = opener.pin(deltas);
     for (let at = 16; at < chunks.length; at += 16) await opener.prepare(await blobsOf(chunks.slice(at, at + 16)), `chunks from ${at}`);
     views.forEach((v, i) => assert.ok(v.equals(copies[i]!), `pinned base ${i} kept its bytes while ${chunks.length - 16} more chunks' bases were opened`));
     release();

@@ -1,4 +1,4 @@
-import { blobInfo, openBlob } from '../crypto/blob.js';
+import { blobInfo, openBlob, type BlobInfo } from '../crypto/blob.js';
 import { KuraError } from '../errors.js';
 import { openingAddon } from '../native.js';
 import { BufferPool } from './buffers.js';
@@ -18,6 +18,9 @@ const OPEN_PIECES = 2;
 
 /** A pooled buffer bases were opened into: `refs` counts the cached bases in it and the jobs reading them. */
 type Held = { buffer: Buffer; refs: number };
+
+/** a base alone is opened on libuv's pool from this plaintext size on (else on the main thread) */
+const POOL_BASE_BYTES = 64 << 10;
 
 /** Pooled base buffers kept for reuse (a restore holds a few segments' bases at a time). */
 const BASE_BUFFERS = 8;
@@ -103,11 +106,15 @@ export class DeltaOpener {
     // (whose AAD holds their IDs) and not re-hashed: what a delta makes of them is, against the
     // delta's own ID, so a base that opened to other bytes fails there (as the backup's seal
     // workers treat bases)
-    const native = got.length > 1 ? openingAddon() : null;
+    // (a single small base is opened here: a job on the pool would cost more than it saves; a
+    // large one there, so the main thread reads on meanwhile: segments of 1 MiB chunks each met
+    // one base, and opening them here was a sixth of a restore's main thread)
+    const plain = (g: { blob: Buffer }) => blobInfo(g.blob)?.plainLength ?? 0;
+    const native = got.length > 1 || plain(got[0]!) >= POOL_BASE_BYTES ? openingAddon() : null;
     const size = Math.ceil(got.length / OPEN_PIECES);
     const pieces: Array<Array<{ id: Buffer; blob: Buffer }>> = [];
     for (let at = 0; at < got.length; at += size) pieces.push(got.slice(at, at + size));
-    const buffers = pieces.map((piece) => (native && piece.length > 1 ? this.pool.take(piece.reduce((n, g) => n + (blobInfo(g.blob)?.plainLength ?? 0), 0)) : null));
+    const buffers = pieces.map((piece) => (native ? this.pool.take(piece.reduce((n, g) => n + plain(g), 0)) : null));
     const opened = await Promise.all(
       pieces.map((piece, i) => (native && buffers[i] ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null, buffers[i]!, false) : Promise.resolve(null))),
     );
@@ -146,10 +153,10 @@ export class DeltaOpener {
    * Keeps the buffers of these blobs' prepared bases from reuse, though the bases leave the cache,
    * until the returned function is called: a job that reads them as dictionaries is running.
    */
-  pin(blobs: readonly Buffer[]): () => void {
+  pin(infos: ReadonlyArray<BlobInfo | null>): () => void {
     const held: Held[] = [];
-    for (const blob of blobs) {
-      for (const b of blobInfo(blob)?.bases ?? []) {
+    for (const info of infos) {
+      for (const b of info?.bases ?? []) {
         const e = this.cache.get(b.toString('base64'));
         if (e?.held) {
           e.held.refs++;
@@ -165,13 +172,9 @@ export class DeltaOpener {
     };
   }
 
-  isDelta(blob: Buffer): boolean {
-    return (blobInfo(blob)?.bases.length ?? 0) > 0;
-  }
-
-  /** A prepared delta's bases' plaintexts, in its order; null for a blob that is no delta. */
-  basesOf(blob: Buffer): Buffer[] | null {
-    const bases = blobInfo(blob)?.bases ?? [];
+  /** A prepared delta's bases' plaintexts, in its order; null for a blob that is no delta (its header: blobInfo). */
+  basesOf(info: BlobInfo | null): Buffer[] | null {
+    const bases = info?.bases ?? [];
     if (bases.length === 0) return null;
     return bases.map((b) => {
       const p = this.cache.get(b.toString('base64'));
@@ -182,7 +185,7 @@ export class DeltaOpener {
 
   /** Open a blob with these bases, or (null) those prepared for it. */
   open(blob: Buffer, id: Buffer, bases: Buffer[] | null = null): Buffer {
-    const mine = bases ?? this.basesOf(blob);
+    const mine = bases ?? this.basesOf(blobInfo(blob));
     return mine ? openBlob(blob, id, this.keys, mine) : openBlob(blob, id, this.keys);
   }
 }
