@@ -170,7 +170,7 @@ export class Catalogue {
    * Buffer, a fifth of a lookup.
    */
   locations(ids: readonly Buffer[], digests = true): Array<ChunkLocation | undefined> {
-    const out = new Array<ChunkLocation | undefined>(ids.length);
+    const out = new Array<ChunkLocation | undefined>(ids.length).fill(undefined);
     const stmt = digests ? this.locManyStmt : this.locManyBareStmt;
     for (let at = 0; at < ids.length; at += LOCATE_MAX) {
       const part = ids.slice(at, at + LOCATE_MAX);
