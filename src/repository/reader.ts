@@ -199,7 +199,8 @@ const WINDOW_BYTES = 32 << 10;
 const WINDOWS = 8;
 
 /**
- * Blocking reads of a local disk through a window of each of the last WINDOWS packs read: a
+ * Blocking reads of a local disk (one readBlobs call: a restore's segment, or its bases) through
+ * a window of each of the last WINDOWS packs read: a
  * range outside its pack's window reads the WINDOW_BYTES from its start (or the range, if
  * longer). A snapshot of small chunks from many nights alternates between packs every few
  * chunks, each pack's chunks in rising offsets: one pread for every few chunks becomes one a

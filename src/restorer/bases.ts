@@ -106,15 +106,17 @@ export class DeltaOpener {
     // (whose AAD holds their IDs) and not re-hashed: what a delta makes of them is, against the
     // delta's own ID, so a base that opened to other bytes fails there (as the backup's seal
     // workers treat bases)
-    // (a single small base is opened here: a job on the pool would cost more than it saves; a
-    // large one there, so the main thread reads on meanwhile: segments of 1 MiB chunks each met
-    // one base, and opening them here was a sixth of a restore's main thread)
+    // (a piece of one small base is opened here: a job on the pool would cost more than it saves,
+    // and its pooled buffer, 1 MiB at least, would be held for a few KiB; a large one goes there,
+    // so the main thread is free meanwhile: segments of 1 MiB chunks each met one base, and
+    // opening them here was a sixth of a restore's main thread)
     const plain = (g: { blob: Buffer }) => blobInfo(g.blob)?.plainLength ?? 0;
-    const native = got.length > 1 || plain(got[0]!) >= POOL_BASE_BYTES ? openingAddon() : null;
+    const native = openingAddon();
     const size = Math.ceil(got.length / OPEN_PIECES);
     const pieces: Array<Array<{ id: Buffer; blob: Buffer }>> = [];
     for (let at = 0; at < got.length; at += size) pieces.push(got.slice(at, at + size));
-    const buffers = pieces.map((piece) => (native ? this.pool.take(piece.reduce((n, g) => n + plain(g), 0)) : null));
+    const pooled = (piece: Array<{ blob: Buffer }>) => native !== null && (piece.length > 1 || plain(piece[0]!) >= POOL_BASE_BYTES);
+    const buffers = pieces.map((piece) => (pooled(piece) ? this.pool.take(piece.reduce((n, g) => n + plain(g), 0)) : null));
     const opened = await Promise.all(
       pieces.map((piece, i) => (native && buffers[i] ? native.openBlobs(this.keys.dataKey, this.keys.idKey, piece.map((g) => g.blob), Buffer.concat(piece.map((g) => g.id)), null, buffers[i]!, false) : Promise.resolve(null))),
     );

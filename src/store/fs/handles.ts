@@ -1,6 +1,6 @@
 import { promises as fsp, closeSync, openSync } from 'node:fs';
 
-/** Handles kept open at most, and how long one unused stays open. */
+/** Files kept open at most (each by a handle, a descriptor or both), and how long one unused stays open. */
 const MAX_OPEN = 64;
 const IDLE_MS = 2000;
 
@@ -64,14 +64,11 @@ export class ReadHandles {
    * fifth of that thread's time). Throws what the open throws (ENOENT for an absent file).
    */
   useSync<T>(file: string, read: (fd: number) => T): T {
-    const e = this.entry(file);
-    if (e.fd < 0) {
-      try {
-        e.fd = openSync(file, 'r');
-      } catch (err) {
-        if (this.open.get(file) === e && !e.fh) this.open.delete(file);
-        throw err;
-      }
+    let e = this.open.get(file);
+    if (!e || e.fd < 0) {
+      const fd = openSync(file, 'r'); // first: a file that cannot be opened takes no entry and trims none
+      e = this.entry(file);
+      e.fd = fd;
     }
     e.users++;
     try {
