@@ -26,6 +26,10 @@ function hexArray(ids: readonly Buffer[]): string {
   return s + ']';
 }
 
+/** a lookup's row: the ID's place in the array asked, its pack, offset, stored size and digest (nulls: not held) */
+type LocManyRow = [number, string | null, number | null, number | null, Buffer | null];
+type LocManyStatement = Database.Statement<[string], LocManyRow>;
+
 export interface ChunkLocation {
   pack: string;
   offset: number;
@@ -94,16 +98,10 @@ export class Catalogue {
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length, digest FROM chunks WHERE id = ?');
     // a row for every ID (the LEFT JOINs), with its place in the array (the key): placed by it, not by the row order
-    this.locManyStmt = this.db
-      .prepare<[string], [number, string | null, number | null, number | null, Buffer | null]>(
-        'SELECT j.key, p.name, c.offset, c.stored_size, c.digest FROM json_each(?) j LEFT JOIN chunk_rows c ON c.id = unhex(j.value) LEFT JOIN packs p ON p.n = c.pack',
-      )
-      .raw();
-    this.locManyBareStmt = this.db
-      .prepare<[string], [number, string | null, number | null, number | null, Buffer | null]>(
-        'SELECT j.key, p.name, c.offset, c.stored_size, NULL FROM json_each(?) j LEFT JOIN chunk_rows c ON c.id = unhex(j.value) LEFT JOIN packs p ON p.n = c.pack',
-      )
-      .raw();
+    const locMany = (digest: string): LocManyStatement =>
+      this.db.prepare<[string], LocManyRow>(`SELECT j.key, p.name, c.offset, c.stored_size, ${digest} FROM json_each(?) j LEFT JOIN chunk_rows c ON c.id = unhex(j.value) LEFT JOIN packs p ON p.n = c.pack`).raw();
+    this.locManyStmt = locMany('c.digest');
+    this.locManyBareStmt = locMany('NULL');
     this.rowStmt = this.db.prepare<[Buffer], [number, number, number, number]>('SELECT pack, offset, stored_size, plain_size FROM chunk_rows WHERE id = ?').raw();
     this.packNameStmt = this.db.prepare<[number], string>('SELECT name FROM packs WHERE n = ?').pluck();
     this.addPackStmt = this.db.prepare<[string]>('INSERT OR IGNORE INTO packs (name) VALUES (?)');
@@ -180,8 +178,8 @@ export class Catalogue {
     return out;
   }
 
-  private readonly locManyStmt: Database.Statement<[string], [number, string | null, number | null, number | null, Buffer | null]>;
-  private readonly locManyBareStmt: Database.Statement<[string], [number, string | null, number | null, number | null, Buffer | null]>;
+  private readonly locManyStmt: LocManyStatement;
+  private readonly locManyBareStmt: LocManyStatement;
 
   /**
    * A chunk's row with its pack by number: [pack number, offset, stored size, plain size]. The

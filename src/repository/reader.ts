@@ -1,8 +1,7 @@
 import { KuraError } from '../errors.js';
-import { packName } from '../store/backend.js';
+import { packName, type LocalDisk } from '../store/backend.js';
 import type { Repository } from './repository.js';
 import type { ChunkLocation } from './catalogue.js';
-import type { LocalDisk } from '../store/backend.js';
 
 const MAX_RUN = 8 << 20; // bytes per range read
 const READ_AHEAD = 4; // range reads in flight
@@ -132,7 +131,6 @@ export function readRuns(repo: Repository, ids: Iterable<Buffer>, what: string):
 
 async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc: ChunkLocation }>, what: string, how: ReadOptions = {}): AsyncGenerator<BlobRun> {
   const blocking = how.blocking ? repo.store.local : null;
-  const groups = groupRuns(planRuns(chunks));
   const readAhead = repo.store.local ? READ_AHEAD : REMOTE_READ_AHEAD;
   // one run, read again chunk by chunk: a GC may have moved them since the run was planned
   const refetch = async (run: Run, bytes: Buffer | null): Promise<Buffer> => {
@@ -165,6 +163,7 @@ async function* readRunsAt(repo: Repository, chunks: Iterable<{ id: Buffer; loc:
     return;
   }
   const byPackReads = how.byPack;
+  const groups = groupRuns(planRuns(chunks));
   const fetch = async (group: Run[]) => {
     const name = packName(group[0]!.pack);
     // a pack's runs read into one buffer of their size: the store joins near ranges into one

@@ -35,12 +35,7 @@ export function getRangesSync(root: string, name: string, ranges: ReadonlyArray<
     let at = 0;
     return ranges.map(({ offset, length }) => {
       const buf = into ? into.subarray(at, (at += length)) : Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const n = readSync(fd, buf, got, length - got, offset + got);
-        if (n === 0) break;
-        got += n;
-      }
+      const got = readFullySync(fd, buf, offset);
       return got === length ? buf : buf.subarray(0, got);
     });
   } finally {
@@ -156,12 +151,7 @@ export class FsBackend implements StoreBackend, LocalDisk {
         const out = new Array<Buffer>(ranges.length);
         for (const s of spansOf(ranges, JOIN_GAP, MAX_SPAN)) {
           const buf = Buffer.allocUnsafe(s.end - s.start);
-          let got = 0;
-          while (got < buf.length) {
-            const n = readSync(fd, buf, got, buf.length - got, s.start + got);
-            if (n === 0) break;
-            got += n;
-          }
+          const got = readFullySync(fd, buf, s.start);
           for (const m of s.members) out[m.i] = buf.subarray(m.offset - s.start, Math.max(m.offset - s.start, Math.min(m.offset - s.start + m.length, got)));
         }
         return out;
@@ -285,6 +275,17 @@ export class FsBackend implements StoreBackend, LocalDisk {
 }
 
 /** Read into all of `buf` from `pos`, or up to the end of the file: the bytes read. */
+/** readFully on the calling thread: the bytes read into `buf` from `pos` (fewer only at the end of the file). */
+function readFullySync(fd: number, buf: Buffer, pos: number): number {
+  let got = 0;
+  while (got < buf.length) {
+    const n = readSync(fd, buf, got, buf.length - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
 async function readFully(fh: fsp.FileHandle, buf: Buffer, pos: number): Promise<number> {
   let got = 0;
   while (got < buf.length) {
