@@ -4,6 +4,7 @@ import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { prepareSchema } from './catalogue-open.js';
 import { CondemnedPacks, processAlive } from './condemned.js';
+import { hexArray, hexRun, inBatches, LOCATE_MAX } from './id-batches.js';
 import { OpsState } from './ops-state.js';
 import { PackBases } from './pack-bases.js';
 import { QuarantineState } from './quarantine.js';
@@ -14,16 +15,6 @@ export type { JobRow, RouteStateRow } from './ops-state.js';
 export interface SnapshotRow {
   id: string;
   header: SnapshotHeader;
-}
-
-/** chunk IDs looked up by one statement at most */
-const LOCATE_MAX = 4096;
-
-/** IDs as a JSON array of hex strings (for json_each) */
-function hexArray(ids: readonly Buffer[]): string {
-  let s = '[';
-  for (let i = 0; i < ids.length; i++) s += (i === 0 ? '"' : ',"') + ids[i]!.toString('hex') + '"';
-  return s + ']';
 }
 
 /** a lookup's row: the ID's place in the array asked, its pack, offset, stored size and digest (nulls: not held) */
@@ -76,6 +67,7 @@ export class Catalogue {
   /** vault: session leases, arrival order, bytes taken in and moved per day */
   readonly vault: VaultLedger;
   private readonly hasStmt: Database.Statement<[Buffer], { x: number }>;
+  private readonly presentStmt: Database.Statement<[string], number>;
   private readonly locStmt: Database.Statement<[Buffer], ChunkLocation>;
   private readonly addSnapStmt: Database.Statement<[string, string, string, string, string, string]>;
   private readonly rowStmt: Database.Statement<[Buffer], [number, number, number, number]>;
@@ -96,6 +88,7 @@ export class Catalogue {
     }
     prepareSchema(this.db, path);
     this.hasStmt = this.db.prepare<[Buffer], { x: number }>('SELECT 1 AS x FROM chunk_rows WHERE id = ?');
+    this.presentStmt = this.db.prepare<[string], number>('SELECT j.key FROM json_each(?) j JOIN chunk_rows c ON c.id = unhex(j.value)').pluck();
     this.locStmt = this.db.prepare<[Buffer], ChunkLocation>('SELECT pack, offset, stored_size AS length, digest FROM chunks WHERE id = ?');
     // a row for every ID (the LEFT JOINs), with its place in the array (the key): placed by it, not by the row order
     const locMany = (digest: string): LocManyStatement =>
@@ -125,6 +118,30 @@ export class Catalogue {
 
   hasChunk(id: Buffer): boolean {
     return this.hasStmt.get(id) !== undefined;
+  }
+
+  /**
+   * Which of `ids` are held, in the order asked, a few statements for all (id-batches.ts): the
+   * vault asks this of every chunk of every snapshot a relay sends (HAS, WANT, the batches it
+   * stores, the check before a commit).
+   */
+  present(ids: readonly Buffer[]): boolean[] {
+    const out = new Array<boolean>(ids.length).fill(false);
+    inBatches(ids, (part, at) => {
+      for (const key of this.presentStmt.all(hexArray(part))) out[at + key] = true;
+    });
+    return out;
+  }
+
+  /** `present` of IDs side by side in one buffer (`bytes` each, as a HAS asks them): hex-encoded at once, no Buffer per ID. */
+  presentIn(ids: Buffer, bytes: number): boolean[] {
+    const n = Math.floor(ids.length / bytes);
+    const out = new Array<boolean>(n).fill(false);
+    const hex = ids.toString('hex', 0, n * bytes);
+    for (let at = 0; at < n; at += LOCATE_MAX) {
+      for (const key of this.presentStmt.all(hexRun(hex, bytes, at, Math.min(LOCATE_MAX, n - at)))) out[at + key] = true;
+    }
+    return out;
   }
 
   addChunks(rows: ReadonlyArray<ChunkRow>): void {
@@ -170,11 +187,9 @@ export class Catalogue {
   locations(ids: readonly Buffer[], digests = true): Array<ChunkLocation | undefined> {
     const out = new Array<ChunkLocation | undefined>(ids.length).fill(undefined);
     const stmt = digests ? this.locManyStmt : this.locManyBareStmt;
-    for (let at = 0; at < ids.length; at += LOCATE_MAX) {
-      const part = ids.slice(at, at + LOCATE_MAX);
-      const rows = stmt.all(hexArray(part));
-      for (const [key, pack, offset, length, digest] of rows) if (pack !== null) out[at + key] = { pack, offset: offset!, length: length!, digest };
-    }
+    inBatches(ids, (part, at) => {
+      for (const [key, pack, offset, length, digest] of stmt.all(hexArray(part))) if (pack !== null) out[at + key] = { pack, offset: offset!, length: length!, digest };
+    });
     return out;
   }
 

@@ -47,13 +47,12 @@ export class VaultLedger {
     const bitmap = Buffer.alloc(Math.ceil(n / 8));
     this.db
       .transaction(() => {
+        const held = this.owner.presentIn(ids, idBytes);
         const present: Buffer[] = [];
         for (let i = 0; i < n; i++) {
-          const id = ids.subarray(i * idBytes, (i + 1) * idBytes);
-          if (this.owner.hasChunk(id)) {
-            bitmap[i >> 3]! |= 1 << (i & 7);
-            present.push(id);
-          }
+          if (!held[i]) continue;
+          bitmap[i >> 3]! |= 1 << (i & 7);
+          present.push(ids.subarray(i * idBytes, (i + 1) * idBytes));
         }
         this.lease(session, present, expires);
       })

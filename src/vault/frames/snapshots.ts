@@ -99,7 +99,10 @@ export class Announcements {
     const missing: string[] = [];
     // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
     const ids = [...idsOf(await snapshotChunkIds(snap, listFetcher(repo)))];
-    for (const c of ids) if (!repo.catalogue.hasChunk(c)) missing.push(c.toString('hex'));
+    const held = repo.catalogue.present(ids);
+    ids.forEach((c, i) => {
+      if (!held[i]) missing.push(c.toString('hex'));
+    });
     for (const prefix of repo.catalogue.bases.needed(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
     return missing;
   }

@@ -247,10 +247,11 @@ export class Uploads {
     const { repo, leaseTtlMs } = this.s.ctx;
     let bytes = 0;
     const seen = new Set<string>();
-    const fresh = batch.filter((p) => {
+    const held = repo.catalogue.present(batch.map((p) => p.id));
+    const fresh = batch.filter((p, i) => {
       bytes += p.blob.length;
       const k = p.id.toString('base64');
-      if (seen.has(k) || repo.catalogue.hasChunk(p.id)) return false;
+      if (seen.has(k) || held[i]) return false;
       seen.add(k);
       return true;
     });
