@@ -113,13 +113,23 @@ export class PackBases {
     }
     const found = new Map<string, Buffer>();
     const held = new Array<boolean>(asked.length).fill(false);
-    inBatches(asked, (part, at) => {
-      for (const [key, id] of this.prefixesStmt.all(hexJson(part))) {
-        held[at + key] = true;
-        found.set(id.toString('base64'), id);
-      }
-    });
+    for (const [i, id] of this.chunksUnder(asked)) {
+      held[i] = true;
+      found.set(id.toString('base64'), id);
+    }
     return { found: [...found.values()], missing: asked.filter((_, i) => !held[i]).map((k) => Buffer.from(k, 'hex')) };
+  }
+
+  /**
+   * Every stored chunk whose ID starts with one of `prefixes` (hex), as [the prefix's index,
+   * the chunk's ID]: chunksWithPrefix for many, a few thousand prefixes a statement.
+   */
+  chunksUnder(prefixes: readonly string[]): Array<[number, Buffer]> {
+    const out: Array<[number, Buffer]> = [];
+    inBatches(prefixes, (part, at) => {
+      for (const [key, id] of this.prefixesStmt.all(hexJson(part))) out.push([at + key, id]);
+    });
+    return out;
   }
 
   /** every stored chunk under each of the prefixes asked (a JSON array of hex strings), with the prefix's place in it */
