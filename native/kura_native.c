@@ -872,7 +872,9 @@ static void seal_run(SealJob *j, JobCtx *c) {
   /* up to level 4 (zstd's fast and double-fast strategies) a 128 KiB block is not split in front:
      a chunk of dumped rows compressed 15 % faster (0.29 against 0.34 s of CPU for 488 MB) to the
      same bytes, one of binaries and documents 0.09 % larger (measured, zstd 1.5.7) */
+#ifdef ZSTD_c_blockSplitterLevel
   if (cctx && j->level <= 4 && !zok(ZSTD_CCtx_setParameter(cctx, ZSTD_c_blockSplitterLevel, 1))) return;
+#endif
   size_t at = 0;
   for (uint32_t k = 0; k < j->count; k++) {
     j->bad = k;

@@ -33,6 +33,10 @@ test('locations and present: one answer per ID asked, in its order (repeats, IDs
     { why: 'IDs not held among held ones', ask: [1, 100_000, 2, 100_001] },
     { why: 'more than one statement holds (4096 a statement)', ask: Array.from({ length: 9000 }, (_, i) => (i * 7919) % 9000) },
     { why: 'none held', ask: [100_002, 100_003] },
+    {
+      why: 'IDs not held in every statement of several',
+      ask: Array.from({ length: 9000 }, (_, i) => (i % 997 === 5 ? 100_004 + i : (i * 7919) % 9000)),
+    },
   ];
   for (const c of cases) {
     const ids = c.ask.map(id);
@@ -111,6 +115,11 @@ test('bases.needed looks IDs and bases up thousands a statement and answers as o
     { why: 'every delta (more than one statement of IDs and of prefixes)', list: deltas },
     { why: 'every chunk, and IDs not held', list: [...all, id(4, 1), id(4, 2)] },
   ];
+  // chunksUnder: prefixes of any length up to an ID's, each answer with the prefix's place
+  const under = (p: string[]) => cat.bases.chunksUnder(p).map(([i, x]) => `${i}:${hex(x)}`).sort();
+  const twin0 = hex(twins[0]!);
+  assert.deepEqual(under([hex(bases[0]!.subarray(0, 8)), '0f', hex(bases[1]!)]), [`0:${hex(bases[0]!)}`, `0:${twin0}`, `2:${hex(bases[1]!)}`].sort(), 'a base and its twin under an 8-byte prefix, none under another, one under a whole ID');
+  assert.equal(cat.bases.chunksUnder(['02']).length, deltas.length, 'a one-byte prefix: every delta');
   for (const c of cases) {
     const got = cat.bases.needed(c.list);
     assert.deepEqual({ found: got.found.map(hex).sort(), missing: got.missing.map(hex).sort() }, reference(c.list), c.why);

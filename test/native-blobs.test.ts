@@ -41,7 +41,10 @@ test('sealWhole: the blobs BlobSealer makes (but the nonces), on the pool thread
       const got = blobs[i];
       assert.ok(got, `chunk ${i} sealed at level ${level}`);
       const want = sealer.seal(c, id);
-      assert.equal(got.length, want.length, `chunk ${i} level ${level}: the same size as BlobSealer's`);
+      // over 128 KiB the addon lets zstd split no block ahead (kura_native.c, seal_run): its own
+      // frame, no larger than BlobSealer's by more than a few bytes in a thousand
+      if (c.length <= 128 << 10) assert.equal(got.length, want.length, `chunk ${i} level ${level}: the same size as BlobSealer's`);
+      else assert.ok(got.length <= want.length * 1.005 + 64, `chunk ${i} level ${level}: ${got.length} bytes against BlobSealer's ${want.length}`);
       assert.ok(got.subarray(0, 6).equals(want.subarray(0, 6)), `chunk ${i} level ${level}: the same header`);
       assert.ok(openBlob(Buffer.from(got), id, keys).equals(c), `chunk ${i} level ${level} opens to its bytes`);
     });

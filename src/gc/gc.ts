@@ -5,7 +5,7 @@ import type { Repository } from '../repository/repository.js';
 import { packId, storePack } from '../repository/pack.js';
 import { blobDigest } from '../repository/digest.js';
 import { snapshotChunkIds } from '../repository/snapshot.js';
-import { hexRun, LOCATE_MAX } from '../repository/id-batches.js';
+import { hexArray, inBatches, inHexRuns } from '../repository/id-batches.js';
 import { listFetcher } from '../repository/reader.js';
 import { packName } from '../store/backend.js';
 
@@ -111,12 +111,12 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   // IDs marked a few thousand a statement (id-batches.ts): one statement an ID took 3 of 7 s of a
   // GC of seven nights of 4 KiB chunks
   const insertMarks = db.prepare<[string]>('INSERT OR IGNORE INTO temp.gc_mark (id) SELECT unhex(value) FROM json_each(?)');
-  /** IDs side by side into temp.gc_mark; how many were not marked yet */
-  const markIds = (ids: Buffer): number => {
-    const n = Math.floor(ids.length / CHUNK_ID_BYTES);
-    const hex = ids.toString('hex', 0, n * CHUNK_ID_BYTES);
+  /** IDs side by side (a snapshot's list) into temp.gc_mark */
+  const markIds = (ids: Buffer): void => inHexRuns(ids, CHUNK_ID_BYTES, (json) => insertMarks.run(json));
+  /** IDs into temp.gc_mark; how many were not marked yet */
+  const markList = (ids: readonly Buffer[]): number => {
     let added = 0;
-    for (let at = 0; at < n; at += LOCATE_MAX) added += insertMarks.run(hexRun(hex, CHUNK_ID_BYTES, at, Math.min(LOCATE_MAX, n - at))).changes;
+    inBatches(ids, (part) => (added += insertMarks.run(hexArray(part)).changes));
     return added;
   };
   // the bases of the deltas that are marked (or, in the sweep, leased), pack by pack
@@ -133,8 +133,13 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     }
     return cat.bases.chunksUnder([...prefixes]).map(([, id]) => id);
   };
-  const undead = db.prepare('DELETE FROM temp.gc_dead WHERE id = ?');
+  const undead = db.prepare<[string]>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?))');
   const marked = new Set<string>();
+  // SQLite's count of commits by other connections (vault sessions, a relay) when the bases
+  // were last marked: one may have stored a delta of a chunk not marked yet (a quarantined
+  // chunk stored again), whose bases must live
+  const othersCommitted = () => db.pragma('data_version', { simple: true }) as number;
+  let basesMarkedAt: number | null = null;
   const mark = async (ids: Iterable<string>) => {
     const before = marked.size;
     for (const id of ids) {
@@ -150,18 +155,20 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
         throw new KuraError('E_CHECK_FAILED', `gc stopped: the chunk list of snapshot ${id} cannot be read (${(e as Error).message}); nothing is deleted. Run "kura check"`);
       });
       db.transaction(() => {
-        markIds(Buffer.concat(blocks));
+        markList(blocks);
         markIds(data);
       })();
       marked.add(id);
     }
     // a delta's base chunks live as long as it does (kura never makes a delta of a delta; were
-    // one sent to a vault anyway, its chain is followed to the end); no snapshot marked anew, no base either
-    for (let more = marked.size > before; more; ) {
+    // one sent to a vault anyway, its chain is followed to the end); again only if a snapshot
+    // was marked anew or another connection committed since
+    for (let more = marked.size > before || othersCommitted() !== basesMarkedAt; more; ) {
       more = false;
+      basesMarkedAt = othersCommitted();
       const bases = basesOf((pack) => markedOffsets.all(pack));
       db.transaction(() => {
-        more = markIds(Buffer.concat(bases)) > 0;
+        more = markList(bases) > 0;
       })();
     }
   };
@@ -229,7 +236,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       // the leases as they are now, inside the transaction that decides
       readLeases(Date.now());
       db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
-      for (const b of basesOf((pack) => leasedOffsets.all(pack))) undead.run(b);
+      inBatches(basesOf((pack) => leasedOffsets.all(pack)), (part) => undead.run(hexArray(part)));
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;

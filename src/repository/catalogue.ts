@@ -4,7 +4,7 @@ import path from 'node:path';
 import { KuraError } from '../errors.js';
 import { prepareSchema } from './catalogue-open.js';
 import { CondemnedPacks, processAlive } from './condemned.js';
-import { hexArray, hexRun, inBatches, LOCATE_MAX } from './id-batches.js';
+import { hexArray, inBatches, inHexRuns } from './id-batches.js';
 import { OpsState } from './ops-state.js';
 import { PackBases } from './pack-bases.js';
 import { QuarantineState } from './quarantine.js';
@@ -135,12 +135,10 @@ export class Catalogue {
 
   /** `present` of IDs side by side in one buffer (`bytes` each, as a HAS asks them): hex-encoded at once, no Buffer per ID. */
   presentIn(ids: Buffer, bytes: number): boolean[] {
-    const n = Math.floor(ids.length / bytes);
-    const out = new Array<boolean>(n).fill(false);
-    const hex = ids.toString('hex', 0, n * bytes);
-    for (let at = 0; at < n; at += LOCATE_MAX) {
-      for (const key of this.presentStmt.all(hexRun(hex, bytes, at, Math.min(LOCATE_MAX, n - at)))) out[at + key] = true;
-    }
+    const out = new Array<boolean>(Math.floor(ids.length / bytes)).fill(false);
+    inHexRuns(ids, bytes, (json, at) => {
+      for (const key of this.presentStmt.all(json)) out[at + key] = true;
+    });
     return out;
   }
 

@@ -16,12 +16,22 @@ export function hexArray(ids: readonly Buffer[]): string {
   return s + ']';
 }
 
-/** `n` IDs of `bytes` each, side by side in `hex` (one Buffer's hex), from the `from`th: a JSON array of hex strings */
-export function hexRun(hex: string, bytes: number, from: number, n: number): string {
-  let s = '[';
+/**
+ * `each(json, at)` for consecutive runs of at most LOCATE_MAX of the IDs of `bytes` each side by
+ * side in `ids` (a partial one at the end ignored): each run hex-encoded at once, no Buffer per
+ * ID, and never more than one run's string (a whole snapshot's would pass V8's longest string
+ * at 8.4 million IDs).
+ */
+export function inHexRuns(ids: Buffer, bytes: number, each: (json: string, at: number) => void): void {
+  const n = Math.floor(ids.length / bytes);
   const w = 2 * bytes;
-  for (let i = 0; i < n; i++) s += (i === 0 ? '"' : ',"') + hex.slice((from + i) * w, (from + i + 1) * w) + '"';
-  return s + ']';
+  for (let at = 0; at < n; at += LOCATE_MAX) {
+    const k = Math.min(LOCATE_MAX, n - at);
+    const hex = ids.toString('hex', at * bytes, (at + k) * bytes);
+    let s = '[';
+    for (let i = 0; i < k; i++) s += (i === 0 ? '"' : ',"') + hex.slice(i * w, (i + 1) * w) + '"';
+    each(s + ']', at);
+  }
 }
 
 /** Hex strings as a JSON array (for json_each) */

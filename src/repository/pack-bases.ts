@@ -121,8 +121,9 @@ export class PackBases {
   }
 
   /**
-   * Every stored chunk whose ID starts with one of `prefixes` (hex), as [the prefix's index,
-   * the chunk's ID]: chunksWithPrefix for many, a few thousand prefixes a statement.
+   * Every stored chunk whose ID starts with one of `prefixes` (hex, up to an ID's length), as
+   * [the prefix's index, the chunk's ID]: chunksWithPrefix for many, a few thousand prefixes a
+   * statement.
    */
   chunksUnder(prefixes: readonly string[]): Array<[number, Buffer]> {
     const out: Array<[number, Buffer]> = [];
@@ -134,9 +135,10 @@ export class PackBases {
 
   /** every stored chunk under each of the prefixes asked (a JSON array of hex strings), with the prefix's place in it */
   private get prefixesStmt(): Database.Statement<[string], [number, Buffer]> {
-    const rest = CHUNK_ID_BYTES - BASE_PREFIX;
+    // each prefix padded to an ID's length: the first and the last ID it stands for
+    const pad = (fill: string) => `unhex(substr(j.value || '${fill.repeat(CHUNK_ID_BYTES)}', 1, ${2 * CHUNK_ID_BYTES}))`;
     return (this.prefixesCached ??= this.db
-      .prepare<[string], [number, Buffer]>(`SELECT j.key, c.id FROM json_each(?) j JOIN chunk_rows c ON c.id >= unhex(j.value || '${'00'.repeat(rest)}') AND c.id <= unhex(j.value || '${'ff'.repeat(rest)}')`)
+      .prepare<[string], [number, Buffer]>(`SELECT j.key, c.id FROM json_each(?) j JOIN chunk_rows c ON c.id >= ${pad('00')} AND c.id <= ${pad('ff')}`)
       .raw());
   }
 
