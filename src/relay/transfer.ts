@@ -130,8 +130,7 @@ export async function sendSnapshot(repo: Repository, conn: VaultConnection, snap
     // bases of deltas, named by their 8-byte prefix: every local chunk with that prefix is sent
     // (one, but for a 64-bit collision), with its ID; a base missing here is missing at the vault
     // too, which then refuses the commit: kura check says more
-    const bases: Buffer[] = [];
-    for (const p of prefixes) bases.push(...repo.catalogue.bases.chunksWithPrefix(p));
+    const bases = repo.catalogue.bases.chunksUnder(prefixes.map((p) => p.toString('hex'))).map(([, id]) => id);
     if (prefixes.length > 0 && bases.length === 0) {
       throw new KuraError('E_CHUNK_MISSING', `snapshot ${snapshotId} needs ${prefixes.length} delta base chunk(s) that are not in the local repository either (first ${prefixes[0]!.toString('hex')}…); run "kura check"`);
     }

@@ -11,8 +11,14 @@ import { hexJson, inBatches } from './id-batches.js';
  */
 export class PackBases {
   private prefixStmt: Database.Statement<[Buffer, Buffer], Buffer> | undefined;
+  /** every stored chunk under each of the prefixes asked (a JSON array of hex strings), with the prefix's place in it */
+  private readonly prefixesStmt: Database.Statement<[string], [number, Buffer]>;
 
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Database.Database) {
+    // each prefix padded to an ID's length: the first and the last ID it stands for
+    const pad = (fill: string) => `unhex(substr(j.value || '${fill.repeat(CHUNK_ID_BYTES)}', 1, ${2 * CHUNK_ID_BYTES}))`;
+    this.prefixesStmt = db.prepare<[string], [number, Buffer]>(`SELECT j.key, c.id FROM json_each(?) j JOIN chunk_rows c ON c.id >= ${pad('00')} AND c.id <= ${pad('ff')}`).raw();
+  }
 
   /** Record the bases the deltas among `rows` need, per pack (call inside the rows' transaction). */
   addRows(rows: ReadonlyArray<ChunkRow>): void {
@@ -132,15 +138,4 @@ export class PackBases {
     });
     return out;
   }
-
-  /** every stored chunk under each of the prefixes asked (a JSON array of hex strings), with the prefix's place in it */
-  private get prefixesStmt(): Database.Statement<[string], [number, Buffer]> {
-    // each prefix padded to an ID's length: the first and the last ID it stands for
-    const pad = (fill: string) => `unhex(substr(j.value || '${fill.repeat(CHUNK_ID_BYTES)}', 1, ${2 * CHUNK_ID_BYTES}))`;
-    return (this.prefixesCached ??= this.db
-      .prepare<[string], [number, Buffer]>(`SELECT j.key, c.id FROM json_each(?) j JOIN chunk_rows c ON c.id >= ${pad('00')} AND c.id <= ${pad('ff')}`)
-      .raw());
-  }
-
-  private prefixesCached: Database.Statement<[string], [number, Buffer]> | undefined;
 }
