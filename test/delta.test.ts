@@ -107,6 +107,58 @@ test('changed chunks are stored as deltas of the previous generation; they resto
   assert.match(bad.stderr, /E_CHUNK_CORRUPT/);
 });
 
+test('GC follows a chain of deltas to its end: a base that is itself a delta keeps its own bases, link after link; a chunk no chain reaches goes', async (t) => {
+  // kura never writes a delta of a delta, but a vault may be sent one: the catalogue is told so
+  // here (a base of night 3 recorded as a delta of a chunk only night 1 had, that one as a delta
+  // of another), and GC must keep the whole chain
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo, '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384']);
+  const nights = [await collect(sqlDump(8, 1 * MiB))];
+  nights.push(churn(nights[0]!, 20, 1), churn(churn(nights[0]!, 20, 1), 25, 9));
+  const snaps = nights.map((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    return { ...kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'juki', '--file', file]), sha: sha256(data) };
+  });
+  const k3 = await blobKinds(repo, snaps[2]!.id);
+  assert.ok(k3.bases.size > 0, 'night 3 has deltas');
+  const kept = new Set([...(await referencedChunks(repo, snaps[2]!.id)).map((c) => c.toString('hex')), ...k3.bases]);
+  const night1Only = (await referencedChunks(repo, snaps[0]!.id)).map((c) => c.toString('hex')).filter((c) => !kept.has(c));
+  assert.ok(night1Only.length >= 3, `night 1 has chunks of its own (${night1Only.length})`);
+  const [y, z, w] = night1Only as [string, string, string];
+  const x = [...k3.bases][0]!;
+
+  const db = new Database(path.join(repo, 'catalogue.sqlite'));
+  /** record in pack_bases that the chunk `delta` is a delta of `base` */
+  const claim = (delta: string, base: string) => {
+    const { pack, offset } = db.prepare('SELECT pack, offset FROM chunk_rows WHERE id = ?').get(Buffer.from(delta, 'hex')) as { pack: number; offset: number };
+    const row = db.prepare('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(pack) as { bases: Buffer; deltas: Buffer } | undefined;
+    const bases = row?.bases ?? Buffer.alloc(0);
+    const rec = Buffer.alloc(7);
+    rec.writeUInt32LE(offset, 0);
+    rec[4] = 1;
+    rec.writeUInt16LE(bases.length / 8, 5);
+    db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(pack, Buffer.concat([bases, Buffer.from(base, 'hex').subarray(0, 8)]), Buffer.concat([row?.deltas ?? Buffer.alloc(0), rec]));
+  };
+  claim(x, y);
+  claim(y, z);
+  db.close();
+
+  assert.equal(kuraJson<{ removed: number }>(['prune', '--repo', repo, '--keep-last', '1']).removed, 2);
+  const gc = kuraJson<{ chunksRemoved: number; problems: string[] }>(['gc', '--repo', repo]);
+  assert.deepEqual(gc.problems, []);
+  const cat = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true });
+  const held = (id: string) => cat.prepare('SELECT 1 FROM chunk_rows WHERE id = ?').get(Buffer.from(id, 'hex')) !== undefined;
+  assert.ok(held(x), 'the base of night 3 is kept');
+  assert.ok(held(y), 'the base of that base is kept');
+  assert.ok(held(z), 'and the base of that one');
+  assert.ok(!held(w), 'a chunk of night 1 no chain reaches is removed');
+  assert.equal((cat.prepare('SELECT count(*) AS n FROM chunk_rows').get() as { n: number }).n, kept.size + 2, 'night 3, its bases and the chain: nothing else');
+  cat.close();
+  assert.equal(sha256(kuraOk(['restore', '--repo', repo, snaps[2]!.id, '--to', '-']).stdout), snaps[2]!.sha);
+});
+
 test('deltas cross the tunnel with their bases: the vault refuses a commit without them, keeps them through prune + gc, and restores', async (t) => {
   const dir = tempDir(t);
   const key = sshKey(dir, 'relay');

@@ -125,5 +125,7 @@ test('kura backup holds the young generation while it runs', async (t) => {
   kuraOk(['backup', '--repo', repo, '--name', 'db', '--file', dump], { env: { NODE_OPTIONS: `--require ${probe}` } });
   const largest = Number(readFileSync(out, 'utf8'));
   assert.ok(largest > 0, 'the probe sampled the backup');
-  assert.ok(largest < 16 << 20, `the young generation grew to ${largest} bytes during the backup`);
+  // one growth step of slack: under CPU contention (another process busy on both cores) it once
+  // reached 16 MiB with the hold; without it, 32 MiB
+  assert.ok(largest <= 16 << 20, `the young generation grew to ${largest} bytes during the backup`);
 });

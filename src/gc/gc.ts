@@ -119,6 +119,15 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     inBatches(ids, (part) => (added += insertMarks.run(hexArray(part)).changes));
     return added;
   };
+  const insertFresh = db.prepare<[string], Buffer>('INSERT OR IGNORE INTO temp.gc_mark (id) SELECT unhex(value) FROM json_each(?) RETURNING id').pluck();
+  /** IDs into temp.gc_mark; those that were not marked yet */
+  const markFresh = (ids: readonly Buffer[]): Buffer[] => {
+    const fresh: Buffer[] = [];
+    inBatches(ids, (part) => {
+      for (const id of insertFresh.all(hexArray(part))) fresh.push(id);
+    });
+    return fresh;
+  };
   // the bases of the deltas that are marked (or, in the sweep, leased), pack by pack
   const deltaPacks = db.prepare<[], { pack: number; bases: Buffer; deltas: Buffer }>('SELECT pack, bases, deltas FROM pack_bases');
   const markedOffsets = db.prepare<[number], number>('SELECT c.offset FROM chunk_rows c JOIN temp.gc_mark m ON m.id = c.id WHERE c.pack = ?').pluck();
@@ -133,6 +142,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     }
     return cat.bases.chunksUnder([...prefixes]).map(([, id]) => id);
   };
+  const anyLeased = db.prepare('SELECT 1 FROM temp.gc_leased LIMIT 1');
   const undead = db.prepare<[string]>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?))');
   const marked = new Set<string>();
   // SQLite's count of commits by other connections (vault sessions, a relay) when the bases
@@ -160,16 +170,19 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       })();
       marked.add(id);
     }
-    // a delta's base chunks live as long as it does (kura never makes a delta of a delta; were
-    // one sent to a vault anyway, its chain is followed to the end); again only if a snapshot
-    // was marked anew or another connection committed since
-    for (let more = marked.size > before || othersCommitted() !== basesMarkedAt; more; ) {
-      more = false;
+    // a delta's base chunks live as long as it does; again only if a snapshot was marked anew or
+    // another connection committed since
+    if (marked.size > before || othersCommitted() !== basesMarkedAt) {
       basesMarkedAt = othersCommitted();
       const bases = basesOf((pack) => markedOffsets.all(pack));
-      db.transaction(() => {
-        more = markList(bases) > 0;
-      })();
+      let fresh = db.transaction(() => markFresh(bases))();
+      // kura never makes a delta of a delta; were one sent to a vault anyway, its chain is
+      // followed to the end, each link looking only at the chunks the one before marked anew
+      // (a second pass over every marked delta took a third of a GC of 400 000 4 KiB chunks)
+      while (fresh.length > 0) {
+        const next = cat.bases.needed(fresh).found;
+        fresh = db.transaction(() => markFresh(next))();
+      }
     }
   };
   const storeSnapshots = async () => {
@@ -236,7 +249,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       // the leases as they are now, inside the transaction that decides
       readLeases(Date.now());
       db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
-      inBatches(basesOf((pack) => leasedOffsets.all(pack)), (part) => undead.run(hexArray(part)));
+      if (anyLeased.get()) inBatches(basesOf((pack) => leasedOffsets.all(pack)), (part) => undead.run(hexArray(part)));
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
