@@ -124,5 +124,12 @@ test('bases.needed looks IDs and bases up thousands a statement and answers as o
     const got = cat.bases.needed(c.list);
     assert.deepEqual({ found: got.found.map(hex).sort(), missing: got.missing.map(hex).sort() }, reference(c.list), c.why);
     assert.equal(new Set(got.found.map(hex)).size, got.found.length, `${c.why}: each chunk found once`);
+    // the places asked once, for both whether each chunk is held and its bases (a vault's commit check)
+    const places = cat.bases.placesOf(c.list);
+    c.list.forEach((x, i) => {
+      const row = cat.chunkRow(x);
+      assert.deepEqual(places.pack[i]! < 0 ? undefined : [places.pack[i], places.offset[i]], row && [row[0], row[1]], `${c.why}: the place of chunk ${i}`);
+    });
+    assert.deepEqual(cat.bases.needed(c.list, places), got, `${c.why}: the same from places looked up before`);
   }
 });

@@ -180,7 +180,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       // followed to the end, each link looking only at the chunks the one before marked anew
       // (a second pass over every marked delta took a third of a GC of 400 000 4 KiB chunks)
       while (fresh.length > 0) {
-        const next = cat.bases.needed(fresh).found;
+        const next = cat.bases.needed(fresh, undefined, { listed: true }).found;
         fresh = db.transaction(() => markFresh(next))();
       }
     }
@@ -249,7 +249,16 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       // the leases as they are now, inside the transaction that decides
       readLeases(Date.now());
       db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
-      if (anyLeased.get()) inBatches(basesOf((pack) => leasedOffsets.all(pack)), (part) => undead.run(hexArray(part)));
+      // the bases of leased deltas live too, and theirs, to the end of a chain as when marked
+      if (anyLeased.get()) {
+        const kept = new Set<string>();
+        for (let next = basesOf((pack) => leasedOffsets.all(pack)); next.length > 0; ) {
+          const fresh = next.filter((id) => !kept.has(id.toString('base64')));
+          for (const id of fresh) kept.add(id.toString('base64'));
+          inBatches(fresh, (part) => undead.run(hexArray(part)));
+          next = fresh.length > 0 ? cat.bases.needed(fresh, undefined, { listed: true }).found : [];
+        }
+      }
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;

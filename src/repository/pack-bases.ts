@@ -2,7 +2,13 @@ import type Database from 'better-sqlite3';
 import { CHUNK_ID_BYTES } from '../crypto/blob.js';
 import type { ChunkRow } from './catalogue.js';
 import { BASE_PREFIX, packDeltas } from './catalogue-schema.js';
-import { hexJson, inBatches } from './id-batches.js';
+import { hexArray, hexJson, inBatches } from './id-batches.js';
+
+/** Where chunks are stored, in the order asked: pack number (-1 for a chunk not held) and offset in it. */
+export interface Places {
+  pack: Int32Array;
+  offset: Uint32Array;
+}
 
 /**
  * The catalogue's record of which base chunks the deltas in each pack need (table pack_bases,
@@ -13,11 +19,30 @@ export class PackBases {
   private prefixStmt: Database.Statement<[Buffer, Buffer], Buffer> | undefined;
   /** every stored chunk under each of the prefixes asked (a JSON array of hex strings), with the prefix's place in it */
   private readonly prefixesStmt: Database.Statement<[string], [number, Buffer]>;
+  private readonly placesStmt: Database.Statement<[string], [number, number, number]>;
 
   constructor(private readonly db: Database.Database) {
     // each prefix padded to an ID's length: the first and the last ID it stands for
     const pad = (fill: string) => `unhex(substr(j.value || '${fill.repeat(CHUNK_ID_BYTES)}', 1, ${2 * CHUNK_ID_BYTES}))`;
     this.prefixesStmt = db.prepare<[string], [number, Buffer]>(`SELECT j.key, c.id FROM json_each(?) j JOIN chunk_rows c ON c.id >= ${pad('00')} AND c.id <= ${pad('ff')}`).raw();
+    this.placesStmt = db.prepare<[string], [number, number, number]>('SELECT j.key, c.pack, c.offset FROM json_each(?) j JOIN chunk_rows c ON c.id = unhex(j.value)').raw();
+  }
+
+  /**
+   * The places of `ids`, a few thousand a statement: what `needed` looks up first, and whether
+   * each chunk is held at all (pack -1), for a caller that asks both of the same list (a vault's
+   * commit check: one lookup of every chunk, not two).
+   */
+  placesOf(ids: readonly Buffer[]): Places {
+    const pack = new Int32Array(ids.length).fill(-1);
+    const offset = new Uint32Array(ids.length);
+    inBatches(ids, (part, at) => {
+      for (const [key, p, o] of this.placesStmt.all(hexArray(part))) {
+        pack[at + key] = p;
+        offset[at + key] = o;
+      }
+    });
+    return { pack, offset };
   }
 
   /** Record the bases the deltas among `rows` need, per pack (call inside the rows' transaction). */
@@ -81,26 +106,26 @@ export class PackBases {
 
   /**
    * The base chunks the deltas among `ids` need, beyond `ids` themselves: `found` stored here,
-   * `missing` the prefixes no stored chunk has. The IDs' places and the bases' prefixes are
+   * `missing` the prefixes no stored chunk has. A prefix one of `ids` has is taken for that chunk
+   * unless `listed` (GC, which must keep every chunk under it: a stored chunk could share it). The IDs' places and the bases' prefixes are
    * looked up a few thousand a statement (id-batches.ts): the vault asks this of every chunk of
    * each snapshot a relay sends, and one by one it was the largest part of a catch-up of 4 KiB
    * chunks (8 of 25 s for seven nights, 490 000 chunks).
    */
-  needed(ids: Iterable<Buffer>): { found: Buffer[]; missing: Buffer[] } {
+  needed(ids: readonly Buffer[], places?: Places, opts: { listed?: boolean } = {}): { found: Buffer[]; missing: Buffer[] } {
     if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return { found: [], missing: [] };
-    const placesStmt = this.db.prepare<[string], [number, number]>('SELECT c.pack, c.offset FROM json_each(?) j JOIN chunk_rows c ON c.id = unhex(j.value)').raw();
     const deltasOf = this.db.prepare<[number], { bases: Buffer; deltas: Buffer }>('SELECT bases, deltas FROM pack_bases WHERE pack = ?');
+    const at = places ?? this.placesOf(ids);
     const inList = new Set<string>();
     const offsets = new Map<number, number[]>();
-    inBatches([...ids], (part) => {
-      const hex = part.map((id) => id.toString('hex'));
-      for (const h of hex) inList.add(h.slice(0, 2 * BASE_PREFIX));
-      for (const [pack, offset] of placesStmt.all(hexJson(hex))) {
-        let list = offsets.get(pack);
-        if (!list) offsets.set(pack, (list = []));
-        list.push(offset);
-      }
-    });
+    for (let i = 0; i < ids.length; i++) {
+      if (!opts.listed) inList.add(ids[i]!.toString('hex', 0, BASE_PREFIX));
+      const pack = at.pack[i]!;
+      if (pack < 0) continue;
+      let list = offsets.get(pack);
+      if (!list) offsets.set(pack, (list = []));
+      list.push(at.offset[i]!);
+    }
     // the bases' prefixes, each once, but for those of chunks in the list
     const asked: string[] = [];
     const seen = new Set<string>();

@@ -99,11 +99,12 @@ export class Announcements {
     const missing: string[] = [];
     // the chunk list blocks are plaintext: the vault reads them (a missing one refuses the commit)
     const ids = [...idsOf(await snapshotChunkIds(snap, listFetcher(repo)))];
-    const held = repo.catalogue.present(ids);
+    // each chunk looked up once: whether it is held, and where (for its bases if a delta)
+    const places = repo.catalogue.bases.placesOf(ids);
     ids.forEach((c, i) => {
-      if (!held[i]) missing.push(c.toString('hex'));
+      if (places.pack[i]! < 0) missing.push(c.toString('hex'));
     });
-    for (const prefix of repo.catalogue.bases.needed(ids).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
+    for (const prefix of repo.catalogue.bases.needed(ids, places).missing) missing.push(`${prefix.toString('hex')}… (a delta's base)`);
     return missing;
   }
 }
