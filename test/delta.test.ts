@@ -164,6 +164,74 @@ test('GC follows a chain of deltas to its end: a base that is itself a delta kee
   assert.equal(sha256(kuraOk(['restore', '--repo', repo, snaps[2]!.id, '--to', '-']).stdout), snaps[2]!.sha);
 });
 
+test('GC keeps the bases of a delta a vault session holds a lease on, to the end of a chain, though no snapshot uses them', async (t) => {
+  const dir = tempDir(t);
+  const repo = path.join(dir, 'repo');
+  kuraOk(['repo', 'init', '--repo', repo, '--chunk-min', '1024', '--chunk-avg', '4096', '--chunk-max', '16384']);
+  // two nights of one source, pruned; what is kept is another source's snapshot, sharing nothing
+  const nights = [await collect(sqlDump(8, 1 * MiB))];
+  nights.push(churn(nights[0]!, 20, 1));
+  const snaps = nights.map((data, i) => {
+    const file = path.join(dir, `night${i}.sql`);
+    writeFileSync(file, data);
+    return kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'juki', '--file', file]);
+  });
+  const otherData = new Prng(77).bytes(64 << 10);
+  writeFileSync(path.join(dir, 'other.bin'), otherData);
+  const other = kuraJson<{ id: string }>(['backup', '--repo', repo, '--name', 'other', '--tag', 'keep', '--file', path.join(dir, 'other.bin')]);
+  const hex = (b: Buffer) => b.toString('hex');
+  const kept = new Set((await referencedChunks(repo, other.id)).map(hex));
+  // a delta of night 2, its bases chunks of night 1
+  const r = await Repository.open(repo, null);
+  let leased: { id: Buffer; bases: string[] } | undefined;
+  try {
+    const night2 = (await referencedChunks(repo, snaps[1]!.id)).filter((c) => r.catalogue.hasChunk(c));
+    for await (const { id, blob } of readBlobs(r, night2, 'night 2')) {
+      const bases = blobInfo(blob)!.bases.map(hex);
+      if (bases.length > 0) {
+        leased = { id: Buffer.from(id), bases };
+        break;
+      }
+    }
+  } finally {
+    r.close();
+  }
+  assert.ok(leased, 'night 2 has a delta');
+  for (const b of [hex(leased.id), ...leased.bases]) assert.ok(!kept.has(b), 'the kept snapshot shares nothing with it');
+  const taken = new Set([hex(leased.id), ...leased.bases]);
+  const others = (await referencedChunks(repo, snaps[0]!.id)).map(hex).filter((c) => !taken.has(c));
+  assert.ok(others.length >= 2);
+  const [further, w] = others as [string, string];
+
+  // the catalogue is told that the delta's base is itself a delta of another chunk of night 1
+  const db = new Database(path.join(repo, 'catalogue.sqlite'));
+  const { pack, offset } = db.prepare('SELECT pack, offset FROM chunk_rows WHERE id = ?').get(Buffer.from(leased.bases[0]!, 'hex')) as { pack: number; offset: number };
+  const row = db.prepare('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(pack) as { bases: Buffer; deltas: Buffer } | undefined;
+  const rec = Buffer.alloc(7);
+  rec.writeUInt32LE(offset, 0);
+  rec[4] = 1;
+  rec.writeUInt16LE((row?.bases.length ?? 0) / 8, 5);
+  db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(pack, Buffer.concat([row?.bases ?? Buffer.alloc(0), Buffer.from(further, 'hex').subarray(0, 8)]), Buffer.concat([row?.deltas ?? Buffer.alloc(0), rec]));
+  db.close();
+  // a session was told the delta is present: it is leased for an hour
+  const cat = new Catalogue(path.join(repo, 'catalogue.sqlite'));
+  cat.vault.hasAndLease('session-1', leased.id, 32, Date.now() + 3_600_000);
+  cat.close();
+
+  assert.equal(kuraJson<{ removed: number }>(['prune', '--repo', repo, '--keep-tag', 'keep']).removed, 2);
+  const gc = kuraJson<{ chunksRemoved: number; problems: string[] }>(['gc', '--repo', repo]);
+  assert.deepEqual(gc.problems, []);
+  assert.ok(gc.chunksRemoved > 0);
+  const after = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true });
+  const held = (id: string) => after.prepare('SELECT 1 FROM chunk_rows WHERE id = ?').get(Buffer.from(id, 'hex')) !== undefined;
+  assert.ok(held(hex(leased.id)), 'the leased delta is kept');
+  for (const b of leased.bases) assert.ok(held(b), `its base ${b} is kept`);
+  assert.ok(held(further), 'and the base of its base');
+  assert.ok(!held(w), 'a chunk of night 1 nothing reaches is removed');
+  after.close();
+  assert.equal(sha256(kuraOk(['restore', '--repo', repo, other.id, '--to', '-']).stdout), sha256(otherData));
+});
+
 test('deltas cross the tunnel with their bases: the vault refuses a commit without them, keeps them through prune + gc, and restores', async (t) => {
   const dir = tempDir(t);
   const key = sshKey(dir, 'relay');

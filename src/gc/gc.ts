@@ -143,7 +143,8 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
     return cat.bases.chunksUnder([...prefixes]).map(([, id]) => id);
   };
   const anyLeased = db.prepare('SELECT 1 FROM temp.gc_leased LIMIT 1');
-  const undead = db.prepare<[string]>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?))');
+  /** IDs out of temp.gc_dead; those that were in it */
+  const undead = db.prepare<[string], Buffer>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?)) RETURNING id').pluck();
   const marked = new Set<string>();
   // SQLite's count of commits by other connections (vault sessions, a relay) when the bases
   // were last marked: one may have stored a delta of a chunk not marked yet (a quarantined
@@ -250,13 +251,15 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       readLeases(Date.now());
       db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
       // the bases of leased deltas live too, and theirs, to the end of a chain as when marked
+      // (only those still taken for dead are followed further: a marked chunk's chain was followed
+      // when it was marked, and a leased delta's bases are in the first list)
       if (anyLeased.get()) {
-        const kept = new Set<string>();
         for (let next = basesOf((pack) => leasedOffsets.all(pack)); next.length > 0; ) {
-          const fresh = next.filter((id) => !kept.has(id.toString('base64')));
-          for (const id of fresh) kept.add(id.toString('base64'));
-          inBatches(fresh, (part) => undead.run(hexArray(part)));
-          next = fresh.length > 0 ? cat.bases.needed(fresh, undefined, { listed: true }).found : [];
+          const revived: Buffer[] = [];
+          inBatches(next, (part) => {
+            for (const id of undead.all(hexArray(part))) revived.push(id);
+          });
+          next = revived.length > 0 ? cat.bases.needed(revived, undefined, { listed: true }).found : [];
         }
       }
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
