@@ -219,9 +219,11 @@ test('GC keeps the bases of a delta a vault session holds a lease on, to the end
   cat.close();
 
   assert.equal(kuraJson<{ removed: number }>(['prune', '--repo', repo, '--keep-tag', 'keep']).removed, 2);
-  const gc = kuraJson<{ chunksRemoved: number; problems: string[] }>(['gc', '--repo', repo]);
+  const dry = kuraJson<{ chunksRemoved: number; bytesRemoved: number }>(['gc', '--repo', repo, '--dry-run']);
+  const gc = kuraJson<{ chunksRemoved: number; bytesRemoved: number; problems: string[] }>(['gc', '--repo', repo]);
   assert.deepEqual(gc.problems, []);
   assert.ok(gc.chunksRemoved > 0);
+  assert.deepEqual([dry.chunksRemoved, dry.bytesRemoved], [gc.chunksRemoved, gc.bytesRemoved], 'a dry run tells what the run removes');
   const after = new Database(path.join(repo, 'catalogue.sqlite'), { readonly: true });
   const held = (id: string) => after.prepare('SELECT 1 FROM chunk_rows WHERE id = ?').get(Buffer.from(id, 'hex')) !== undefined;
   assert.ok(held(hex(leased.id)), 'the leased delta is kept');

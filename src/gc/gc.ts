@@ -145,6 +145,21 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const anyLeased = db.prepare('SELECT 1 FROM temp.gc_leased LIMIT 1');
   /** IDs out of temp.gc_dead; those that were in it */
   const undead = db.prepare<[string], Buffer>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?)) RETURNING id').pluck();
+  /**
+   * The bases of leased deltas out of temp.gc_dead, and theirs, to the end of a chain as when
+   * marked (only those still taken for dead are followed further: a marked chunk's chain was
+   * followed when it was marked, and a leased delta's bases are in the first list).
+   */
+  const reviveLeasedBases = () => {
+    if (!anyLeased.get()) return;
+    for (let next = basesOf((pack) => leasedOffsets.all(pack)); next.length > 0; ) {
+      const revived: Buffer[] = [];
+      inBatches(next, (part) => {
+        for (const id of undead.all(hexArray(part))) revived.push(id);
+      });
+      next = revived.length > 0 ? cat.bases.needed(revived, undefined, { listed: true }).found : [];
+    }
+  };
   const marked = new Set<string>();
   // SQLite's count of commits by other connections (vault sessions, a relay) when the bases
   // were last marked: one may have stored a delta of a chunk not marked yet (a quarantined
@@ -226,6 +241,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   report.chunksStored = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM chunks').get()!.n;
 
   if (opts.dryRun) {
+    reviveLeasedBases();
     const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
     report.chunksRemoved = d.n;
     report.bytesRemoved = d.b ?? 0;
@@ -250,18 +266,7 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       // the leases as they are now, inside the transaction that decides
       readLeases(Date.now());
       db.exec('DELETE FROM temp.gc_dead WHERE id IN (SELECT id FROM temp.gc_mark) OR id IN (SELECT id FROM temp.gc_leased)');
-      // the bases of leased deltas live too, and theirs, to the end of a chain as when marked
-      // (only those still taken for dead are followed further: a marked chunk's chain was followed
-      // when it was marked, and a leased delta's bases are in the first list)
-      if (anyLeased.get()) {
-        for (let next = basesOf((pack) => leasedOffsets.all(pack)); next.length > 0; ) {
-          const revived: Buffer[] = [];
-          inBatches(next, (part) => {
-            for (const id of undead.all(hexArray(part))) revived.push(id);
-          });
-          next = revived.length > 0 ? cat.bases.needed(revived, undefined, { listed: true }).found : [];
-        }
-      }
+      reviveLeasedBases();
       db.exec('INSERT OR IGNORE INTO gc_pending (pack) SELECT DISTINCT c.pack FROM chunks c JOIN temp.gc_dead d ON d.id = c.id');
       const d = db.prepare<[], { n: number; b: number | null }>('SELECT count(*) AS n, sum(c.stored_size) AS b FROM temp.gc_dead d JOIN chunks c ON c.id = d.id').get()!;
       report.chunksRemoved = d.n;
