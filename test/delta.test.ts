@@ -41,6 +41,18 @@ async function blobKinds(repoDir: string, id: string): Promise<{ deltas: number;
   }
 }
 
+/** Tell the catalogue that the chunk `delta` is a delta of `base` (a pack_bases record, as a vault sent a delta of a delta would write). */
+function recordDelta(db: Database.Database, delta: string, base: string): void {
+  const { pack, offset } = db.prepare('SELECT pack, offset FROM chunk_rows WHERE id = ?').get(Buffer.from(delta, 'hex')) as { pack: number; offset: number };
+  const row = db.prepare('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(pack) as { bases: Buffer; deltas: Buffer } | undefined;
+  const bases = row?.bases ?? Buffer.alloc(0);
+  const rec = Buffer.alloc(7);
+  rec.writeUInt32LE(offset, 0);
+  rec[4] = 1;
+  rec.writeUInt16LE(bases.length / 8, 5);
+  db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(pack, Buffer.concat([bases, Buffer.from(base, 'hex').subarray(0, 8)]), Buffer.concat([row?.deltas ?? Buffer.alloc(0), rec]));
+}
+
 test('changed chunks are stored as deltas of the previous generation; they restore after prune + gc and after rebuild-index', async (t) => {
   const dir = tempDir(t);
   const repo = path.join(dir, 'repo');
@@ -132,21 +144,10 @@ test('GC follows a chain of deltas to its end: a base that is itself a delta kee
   const x = [...k3.bases][0]!;
 
   const db = new Database(path.join(repo, 'catalogue.sqlite'));
-  /** record in pack_bases that the chunk `delta` is a delta of `base` */
-  const claim = (delta: string, base: string) => {
-    const { pack, offset } = db.prepare('SELECT pack, offset FROM chunk_rows WHERE id = ?').get(Buffer.from(delta, 'hex')) as { pack: number; offset: number };
-    const row = db.prepare('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(pack) as { bases: Buffer; deltas: Buffer } | undefined;
-    const bases = row?.bases ?? Buffer.alloc(0);
-    const rec = Buffer.alloc(7);
-    rec.writeUInt32LE(offset, 0);
-    rec[4] = 1;
-    rec.writeUInt16LE(bases.length / 8, 5);
-    db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(pack, Buffer.concat([bases, Buffer.from(base, 'hex').subarray(0, 8)]), Buffer.concat([row?.deltas ?? Buffer.alloc(0), rec]));
-  };
-  claim(x, y);
-  claim(y, z);
-  claim(z, v);
-  claim(v, y); // a cycle, which GC must not follow forever
+  recordDelta(db, x, y);
+  recordDelta(db, y, z);
+  recordDelta(db, z, v);
+  recordDelta(db, v, y); // a cycle, which GC must not follow forever
   db.close();
 
   assert.equal(kuraJson<{ removed: number }>(['prune', '--repo', repo, '--keep-last', '1']).removed, 2);
@@ -205,13 +206,7 @@ test('GC keeps the bases of a delta a vault session holds a lease on, to the end
 
   // the catalogue is told that the delta's base is itself a delta of another chunk of night 1
   const db = new Database(path.join(repo, 'catalogue.sqlite'));
-  const { pack, offset } = db.prepare('SELECT pack, offset FROM chunk_rows WHERE id = ?').get(Buffer.from(leased.bases[0]!, 'hex')) as { pack: number; offset: number };
-  const row = db.prepare('SELECT bases, deltas FROM pack_bases WHERE pack = ?').get(pack) as { bases: Buffer; deltas: Buffer } | undefined;
-  const rec = Buffer.alloc(7);
-  rec.writeUInt32LE(offset, 0);
-  rec[4] = 1;
-  rec.writeUInt16LE((row?.bases.length ?? 0) / 8, 5);
-  db.prepare('INSERT OR REPLACE INTO pack_bases (pack, bases, deltas) VALUES (?, ?, ?)').run(pack, Buffer.concat([row?.bases ?? Buffer.alloc(0), Buffer.from(further, 'hex').subarray(0, 8)]), Buffer.concat([row?.deltas ?? Buffer.alloc(0), rec]));
+  recordDelta(db, leased.bases[0]!, further);
   db.close();
   // a session was told the delta is present: it is leased for an hour
   const cat = new Catalogue(path.join(repo, 'catalogue.sqlite'));

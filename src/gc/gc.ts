@@ -113,12 +113,8 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const insertMarks = db.prepare<[string]>('INSERT OR IGNORE INTO temp.gc_mark (id) SELECT unhex(value) FROM json_each(?)');
   /** IDs side by side (a snapshot's list) into temp.gc_mark */
   const markIds = (ids: Buffer): void => inHexRuns(ids, CHUNK_ID_BYTES, (json) => insertMarks.run(json));
-  /** IDs into temp.gc_mark; how many were not marked yet */
-  const markList = (ids: readonly Buffer[]): number => {
-    let added = 0;
-    inBatches(ids, (part) => (added += insertMarks.run(hexArray(part)).changes));
-    return added;
-  };
+  /** IDs into temp.gc_mark */
+  const markList = (ids: readonly Buffer[]): void => inBatches(ids, (part) => insertMarks.run(hexArray(part)));
   const insertFresh = db.prepare<[string], Buffer>('INSERT OR IGNORE INTO temp.gc_mark (id) SELECT unhex(value) FROM json_each(?) RETURNING id').pluck();
   /** IDs into temp.gc_mark; those that were not marked yet */
   const markFresh = (ids: readonly Buffer[]): Buffer[] => {
@@ -146,19 +142,30 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
   /** IDs out of temp.gc_dead; those that were in it */
   const undead = db.prepare<[string], Buffer>('DELETE FROM temp.gc_dead WHERE id IN (SELECT unhex(value) FROM json_each(?)) RETURNING id').pluck();
   /**
-   * The bases of leased deltas out of temp.gc_dead, and theirs, to the end of a chain as when
-   * marked (only those still taken for dead are followed further: a marked chunk's chain was
-   * followed when it was marked, and a leased delta's bases are in the first list).
+   * `take(bases)` for the bases of deltas, then for the bases of those it took, to the end of a
+   * chain: kura never makes a delta of a delta, but a vault may be sent one. Each link looks only
+   * at what the one before took (`take` answers the IDs it had not taken yet), so a cycle ends.
+   */
+  const followChains = (bases: Buffer[], take: (ids: readonly Buffer[]) => Buffer[]) => {
+    for (let next = bases; next.length > 0; ) {
+      const taken = take(next);
+      next = taken.length > 0 ? cat.bases.needed(taken, undefined, { listed: true }).found : [];
+    }
+  };
+  /**
+   * The bases of leased deltas out of temp.gc_dead, to the end of a chain (only those still taken
+   * for dead are followed further: a marked chunk's chain was followed when it was marked, and a
+   * leased delta's bases are in the first list).
    */
   const reviveLeasedBases = () => {
     if (!anyLeased.get()) return;
-    for (let next = basesOf((pack) => leasedOffsets.all(pack)); next.length > 0; ) {
+    followChains(basesOf((pack) => leasedOffsets.all(pack)), (ids) => {
       const revived: Buffer[] = [];
-      inBatches(next, (part) => {
+      inBatches(ids, (part) => {
         for (const id of undead.all(hexArray(part))) revived.push(id);
       });
-      next = revived.length > 0 ? cat.bases.needed(revived, undefined, { listed: true }).found : [];
-    }
+      return revived;
+    });
   };
   const marked = new Set<string>();
   // SQLite's count of commits by other connections (vault sessions, a relay) when the bases
@@ -187,18 +194,12 @@ async function runGc(repo: Repository, opts: GcOptions): Promise<GcReport> {
       marked.add(id);
     }
     // a delta's base chunks live as long as it does; again only if a snapshot was marked anew or
-    // another connection committed since
+    // another connection committed since. Past the first pass over every marked delta, each link
+    // looks only at the chunks marked anew (passing again over every marked delta cost a GC of
+    // seven 4 KiB nights 7.4 s against 6.8)
     if (marked.size > before || othersCommitted() !== basesMarkedAt) {
       basesMarkedAt = othersCommitted();
-      const bases = basesOf((pack) => markedOffsets.all(pack));
-      let fresh = db.transaction(() => markFresh(bases))();
-      // kura never makes a delta of a delta; were one sent to a vault anyway, its chain is
-      // followed to the end, each link looking only at the chunks the one before marked anew
-      // (a second pass over every marked delta took a third of a GC of 400 000 4 KiB chunks)
-      while (fresh.length > 0) {
-        const next = cat.bases.needed(fresh, undefined, { listed: true }).found;
-        fresh = db.transaction(() => markFresh(next))();
-      }
+      followChains(basesOf((pack) => markedOffsets.all(pack)), (ids) => db.transaction(() => markFresh(ids))());
     }
   };
   const storeSnapshots = async () => {

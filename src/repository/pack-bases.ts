@@ -107,10 +107,11 @@ export class PackBases {
   /**
    * The base chunks the deltas among `ids` need, beyond `ids` themselves: `found` stored here,
    * `missing` the prefixes no stored chunk has. A prefix one of `ids` has is taken for that chunk
-   * unless `listed` (GC, which must keep every chunk under it: a stored chunk could share it). The IDs' places and the bases' prefixes are
-   * looked up a few thousand a statement (id-batches.ts): the vault asks this of every chunk of
-   * each snapshot a relay sends, and one by one it was the largest part of a catch-up of 4 KiB
-   * chunks (8 of 25 s for seven nights, 490 000 chunks).
+   * unless `listed` (GC, which must keep every chunk under it: a stored chunk could share it).
+   * `places`: the IDs' placesOf, when the caller has them already. The places and the bases'
+   * prefixes are looked up a few thousand a statement (id-batches.ts): the vault asks this of
+   * every chunk of each snapshot a relay sends, and one by one it was the largest part of a
+   * catch-up of 4 KiB chunks (8 of 25 s for seven nights, 490 000 chunks).
    */
   needed(ids: readonly Buffer[], places?: Places, opts: { listed?: boolean } = {}): { found: Buffer[]; missing: Buffer[] } {
     if (!this.db.prepare('SELECT 1 FROM pack_bases LIMIT 1').get()) return { found: [], missing: [] };
